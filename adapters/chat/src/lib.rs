@@ -1,0 +1,251 @@
+//! The contract between ecdysis's core and its chat adapters.
+//!
+//! An adapter turns platform payloads into [`Event`]s and hands them to an [`EventSink`]; the core
+//! answers with [`Reply`]s that the adapter's [`ChatAdapter::deliver`] turns into platform calls.
+//! Adapters never touch storage or the agent: mention gating, de-duplication, memory and the model
+//! live in the core, once.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+mod command;
+
+pub use command::{Command, CommandName};
+
+/// Where a message lives: platform, workspace (Slack team, Discord guild), channel and thread.
+///
+/// Work for one conversation runs in arrival order; memory is scoped to the channel
+/// (platform + workspace + channel), so every thread of a channel shares its notes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConversationRef {
+    pub platform: String,
+    pub workspace: String,
+    pub channel: String,
+    /// The thread root, or `None` for the channel itself (a DM, the web chat).
+    #[serde(default)]
+    pub thread: Option<String>,
+}
+
+impl ConversationRef {
+    pub fn new(
+        platform: impl Into<String>,
+        workspace: impl Into<String>,
+        channel: impl Into<String>,
+        thread: Option<String>,
+    ) -> Self {
+        Self {
+            platform: platform.into(),
+            workspace: workspace.into(),
+            channel: channel.into(),
+            thread: thread.filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// The channel this conversation belongs to, which is what memory is scoped to.
+    pub fn channel_ref(&self) -> ChannelRef {
+        ChannelRef {
+            platform: self.platform.clone(),
+            workspace: self.workspace.clone(),
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConversationRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.platform, self.workspace, self.channel)?;
+        if let Some(thread) = &self.thread {
+            write!(f, ":{thread}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A channel: the scope of memory notes and sandbox workspaces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChannelRef {
+    pub platform: String,
+    pub workspace: String,
+    pub channel: String,
+}
+
+/// Who sent an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A file travelling with an event or a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub name: String,
+    pub mime: String,
+    pub bytes: Bytes,
+}
+
+impl Attachment {
+    pub fn new(name: impl Into<String>, mime: impl Into<String>, bytes: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            mime: mime.into(),
+            bytes: bytes.into(),
+        }
+    }
+}
+
+/// What arrived: a plain message, a command, or a button press.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// Free text for the agent.
+    Message,
+    /// One of the commands every platform shares (`remember`, `recall`, …).
+    Command(Command),
+    /// A button press (approvals); `action_id` names the button, `value` carries its payload.
+    Action { action_id: String, value: String },
+}
+
+/// One inbound event, as an adapter hands it to the core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The platform's own id for this delivery (Slack `event_id`, Discord message or interaction
+    /// id, a web-chat generated id). The core accepts each (platform, id) once.
+    pub platform_event_id: String,
+    pub conversation: ConversationRef,
+    pub user: UserRef,
+    pub kind: EventKind,
+    /// The text as the user wrote it (for commands: the arguments).
+    pub text: String,
+    /// Files the user attached, already downloaded (and size-capped) by the adapter.
+    pub attachments: Vec<Attachment>,
+    /// Whatever the adapter needs later to answer this event (a `response_url`, an interaction
+    /// token, the message `ts`). Opaque to the core; copied onto every [`Reply`].
+    pub route: serde_json::Value,
+}
+
+impl Event {
+    /// A plain message, or a command when `text` starts with `/` and names a known command
+    /// (the web and terminal chats' convention). An unknown `/word` stays a command named
+    /// [`CommandName::Unknown`] so the core can answer with help.
+    pub fn from_text(
+        platform_event_id: impl Into<String>,
+        conversation: ConversationRef,
+        user: UserRef,
+        text: impl Into<String>,
+    ) -> Self {
+        let text = text.into();
+        let (kind, text) = match Command::parse_slash(&text) {
+            Some(command) => {
+                let args = command.args.clone();
+                (EventKind::Command(command), args)
+            }
+            None => (EventKind::Message, text),
+        };
+        Self {
+            platform_event_id: platform_event_id.into(),
+            conversation,
+            user,
+            kind,
+            text,
+            attachments: Vec::new(),
+            route: serde_json::Value::Null,
+        }
+    }
+}
+
+/// One outbound reply. The idempotency key is stable across retries: an adapter that can tell
+/// (platform metadata, its own bookkeeping) must not post the same key twice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub idempotency_key: String,
+    pub conversation: ConversationRef,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    /// Copied from the event this answers.
+    pub route: serde_json::Value,
+}
+
+/// What a platform said about a delivered reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The platform's id of the posted message, when it has one.
+    pub platform_message_id: Option<String>,
+}
+
+/// The limits a platform puts on one reply; the core splits or converts to stay within them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Characters of text in one message.
+    pub max_text_chars: usize,
+    /// Bytes of one uploaded file.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 40_000,
+            max_file_bytes: 25 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a delivery failed. `Retryable` errors are tried again later; `Permanent` ones are recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("temporary delivery failure: {0}")]
+    Retryable(String),
+    #[error("delivery failed: {0}")]
+    Permanent(String),
+}
+
+/// The outbound half of an adapter: turn a [`Reply`] into platform calls.
+#[async_trait]
+pub trait ChatAdapter: Send + Sync + 'static {
+    /// The platform name used in [`ConversationRef::platform`] (`slack`, `discord`, `web`, `local`).
+    fn platform(&self) -> &str;
+
+    /// The platform's limits for one message.
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+
+    /// Show that an event was received while the agent works (a reaction, a typing indicator).
+    async fn working(&self, _conversation: &ConversationRef, _route: &serde_json::Value) {}
+
+    /// Post a reply into the conversation it belongs to.
+    async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError>;
+}
+
+/// The answer of the core to an accepted event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The core's id for the event.
+    pub event_id: String,
+    /// True when this (platform, platform event id) was accepted before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Why the core did not accept an event.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The event itself is bad (empty text, …): tell the sender, store nothing.
+    #[error("{0}")]
+    Invalid(String),
+    /// Too much work is queued: try again later (back-pressure).
+    #[error("busy: {0}")]
+    Busy(String),
+    /// Storage failed: nothing was accepted.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The inbound half: where adapters hand events. An event is durable once `submit` returns `Ok`,
+/// so an adapter acknowledges the platform only after that.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    async fn submit(&self, event: Event) -> Result<Accepted, SubmitError>;
+}

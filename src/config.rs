@@ -1,0 +1,698 @@
+//! Configuration: an optional `ecdysis.toml`, every key overridable by an environment variable.
+//!
+//! The file and the environment are merged into one TOML table (the environment wins), which is
+//! then read into [`Config`]. Unknown keys in the file are reported by name; a bad value stops
+//! start-up with one line naming the key and what is wrong with it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {problem}")]
+    File { path: PathBuf, problem: String },
+    #[error("config key `{key}`: {problem}")]
+    Value { key: String, problem: String },
+}
+
+impl ConfigError {
+    fn value(key: &str, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// How an environment value is read into the merged table.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    /// Comma-separated list.
+    List,
+}
+
+/// Every key that can come from the environment: (key path in the file, env names in order of
+/// preference, kind). The names follow each ecosystem's convention (DESIGN.md §3).
+const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
+    ("listen", &["ECDYSIS_LISTEN"], Kind::Str),
+    ("data_dir", &["ECDYSIS_DATA_DIR"], Kind::Str),
+    ("database_url", &["DATABASE_URL"], Kind::Str),
+    ("blob_url", &["ECDYSIS_BLOB_URL"], Kind::Str),
+    ("secret_key", &["ECDYSIS_SECRET_KEY"], Kind::Str),
+    ("admin_token", &["ECDYSIS_ADMIN_TOKEN"], Kind::Str),
+    ("log_format", &["ECDYSIS_LOG_FORMAT"], Kind::Str),
+    ("model", &["ECDYSIS_MODEL"], Kind::Str),
+    ("fallback_models", &["ECDYSIS_FALLBACK_MODELS"], Kind::List),
+    (
+        "s3.endpoint_url",
+        &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        Kind::Str,
+    ),
+    ("s3.region", &["AWS_REGION", "AWS_DEFAULT_REGION"], Kind::Str),
+    ("s3.access_key_id", &["AWS_ACCESS_KEY_ID"], Kind::Str),
+    ("s3.secret_access_key", &["AWS_SECRET_ACCESS_KEY"], Kind::Str),
+    ("s3.session_token", &["AWS_SESSION_TOKEN"], Kind::Str),
+    ("anthropic.api_key", &["ANTHROPIC_API_KEY"], Kind::Str),
+    ("anthropic.base_url", &["ANTHROPIC_BASE_URL"], Kind::Str),
+    ("openai.api_key", &["OPENAI_API_KEY"], Kind::Str),
+    ("openai.base_url", &["OPENAI_BASE_URL"], Kind::Str),
+    ("slack.bot_token", &["SLACK_BOT_TOKEN"], Kind::Str),
+    ("slack.signing_secret", &["SLACK_SIGNING_SECRET"], Kind::Str),
+    ("slack.app_token", &["SLACK_APP_TOKEN"], Kind::Str),
+    ("slack.client_id", &["SLACK_CLIENT_ID"], Kind::Str),
+    ("slack.client_secret", &["SLACK_CLIENT_SECRET"], Kind::Str),
+    ("slack.api_url", &["SLACK_API_URL"], Kind::Str),
+    ("discord.token", &["DISCORD_TOKEN"], Kind::Str),
+    ("discord.application_id", &["DISCORD_APPLICATION_ID"], Kind::Str),
+    ("discord.public_key", &["DISCORD_PUBLIC_KEY"], Kind::Str),
+    ("discord.api_url", &["DISCORD_API_URL"], Kind::Str),
+    ("sandbox.backend", &["ECDYSIS_SANDBOX"], Kind::Str),
+    ("browser.chromium", &["ECDYSIS_CHROMIUM"], Kind::Str),
+    ("browser.cdp_url", &["ECDYSIS_BROWSER_CDP_URL"], Kind::Str),
+    ("browser.allow", &["ECDYSIS_BROWSER_ALLOW"], Kind::List),
+    ("bus.workers", &["ECDYSIS_BUS_WORKERS"], Kind::Int),
+    ("bus.max_queued", &["ECDYSIS_BUS_MAX_QUEUED"], Kind::Int),
+    ("bus.lease_seconds", &["ECDYSIS_BUS_LEASE_SECONDS"], Kind::Int),
+    ("bus.max_attempts", &["ECDYSIS_BUS_MAX_ATTEMPTS"], Kind::Int),
+    ("web.max_body_bytes", &["ECDYSIS_WEB_MAX_BODY_BYTES"], Kind::Int),
+];
+
+/// The file's shape. Every field is optional; unknown keys are an error that names them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    blob_url: Option<String>,
+    secret_key: Option<String>,
+    admin_token: Option<String>,
+    log_format: Option<String>,
+    model: Option<String>,
+    fallback_models: Option<Vec<String>>,
+    #[serde(default)]
+    s3: S3Config,
+    #[serde(default)]
+    anthropic: ProviderKeys,
+    #[serde(default)]
+    openai: ProviderKeys,
+    #[serde(default)]
+    slack: SlackConfig,
+    #[serde(default)]
+    discord: DiscordConfig,
+    #[serde(default)]
+    sandbox: SandboxConfig,
+    #[serde(default)]
+    browser: BrowserConfig,
+    #[serde(default)]
+    bus: BusFile,
+    #[serde(default)]
+    web: WebFile,
+}
+
+/// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+/// An LLM provider's key and base URL (the base URL routes through an AI gateway).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKeys {
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    pub bot_token: Option<String>,
+    pub signing_secret: Option<String>,
+    pub app_token: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub api_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    pub token: Option<String>,
+    pub application_id: Option<String>,
+    pub public_key: Option<String>,
+    pub api_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    pub backend: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserConfig {
+    pub chromium: Option<String>,
+    pub cdp_url: Option<String>,
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BusFile {
+    workers: Option<i64>,
+    max_queued: Option<i64>,
+    lease_seconds: Option<i64>,
+    max_attempts: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebFile {
+    max_body_bytes: Option<i64>,
+}
+
+/// Which LLM API a model is served by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Anthropic,
+    OpenAi,
+}
+
+/// `anthropic/<model>` or `openai/<model>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub provider: Provider,
+    pub name: String,
+}
+
+impl ModelSpec {
+    pub fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        let (prefix, name) = text.split_once('/').ok_or_else(|| {
+            ConfigError::value(
+                key,
+                format!("`{text}` must look like `anthropic/<model>` or `openai/<model>`"),
+            )
+        })?;
+        let provider = match prefix {
+            "anthropic" => Provider::Anthropic,
+            "openai" => Provider::OpenAi,
+            other => {
+                return Err(ConfigError::value(
+                    key,
+                    format!("unknown model prefix `{other}` (use `anthropic/` or `openai/`)"),
+                ));
+            }
+        };
+        if name.trim().is_empty() {
+            return Err(ConfigError::value(key, "the model name after `/` is empty"));
+        }
+        Ok(Self {
+            provider,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefix = match self.provider {
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+        };
+        write!(f, "{prefix}/{}", self.name)
+    }
+}
+
+/// Where blobs live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobLocation {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Durable event bus settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusConfig {
+    /// Conversations processed at once.
+    pub workers: usize,
+    /// Open (unfinished) events above which new ones are refused with "busy".
+    pub max_queued: u64,
+    /// How long a claimed event is held before another worker may take it.
+    pub lease_seconds: u64,
+    /// Attempts before an event is marked failed.
+    pub max_attempts: u32,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            max_queued: 10_000,
+            lease_seconds: 120,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// The validated configuration everything else reads.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub blob: BlobLocation,
+    pub s3: S3Config,
+    pub secret_key: Option<String>,
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+    pub model: Option<ModelSpec>,
+    pub fallback_models: Vec<ModelSpec>,
+    pub anthropic: ProviderKeys,
+    pub openai: ProviderKeys,
+    pub slack: SlackConfig,
+    pub discord: DiscordConfig,
+    pub sandbox: SandboxConfig,
+    pub browser: BrowserConfig,
+    pub bus: BusConfig,
+    /// Largest accepted web chat request body.
+    pub web_max_body_bytes: usize,
+}
+
+impl Config {
+    /// Load from `path` (if any) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Load from `path` (if any) and the given environment lookup.
+    pub fn load_with(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        overlay_env(&mut table, env)?;
+        let file: FileConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::File {
+                    path: path.map(Path::to_path_buf).unwrap_or_default(),
+                    problem: e.message().to_string(),
+                })?;
+        Self::from_file(file)
+    }
+
+    /// The embedded defaults, with everything stored under `data_dir` (used by tests and benches).
+    pub fn embedded(data_dir: &Path) -> Self {
+        let env = |name: &str| match name {
+            "ECDYSIS_DATA_DIR" => Some(data_dir.display().to_string()),
+            _ => None,
+        };
+        // The defaults are valid by construction; a failure here is a bug in this module.
+        Self::load_with(None, &env).expect("embedded defaults are valid")
+    }
+
+    fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
+        let listen = match file.listen {
+            Some(text) => text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::value(
+                    "listen",
+                    format!("`{text}` is not an address like 127.0.0.1:8080"),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let data_dir = PathBuf::from(file.data_dir.unwrap_or_else(|| "./data".into()));
+        let database_url = match file.database_url {
+            Some(url) => {
+                check_database_url(&url)?;
+                url
+            }
+            None => format!("sqlite://{}/ecdysis.db", data_dir.display()),
+        };
+        let blob = match file.blob_url {
+            Some(url) => parse_blob_url(&url)?,
+            None => BlobLocation::Dir(data_dir.join("blobs")),
+        };
+        let log_format = match file.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::value(
+                    "log_format",
+                    format!("`{other}` is neither `text` nor `json`"),
+                ));
+            }
+        };
+        let anthropic = checked_provider("anthropic.base_url", file.anthropic)?;
+        let openai = checked_provider("openai.base_url", file.openai)?;
+        let model = match file.model {
+            Some(text) => Some(ModelSpec::parse("model", &text)?),
+            None => default_model(&anthropic, &openai),
+        };
+        let fallback_models = file
+            .fallback_models
+            .unwrap_or_default()
+            .iter()
+            .map(|m| ModelSpec::parse("fallback_models", m))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(url) = &file.s3.endpoint_url {
+            check_url("s3.endpoint_url", url)?;
+        }
+        if let Some(url) = &file.slack.api_url {
+            check_url("slack.api_url", url)?;
+        }
+        if let Some(url) = &file.discord.api_url {
+            check_url("discord.api_url", url)?;
+        }
+        if let Some(backend) = &file.sandbox.backend
+            && !matches!(backend.as_str(), "namespace" | "docker" | "off")
+        {
+            return Err(ConfigError::value(
+                "sandbox.backend",
+                format!("`{backend}` is not one of namespace, docker, off"),
+            ));
+        }
+        let defaults = BusConfig::default();
+        let bus = BusConfig {
+            workers: positive("bus.workers", file.bus.workers, defaults.workers as i64)? as usize,
+            max_queued: positive("bus.max_queued", file.bus.max_queued, defaults.max_queued as i64)?
+                as u64,
+            lease_seconds: positive(
+                "bus.lease_seconds",
+                file.bus.lease_seconds,
+                defaults.lease_seconds as i64,
+            )? as u64,
+            max_attempts: positive(
+                "bus.max_attempts",
+                file.bus.max_attempts,
+                defaults.max_attempts as i64,
+            )? as u32,
+        };
+        let web_max_body_bytes =
+            positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            blob,
+            s3: file.s3,
+            secret_key: file.secret_key,
+            admin_token: file.admin_token.filter(|t| !t.is_empty()),
+            log_format,
+            model,
+            fallback_models,
+            anthropic,
+            openai,
+            slack: file.slack,
+            discord: file.discord,
+            sandbox: file.sandbox,
+            browser: file.browser,
+            bus,
+            web_max_body_bytes,
+        })
+    }
+
+    /// True when the server listens only on loopback, where the web chat is open without a token.
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        problem: format!("cannot read it: {e}"),
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            problem: format!("not valid TOML: {}", e.message()),
+        })
+}
+
+/// Put every set environment variable into the table at its key path.
+fn overlay_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(port) = env("PORT").filter(|_| env("ECDYSIS_LISTEN").is_none()) {
+        let port: u16 = port
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::value("PORT", format!("`{port}` is not a port number")))?;
+        table.insert("listen".into(), toml::Value::String(format!("0.0.0.0:{port}")));
+    }
+    for (key, names, kind) in ENV_KEYS {
+        let Some((name, raw)) = names
+            .iter()
+            .find_map(|name| env(name).filter(|v| !v.is_empty()).map(|v| (*name, v)))
+        else {
+            continue;
+        };
+        let value = match kind {
+            Kind::Str => toml::Value::String(raw),
+            Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
+                ConfigError::value(key, format!("{name}=`{raw}` is not a whole number"))
+            })?),
+            Kind::List => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
+        };
+        insert_path(table, key, value);
+    }
+    Ok(())
+}
+
+fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+fn positive(key: &str, value: Option<i64>, default: i64) -> Result<i64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v > 0 => Ok(v),
+        Some(v) => Err(ConfigError::value(key, format!("{v} must be greater than 0"))),
+    }
+}
+
+fn check_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::value(key, format!("`{text}` is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::value(
+            key,
+            format!("`{text}` must be an http:// or https:// URL"),
+        ));
+    }
+    Ok(url)
+}
+
+fn check_database_url(text: &str) -> Result<(), ConfigError> {
+    let key = "database_url";
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::value(key, format!("`{}` is not a URL ({e})", redact(text))))?;
+    match url.scheme() {
+        "sqlite" | "postgres" | "postgresql" => Ok(()),
+        other => Err(ConfigError::value(
+            key,
+            format!("unsupported scheme `{other}` (use sqlite:// or postgres://)"),
+        )),
+    }
+}
+
+fn parse_blob_url(text: &str) -> Result<BlobLocation, ConfigError> {
+    let key = "blob_url";
+    let url =
+        Url::parse(text).map_err(|e| ConfigError::value(key, format!("`{text}` is not a URL ({e})")))?;
+    match url.scheme() {
+        "file" => {
+            let path = url.to_file_path().map_err(|_| {
+                ConfigError::value(key, format!("`{text}` must be file:///absolute/dir"))
+            })?;
+            Ok(BlobLocation::Dir(path))
+        }
+        "s3" => {
+            let bucket = url.host_str().unwrap_or_default().to_string();
+            if bucket.is_empty() {
+                return Err(ConfigError::value(key, format!("`{text}` names no bucket")));
+            }
+            let prefix = url.path().trim_matches('/').to_string();
+            Ok(BlobLocation::S3 { bucket, prefix })
+        }
+        other => Err(ConfigError::value(
+            key,
+            format!("unsupported scheme `{other}` (use file:///dir or s3://bucket/prefix)"),
+        )),
+    }
+}
+
+fn checked_provider(key: &str, keys: ProviderKeys) -> Result<ProviderKeys, ConfigError> {
+    if let Some(url) = &keys.base_url {
+        check_url(key, url)?;
+    }
+    Ok(ProviderKeys {
+        api_key: keys.api_key.filter(|k| !k.is_empty()),
+        base_url: keys.base_url,
+    })
+}
+
+/// The first provider with a key, with a sensible current model.
+fn default_model(anthropic: &ProviderKeys, openai: &ProviderKeys) -> Option<ModelSpec> {
+    if anthropic.api_key.is_some() {
+        return Some(ModelSpec {
+            provider: Provider::Anthropic,
+            name: "claude-sonnet-4-5".into(),
+        });
+    }
+    if openai.api_key.is_some() {
+        return Some(ModelSpec {
+            provider: Provider::OpenAi,
+            name: "gpt-4o-mini".into(),
+        });
+    }
+    None
+}
+
+/// A URL with its password replaced, for messages and logs.
+pub fn redact(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecdysis.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(file.map(|_| path.as_path()), &|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://./data/ecdysis.db");
+        assert_eq!(c.blob, BlobLocation::Dir(PathBuf::from("./data/blobs")));
+        assert!(c.model.is_none());
+        assert!(c.listens_on_loopback());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load(
+            Some("listen = \"127.0.0.1:9000\"\n[bus]\nworkers = 3\n"),
+            &[("ECDYSIS_LISTEN", "127.0.0.1:9100"), ("ECDYSIS_BUS_MAX_QUEUED", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.bus.workers, 3);
+        assert_eq!(c.bus.max_queued, 7);
+    }
+
+    #[test]
+    fn port_means_all_interfaces() {
+        let c = load(None, &[("PORT", "3000")]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
+        assert!(!c.listens_on_loopback());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = load(None, &[("ECDYSIS_MODEL", "gemini/pro")]).unwrap_err();
+        assert!(e.to_string().contains("`model`") && e.to_string().contains("gemini"), "{e}");
+        let e = load(None, &[("ECDYSIS_BLOB_URL", "ftp://x/y")]).unwrap_err();
+        assert!(e.to_string().contains("blob_url"), "{e}");
+        let e = load(None, &[("DATABASE_URL", "not a url")]).unwrap_err();
+        assert!(e.to_string().contains("database_url"), "{e}");
+        let e = load(None, &[("ECDYSIS_BUS_WORKERS", "many")]).unwrap_err();
+        assert!(e.to_string().contains("bus.workers"), "{e}");
+        let e = load(None, &[("ANTHROPIC_BASE_URL", "localhost:8080")]).unwrap_err();
+        assert!(e.to_string().contains("anthropic.base_url"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load(Some("lisen = \"x\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = load(Some("[bus]\nworkerz = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("workerz"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_is_reported() {
+        let e = Config::load_with(Some(Path::new("/nonexistent/ecdysis.toml")), &|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn default_model_follows_keys() {
+        let c = load(None, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert_eq!(c.model.unwrap().provider, Provider::OpenAi);
+        let c = load(None, &[("ECDYSIS_BLOB_URL", "s3://bucket/some/prefix")]).unwrap();
+        assert_eq!(
+            c.blob,
+            BlobLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests: where the real services are, and loud failures in CI.
+#![allow(dead_code)]
+
+/// A URL of a real service exported by `.ci/run`. Missing in CI is a failure; missing on a
+/// laptop skips the test with a note (returns `None`).
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set: .ci/run must start this service before the tests")
+        }
+        _ => {
+            eprintln!("skipping: {var} is not set (run .ci/run to start the service)");
+            None
+        }
+    }
+}
+
+/// The PostgreSQL server `.ci/run` starts (a database the tests may create schemas in).
+pub fn postgres_url() -> Option<String> {
+    service("ECDYSIS_TEST_POSTGRES_URL")
+}
+
+/// The S3 endpoint `.ci/run` starts (credentials `test`/`test`, region `us-east-1`).
+pub fn s3_endpoint() -> Option<String> {
+    service("ECDYSIS_TEST_S3_ENDPOINT")
+}

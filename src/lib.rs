@@ -1,0 +1,10 @@
+//! ecdysis: a self-hosted AI agent for Slack and Discord.
+//!
+//! The library holds the core (configuration, storage, blob store, the durable event bus, the
+//! command handlers and the HTTP server); `src/main.rs` is the `ecdysis` command line.
+
+pub mod blob;
+pub mod config;
+pub mod store;
+pub mod bus;
+pub mod metrics;

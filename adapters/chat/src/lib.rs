@@ -10,8 +10,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod command;
+mod text;
 
 pub use command::{Command, CommandName};
+pub use text::split_text;
 
 /// Where a message lives: platform, workspace (Slack team, Discord guild), channel and thread.
 ///

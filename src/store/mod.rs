@@ -1,0 +1,381 @@
+//! Storage: one trait, a SQLite and a Postgres implementation, each with its own migrations.
+//!
+//! Everything durable lives here: conversations, the inbox of events, the transcript, memory
+//! notes (full-text searchable), artifacts, the outbox of replies and LLM usage. Every method
+//! that changes more than one row does so in one transaction.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ecdysis_chat::{ChannelRef, ConversationRef};
+use serde::{Deserialize, Serialize};
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open database `{url}`: {problem}")]
+    Open { url: String, problem: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch: the one time type of the schema (same on both backends).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// An event to put into the inbox, with the user's message for the transcript.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub platform_event_id: String,
+    pub conversation: ConversationRef,
+    pub user_id: String,
+    /// The event as JSON (see `bus::EventPayload`).
+    pub payload: String,
+    /// What the transcript shows for the user's message.
+    pub text: String,
+    /// Attachments already written to the blob store, linked to the user's message.
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// The result of putting an event into the inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    pub event_id: i64,
+    /// The (platform, platform event id) was there already; nothing was written.
+    pub duplicate: bool,
+}
+
+/// An event claimed by a worker, with its lease.
+#[derive(Clone, Debug)]
+pub struct ClaimedEvent {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub conversation: ConversationRef,
+    pub payload: String,
+    /// How many times this event was claimed, this claim included.
+    pub attempts: i32,
+    pub received_at: i64,
+}
+
+/// A transcript role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    /// A tool call or result inside an agent turn.
+    Tool,
+    /// A compaction summary that stands for older turns.
+    Summary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+            Role::Summary => "summary",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            "summary" => Role::Summary,
+            other => return Err(StoreError::Corrupt(format!("unknown role `{other}`"))),
+        })
+    }
+}
+
+/// An artifact whose blob is already stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewArtifact {
+    /// Public id (a UUID), used in `/api/artifacts/{id}`.
+    pub id: String,
+    pub blob_key: String,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+}
+
+/// An artifact row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    pub id: String,
+    pub conversation_id: i64,
+    pub message_id: Option<i64>,
+    pub blob_key: String,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+    pub created_at: i64,
+}
+
+/// A message to add to the transcript.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub role: Role,
+    pub text: String,
+    /// Structured detail (tool call arguments and results, model, …) as JSON; `None` for plain text.
+    pub meta: Option<String>,
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// A transcript message with its attachments.
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub event_id: Option<i64>,
+    pub role: Role,
+    pub text: String,
+    pub meta: Option<String>,
+    pub attachments: Vec<Artifact>,
+    pub created_at: i64,
+}
+
+/// A reply to deliver through the outbox.
+#[derive(Clone, Debug)]
+pub struct NewReply {
+    /// Unique forever: a second insert with the same key is ignored, so a re-run never posts twice.
+    pub idempotency_key: String,
+    /// Text, artifact ids and the adapter's route, as JSON (see `bus::ReplyPayload`).
+    pub payload: String,
+}
+
+/// What finishing an event writes, in one transaction: transcript rows, replies, and the final
+/// state: `done`, or `failed` with `error` (the replies then tell the user what went wrong).
+#[derive(Clone, Debug, Default)]
+pub struct Completion {
+    pub messages: Vec<NewMessage>,
+    pub replies: Vec<NewReply>,
+    pub error: Option<String>,
+}
+
+/// An outbox row waiting for delivery (claimed with a lease).
+#[derive(Clone, Debug)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub event_id: i64,
+    pub conversation: ConversationRef,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// A memory note.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub id: i64,
+    pub text: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// A note to remember.
+#[derive(Clone, Debug)]
+pub struct NewNote {
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    /// Makes the write idempotent: the same source never stores a second note.
+    pub source: Option<String>,
+}
+
+/// One LLM call's token usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+/// Usage totals of one model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelUsage {
+    pub model: String,
+    pub calls: i64,
+    pub usage: Usage,
+}
+
+/// Counts of the inbox by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboxCounts {
+    pub pending: i64,
+    pub leased: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+/// The storage contract. Both backends pass the same suite (`tests/store_contract.rs`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Check that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    // --- inbox -------------------------------------------------------------------------------
+
+    /// Put an event into the inbox together with the user's transcript message, in one
+    /// transaction; a (platform, platform event id) seen before writes nothing.
+    async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
+
+    /// Claim the oldest claimable event: the head of its conversation (no earlier unfinished
+    /// event there), pending or with an expired lease, and due. The claim lasts until `lease_until`.
+    async fn claim_event(&self, owner: &str, lease_until: i64) -> Result<Option<ClaimedEvent>>;
+
+    /// Extend a lease this owner holds; false when the lease was lost.
+    async fn renew_lease(&self, event_id: i64, owner: &str, lease_until: i64) -> Result<bool>;
+
+    /// Release every lease `owner` holds (graceful shutdown): the events become pending again.
+    async fn release_leases(&self, owner: &str) -> Result<u64>;
+
+    /// Make every leased event pending again (single-instance start-up after a crash).
+    async fn release_all_leases(&self) -> Result<u64>;
+
+    /// Finish an event: transcript rows, outbox rows and the done mark in one transaction.
+    /// Returns false (and writes nothing) when `owner` no longer holds the event's lease.
+    async fn complete_event(&self, event_id: i64, owner: &str, done: &Completion) -> Result<bool>;
+
+    /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
+    async fn fail_event(
+        &self,
+        event_id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()>;
+
+    /// Events not yet done or failed (the queue depth).
+    async fn open_event_count(&self) -> Result<i64>;
+
+    /// Counts of the inbox by state.
+    async fn inbox_counts(&self) -> Result<InboxCounts>;
+
+    // --- outbox ------------------------------------------------------------------------------
+
+    /// Claim undelivered replies, oldest first: of one event when `event_id` is given (the
+    /// worker delivering what it just produced), else of any event (the retry sweep).
+    async fn claim_replies(
+        &self,
+        event_id: Option<i64>,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>>;
+
+    /// Mark a reply delivered.
+    async fn mark_reply_sent(&self, id: i64, platform_message_id: Option<&str>) -> Result<()>;
+
+    /// Record a failed delivery: retry at `retry_at`, or give up when `None`.
+    async fn mark_reply_failed(&self, id: i64, error: &str, retry_at: Option<i64>) -> Result<()>;
+
+    // --- transcript and artifacts ------------------------------------------------------------
+
+    /// The conversation's messages in order, after message id `after` (0 for all), at most `limit`.
+    async fn messages(
+        &self,
+        conversation: &ConversationRef,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>>;
+
+    /// The last `limit` messages of the conversation, in order.
+    async fn recent_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<Vec<Message>>;
+
+    /// Append messages to a conversation outside an event's completion (agent tool steps).
+    async fn append_messages(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<i64>,
+        messages: &[NewMessage],
+    ) -> Result<Vec<i64>>;
+
+    /// Number of messages in a conversation.
+    async fn message_count(&self, conversation: &ConversationRef) -> Result<i64>;
+
+    /// One artifact by its public id.
+    async fn artifact(&self, id: &str) -> Result<Option<Artifact>>;
+
+    // --- memory ------------------------------------------------------------------------------
+
+    /// Store a note (one transaction); with a `source` seen before, returns the earlier note's id.
+    async fn remember(&self, note: &NewNote) -> Result<i64>;
+
+    /// Notes of this channel matching any word of `query`, best first.
+    async fn recall(&self, channel: &ChannelRef, query: &str, limit: i64) -> Result<Vec<Note>>;
+
+    /// Delete a note of this channel; false when the channel has no such note.
+    async fn forget(&self, channel: &ChannelRef, id: i64) -> Result<bool>;
+
+    /// The channel's newest notes.
+    async fn notes(&self, channel: &ChannelRef, limit: i64) -> Result<Vec<Note>>;
+
+    /// How many notes the channel has.
+    async fn note_count(&self, channel: &ChannelRef) -> Result<i64>;
+
+    // --- usage -------------------------------------------------------------------------------
+
+    /// Record one LLM call's usage for a conversation.
+    async fn record_usage(
+        &self,
+        conversation: &ConversationRef,
+        model: &str,
+        usage: &Usage,
+    ) -> Result<()>;
+
+    /// Usage totals of every conversation of a channel, per model.
+    async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>>;
+}
+
+/// Open (and migrate) the database a URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Err(StoreError::Open {
+            url: crate::config::redact(url),
+            problem: "the Postgres backend is not built yet".into(),
+        })
+    } else {
+        Err(StoreError::Open {
+            url: crate::config::redact(url),
+            problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
+        })
+    }
+}
+
+/// Words of a free-text query, lower-cased, for the full-text search of either backend.
+pub(crate) fn query_terms(query: &str) -> Vec<String> {
+    let mut terms: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    terms.sort();
+    terms.dedup();
+    terms.truncate(32);
+    terms
+}

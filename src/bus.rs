@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
-    Accepted, Attachment, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind,
-    EventSink, Reply, SubmitError, UserRef,
+    Accepted, Attachment, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind, EventSink,
+    Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -26,8 +26,8 @@ use crate::blob::BlobStore;
 use crate::config::BusConfig;
 use crate::metrics::Metrics;
 use crate::store::{
-    ClaimedEvent, Completion, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem, Role,
-    Store, now_ms,
+    ClaimedEvent, Completion, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem, Role, Store,
+    now_ms,
 };
 
 /// A file stored in the blob store, as events and replies refer to it.
@@ -249,7 +249,8 @@ impl Bus {
                 .await
             {
                 Ok(Some(event)) => {
-                    let span = info_span!("event", id = event.id, conversation = %event.conversation);
+                    let span =
+                        info_span!("event", id = event.id, conversation = %event.conversation);
                     self.process(event).instrument(span).await;
                 }
                 Ok(None) => self.idle().await,

@@ -54,9 +54,17 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
         Kind::Str,
     ),
-    ("s3.region", &["AWS_REGION", "AWS_DEFAULT_REGION"], Kind::Str),
+    (
+        "s3.region",
+        &["AWS_REGION", "AWS_DEFAULT_REGION"],
+        Kind::Str,
+    ),
     ("s3.access_key_id", &["AWS_ACCESS_KEY_ID"], Kind::Str),
-    ("s3.secret_access_key", &["AWS_SECRET_ACCESS_KEY"], Kind::Str),
+    (
+        "s3.secret_access_key",
+        &["AWS_SECRET_ACCESS_KEY"],
+        Kind::Str,
+    ),
     ("s3.session_token", &["AWS_SESSION_TOKEN"], Kind::Str),
     ("anthropic.api_key", &["ANTHROPIC_API_KEY"], Kind::Str),
     ("anthropic.base_url", &["ANTHROPIC_BASE_URL"], Kind::Str),
@@ -69,7 +77,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("slack.client_secret", &["SLACK_CLIENT_SECRET"], Kind::Str),
     ("slack.api_url", &["SLACK_API_URL"], Kind::Str),
     ("discord.token", &["DISCORD_TOKEN"], Kind::Str),
-    ("discord.application_id", &["DISCORD_APPLICATION_ID"], Kind::Str),
+    (
+        "discord.application_id",
+        &["DISCORD_APPLICATION_ID"],
+        Kind::Str,
+    ),
     ("discord.public_key", &["DISCORD_PUBLIC_KEY"], Kind::Str),
     ("discord.api_url", &["DISCORD_API_URL"], Kind::Str),
     ("sandbox.backend", &["ECDYSIS_SANDBOX"], Kind::Str),
@@ -78,9 +90,17 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("browser.allow", &["ECDYSIS_BROWSER_ALLOW"], Kind::List),
     ("bus.workers", &["ECDYSIS_BUS_WORKERS"], Kind::Int),
     ("bus.max_queued", &["ECDYSIS_BUS_MAX_QUEUED"], Kind::Int),
-    ("bus.lease_seconds", &["ECDYSIS_BUS_LEASE_SECONDS"], Kind::Int),
+    (
+        "bus.lease_seconds",
+        &["ECDYSIS_BUS_LEASE_SECONDS"],
+        Kind::Int,
+    ),
     ("bus.max_attempts", &["ECDYSIS_BUS_MAX_ATTEMPTS"], Kind::Int),
-    ("web.max_body_bytes", &["ECDYSIS_WEB_MAX_BODY_BYTES"], Kind::Int),
+    (
+        "web.max_body_bytes",
+        &["ECDYSIS_WEB_MAX_BODY_BYTES"],
+        Kind::Int,
+    ),
 ];
 
 /// The file's shape. Every field is optional; unknown keys are an error that names them.
@@ -398,8 +418,11 @@ impl Config {
         let defaults = BusConfig::default();
         let bus = BusConfig {
             workers: positive("bus.workers", file.bus.workers, defaults.workers as i64)? as usize,
-            max_queued: positive("bus.max_queued", file.bus.max_queued, defaults.max_queued as i64)?
-                as u64,
+            max_queued: positive(
+                "bus.max_queued",
+                file.bus.max_queued,
+                defaults.max_queued as i64,
+            )? as u64,
             lease_seconds: positive(
                 "bus.lease_seconds",
                 file.bus.lease_seconds,
@@ -446,11 +469,10 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_path_buf(),
         problem: format!("cannot read it: {e}"),
     })?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::File {
-            path: path.to_path_buf(),
-            problem: format!("not valid TOML: {}", e.message()),
-        })
+    text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        problem: format!("not valid TOML: {}", e.message()),
+    })
 }
 
 /// Put every set environment variable into the table at its key path.
@@ -463,7 +485,10 @@ fn overlay_env(
             .trim()
             .parse()
             .map_err(|_| ConfigError::value("PORT", format!("`{port}` is not a port number")))?;
-        table.insert("listen".into(), toml::Value::String(format!("0.0.0.0:{port}")));
+        table.insert(
+            "listen".into(),
+            toml::Value::String(format!("0.0.0.0:{port}")),
+        );
     }
     for (key, names, kind) in ENV_KEYS {
         let Some((name, raw)) = names
@@ -513,7 +538,10 @@ fn positive(key: &str, value: Option<i64>, default: i64) -> Result<i64, ConfigEr
     match value {
         None => Ok(default),
         Some(v) if v > 0 => Ok(v),
-        Some(v) => Err(ConfigError::value(key, format!("{v} must be greater than 0"))),
+        Some(v) => Err(ConfigError::value(
+            key,
+            format!("{v} must be greater than 0"),
+        )),
     }
 }
 
@@ -544,8 +572,8 @@ fn check_database_url(text: &str) -> Result<(), ConfigError> {
 
 fn parse_blob_url(text: &str) -> Result<BlobLocation, ConfigError> {
     let key = "blob_url";
-    let url =
-        Url::parse(text).map_err(|e| ConfigError::value(key, format!("`{text}` is not a URL ({e})")))?;
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::value(key, format!("`{text}` is not a URL ({e})")))?;
     match url.scheme() {
         "file" => {
             let path = url.to_file_path().map_err(|_| {
@@ -638,7 +666,10 @@ mod tests {
     fn env_overrides_file() {
         let c = load(
             Some("listen = \"127.0.0.1:9000\"\n[bus]\nworkers = 3\n"),
-            &[("ECDYSIS_LISTEN", "127.0.0.1:9100"), ("ECDYSIS_BUS_MAX_QUEUED", "7")],
+            &[
+                ("ECDYSIS_LISTEN", "127.0.0.1:9100"),
+                ("ECDYSIS_BUS_MAX_QUEUED", "7"),
+            ],
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9100);
@@ -656,7 +687,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let e = load(None, &[("ECDYSIS_MODEL", "gemini/pro")]).unwrap_err();
-        assert!(e.to_string().contains("`model`") && e.to_string().contains("gemini"), "{e}");
+        assert!(
+            e.to_string().contains("`model`") && e.to_string().contains("gemini"),
+            "{e}"
+        );
         let e = load(None, &[("ECDYSIS_BLOB_URL", "ftp://x/y")]).unwrap_err();
         assert!(e.to_string().contains("blob_url"), "{e}");
         let e = load(None, &[("DATABASE_URL", "not a url")]).unwrap_err();
@@ -677,8 +711,8 @@ mod tests {
 
     #[test]
     fn unreadable_file_is_reported() {
-        let e = Config::load_with(Some(Path::new("/nonexistent/ecdysis.toml")), &|_| None)
-            .unwrap_err();
+        let e =
+            Config::load_with(Some(Path::new("/nonexistent/ecdysis.toml")), &|_| None).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
     }
 

@@ -3,8 +3,11 @@
 //! The library holds the core (configuration, storage, blob store, the durable event bus, the
 //! command handlers and the HTTP server); `src/main.rs` is the `ecdysis` command line.
 
+pub mod app;
 pub mod blob;
-pub mod config;
-pub mod store;
 pub mod bus;
+pub mod commands;
+pub mod config;
+pub mod doctor;
 pub mod metrics;
+pub mod store;

@@ -1,1 +1,125 @@
-fn main() {}
+//! The `ecdysis` command line: `serve`, `chat`, `migrate`, `doctor`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ecdysis::app::{self, App};
+use ecdysis::config::{Config, LogFormat};
+use ecdysis_chat::EventSink;
+use ecdysis_web::terminal::{self, TerminalAdapter};
+
+/// A self-hosted AI agent for Slack and Discord.
+#[derive(Parser)]
+#[command(name = "ecdysis", version, about)]
+struct Cli {
+    /// Configuration file (TOML); every key can also be set by environment variable.
+    #[arg(long, global = true, env = "ECDYSIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server, every configured adapter and the workers.
+    Serve,
+    /// Chat with the agent in this terminal (conversation `local:terminal`).
+    Chat,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check every configured part and print one line each; exit 1 if one fails.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ecdysis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format, matches!(cli.command, Command::Chat));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ecdysis: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Chat => chat(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Doctor => return doctor(config).await,
+        }
+        .map(|()| ExitCode::SUCCESS)
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ecdysis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = App::open(config).await?;
+    app::serve(app).await
+}
+
+async fn chat(config: Config) -> anyhow::Result<()> {
+    let app = App::open(config).await?;
+    let adapter = Arc::new(TerminalAdapter::new());
+    app.bus.register_adapter(adapter.clone());
+    let workers = app.bus.start().await?;
+    let input = tokio::io::BufReader::new(tokio::io::stdin());
+    let sink: Arc<dyn EventSink> = Arc::new(app.bus.clone());
+    terminal::run(sink, adapter, input, Duration::from_secs(600)).await?;
+    app::stop(workers).await;
+    Ok(())
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = ecdysis::store::open(&config.database_url).await?;
+    println!(
+        "migrations applied ({}: {})",
+        store.backend(),
+        ecdysis::config::redact(&config.database_url)
+    );
+    Ok(())
+}
+
+async fn doctor(config: Config) -> anyhow::Result<ExitCode> {
+    let report = ecdysis::doctor::run(&config).await;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    Ok(if report.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -63,7 +63,12 @@ async fn contract(store: &dyn BlobStore) {
     assert_eq!(list(store, "").await, Vec::<String>::new());
 
     // Round trips: text, every byte value, empty, and 5 MB.
-    put(store, "notes/hello.txt", Bytes::from_static(b"hello, world")).await;
+    put(
+        store,
+        "notes/hello.txt",
+        Bytes::from_static(b"hello, world"),
+    )
+    .await;
     assert_eq!(
         get(store, "notes/hello.txt").await.as_deref(),
         Some(&b"hello, world"[..])
@@ -166,7 +171,9 @@ async fn contract(store: &dyn BlobStore) {
     // Invalid keys are refused by every operation, and nothing is written.
     for bad in ["../x", "/abs", "a//b", "a/../b", "", "sp ace", "trailing/"] {
         assert_invalid_key(
-            store.put(bad, Bytes::from_static(b"evil"), "text/plain").await,
+            store
+                .put(bad, Bytes::from_static(b"evil"), "text/plain")
+                .await,
             &format!("put {bad:?}"),
         );
         assert_invalid_key(store.get(bad).await, &format!("get {bad:?}"));
@@ -175,7 +182,11 @@ async fn contract(store: &dyn BlobStore) {
     for bad in ["../", "/abs", "a//"] {
         assert_invalid_key(store.list(bad).await, &format!("list {bad:?}"));
     }
-    assert_eq!(list(store, "").await, all, "an invalid key changed the store");
+    assert_eq!(
+        list(store, "").await,
+        all,
+        "an invalid key changed the store"
+    );
 
     // Concurrent puts to one key leave exactly one complete value, and a reader running
     // meanwhile only ever sees nothing or one complete value.
@@ -232,7 +243,11 @@ fn files_under(dir: &Path) -> BTreeSet<String> {
             if file_type.is_dir() {
                 walk(base, &entry.path(), out);
             } else {
-                let relative = entry.path().strip_prefix(base).expect("under base").to_owned();
+                let relative = entry
+                    .path()
+                    .strip_prefix(base)
+                    .expect("under base")
+                    .to_owned();
                 out.insert(relative.to_string_lossy().replace('\\', "/"));
             }
         }
@@ -254,7 +269,11 @@ async fn local_store_keeps_the_contract() {
 
     // No temporary files left behind: the only files are the keys.
     let keys: BTreeSet<String> = list(&store, "").await.into_iter().collect();
-    assert_eq!(files_under(&root), keys, "stray files in the store directory");
+    assert_eq!(
+        files_under(&root),
+        keys,
+        "stray files in the store directory"
+    );
     // Invalid keys wrote nothing next to the store either.
     let beside: Vec<_> = std::fs::read_dir(outer.path())
         .expect("read tempdir")

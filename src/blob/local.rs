@@ -225,7 +225,9 @@ fn remove_stale_tmp_files(tmp: &Path) {
             .is_some_and(|age| age > STALE_TMP_AGE);
         if stale {
             match fs::remove_file(entry.path()) {
-                Ok(()) => tracing::debug!(path = %entry.path().display(), "removed stale temp blob"),
+                Ok(()) => {
+                    tracing::debug!(path = %entry.path().display(), "removed stale temp blob")
+                }
                 Err(error) => {
                     tracing::warn!(path = %entry.path().display(), %error, "cannot remove stale temp blob")
                 }

@@ -88,7 +88,9 @@ mod tests {
     #[test]
     fn keys_are_checked() {
         assert!(validate_key("artifacts/2026/abc-1.png").is_ok());
-        for bad in ["", "/abs", "a//b", "../x", "a/../b", "a/./b", "sp ace", "a\\b", "a/"] {
+        for bad in [
+            "", "/abs", "a//b", "../x", "a/../b", "a/./b", "sp ace", "a\\b", "a/",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
     }

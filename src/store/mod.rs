@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::{Deserialize, Serialize};
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// What went wrong in storage.
@@ -355,10 +357,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Err(StoreError::Open {
-            url: crate::config::redact(url),
-            problem: "the Postgres backend is not built yet".into(),
-        })
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(StoreError::Open {
             url: crate::config::redact(url),

@@ -117,7 +117,10 @@ impl SqliteStore {
         conversation_id: i64,
         rows: Vec<SqliteRow>,
     ) -> Result<Vec<Message>> {
-        let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>>>()?;
         let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
             return Ok(messages);
         };
@@ -795,7 +798,10 @@ mod tests {
 
     #[test]
     fn fts_query_quotes_words() {
-        assert_eq!(fts_query("Sky, blue?").as_deref(), Some("\"blue\" OR \"sky\""));
+        assert_eq!(
+            fts_query("Sky, blue?").as_deref(),
+            Some("\"blue\" OR \"sky\"")
+        );
         assert_eq!(fts_query(" -- "), None);
     }
 }

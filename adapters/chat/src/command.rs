@@ -117,7 +117,10 @@ mod tests {
         let c = Command::parse_slash("/remember  the sky is blue ").unwrap();
         assert_eq!(c.name, CommandName::Remember);
         assert_eq!(c.args, "the sky is blue");
-        assert_eq!(Command::parse_slash("/HELP").unwrap().name, CommandName::Help);
+        assert_eq!(
+            Command::parse_slash("/HELP").unwrap().name,
+            CommandName::Help
+        );
         assert_eq!(
             Command::parse_slash("/frobnicate x").unwrap().name,
             CommandName::Unknown("frobnicate".into())

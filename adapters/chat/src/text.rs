@@ -93,7 +93,11 @@ mod tests {
         assert!(pieces.len() > 2);
         for piece in &pieces {
             assert!(piece.chars().count() <= 120, "{piece}");
-            assert_eq!(piece.matches("```").count() % 2, 0, "unbalanced fence in {piece:?}");
+            assert_eq!(
+                piece.matches("```").count() % 2,
+                0,
+                "unbalanced fence in {piece:?}"
+            );
         }
     }
 

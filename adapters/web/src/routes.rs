@@ -1,0 +1,402 @@
+//! The web chat's HTTP side: the page, the JSON API, live updates (server-sent events) and files.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use ecdysis_chat::{
+    ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Limits, Reply,
+    SubmitError, UserRef,
+};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use crate::WebBackend;
+use crate::auth::{COOKIE_NAME, authorized, constant_time_eq};
+
+const PAGE: &str = include_str!("page.html");
+const LOGIN_PAGE: &str = include_str!("login.html");
+
+/// How the web chat is exposed.
+#[derive(Clone, Debug)]
+pub struct WebSettings {
+    /// When set, the chat and its API require this token (bearer header or login cookie).
+    pub token: Option<String>,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+/// The web chat: its routes, fed by an [`EventSink`] and a [`WebBackend`].
+#[derive(Clone)]
+pub struct WebChat {
+    sink: Arc<dyn EventSink>,
+    backend: Arc<dyn WebBackend>,
+    settings: Arc<WebSettings>,
+    updates: broadcast::Sender<String>,
+}
+
+/// The web chat's [`ChatAdapter`]: the core stores replies in the transcript the page shows, so
+/// delivering one means telling the open pages of that conversation to fetch it.
+pub struct WebAdapter {
+    updates: broadcast::Sender<String>,
+}
+
+#[async_trait]
+impl ChatAdapter for WebAdapter {
+    fn platform(&self) -> &str {
+        "web"
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_text_chars: 100_000,
+            max_file_bytes: 100 * 1024 * 1024,
+        }
+    }
+
+    async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
+        // No open page is not an error: the reply is in the transcript either way.
+        let _ = self.updates.send(reply.conversation.channel.clone());
+        Ok(Delivered::default())
+    }
+}
+
+/// The conversation a web chat name stands for.
+pub fn conversation_ref(name: &str) -> ConversationRef {
+    ConversationRef::new("web", "local", name, None)
+}
+
+fn valid_conversation(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl WebChat {
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        backend: Arc<dyn WebBackend>,
+        settings: WebSettings,
+    ) -> (Self, WebAdapter) {
+        let updates = broadcast::channel(256).0;
+        let adapter = WebAdapter {
+            updates: updates.clone(),
+        };
+        let chat = Self {
+            sink,
+            backend,
+            settings: Arc::new(settings),
+            updates,
+        };
+        (chat, adapter)
+    }
+
+    /// The routes: `/`, `/login`, `/api/chat/{conversation}` (+ `/messages`, `/events`) and
+    /// `/api/artifacts/{id}`.
+    pub fn router(self) -> Router {
+        let limit = self.settings.max_body_bytes;
+        Router::new()
+            .route("/", get(page))
+            .route("/login", get(login_page).post(login))
+            .route("/api/chat/{conversation}", post(send_message))
+            .route("/api/chat/{conversation}/messages", get(list_messages))
+            .route("/api/chat/{conversation}/events", get(live_updates))
+            .route("/api/artifacts/{id}", get(artifact))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    fn allowed(&self, headers: &HeaderMap) -> bool {
+        match &self.settings.token {
+            None => true,
+            Some(token) => authorized(headers, token),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "this server needs ECDYSIS_ADMIN_TOKEN: send `Authorization: Bearer <token>` or log in at /login",
+    )
+}
+
+async fn page(State(chat): State<WebChat>, headers: HeaderMap) -> Response {
+    if !chat.allowed(&headers) {
+        return (StatusCode::SEE_OTHER, [(LOCATION, "/login")]).into_response();
+    }
+    Html(PAGE).into_response()
+}
+
+async fn login_page() -> Html<&'static str> {
+    Html(LOGIN_PAGE)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(chat): State<WebChat>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
+    let Some(token) = &chat.settings.token else {
+        return (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
+    };
+    if !constant_time_eq(form.token.as_bytes(), token.as_bytes()) {
+        return error(StatusCode::UNAUTHORIZED, "wrong token");
+    }
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"https");
+    let cookie = format!(
+        "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+        if secure { "; Secure" } else { "" }
+    );
+    match HeaderValue::from_str(&cookie) {
+        Ok(cookie) => (
+            StatusCode::SEE_OTHER,
+            [
+                (LOCATION, HeaderValue::from_static("/")),
+                (SET_COOKIE, cookie),
+            ],
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "the token has characters a cookie cannot hold",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    text: String,
+    #[serde(default)]
+    user: Option<String>,
+    /// The client's id for this message: sending the same id twice stores it once.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn send_message(
+    State(chat): State<WebChat>,
+    Path(conversation): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !chat.allowed(&headers) {
+        return unauthorized();
+    }
+    if !valid_conversation(&conversation) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "conversation names are 1-100 characters of A-Z a-z 0-9 - _ . :",
+        );
+    }
+    let body: SendBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected JSON {{\"text\": \"...\", \"user\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    if body.text.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "text is empty");
+    }
+    let id = match body.id {
+        Some(id) if id.is_empty() || id.len() > 200 => {
+            return error(StatusCode::BAD_REQUEST, "id must be 1-200 characters");
+        }
+        Some(id) => id,
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let user = body
+        .user
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "web".into());
+    let user = UserRef {
+        id: user.chars().take(100).collect(),
+        name: None,
+    };
+    let event = Event::from_text(
+        format!("{conversation}:{id}"),
+        conversation_ref(&conversation),
+        user,
+        body.text,
+    );
+    match chat.sink.submit(event).await {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "event_id": accepted.event_id,
+                "duplicate": accepted.duplicate,
+            })),
+        )
+            .into_response(),
+        Err(SubmitError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(SubmitError::Busy(why)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            response
+        }
+        Err(SubmitError::Internal(why)) => {
+            tracing::error!(error = %why, "cannot accept a web chat message");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the message could not be stored; nothing was accepted",
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    #[serde(default)]
+    after: i64,
+}
+
+async fn list_messages(
+    State(chat): State<WebChat>,
+    Path(conversation): Path<String>,
+    Query(query): Query<MessagesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !chat.allowed(&headers) {
+        return unauthorized();
+    }
+    if !valid_conversation(&conversation) {
+        return error(StatusCode::BAD_REQUEST, "invalid conversation name");
+    }
+    match chat
+        .backend
+        .messages(&conversation_ref(&conversation), query.after)
+        .await
+    {
+        Ok(messages) => (
+            [(CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({ "messages": messages })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read messages");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
+        }
+    }
+}
+
+async fn live_updates(
+    State(chat): State<WebChat>,
+    Path(conversation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !chat.allowed(&headers) {
+        return unauthorized();
+    }
+    let receiver = chat.updates.subscribe();
+    Sse::new(updates_for(receiver, conversation))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// A stream with one `update` event whenever `conversation` has something new (or when updates
+/// were missed, so the page re-reads rather than miss a reply).
+fn updates_for(
+    receiver: broadcast::Receiver<String>,
+    conversation: String,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(receiver, move |mut receiver| {
+        let conversation = conversation.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(name) if name == conversation => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+            Some((Ok(SseEvent::default().event("update").data("{}")), receiver))
+        }
+    })
+}
+
+async fn artifact(
+    State(chat): State<WebChat>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !chat.allowed(&headers) {
+        return unauthorized();
+    }
+    match chat.backend.file(&id).await {
+        Ok(Some(file)) => {
+            let disposition = format!(
+                "inline; filename=\"{}\"",
+                file.name.replace(['"', '\\', '\r', '\n'], "_")
+            );
+            let mut response = file.bytes.into_response();
+            let headers = response.headers_mut();
+            if let Ok(mime) = HeaderValue::from_str(&file.mime) {
+                headers.insert(CONTENT_TYPE, mime);
+            }
+            if let Ok(disposition) = HeaderValue::from_str(&disposition) {
+                headers.insert(CONTENT_DISPOSITION, disposition);
+            }
+            headers.insert(
+                "x-content-type-options",
+                HeaderValue::from_static("nosniff"),
+            );
+            response
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such artifact"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read an artifact");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the artifact",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_names_are_checked() {
+        assert!(valid_conversation("general"));
+        assert!(valid_conversation("team-a:b_c.d"));
+        assert!(!valid_conversation(""));
+        assert!(!valid_conversation("a/b"));
+        assert!(!valid_conversation(&"x".repeat(101)));
+    }
+}

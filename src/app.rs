@@ -1,0 +1,237 @@
+//! Assembling the parts a configuration names: storage, blob store, bus, handlers, adapters,
+//! and the HTTP server with its operational routes (`/healthz`, `/readyz`, `/metrics`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ecdysis_chat::{ConversationRef, EventSink};
+use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::blob::{self, BlobStore};
+use crate::bus::{Bus, Workers};
+use crate::commands::Commands;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{self, Role, Store};
+
+/// Everything `serve` and `chat` run on.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub bus: Bus,
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Open storage (applying migrations) and the blob store, and build the bus.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let store = store::open(&config.database_url)
+            .await
+            .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
+        let blobs = blob::open(&config).await.context("blob store")?;
+        let commands = Commands::new(store.clone(), blobs.clone());
+        let metrics = Arc::new(Metrics::new());
+        let bus = Bus::new(
+            store.clone(),
+            blobs.clone(),
+            Arc::new(commands),
+            config.bus.clone(),
+            metrics.clone(),
+        );
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            blobs,
+            bus,
+            metrics,
+        })
+    }
+
+    /// The HTTP routes: web chat + operations.
+    pub fn router(&self) -> Router {
+        let token = if self.config.listens_on_loopback() {
+            None
+        } else {
+            self.config.admin_token.clone()
+        };
+        let (web, adapter) = WebChat::new(
+            Arc::new(self.bus.clone()) as Arc<dyn EventSink>,
+            Arc::new(TranscriptView {
+                store: self.store.clone(),
+                blobs: self.blobs.clone(),
+            }),
+            WebSettings {
+                token,
+                max_body_bytes: self.config.web_max_body_bytes,
+            },
+        );
+        self.bus.register_adapter(Arc::new(adapter));
+        let ops = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone());
+        web.router().merge(ops)
+    }
+
+    /// Refuse to serve the web chat to the network without a token.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if !self.config.listens_on_loopback() && self.config.admin_token.is_none() {
+            anyhow::bail!(
+                "listening on {} (not loopback) needs ECDYSIS_ADMIN_TOKEN so that strangers cannot use the web chat",
+                self.config.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Run the server until SIGTERM or Ctrl-C; then stop accepting, let running events finish
+/// (or release their leases) and return.
+pub async fn serve(app: App) -> anyhow::Result<()> {
+    let started = Instant::now();
+    app.check_exposure()?;
+    let router = app.router();
+    let listener = TcpListener::bind(app.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", app.config.listen))?;
+    let address: SocketAddr = listener.local_addr()?;
+    let workers = app.bus.start().await?;
+    info!(
+        %address,
+        storage = app.store.backend(),
+        blobs = %app.blobs.describe(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "ecdysis is listening; web chat at http://{address}/"
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    info!("shutting down: finishing running events");
+    stop(workers).await;
+    Ok(())
+}
+
+/// Stop the workers with the standard grace period.
+pub async fn stop(workers: Workers) {
+    workers.shutdown(Duration::from_secs(10)).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    let db = app.store.ping().await;
+    let blobs = app.blobs.ping().await;
+    let body = serde_json::json!({
+        "database": db.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "blobs": blobs.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "queue_depth": app.bus.queue_depth(),
+    });
+    let status = if db.is_ok() && blobs.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The web chat's read side: the transcript and stored files.
+struct TranscriptView {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+#[async_trait]
+impl WebBackend for TranscriptView {
+    async fn messages(
+        &self,
+        conversation: &ConversationRef,
+        after: i64,
+    ) -> Result<Vec<WebMessage>, String> {
+        let messages = self
+            .store
+            .messages(conversation, after, 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| matches!(m.role, Role::User | Role::Assistant))
+            .map(|m| WebMessage {
+                id: m.id,
+                role: m.role.as_str().to_string(),
+                text: m.text,
+                attachments: m
+                    .attachments
+                    .into_iter()
+                    .map(|a| ecdysis_web::WebAttachment {
+                        url: format!("/api/artifacts/{}", a.id),
+                        name: a.name,
+                        mime: a.mime,
+                        size: a.size,
+                    })
+                    .collect(),
+                created_at: ecdysis_web::rfc3339_utc(m.created_at),
+            })
+            .collect())
+    }
+
+    async fn file(&self, id: &str) -> Result<Option<WebFile>, String> {
+        let Some(artifact) = self.store.artifact(id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let bytes = self
+            .blobs
+            .get(&artifact.blob_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(bytes.map(|bytes| WebFile {
+            name: artifact.name,
+            mime: artifact.mime,
+            bytes,
+        }))
+    }
+}

@@ -1,0 +1,353 @@
+//! The commands every platform shares (`remember`, `recall`, `forget`, `memory`, `status`,
+//! `help`, …) and the dispatch of free text to the agent. This is the bus's [`Handler`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ecdysis_chat::{CommandName, EventKind};
+
+use crate::blob::BlobStore;
+use crate::bus::{EventContext, Handler, Outgoing};
+use crate::store::{NewNote, Store};
+
+/// Answers free text (and `/ask`): the LLM agent, once configured.
+#[async_trait]
+pub trait Agent: Send + Sync + 'static {
+    async fn answer(&self, event: &EventContext, prompt: &str) -> anyhow::Result<Vec<Outgoing>>;
+
+    /// One line for `/status` (the model in use).
+    fn describe(&self) -> String;
+}
+
+/// A command that lives in its own module (`run`, `screenshot`, `record`): enabled when the
+/// part it needs is configured.
+#[async_trait]
+pub trait Feature: Send + Sync + 'static {
+    async fn run(&self, event: &EventContext, args: &str) -> anyhow::Result<Vec<Outgoing>>;
+}
+
+/// The longest note `/remember` stores.
+pub const MAX_NOTE_CHARS: usize = 4_000;
+const RECALL_LIMIT: i64 = 10;
+const MEMORY_LIST_LIMIT: i64 = 20;
+
+/// The command handler.
+pub struct Commands {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    started: Instant,
+    agent: Option<Arc<dyn Agent>>,
+    run: Option<Arc<dyn Feature>>,
+    screenshot: Option<Arc<dyn Feature>>,
+    record: Option<Arc<dyn Feature>>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self {
+            store,
+            blobs,
+            started: Instant::now(),
+            agent: None,
+            run: None,
+            screenshot: None,
+            record: None,
+        }
+    }
+
+    pub fn with_agent(mut self, agent: Arc<dyn Agent>) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
+    pub fn with_run(mut self, feature: Arc<dyn Feature>) -> Self {
+        self.run = Some(feature);
+        self
+    }
+
+    pub fn with_screenshot(mut self, feature: Arc<dyn Feature>) -> Self {
+        self.screenshot = Some(feature);
+        self
+    }
+
+    pub fn with_record(mut self, feature: Arc<dyn Feature>) -> Self {
+        self.record = Some(feature);
+        self
+    }
+
+    async fn remember(&self, event: &EventContext, text: &str) -> anyhow::Result<String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok("Usage: `/remember <text>` saves a note for this channel.".into());
+        }
+        if text.chars().count() > MAX_NOTE_CHARS {
+            return Ok(format!(
+                "That note is too long ({} characters); the limit is {MAX_NOTE_CHARS}. Nothing was saved.",
+                text.chars().count()
+            ));
+        }
+        let id = self
+            .store
+            .remember(&NewNote {
+                channel: event.conversation.channel_ref(),
+                text: text.to_string(),
+                created_by: event.payload.user.id.clone(),
+                source: Some(format!("event:{}", event.event_id)),
+            })
+            .await?;
+        Ok(format!("Remembered as #{id}."))
+    }
+
+    async fn recall(&self, event: &EventContext, query: &str) -> anyhow::Result<String> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Ok("Usage: `/recall <words>` finds this channel's notes.".into());
+        }
+        let notes = self
+            .store
+            .recall(&event.conversation.channel_ref(), query, RECALL_LIMIT)
+            .await?;
+        if notes.is_empty() {
+            return Ok(format!("No note in this channel matches “{query}”."));
+        }
+        let mut out = format!("Notes matching “{query}”:");
+        for note in notes {
+            out.push_str(&format!("\n#{} {}", note.id, note.text));
+        }
+        Ok(out)
+    }
+
+    async fn forget(&self, event: &EventContext, args: &str) -> anyhow::Result<String> {
+        let Ok(id) = args.trim().trim_start_matches('#').parse::<i64>() else {
+            return Ok(
+                "Usage: `/forget <id>` with the number `/recall` or `/memory` shows, e.g. `/forget 12`."
+                    .into(),
+            );
+        };
+        if self
+            .store
+            .forget(&event.conversation.channel_ref(), id)
+            .await?
+        {
+            Ok(format!("Forgot #{id}."))
+        } else {
+            Ok(format!(
+                "This channel has no note #{id}; nothing was deleted."
+            ))
+        }
+    }
+
+    async fn memory(&self, event: &EventContext) -> anyhow::Result<String> {
+        let channel = event.conversation.channel_ref();
+        let count = self.store.note_count(&channel).await?;
+        if count == 0 {
+            return Ok("This channel has no notes yet. Save one with `/remember <text>`.".into());
+        }
+        let notes = self.store.notes(&channel, MEMORY_LIST_LIMIT).await?;
+        let mut out = if count > MEMORY_LIST_LIMIT {
+            format!("This channel has {count} notes; the newest {MEMORY_LIST_LIMIT}:")
+        } else {
+            format!(
+                "This channel has {count} note{}:",
+                if count == 1 { "" } else { "s" }
+            )
+        };
+        for note in notes {
+            out.push_str(&format!("\n#{} {}", note.id, note.text));
+        }
+        Ok(out)
+    }
+
+    async fn status(&self, event: &EventContext) -> anyhow::Result<String> {
+        let channel = event.conversation.channel_ref();
+        let inbox = self.store.inbox_counts().await?;
+        let notes = self.store.note_count(&channel).await?;
+        let messages = self.store.message_count(&event.conversation).await?;
+        let usage = self.store.channel_usage(&channel).await?;
+        let model = match &self.agent {
+            Some(agent) => agent.describe(),
+            None => "none configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY)".into(),
+        };
+        let enabled = |f: &Option<Arc<dyn Feature>>| if f.is_some() { "on" } else { "off" };
+        let mut out = format!(
+            "ecdysis {} · up {}\nStorage: {} · blobs: {}\nModel: {model}\nSandbox /run: {} · browser /screenshot /record: {}\nQueue: {} pending, {} in progress, {} failed, {} done\nThis channel: {notes} note{} · this conversation: {messages} message{}",
+            env!("CARGO_PKG_VERSION"),
+            format_uptime(self.started.elapsed().as_secs()),
+            self.store.backend(),
+            self.blobs.describe(),
+            enabled(&self.run),
+            enabled(&self.screenshot),
+            inbox.pending,
+            inbox.leased,
+            inbox.failed,
+            inbox.done,
+            if notes == 1 { "" } else { "s" },
+            if messages == 1 { "" } else { "s" },
+        );
+        if usage.is_empty() {
+            out.push_str("\nModel usage in this channel: none yet");
+        } else {
+            out.push_str("\nModel usage in this channel:");
+            for u in usage {
+                out.push_str(&format!(
+                    "\n  {}: {} call{}, {} input + {} output tokens (cache: {} read, {} written)",
+                    u.model,
+                    u.calls,
+                    if u.calls == 1 { "" } else { "s" },
+                    u.usage.input_tokens,
+                    u.usage.output_tokens,
+                    u.usage.cache_read_tokens,
+                    u.usage.cache_write_tokens
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn free_text(&self, event: &EventContext, prompt: &str) -> anyhow::Result<Vec<Outgoing>> {
+        match &self.agent {
+            Some(agent) => agent.answer(event, prompt).await,
+            None if prompt.trim().is_empty() => {
+                Ok(vec![Outgoing::text("Usage: `/ask <question>`.")])
+            }
+            None => Ok(vec![Outgoing::text(NO_MODEL_TEXT)]),
+        }
+    }
+
+    async fn feature(
+        &self,
+        feature: &Option<Arc<dyn Feature>>,
+        name: &str,
+        how: &str,
+        event: &EventContext,
+        args: &str,
+    ) -> anyhow::Result<Vec<Outgoing>> {
+        match feature {
+            Some(feature) => feature.run(event, args).await,
+            None => Ok(vec![Outgoing::text(format!(
+                "`/{name}` is not enabled on this server yet. {how}"
+            ))]),
+        }
+    }
+}
+
+/// The reply to free text when no model is configured.
+pub const NO_MODEL_TEXT: &str = "No language model is configured, so I can only run commands for now. \
+To chat, set ANTHROPIC_API_KEY (or OPENAI_API_KEY; optionally ECDYSIS_MODEL=anthropic/<model> or \
+openai/<model>, and ANTHROPIC_BASE_URL / OPENAI_BASE_URL for a gateway) and restart. \
+Type /help for the commands that work without a model.";
+
+/// The help text: the same commands on every platform.
+pub fn help_text() -> String {
+    let lines = [
+        ("ask <question>", "ask the model (plain messages work too)"),
+        ("remember <text>", "save a note for this channel"),
+        ("recall <words>", "find this channel's notes"),
+        ("forget <id>", "delete a note"),
+        ("memory", "list this channel's notes"),
+        ("run <command>", "run a command in this channel's sandbox"),
+        ("screenshot <url>", "post a screenshot of a web page"),
+        ("record <url>", "post a short video of a web page"),
+        ("status", "what runs here and what this channel used"),
+        ("help", "this text"),
+    ];
+    let mut out = String::from(
+        "Commands (Slack: `/ecdysis <command>`, Discord: slash commands, web and terminal: a leading `/`):",
+    );
+    for (usage, what) in lines {
+        out.push_str(&format!("\n  /{usage} — {what}"));
+    }
+    out
+}
+
+fn format_uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[async_trait]
+impl Handler for Commands {
+    async fn handle(&self, event: &EventContext) -> anyhow::Result<Vec<Outgoing>> {
+        let args = event.payload.text.as_str();
+        let command = match &event.payload.kind {
+            EventKind::Message => return self.free_text(event, args).await,
+            EventKind::Action { .. } => {
+                return Ok(vec![Outgoing::text(
+                    "That button has expired or is not waiting for an answer.",
+                )]);
+            }
+            EventKind::Command(command) => command,
+        };
+        let text = match &command.name {
+            CommandName::Ask => return self.free_text(event, args).await,
+            CommandName::Run => {
+                return self
+                    .feature(
+                        &self.run,
+                        "run",
+                        "Commands run in a sandbox; set ECDYSIS_SANDBOX=namespace (needs bubblewrap) to enable it.",
+                        event,
+                        args,
+                    )
+                    .await;
+            }
+            CommandName::Screenshot => {
+                return self
+                    .feature(
+                        &self.screenshot,
+                        "screenshot",
+                        "It needs Chromium (ECDYSIS_CHROMIUM or ECDYSIS_BROWSER_CDP_URL).",
+                        event,
+                        args,
+                    )
+                    .await;
+            }
+            CommandName::Record => {
+                return self
+                    .feature(
+                        &self.record,
+                        "record",
+                        "It needs Chromium and ffmpeg.",
+                        event,
+                        args,
+                    )
+                    .await;
+            }
+            CommandName::Remember => self.remember(event, args).await?,
+            CommandName::Recall => self.recall(event, args).await?,
+            CommandName::Forget => self.forget(event, args).await?,
+            CommandName::Memory => self.memory(event).await?,
+            CommandName::Status => self.status(event).await?,
+            CommandName::Help => help_text(),
+            CommandName::Unknown(word) => {
+                format!("Unknown command `/{word}`.\n{}", help_text())
+            }
+        };
+        Ok(vec![Outgoing::text(text)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = help_text();
+        for name in CommandName::ALL {
+            assert!(help.contains(&format!("/{}", name.as_str())), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn uptime_reads_well() {
+        assert_eq!(format_uptime(5), "5s");
+        assert_eq!(format_uptime(125), "2m 5s");
+        assert_eq!(format_uptime(7300), "2h 1m");
+    }
+}

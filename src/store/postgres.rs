@@ -1,0 +1,772 @@
+//! The PostgreSQL backend: safe with several ecdysis instances on one database.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers (in one process or many) never
+//! claim the same event or reply. Inserts that add to a conversation lock its row until they
+//! commit, so ids within a conversation follow commit order and per-conversation order holds.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ecdysis_chat::{ChannelRef, ConversationRef};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
+
+use super::{
+    Artifact, ClaimedEvent, Completion, InboxCounts, Inserted, Message, ModelUsage, NewArtifact,
+    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, Usage,
+    now_ms, query_terms,
+};
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl PostgresStore {
+    /// Connect and migrate.
+    pub async fn open(url: &str) -> Result<Self> {
+        let open_error = |problem: String| StoreError::Open {
+            url: crate::config::redact(url),
+            problem,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn conversation_id(&self, c: &ConversationRef) -> Result<Option<i64>> {
+        Ok(sqlx::query(
+            "SELECT id FROM conversations
+             WHERE platform = $1 AND workspace = $2 AND channel = $3 AND thread = $4",
+        )
+        .bind(&c.platform)
+        .bind(&c.workspace)
+        .bind(&c.channel)
+        .bind(c.thread.as_deref().unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| row.get(0)))
+    }
+
+    /// Attach artifacts to messages in the range [first, last].
+    async fn with_attachments(
+        &self,
+        conversation_id: i64,
+        rows: Vec<PgRow>,
+    ) -> Result<Vec<Message>> {
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+            return Ok(messages);
+        };
+        let artifacts = sqlx::query(
+            "SELECT a.id, a.conversation_id, a.message_id, a.blob_key, a.name, a.mime, a.size,
+                    a.created_at
+             FROM artifacts a
+             WHERE a.conversation_id = $1 AND a.message_id BETWEEN $2 AND $3
+             ORDER BY a.seq",
+        )
+        .bind(conversation_id)
+        .bind(first.id)
+        .bind(last.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &artifacts {
+            let artifact = artifact_from_row(row);
+            if let Some(message) = messages
+                .iter_mut()
+                .find(|m| Some(m.id) == artifact.message_id)
+            {
+                message.attachments.push(artifact);
+            }
+        }
+        Ok(messages)
+    }
+}
+
+/// The conversation's id, created if new. Locks the conversation's row until the transaction ends.
+async fn upsert_conversation(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &ConversationRef,
+) -> Result<i64> {
+    Ok(sqlx::query(
+        "INSERT INTO conversations (platform, workspace, channel, thread, created_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (platform, workspace, channel, thread) DO UPDATE SET platform = excluded.platform
+         RETURNING id",
+    )
+    .bind(&c.platform)
+    .bind(&c.workspace)
+    .bind(&c.channel)
+    .bind(c.thread.as_deref().unwrap_or(""))
+    .bind(now_ms())
+    .fetch_one(&mut **tx)
+    .await?
+    .get(0))
+}
+
+async fn insert_message(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    event_id: Option<i64>,
+    message: &NewMessage,
+) -> Result<i64> {
+    let id: i64 = sqlx::query(
+        "INSERT INTO messages (conversation_id, event_id, role, text, meta, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(conversation_id)
+    .bind(event_id)
+    .bind(message.role.as_str())
+    .bind(&message.text)
+    .bind(&message.meta)
+    .bind(now_ms())
+    .fetch_one(&mut **tx)
+    .await?
+    .get(0);
+    for artifact in &message.attachments {
+        insert_artifact(tx, conversation_id, Some(id), artifact).await?;
+    }
+    Ok(id)
+}
+
+async fn insert_artifact(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    message_id: Option<i64>,
+    a: &NewArtifact,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO artifacts (id, conversation_id, message_id, blob_key, name, mime, size, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&a.id)
+    .bind(conversation_id)
+    .bind(message_id)
+    .bind(&a.blob_key)
+    .bind(&a.name)
+    .bind(&a.mime)
+    .bind(a.size)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn conversation_from_row(row: &PgRow) -> ConversationRef {
+    ConversationRef::new(
+        row.get::<String, _>("platform"),
+        row.get::<String, _>("workspace"),
+        row.get::<String, _>("channel"),
+        Some(row.get::<String, _>("thread")),
+    )
+}
+
+fn message_from_row(row: &PgRow) -> Result<Message> {
+    Ok(Message {
+        id: row.get("id"),
+        event_id: row.get("event_id"),
+        role: Role::parse(row.get("role"))?,
+        text: row.get("text"),
+        meta: row.get("meta"),
+        attachments: Vec::new(),
+        created_at: row.get("created_at"),
+    })
+}
+
+fn artifact_from_row(row: &PgRow) -> Artifact {
+    Artifact {
+        id: row.get("id"),
+        conversation_id: row.get("conversation_id"),
+        message_id: row.get("message_id"),
+        blob_key: row.get("blob_key"),
+        name: row.get("name"),
+        mime: row.get("mime"),
+        size: row.get("size"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn note_from_row(row: &PgRow) -> Note {
+    Note {
+        id: row.get("id"),
+        text: row.get("text"),
+        created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+    }
+}
+
+/// A `to_tsquery` text matching any of the words: `a | b`. Every term is alphanumeric, so it
+/// holds no tsquery operator; it is still bound as a parameter.
+fn ts_query(query: &str) -> Option<String> {
+    let terms = query_terms(query);
+    if terms.is_empty() {
+        return None;
+    }
+    Some(terms.join(" | "))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_event(&self, event: &NewEvent) -> Result<Inserted> {
+        let mut tx = self.pool.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, &event.conversation).await?;
+        let now = now_ms();
+        let inserted: Option<i64> = sqlx::query(
+            "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
+                                available_at, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (platform, platform_event_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&event.conversation.platform)
+        .bind(&event.platform_event_id)
+        .bind(conversation_id)
+        .bind(&event.payload)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        let Some(event_id) = inserted else {
+            tx.rollback().await?;
+            let existing: i64 =
+                sqlx::query("SELECT id FROM inbox WHERE platform = $1 AND platform_event_id = $2")
+                    .bind(&event.conversation.platform)
+                    .bind(&event.platform_event_id)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .get(0);
+            return Ok(Inserted {
+                event_id: existing,
+                duplicate: true,
+            });
+        };
+        let message = NewMessage {
+            role: Role::User,
+            text: event.text.clone(),
+            meta: Some(serde_json::json!({ "user": event.user_id }).to_string()),
+            attachments: event.attachments.clone(),
+        };
+        insert_message(&mut tx, conversation_id, Some(event_id), &message).await?;
+        tx.commit().await?;
+        Ok(Inserted {
+            event_id,
+            duplicate: false,
+        })
+    }
+
+    async fn claim_event(&self, owner: &str, lease_until: i64) -> Result<Option<ClaimedEvent>> {
+        let row = sqlx::query(
+            "UPDATE inbox
+             SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = inbox.attempts + 1
+             FROM conversations c
+             WHERE c.id = inbox.conversation_id
+               AND inbox.id = (
+                 SELECT i.id FROM inbox i
+                 WHERE i.status IN ('pending', 'leased')
+                   AND (i.status = 'pending' OR i.lease_until < $3)
+                   AND i.available_at <= $3
+                   AND NOT EXISTS (
+                       SELECT 1 FROM inbox j
+                       WHERE j.conversation_id = i.conversation_id
+                         AND j.status IN ('pending', 'leased')
+                         AND j.id < i.id)
+                 ORDER BY i.id
+                 LIMIT 1
+                 FOR UPDATE OF i SKIP LOCKED)
+             RETURNING inbox.id, inbox.conversation_id, inbox.payload, inbox.attempts,
+                       inbox.received_at, c.platform, c.workspace, c.channel, c.thread",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| ClaimedEvent {
+            id: row.get("id"),
+            conversation_id: row.get("conversation_id"),
+            conversation: conversation_from_row(&row),
+            payload: row.get("payload"),
+            attempts: row.get("attempts"),
+            received_at: row.get("received_at"),
+        }))
+    }
+
+    async fn renew_lease(&self, event_id: i64, owner: &str, lease_until: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE inbox SET lease_until = $1
+             WHERE id = $2 AND status = 'leased' AND lease_owner = $3",
+        )
+        .bind(lease_until)
+        .bind(event_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE inbox SET status = 'pending', lease_owner = NULL, lease_until = NULL
+             WHERE status = 'leased' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release_all_leases(&self) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE inbox SET status = 'pending', lease_owner = NULL, lease_until = NULL
+             WHERE status = 'leased'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn complete_event(&self, event_id: i64, owner: &str, done: &Completion) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let finished: Option<i64> = sqlx::query(
+            "UPDATE inbox
+             SET status = CASE WHEN $1::TEXT IS NULL THEN 'done' ELSE 'failed' END,
+                 finished_at = $2, lease_owner = NULL, lease_until = NULL, error = $1::TEXT
+             WHERE id = $3 AND status = 'leased' AND lease_owner = $4
+             RETURNING conversation_id",
+        )
+        .bind(&done.error)
+        .bind(now_ms())
+        .bind(event_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        let Some(conversation_id) = finished else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        for message in &done.messages {
+            insert_message(&mut tx, conversation_id, Some(event_id), message).await?;
+        }
+        for reply in &done.replies {
+            sqlx::query(
+                "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+            )
+            .bind(&reply.idempotency_key)
+            .bind(event_id)
+            .bind(conversation_id)
+            .bind(&reply.payload)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail_event(
+        &self,
+        event_id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE inbox
+             SET status = CASE WHEN $1::BIGINT IS NULL THEN 'failed' ELSE 'pending' END,
+                 available_at = COALESCE($1::BIGINT, available_at),
+                 finished_at = CASE WHEN $1::BIGINT IS NULL THEN $2::BIGINT ELSE NULL END,
+                 error = $3, lease_owner = NULL, lease_until = NULL
+             WHERE id = $4 AND status = 'leased' AND lease_owner = $5",
+        )
+        .bind(retry_at)
+        .bind(now_ms())
+        .bind(error)
+        .bind(event_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn open_event_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM inbox WHERE status IN ('pending', 'leased')")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM inbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = InboxCounts::default();
+        for row in rows {
+            let n: i64 = row.get(1);
+            match row.get::<&str, _>(0) {
+                "pending" => counts.pending = n,
+                "leased" => counts.leased = n,
+                "done" => counts.done = n,
+                "failed" => counts.failed = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn claim_replies(
+        &self,
+        event_id: Option<i64>,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>> {
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM outbox
+                 WHERE status = 'pending'
+                   AND (lease_until IS NULL OR lease_until < $2)
+                   AND ($3::BIGINT IS NULL OR event_id = $3::BIGINT)
+                 ORDER BY id
+                 LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o SET lease_until = $1, attempts = o.attempts + 1
+             FROM picked p, conversations c
+             WHERE o.id = p.id AND c.id = o.conversation_id
+             RETURNING o.id, o.idempotency_key, o.event_id, o.payload, o.attempts,
+                       c.platform, c.workspace, c.channel, c.thread",
+        )
+        .bind(lease_until)
+        .bind(now_ms())
+        .bind(event_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items: Vec<OutboxItem> = rows
+            .iter()
+            .map(|row| OutboxItem {
+                id: row.get("id"),
+                idempotency_key: row.get("idempotency_key"),
+                event_id: row.get("event_id"),
+                conversation: conversation_from_row(row),
+                payload: row.get("payload"),
+                attempts: row.get("attempts"),
+            })
+            .collect();
+        items.sort_by_key(|item| item.id);
+        Ok(items)
+    }
+
+    async fn mark_reply_sent(&self, id: i64, platform_message_id: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET status = 'sent', sent_at = $1, platform_message_id = $2,
+                               lease_until = NULL, error = NULL
+             WHERE id = $3",
+        )
+        .bind(now_ms())
+        .bind(platform_message_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_reply_failed(&self, id: i64, error: &str, retry_at: Option<i64>) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox
+             SET status = CASE WHEN $1::BIGINT IS NULL THEN 'failed' ELSE 'pending' END,
+                 lease_until = $1::BIGINT, error = $2
+             WHERE id = $3",
+        )
+        .bind(retry_at)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn messages(
+        &self,
+        conversation: &ConversationRef,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT id, event_id, role, text, meta, created_at FROM messages
+             WHERE conversation_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        self.with_attachments(conversation_id, rows).await
+    }
+
+    async fn recent_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let mut rows = sqlx::query(
+            "SELECT id, event_id, role, text, meta, created_at FROM messages
+             WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(conversation_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        self.with_attachments(conversation_id, rows).await
+    }
+
+    async fn append_messages(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<i64>,
+        messages: &[NewMessage],
+    ) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(insert_message(&mut tx, conversation_id, event_id, message).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn message_count(&self, conversation: &ConversationRef) -> Result<i64> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(0);
+        };
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM messages WHERE conversation_id = $1")
+                .bind(conversation_id)
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    async fn artifact(&self, id: &str) -> Result<Option<Artifact>> {
+        Ok(sqlx::query(
+            "SELECT id, conversation_id, message_id, blob_key, name, mime, size, created_at
+             FROM artifacts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(artifact_from_row))
+    }
+
+    async fn remember(&self, note: &NewNote) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<i64> = sqlx::query(
+            "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
+                                       created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (source) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&note.channel.platform)
+        .bind(&note.channel.workspace)
+        .bind(&note.channel.channel)
+        .bind(&note.text)
+        .bind(&note.created_by)
+        .bind(&note.source)
+        .bind(now_ms())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        let id = match inserted {
+            Some(id) => id,
+            None => sqlx::query("SELECT id FROM memory_notes WHERE source = $1")
+                .bind(&note.source)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0),
+        };
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn recall(&self, channel: &ChannelRef, query: &str, limit: i64) -> Result<Vec<Note>> {
+        let Some(ts) = ts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT n.id, n.text, n.created_by, n.created_at
+             FROM memory_notes n, to_tsquery('english', $1) q
+             WHERE n.search @@ q
+               AND n.platform = $2 AND n.workspace = $3 AND n.channel = $4
+             ORDER BY ts_rank(n.search, q) DESC, n.id DESC
+             LIMIT $5",
+        )
+        .bind(ts)
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(note_from_row).collect())
+    }
+
+    async fn forget(&self, channel: &ChannelRef, id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM memory_notes
+             WHERE id = $1 AND platform = $2 AND workspace = $3 AND channel = $4",
+        )
+        .bind(id)
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn notes(&self, channel: &ChannelRef, limit: i64) -> Result<Vec<Note>> {
+        let rows = sqlx::query(
+            "SELECT id, text, created_by, created_at FROM memory_notes
+             WHERE platform = $1 AND workspace = $2 AND channel = $3
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(note_from_row).collect())
+    }
+
+    async fn note_count(&self, channel: &ChannelRef) -> Result<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM memory_notes
+             WHERE platform = $1 AND workspace = $2 AND channel = $3",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0))
+    }
+
+    async fn record_usage(
+        &self,
+        conversation: &ConversationRef,
+        model: &str,
+        usage: &Usage,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        sqlx::query(
+            "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
+                                    cache_read_tokens, cache_write_tokens, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(conversation_id)
+        .bind(model)
+        .bind(usage.input_tokens)
+        .bind(usage.output_tokens)
+        .bind(usage.cache_read_tokens)
+        .bind(usage.cache_write_tokens)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {
+        let rows = sqlx::query(
+            "SELECT u.model, COUNT(*),
+                    COALESCE(SUM(u.input_tokens), 0)::BIGINT,
+                    COALESCE(SUM(u.output_tokens), 0)::BIGINT,
+                    COALESCE(SUM(u.cache_read_tokens), 0)::BIGINT,
+                    COALESCE(SUM(u.cache_write_tokens), 0)::BIGINT
+             FROM llm_usage u JOIN conversations c ON c.id = u.conversation_id
+             WHERE c.platform = $1 AND c.workspace = $2 AND c.channel = $3
+             GROUP BY u.model ORDER BY u.model",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ModelUsage {
+                model: row.get(0),
+                calls: row.get(1),
+                usage: Usage {
+                    input_tokens: row.get(2),
+                    output_tokens: row.get(3),
+                    cache_read_tokens: row.get(4),
+                    cache_write_tokens: row.get(5),
+                },
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_query_ors_words() {
+        assert_eq!(ts_query("Sky, blue?").as_deref(), Some("blue | sky"));
+        assert_eq!(ts_query(" -- "), None);
+    }
+}

@@ -1,0 +1,1146 @@
+//! One storage contract for both backends: SQLite (a temp file) and PostgreSQL (a fresh schema).
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ecdysis::store::{
+    self, ClaimedEvent, Completion, InboxCounts, ModelUsage, NewArtifact, NewEvent, NewMessage,
+    NewNote, NewReply, Role, Store, Usage, now_ms,
+};
+use ecdysis_chat::{ChannelRef, ConversationRef};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+// --- helpers ---------------------------------------------------------------------------------
+
+fn conv(channel: &str, thread: Option<&str>) -> ConversationRef {
+    ConversationRef::new("test", "W1", channel, thread.map(str::to_string))
+}
+
+fn channel(platform: &str, workspace: &str, channel: &str) -> ChannelRef {
+    ChannelRef {
+        platform: platform.into(),
+        workspace: workspace.into(),
+        channel: channel.into(),
+    }
+}
+
+fn new_event(conversation: &ConversationRef, platform_event_id: &str, text: &str) -> NewEvent {
+    NewEvent {
+        platform_event_id: platform_event_id.into(),
+        conversation: conversation.clone(),
+        user_id: "U1".into(),
+        payload: format!("{{\"event\":\"{platform_event_id}\"}}"),
+        text: text.into(),
+        attachments: Vec::new(),
+    }
+}
+
+fn artifact(id: &str, name: &str) -> NewArtifact {
+    NewArtifact {
+        id: id.into(),
+        blob_key: format!("artifacts/{id}"),
+        name: name.into(),
+        mime: "image/png".into(),
+        size: 1234,
+    }
+}
+
+fn message(role: Role, text: &str) -> NewMessage {
+    NewMessage {
+        role,
+        text: text.into(),
+        meta: None,
+        attachments: Vec::new(),
+    }
+}
+
+fn reply(key: &str) -> NewReply {
+    NewReply {
+        idempotency_key: key.into(),
+        payload: format!("{{\"text\":\"{key}\"}}"),
+    }
+}
+
+fn far() -> i64 {
+    now_ms() + 60_000
+}
+
+fn past() -> i64 {
+    now_ms() - 1_000
+}
+
+async fn insert(store: &dyn Store, event: &NewEvent) -> i64 {
+    let inserted = store.insert_event(event).await.unwrap();
+    assert!(!inserted.duplicate, "{} is new", event.platform_event_id);
+    inserted.event_id
+}
+
+async fn claim(store: &dyn Store, owner: &str) -> Option<ClaimedEvent> {
+    store.claim_event(owner, far()).await.unwrap()
+}
+
+async fn claim_some(store: &dyn Store, owner: &str) -> ClaimedEvent {
+    claim(store, owner)
+        .await
+        .unwrap_or_else(|| panic!("{owner}: expected a claimable event"))
+}
+
+async fn complete(store: &dyn Store, event: &ClaimedEvent, owner: &str) {
+    assert!(
+        store
+            .complete_event(event.id, owner, &Completion::default())
+            .await
+            .unwrap(),
+        "{owner} completes event {}",
+        event.id
+    );
+}
+
+/// Every inbox helper starts and ends with nothing claimable.
+async fn assert_nothing_claimable(store: &dyn Store, when: &str) {
+    let claimed = store.claim_event("probe", far()).await.unwrap();
+    assert!(
+        claimed.is_none(),
+        "{when}: nothing should be claimable, got {claimed:?}"
+    );
+}
+
+fn ids(items: &[store::OutboxItem]) -> Vec<&str> {
+    items.iter().map(|i| i.idempotency_key.as_str()).collect()
+}
+
+// --- the contract ----------------------------------------------------------------------------
+
+/// The contract every backend keeps. `store` must start empty.
+async fn contract(store: &dyn Store) {
+    store.ping().await.unwrap();
+    assert_eq!(store.open_event_count().await.unwrap(), 0);
+    assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts::default());
+    assert_nothing_claimable(store, "empty store").await;
+
+    insert_and_duplicate(store).await;
+    claim_order(store).await;
+    expired_lease(store).await;
+    renew_and_release(store).await;
+    complete_writes(store).await;
+    outbox(store).await;
+    fail_event(store).await;
+    complete_with_error(store).await;
+    counts(store).await;
+    transcript(store).await;
+    memory(store).await;
+    usage(store).await;
+}
+
+async fn insert_and_duplicate(store: &dyn Store) {
+    let c = conv("dup", Some("1700000000.000100"));
+    let mut event = new_event(&c, "Ev-dup", "hello there");
+    event.attachments = vec![artifact("00000000-0000-4000-8000-0000000000a1", "in.png")];
+    let first = store.insert_event(&event).await.unwrap();
+    assert!(!first.duplicate);
+
+    // A platform retry of the same event: same id, nothing written.
+    let mut retry = event.clone();
+    retry.text = "a retry with other text".into();
+    retry.attachments = Vec::new();
+    let second = store.insert_event(&retry).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!(second.event_id, first.event_id);
+    assert_eq!(store.open_event_count().await.unwrap(), 1);
+
+    // The same platform event id on another platform is another event.
+    let other_platform = ConversationRef::new("other", "W1", "dup", None);
+    let other = store
+        .insert_event(&new_event(&other_platform, "Ev-dup", "hi"))
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_ne!(other.event_id, first.event_id);
+
+    // The user's message is in the transcript, once, with its attachment.
+    let messages = store.messages(&c, 0, 100).await.unwrap();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m.role, Role::User);
+    assert_eq!(m.text, "hello there");
+    assert_eq!(m.event_id, Some(first.event_id));
+    assert!(m.meta.as_deref().unwrap_or_default().contains("U1"));
+    assert!(m.created_at > 0);
+    assert_eq!(m.attachments.len(), 1);
+    assert_eq!(m.attachments[0].id, "00000000-0000-4000-8000-0000000000a1");
+    assert_eq!(m.attachments[0].message_id, Some(m.id));
+    assert_eq!(store.message_count(&c).await.unwrap(), 1);
+    let stored = store
+        .artifact("00000000-0000-4000-8000-0000000000a1")
+        .await
+        .unwrap()
+        .expect("the user's attachment is stored");
+    assert_eq!(stored.name, "in.png");
+    assert_eq!(stored.message_id, Some(m.id));
+
+    // The thread and the channel itself are different conversations.
+    assert!(
+        store
+            .messages(&conv("dup", None), 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.message_count(&conv("dup", None)).await.unwrap(), 0);
+
+    // Drain: both events claimable (different conversations), in arrival order.
+    let a = claim_some(store, "w").await;
+    assert_eq!(a.id, first.event_id);
+    assert_eq!(a.conversation, c);
+    assert_eq!(a.payload, event.payload);
+    assert_eq!(a.attempts, 1);
+    assert!(a.received_at > 0);
+    let b = claim_some(store, "w").await;
+    assert_eq!(b.id, other.event_id);
+    assert_eq!(b.conversation, other_platform);
+    complete(store, &a, "w").await;
+    complete(store, &b, "w").await;
+    assert_nothing_claimable(store, "after insert_and_duplicate").await;
+}
+
+async fn claim_order(store: &dyn Store) {
+    let conv_a = conv("order-a", Some("t1"));
+    let conv_b = conv("order-b", None);
+    let a1 = insert(store, &new_event(&conv_a, "Ev-a1", "a1")).await;
+    let a2 = insert(store, &new_event(&conv_a, "Ev-a2", "a2")).await;
+    let b1 = insert(store, &new_event(&conv_b, "Ev-b1", "b1")).await;
+    assert!(a1 < a2 && a2 < b1);
+
+    let first = claim_some(store, "w1").await;
+    assert_eq!(first.id, a1);
+    assert_eq!(first.conversation, conv_a);
+    let second = claim_some(store, "w2").await;
+    assert_eq!(second.id, b1, "A2 waits while A1 is leased");
+    assert_eq!(second.conversation, conv_b);
+    assert_ne!(first.conversation_id, second.conversation_id);
+    assert!(
+        claim(store, "w3").await.is_none(),
+        "A2 is blocked behind the leased A1"
+    );
+
+    complete(store, &first, "w1").await;
+    let third = claim_some(store, "w3").await;
+    assert_eq!(third.id, a2);
+    assert_eq!(third.conversation_id, first.conversation_id);
+    assert_eq!(third.conversation, conv_a);
+    assert_eq!(third.attempts, 1);
+    assert_eq!(third.payload, "{\"event\":\"Ev-a2\"}");
+
+    complete(store, &second, "w2").await;
+    complete(store, &third, "w3").await;
+    assert_nothing_claimable(store, "after claim_order").await;
+}
+
+async fn expired_lease(store: &dyn Store) {
+    let c = conv("expired", None);
+    let e = insert(store, &new_event(&c, "Ev-exp", "expire me")).await;
+    let old = store.claim_event("old", past()).await.unwrap().unwrap();
+    assert_eq!((old.id, old.attempts), (e, 1));
+
+    let new = claim_some(store, "new").await;
+    assert_eq!(
+        (new.id, new.attempts),
+        (e, 2),
+        "an expired lease is re-claimed"
+    );
+
+    // The old owner lost the event: it can neither renew, complete nor fail it.
+    assert!(!store.renew_lease(e, "old", far()).await.unwrap());
+    let done = Completion {
+        messages: vec![message(Role::Assistant, "stale answer")],
+        replies: vec![reply("exp:stale")],
+        error: None,
+    };
+    assert!(!store.complete_event(e, "old", &done).await.unwrap());
+    assert_eq!(store.message_count(&c).await.unwrap(), 1);
+    assert!(
+        store
+            .claim_replies(Some(e), far(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.fail_event(e, "old", "stale", None).await.unwrap();
+    assert_eq!(store.inbox_counts().await.unwrap().leased, 1);
+    assert!(store.renew_lease(e, "new", far()).await.unwrap());
+
+    assert!(
+        store
+            .complete_event(e, "new", &Completion::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_event(e, "new", &Completion::default())
+            .await
+            .unwrap(),
+        "a done event cannot be completed twice"
+    );
+    assert_nothing_claimable(store, "after expired_lease").await;
+}
+
+async fn renew_and_release(store: &dyn Store) {
+    let r = insert(store, &new_event(&conv("release-r", None), "Ev-r", "r")).await;
+    let s = insert(store, &new_event(&conv("release-s", None), "Ev-s", "s")).await;
+
+    let claimed = claim_some(store, "w1").await;
+    assert_eq!(claimed.id, r);
+    assert!(store.renew_lease(r, "w1", far() + 1_000).await.unwrap());
+    assert!(!store.renew_lease(r, "w2", far()).await.unwrap());
+    // A renewed lease that is short expires again: renew_lease really moves lease_until.
+    assert!(store.renew_lease(r, "w1", past()).await.unwrap());
+    let again = claim_some(store, "w2").await;
+    assert_eq!((again.id, again.attempts), (r, 2));
+    assert!(!store.renew_lease(r, "w1", far()).await.unwrap());
+
+    let s_claim = claim_some(store, "w3").await;
+    assert_eq!(s_claim.id, s);
+    assert!(claim(store, "w4").await.is_none());
+
+    // Graceful shutdown of w2: only its lease goes.
+    assert_eq!(store.release_leases("w2").await.unwrap(), 1);
+    assert_eq!(store.release_leases("w2").await.unwrap(), 0);
+    assert!(!store.renew_lease(r, "w2", far()).await.unwrap());
+    let r3 = claim_some(store, "w4").await;
+    assert_eq!((r3.id, r3.attempts), (r, 3));
+    assert!(claim(store, "w5").await.is_none());
+
+    // Start-up after a crash: every lease goes.
+    assert_eq!(store.release_all_leases().await.unwrap(), 2);
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.leased), (2, 0));
+    assert!(!store.renew_lease(r, "w4", far()).await.unwrap());
+    let x = claim_some(store, "x").await;
+    let y = claim_some(store, "y").await;
+    assert_eq!((x.id, x.attempts), (r, 4));
+    assert_eq!((y.id, y.attempts), (s, 2));
+    complete(store, &x, "x").await;
+    complete(store, &y, "y").await;
+    assert!(!store.renew_lease(r, "x", far()).await.unwrap());
+    assert_eq!(store.release_leases("x").await.unwrap(), 0);
+    assert_eq!(store.release_all_leases().await.unwrap(), 0);
+    assert_nothing_claimable(store, "after renew_and_release").await;
+}
+
+async fn complete_writes(store: &dyn Store) {
+    let c = conv("complete", Some("th"));
+    let e = insert(store, &new_event(&c, "Ev-c1", "draw me a cat")).await;
+    let claimed = claim_some(store, "w").await;
+    assert_eq!(claimed.id, e);
+
+    // Ids chosen so that their text order is the reverse of the attachment order.
+    let shot = "ffffffff-0000-4000-8000-000000000001";
+    let video = "00000000-0000-4000-8000-000000000002";
+    let done = Completion {
+        messages: vec![
+            NewMessage {
+                role: Role::Tool,
+                text: "browser_screenshot".into(),
+                meta: Some("{\"tool\":\"browser_screenshot\"}".into()),
+                attachments: Vec::new(),
+            },
+            NewMessage {
+                role: Role::Assistant,
+                text: "here you go".into(),
+                meta: None,
+                attachments: vec![artifact(shot, "shot.png"), artifact(video, "cat.mp4")],
+            },
+        ],
+        replies: vec![reply("c1:0"), reply("c1:1")],
+        error: None,
+    };
+    assert!(store.complete_event(e, "w", &done).await.unwrap());
+
+    let messages = store.messages(&c, 0, 100).await.unwrap();
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::User, Role::Tool, Role::Assistant]);
+    assert!(messages.iter().all(|m| m.event_id == Some(e)));
+    assert_eq!(
+        messages[1].meta.as_deref(),
+        Some("{\"tool\":\"browser_screenshot\"}")
+    );
+    assert!(messages[1].attachments.is_empty());
+    let assistant = &messages[2];
+    assert_eq!(assistant.text, "here you go");
+    assert_eq!(assistant.meta, None);
+    let attached: Vec<&str> = assistant
+        .attachments
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(attached, [shot, video], "attachments keep their order");
+
+    let stored = store.artifact(video).await.unwrap().expect("artifact row");
+    assert_eq!(stored, assistant.attachments[1]);
+    assert_eq!(stored.conversation_id, claimed.conversation_id);
+    assert_eq!(stored.message_id, Some(assistant.id));
+    assert_eq!(stored.blob_key, format!("artifacts/{video}"));
+    assert_eq!(
+        (stored.name.as_str(), stored.mime.as_str(), stored.size),
+        ("cat.mp4", "image/png", 1234)
+    );
+    assert!(stored.created_at > 0);
+    assert_eq!(store.artifact("no-such-artifact").await.unwrap(), None);
+
+    // The replies are in the outbox, oldest first.
+    let items = store.claim_replies(Some(e), far(), 10).await.unwrap();
+    assert_eq!(ids(&items), ["c1:0", "c1:1"]);
+    for item in &items {
+        assert_eq!(item.event_id, e);
+        assert_eq!(item.conversation, c);
+        assert_eq!(item.attempts, 1);
+        assert_eq!(
+            item.payload,
+            format!("{{\"text\":\"{}\"}}", item.idempotency_key)
+        );
+    }
+
+    // Idempotency: a key seen before is not written again.
+    let e2 = insert(store, &new_event(&c, "Ev-c2", "again")).await;
+    let claimed2 = claim_some(store, "w").await;
+    assert_eq!(claimed2.id, e2);
+    let done2 = Completion {
+        messages: vec![message(Role::Assistant, "second answer")],
+        replies: vec![reply("c1:0"), reply("c2:0"), reply("c2:0")],
+        error: None,
+    };
+    assert!(store.complete_event(e2, "w", &done2).await.unwrap());
+    let items2 = store.claim_replies(Some(e2), far(), 10).await.unwrap();
+    assert_eq!(ids(&items2), ["c2:0"]);
+    assert_eq!(store.message_count(&c).await.unwrap(), 5);
+
+    for item in items.iter().chain(&items2) {
+        store.mark_reply_sent(item.id, Some("pm")).await.unwrap();
+    }
+    assert!(
+        store
+            .claim_replies(None, past(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_nothing_claimable(store, "after complete_writes").await;
+}
+
+async fn outbox(store: &dyn Store) {
+    let c = conv("outbox", None);
+    let o1 = insert(store, &new_event(&c, "Ev-o1", "o1")).await;
+    let claimed = claim_some(store, "w").await;
+    let done = Completion {
+        messages: Vec::new(),
+        replies: vec![reply("o1:0"), reply("o1:1"), reply("o1:2")],
+        error: None,
+    };
+    assert!(store.complete_event(claimed.id, "w", &done).await.unwrap());
+    let o2 = insert(store, &new_event(&c, "Ev-o2", "o2")).await;
+    let claimed = claim_some(store, "w").await;
+    assert_eq!(claimed.id, o2);
+    let done = Completion {
+        messages: Vec::new(),
+        replies: vec![reply("o2:0")],
+        error: None,
+    };
+    assert!(store.complete_event(o2, "w", &done).await.unwrap());
+
+    // The event filter.
+    let mine = store.claim_replies(Some(o2), far(), 10).await.unwrap();
+    assert_eq!(ids(&mine), ["o2:0"]);
+    store
+        .mark_reply_sent(mine[0].id, Some("pm-o2"))
+        .await
+        .unwrap();
+
+    // Oldest first, at most `limit`; a leased reply is not claimed again.
+    let batch = store.claim_replies(None, far(), 2).await.unwrap();
+    assert_eq!(ids(&batch), ["o1:0", "o1:1"]);
+    assert!(batch.iter().all(|i| i.event_id == o1 && i.attempts == 1));
+    let rest = store.claim_replies(None, far(), 10).await.unwrap();
+    assert_eq!(ids(&rest), ["o1:2"]);
+    assert!(
+        store
+            .claim_replies(None, far(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_replies(Some(o1), far(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Start-up: reply leases go too; an expired reply lease is claimable again.
+    store.release_all_leases().await.unwrap();
+    let all = store.claim_replies(None, past(), 10).await.unwrap();
+    assert_eq!(ids(&all), ["o1:0", "o1:1", "o1:2"]);
+    assert!(all.iter().all(|i| i.attempts == 2));
+    let all = store.claim_replies(Some(o1), far(), 10).await.unwrap();
+    assert_eq!(ids(&all), ["o1:0", "o1:1", "o1:2"]);
+    assert!(all.iter().all(|i| i.attempts == 3));
+    let (k0, k1, k2) = (all[0].id, all[1].id, all[2].id);
+
+    // Delivered: never again.
+    store.mark_reply_sent(k0, Some("pm-1")).await.unwrap();
+    // Failed with a retry that is due: claimable again.
+    store
+        .mark_reply_failed(k1, "rate limited", Some(past()))
+        .await
+        .unwrap();
+    let retried = store.claim_replies(None, far(), 10).await.unwrap();
+    assert_eq!(ids(&retried), ["o1:1"]);
+    assert_eq!(retried[0].attempts, 4);
+    // Failed with a retry later: not before then.
+    store
+        .mark_reply_failed(k1, "rate limited", Some(far()))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_replies(None, past(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Given up: never again.
+    store.mark_reply_failed(k1, "gone", None).await.unwrap();
+    store.mark_reply_failed(k2, "gone", None).await.unwrap();
+    store.release_all_leases().await.unwrap();
+    assert!(
+        store
+            .claim_replies(None, past(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_nothing_claimable(store, "after outbox").await;
+}
+
+async fn fail_event(store: &dyn Store) {
+    let conv_f = conv("fail-f", None);
+    let conv_g = conv("fail-g", None);
+    let f1 = insert(store, &new_event(&conv_f, "Ev-f1", "f1")).await;
+    let f2 = insert(store, &new_event(&conv_f, "Ev-f2", "f2")).await;
+    let g1 = insert(store, &new_event(&conv_g, "Ev-g1", "g1")).await;
+    let before = store.inbox_counts().await.unwrap();
+
+    let claimed = claim_some(store, "w").await;
+    assert_eq!(claimed.id, f1);
+    // A worker that does not hold the lease changes nothing.
+    store.fail_event(f1, "other", "nope", None).await.unwrap();
+    assert_eq!(store.inbox_counts().await.unwrap().failed, before.failed);
+
+    // Retry later: pending again, not claimable before retry_at, and F2 still waits behind it.
+    let retry_at = now_ms() + 700;
+    store
+        .fail_event(f1, "w", "transient", Some(retry_at))
+        .await
+        .unwrap();
+    assert!(!store.renew_lease(f1, "w", far()).await.unwrap());
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.leased), (3, 0));
+    assert_eq!(store.open_event_count().await.unwrap(), 3);
+    let g = claim_some(store, "w").await;
+    assert_eq!(g.id, g1, "F1 is not due yet and F2 waits behind it");
+    complete(store, &g, "w").await;
+    assert!(claim(store, "w").await.is_none());
+
+    while now_ms() <= retry_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retried = claim_some(store, "w").await;
+    assert_eq!((retried.id, retried.attempts), (f1, 2));
+
+    // No retry: failed for good, and the conversation moves on.
+    store.fail_event(f1, "w", "fatal", None).await.unwrap();
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!(counts.failed, before.failed + 1);
+    assert_eq!(counts.done, before.done + 1);
+    let next = claim_some(store, "w").await;
+    assert_eq!((next.id, next.attempts), (f2, 1));
+    assert!(
+        !store
+            .complete_event(f1, "w", &Completion::default())
+            .await
+            .unwrap(),
+        "a failed event cannot be completed"
+    );
+    complete(store, &next, "w").await;
+    assert_eq!(store.open_event_count().await.unwrap(), 0);
+    assert_nothing_claimable(store, "after fail_event").await;
+}
+
+async fn complete_with_error(store: &dyn Store) {
+    let c = conv("complete-error", None);
+    let h1 = insert(store, &new_event(&c, "Ev-h1", "h1")).await;
+    let h2 = insert(store, &new_event(&c, "Ev-h2", "h2")).await;
+    let before = store.inbox_counts().await.unwrap();
+    let claimed = claim_some(store, "w").await;
+    assert_eq!(claimed.id, h1);
+    let done = Completion {
+        messages: vec![message(Role::Assistant, "sorry, the model is unavailable")],
+        replies: vec![reply("h1:0")],
+        error: Some("model unavailable".into()),
+    };
+    assert!(store.complete_event(h1, "w", &done).await.unwrap());
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!(counts.failed, before.failed + 1);
+    assert_eq!(counts.done, before.done);
+    assert_eq!(counts.pending, before.pending - 1);
+    assert_eq!(counts.leased, 0);
+    assert_eq!(store.message_count(&c).await.unwrap(), 3);
+
+    // The replies telling the user are delivered all the same, and the conversation moves on.
+    let items = store.claim_replies(Some(h1), far(), 10).await.unwrap();
+    assert_eq!(ids(&items), ["h1:0"]);
+    store.mark_reply_sent(items[0].id, None).await.unwrap();
+    assert!(
+        !store
+            .complete_event(h1, "w", &Completion::default())
+            .await
+            .unwrap()
+    );
+    let next = claim_some(store, "w").await;
+    assert_eq!(next.id, h2);
+    complete(store, &next, "w").await;
+    assert_nothing_claimable(store, "after complete_with_error").await;
+}
+
+async fn counts(store: &dyn Store) {
+    let base = store.inbox_counts().await.unwrap();
+    assert_eq!(store.open_event_count().await.unwrap(), 0);
+    assert_eq!(base.pending + base.leased, 0);
+
+    insert(store, &new_event(&conv("count-p", None), "Ev-p1", "p1")).await;
+    insert(store, &new_event(&conv("count-q", None), "Ev-q1", "q1")).await;
+    insert(store, &new_event(&conv("count-q", None), "Ev-q2", "q2")).await;
+    assert_eq!(store.open_event_count().await.unwrap(), 3);
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        InboxCounts {
+            pending: 3,
+            ..base.clone()
+        }
+    );
+
+    let p = claim_some(store, "w").await;
+    let q = claim_some(store, "w").await;
+    assert_eq!(store.open_event_count().await.unwrap(), 3);
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.leased), (1, 2));
+
+    complete(store, &p, "w").await;
+    store.fail_event(q.id, "w", "bad", None).await.unwrap();
+    let q2 = claim_some(store, "w").await;
+    complete(store, &q2, "w").await;
+    assert_eq!(store.open_event_count().await.unwrap(), 0);
+    assert_eq!(
+        store.inbox_counts().await.unwrap(),
+        InboxCounts {
+            pending: 0,
+            leased: 0,
+            done: base.done + 2,
+            failed: base.failed + 1,
+        }
+    );
+    assert_nothing_claimable(store, "after counts").await;
+}
+
+async fn transcript(store: &dyn Store) {
+    let c = conv("transcript", Some("t"));
+    let e = insert(store, &new_event(&c, "Ev-t1", "first")).await;
+    let turns = vec![
+        NewMessage {
+            meta: Some("{\"tool\":\"run_command\",\"args\":{\"cmd\":\"ls\"}}".into()),
+            ..message(Role::Tool, "run_command")
+        },
+        NewMessage {
+            attachments: vec![artifact("00000000-0000-4000-8000-0000000000f1", "out.txt")],
+            ..message(Role::Tool, "result")
+        },
+        message(Role::Summary, "summary of older turns"),
+        message(Role::Assistant, "done"),
+    ];
+    let appended = store.append_messages(&c, Some(e), &turns).await.unwrap();
+    assert_eq!(appended.len(), 4);
+    assert!(appended.windows(2).all(|w| w[0] < w[1]));
+    let more = store
+        .append_messages(&c, None, &[message(Role::User, "later")])
+        .await
+        .unwrap();
+    assert!(more[0] > appended[3]);
+    assert!(
+        store
+            .append_messages(&c, None, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.message_count(&c).await.unwrap(), 6);
+
+    let all = store.messages(&c, 0, 100).await.unwrap();
+    let all_ids: Vec<i64> = all.iter().map(|m| m.id).collect();
+    assert_eq!(&all_ids[1..5], &appended[..]);
+    assert_eq!(all_ids[5], more[0]);
+    assert_eq!(all[1].meta, turns[0].meta);
+    assert_eq!(all[2].attachments.len(), 1);
+    assert_eq!(all[2].attachments[0].name, "out.txt");
+    assert_eq!(all[3].role, Role::Summary);
+    assert_eq!(all[4].event_id, Some(e));
+    assert_eq!(all[5].event_id, None);
+
+    // Paging.
+    let page1 = store.messages(&c, 0, 2).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|m| m.id).collect::<Vec<_>>(),
+        &all_ids[..2]
+    );
+    let page2 = store.messages(&c, page1[1].id, 2).await.unwrap();
+    assert_eq!(
+        page2.iter().map(|m| m.id).collect::<Vec<_>>(),
+        &all_ids[2..4]
+    );
+    assert_eq!(page2[0].attachments.len(), 1, "attachments on a later page");
+    let page3 = store.messages(&c, page2[1].id, 10).await.unwrap();
+    assert_eq!(
+        page3.iter().map(|m| m.id).collect::<Vec<_>>(),
+        &all_ids[4..]
+    );
+    assert!(store.messages(&c, all_ids[5], 10).await.unwrap().is_empty());
+
+    // The last messages, in order.
+    let recent = store.recent_messages(&c, 3).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|m| m.id).collect::<Vec<_>>(),
+        &all_ids[3..]
+    );
+    let recent = store.recent_messages(&c, 100).await.unwrap();
+    assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), all_ids);
+    assert_eq!(recent[2].attachments.len(), 1);
+
+    // Unknown conversations are empty.
+    let unknown = conv("transcript", Some("nope"));
+    assert!(store.messages(&unknown, 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .recent_messages(&unknown, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.message_count(&unknown).await.unwrap(), 0);
+
+    // Appending creates the conversation.
+    let fresh = conv("transcript-new", None);
+    store
+        .append_messages(&fresh, None, &[message(Role::Assistant, "hi")])
+        .await
+        .unwrap();
+    assert_eq!(store.message_count(&fresh).await.unwrap(), 1);
+
+    let claimed = claim_some(store, "w").await;
+    complete(store, &claimed, "w").await;
+    assert_nothing_claimable(store, "after transcript").await;
+}
+
+async fn memory(store: &dyn Store) {
+    let a = channel("test", "W1", "mem-a");
+    let b = channel("test", "W1", "mem-b");
+    let other_workspace = channel("test", "W2", "mem-a");
+    let other_platform = channel("other", "W1", "mem-a");
+    let note = |channel: &ChannelRef, text: &str, source: Option<&str>| NewNote {
+        channel: channel.clone(),
+        text: text.into(),
+        created_by: "U1".into(),
+        source: source.map(str::to_string),
+    };
+    let recall_ids = |channel: ChannelRef, query: &'static str| async move {
+        store
+            .recall(&channel, query, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(store.note_count(&a).await.unwrap(), 0);
+    assert!(store.notes(&a, 10).await.unwrap().is_empty());
+    assert!(store.recall(&a, "cat", 10).await.unwrap().is_empty());
+
+    let cat = store
+        .remember(&note(&a, "The cat sleeps on the red sofa", None))
+        .await
+        .unwrap();
+    let deploy = store
+        .remember(&note(&a, "Deploy with fly deploy on Fridays", None))
+        .await
+        .unwrap();
+    let b_cat = store
+        .remember(&note(&b, "a cat lives in channel b", None))
+        .await
+        .unwrap();
+    let w_cat = store
+        .remember(&note(&other_workspace, "a cat of another workspace", None))
+        .await
+        .unwrap();
+    let p_cat = store
+        .remember(&note(&other_platform, "a cat of another platform", None))
+        .await
+        .unwrap();
+    assert!(cat < deploy);
+
+    // Any word, with stemming, scoped to the channel.
+    assert_eq!(recall_ids(a.clone(), "cats").await, [cat]);
+    assert_eq!(recall_ids(a.clone(), "CAT").await, [cat]);
+    assert_eq!(recall_ids(a.clone(), "deploying").await, [deploy]);
+    let mut both = recall_ids(a.clone(), "sofa, fridays?").await;
+    both.sort();
+    assert_eq!(both, [cat, deploy]);
+    assert!(recall_ids(a.clone(), "zebra").await.is_empty());
+    assert!(recall_ids(a.clone(), " -- !? ").await.is_empty());
+    assert_eq!(recall_ids(b.clone(), "cats").await, [b_cat]);
+    assert!(recall_ids(b.clone(), "sofa").await.is_empty());
+    assert_eq!(recall_ids(other_workspace.clone(), "cat").await, [w_cat]);
+    assert_eq!(recall_ids(other_platform.clone(), "cat").await, [p_cat]);
+    // Query syntax is never interpreted.
+    assert_eq!(
+        recall_ids(a.clone(), "cat & !sofa | (zebra:*)").await,
+        [cat]
+    );
+    assert_eq!(recall_ids(a.clone(), "\"cat\" OR NOT sofa*").await, [cat]);
+
+    // Best first: the note matching more of the words ranks higher; `limit` holds.
+    let alpha_beta = store.remember(&note(&a, "alpha beta", None)).await.unwrap();
+    let alpha_gamma = store
+        .remember(&note(&a, "alpha gamma", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        recall_ids(a.clone(), "beta alpha").await,
+        [alpha_beta, alpha_gamma]
+    );
+    assert_eq!(recall_ids(a.clone(), "gamma alpha").await[0], alpha_gamma);
+    assert_eq!(store.recall(&a, "alpha", 1).await.unwrap().len(), 1);
+
+    let recalled = store.recall(&a, "sofa", 10).await.unwrap();
+    assert_eq!(recalled[0].text, "The cat sleeps on the red sofa");
+    assert_eq!(recalled[0].created_by, "U1");
+    assert!(recalled[0].created_at > 0);
+
+    // Newest first.
+    let notes = store.notes(&a, 10).await.unwrap();
+    assert_eq!(
+        notes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [alpha_gamma, alpha_beta, deploy, cat]
+    );
+    assert_eq!(store.notes(&a, 1).await.unwrap()[0].id, alpha_gamma);
+    assert_eq!(store.note_count(&a).await.unwrap(), 4);
+    assert_eq!(store.note_count(&b).await.unwrap(), 1);
+
+    // Forget: only in the note's own channel.
+    assert!(!store.forget(&b, cat).await.unwrap());
+    assert!(!store.forget(&other_workspace, cat).await.unwrap());
+    assert!(!store.forget(&other_platform, cat).await.unwrap());
+    assert_eq!(store.note_count(&a).await.unwrap(), 4);
+    assert_eq!(recall_ids(a.clone(), "cat").await, [cat]);
+    assert!(store.forget(&a, cat).await.unwrap());
+    assert!(!store.forget(&a, cat).await.unwrap());
+    assert!(recall_ids(a.clone(), "cats sofa").await.is_empty());
+    assert_eq!(store.note_count(&a).await.unwrap(), 3);
+    assert_eq!(recall_ids(b.clone(), "cat").await, [b_cat]);
+
+    // The same source twice: one note.
+    let first = store
+        .remember(&note(&a, "from a file", Some("file:notes.md#1")))
+        .await
+        .unwrap();
+    let second = store
+        .remember(&note(&a, "from a file, re-read", Some("file:notes.md#1")))
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(store.note_count(&a).await.unwrap(), 4);
+    let other_source = store
+        .remember(&note(&a, "from a file", Some("file:notes.md#2")))
+        .await
+        .unwrap();
+    assert_ne!(other_source, first);
+    assert_eq!(store.note_count(&a).await.unwrap(), 5);
+    assert_eq!(recall_ids(a.clone(), "file").await.len(), 2);
+}
+
+async fn usage(store: &dyn Store) {
+    let u = channel("test", "W1", "usage");
+    let in_thread = conv("usage", Some("t1"));
+    let in_channel = conv("usage", None);
+    let elsewhere = conv("usage-other", None);
+    let other_workspace = ConversationRef::new("test", "W2", "usage", None);
+
+    assert!(store.channel_usage(&u).await.unwrap().is_empty());
+    let usage = |i, o, r, w| Usage {
+        input_tokens: i,
+        output_tokens: o,
+        cache_read_tokens: r,
+        cache_write_tokens: w,
+    };
+    store
+        .record_usage(&in_thread, "model-b", &usage(10, 20, 3, 4))
+        .await
+        .unwrap();
+    store
+        .record_usage(&in_channel, "model-b", &usage(1, 2, 0, 0))
+        .await
+        .unwrap();
+    store
+        .record_usage(&in_thread, "model-a", &usage(7, 8, 0, 1))
+        .await
+        .unwrap();
+    store
+        .record_usage(&elsewhere, "model-a", &usage(1000, 1000, 0, 0))
+        .await
+        .unwrap();
+    store
+        .record_usage(&other_workspace, "model-a", &usage(500, 500, 0, 0))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.channel_usage(&u).await.unwrap(),
+        [
+            ModelUsage {
+                model: "model-a".into(),
+                calls: 1,
+                usage: usage(7, 8, 0, 1),
+            },
+            ModelUsage {
+                model: "model-b".into(),
+                calls: 2,
+                usage: usage(11, 22, 3, 4),
+            },
+        ]
+    );
+    assert_eq!(
+        store.channel_usage(&elsewhere.channel_ref()).await.unwrap(),
+        [ModelUsage {
+            model: "model-a".into(),
+            calls: 1,
+            usage: usage(1000, 1000, 0, 0),
+        }]
+    );
+    assert!(
+        store
+            .channel_usage(&channel("test", "W1", "nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Several instances (stores) with several workers each drain many conversations: every event is
+/// claimed exactly once, one worker at a time per conversation, in arrival order.
+async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
+    const CONVERSATIONS: usize = 6;
+    const PER_CONVERSATION: usize = 8;
+    let mut expected: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for n in 0..PER_CONVERSATION {
+        for c in 0..CONVERSATIONS {
+            let conversation = conv(&format!("busy-{c}"), None);
+            let id = insert(
+                stores[0].as_ref(),
+                &new_event(&conversation, &format!("Ev-busy-{c}-{n}"), "x"),
+            )
+            .await;
+            expected.entry(c as i64).or_default().push(id);
+        }
+    }
+
+    let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let seen: Arc<Mutex<BTreeMap<i64, Vec<i64>>>> = Arc::default();
+    let mut workers = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for w in 0..4 {
+            let (store, active, seen) = (store.clone(), active.clone(), seen.clone());
+            let owner = format!("store{s}-worker{w}");
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let Some(event) = store.claim_event(&owner, far()).await.unwrap() else {
+                        if store.open_event_count().await.unwrap() == 0 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    };
+                    assert_eq!(
+                        event.attempts, 1,
+                        "{owner}: event {} claimed twice",
+                        event.id
+                    );
+                    assert!(
+                        active.lock().unwrap().insert(event.conversation_id),
+                        "{owner}: two workers in conversation {}",
+                        event.conversation_id
+                    );
+                    seen.lock()
+                        .unwrap()
+                        .entry(event.conversation_id)
+                        .or_default()
+                        .push(event.id);
+                    tokio::task::yield_now().await;
+                    active.lock().unwrap().remove(&event.conversation_id);
+                    assert!(
+                        store
+                            .complete_event(event.id, &owner, &Completion::default())
+                            .await
+                            .unwrap()
+                    );
+                }
+            }));
+        }
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let mut got: Vec<Vec<i64>> = seen.values().cloned().collect();
+    let mut want: Vec<Vec<i64>> = expected.into_values().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every event once, in order per conversation");
+}
+
+// --- SQLite ----------------------------------------------------------------------------------
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/t.db", dir.path().display())
+}
+
+#[tokio::test]
+async fn sqlite_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&sqlite_url(&dir)).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    contract(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conv("reopen", None);
+    {
+        let store = store::open(&sqlite_url(&dir)).await.unwrap();
+        insert(store.as_ref(), &new_event(&c, "Ev-reopen", "persist me")).await;
+    }
+    let store = store::open(&sqlite_url(&dir)).await.unwrap();
+    assert_eq!(store.message_count(&c).await.unwrap(), 1);
+    assert_eq!(store.open_event_count().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&sqlite_url(&dir)).await.unwrap();
+    concurrent_claims(vec![store.clone(), store]).await;
+}
+
+// --- PostgreSQL ------------------------------------------------------------------------------
+
+/// A fresh schema on the test server, dropped at the end: runs never see each other's rows.
+struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    async fn create() -> Option<Self> {
+        let base = common::postgres_url()?;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        Some(Self { base, name })
+    }
+
+    /// The store URL: the base URL with this schema as the search path.
+    fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.base, self.name)
+    }
+
+    /// How many tables the schema holds (checks that the store really migrated into it).
+    async fn table_count(&self) -> i64 {
+        let mut conn = sqlx::PgConnection::connect(&self.base).await.unwrap();
+        sqlx::query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1")
+            .bind(&self.name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn drop(self) {
+        let mut conn = sqlx::PgConnection::connect(&self.base).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_contract() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let store = store::open(&schema.url()).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    // conversations, inbox, messages, artifacts, outbox, memory_notes, llm_usage, _sqlx_migrations
+    assert_eq!(schema.table_count().await, 8);
+    contract(store.as_ref()).await;
+    // Opening again (another instance) finds the migration applied.
+    let again = store::open(&schema.url()).await.unwrap();
+    assert_eq!(
+        again
+            .note_count(&channel("test", "W1", "mem-a"))
+            .await
+            .unwrap(),
+        5
+    );
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_claims() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let first = store::open(&schema.url()).await.unwrap();
+    let second = store::open(&schema.url()).await.unwrap();
+    concurrent_claims(vec![first, second]).await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn postgres_open_error_hides_the_password() {
+    let url = "postgres://ecdysis:hunter2secret@127.0.0.1:1/nothing";
+    let error = match store::open(url).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(error) => error.to_string(),
+    };
+    assert!(!error.contains("hunter2secret"), "{error}");
+    assert!(error.contains("127.0.0.1:1"), "{error}");
+}

@@ -38,11 +38,19 @@ pub struct App {
 impl App {
     /// Open storage (applying migrations) and the blob store, and build the bus.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
+        Self::open_with(config, |commands| commands).await
+    }
+
+    /// Like [`App::open`], letting the caller add features to the command handler.
+    pub async fn open_with(
+        config: Config,
+        customize: impl FnOnce(Commands) -> Commands,
+    ) -> anyhow::Result<Self> {
         let store = store::open(&config.database_url)
             .await
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
-        let commands = Commands::new(store.clone(), blobs.clone());
+        let commands = customize(Commands::new(store.clone(), blobs.clone()));
         let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(
             store.clone(),

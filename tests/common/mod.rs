@@ -25,3 +25,20 @@ pub fn postgres_url() -> Option<String> {
 pub fn s3_endpoint() -> Option<String> {
     service("ECDYSIS_TEST_S3_ENDPOINT")
 }
+
+pub mod server;
+
+/// A Postgres URL whose connections live in a new, empty schema, so runs never see each other.
+pub async fn fresh_postgres(url: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the test Postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+}

@@ -1,0 +1,193 @@
+//! A real `ecdysis serve` process for end-to-end tests, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    port: u16,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Start `ecdysis serve` with its data under `data_dir` and extra environment.
+    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(data_dir.to_path_buf(), env, free_port()).await
+    }
+
+    async fn spawn(data_dir: PathBuf, env: Vec<(String, String)>, port: u16) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ecdysis"));
+        command
+            .arg("serve")
+            .current_dir(&data_dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ECDYSIS_DATA_DIR", data_dir.join("data"))
+            .env("ECDYSIS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data_dir.join("serve.log"))
+                    .unwrap(),
+            ));
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start ecdysis serve");
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            env,
+            port,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited early with {status}:\n{}", self.log());
+            }
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base)).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// Start again on the same port, data and environment.
+    pub async fn restart(mut self) -> Server {
+        self.kill();
+        let data_dir = self.data_dir.clone();
+        let env = std::mem::take(&mut self.env);
+        let port = self.port;
+        drop(self);
+        Self::spawn(data_dir, env, port).await
+    }
+
+    pub async fn post(&self, conversation: &str, body: serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/api/chat/{conversation}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Send a message and return its event id.
+    pub async fn say(&self, conversation: &str, text: &str) -> String {
+        let r = self
+            .post(
+                conversation,
+                serde_json::json!({ "text": text, "user": "tester" }),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+        let body: serde_json::Value = r.json().await.unwrap();
+        body["event_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn messages(&self, conversation: &str) -> Vec<serde_json::Value> {
+        let body: serde_json::Value =
+            reqwest::get(format!("{}/api/chat/{conversation}/messages", self.base))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        body["messages"].as_array().unwrap().clone()
+    }
+
+    /// Wait until the conversation has `n` assistant messages; return all messages.
+    pub async fn wait_replies(&self, conversation: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let messages = self.messages(conversation).await;
+            let replies = messages.iter().filter(|m| m["role"] == "assistant").count();
+            if replies >= n {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{conversation}: {replies} of {n} replies:\n{messages:#?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Send a message and wait for its reply text.
+    pub async fn ask(&self, conversation: &str, text: &str) -> String {
+        let before = self
+            .messages(conversation)
+            .await
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .count();
+        self.say(conversation, text).await;
+        let messages = self.wait_replies(conversation, before + 1).await;
+        messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "assistant")
+            .unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,458 @@
+//! End to end against a real `ecdysis serve` process: memory scoping and persistence on SQLite
+//! and Postgres, crash safety under SIGKILL, duplicates, bad input, configuration errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::Server;
+use serde_json::json;
+
+async fn memory_scoped_and_durable(server: Server) {
+    let reply = server
+        .ask("team-a", "/remember the deploy key lives in vault")
+        .await;
+    assert!(reply.starts_with("Remembered as #"), "{reply}");
+    let found = server.ask("team-a", "/recall deploy").await;
+    assert!(found.contains("the deploy key lives in vault"), "{found}");
+    let elsewhere = server.ask("team-b", "/recall deploy").await;
+    assert!(elsewhere.contains("No note"), "{elsewhere}");
+    assert!(!elsewhere.contains("vault"), "{elsewhere}");
+
+    let server = server.restart().await;
+    let after = server.ask("team-a", "/recall vault").await;
+    assert!(after.contains("the deploy key lives in vault"), "{after}");
+    let listed = server.ask("team-a", "/memory").await;
+    assert!(listed.contains("1 note"), "{listed}");
+    // The transcript survived too.
+    assert_eq!(server.messages("team-a").await.len(), 8);
+}
+
+#[tokio::test]
+async fn memory_is_per_channel_and_survives_restart_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    memory_scoped_and_durable(Server::start(dir.path(), &[]).await).await;
+}
+
+#[tokio::test]
+async fn memory_is_per_channel_and_survives_restart_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let url = common::fresh_postgres(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    memory_scoped_and_durable(Server::start(dir.path(), &[("DATABASE_URL", &url)]).await).await;
+}
+
+/// Queue many events behind one worker, SIGKILL the server, start it again: every accepted
+/// event gets exactly one reply, and each conversation's events ran in order.
+async fn sigkill_loses_nothing(env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all_env = vec![("ECDYSIS_BUS_WORKERS", "1")];
+    all_env.extend_from_slice(env);
+    let mut server = Server::start(dir.path(), &all_env).await;
+    let conversations = ["c0", "c1", "c2", "c3", "c4"];
+    let per_conversation = 40;
+    // Post in concurrent batches so intake outpaces the single worker.
+    let mut accepted = 0;
+    for i in 0..per_conversation {
+        let texts: Vec<(&str, String)> = conversations
+            .iter()
+            .map(|c| (*c, format!("/remember {c} item {i}")))
+            .collect();
+        let batch = texts.iter().map(|(c, text)| server.say(c, text));
+        futures_util::future::join_all(batch).await;
+        accepted += conversations.len();
+    }
+    server.kill();
+    let server = server.restart().await;
+    for c in conversations {
+        server.wait_replies(c, per_conversation).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ecdysis_events_processed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("{resumed} of {accepted} events were processed after the restart");
+    assert!(
+        resumed > 0,
+        "the kill came after all work was done; the test proves nothing"
+    );
+    let mut replies = 0;
+    for c in conversations {
+        let messages = server.wait_replies(c, per_conversation).await;
+        let users = messages.iter().filter(|m| m["role"] == "user").count();
+        let answers: Vec<&str> = messages
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, per_conversation, "{c}");
+        assert_eq!(answers.len(), per_conversation, "{c}: {answers:?}");
+        // Note ids grow with processing order: in order per conversation.
+        let ids: Vec<i64> = answers
+            .iter()
+            .map(|a| {
+                a.trim_start_matches("Remembered as #")
+                    .trim_end_matches('.')
+                    .parse()
+                    .unwrap_or_else(|_| panic!("unexpected reply {a}"))
+            })
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{c}: out of order {ids:?}"
+        );
+        let listed = server.ask(c, "/memory").await;
+        assert!(
+            listed.contains(&format!("{per_conversation} notes")),
+            "{c}: {listed}"
+        );
+        replies += answers.len();
+    }
+    assert_eq!(replies, accepted);
+    // Nothing more arrives later.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for c in conversations {
+        let n = server
+            .messages(c)
+            .await
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .count();
+        assert_eq!(n, per_conversation + 1, "{c}");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_while_queued_loses_nothing_sqlite() {
+    sigkill_loses_nothing(&[]).await;
+}
+
+#[tokio::test]
+async fn sigkill_while_queued_loses_nothing_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let url = common::fresh_postgres(&url).await;
+    // A short lease: the killed instance's claim expires quickly.
+    sigkill_loses_nothing(&[("DATABASE_URL", &url), ("ECDYSIS_BUS_LEASE_SECONDS", "2")]).await;
+}
+
+#[tokio::test]
+async fn duplicate_events_are_processed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let body = json!({ "text": "/remember once only", "user": "u", "id": "msg-1" });
+    let first = server.post("dups", body.clone()).await;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let second = server.post("dups", body).await;
+    assert_eq!(second.status(), 202);
+    let second: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(first["event_id"], second["event_id"]);
+    assert_eq!(second["duplicate"], true);
+    let listed = server.ask("dups", "/memory").await;
+    assert!(listed.contains("1 note"), "{listed}");
+    let messages = server.messages("dups").await;
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/chat/bad", server.base);
+
+    let malformed = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"text\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert!(malformed.text().await.unwrap().contains("expected JSON"));
+
+    let wrong_shape = client
+        .post(&url)
+        .json(&json!({ "txt": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_shape.status(), 400);
+
+    let oversized = client
+        .post(&url)
+        .json(&json!({ "text": "x".repeat(70 * 1024) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+
+    let empty = client
+        .post(&url)
+        .json(&json!({ "text": "   " }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    assert!(empty.text().await.unwrap().contains("empty"));
+
+    let bad_name = client
+        .post(format!("{}/api/chat/a%2Fb", server.base))
+        .json(&json!({ "text": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_name.status(), 400);
+
+    assert!(
+        server.messages("bad").await.is_empty(),
+        "bad input was stored"
+    );
+
+    let help = server.ask("bad", "/frobnicate now").await;
+    assert!(help.contains("Unknown command `/frobnicate`"), "{help}");
+    assert!(help.contains("/remember"), "{help}");
+    let usage = server.ask("bad", "/forget banana").await;
+    assert!(usage.starts_with("Usage"), "{usage}");
+    let missing = server.ask("bad", "/forget 999").await;
+    assert!(missing.contains("no note #999"), "{missing}");
+    let not_yet = server.ask("bad", "/screenshot https://example.com").await;
+    assert!(not_yet.contains("not enabled"), "{not_yet}");
+    let no_model = server.ask("bad", "hello, who are you?").await;
+    assert!(no_model.contains("ANTHROPIC_API_KEY"), "{no_model}");
+}
+
+#[tokio::test]
+async fn operations_routes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    server.ask("ops", "/status").await;
+    let health = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["database"], "ok");
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ecdysis_events_received_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ecdysis_event_processing_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ecdysis_queue_depth"), "{metrics}");
+    let page = reqwest::get(format!("{}/", server.base)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("EventSource"));
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]).await;
+    server.ask("term", "/help").await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server.log().contains("shutting down"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn non_loopback_needs_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without a token, serving to the network is refused with a clear message.
+    let refused = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env("ECDYSIS_LISTEN", "0.0.0.0:0")
+        .env_remove("ECDYSIS_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ECDYSIS_ADMIN_TOKEN"));
+
+    let port = common::server::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env("ECDYSIS_LISTEN", &listen)
+        .env("ECDYSIS_ADMIN_TOKEN", "t0ken")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..500 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready);
+    let body = json!({ "text": "/help" });
+    let anonymous = client
+        .post(format!("{base}/api/chat/x"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let anonymous_read = client
+        .get(format!("{base}/api/chat/x/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_read.status(), 401);
+    let with_token = client
+        .post(format!("{base}/api/chat/x"))
+        .bearer_auth("t0ken")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 202);
+    let with_cookie = client
+        .get(format!("{base}/api/chat/x/messages"))
+        .header("cookie", "ecdysis_session=t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn bad_configuration_stops_startup_with_a_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ecdysis"));
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env("ECDYSIS_DATA_DIR", dir.path().join("data"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let out = run(&[("ECDYSIS_MODEL", "gemini/pro")], &["serve"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`model`") && stderr.contains("gemini"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let out = run(&[("ECDYSIS_BLOB_URL", "not a url")], &["serve"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blob_url"));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "listen = \"127.0.0.1:1\"\nmodle = \"x\"\n",
+    )
+    .unwrap();
+    let out = run(&[], &["--config", "bad.toml", "serve"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("modle"));
+
+    let out = run(&[], &["--config", "missing.toml", "serve"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn doctor_reports_each_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("doctor")
+        .current_dir(dir.path())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("DATABASE_URL")
+        .env_remove("ECDYSIS_BLOB_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    database"), "{stdout}");
+    assert!(stdout.contains("ok    blobs"), "{stdout}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("doctor")
+        .current_dir(dir.path())
+        .env("DATABASE_URL", "postgres://nobody:secret@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  database"), "{stdout}");
+    assert!(!stdout.contains("secret"), "password leaked: {stdout}");
+}
+
+#[test]
+fn terminal_chat_uses_the_same_commands_and_storage() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let chat = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+            .arg("chat")
+            .current_dir(dir.path())
+            .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = chat("/remember tea at five\n");
+    assert!(first.contains("Remembered as #1."), "{first}");
+    let second = chat("/recall tea\n/help\n");
+    assert!(second.contains("#1 tea at five"), "{second}");
+    assert!(second.contains("/remember <text>"), "{second}");
+}

@@ -11,3 +11,4 @@ pub mod config;
 pub mod doctor;
 pub mod metrics;
 pub mod store;
+pub mod tools;

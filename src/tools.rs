@@ -1,0 +1,106 @@
+//! Tools the model can call, and the registry the agent reads their definitions from.
+//!
+//! Adding a tool is one module: implement [`Tool`] and register it in `App::open_with`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ecdysis_chat::{Attachment, ConversationRef};
+
+/// Who and where a tool call runs for.
+#[derive(Clone, Debug)]
+pub struct ToolContext {
+    pub event_id: i64,
+    /// The step of the agent loop (1-based), so side effects can be made idempotent per step.
+    pub step: usize,
+    pub conversation: ConversationRef,
+    pub user_id: String,
+}
+
+/// An image handed back to the model (where the provider accepts image input).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolImage {
+    pub mime: String,
+    pub bytes: Bytes,
+}
+
+/// What a tool returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolOutput {
+    /// What the model reads.
+    pub text: String,
+    /// Images the model sees.
+    pub images: Vec<ToolImage>,
+    /// Files that go into the thread with the final reply.
+    pub attachments: Vec<Attachment>,
+}
+
+impl ToolOutput {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a tool call failed; the message goes back to the model as an error result.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One tool.
+#[async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// The name the model calls it by (`memory_search`, `run_command`, …).
+    fn name(&self) -> &'static str;
+    /// One or two sentences for the model.
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the input object.
+    fn input_schema(&self) -> serde_json::Value;
+    async fn call(
+        &self,
+        context: &ToolContext,
+        input: serde_json::Value,
+    ) -> Result<ToolOutput, ToolError>;
+}
+
+/// The tools offered to the model, in a stable order (the prompt prefix must not change turn to
+/// turn, or prompt caching breaks).
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: Vec<Arc<dyn Tool>>,
+}
+
+impl ToolRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a tool; a later tool with the same name replaces the earlier one.
+    pub fn register(&mut self, tool: Arc<dyn Tool>) {
+        self.tools.retain(|t| t.name() != tool.name());
+        self.tools.push(tool);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
+        self.tools.iter().find(|t| t.name() == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Tool>> {
+        self.tools.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+}

@@ -53,7 +53,12 @@ ecdysis_install_packages() {
     fi
     if ! python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
         ci_log "installing moto[server] from PyPI"
-        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'moto[server]' || return 1
+        local pip=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+        if ! "${pip[@]}" 'moto[server]'; then
+            # A Debian-managed python3 (PEP 668) refuses plain installs.
+            ci_log "retrying pip with --break-system-packages"
+            "${pip[@]}" --break-system-packages 'moto[server]' || return 1
+        fi
     fi
     ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto)"
 }

@@ -18,11 +18,16 @@ use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::agent::LlmAgent;
+use crate::agent::LlmAgent;
 use crate::blob::{self, BlobStore};
+use crate::browser::BrowserService;
+use crate::browser::feature::{RecordFeature, ScreenshotFeature};
 use crate::bus::{Bus, Workers};
-use crate::commands::Commands;
+use crate::commands::{Agent, Commands};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sandbox::{RunCommandTool, RunFeature, Runner};
 use crate::store::{self, Role, Store};
 
 /// Everything `serve` and `chat` run on.
@@ -33,6 +38,11 @@ pub struct App {
     pub blobs: Arc<dyn BlobStore>,
     pub bus: Bus,
     pub metrics: Arc<Metrics>,
+    /// The browser behind `/screenshot`, `/record` and the browser tools, when Chromium (or a
+    /// CDP endpoint) is available. Nothing runs until first use.
+    pub browser: Option<BrowserService>,
+    /// The sandbox behind `/run` and the `run_command` tool, when one is usable here.
+    pub sandbox: Option<Arc<Runner>>,
 }
 
 impl App {
@@ -50,7 +60,40 @@ impl App {
             .await
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
-        let commands = customize(Commands::new(store.clone(), blobs.clone()));
+        let browser = BrowserService::from_config(&config).context("browser")?;
+        let mut commands = Commands::new(store.clone(), blobs.clone());
+        match &browser {
+            Some(browser) => {
+                info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
+                commands = commands
+                    .with_screenshot(Arc::new(ScreenshotFeature::new(browser.clone())))
+                    .with_record(Arc::new(RecordFeature::new(browser.clone())));
+            }
+            None => info!(
+                "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
+            ),
+        }
+        let sandbox = match crate::sandbox::open(&config, blobs.clone()).await {
+            Ok(runner) => {
+                commands = commands
+                    .with_run(Arc::new(RunFeature::new(runner.clone())))
+                    .with_tool(Arc::new(RunCommandTool::new(runner.clone(), None)));
+                Some(runner)
+            }
+            // `/run` answers with how to enable a sandbox; the reason is logged.
+            Err(_) => None,
+        };
+        let mut commands = customize(commands);
+        // The agent is built last, so it offers every tool registered before it: by the features
+        // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
+        // keeps it.
+        if !commands.has_agent()
+            && let Some(agent) =
+                LlmAgent::from_config(&config, store.clone(), blobs.clone(), commands.tools())?
+        {
+            info!(model = %agent.describe(), "the agent answers free text and /ask");
+            commands = commands.with_agent(Arc::new(agent));
+        }
         let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(
             store.clone(),
@@ -65,6 +108,8 @@ impl App {
             blobs,
             bus,
             metrics,
+            browser,
+            sandbox,
         })
     }
 
@@ -131,6 +176,9 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
     info!("shutting down: finishing running events");
     stop(workers).await;
+    if let Some(browser) = &app.browser {
+        browser.shutdown().await;
+    }
     Ok(())
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
-    Accepted, Attachment, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind, EventSink,
-    Reply, SubmitError, UserRef,
+    Accepted, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind,
+    EventSink, Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -72,6 +72,8 @@ struct ReplyPayload {
     #[serde(default)]
     attachments: Vec<StoredFile>,
     #[serde(default)]
+    buttons: Vec<Button>,
+    #[serde(default)]
     route: serde_json::Value,
 }
 
@@ -90,13 +92,15 @@ pub struct EventContext {
 pub struct Outgoing {
     pub text: String,
     pub attachments: Vec<Attachment>,
+    /// Buttons under the (last piece of the) text.
+    pub buttons: Vec<Button>,
 }
 
 impl Outgoing {
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
-            attachments: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -441,8 +445,13 @@ impl Bus {
             for (i, text) in pieces.into_iter().enumerate() {
                 let payload = ReplyPayload {
                     text,
-                    // Files travel with the last piece of text.
+                    // Files and buttons travel with the last piece of text.
                     attachments: if i == last { files.clone() } else { Vec::new() },
+                    buttons: if i == last {
+                        out.buttons.clone()
+                    } else {
+                        Vec::new()
+                    },
                     route: context.payload.route.clone(),
                 };
                 let n = completion.replies.len();
@@ -553,6 +562,7 @@ impl Bus {
             conversation: item.conversation.clone(),
             text: payload.text,
             attachments,
+            buttons: payload.buttons,
             route: payload.route,
         };
         let delivered = adapter.deliver(&reply).await?;

@@ -10,6 +10,7 @@ use ecdysis_chat::{CommandName, EventKind};
 use crate::blob::BlobStore;
 use crate::bus::{EventContext, Handler, Outgoing};
 use crate::store::{NewNote, Store};
+use crate::tools::{Tool, ToolRegistry};
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]
@@ -41,6 +42,9 @@ pub struct Commands {
     run: Option<Arc<dyn Feature>>,
     screenshot: Option<Arc<dyn Feature>>,
     record: Option<Arc<dyn Feature>>,
+    /// Tools features add for the agent (`run_command`, `browser_*`); the agent is built from
+    /// them after every feature is in (see `App::open_with`).
+    tools: ToolRegistry,
 }
 
 impl Commands {
@@ -53,7 +57,24 @@ impl Commands {
             run: None,
             screenshot: None,
             record: None,
+            tools: ToolRegistry::new(),
         }
+    }
+
+    /// Offer a tool to the agent.
+    pub fn with_tool(mut self, tool: Arc<dyn Tool>) -> Self {
+        self.tools.register(tool);
+        self
+    }
+
+    /// The tools features registered.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
+    }
+
+    /// Whether an agent answers free text.
+    pub fn has_agent(&self) -> bool {
+        self.agent.is_some()
     }
 
     pub fn with_agent(mut self, agent: Arc<dyn Agent>) -> Self {
@@ -165,6 +186,7 @@ impl Commands {
         let notes = self.store.note_count(&channel).await?;
         let messages = self.store.message_count(&event.conversation).await?;
         let usage = self.store.channel_usage(&channel).await?;
+        let compactions = self.store.compaction_stats(&channel).await?;
         let model = match &self.agent {
             Some(agent) => agent.describe(),
             None => "none configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY)".into(),
@@ -185,6 +207,15 @@ impl Commands {
             if notes == 1 { "" } else { "s" },
             if messages == 1 { "" } else { "s" },
         );
+        if let Some(last) = compactions.last_at {
+            out.push_str(&format!(
+                "\nCompaction: {} time{} in this channel ({} older messages summarised and archived); last at {}",
+                compactions.count,
+                if compactions.count == 1 { "" } else { "s" },
+                compactions.messages,
+                ecdysis_web::rfc3339_utc(last),
+            ));
+        }
         if usage.is_empty() {
             out.push_str("\nModel usage in this channel: none yet");
         } else {

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
@@ -35,6 +36,8 @@ enum Kind {
     Int,
     /// Comma-separated list.
     List,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Bool,
 }
 
 /// Every key that can come from the environment: (key path in the file, env names in order of
@@ -85,9 +88,127 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("discord.public_key", &["DISCORD_PUBLIC_KEY"], Kind::Str),
     ("discord.api_url", &["DISCORD_API_URL"], Kind::Str),
     ("sandbox.backend", &["ECDYSIS_SANDBOX"], Kind::Str),
+    ("sandbox.rootfs", &["ECDYSIS_SANDBOX_ROOTFS"], Kind::Str),
+    (
+        "sandbox.timeout_seconds",
+        &["ECDYSIS_SANDBOX_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.cpu_seconds",
+        &["ECDYSIS_SANDBOX_CPU_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.memory_mb",
+        &["ECDYSIS_SANDBOX_MEMORY_MB"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.max_processes",
+        &["ECDYSIS_SANDBOX_MAX_PROCESSES"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.max_output_bytes",
+        &["ECDYSIS_SANDBOX_MAX_OUTPUT_BYTES"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.workspace_max_mb",
+        &["ECDYSIS_SANDBOX_WORKSPACE_MAX_MB"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.max_parallel",
+        &["ECDYSIS_SANDBOX_MAX_PARALLEL"],
+        Kind::Int,
+    ),
+    (
+        "sandbox.allow_users",
+        &["ECDYSIS_SANDBOX_ALLOW_USERS"],
+        Kind::List,
+    ),
+    (
+        "sandbox.allow_channels",
+        &["ECDYSIS_SANDBOX_ALLOW_CHANNELS"],
+        Kind::List,
+    ),
+    (
+        "sandbox.require_approval",
+        &["ECDYSIS_SANDBOX_REQUIRE_APPROVAL"],
+        Kind::Bool,
+    ),
     ("browser.chromium", &["ECDYSIS_CHROMIUM"], Kind::Str),
     ("browser.cdp_url", &["ECDYSIS_BROWSER_CDP_URL"], Kind::Str),
     ("browser.allow", &["ECDYSIS_BROWSER_ALLOW"], Kind::List),
+    (
+        "browser.idle_seconds",
+        &["ECDYSIS_BROWSER_IDLE_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "browser.max_pages",
+        &["ECDYSIS_BROWSER_MAX_PAGES"],
+        Kind::Int,
+    ),
+    (
+        "browser.navigation_timeout_seconds",
+        &["ECDYSIS_BROWSER_NAVIGATION_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "browser.max_record_seconds",
+        &["ECDYSIS_BROWSER_MAX_RECORD_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "browser.rate_per_minute",
+        &["ECDYSIS_BROWSER_RATE_PER_MINUTE"],
+        Kind::Int,
+    ),
+    (
+        "browser.max_upload_bytes",
+        &["ECDYSIS_BROWSER_MAX_UPLOAD_BYTES"],
+        Kind::Int,
+    ),
+    (
+        "browser.max_image_pixels",
+        &["ECDYSIS_BROWSER_MAX_IMAGE_PIXELS"],
+        Kind::Int,
+    ),
+    ("ffmpeg", &["ECDYSIS_FFMPEG"], Kind::Str),
+    ("agent.max_steps", &["ECDYSIS_AGENT_MAX_STEPS"], Kind::Int),
+    (
+        "agent.turn_timeout_seconds",
+        &["ECDYSIS_AGENT_TURN_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "agent.request_timeout_seconds",
+        &["ECDYSIS_AGENT_REQUEST_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "agent.max_retries",
+        &["ECDYSIS_AGENT_MAX_RETRIES"],
+        Kind::Int,
+    ),
+    (
+        "agent.compaction_budget_tokens",
+        &["ECDYSIS_AGENT_COMPACTION_BUDGET_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "agent.max_output_tokens",
+        &["ECDYSIS_AGENT_MAX_OUTPUT_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "agent.memory_notes_in_context",
+        &["ECDYSIS_AGENT_MEMORY_NOTES_IN_CONTEXT"],
+        Kind::Int,
+    ),
     ("bus.workers", &["ECDYSIS_BUS_WORKERS"], Kind::Int),
     ("bus.max_queued", &["ECDYSIS_BUS_MAX_QUEUED"], Kind::Int),
     (
@@ -116,6 +237,7 @@ struct FileConfig {
     log_format: Option<String>,
     model: Option<String>,
     fallback_models: Option<Vec<String>>,
+    ffmpeg: Option<String>,
     #[serde(default)]
     s3: S3Config,
     #[serde(default)]
@@ -130,6 +252,8 @@ struct FileConfig {
     sandbox: SandboxConfig,
     #[serde(default)]
     browser: BrowserConfig,
+    #[serde(default)]
+    agent: AgentFile,
     #[serde(default)]
     bus: BusFile,
     #[serde(default)]
@@ -175,18 +299,151 @@ pub struct DiscordConfig {
     pub api_url: Option<String>,
 }
 
+/// The `[sandbox]` section as written in the file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxConfig {
     pub backend: Option<String>,
+    pub rootfs: Option<String>,
+    pub timeout_seconds: Option<i64>,
+    pub cpu_seconds: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub max_processes: Option<i64>,
+    pub max_output_bytes: Option<i64>,
+    pub workspace_max_mb: Option<i64>,
+    pub max_parallel: Option<i64>,
+    pub allow_users: Option<Vec<String>>,
+    pub allow_channels: Option<Vec<String>>,
+    pub require_approval: Option<bool>,
 }
 
+/// Which sandbox runs `/run` and the model's `run_command`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxBackend {
+    /// Linux namespaces through bubblewrap; no daemon.
+    Namespace,
+    /// One Docker container per channel.
+    Docker,
+    /// No sandbox: `/run` explains how to enable one.
+    Off,
+}
+
+/// The validated sandbox settings (`[sandbox]`, `ECDYSIS_SANDBOX_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// `None`: the namespace backend where the kernel allows it, else off.
+    pub backend: Option<SandboxBackend>,
+    /// A root file system directory used instead of the host's system (read-only).
+    pub rootfs: Option<PathBuf>,
+    /// Wall-clock limit of one command.
+    pub timeout: Duration,
+    /// CPU seconds of each process of a command.
+    pub cpu_seconds: u64,
+    /// Address space of each process of a command, in MiB (also the size of its `/tmp`).
+    pub memory_mb: u64,
+    /// Processes (and threads) a command may have at once.
+    pub max_processes: u64,
+    /// Output (stdout and stderr together) kept before the command is stopped.
+    pub max_output_bytes: usize,
+    /// Size of a channel's workspace, in MiB (also the largest file a command may write).
+    pub workspace_max_mb: u64,
+    /// Commands running at once across all channels.
+    pub max_parallel: usize,
+    /// Users who may run commands (empty: everyone).
+    pub allow_users: Vec<String>,
+    /// Channels where commands may run (empty: every channel).
+    pub allow_channels: Vec<String>,
+    /// The model's `run_command` waits for a human approval (`/run` from a user never does).
+    pub require_approval: bool,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            rootfs: None,
+            timeout: Duration::from_secs(30),
+            cpu_seconds: 30,
+            memory_mb: 1024,
+            max_processes: 128,
+            max_output_bytes: 4 * 1024 * 1024,
+            workspace_max_mb: 256,
+            max_parallel: 4,
+            allow_users: Vec::new(),
+            allow_channels: Vec::new(),
+            require_approval: false,
+        }
+    }
+}
+
+/// The `[browser]` section as written in the file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserConfig {
     pub chromium: Option<String>,
     pub cdp_url: Option<String>,
     pub allow: Option<Vec<String>>,
+    pub idle_seconds: Option<i64>,
+    pub max_pages: Option<i64>,
+    pub navigation_timeout_seconds: Option<i64>,
+    pub max_record_seconds: Option<i64>,
+    pub rate_per_minute: Option<i64>,
+    pub max_upload_bytes: Option<i64>,
+    pub max_image_pixels: Option<i64>,
+}
+
+/// The validated browser settings (`/screenshot`, `/record` and the browser tools).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrowserSettings {
+    /// `ECDYSIS_CHROMIUM`: the Chromium executable; `None` looks for `chromium` on PATH.
+    pub chromium: Option<PathBuf>,
+    /// `ECDYSIS_BROWSER_CDP_URL`: a remote CDP endpoint used instead of a local Chromium.
+    pub cdp_url: Option<String>,
+    /// Hosts and CIDRs the browser may visit although they are private or loopback.
+    pub allow: Vec<String>,
+    /// A local Chromium is closed after this long without work.
+    pub idle: Duration,
+    /// Tabs open at once (across all channels).
+    pub max_pages: usize,
+    /// How long a page may take to load.
+    pub navigation_timeout: Duration,
+    /// The longest `/record`.
+    pub max_record_seconds: u64,
+    /// Browser requests per channel per minute.
+    pub rate_per_minute: u32,
+    /// Largest file posted into a thread (Discord's free limit by default).
+    pub max_upload_bytes: usize,
+    /// Longest side of a posted image, in pixels; larger screenshots are downscaled.
+    pub max_image_pixels: u32,
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        Self {
+            chromium: None,
+            cdp_url: None,
+            allow: Vec::new(),
+            idle: Duration::from_secs(60),
+            max_pages: 4,
+            navigation_timeout: Duration::from_secs(20),
+            max_record_seconds: 30,
+            rate_per_minute: 20,
+            max_upload_bytes: 8 * 1024 * 1024,
+            max_image_pixels: 8_000,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    max_steps: Option<i64>,
+    turn_timeout_seconds: Option<i64>,
+    request_timeout_seconds: Option<i64>,
+    max_retries: Option<i64>,
+    compaction_budget_tokens: Option<i64>,
+    max_output_tokens: Option<i64>,
+    memory_notes_in_context: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +527,43 @@ pub enum LogFormat {
     Json,
 }
 
+/// The agent loop's limits (`[agent]`, `ECDYSIS_AGENT_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Model calls in one turn's tool loop.
+    pub max_steps: usize,
+    /// The whole turn (model calls, retries, tools, compaction).
+    pub turn_timeout: Duration,
+    /// One HTTP request to the model.
+    pub request_timeout: Duration,
+    /// Retries of one model call on 429/5xx/overload before the next fallback model.
+    pub max_retries: u32,
+    /// Estimated prompt tokens above which older turns are summarised.
+    pub compaction_budget_tokens: usize,
+    /// `max_tokens` of each answer.
+    pub max_output_tokens: u32,
+    /// Relevant memory notes put into each turn's context.
+    pub memory_notes_in_context: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 8,
+            turn_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 4,
+            compaction_budget_tokens: 24_000,
+            max_output_tokens: 4096,
+            memory_notes_in_context: 8,
+        }
+    }
+}
+
+/// The smallest compaction budget: the system prompt and tool definitions alone take up to
+/// 2,000 tokens, and some room must be left for the conversation.
+pub const MIN_COMPACTION_BUDGET: i64 = 3_000;
+
 /// Durable event bus settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusConfig {
@@ -311,8 +605,11 @@ pub struct Config {
     pub openai: ProviderKeys,
     pub slack: SlackConfig,
     pub discord: DiscordConfig,
-    pub sandbox: SandboxConfig,
-    pub browser: BrowserConfig,
+    pub sandbox: SandboxSettings,
+    pub browser: BrowserSettings,
+    /// `ECDYSIS_FFMPEG`: the ffmpeg executable for `/record`.
+    pub ffmpeg: PathBuf,
+    pub agent: AgentConfig,
     pub bus: BusConfig,
     /// Largest accepted web chat request body.
     pub web_max_body_bytes: usize,
@@ -407,14 +704,14 @@ impl Config {
         if let Some(url) = &file.discord.api_url {
             check_url("discord.api_url", url)?;
         }
-        if let Some(backend) = &file.sandbox.backend
-            && !matches!(backend.as_str(), "namespace" | "docker" | "off")
-        {
-            return Err(ConfigError::value(
-                "sandbox.backend",
-                format!("`{backend}` is not one of namespace, docker, off"),
-            ));
-        }
+        let sandbox = sandbox_settings(file.sandbox)?;
+        let browser = browser_settings(file.browser)?;
+        let ffmpeg = PathBuf::from(
+            file.ffmpeg
+                .filter(|f| !f.trim().is_empty())
+                .unwrap_or_else(|| "ffmpeg".into()),
+        );
+        let agent = agent_config(&file.agent)?;
         let defaults = BusConfig::default();
         let bus = BusConfig {
             workers: positive("bus.workers", file.bus.workers, defaults.workers as i64)? as usize,
@@ -451,8 +748,10 @@ impl Config {
             openai,
             slack: file.slack,
             discord: file.discord,
-            sandbox: file.sandbox,
-            browser: file.browser,
+            sandbox,
+            browser,
+            ffmpeg,
+            agent,
             bus,
             web_max_body_bytes,
         })
@@ -502,6 +801,9 @@ fn overlay_env(
             Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
                 ConfigError::value(key, format!("{name}=`{raw}` is not a whole number"))
             })?),
+            Kind::Bool => toml::Value::Boolean(parse_bool(&raw).ok_or_else(|| {
+                ConfigError::value(key, format!("{name}=`{raw}` is neither true nor false"))
+            })?),
             Kind::List => toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)
@@ -543,6 +845,211 @@ fn positive(key: &str, value: Option<i64>, default: i64) -> Result<i64, ConfigEr
             format!("{v} must be greater than 0"),
         )),
     }
+}
+
+fn browser_settings(file: BrowserConfig) -> Result<BrowserSettings, ConfigError> {
+    let defaults = BrowserSettings::default();
+    if let Some(url) = &file.cdp_url {
+        let parsed = Url::parse(url).map_err(|e| {
+            ConfigError::value("browser.cdp_url", format!("`{url}` is not a URL ({e})"))
+        })?;
+        if !matches!(parsed.scheme(), "ws" | "wss" | "http" | "https") {
+            return Err(ConfigError::value(
+                "browser.cdp_url",
+                format!("`{url}` must be a ws://, wss://, http:// or https:// URL"),
+            ));
+        }
+    }
+    let allow = file.allow.unwrap_or_default();
+    for rule in &allow {
+        crate::browser::url_guard::AllowRule::parse(rule)
+            .map_err(|problem| ConfigError::value("browser.allow", problem))?;
+    }
+    let seconds = |key: &str, value: Option<i64>, default: Duration| {
+        positive(key, value, default.as_secs() as i64).map(|s| Duration::from_secs(s as u64))
+    };
+    Ok(BrowserSettings {
+        chromium: file
+            .chromium
+            .filter(|c| !c.trim().is_empty())
+            .map(PathBuf::from),
+        cdp_url: file.cdp_url.filter(|u| !u.trim().is_empty()),
+        allow,
+        idle: seconds("browser.idle_seconds", file.idle_seconds, defaults.idle)?,
+        max_pages: positive(
+            "browser.max_pages",
+            file.max_pages,
+            defaults.max_pages as i64,
+        )? as usize,
+        navigation_timeout: seconds(
+            "browser.navigation_timeout_seconds",
+            file.navigation_timeout_seconds,
+            defaults.navigation_timeout,
+        )?,
+        max_record_seconds: positive(
+            "browser.max_record_seconds",
+            file.max_record_seconds,
+            defaults.max_record_seconds as i64,
+        )? as u64,
+        rate_per_minute: positive(
+            "browser.rate_per_minute",
+            file.rate_per_minute,
+            defaults.rate_per_minute as i64,
+        )?
+        .min(u32::MAX as i64) as u32,
+        max_upload_bytes: positive(
+            "browser.max_upload_bytes",
+            file.max_upload_bytes,
+            defaults.max_upload_bytes as i64,
+        )? as usize,
+        max_image_pixels: positive(
+            "browser.max_image_pixels",
+            file.max_image_pixels,
+            defaults.max_image_pixels as i64,
+        )?
+        .clamp(16, 65_535) as u32,
+    })
+}
+
+fn agent_config(file: &AgentFile) -> Result<AgentConfig, ConfigError> {
+    let d = AgentConfig::default();
+    let max_retries = match file.max_retries {
+        None => d.max_retries,
+        Some(n) if (0..=20).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(ConfigError::value(
+                "agent.max_retries",
+                format!("{n} must be between 0 and 20"),
+            ));
+        }
+    };
+    let budget = positive(
+        "agent.compaction_budget_tokens",
+        file.compaction_budget_tokens,
+        d.compaction_budget_tokens as i64,
+    )?;
+    if budget < MIN_COMPACTION_BUDGET {
+        return Err(ConfigError::value(
+            "agent.compaction_budget_tokens",
+            format!(
+                "{budget} is too small: the system prompt and tools alone take up to 2000 tokens (minimum {MIN_COMPACTION_BUDGET})"
+            ),
+        ));
+    }
+    let memory_notes_in_context = match file.memory_notes_in_context {
+        None => d.memory_notes_in_context,
+        Some(n) if (0..=100).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ConfigError::value(
+                "agent.memory_notes_in_context",
+                format!("{n} must be between 0 and 100"),
+            ));
+        }
+    };
+    Ok(AgentConfig {
+        max_steps: positive("agent.max_steps", file.max_steps, d.max_steps as i64)?.min(100)
+            as usize,
+        turn_timeout: Duration::from_secs(positive(
+            "agent.turn_timeout_seconds",
+            file.turn_timeout_seconds,
+            d.turn_timeout.as_secs() as i64,
+        )? as u64),
+        request_timeout: Duration::from_secs(positive(
+            "agent.request_timeout_seconds",
+            file.request_timeout_seconds,
+            d.request_timeout.as_secs() as i64,
+        )? as u64),
+        max_retries,
+        compaction_budget_tokens: budget as usize,
+        max_output_tokens: positive(
+            "agent.max_output_tokens",
+            file.max_output_tokens,
+            d.max_output_tokens as i64,
+        )?
+        .min(1_000_000) as u32,
+        memory_notes_in_context,
+    })
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn sandbox_settings(file: SandboxConfig) -> Result<SandboxSettings, ConfigError> {
+    let d = SandboxSettings::default();
+    let backend = match file.backend.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("namespace") => Some(SandboxBackend::Namespace),
+        Some("docker") => Some(SandboxBackend::Docker),
+        Some("off") => Some(SandboxBackend::Off),
+        Some(other) => {
+            return Err(ConfigError::value(
+                "sandbox.backend",
+                format!("`{other}` is not one of namespace, docker, off"),
+            ));
+        }
+    };
+    let rootfs = match file.rootfs.filter(|r| !r.trim().is_empty()) {
+        None => None,
+        Some(text) => {
+            let path = PathBuf::from(&text);
+            if !path.is_absolute() {
+                return Err(ConfigError::value(
+                    "sandbox.rootfs",
+                    format!("`{text}` must be an absolute path to a root file system directory"),
+                ));
+            }
+            Some(path)
+        }
+    };
+    let timeout = positive(
+        "sandbox.timeout_seconds",
+        file.timeout_seconds,
+        d.timeout.as_secs() as i64,
+    )? as u64;
+    let list = |values: Option<Vec<String>>| -> Vec<String> {
+        values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    Ok(SandboxSettings {
+        backend,
+        rootfs,
+        timeout: Duration::from_secs(timeout),
+        // Unset, a command may use the CPU for as long as it may run.
+        cpu_seconds: positive("sandbox.cpu_seconds", file.cpu_seconds, timeout as i64)? as u64,
+        memory_mb: positive("sandbox.memory_mb", file.memory_mb, d.memory_mb as i64)? as u64,
+        max_processes: positive(
+            "sandbox.max_processes",
+            file.max_processes,
+            d.max_processes as i64,
+        )? as u64,
+        max_output_bytes: positive(
+            "sandbox.max_output_bytes",
+            file.max_output_bytes,
+            d.max_output_bytes as i64,
+        )? as usize,
+        workspace_max_mb: positive(
+            "sandbox.workspace_max_mb",
+            file.workspace_max_mb,
+            d.workspace_max_mb as i64,
+        )? as u64,
+        max_parallel: positive(
+            "sandbox.max_parallel",
+            file.max_parallel,
+            d.max_parallel as i64,
+        )? as usize,
+        allow_users: list(file.allow_users),
+        allow_channels: list(file.allow_channels),
+        require_approval: file.require_approval.unwrap_or(d.require_approval),
+    })
 }
 
 fn check_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -623,14 +1130,21 @@ fn default_model(anthropic: &ProviderKeys, openai: &ProviderKeys) -> Option<Mode
     None
 }
 
-/// A URL with its password replaced, for messages and logs.
+/// A URL with its password replaced, for messages and logs. Text that does not parse as a URL
+/// still loses anything between `://` and `@`.
 pub fn redact(text: &str) -> String {
     match Url::parse(text) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("***"));
             url.to_string()
         }
-        _ => text.to_string(),
+        Ok(_) => text.to_string(),
+        Err(_) => match (text.find("://"), text.rfind('@')) {
+            (Some(start), Some(at)) if at > start + 3 => {
+                format!("{}***{}", &text[..start + 3], &text[at..])
+            }
+            _ => text.to_string(),
+        },
     }
 }
 
@@ -714,6 +1228,120 @@ mod tests {
         let e =
             Config::load_with(Some(Path::new("/nonexistent/ecdysis.toml")), &|_| None).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn browser_settings_from_env() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.browser, BrowserSettings::default());
+        assert_eq!(c.ffmpeg, PathBuf::from("ffmpeg"));
+        let c = load(
+            Some("[browser]\nmax_pages = 2\n"),
+            &[
+                (
+                    "ECDYSIS_BROWSER_ALLOW",
+                    "127.0.0.1, intranet.local,10.0.0.0/8",
+                ),
+                ("ECDYSIS_BROWSER_IDLE_SECONDS", "5"),
+                ("ECDYSIS_FFMPEG", "/opt/ffmpeg"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.browser.allow,
+            ["127.0.0.1", "intranet.local", "10.0.0.0/8"]
+        );
+        assert_eq!(c.browser.idle, Duration::from_secs(5));
+        assert_eq!(c.browser.max_pages, 2);
+        assert_eq!(c.ffmpeg, PathBuf::from("/opt/ffmpeg"));
+        let e = load(None, &[("ECDYSIS_BROWSER_ALLOW", "10.0.0.0/99")]).unwrap_err();
+        assert!(e.to_string().contains("browser.allow"), "{e}");
+        let e = load(None, &[("ECDYSIS_BROWSER_CDP_URL", "ftp://x")]).unwrap_err();
+        assert!(e.to_string().contains("browser.cdp_url"), "{e}");
+        let e = load(None, &[("ECDYSIS_BROWSER_MAX_RECORD_SECONDS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("browser.max_record_seconds"), "{e}");
+    }
+
+    #[test]
+    fn agent_settings() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.agent, AgentConfig::default());
+        assert_eq!(c.agent.max_steps, 8);
+        let c = load(
+            Some("[agent]\nmax_steps = 3\nmax_retries = 0\n"),
+            &[
+                ("ECDYSIS_AGENT_TURN_TIMEOUT_SECONDS", "9"),
+                ("ECDYSIS_AGENT_COMPACTION_BUDGET_TOKENS", "5000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.agent.max_steps, 3);
+        assert_eq!(c.agent.max_retries, 0);
+        assert_eq!(c.agent.turn_timeout, Duration::from_secs(9));
+        assert_eq!(c.agent.compaction_budget_tokens, 5000);
+        for (env, key) in [
+            ("ECDYSIS_AGENT_MAX_STEPS", "agent.max_steps"),
+            (
+                "ECDYSIS_AGENT_COMPACTION_BUDGET_TOKENS",
+                "agent.compaction_budget_tokens",
+            ),
+            ("ECDYSIS_AGENT_MAX_RETRIES", "agent.max_retries"),
+            (
+                "ECDYSIS_AGENT_REQUEST_TIMEOUT_SECONDS",
+                "agent.request_timeout_seconds",
+            ),
+        ] {
+            let e = load(None, &[(env, "-1")]).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = load(None, &[("ECDYSIS_AGENT_COMPACTION_BUDGET_TOKENS", "100")]).unwrap_err();
+        assert!(e.to_string().contains("too small"), "{e}");
+        let e = load(Some("[agent]\nmax_stepz = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("max_stepz"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_settings_from_file_and_env() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.sandbox, SandboxSettings::default());
+        let c = load(
+            Some("[sandbox]\nbackend = \"off\"\nmemory_mb = 64\nallow_users = [\"U1\"]\n"),
+            &[
+                ("ECDYSIS_SANDBOX_TIMEOUT_SECONDS", "5"),
+                ("ECDYSIS_SANDBOX_ALLOW_CHANNELS", "C1, slack:C2"),
+                ("ECDYSIS_SANDBOX_REQUIRE_APPROVAL", "yes"),
+                ("ECDYSIS_SANDBOX_ROOTFS", "/srv/rootfs"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.backend, Some(SandboxBackend::Off));
+        assert_eq!(c.sandbox.timeout, Duration::from_secs(5));
+        assert_eq!(c.sandbox.cpu_seconds, 5, "CPU time defaults to the timeout");
+        assert_eq!(c.sandbox.memory_mb, 64);
+        assert_eq!(c.sandbox.allow_users, ["U1"]);
+        assert_eq!(c.sandbox.allow_channels, ["C1", "slack:C2"]);
+        assert!(c.sandbox.require_approval);
+        assert_eq!(c.sandbox.rootfs, Some(PathBuf::from("/srv/rootfs")));
+        for (env, value, key) in [
+            ("ECDYSIS_SANDBOX", "chroot", "sandbox.backend"),
+            ("ECDYSIS_SANDBOX_MEMORY_MB", "0", "sandbox.memory_mb"),
+            (
+                "ECDYSIS_SANDBOX_REQUIRE_APPROVAL",
+                "maybe",
+                "sandbox.require_approval",
+            ),
+            ("ECDYSIS_SANDBOX_ROOTFS", "rootfs", "sandbox.rootfs"),
+            ("ECDYSIS_SANDBOX_MAX_PARALLEL", "-2", "sandbox.max_parallel"),
+        ] {
+            let e = load(None, &[(env, value)]).unwrap_err();
+            assert!(e.to_string().contains(key), "{env}: {e}");
+        }
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert!(!redact("postgres://u:sec ret@h:bad/db").contains("sec"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `ecdysis doctor`: check every configured part and say, in one line each, what to fix.
 
+use crate::browser::{self, Source};
 use crate::config::{Config, redact};
 
 /// The lines to print and whether any configured part failed.
@@ -65,5 +66,79 @@ pub async fn run(config: &Config) -> Report {
             "not configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY to chat",
         ),
     }
+    let browser = check_browser(config, &mut report).await;
+    check_ffmpeg(config, browser, &mut report).await;
+    check_sandbox(config, &mut report).await;
     report
+}
+
+/// The browser line; true when `/screenshot` and `/record` are on.
+async fn check_browser(config: &Config, report: &mut Report) -> bool {
+    let settings = &config.browser;
+    let source = match (&settings.cdp_url, browser::find_chromium(settings)) {
+        (Some(url), _) => Source::Remote(url.clone()),
+        (None, Some(path)) => Source::Local(path),
+        (None, None) => {
+            match &settings.chromium {
+                Some(path) => report.fail(
+                    "chromium",
+                    format!("ECDYSIS_CHROMIUM={} is not an executable", path.display()),
+                    "install Chromium (apt-get install chromium) or fix ECDYSIS_CHROMIUM",
+                ),
+                None => report.off(
+                    "chromium",
+                    "not found on PATH: /screenshot and /record are off (apt-get install chromium, or set ECDYSIS_CHROMIUM or ECDYSIS_BROWSER_CDP_URL)",
+                ),
+            }
+            return false;
+        }
+    };
+    match browser::probe(&source).await {
+        Ok(version) => {
+            report.ok("chromium", format!("{version}; starts on first use"));
+            true
+        }
+        Err(e) => {
+            report.fail(
+                "chromium",
+                e,
+                "check ECDYSIS_CHROMIUM / ECDYSIS_BROWSER_CDP_URL (Debian: apt-get install chromium)",
+            );
+            false
+        }
+    }
+}
+
+/// The ffmpeg line: a failure when `/record` is on (or ECDYSIS_FFMPEG is set) and ffmpeg is
+/// missing.
+async fn check_ffmpeg(config: &Config, browser_on: bool, report: &mut Report) {
+    let fix = "install ffmpeg (apt-get install ffmpeg) or set ECDYSIS_FFMPEG to its path; /record needs it";
+    match browser::record::ffmpeg_version(&config.ffmpeg).await {
+        Ok(version) => report.ok("ffmpeg", version),
+        Err(e) if browser_on || config.ffmpeg.as_os_str() != "ffmpeg" => {
+            report.fail("ffmpeg", e, fix)
+        }
+        Err(e) => report.off("ffmpeg", format!("{e} (needed by /record only)")),
+    }
+}
+
+/// The sandbox line: runs a real command in the configured backend.
+async fn check_sandbox(config: &Config, report: &mut Report) {
+    match crate::sandbox::detect(config).await {
+        crate::sandbox::Availability::Ready(sandbox) => report.ok(
+            "sandbox",
+            format!("{}: a test command ran", sandbox.describe()),
+        ),
+        crate::sandbox::Availability::Off {
+            reason,
+            requested: true,
+        } => report.fail(
+            "sandbox",
+            reason,
+            "/run is off; fix the above or set ECDYSIS_SANDBOX=off",
+        ),
+        crate::sandbox::Availability::Off { reason, .. } => {
+            report.off("sandbox", format!("/run is off: {reason}"))
+        }
+    }
 }

@@ -3,12 +3,15 @@
 //! The library holds the core (configuration, storage, blob store, the durable event bus, the
 //! command handlers and the HTTP server); `src/main.rs` is the `ecdysis` command line.
 
+pub mod agent;
 pub mod app;
 pub mod blob;
+pub mod browser;
 pub mod bus;
 pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod metrics;
+pub mod sandbox;
 pub mod store;
 pub mod tools;

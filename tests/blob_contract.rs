@@ -408,12 +408,40 @@ async fn s3_store_keeps_the_contract() {
     assert_eq!(many.first().map(String::as_str), Some("many/00000"));
     assert_eq!(many.last().map(String::as_str), Some("many/01009"));
 
-    // A missing bucket fails the ping with a readable message.
+    // A missing bucket fails the ping with a readable message, and is never read as "no blob".
     let missing = S3BlobStore::new(&config, &format!("{bucket}-missing"), "");
     match missing.ping().await {
-        Err(BlobError::S3 { message, .. }) => {
-            assert!(message.contains("-missing"), "unhelpful message: {message}")
+        Err(error @ BlobError::S3 { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("-missing") && text.contains("does not exist"),
+                "unhelpful message: {text}"
+            );
         }
         other => panic!("ping of a missing bucket: {other:?}"),
     }
+    assert!(
+        matches!(missing.get("k").await, Err(BlobError::S3 { .. })),
+        "get from a missing bucket must fail"
+    );
+    assert!(
+        matches!(missing.delete("k").await, Err(BlobError::S3 { .. })),
+        "delete in a missing bucket must fail"
+    );
+
+    // An unreachable endpoint is an error naming the cause, not a hang.
+    let closed = S3Config {
+        endpoint_url: Some("http://127.0.0.1:9".to_string()),
+        ..config.clone()
+    };
+    let unreachable = S3BlobStore::new(&closed, &bucket, "");
+    let started = std::time::Instant::now();
+    match unreachable.ping().await {
+        Err(error @ BlobError::S3 { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("unreachable"), "unhelpful message: {text}");
+        }
+        other => panic!("ping of a closed port: {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

@@ -168,7 +168,8 @@ async fn duplicate_events_are_processed_once() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_answer_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
+    // No Chromium, so `/screenshot` answers that it is off (and nothing is looked up).
+    let server = Server::start(dir.path(), &[("ECDYSIS_CHROMIUM", "/nonexistent/chromium")]).await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/chat/bad", server.base);
 

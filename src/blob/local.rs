@@ -224,12 +224,11 @@ fn remove_stale_tmp_files(tmp: &Path) {
             .and_then(|modified| now.duration_since(modified).ok())
             .is_some_and(|age| age > STALE_TMP_AGE);
         if stale {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::debug!(path = %entry.path().display(), "removed stale temp blob")
-                }
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed a stale temp blob"),
                 Err(error) => {
-                    tracing::warn!(path = %entry.path().display(), %error, "cannot remove stale temp blob")
+                    tracing::warn!(path = %path.display(), %error, "cannot remove stale temp blob");
                 }
             }
         }
@@ -293,5 +292,30 @@ mod tests {
         for bad in ["/", "/a", "../", "a//", "a/../", "sp ace", "a\\"] {
             assert!(validate_prefix(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn open_removes_only_stale_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalBlobStore::open(dir.path()).await.expect("open");
+        let tmp = store.root().join(TMP_DIR);
+        let stale = tmp.join("stale");
+        let fresh = tmp.join("fresh");
+        fs::write(&stale, b"half a blob").expect("write stale");
+        fs::write(&fresh, b"in flight").expect("write fresh");
+        let old = SystemTime::now() - 2 * STALE_TMP_AGE;
+        File::options()
+            .write(true)
+            .open(&stale)
+            .and_then(|file| file.set_modified(old))
+            .expect("age the stale file");
+
+        let store = LocalBlobStore::open(dir.path()).await.expect("reopen");
+        assert!(!stale.exists(), "a stale temp file survived open");
+        assert!(
+            fresh.exists(),
+            "open removed a temp file that may be in flight"
+        );
+        assert!(store.list("").await.expect("list").is_empty());
     }
 }

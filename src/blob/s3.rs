@@ -3,13 +3,15 @@
 //! The client is configured by hand from [`S3Config`] (no `aws-config` and its credential
 //! chain): an optional endpoint override, path-style addressing (what every S3-compatible server
 //! understands), the region (`us-east-1` when unset; R2 wants `auto`), static credentials when
-//! given, and a rustls/ring HTTP client that speaks both `https://` and plain `http://`.
+//! given (without them requests go unsigned, which only public buckets accept), and a
+//! rustls/ring HTTP client that speaks both `https://` and plain `http://`.
 //! Keys live under `prefix/`. An S3 PUT is atomic, so readers never see a partial blob.
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
@@ -21,12 +23,21 @@ use crate::config::S3Config;
 const DEFAULT_REGION: &str = "us-east-1";
 
 /// Blobs as objects in one bucket, under a key prefix.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3BlobStore {
     client: Client,
     bucket: String,
     /// Empty, or the configured prefix with one trailing `/`.
     key_prefix: String,
+}
+
+impl std::fmt::Debug for S3BlobStore {
+    /// The location only: the client's configuration holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("S3BlobStore")
+            .field(&self.describe())
+            .finish()
+    }
 }
 
 impl S3BlobStore {
@@ -50,19 +61,13 @@ impl S3BlobStore {
         format!("{}{key}", self.key_prefix)
     }
 
-    fn error<E, R>(&self, key: &str, error: SdkError<E, R>) -> BlobError
+    fn error<E>(&self, key: &str, error: SdkError<E, HttpResponse>) -> BlobError
     where
         E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-        R: std::fmt::Debug + Send + Sync + 'static,
     {
         BlobError::S3 {
             key: key.to_string(),
-            message: format!(
-                "{} on {}: {}",
-                operation_hint(&error),
-                self.describe(),
-                DisplayErrorContext(&error)
-            ),
+            message: format!("{} ({})", error_text(&error), self.describe()),
         }
     }
 }
@@ -102,22 +107,65 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// A short hint for the most common failures, before the SDK's full error chain.
-fn operation_hint<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> &'static str {
+/// A one-line account of a failed request: the service's error code, HTTP status and message
+/// when the service answered, else the SDK's error chain (unreachable endpoint, timeout,
+/// missing credentials, ...). Never the response headers.
+fn error_text<E>(error: &SdkError<E, HttpResponse>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
     match error {
-        SdkError::ConstructionFailure(_) => "request could not be built (credentials set?)",
-        SdkError::TimeoutError(_) => "timed out",
-        SdkError::DispatchFailure(_) => "endpoint unreachable",
-        SdkError::ResponseError(_) => "unreadable response",
-        SdkError::ServiceError(_) => "refused by the service",
-        _ => "failed",
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let mut text = format!(
+                "{} (HTTP {})",
+                err.code().unwrap_or("unknown error"),
+                service.raw().status().as_u16()
+            );
+            if let Some(message) = err.message().filter(|m| !m.is_empty()) {
+                text.push_str(": ");
+                text.push_str(message);
+            }
+            text
+        }
+        SdkError::ConstructionFailure(_) => format!(
+            "the request could not be built (are credentials configured?): {}",
+            chain(error)
+        ),
+        SdkError::TimeoutError(_) => format!("timed out: {}", chain(error)),
+        SdkError::DispatchFailure(_) => format!("endpoint unreachable: {}", chain(error)),
+        _ => chain(error),
     }
 }
 
-/// A 404 answer, whatever error code the server gave it (some S3-compatible servers answer
-/// `NoSuchKey` without the code the SDK models).
-fn is_not_found<E>(error: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
-    matches!(error, SdkError::ServiceError(service) if service.raw().status().as_u16() == 404)
+/// An error and its sources, `: `-joined, each once. (`DisplayErrorContext` does the same but
+/// then appends the whole error's `Debug` form, response headers included: not one readable
+/// line.)
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The service says the key is absent: `NoSuchKey`, or a bare 404 (some S3-compatible servers
+/// answer without the code the SDK models), but not a missing bucket.
+fn is_missing_key<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    match error {
+        SdkError::ServiceError(service) => {
+            service.err().code() == Some("NoSuchKey")
+                || (service.raw().status().as_u16() == 404
+                    && service.err().code() != Some("NoSuchBucket"))
+        }
+        _ => false,
+    }
 }
 
 /// A list prefix must be the beginning of some valid key (or empty, for every key).
@@ -156,20 +204,15 @@ impl BlobStore for S3BlobStore {
             .await
         {
             Ok(output) => output,
-            Err(error)
-                if error.as_service_error().is_some_and(|e| e.is_no_such_key())
-                    || is_not_found(&error) =>
-            {
-                return Ok(None);
-            }
+            Err(error) if is_missing_key(&error) => return Ok(None),
             Err(error) => return Err(self.error(key, error)),
         };
         let body = output.body.collect().await.map_err(|error| BlobError::S3 {
             key: key.to_string(),
             message: format!(
-                "reading the body from {} failed: {}",
-                self.describe(),
-                DisplayErrorContext(&error)
+                "reading the body failed: {} ({})",
+                chain(&error),
+                self.describe()
             ),
         })?;
         Ok(Some(body.into_bytes()))
@@ -187,7 +230,7 @@ impl BlobStore for S3BlobStore {
         {
             Ok(_) => Ok(()),
             // S3 answers 204 for a missing key; some compatible servers answer 404.
-            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) if is_missing_key(&error) => Ok(()),
             Err(error) => Err(self.error(key, error)),
         }
     }
@@ -206,7 +249,7 @@ impl BlobStore for S3BlobStore {
                 .set_continuation_token(continuation.take())
                 .send()
                 .await
-                .map_err(|error| self.error(prefix, error))?;
+                .map_err(|error| self.error(&format!("{prefix}*"), error))?;
             for object in page.contents() {
                 let Some(key) = object
                     .key()
@@ -237,7 +280,21 @@ impl BlobStore for S3BlobStore {
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|error| self.error("", error))?;
+            .map_err(|error| {
+                let hint = match &error {
+                    SdkError::ServiceError(service) => match service.raw().status().as_u16() {
+                        404 => ": the bucket does not exist",
+                        401 | 403 => ": access denied, check the credentials",
+                        301 | 307 => ": the bucket is in another region, check the region",
+                        _ => "",
+                    },
+                    _ => "",
+                };
+                BlobError::S3 {
+                    key: self.describe(),
+                    message: format!("HeadBucket: {}{hint}", error_text(&error)),
+                }
+            })?;
         Ok(())
     }
 

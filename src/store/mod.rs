@@ -217,6 +217,52 @@ pub struct ModelUsage {
     pub usage: Usage,
 }
 
+/// One compaction: older turns of a conversation replaced (for the agent) by a summary, and
+/// archived verbatim in the blob store under `archive_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Compaction {
+    pub id: i64,
+    /// The summary message (role `summary`) that stands for the compacted turns.
+    pub summary_message_id: i64,
+    /// The compacted range of message ids (inclusive).
+    pub first_message_id: i64,
+    pub last_message_id: i64,
+    /// How many messages were compacted.
+    pub message_count: i64,
+    /// Where the compacted messages are archived (JSON lines in the blob store).
+    pub archive_key: String,
+    pub created_at: i64,
+}
+
+/// A compaction to record.
+#[derive(Clone, Debug)]
+pub struct NewCompaction {
+    /// The event during which the compaction ran.
+    pub event_id: Option<i64>,
+    pub first_message_id: i64,
+    pub last_message_id: i64,
+    pub summary: String,
+    /// Already written to the blob store.
+    pub archive_key: String,
+}
+
+/// What the agent reads of a conversation: the latest summary and the messages after it.
+#[derive(Clone, Debug, Default)]
+pub struct ContextMessages {
+    /// The latest compaction's summary message and the compaction itself.
+    pub summary: Option<(Message, Compaction)>,
+    /// Messages that are not compacted (and not summaries), newest `limit`, in order.
+    pub messages: Vec<Message>,
+}
+
+/// Compactions of a channel's conversations, for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactionStats {
+    pub count: i64,
+    pub messages: i64,
+    pub last_at: Option<i64>,
+}
+
 /// Counts of the inbox by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct InboxCounts {
@@ -350,6 +396,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Usage totals of every conversation of a channel, per model.
     async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>>;
+
+    // --- compaction --------------------------------------------------------------------------
+
+    /// The agent's context: the latest compaction summary, and the newest `limit` messages
+    /// after it that are neither compacted nor summaries, in order.
+    async fn context_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<ContextMessages>;
+
+    /// Compact messages `first..=last` of a conversation, in one transaction: mark them (and
+    /// earlier summaries) compacted, drop the bulky `meta` of compacted tool rows (the archive
+    /// holds it verbatim), add the summary message and the compaction row.
+    async fn compact(
+        &self,
+        conversation: &ConversationRef,
+        compaction: &NewCompaction,
+    ) -> Result<Compaction>;
+
+    /// A conversation's compactions, oldest first (an export reads the archives they name).
+    async fn compactions(&self, conversation: &ConversationRef) -> Result<Vec<Compaction>>;
+
+    /// Compactions of every conversation of a channel.
+    async fn compaction_stats(&self, channel: &ChannelRef) -> Result<CompactionStats>;
 }
 
 /// Open (and migrate) the database a URL names.

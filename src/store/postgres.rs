@@ -14,9 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 
 use super::{
-    Artifact, ClaimedEvent, Completion, InboxCounts, Inserted, Message, ModelUsage, NewArtifact,
-    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, Usage,
-    now_ms, query_terms,
+    Artifact, ClaimedEvent, Compaction, CompactionStats, Completion, ContextMessages, InboxCounts,
+    Inserted, Message, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Note,
+    OutboxItem, Result, Role, Store, StoreError, Usage, now_ms, query_terms,
 };
 
 /// The PostgreSQL store.
@@ -24,21 +24,39 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+/// The URL for messages: the password hidden, and nothing of a URL that does not parse (it
+/// could hold a password that cannot be told apart).
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(_) => crate::config::redact(url),
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "compaction".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0002_compaction.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl PostgresStore {
     /// Connect and migrate.
     pub async fn open(url: &str) -> Result<Self> {
         let open_error = |problem: String| StoreError::Open {
-            url: crate::config::redact(url),
+            url: shown_url(url),
             problem,
         };
         let options = PgConnectOptions::from_str(url).map_err(|e| open_error(e.to_string()))?;
@@ -203,6 +221,18 @@ fn artifact_from_row(row: &PgRow) -> Artifact {
         name: row.get("name"),
         mime: row.get("mime"),
         size: row.get("size"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn compaction_from_row(row: &PgRow) -> Compaction {
+    Compaction {
+        id: row.get("id"),
+        summary_message_id: row.get("summary_message_id"),
+        first_message_id: row.get("first_message_id"),
+        last_message_id: row.get("last_message_id"),
+        message_count: row.get("message_count"),
+        archive_key: row.get("archive_key"),
         created_at: row.get("created_at"),
     }
 }
@@ -757,6 +787,152 @@ impl Store for PostgresStore {
                 },
             })
             .collect())
+    }
+
+    async fn context_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<ContextMessages> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(ContextMessages::default());
+        };
+        let latest = sqlx::query(
+            "SELECT id, summary_message_id, first_message_id, last_message_id,
+                    message_count, archive_key, created_at
+             FROM compactions WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(conversation_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(compaction_from_row);
+        let summary = match latest {
+            Some(compaction) => {
+                let row = sqlx::query(
+                    "SELECT id, event_id, role, text, meta, created_at FROM messages WHERE id = $1",
+                )
+                .bind(compaction.summary_message_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Some((message_from_row(&row)?, compaction))
+            }
+            None => None,
+        };
+        let after = summary
+            .as_ref()
+            .map(|(_, c)| c.last_message_id)
+            .unwrap_or(0);
+        let mut rows = sqlx::query(
+            "SELECT id, event_id, role, text, meta, created_at FROM messages
+             WHERE conversation_id = $1 AND id > $2 AND NOT compacted AND role <> 'summary'
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        let messages = self.with_attachments(conversation_id, rows).await?;
+        Ok(ContextMessages { summary, messages })
+    }
+
+    async fn compact(
+        &self,
+        conversation: &ConversationRef,
+        compaction: &NewCompaction,
+    ) -> Result<Compaction> {
+        let mut tx = self.pool.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        let compacted = sqlx::query(
+            "UPDATE messages
+             SET compacted = TRUE, meta = CASE WHEN role = 'tool' THEN NULL ELSE meta END
+             WHERE conversation_id = $1 AND id BETWEEN $2 AND $3
+               AND NOT compacted AND role <> 'summary'",
+        )
+        .bind(conversation_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE messages SET compacted = TRUE
+             WHERE conversation_id = $1 AND role = 'summary' AND NOT compacted",
+        )
+        .bind(conversation_id)
+        .execute(&mut *tx)
+        .await?;
+        let meta = serde_json::json!({
+            "archive_key": compaction.archive_key,
+            "first_message_id": compaction.first_message_id,
+            "last_message_id": compaction.last_message_id,
+            "message_count": compacted,
+        });
+        let summary_id = insert_message(
+            &mut tx,
+            conversation_id,
+            compaction.event_id,
+            &NewMessage {
+                role: Role::Summary,
+                text: compaction.summary.clone(),
+                meta: Some(meta.to_string()),
+                attachments: Vec::new(),
+            },
+        )
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
+                                      last_message_id, message_count, archive_key, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING id, summary_message_id, first_message_id, last_message_id,
+                       message_count, archive_key, created_at",
+        )
+        .bind(conversation_id)
+        .bind(summary_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .bind(compacted)
+        .bind(&compaction.archive_key)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(compaction_from_row(&row))
+    }
+
+    async fn compactions(&self, conversation: &ConversationRef) -> Result<Vec<Compaction>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT id, summary_message_id, first_message_id, last_message_id,
+                    message_count, archive_key, created_at
+             FROM compactions WHERE conversation_id = $1 ORDER BY id",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(compaction_from_row).collect())
+    }
+
+    async fn compaction_stats(&self, channel: &ChannelRef) -> Result<CompactionStats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(k.message_count), 0)::BIGINT, MAX(k.created_at)
+             FROM compactions k JOIN conversations c ON c.id = k.conversation_id
+             WHERE c.platform = $1 AND c.workspace = $2 AND c.channel = $3",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CompactionStats {
+            count: row.get(0),
+            messages: row.get(1),
+            last_at: row.get(2),
+        })
     }
 }
 

@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 
 use super::{
-    Artifact, ClaimedEvent, Completion, InboxCounts, Inserted, Message, ModelUsage, NewArtifact,
-    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, Usage,
-    now_ms, query_terms,
+    Artifact, ClaimedEvent, Compaction, CompactionStats, Completion, ContextMessages, InboxCounts,
+    Inserted, Message, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Note,
+    OutboxItem, Result, Role, Store, StoreError, Usage, now_ms, query_terms,
 };
 
 /// The SQLite store.
@@ -29,13 +29,22 @@ pub struct SqliteStore {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "compaction".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0002_compaction.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -111,7 +120,7 @@ impl SqliteStore {
         ))
     }
 
-    /// Attach artifacts to messages in the range (first, last].
+    /// Attach artifacts, in insertion order (rowid), to the messages with ids in [first, last].
     async fn with_attachments(
         &self,
         conversation_id: i64,
@@ -129,7 +138,7 @@ impl SqliteStore {
                     a.created_at
              FROM artifacts a
              WHERE a.conversation_id = ? AND a.message_id BETWEEN ? AND ?
-             ORDER BY a.created_at, a.id",
+             ORDER BY a.rowid",
         )
         .bind(conversation_id)
         .bind(first.id)
@@ -235,6 +244,18 @@ fn artifact_from_row(row: &SqliteRow) -> Artifact {
         name: row.get("name"),
         mime: row.get("mime"),
         size: row.get("size"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn compaction_from_row(row: &SqliteRow) -> Compaction {
+    Compaction {
+        id: row.get("id"),
+        summary_message_id: row.get("summary_message_id"),
+        first_message_id: row.get("first_message_id"),
+        last_message_id: row.get("last_message_id"),
+        message_count: row.get("message_count"),
+        archive_key: row.get("archive_key"),
         created_at: row.get("created_at"),
     }
 }
@@ -789,6 +810,152 @@ impl Store for SqliteStore {
                 },
             })
             .collect())
+    }
+
+    async fn context_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<ContextMessages> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(ContextMessages::default());
+        };
+        let latest = sqlx::query(
+            "SELECT id, summary_message_id, first_message_id, last_message_id,
+                    message_count, archive_key, created_at
+             FROM compactions WHERE conversation_id = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(conversation_id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(compaction_from_row);
+        let summary = match latest {
+            Some(compaction) => {
+                let row = sqlx::query(
+                    "SELECT id, event_id, role, text, meta, created_at FROM messages WHERE id = ?",
+                )
+                .bind(compaction.summary_message_id)
+                .fetch_one(&self.read)
+                .await?;
+                Some((message_from_row(&row)?, compaction))
+            }
+            None => None,
+        };
+        let after = summary
+            .as_ref()
+            .map(|(_, c)| c.last_message_id)
+            .unwrap_or(0);
+        let mut rows = sqlx::query(
+            "SELECT id, event_id, role, text, meta, created_at FROM messages
+             WHERE conversation_id = ? AND id > ? AND compacted = 0 AND role <> 'summary'
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(conversation_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.reverse();
+        let messages = self.with_attachments(conversation_id, rows).await?;
+        Ok(ContextMessages { summary, messages })
+    }
+
+    async fn compact(
+        &self,
+        conversation: &ConversationRef,
+        compaction: &NewCompaction,
+    ) -> Result<Compaction> {
+        let mut tx = self.write.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        let compacted = sqlx::query(
+            "UPDATE messages
+             SET compacted = 1, meta = CASE WHEN role = 'tool' THEN NULL ELSE meta END
+             WHERE conversation_id = ? AND id BETWEEN ? AND ?
+               AND compacted = 0 AND role <> 'summary'",
+        )
+        .bind(conversation_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE messages SET compacted = 1
+             WHERE conversation_id = ? AND role = 'summary' AND compacted = 0",
+        )
+        .bind(conversation_id)
+        .execute(&mut *tx)
+        .await?;
+        let meta = serde_json::json!({
+            "archive_key": compaction.archive_key,
+            "first_message_id": compaction.first_message_id,
+            "last_message_id": compaction.last_message_id,
+            "message_count": compacted,
+        });
+        let summary_id = insert_message(
+            &mut tx,
+            conversation_id,
+            compaction.event_id,
+            &NewMessage {
+                role: Role::Summary,
+                text: compaction.summary.clone(),
+                meta: Some(meta.to_string()),
+                attachments: Vec::new(),
+            },
+        )
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
+                                      last_message_id, message_count, archive_key, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             RETURNING id, summary_message_id, first_message_id, last_message_id,
+                       message_count, archive_key, created_at",
+        )
+        .bind(conversation_id)
+        .bind(summary_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .bind(compacted)
+        .bind(&compaction.archive_key)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(compaction_from_row(&row))
+    }
+
+    async fn compactions(&self, conversation: &ConversationRef) -> Result<Vec<Compaction>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT id, summary_message_id, first_message_id, last_message_id,
+                    message_count, archive_key, created_at
+             FROM compactions WHERE conversation_id = ? ORDER BY id",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(compaction_from_row).collect())
+    }
+
+    async fn compaction_stats(&self, channel: &ChannelRef) -> Result<CompactionStats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(k.message_count), 0), MAX(k.created_at)
+             FROM compactions k JOIN conversations c ON c.id = k.conversation_id
+             WHERE c.platform = ? AND c.workspace = ? AND c.channel = ?",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(CompactionStats {
+            count: row.get(0),
+            messages: row.get(1),
+            last_at: row.get(2),
+        })
     }
 }
 

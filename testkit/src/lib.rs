@@ -1,2 +1,4 @@
 //! In-process fakes of the services ecdysis talks to, at the HTTP/websocket level, so tests and
 //! benchmarks drive the real client code without leaving loopback.
+
+pub mod llm;

@@ -158,6 +158,27 @@ impl Event {
     }
 }
 
+/// How a button looks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ButtonStyle {
+    #[default]
+    Default,
+    Primary,
+    Danger,
+}
+
+/// A button under a reply (approvals). Pressing it comes back as [`EventKind::Action`] with the
+/// same `action_id` and `value`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Button {
+    pub action_id: String,
+    pub label: String,
+    pub value: String,
+    #[serde(default)]
+    pub style: ButtonStyle,
+}
+
 /// One outbound reply. The idempotency key is stable across retries: an adapter that can tell
 /// (platform metadata, its own bookkeeping) must not post the same key twice.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,6 +187,8 @@ pub struct Reply {
     pub conversation: ConversationRef,
     pub text: String,
     pub attachments: Vec<Attachment>,
+    /// Buttons to show under the text (empty for most replies).
+    pub buttons: Vec<Button>,
     /// Copied from the event this answers.
     pub route: serde_json::Value,
 }

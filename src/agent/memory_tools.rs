@@ -1,0 +1,206 @@
+//! The memory tools (`memory_search`, `memory_save`, `memory_forget`): the model's access to
+//! the channel's notes. Every call is scoped to the channel of the conversation it runs for.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::commands::MAX_NOTE_CHARS;
+use crate::store::{NewNote, Store};
+use crate::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+
+const SEARCH_LIMIT: i64 = 10;
+
+/// Register the three memory tools.
+pub fn register(registry: &mut ToolRegistry, store: Arc<dyn Store>) {
+    registry.register(Arc::new(MemorySearch {
+        store: store.clone(),
+    }));
+    registry.register(Arc::new(MemorySave {
+        store: store.clone(),
+    }));
+    registry.register(Arc::new(MemoryForget { store }));
+}
+
+fn string_field<'a>(input: &'a Value, field: &str) -> Result<&'a str, ToolError> {
+    input
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ToolError::InvalidInput(format!("`{field}` (a non-empty string) is required"))
+        })
+}
+
+fn store_error(e: crate::store::StoreError) -> ToolError {
+    ToolError::Failed(format!("the memory store failed: {e}"))
+}
+
+/// Full-text search over the channel's notes.
+pub struct MemorySearch {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Tool for MemorySearch {
+    fn name(&self) -> &'static str {
+        "memory_search"
+    }
+
+    fn description(&self) -> &'static str {
+        "Search this channel's saved notes (full-text, any word matches)."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": { "query": { "type": "string" } },
+            "required": ["query"],
+        })
+    }
+
+    async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let query = string_field(&input, "query")?;
+        let notes = self
+            .store
+            .recall(&context.conversation.channel_ref(), query, SEARCH_LIMIT)
+            .await
+            .map_err(store_error)?;
+        if notes.is_empty() {
+            return Ok(ToolOutput::text(format!("No note matches “{query}”.")));
+        }
+        let mut out = String::new();
+        for note in notes {
+            out.push_str(&format!("#{} {}\n", note.id, note.text));
+        }
+        Ok(ToolOutput::text(out.trim_end()))
+    }
+}
+
+/// Save a note for the channel.
+pub struct MemorySave {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Tool for MemorySave {
+    fn name(&self) -> &'static str {
+        "memory_save"
+    }
+
+    fn description(&self) -> &'static str {
+        "Save a durable note for this channel (a fact, decision or preference worth remembering)."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": { "text": { "type": "string" } },
+            "required": ["text"],
+        })
+    }
+
+    async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let text = string_field(&input, "text")?;
+        let chars = text.chars().count();
+        if chars > MAX_NOTE_CHARS {
+            return Err(ToolError::InvalidInput(format!(
+                "the note has {chars} characters; the limit is {MAX_NOTE_CHARS}"
+            )));
+        }
+        // An event can run again after a crash: the same note from the same step is stored once.
+        let source = format!(
+            "agent:{}:{}:{:016x}",
+            context.event_id,
+            context.step,
+            fnv1a(text.as_bytes())
+        );
+        let id = self
+            .store
+            .remember(&NewNote {
+                channel: context.conversation.channel_ref(),
+                text: text.to_string(),
+                created_by: context.user_id.clone(),
+                source: Some(source),
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(ToolOutput::text(format!("Saved as #{id}.")))
+    }
+}
+
+/// Delete one of the channel's notes.
+pub struct MemoryForget {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Tool for MemoryForget {
+    fn name(&self) -> &'static str {
+        "memory_forget"
+    }
+
+    fn description(&self) -> &'static str {
+        "Delete one of this channel's notes by its number."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": { "id": { "type": "integer" } },
+            "required": ["id"],
+        })
+    }
+
+    async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let id = match input.get("id") {
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.trim().trim_start_matches('#').parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| ToolError::InvalidInput("`id` (a note number) is required".into()))?;
+        let deleted = self
+            .store
+            .forget(&context.conversation.channel_ref(), id)
+            .await
+            .map_err(store_error)?;
+        Ok(ToolOutput::text(if deleted {
+            format!("Deleted #{id}.")
+        } else {
+            format!("This channel has no note #{id}; nothing was deleted.")
+        }))
+    }
+}
+
+/// A stable 64-bit hash (FNV-1a) for idempotency keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn inputs_are_checked() {
+        assert!(string_field(&json!({"query": "  "}), "query").is_err());
+        assert!(string_field(&json!({"query": 3}), "query").is_err());
+        assert_eq!(
+            string_field(&json!({"query": " sky "}), "query").unwrap(),
+            "sky"
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! The LLM agent: answers free text and `/ask` with a model (Anthropic or any OpenAI-compatible
+//! API), running a tool-use loop with a step limit and a total time limit.
+//!
+//! A turn reads the conversation's context (see [`context`]), compacts it first when it is over
+//! the token budget (see [`compaction`]), then calls the model until it answers without tool
+//! calls. Each tool step is stored in the transcript as two `tool` rows (the calls, the
+//! results); the final answer is returned to the bus, which stores and delivers it. Token usage
+//! is recorded after every model call. When the model stays unreachable the user gets a clear
+//! reply and the event still counts as handled.
+
+pub mod compaction;
+pub mod context;
+pub mod memory_tools;
+pub mod provider;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use ecdysis_chat::{Attachment, ConversationRef};
+use tracing::{debug, info, warn};
+
+use crate::blob::BlobStore;
+use crate::bus::{EventContext, Outgoing};
+use crate::commands::Agent;
+use crate::config::{AgentConfig, Config, ModelSpec};
+use crate::store::{NewMessage, Role, Store, StoreError};
+use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use context::{StoredCall, StoredResult, ToolRow};
+use provider::{
+    ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
+    StopReason, ToolChoice, ToolDef,
+};
+use retry::{CallError, RetryPolicy};
+
+/// Rows of a conversation read for one turn (the token budget decides what is used).
+const CONTEXT_ROWS: i64 = 400;
+/// The longest tool result text the model reads.
+const TOOL_TEXT_CHARS: usize = 16_000;
+/// Images one tool result may show the model.
+const TOOL_IMAGES: usize = 4;
+/// The longest tool text kept in a transcript row's one-line `text`.
+const ROW_TEXT_CHARS: usize = 300;
+
+/// Why a turn could not finish normally.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// The model could not be reached or answered nonsense: the user gets a clear reply.
+    #[error(transparent)]
+    Model(#[from] CallError),
+    /// Storage failed: the bus retries the event.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why the agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot set up the HTTP client for the model API: {0}")]
+    Http(String),
+}
+
+/// What one turn cost, for the benchmark and the logs.
+#[derive(Clone, Debug, Default)]
+pub struct TurnStats {
+    /// Model calls made (compaction included).
+    pub model_calls: u32,
+    /// Time spent waiting for the model (requests and retry pauses).
+    pub model_time: Duration,
+    /// The whole turn.
+    pub total: Duration,
+    /// Estimated tokens of the turn's first request.
+    pub prompt_tokens: usize,
+    /// Estimated tokens of the stable prefix (system prompt + tool definitions).
+    pub prefix_tokens: usize,
+    /// Tool steps run.
+    pub steps: usize,
+    /// A compaction ran during the turn.
+    pub compacted: bool,
+}
+
+impl TurnStats {
+    /// Time the agent itself took: the turn minus the model's time.
+    pub fn overhead(&self) -> Duration {
+        self.total.saturating_sub(self.model_time)
+    }
+}
+
+/// A finished turn.
+#[derive(Debug)]
+pub struct TurnOutcome {
+    pub outgoing: Vec<Outgoing>,
+    pub stats: TurnStats,
+}
+
+/// The agent.
+pub struct LlmAgent {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    tools: ToolRegistry,
+    tool_defs: Vec<ToolDef>,
+    /// The configured model, then its fallbacks (those with credentials).
+    models: Vec<Model>,
+    /// Set when the configured model's provider has no credentials: the reply to give.
+    missing_key: Option<String>,
+    config: AgentConfig,
+    policy: RetryPolicy,
+    spec: ModelSpec,
+}
+
+impl LlmAgent {
+    /// The agent a configuration describes, or `None` when no model is configured. It offers
+    /// the memory tools, then `extra` (the tools features registered), in that stable order.
+    pub fn from_config(
+        config: &Config,
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        extra: &ToolRegistry,
+    ) -> Result<Option<Self>, BuildError> {
+        let Some(spec) = config.model.clone() else {
+            return Ok(None);
+        };
+        let mut tools = ToolRegistry::new();
+        memory_tools::register(&mut tools, store.clone());
+        for tool in extra.iter() {
+            tools.register(tool.clone());
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("ecdysis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError::Http(e.to_string()))?;
+        let primary = provider::model_client(config, &spec, &http);
+        let missing_key = primary.is_none().then(|| {
+            let env = provider::key_env(spec.provider);
+            format!(
+                "The model is set to {spec}, but {env} is not set, so I cannot answer yet. \
+                 Set {env} (and {base} to route through a gateway or a local server) and restart; \
+                 commands like /remember and /status keep working meanwhile.",
+                base = env.replace("API_KEY", "BASE_URL"),
+            )
+        });
+        let mut models: Vec<Model> = primary.into_iter().collect();
+        if missing_key.is_none() {
+            for fallback in &config.fallback_models {
+                match provider::model_client(config, fallback, &http) {
+                    Some(model) => models.push(model),
+                    None => {
+                        warn!(model = %fallback, "fallback model skipped: its provider has no key")
+                    }
+                }
+            }
+        }
+        Ok(Some(Self::new(
+            spec,
+            models,
+            missing_key,
+            config.agent.clone(),
+            store,
+            blobs,
+            tools,
+        )))
+    }
+
+    /// An agent over explicit model clients (the first answers, the rest are fallbacks).
+    pub fn new(
+        spec: ModelSpec,
+        models: Vec<Model>,
+        missing_key: Option<String>,
+        config: AgentConfig,
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        tools: ToolRegistry,
+    ) -> Self {
+        let tool_defs = context::tool_defs(&tools);
+        let policy = RetryPolicy::new(config.max_retries, config.request_timeout);
+        Self {
+            store,
+            blobs,
+            tools,
+            tool_defs,
+            models,
+            missing_key,
+            config,
+            policy,
+            spec,
+        }
+    }
+
+    /// Answer one message, with the turn's statistics.
+    pub async fn run_turn(
+        &self,
+        event: &EventContext,
+        prompt: &str,
+    ) -> anyhow::Result<TurnOutcome> {
+        let started = Instant::now();
+        let mut stats = TurnStats::default();
+        if let Some(text) = &self.missing_key {
+            return Ok(TurnOutcome {
+                outgoing: vec![Outgoing::text(text.clone())],
+                stats,
+            });
+        }
+        if prompt.trim().is_empty() && event.payload.attachments.is_empty() {
+            return Ok(TurnOutcome {
+                outgoing: vec![Outgoing::text("Usage: `/ask <question>`.")],
+                stats,
+            });
+        }
+        let deadline = started + self.config.turn_timeout;
+        let mut attachments = Vec::new();
+        // The deadline bounds every model call and retry pause; this outer limit also bounds
+        // tools that do not return in time.
+        let outcome = tokio::time::timeout(
+            self.config.turn_timeout + Duration::from_millis(250),
+            self.turn(event, prompt, deadline, &mut stats, &mut attachments),
+        )
+        .await;
+        let text = match outcome {
+            Ok(Ok(text)) => text,
+            Ok(Err(TurnError::Store(e))) => return Err(e.into()),
+            Ok(Err(TurnError::Model(e))) => {
+                warn!(error = %e, "the model could not answer");
+                self.failure_text(&e, stats.steps)
+            }
+            Ok(Err(TurnError::Internal(e))) => {
+                warn!(error = %e, "the turn failed");
+                format!("Sorry, something went wrong while answering: {e}.")
+            }
+            Err(_) => {
+                warn!("the turn ran out of time");
+                format!(
+                    "Sorry, I ran out of time ({} s) before finishing this answer{}. Please try again, perhaps with a smaller request.",
+                    self.config.turn_timeout.as_secs(),
+                    if stats.steps > 0 {
+                        format!(" after {} tool step(s)", stats.steps)
+                    } else {
+                        String::new()
+                    }
+                )
+            }
+        };
+        stats.total = started.elapsed();
+        debug!(
+            total_ms = stats.total.as_millis() as u64,
+            model_ms = stats.model_time.as_millis() as u64,
+            calls = stats.model_calls,
+            steps = stats.steps,
+            prompt_tokens = stats.prompt_tokens,
+            "turn finished"
+        );
+        Ok(TurnOutcome {
+            outgoing: vec![Outgoing { text, attachments }],
+            stats,
+        })
+    }
+
+    fn failure_text(&self, error: &CallError, steps: usize) -> String {
+        let why = match error {
+            CallError::OutOfTime { .. } => format!(
+                "it did not answer within the time limit ({} s)",
+                self.config.turn_timeout.as_secs()
+            ),
+            CallError::Failed { error, .. } => match error {
+                ProviderError::Status { status: 401, .. }
+                | ProviderError::Status { status: 403, .. } => {
+                    format!(
+                        "the API key was refused ({error}); check {}",
+                        provider::key_env(self.spec.provider)
+                    )
+                }
+                ProviderError::Status { status, .. } if *status == 429 => {
+                    format!("it is rate-limiting us ({error})")
+                }
+                ProviderError::Status { status, .. } if *status >= 500 => {
+                    format!("it is failing or overloaded ({error})")
+                }
+                ProviderError::Malformed(_) => format!("its answer could not be read ({error})"),
+                other => other.to_string(),
+            },
+        };
+        let progress = if steps > 0 {
+            format!(" (after {steps} tool step(s); their results are saved)")
+        } else {
+            String::new()
+        };
+        format!(
+            "Sorry, I could not get an answer from the model ({}): {why}{progress}. Your message is saved; please try again in a little while.",
+            self.describe_models()
+        )
+    }
+
+    fn describe_models(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.spec.to_string())
+            .collect::<Vec<_>>()
+            .join(", then ")
+    }
+
+    /// One model call with retries and fallbacks; records the usage.
+    async fn call(
+        &self,
+        conversation: &ConversationRef,
+        request: &ChatRequest,
+        deadline: Instant,
+        stats: &mut TurnStats,
+    ) -> Result<ChatResponse, TurnError> {
+        if stats.model_calls == 0 {
+            stats.prompt_tokens = context::request_tokens(request);
+        }
+        stats.model_calls += 1;
+        let started = Instant::now();
+        let result = retry::call(&self.models, request, &self.policy, deadline).await;
+        stats.model_time += started.elapsed();
+        let answered = result?;
+        let model = &self.models[answered.model_index];
+        self.store
+            .record_usage(
+                conversation,
+                &model.spec.to_string(),
+                &answered.response.usage,
+            )
+            .await?;
+        Ok(answered.response)
+    }
+
+    async fn turn(
+        &self,
+        event: &EventContext,
+        prompt: &str,
+        deadline: Instant,
+        stats: &mut TurnStats,
+        attachments: &mut Vec<Attachment>,
+    ) -> Result<String, TurnError> {
+        let conversation = &event.conversation;
+        let channel = conversation.channel_ref();
+        let notes = if self.config.memory_notes_in_context > 0 && !prompt.trim().is_empty() {
+            self.store
+                .recall(&channel, prompt, self.config.memory_notes_in_context as i64)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let stable = context::system_prompt(conversation, &self.tools);
+        stats.prefix_tokens =
+            context::estimate_tokens(&stable) + context::tools_tokens(&self.tool_defs);
+        let system = context::system_blocks(stable, &notes);
+        let files: Vec<(String, String, i64)> = event
+            .payload
+            .attachments
+            .iter()
+            .map(|f| (f.name.clone(), f.mime.clone(), f.size))
+            .collect();
+        let new_message = context::new_message(prompt, &files);
+
+        // What the transcript may take: the budget minus everything else in the request.
+        let fixed = system
+            .iter()
+            .map(|b| context::estimate_tokens(&b.text))
+            .sum::<usize>()
+            + context::tools_tokens(&self.tool_defs)
+            + context::message_tokens(&new_message);
+        let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
+        let mut window = self
+            .store
+            .context_messages(conversation, CONTEXT_ROWS)
+            .await?;
+        let mut transcript = context::transcript(&window, event.event_id);
+        let tokens: usize = transcript.iter().map(context::message_tokens).sum();
+        if tokens > allowance
+            && let Some(keep_from) = compaction::plan(&window, event.event_id, allowance / 2)
+        {
+            match self
+                .compact(event, &window, keep_from, &system, deadline, stats)
+                .await
+            {
+                Ok(_) => {
+                    window = self
+                        .store
+                        .context_messages(conversation, CONTEXT_ROWS)
+                        .await?;
+                    transcript = context::transcript(&window, event.event_id);
+                }
+                Err(TurnError::Store(e)) => return Err(TurnError::Store(e)),
+                Err(e) => {
+                    warn!(error = %e, "compaction failed; the model sees the newest turns only")
+                }
+            }
+        }
+        let transcript = context::fit(transcript, allowance);
+
+        let mut messages = transcript;
+        messages.push(new_message);
+        let mut messages = context::merge_roles(messages);
+        let mut step = 0;
+        loop {
+            step += 1;
+            let last_step = step >= self.config.max_steps;
+            let request = ChatRequest {
+                system: system.clone(),
+                messages: messages.clone(),
+                tools: self.tool_defs.clone(),
+                tool_choice: if last_step {
+                    ToolChoice::None
+                } else {
+                    ToolChoice::Auto
+                },
+                max_tokens: self.config.max_output_tokens,
+            };
+            let response = self.call(conversation, &request, deadline, stats).await?;
+            let calls = response.tool_calls();
+            if calls.is_empty() || last_step {
+                return Ok(self.final_text(&response, !calls.is_empty()));
+            }
+            let assistant = ChatMessage {
+                role: ChatRole::Assistant,
+                parts: response.parts.clone(),
+            };
+            let results = self.run_tools(event, step, &response, attachments).await?;
+            stats.steps = step;
+            messages.push(assistant);
+            messages.push(ChatMessage {
+                role: ChatRole::User,
+                parts: results,
+            });
+        }
+    }
+
+    fn final_text(&self, response: &ChatResponse, stopped_with_calls: bool) -> String {
+        let mut text = response.text().trim().to_string();
+        if response.stop == StopReason::MaxTokens {
+            text.push_str(&format!(
+                "\n\n(The answer was cut off at the output limit of {} tokens.)",
+                self.config.max_output_tokens
+            ));
+        }
+        if stopped_with_calls {
+            text.push_str(&format!(
+                "\n\n(I stopped after {} steps, the limit for one message. Ask me to continue if needed.)",
+                self.config.max_steps
+            ));
+        }
+        if text.trim().is_empty() {
+            text = "(The model returned an empty answer.)".into();
+        }
+        text.trim().to_string()
+    }
+
+    /// Run the tool calls of one step, store the step in the transcript (calls and results in
+    /// one transaction), and return the results for the model.
+    async fn run_tools(
+        &self,
+        event: &EventContext,
+        step: usize,
+        response: &ChatResponse,
+        attachments: &mut Vec<Attachment>,
+    ) -> Result<Vec<Part>, TurnError> {
+        let tool_context = ToolContext {
+            event_id: event.event_id,
+            step,
+            conversation: event.conversation.clone(),
+            user_id: event.payload.user.id.clone(),
+        };
+        let mut calls = Vec::new();
+        let mut stored = Vec::new();
+        let mut parts = Vec::new();
+        for (id, name, input) in response.tool_calls() {
+            calls.push(StoredCall {
+                id: id.to_string(),
+                name: name.to_string(),
+                input: input.clone(),
+            });
+            let result = match self.tools.get(name) {
+                Some(tool) => tool.call(&tool_context, input.clone()).await,
+                None => Err(ToolError::InvalidInput(format!(
+                    "there is no tool named `{name}`"
+                ))),
+            };
+            let (text, images, is_error) = match result {
+                Ok(output) => {
+                    attachments.extend(output.attachments);
+                    let images: Vec<ImageData> = output
+                        .images
+                        .iter()
+                        .take(TOOL_IMAGES)
+                        .map(|i| ImageData {
+                            mime: i.mime.clone(),
+                            base64: base64::engine::general_purpose::STANDARD.encode(&i.bytes),
+                        })
+                        .collect();
+                    (truncate(&output.text, TOOL_TEXT_CHARS), images, false)
+                }
+                Err(e) => (e.to_string(), Vec::new(), true),
+            };
+            info!(tool = name, step, is_error, "tool call");
+            stored.push(StoredResult {
+                id: id.to_string(),
+                name: name.to_string(),
+                text: text.clone(),
+                is_error,
+                images: images.len(),
+            });
+            parts.push(Part::ToolResult {
+                id: id.to_string(),
+                text,
+                images,
+                is_error,
+            });
+        }
+        let call_line = calls
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.input))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let result_line = stored
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.name,
+                    if r.is_error { "failed:" } else { "→" },
+                    r.text
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let rows = [
+            NewMessage {
+                role: Role::Tool,
+                text: truncate(&call_line, ROW_TEXT_CHARS),
+                meta: Some(json_text(&ToolRow::ToolUse {
+                    text: response.text(),
+                    calls,
+                })?),
+                attachments: Vec::new(),
+            },
+            NewMessage {
+                role: Role::Tool,
+                text: truncate(&result_line, ROW_TEXT_CHARS),
+                meta: Some(json_text(&ToolRow::ToolResult { results: stored })?),
+                attachments: Vec::new(),
+            },
+        ];
+        self.store
+            .append_messages(&event.conversation, Some(event.event_id), &rows)
+            .await?;
+        Ok(parts)
+    }
+}
+
+fn json_text(row: &ToolRow) -> Result<String, TurnError> {
+    serde_json::to_string(row).map_err(|e| TurnError::Internal(e.to_string()))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max).collect();
+    out.push_str("… (cut)");
+    out
+}
+
+#[async_trait]
+impl Agent for LlmAgent {
+    async fn answer(&self, event: &EventContext, prompt: &str) -> anyhow::Result<Vec<Outgoing>> {
+        Ok(self.run_turn(event, prompt).await?.outgoing)
+    }
+
+    fn describe(&self) -> String {
+        if self.missing_key.is_some() {
+            return format!(
+                "{} (not usable: {} is not set)",
+                self.spec,
+                provider::key_env(self.spec.provider)
+            );
+        }
+        let mut out = self.describe_models();
+        if let Some(primary) = self.models.first() {
+            out.push_str(&format!(" via {}", primary.api.endpoint()));
+        }
+        out.push_str(&format!(
+            " · up to {} steps, {} s a turn, compaction over {} tokens",
+            self.config.max_steps,
+            self.config.turn_timeout.as_secs(),
+            self.config.compaction_budget_tokens
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("abcdef", 3), "abc… (cut)");
+    }
+}

@@ -1,0 +1,979 @@
+//! The browser service behind `/screenshot`, `/record` and the browser tools.
+//!
+//! A local headless Chromium is launched on first use and closed after an idle timeout (it is
+//! most of a bot's memory), or a remote CDP endpoint is used instead. Tabs come from a bounded
+//! pool; each channel gets its own browser context so cookies never cross channels. Every
+//! request a page makes is intercepted and checked by the [`url_guard`]. A browser that crashed
+//! or was killed is noticed and relaunched on the next request.
+
+pub mod feature;
+pub mod image_fit;
+pub mod page;
+pub mod record;
+pub mod screenshot;
+pub mod tools;
+pub mod url_guard;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use chromiumoxide::Browser;
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::target::{
+    CreateBrowserContextParams, CreateTargetParams,
+};
+use chromiumoxide::error::CdpError;
+use chromiumoxide::handler::HandlerConfig;
+use ecdysis_chat::ConversationRef;
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{BrowserSettings, Config};
+
+pub use page::{PageLease, Viewport, WaitFor};
+pub use url_guard::{Resolver, StaticResolver, SystemResolver, UrlGuard, UrlRefused};
+
+/// The flags every local Chromium runs with (a server: no sandbox, no GPU, no background
+/// traffic, a fresh profile).
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-default-browser-check",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-domain-reliability",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--disable-hang-monitor",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--force-color-profile=srgb",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--remote-debugging-port=0",
+];
+
+/// Names looked up on PATH when `ECDYSIS_CHROMIUM` is not set.
+const CHROMIUM_NAMES: &[&str] = &[
+    "chromium",
+    "chromium-browser",
+    "google-chrome-stable",
+    "google-chrome",
+];
+
+/// How long Chromium may take to print its DevTools address.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Browser contexts (channels) kept open at once; the least recently used is closed first.
+const MAX_CONTEXTS: usize = 32;
+/// Channels whose rate-limit state is remembered.
+const MAX_RATE_ENTRIES: usize = 10_000;
+
+/// What went wrong, in words a chat user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BrowserError {
+    #[error("refused: {0}")]
+    Refused(UrlRefused),
+    #[error("refused: the page tried to load {0}")]
+    RefusedRequest(UrlRefused),
+    #[error("the page did not finish loading within {0} s")]
+    Timeout(u64),
+    #[error("the server answered HTTP {status} {text} for {url}")]
+    HttpStatus {
+        url: String,
+        status: i64,
+        text: String,
+    },
+    #[error("{url} is `{mime}`, not a web page")]
+    NotHtml { url: String, mime: String },
+    #[error("the name `{0}` could not be resolved (DNS failure)")]
+    Dns(String),
+    #[error("could not connect to {0}")]
+    Connect(String),
+    #[error("could not load the page: {0}")]
+    Navigation(String),
+    #[error("no element on the page matches the selector `{0}`")]
+    SelectorNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many browser requests in this channel; try again in {0} s")]
+    RateLimited(u64),
+    #[error("all {0} browser tabs are busy; try again shortly")]
+    Busy(usize),
+    #[error("Chromium could not be started: {0}")]
+    Launch(String),
+    #[error("the browser stopped while working ({0}); it is restarted on the next request")]
+    Gone(String),
+    #[error("the browser failed: {0}")]
+    Cdp(String),
+    #[error(
+        "ffmpeg is not available ({0}); install it (`apt-get install ffmpeg`) or set ECDYSIS_FFMPEG to its path"
+    )]
+    FfmpegMissing(String),
+    #[error("ffmpeg failed: {0}")]
+    Ffmpeg(String),
+    #[error("{0}")]
+    Image(#[from] image_fit::FitError),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<UrlRefused> for BrowserError {
+    fn from(refused: UrlRefused) -> Self {
+        match refused {
+            UrlRefused::Dns { host, .. } => Self::Dns(host),
+            other => Self::Refused(other),
+        }
+    }
+}
+
+impl BrowserError {
+    /// Whether the browser itself is gone (the next attempt relaunches it).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Gone(_))
+    }
+}
+
+/// Turn a CDP error into a [`BrowserError`], marking the browser dead when the connection is.
+pub(crate) fn cdp_error(error: CdpError, alive: &AtomicBool) -> BrowserError {
+    match error {
+        CdpError::Ws(_)
+        | CdpError::Io(_)
+        | CdpError::NoResponse
+        | CdpError::ChannelSendError(_) => {
+            alive.store(false, Ordering::SeqCst);
+            BrowserError::Gone(error.to_string())
+        }
+        CdpError::Timeout => BrowserError::Cdp("the browser did not answer in time".into()),
+        other => BrowserError::Cdp(other.to_string()),
+    }
+}
+
+/// Everything the service needs; [`BrowserOptions::from_config`] for the real thing, the
+/// fields for tests (another resolver, extra Chromium flags).
+#[derive(Clone)]
+pub struct BrowserOptions {
+    pub settings: BrowserSettings,
+    pub ffmpeg: PathBuf,
+    /// Where fresh Chromium profiles and recording scratch files live.
+    pub work_dir: PathBuf,
+    pub resolver: Arc<dyn Resolver>,
+    /// Extra flags for a local Chromium.
+    pub extra_args: Vec<String>,
+}
+
+impl BrowserOptions {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            settings: config.browser.clone(),
+            ffmpeg: config.ffmpeg.clone(),
+            work_dir: config.data_dir.join("browser"),
+            resolver: Arc::new(SystemResolver),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Where the browser comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local(PathBuf),
+    Remote(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(path) => write!(f, "{}", path.display()),
+            Self::Remote(url) => write!(f, "remote CDP {}", crate::config::redact(url)),
+        }
+    }
+}
+
+/// The Chromium to launch: `ECDYSIS_CHROMIUM` (a path or a name on PATH), else the first of
+/// `chromium`, `chromium-browser`, `google-chrome` found on PATH.
+pub fn find_chromium(settings: &BrowserSettings) -> Option<PathBuf> {
+    match &settings.chromium {
+        Some(path) => find_executable(path),
+        None => CHROMIUM_NAMES
+            .iter()
+            .find_map(|name| find_executable(Path::new(name))),
+    }
+}
+
+/// An executable by path, or by name on PATH.
+pub fn find_executable(path: &Path) -> Option<PathBuf> {
+    if path.components().count() > 1 || path.is_absolute() {
+        return is_executable(path).then(|| path.to_path_buf());
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(path))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+/// Counters for tests, `/status` and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrowserStats {
+    /// Browsers launched or connected.
+    pub launches: u64,
+    /// Navigations started.
+    pub navigations: u64,
+    /// Requests the interception let through.
+    pub requests_allowed: u64,
+    /// Requests the interception refused.
+    pub requests_refused: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    launches: AtomicU64,
+    navigations: AtomicU64,
+    requests_allowed: AtomicU64,
+    requests_refused: AtomicU64,
+}
+
+/// The browser service. Cheap to clone.
+#[derive(Clone)]
+pub struct BrowserService {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    options: BrowserOptions,
+    source: Source,
+    guard: UrlGuard,
+    state: tokio::sync::Mutex<State>,
+    tabs: Arc<Semaphore>,
+    /// Leases out plus acquisitions in progress: the idle timer waits for zero.
+    active: AtomicUsize,
+    last_used: Mutex<Instant>,
+    rate: Mutex<HashMap<String, Bucket>>,
+    counters: Counters,
+    ffmpeg_checked: tokio::sync::OnceCell<Result<String, String>>,
+}
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    generation: u64,
+}
+
+struct Running {
+    browser: Browser,
+    child: Option<Child>,
+    pid: Option<u32>,
+    profile: Option<PathBuf>,
+    alive: Arc<AtomicBool>,
+    handler: JoinHandle<()>,
+    contexts: HashMap<String, Context>,
+    generation: u64,
+}
+
+struct Context {
+    id: BrowserContextId,
+    last_used: Instant,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Running {
+    fn is_alive(&mut self) -> bool {
+        if !self.alive.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => {
+                warn!(%status, "Chromium exited");
+                self.alive.store(false, Ordering::SeqCst);
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Decrements the active count when an acquisition ends without a lease.
+struct ActiveGuard<'a>(&'a Inner, bool);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.release();
+        }
+    }
+}
+
+impl BrowserService {
+    /// The service the configuration asks for, or `None` when there is no Chromium (not on
+    /// PATH, no `ECDYSIS_CHROMIUM`) and no CDP endpoint.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, BrowserError> {
+        Self::with_options(BrowserOptions::from_config(config))
+    }
+
+    /// Like [`BrowserService::from_config`] with explicit options.
+    pub fn with_options(options: BrowserOptions) -> Result<Option<Self>, BrowserError> {
+        let source = match &options.settings.cdp_url {
+            Some(url) => Source::Remote(url.clone()),
+            None => match find_chromium(&options.settings) {
+                Some(path) => Source::Local(path),
+                None => return Ok(None),
+            },
+        };
+        Self::new(options, source).map(Some)
+    }
+
+    /// A service using `source`. Nothing starts until the first request.
+    pub fn new(options: BrowserOptions, source: Source) -> Result<Self, BrowserError> {
+        let guard = UrlGuard::new(&options.settings.allow, options.resolver.clone())
+            .map_err(BrowserError::BadRequest)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tabs: Arc::new(Semaphore::new(options.settings.max_pages.max(1))),
+                options,
+                source,
+                guard,
+                state: tokio::sync::Mutex::new(State::default()),
+                active: AtomicUsize::new(0),
+                last_used: Mutex::new(Instant::now()),
+                rate: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                ffmpeg_checked: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.inner.source
+    }
+
+    pub fn settings(&self) -> &BrowserSettings {
+        &self.inner.options.settings
+    }
+
+    pub fn guard(&self) -> &UrlGuard {
+        &self.inner.guard
+    }
+
+    pub fn stats(&self) -> BrowserStats {
+        let c = &self.inner.counters;
+        BrowserStats {
+            launches: c.launches.load(Ordering::Relaxed),
+            navigations: c.navigations.load(Ordering::Relaxed),
+            requests_allowed: c.requests_allowed.load(Ordering::Relaxed),
+            requests_refused: c.requests_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a browser is running or connected now.
+    pub async fn is_running(&self) -> bool {
+        self.inner.state.lock().await.running.is_some()
+    }
+
+    /// The process id of the local Chromium, while one runs.
+    pub async fn chromium_pid(&self) -> Option<u32> {
+        self.inner
+            .state
+            .lock()
+            .await
+            .running
+            .as_ref()
+            .and_then(|r| r.pid)
+    }
+
+    /// Check a URL typed by a person or the model (before anything is launched).
+    pub async fn check_url(&self, text: &str) -> Result<url::Url, BrowserError> {
+        Ok(self.inner.guard.check_input(text).await?)
+    }
+
+    /// Take one unit of the channel's rate budget, or say how long to wait.
+    pub fn check_rate(&self, channel: &str) -> Result<(), BrowserError> {
+        let per_minute = self.inner.options.settings.rate_per_minute.max(1) as f64;
+        let now = Instant::now();
+        let Ok(mut rate) = self.inner.rate.lock() else {
+            return Ok(());
+        };
+        if rate.len() >= MAX_RATE_ENTRIES {
+            rate.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * per_minute / 60.0 < per_minute
+            });
+        }
+        let bucket = rate.entry(channel.to_string()).or_insert(Bucket {
+            tokens: per_minute,
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * per_minute / 60.0;
+        bucket.tokens = (bucket.tokens + refill).min(per_minute);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - bucket.tokens) * 60.0 / per_minute).ceil() as u64;
+            Err(BrowserError::RateLimited(wait.max(1)))
+        }
+    }
+
+    /// The ffmpeg version line, or why ffmpeg cannot be used (checked once).
+    pub async fn ffmpeg(&self) -> Result<String, BrowserError> {
+        let path = self.inner.options.ffmpeg.clone();
+        self.inner
+            .ffmpeg_checked
+            .get_or_init(|| async move { record::ffmpeg_version(&path).await })
+            .await
+            .clone()
+            .map_err(BrowserError::FfmpegMissing)
+    }
+
+    /// A fresh tab in `channel`'s browser context with the given viewport, launching or
+    /// relaunching the browser when needed.
+    pub async fn page(&self, channel: &str, viewport: Viewport) -> Result<PageLease, BrowserError> {
+        match self.try_page(channel, viewport).await {
+            Err(e) if e.is_gone() => {
+                warn!(error = %e, "the browser was gone; relaunching once");
+                self.try_page(channel, viewport).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_page(&self, channel: &str, viewport: Viewport) -> Result<PageLease, BrowserError> {
+        let inner = &self.inner;
+        inner.active.fetch_add(1, Ordering::SeqCst);
+        let mut active = ActiveGuard(inner, true);
+        let permit = self.tab_permit().await?;
+        let (page, alive, in_use) = {
+            let mut state = inner.state.lock().await;
+            let running = self.ensure_running(&mut state).await?;
+            let alive = running.alive.clone();
+            let (context, in_use) = match self.context(running, channel).await {
+                Ok(found) => found,
+                Err(e) => return Err(e),
+            };
+            let mut params = CreateTargetParams::new("about:blank");
+            params.browser_context_id = Some(context);
+            let page = running
+                .browser
+                .new_page(params)
+                .await
+                .map_err(|e| cdp_error(e, &running.alive))?;
+            in_use.fetch_add(1, Ordering::SeqCst);
+            (page, alive, in_use)
+        };
+        active.1 = false;
+        PageLease::prepare(self.inner.clone(), page, alive, in_use, permit, viewport).await
+    }
+
+    async fn tab_permit(&self) -> Result<OwnedSemaphorePermit, BrowserError> {
+        let wait = self.inner.options.settings.navigation_timeout;
+        match tokio::time::timeout(wait, self.inner.tabs.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(BrowserError::Busy(self.inner.options.settings.max_pages)),
+        }
+    }
+
+    /// The browser context of `channel`, created on first use.
+    async fn context(
+        &self,
+        running: &mut Running,
+        channel: &str,
+    ) -> Result<(BrowserContextId, Arc<AtomicUsize>), BrowserError> {
+        if let Some(context) = running.contexts.get_mut(channel) {
+            context.last_used = Instant::now();
+            return Ok((context.id.clone(), context.in_use.clone()));
+        }
+        if running.contexts.len() >= MAX_CONTEXTS {
+            let oldest = running
+                .contexts
+                .iter()
+                .filter(|(_, c)| c.in_use.load(Ordering::SeqCst) == 0)
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(key) = oldest
+                && let Some(context) = running.contexts.remove(&key)
+            {
+                let _ = running.browser.dispose_browser_context(context.id).await;
+            }
+        }
+        let id = running
+            .browser
+            .create_browser_context(CreateBrowserContextParams::default())
+            .await
+            .map_err(|e| cdp_error(e, &running.alive))?;
+        let in_use = Arc::new(AtomicUsize::new(0));
+        running.contexts.insert(
+            channel.to_string(),
+            Context {
+                id: id.clone(),
+                last_used: Instant::now(),
+                in_use: in_use.clone(),
+            },
+        );
+        Ok((id, in_use))
+    }
+
+    async fn ensure_running<'a>(
+        &self,
+        state: &'a mut State,
+    ) -> Result<&'a mut Running, BrowserError> {
+        let dead = match state.running.as_mut() {
+            Some(running) => !running.is_alive(),
+            None => false,
+        };
+        if dead && let Some(running) = state.running.take() {
+            warn!("the browser crashed or was killed; launching a new one");
+            close_running(running, &self.inner.source).await;
+        }
+        if state.running.is_none() {
+            state.generation += 1;
+            let started = Instant::now();
+            let running = self.launch(state.generation).await?;
+            info!(
+                source = %self.inner.source,
+                pid = running.pid,
+                ms = started.elapsed().as_millis() as u64,
+                "browser ready"
+            );
+            self.inner.counters.launches.fetch_add(1, Ordering::Relaxed);
+            spawn_idle_watch(Arc::downgrade(&self.inner), state.generation);
+            state.running = Some(running);
+        }
+        state
+            .running
+            .as_mut()
+            .ok_or_else(|| BrowserError::Launch("no browser".into()))
+    }
+
+    async fn launch(&self, generation: u64) -> Result<Running, BrowserError> {
+        let config = HandlerConfig {
+            viewport: None,
+            request_timeout: self.inner.options.settings.navigation_timeout
+                + Duration::from_secs(5),
+            ..HandlerConfig::default()
+        };
+        match &self.inner.source {
+            Source::Remote(url) => {
+                let (browser, handler) = tokio::time::timeout(
+                    LAUNCH_TIMEOUT,
+                    Browser::connect_with_config(url.clone(), config),
+                )
+                .await
+                .map_err(|_| BrowserError::Launch(format!("{} did not answer", self.inner.source)))?
+                .map_err(|e| BrowserError::Launch(format!("{}: {e}", self.inner.source)))?;
+                let alive = Arc::new(AtomicBool::new(true));
+                Ok(Running {
+                    browser,
+                    child: None,
+                    pid: None,
+                    profile: None,
+                    handler: drive(handler, alive.clone()),
+                    alive,
+                    contexts: HashMap::new(),
+                    generation,
+                })
+            }
+            Source::Local(path) => self.launch_local(path, config, generation).await,
+        }
+    }
+
+    async fn launch_local(
+        &self,
+        path: &Path,
+        config: HandlerConfig,
+        generation: u64,
+    ) -> Result<Running, BrowserError> {
+        let profile = self
+            .inner
+            .options
+            .work_dir
+            .join(format!("profile-{}", uuid::Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(&profile).await.map_err(|e| {
+            BrowserError::Launch(format!("cannot create {}: {e}", profile.display()))
+        })?;
+        let mut command = tokio::process::Command::new(path);
+        command
+            .args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(&self.inner.options.extra_args)
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|e| {
+            BrowserError::Launch(format!(
+                "cannot run {}: {e} (install Chromium or set ECDYSIS_CHROMIUM)",
+                path.display()
+            ))
+        })?;
+        let pid = child.id();
+        let Some(stderr) = child.stderr.take() else {
+            return Err(BrowserError::Launch("no stderr from Chromium".into()));
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(LAUNCH_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, url)) = line.split_once("DevTools listening on ") {
+                    return Some(url.trim().to_string());
+                }
+                if seen.len() < 20 {
+                    seen.push(line);
+                }
+            }
+            None
+        })
+        .await;
+        let ws_url = match found {
+            Ok(Some(url)) => url,
+            outcome => {
+                let _ = child.kill().await;
+                let _ = tokio::fs::remove_dir_all(&profile).await;
+                let why = if outcome.is_err() {
+                    "it did not start in time"
+                } else {
+                    "it exited"
+                };
+                return Err(BrowserError::Launch(format!(
+                    "{} failed: {why}: {}",
+                    path.display(),
+                    seen.join(" | ")
+                )));
+            }
+        };
+        // Keep draining stderr so Chromium never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                debug!(target: "chromium", "{line}");
+            }
+        });
+        let (browser, handler) = match Browser::connect_with_config(ws_url, config).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                let _ = child.kill().await;
+                let _ = tokio::fs::remove_dir_all(&profile).await;
+                return Err(BrowserError::Launch(format!(
+                    "cannot connect to Chromium: {e}"
+                )));
+            }
+        };
+        let alive = Arc::new(AtomicBool::new(true));
+        Ok(Running {
+            browser,
+            child: Some(child),
+            pid,
+            profile: Some(profile),
+            handler: drive(handler, alive.clone()),
+            alive,
+            contexts: HashMap::new(),
+            generation,
+        })
+    }
+
+    /// Close the browser now (shutdown; the next request launches a new one).
+    pub async fn shutdown(&self) {
+        let running = self.inner.state.lock().await.running.take();
+        if let Some(running) = running {
+            close_running(running, &self.inner.source).await;
+        }
+    }
+}
+
+impl Inner {
+    fn release(&self) {
+        self.touch();
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn touch(&self) {
+        if let Ok(mut last) = self.last_used.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    pub(crate) fn guard(&self) -> &UrlGuard {
+        &self.guard
+    }
+
+    pub(crate) fn navigation_timeout(&self) -> Duration {
+        self.options.settings.navigation_timeout
+    }
+
+    pub(crate) fn count_navigation(&self) {
+        self.counters.navigations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_request(&self, allowed: bool) {
+        let counter = if allowed {
+            &self.counters.requests_allowed
+        } else {
+            &self.counters.requests_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Poll the CDP connection until it ends; then the browser is gone.
+fn drive(mut handler: chromiumoxide::Handler, alive: Arc<AtomicBool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = handler.next().await {
+            if let Err(e) = event {
+                debug!(error = %e, "the CDP connection ended");
+                break;
+            }
+        }
+        alive.store(false, Ordering::SeqCst);
+    })
+}
+
+/// Close a browser: politely, then by force; remove its profile.
+async fn close_running(mut running: Running, source: &Source) {
+    match source {
+        Source::Local(_) => {
+            if running.alive.load(Ordering::SeqCst) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), running.browser.close()).await;
+            }
+            if let Some(child) = running.child.as_mut() {
+                let exited = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+                if exited.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        Source::Remote(_) => {
+            for (_, context) in running.contexts.drain() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    running.browser.dispose_browser_context(context.id),
+                )
+                .await;
+            }
+        }
+    }
+    running.handler.abort();
+    if let Some(profile) = running.profile.take() {
+        // Chromium's helpers may still be writing for a moment.
+        for _ in 0..5 {
+            if tokio::fs::remove_dir_all(&profile).await.is_ok() || !profile.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Close the browser once nothing has used it for the idle timeout.
+fn spawn_idle_watch(inner: Weak<Inner>, generation: u64) {
+    tokio::spawn(async move {
+        loop {
+            let wait = {
+                let Some(inner) = inner.upgrade() else { return };
+                let idle = inner.options.settings.idle;
+                let since = inner
+                    .last_used
+                    .lock()
+                    .map(|l| l.elapsed())
+                    .unwrap_or_default();
+                idle.saturating_sub(since).max(Duration::from_millis(100))
+            };
+            tokio::time::sleep(wait).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let idle = inner.options.settings.idle;
+            let quiet = |inner: &Inner| {
+                inner.active.load(Ordering::SeqCst) == 0
+                    && inner
+                        .last_used
+                        .lock()
+                        .map(|l| l.elapsed() >= idle)
+                        .unwrap_or(false)
+            };
+            if !quiet(&inner) {
+                continue;
+            }
+            let mut state = inner.state.lock().await;
+            match &state.running {
+                Some(running) if running.generation == generation => {}
+                _ => return,
+            }
+            if !quiet(&inner) {
+                continue;
+            }
+            if let Some(running) = state.running.take() {
+                info!(idle_seconds = idle.as_secs(), "closing the idle browser");
+                close_running(running, &inner.source).await;
+            }
+            return;
+        }
+    });
+}
+
+/// Make the child die with this process, so a killed bot leaves no Chromium behind.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut tokio::process::Command) {}
+
+/// One line about the browser for `doctor`: the local Chromium's version, or the remote
+/// endpoint's product after connecting to it.
+pub async fn probe(source: &Source) -> Result<String, String> {
+    match source {
+        Source::Local(path) => {
+            let run = tokio::process::Command::new(path)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(30), run).await {
+                Err(_) => Err(format!("`{} --version` did not answer", path.display())),
+                Ok(Err(e)) => Err(format!("cannot run {}: {e}", path.display())),
+                Ok(Ok(out)) if !out.status.success() => Err(format!(
+                    "`{} --version` failed with {}",
+                    path.display(),
+                    out.status
+                )),
+                Ok(Ok(out)) => Ok(format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    path.display()
+                )),
+            }
+        }
+        Source::Remote(url) => {
+            let connect = async {
+                let (browser, handler) = Browser::connect(url.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let alive = Arc::new(AtomicBool::new(true));
+                let task = drive(handler, alive);
+                let version = browser.version().await.map_err(|e| e.to_string());
+                task.abort();
+                version.map(|v| v.product)
+            };
+            match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                Err(_) => Err(format!("{source} did not answer within 10 s")),
+                Ok(Err(e)) => Err(format!("{source}: {e}")),
+                Ok(Ok(product)) => Ok(format!("{product} at {source}")),
+            }
+        }
+    }
+}
+
+/// The key a channel's browser context and rate limit live under.
+pub fn channel_key(conversation: &ConversationRef) -> String {
+    format!(
+        "{}:{}:{}",
+        conversation.platform, conversation.workspace, conversation.channel
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(rate: u32) -> BrowserService {
+        let options = BrowserOptions {
+            settings: BrowserSettings {
+                rate_per_minute: rate,
+                ..BrowserSettings::default()
+            },
+            ffmpeg: PathBuf::from("ffmpeg"),
+            work_dir: std::env::temp_dir(),
+            resolver: Arc::new(SystemResolver),
+            extra_args: Vec::new(),
+        };
+        BrowserService::new(
+            options,
+            Source::Local(PathBuf::from("/nonexistent/chromium")),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rate_limit_is_per_channel() {
+        let s = service(3);
+        for _ in 0..3 {
+            s.check_rate("a").unwrap();
+        }
+        let e = s.check_rate("a").unwrap_err();
+        assert!(
+            matches!(e, BrowserError::RateLimited(n) if n >= 1 && n <= 20),
+            "{e}"
+        );
+        s.check_rate("b").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_chromium_is_a_clear_error() {
+        let s = service(10);
+        let e = s
+            .page("c", Viewport::default())
+            .await
+            .err()
+            .expect("no browser");
+        assert!(e.to_string().contains("ECDYSIS_CHROMIUM"), "{e}");
+        assert!(!s.is_running().await);
+    }
+
+    #[test]
+    fn executables_are_found() {
+        assert!(find_executable(Path::new("sh")).is_some());
+        assert!(find_executable(Path::new("/nonexistent/x")).is_none());
+        let settings = BrowserSettings {
+            chromium: Some(PathBuf::from("/nonexistent/chromium")),
+            ..BrowserSettings::default()
+        };
+        assert!(find_chromium(&settings).is_none());
+    }
+}

@@ -1,0 +1,716 @@
+//! The `namespace` backend: every command runs in fresh Linux user, mount, PID, network, IPC and
+//! UTS namespaces made by bubblewrap (`bwrap`), with no daemon.
+//!
+//! Inside: the host's system (or a configured root file system) read-only, the channel's
+//! workspace read-write at `/workspace`, a private size-capped `/tmp` and `/dev/shm`, only a
+//! loopback network, and nothing else of the host (no `/home`, `/root`, data directory or
+//! other workspaces). When ecdysis runs as root, bwrap itself runs as an unprivileged user of
+//! the channel's own (uid = a hash of the channel), so the host's root-owned files stay closed
+//! and `RLIMIT_NPROC` counts that channel's processes only. Limits are rlimits set just before
+//! bwrap starts (CPU seconds, address space, processes, file size, no core dumps) plus a
+//! wall-clock timeout and an output cap that kill the whole PID namespace; Landlock scopes
+//! (signals, abstract sockets) are added where the kernel has them.
+
+use std::ffi::OsString;
+use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tracing::{debug, warn};
+
+use super::workspace::fnv1a;
+use super::{Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, landlock};
+use crate::config::SandboxSettings;
+
+/// Per-channel sandbox users are `UID_BASE + hash(channel) % UID_SPAN` (gid the same).
+const UID_BASE: u32 = 1_600_000_000;
+const UID_SPAN: u32 = 1_000_000;
+/// The fallback when per-channel ids cannot be used (a user namespace with few ids): `nobody`.
+const SHARED_UID: u32 = 65_534;
+/// Who the command is inside the sandbox.
+const INSIDE_UID: u32 = 1000;
+const INSIDE_USER: &str = "sandbox";
+/// Commands run at a lower CPU priority than the server.
+const NICE: libc::c_int = 10;
+/// What of the host's `/` is visible (read-only) when no root file system is configured.
+const HOST_SYSTEM: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
+];
+/// Top-level entries of a configured root file system that the sandbox provides itself.
+const NOT_FROM_ROOTFS: &[&str] = &["proc", "dev", "sys", "tmp", "workspace"];
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How the host sees the sandbox's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// ecdysis is root: each channel gets its own unprivileged uid.
+    PerChannel,
+    /// ecdysis is root but per-channel ids are not usable: one unprivileged uid for all.
+    Shared(u32),
+    /// ecdysis is not root: the sandbox runs as ecdysis's own user.
+    Caller,
+}
+
+/// One read-only piece of the sandbox's system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SystemMount {
+    Bind { source: PathBuf, dest: String },
+    Symlink { target: PathBuf, dest: String },
+}
+
+/// The bubblewrap backend.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    bwrap: PathBuf,
+    version: String,
+    rootfs: Option<PathBuf>,
+    mounts: Vec<SystemMount>,
+    /// Generated `/etc/passwd` and `/etc/group` naming the sandbox user, when the system has
+    /// them: (path, contents) of each.
+    etc: Option<[(PathBuf, String); 2]>,
+    shell: &'static str,
+    identity: Identity,
+    landlock_abi: i64,
+}
+
+impl Namespace {
+    /// Find bwrap, work out the sandbox's system, and check with a real command that the kernel
+    /// allows all of it here. `workspaces` is the directory the channel workspaces live in.
+    pub async fn detect(settings: &SandboxSettings, workspaces: &Path) -> Result<Self, String> {
+        let bwrap = find_on_path("bwrap").ok_or_else(|| {
+            "bubblewrap is not installed (apt-get install bubblewrap, or set ECDYSIS_SANDBOX=off)"
+                .to_string()
+        })?;
+        let version = tokio::process::Command::new(&bwrap)
+            .arg("--version")
+            .env_clear()
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        let rootfs = settings.rootfs.clone();
+        let system_root = rootfs.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let workspaces = workspaces.to_path_buf();
+        let dir = workspaces.clone();
+        let (mounts, etc, shell) = tokio::task::spawn_blocking(move || {
+            prepare_system(&system_root, rootfs_is_custom(&system_root), &dir)
+        })
+        .await
+        .map_err(|e| format!("sandbox set-up task failed: {e}"))??;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let candidates: &[Identity] = if root {
+            &[Identity::PerChannel, Identity::Shared(SHARED_UID)]
+        } else {
+            &[Identity::Caller]
+        };
+        let mut first_error = None;
+        for identity in candidates {
+            let backend = Self {
+                bwrap: bwrap.clone(),
+                version: version.clone(),
+                rootfs: settings.rootfs.clone(),
+                mounts: mounts.clone(),
+                etc: etc.clone(),
+                shell,
+                identity: *identity,
+                landlock_abi: landlock::abi(),
+            };
+            match backend.probe(&workspaces).await {
+                Ok(()) => return Ok(backend),
+                Err(e) => {
+                    debug!(identity = ?identity, error = %e, "sandbox probe failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| "no way to run the sandbox was found".into()))
+    }
+
+    /// Run a real command in a scratch workspace: user namespaces, mounts, the uid switch, the
+    /// rlimits and Landlock all have to work.
+    async fn probe(&self, workspaces: &Path) -> Result<(), String> {
+        let key = format!(".probe-{}", uuid::Uuid::new_v4().simple());
+        let workspace = WorkspaceRef {
+            key: key.clone(),
+            dir: workspaces.join(&key),
+        };
+        std::fs::create_dir(&workspace.dir)
+            .map_err(|e| format!("cannot create {}: {e}", workspace.dir.display()))?;
+        let result = async {
+            self.prepare(&workspace).await.map_err(|e| e.to_string())?;
+            let limits = Limits {
+                timeout: Duration::from_secs(20),
+                max_processes: 16,
+                ..Limits::default()
+            };
+            let output = self
+                .run(RunRequest {
+                    workspace: workspace.clone(),
+                    command: "touch /workspace/.probe && echo ok".into(),
+                    limits,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&output.output).trim().to_string();
+            if output.exit_code == Some(0) && text == "ok" {
+                Ok(())
+            } else {
+                Err(explain_probe_failure(&text, workspaces))
+            }
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&workspace.dir);
+        result
+    }
+
+    /// The host uid the channel's sandbox runs as, when ecdysis switches users.
+    fn uid_for(&self, key: &str) -> Option<u32> {
+        match self.identity {
+            Identity::PerChannel => {
+                Some(UID_BASE + (fnv1a(key.as_bytes()) % UID_SPAN as u64) as u32)
+            }
+            Identity::Shared(uid) => Some(uid),
+            Identity::Caller => None,
+        }
+    }
+
+    /// `RLIMIT_NPROC` counts every task of the host uid; leave room for what that uid already
+    /// runs (nothing, for a per-channel uid) and for bwrap's own two processes.
+    fn nproc_limit(&self, uid: Option<u32>, max_processes: u64) -> u64 {
+        let existing = match self.identity {
+            Identity::PerChannel => 0,
+            // SAFETY: getuid has no preconditions.
+            Identity::Shared(_) | Identity::Caller => {
+                count_tasks(uid.unwrap_or_else(|| unsafe { libc::getuid() }))
+            }
+        };
+        existing + max_processes + 2
+    }
+
+    fn args(&self, request: &RunRequest) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::with_capacity(64);
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&[
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]);
+        let inside = INSIDE_UID.to_string();
+        push(&["--uid", &inside, "--gid", &inside]);
+        for mount in &self.mounts {
+            match mount {
+                SystemMount::Bind { source, dest } => {
+                    args.push("--ro-bind".into());
+                    args.push(source.into());
+                    args.push(dest.into());
+                }
+                SystemMount::Symlink { target, dest } => {
+                    args.push("--symlink".into());
+                    args.push(target.into());
+                    args.push(dest.into());
+                }
+            }
+        }
+        if let Some([(passwd, _), (group, _)]) = &self.etc {
+            for (source, dest) in [(passwd, "/etc/passwd"), (group, "/etc/group")] {
+                args.push("--ro-bind".into());
+                args.push(source.into());
+                args.push(dest.into());
+            }
+        }
+        let tmp = request.limits.tmp_bytes.max(1024 * 1024).to_string();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&["--proc", "/proc", "--dev", "/dev"]);
+        push(&["--size", &tmp, "--tmpfs", "/dev/shm"]);
+        push(&["--size", &tmp, "--tmpfs", "/tmp"]);
+        args.push("--bind".into());
+        args.push(request.workspace.dir.clone().into());
+        args.push("/workspace".into());
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
+        push(&["--chdir", "/workspace", "--clearenv"]);
+        for (name, value) in [
+            ("PATH", PATH),
+            ("HOME", "/workspace"),
+            ("USER", INSIDE_USER),
+            ("LOGNAME", INSIDE_USER),
+            ("TMPDIR", "/tmp"),
+            ("LANG", "C.UTF-8"),
+            ("TERM", "dumb"),
+            ("PYTHONUNBUFFERED", "1"),
+        ] {
+            push(&["--setenv", name, value]);
+        }
+        push(&["--", self.shell, "-c"]);
+        args.push(request.command.clone().into());
+        args
+    }
+}
+
+#[async_trait]
+impl Sandbox for Namespace {
+    fn backend(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn describe(&self) -> String {
+        let system = match &self.rootfs {
+            Some(dir) => format!("root file system {} read-only", dir.display()),
+            None => "host system read-only".into(),
+        };
+        let users = match self.identity {
+            Identity::PerChannel => "a uid per channel".to_string(),
+            Identity::Shared(uid) => format!("uid {uid} for every channel"),
+            // SAFETY: getuid has no preconditions.
+            Identity::Caller => format!("ecdysis's own uid {}", unsafe { libc::getuid() }),
+        };
+        let landlock = if self.landlock_abi >= landlock::SCOPES_ABI {
+            format!("landlock ABI {} scopes", self.landlock_abi)
+        } else if self.landlock_abi > 0 {
+            format!("landlock ABI {} (no scopes; not used)", self.landlock_abi)
+        } else {
+            "no landlock".into()
+        };
+        format!(
+            "namespace ({}; {system}; {users}; no network; {landlock})",
+            if self.version.is_empty() {
+                "bwrap"
+            } else {
+                &self.version
+            }
+        )
+    }
+
+    async fn prepare(&self, workspace: &WorkspaceRef) -> Result<(), SandboxError> {
+        // The generated /etc files live beside the workspaces; put them back if someone wiped
+        // that directory.
+        if let Some(files) = &self.etc
+            && !files[0].0.exists()
+        {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || write_etc(&files))
+                .await
+                .map_err(|e| SandboxError::Unavailable(e.to_string()))?
+                .map_err(SandboxError::Unavailable)?;
+        }
+        let Some(uid) = self.uid_for(&workspace.key) else {
+            return Ok(());
+        };
+        let dir = workspace.dir.clone();
+        tokio::task::spawn_blocking(move || own_tree(&dir, uid))
+            .await
+            .map_err(|e| SandboxError::Io {
+                what: "handing the workspace to the sandbox user",
+                source: io::Error::other(e),
+            })?
+            .map_err(|source| SandboxError::Io {
+                what: "handing the workspace to the sandbox user",
+                source,
+            })
+    }
+
+    async fn run(&self, request: RunRequest) -> Result<RunOutput, SandboxError> {
+        let limits = request.limits;
+        let uid = self.uid_for(&request.workspace.key);
+        let nproc = self.nproc_limit(uid, limits.max_processes);
+        let landlock = self.landlock_abi >= landlock::SCOPES_ABI;
+        let pipe_error = |source| SandboxError::Io {
+            what: "opening the output pipe",
+            source,
+        };
+        // One pipe for stdout and stderr: the output interleaves as the command wrote it.
+        let (reader, writer) = io::pipe().map_err(pipe_error)?;
+        let writer_err = writer.try_clone().map_err(pipe_error)?;
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command
+            .args(self.args(&request))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer_err)
+            .kill_on_drop(true);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        // SAFETY: `confine` only makes async-signal-safe system calls on copied values.
+        unsafe {
+            command.pre_exec(move || confine(&limits, nproc, landlock));
+        }
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(|source| SandboxError::Spawn {
+            program: self.bwrap.display().to_string(),
+            source,
+        })?;
+        // Close our copies of the pipe's write end, so the read sees EOF when the sandbox ends.
+        drop(command);
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+            .map_err(pipe_error)?;
+
+        let mut output = Vec::with_capacity(4096);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut status: Option<ExitStatus> = None;
+        let mut eof = false;
+        let mut ended = Ended::Exited;
+        let deadline = tokio::time::sleep(limits.timeout);
+        tokio::pin!(deadline);
+        while !(eof && status.is_some()) {
+            tokio::select! {
+                read = pipe.read(&mut chunk), if !eof => match read {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        let room = limits.max_output_bytes.saturating_sub(output.len());
+                        if n > room {
+                            output.extend_from_slice(&chunk[..room]);
+                            ended = Ended::OutputLimit;
+                            break;
+                        }
+                        output.extend_from_slice(&chunk[..n]);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reading the sandbox's output failed");
+                        eof = true;
+                    }
+                },
+                waited = child.wait(), if status.is_none() => {
+                    status = Some(waited.map_err(|source| SandboxError::Io {
+                        what: "waiting for the command",
+                        source,
+                    })?);
+                }
+                _ = &mut deadline => {
+                    ended = Ended::TimedOut;
+                    break;
+                }
+            }
+        }
+        let duration = started.elapsed();
+        let exit_code = match ended {
+            Ended::Exited => status.map(exit_code),
+            Ended::TimedOut | Ended::OutputLimit => {
+                // SIGKILL to bwrap; its PID-1 child dies with it (--die-with-parent), and the
+                // kernel kills everything else in the PID namespace.
+                if let Err(e) = child.kill().await {
+                    warn!(error = %e, "cannot kill the sandbox");
+                }
+                None
+            }
+        };
+        Ok(RunOutput {
+            output,
+            exit_code,
+            ended,
+            duration,
+        })
+    }
+}
+
+/// 128 + N for a process killed by signal N, as a shell reports it.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Set the limits on the process about to exec bwrap (inherited by everything it starts).
+fn confine(limits: &Limits, nproc: u64, landlock: bool) -> io::Result<()> {
+    fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: `limit` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(resource, &limit) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    // SAFETY: setpriority on this process only; failure just leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
+    }
+    set(libc::RLIMIT_CORE, 0, 0)?;
+    let cpu = limits.cpu_seconds.max(1);
+    // SIGXCPU at the soft limit, SIGKILL one second later.
+    set(libc::RLIMIT_CPU, cpu, cpu + 1)?;
+    set(libc::RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)?;
+    set(
+        libc::RLIMIT_FSIZE,
+        limits.max_file_bytes,
+        limits.max_file_bytes,
+    )?;
+    set(libc::RLIMIT_NPROC, nproc, nproc)?;
+    if landlock {
+        // SAFETY: raw system calls only, as `pre_exec` requires.
+        unsafe { landlock::restrict_scopes()? };
+    }
+    Ok(())
+}
+
+/// Tasks (processes and threads) whose real uid is `uid`, from /proc.
+fn count_tasks(uid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(uid as u64) {
+            total += field("Threads:").unwrap_or(1);
+        }
+    }
+    total
+}
+
+/// Make `dir` and everything under it belong to `uid` (never following symlinks), and keep
+/// other users out of it. Cheap when the directory already belongs to `uid`.
+fn own_tree(dir: &Path, uid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.uid() == uid && meta.gid() == uid && meta.mode() & 0o7777 == 0o700 {
+        return Ok(());
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let path = entry.path();
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    // The top directory last: its owner says the whole tree is done.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    Ok(())
+}
+
+fn rootfs_is_custom(root: &Path) -> bool {
+    root != Path::new("/")
+}
+
+type System = (Vec<SystemMount>, Option<[(PathBuf, String); 2]>, &'static str);
+
+/// The read-only mounts of the sandbox's system, the generated `/etc/passwd` and `/etc/group`,
+/// and the shell commands run in. Creates the workspaces directory (mode 0711: sandbox users
+/// may pass through to their own workspace, but not list the others).
+fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System, String> {
+    if custom && !root.is_dir() {
+        return Err(format!(
+            "sandbox.rootfs {} is not a directory (unpack a root file system there, e.g. `docker export` of an image)",
+            root.display()
+        ));
+    }
+    let names: Vec<String> = if custom {
+        let mut names: Vec<String> = std::fs::read_dir(root)
+            .map_err(|e| format!("cannot read sandbox.rootfs {}: {e}", root.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !NOT_FROM_ROOTFS.contains(&n.as_str()))
+            .collect();
+        names.sort();
+        names
+    } else {
+        HOST_SYSTEM.iter().map(|s| s.to_string()).collect()
+    };
+    let mut mounts = Vec::new();
+    for name in names {
+        let path = root.join(&name);
+        let dest = format!("/{name}");
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)
+                    .map_err(|e| format!("cannot read the link {}: {e}", path.display()))?;
+                mounts.push(SystemMount::Symlink { target, dest });
+            }
+            Ok(_) => mounts.push(SystemMount::Bind { source: path, dest }),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        }
+    }
+    let has = |p: &str| {
+        let path = root.join(p);
+        std::fs::symlink_metadata(&path).is_ok()
+    };
+    let shell = if has("bin/bash") || has("usr/bin/bash") {
+        "/bin/bash"
+    } else if has("bin/sh") || has("usr/bin/sh") {
+        "/bin/sh"
+    } else {
+        return Err(format!(
+            "the sandbox's system ({}) has no /bin/sh",
+            root.display()
+        ));
+    };
+    std::fs::create_dir_all(workspaces)
+        .map_err(|e| format!("cannot create {}: {e}", workspaces.display()))?;
+    std::fs::set_permissions(workspaces, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", workspaces.display()))?;
+    let etc_dir = workspaces.join(".etc");
+    if !(has("etc/passwd") && has("etc/group")) {
+        return Ok((mounts, None, shell));
+    }
+    let passwd = identity_file(
+        &root.join("etc/passwd"),
+        &format!("{INSIDE_USER}:x:{INSIDE_UID}:{INSIDE_UID}:{INSIDE_USER}:/workspace:{shell}"),
+    );
+    let group = identity_file(
+        &root.join("etc/group"),
+        &format!("{INSIDE_USER}:x:{INSIDE_UID}:"),
+    );
+    let files = [
+        (etc_dir.join("passwd"), passwd),
+        (etc_dir.join("group"), group),
+    ];
+    write_etc(&files)?;
+    Ok((mounts, Some(files), shell))
+}
+
+/// Write the generated `/etc` files (world-readable, in a world-searchable directory).
+fn write_etc(files: &[(PathBuf, String); 2]) -> Result<(), String> {
+    for (path, text) in files {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        write_public(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A copy of the system's passwd/group file whose entry for the sandbox's uid is ours.
+fn identity_file(system: &Path, ours: &str) -> String {
+    let existing = std::fs::read_to_string(system).unwrap_or_default();
+    let id = INSIDE_UID.to_string();
+    let mut out: String = existing
+        .lines()
+        .filter(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next().unwrap_or_default();
+            let id_field = fields.nth(1).unwrap_or_default();
+            name != INSIDE_USER && id_field != id
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    out.push_str(ours);
+    out.push('\n');
+    out
+}
+
+/// Write a world-readable file atomically.
+fn write_public(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path)
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn explain_probe_failure(output: &str, workspaces: &Path) -> String {
+    let detail = if output.is_empty() {
+        "no output".to_string()
+    } else {
+        output.lines().take(3).collect::<Vec<_>>().join(" / ")
+    };
+    if output.contains("Permission denied") && output.contains("source path") {
+        format!(
+            "bwrap cannot reach {} as an unprivileged user ({detail}): every directory above it must be searchable by others (chmod o+x), or set ECDYSIS_DATA_DIR elsewhere",
+            workspaces.display()
+        )
+    } else if output.contains("No permission to create new namespace")
+        || output.contains("Creating new namespace failed")
+        || output.contains("setting up uid map")
+    {
+        format!(
+            "the kernel does not allow unprivileged user namespaces here ({detail}); enable them (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces) or set ECDYSIS_SANDBOX=off"
+        )
+    } else {
+        format!("a test command in the sandbox failed: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_files_replace_the_sandbox_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        let text = identity_file(&passwd, "sandbox:x:1000:1000:sandbox:/workspace:/bin/sh");
+        assert_eq!(
+            text,
+            "root:x:0:0:root:/root:/bin/bash\nsandbox:x:1000:1000:sandbox:/workspace:/bin/sh\n"
+        );
+    }
+
+    #[test]
+    fn host_system_mounts_follow_the_host_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mounts, etc, shell) =
+            prepare_system(Path::new("/"), false, &dir.path().join("ws")).unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| matches!(m, SystemMount::Bind { dest, .. } if dest == "/usr"))
+        );
+        assert!(!mounts.iter().any(|m| match m {
+            SystemMount::Bind { dest, .. } | SystemMount::Symlink { dest, .. } =>
+                dest == "/home" || dest == "/root",
+        }));
+        assert!(shell == "/bin/bash" || shell == "/bin/sh");
+        assert!(etc.is_some());
+        let mode = std::fs::metadata(dir.path().join("ws")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o711);
+    }
+
+    #[test]
+    fn custom_rootfs_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let e =
+            prepare_system(&dir.path().join("missing"), true, &dir.path().join("ws")).unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+}

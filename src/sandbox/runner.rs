@@ -1,0 +1,235 @@
+//! The runner: everything around one sandboxed command that `/run` and `run_command` share —
+//! who may run, one run at a time per channel, a global cap, restoring the workspace, the
+//! `out/` files, and the snapshot afterwards.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use ecdysis_chat::{ChannelRef, ConversationRef};
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+use super::workspace::{OutFile, Prepared, Scan, Snapshot, WorkspaceError, Workspaces};
+use super::{Limits, RunOutput, RunRequest, Sandbox, SandboxError, channel_key};
+use crate::config::SandboxSettings;
+
+/// Files from `out/` attached to one reply.
+const MAX_OUT_FILES: usize = 10;
+/// The largest `out/` file attached (the platforms' common upload limit).
+const MAX_OUT_FILE_BYTES: u64 = 25 * 1024 * 1024;
+
+/// What became of the workspace after a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// Nothing changed; the blob store already has it.
+    Unchanged,
+    Saved(Snapshot),
+    /// Over `sandbox.workspace_max_mb`: kept on this machine only.
+    TooLarge {
+        bytes: u64,
+        limit: u64,
+    },
+    /// The blob store refused it: kept on this machine only.
+    Failed(String),
+}
+
+/// Everything one run did.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub command: String,
+    pub output: RunOutput,
+    pub limits: Limits,
+    /// New or changed files under `/workspace/out/`.
+    pub files: Vec<OutFile>,
+    /// `out/` files not attached, with the reason.
+    pub skipped_files: Vec<String>,
+    /// Bytes restored from the blob store before the run, when that happened.
+    pub restored_bytes: Option<u64>,
+    pub snapshot: SnapshotOutcome,
+}
+
+/// Why a command could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("the workspace is not available: {0}")]
+    Workspace(#[from] WorkspaceError),
+}
+
+/// Runs commands for channels.
+pub struct Runner {
+    sandbox: Arc<dyn Sandbox>,
+    workspaces: Workspaces,
+    settings: SandboxSettings,
+    limits: Limits,
+    permits: Semaphore,
+    channels: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Runner {
+    pub fn new(
+        sandbox: Arc<dyn Sandbox>,
+        workspaces: Workspaces,
+        settings: SandboxSettings,
+    ) -> Self {
+        Self {
+            limits: Limits::from_settings(&settings),
+            permits: Semaphore::new(settings.max_parallel.max(1)),
+            sandbox,
+            workspaces,
+            settings,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
+        &self.sandbox
+    }
+
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    pub fn settings(&self) -> &SandboxSettings {
+        &self.settings
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether `user_id` may run commands in this conversation's channel (the allowlists;
+    /// empty lists allow everyone). The error says which list refused.
+    pub fn may_run(&self, conversation: &ConversationRef, user_id: &str) -> Result<(), String> {
+        let platform = &conversation.platform;
+        if !self.settings.allow_users.is_empty() {
+            let scoped = format!("{platform}:{user_id}");
+            if !self
+                .settings
+                .allow_users
+                .iter()
+                .any(|u| u == user_id || *u == scoped)
+            {
+                return Err(
+                    "you are not on this server's list of users who may run commands (sandbox.allow_users)"
+                        .into(),
+                );
+            }
+        }
+        if !self.settings.allow_channels.is_empty() {
+            let channel = &conversation.channel;
+            let names = [
+                channel.clone(),
+                format!("{platform}:{channel}"),
+                format!("{platform}:{}:{channel}", conversation.workspace),
+            ];
+            if !self
+                .settings
+                .allow_channels
+                .iter()
+                .any(|c| names.contains(c))
+            {
+                return Err("commands may not run in this channel (sandbox.allow_channels)".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The lock that keeps one run at a time in a channel.
+    fn channel_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        channels.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = channels.get(key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        channels.insert(key.to_string(), Arc::downgrade(&lock));
+        lock
+    }
+
+    /// Run `command` in the channel's sandbox: wait for the channel's previous run and for a
+    /// free slot, make the workspace current, run, collect `out/` files, save the workspace.
+    pub async fn run(&self, channel: &ChannelRef, command: &str) -> Result<RunReport, RunError> {
+        let key = channel_key(channel);
+        let lock = self.channel_lock(&key);
+        let _channel = lock.lock().await;
+        let _slot = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SandboxError::Unavailable("the runner is shutting down".into()))?;
+        let restored_bytes = match self.workspaces.prepare(&key).await? {
+            Prepared::Restored { bytes, .. } => Some(bytes),
+            Prepared::Created | Prepared::Existing => None,
+        };
+        let workspace = self.workspaces.reference(&key);
+        self.sandbox.prepare(&workspace).await?;
+        let before = self.workspaces.scan(&key).await?;
+        let output = self
+            .sandbox
+            .run(RunRequest {
+                workspace,
+                command: command.to_string(),
+                limits: self.limits,
+            })
+            .await?;
+        info!(
+            key,
+            exit_code = ?output.exit_code,
+            ended = ?output.ended,
+            duration_ms = output.duration.as_millis() as u64,
+            output_bytes = output.output.len(),
+            "sandboxed command finished"
+        );
+        let (after, files, skipped_files) = match self.workspaces.scan(&key).await {
+            Ok(after) => {
+                let (files, skipped) = self
+                    .workspaces
+                    .out_files(&key, &before, &after, MAX_OUT_FILES, MAX_OUT_FILE_BYTES)
+                    .await;
+                (Some(after), files, skipped)
+            }
+            Err(e) => {
+                error!(key, error = %e, "cannot scan the workspace after a run");
+                (None, Vec::new(), Vec::new())
+            }
+        };
+        let snapshot = match after {
+            None => SnapshotOutcome::Failed("the workspace could not be read after the run".into()),
+            Some(after) => self.save(&key, &after).await,
+        };
+        Ok(RunReport {
+            command: command.to_string(),
+            output,
+            limits: self.limits,
+            files,
+            skipped_files,
+            restored_bytes,
+            snapshot,
+        })
+    }
+
+    async fn save(&self, key: &str, after: &Scan) -> SnapshotOutcome {
+        if !self.workspaces.changed(key, after).await {
+            return SnapshotOutcome::Unchanged;
+        }
+        match self.workspaces.snapshot(key, after).await {
+            Ok(snapshot) => SnapshotOutcome::Saved(snapshot),
+            Err(WorkspaceError::TooLarge { bytes, limit }) => {
+                warn!(
+                    key,
+                    bytes, limit, "workspace over its size limit; not saved"
+                );
+                SnapshotOutcome::TooLarge { bytes, limit }
+            }
+            Err(e) => {
+                error!(key, error = %e, "workspace snapshot failed");
+                SnapshotOutcome::Failed(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! A fake LLM server: the Anthropic Messages API (`POST /v1/messages`) and OpenAI chat
+//! completions (`POST /v1/chat/completions`) on 127.0.0.1, playing scripted replies (text, tool
+//! calls, error statuses with `retry-after`, malformed bodies, delays) and recording every
+//! request for assertions.
+//!
+//! A reply comes from, in order: the first rule whose needle is in the request's last message,
+//! the queue of one-shot replies, or the default (a short text).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// Which wire format a request used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A plain text answer.
+    Text(String),
+    /// Tool calls (name, input), with optional text before them.
+    Tools {
+        text: String,
+        calls: Vec<(String, Value)>,
+    },
+    /// An error status with an API-shaped error body and an optional `retry-after`.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// Any status and body, as is.
+    Raw { status: u16, body: String },
+    /// Wait, then answer.
+    Delayed(Duration, Box<Reply>),
+}
+
+impl Reply {
+    pub fn text(text: impl Into<String>) -> Self {
+        Reply::Text(text.into())
+    }
+
+    /// One tool call.
+    pub fn tool(name: &str, input: Value) -> Self {
+        Reply::Tools {
+            text: String::new(),
+            calls: vec![(name.to_string(), input)],
+        }
+    }
+
+    /// Several tool calls in one answer.
+    pub fn tools(calls: &[(&str, Value)]) -> Self {
+        Reply::Tools {
+            text: String::new(),
+            calls: calls
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Reply::Status {
+            status,
+            retry_after: None,
+        }
+    }
+
+    pub fn status_retry_after(status: u16, retry_after: &str) -> Self {
+        Reply::Status {
+            status,
+            retry_after: Some(retry_after.to_string()),
+        }
+    }
+
+    /// A 200 with this body (e.g. malformed JSON).
+    pub fn raw(body: impl Into<String>) -> Self {
+        Reply::Raw {
+            status: 200,
+            body: body.into(),
+        }
+    }
+
+    pub fn after(self, delay: Duration) -> Self {
+        Reply::Delayed(delay, Box::new(self))
+    }
+}
+
+/// A request the fake received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub api: Api,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// The body as sent.
+    pub raw: String,
+    /// The body parsed (`Value::Null` when it was not JSON).
+    pub body: Value,
+}
+
+impl Recorded {
+    /// The text of the request's last message.
+    pub fn last_message_text(&self) -> String {
+        last_message_text(&self.body)
+    }
+
+    /// The estimated prompt tokens of this request (body characters / 4).
+    pub fn estimated_tokens(&self) -> usize {
+        self.raw.chars().count().div_ceil(4)
+    }
+}
+
+struct Rule {
+    needle: String,
+    reply: Reply,
+}
+
+#[derive(Default)]
+struct Inner {
+    rules: Vec<Rule>,
+    queue: VecDeque<Reply>,
+    default: Option<Reply>,
+    requests: Vec<Recorded>,
+    counter: u64,
+    /// Stable prefixes seen, for the simulated prompt cache.
+    cached: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running fake; stops when dropped.
+pub struct FakeLlm {
+    addr: SocketAddr,
+    shared: Shared,
+    task: JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Start on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let shared: Shared = Arc::default();
+        let router = Router::new()
+            .route("/v1/messages", post(anthropic))
+            .route("/v1/chat/completions", post(openai))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:P`: the value for `ANTHROPIC_BASE_URL`.
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:P/v1`: the value for `OPENAI_BASE_URL`.
+    pub fn openai_base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Answer the next request (after earlier queued replies) with `reply`.
+    pub fn push(&self, reply: Reply) {
+        lock(&self.shared).queue.push_back(reply);
+    }
+
+    /// Answer every request whose last message contains `needle` with `reply` (before the queue).
+    pub fn when(&self, needle: &str, reply: Reply) {
+        lock(&self.shared).rules.push(Rule {
+            needle: needle.to_string(),
+            reply,
+        });
+    }
+
+    /// The answer when no rule matches and the queue is empty (initially the text "ok").
+    pub fn set_default(&self, reply: Reply) {
+        lock(&self.shared).default = Some(reply);
+    }
+
+    /// Queued replies not yet played.
+    pub fn queued(&self) -> usize {
+        lock(&self.shared).queue.len()
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared).requests.clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+
+    /// The last request, if any.
+    pub fn last_request(&self) -> Option<Recorded> {
+        lock(&self.shared).requests.last().cloned()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The text of a request's last message (both wire formats).
+pub fn last_message_text(body: &Value) -> String {
+    let Some(last) = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+    else {
+        return String::new();
+    };
+    content_text(last.get("content").unwrap_or(&Value::Null))
+}
+
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|b| match b.get("content") {
+                Some(inner) => content_text(inner),
+                None => b
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Record the request and pick its reply.
+fn take(shared: &Shared, api: Api, headers: &HeaderMap, raw: &Bytes) -> (Reply, Value, u64) {
+    let raw = String::from_utf8_lossy(raw).to_string();
+    let body: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    let last = last_message_text(&body);
+    let mut inner = lock(shared);
+    inner.counter += 1;
+    let n = inner.counter;
+    inner.requests.push(Recorded {
+        api,
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        raw,
+        body: body.clone(),
+    });
+    let reply = inner
+        .rules
+        .iter()
+        .find(|r| last.contains(&r.needle))
+        .map(|r| r.reply.clone())
+        .or_else(|| inner.queue.pop_front())
+        .or_else(|| inner.default.clone())
+        .unwrap_or_else(|| Reply::text("ok"));
+    (reply, body, n)
+}
+
+/// Simulated usage: (uncached input, cache read, cache write) from the body size and whether
+/// its stable prefix was seen before.
+fn usage(shared: &Shared, body: &Value, prefix: Option<String>) -> (i64, i64, i64) {
+    let total = (body.to_string().chars().count() / 4) as i64;
+    let Some(prefix) = prefix else {
+        return (total, 0, 0);
+    };
+    let tokens = (prefix.chars().count() / 4) as i64;
+    let mut inner = lock(shared);
+    if inner.cached.contains(&prefix) {
+        (total - tokens, tokens, 0)
+    } else {
+        inner.cached.push(prefix);
+        (total - tokens, 0, tokens)
+    }
+}
+
+async fn resolve(reply: Reply) -> Reply {
+    let mut reply = reply;
+    while let Reply::Delayed(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    reply
+}
+
+fn error_response(api: Api, status: u16, retry_after: Option<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match api {
+        Api::Anthropic => json!({
+            "type": "error",
+            "error": { "type": "api_error", "message": format!("scripted status {status}") },
+        }),
+        Api::OpenAi => json!({
+            "error": { "message": format!("scripted status {status}"), "type": "server_error" },
+        }),
+    };
+    let mut response = (code, axum::Json(body)).into_response();
+    if let Some(after) = retry_after
+        && let Ok(value) = after.parse()
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+fn raw_response(status: u16, body: String) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (code, [("content-type", "application/json")], body).into_response()
+}
+
+async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
+    let (reply, body, n) = take(&shared, Api::Anthropic, &headers, &raw);
+    let (text, calls) = match resolve(reply).await {
+        Reply::Text(text) => (text, Vec::new()),
+        Reply::Tools { text, calls } => (text, calls),
+        Reply::Status {
+            status,
+            retry_after,
+        } => return error_response(Api::Anthropic, status, retry_after),
+        Reply::Raw { status, body } => return raw_response(status, body),
+        Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
+    };
+    let prefix = body
+        .get("system")
+        .and_then(Value::as_array)
+        .and_then(|blocks| blocks.iter().find(|b| b.get("cache_control").is_some()))
+        .and_then(|b| b.get("text"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (input, read, write) = usage(&shared, &body, prefix);
+    let mut content = Vec::new();
+    if !text.is_empty() {
+        content.push(json!({ "type": "text", "text": text }));
+    }
+    for (i, (name, input)) in calls.iter().enumerate() {
+        content.push(json!({
+            "type": "tool_use", "id": format!("toolu_{n}_{i}"), "name": name, "input": input,
+        }));
+    }
+    axum::Json(json!({
+        "id": format!("msg_{n}"),
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "content": content,
+        "stop_reason": if calls.is_empty() { "end_turn" } else { "tool_use" },
+        "usage": {
+            "input_tokens": input,
+            "output_tokens": (text.chars().count() / 4 + 1) as i64,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": write,
+        },
+    }))
+    .into_response()
+}
+
+async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
+    let (reply, body, n) = take(&shared, Api::OpenAi, &headers, &raw);
+    let (text, calls) = match resolve(reply).await {
+        Reply::Text(text) => (text, Vec::new()),
+        Reply::Tools { text, calls } => (text, calls),
+        Reply::Status {
+            status,
+            retry_after,
+        } => return error_response(Api::OpenAi, status, retry_after),
+        Reply::Raw { status, body } => return raw_response(status, body),
+        Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
+    };
+    let prefix = body
+        .pointer("/messages/0")
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (input, read, _) = usage(&shared, &body, prefix);
+    let tool_calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (name, input))| {
+            json!({
+                "id": format!("call_{n}_{i}"),
+                "type": "function",
+                "function": { "name": name, "arguments": input.to_string() },
+            })
+        })
+        .collect();
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() { Value::Null } else { Value::String(text.clone()) },
+    });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    axum::Json(json!({
+        "id": format!("chatcmpl-{n}"),
+        "object": "chat.completion",
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" },
+        }],
+        "usage": {
+            "prompt_tokens": input + read,
+            "completion_tokens": (text.chars().count() / 4 + 1) as i64,
+            "prompt_tokens_details": { "cached_tokens": read },
+        },
+    }))
+    .into_response()
+}

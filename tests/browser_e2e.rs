@@ -1,0 +1,790 @@
+//! The browser against real Chromium and ffmpeg, on pages this test serves on 127.0.0.1:
+//! screenshots (size, colours, full page, selector), a recording checked with ffprobe, the
+//! URL guard (nothing refused ever reaches a server), crash relaunch, idle close, per-channel
+//! cookies, and `/screenshot` + `/record` through the web chat of a real `serve` process.
+//!
+//! In CI (env `CI` set) a missing Chromium or ffmpeg fails the tests; on a laptop they skip.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect};
+use axum::routing::get;
+use ecdysis::browser::image_fit::Encoding;
+use ecdysis::browser::record::{RecordRequest, VideoFormat};
+use ecdysis::browser::screenshot::ScreenshotRequest;
+use ecdysis::browser::{
+    BrowserError, BrowserOptions, BrowserService, Source, StaticResolver, Viewport, WaitFor,
+};
+use ecdysis::config::BrowserSettings;
+
+/// Chromium, or `None` (skip) on a laptop without it; in CI its absence fails.
+fn chromium() -> Option<PathBuf> {
+    match ecdysis::browser::find_chromium(&BrowserSettings {
+        chromium: std::env::var_os("ECDYSIS_CHROMIUM").map(PathBuf::from),
+        ..BrowserSettings::default()
+    }) {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("Chromium is missing: .ci/run must install it (apt-get install chromium)")
+        }
+        None => {
+            eprintln!("skipping: no Chromium on PATH (apt-get install chromium)");
+            None
+        }
+    }
+}
+
+/// ffmpeg and ffprobe present, or skip (laptop) / fail (CI).
+fn ffmpeg() -> bool {
+    let ok = |tool: &str| {
+        Command::new(tool)
+            .arg("-version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if ok("ffmpeg") && ok("ffprobe") {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("ffmpeg/ffprobe are missing: .ci/run must install them (apt-get install ffmpeg)");
+    }
+    eprintln!("skipping: ffmpeg/ffprobe not found (apt-get install ffmpeg)");
+    false
+}
+
+const COLOR_PAGE: &str = r#"<!doctype html><html><head><title>Colours</title><style>
+html, body { margin: 0; background: #ffffff; }
+#block { position: absolute; left: 0; top: 0; width: 200px; height: 100px; background: #ff0000; }
+#main { position: absolute; left: 300px; top: 200px; width: 120px; height: 80px; background: #0000ff; }
+</style></head><body><div id="block"></div><div id="main"></div></body></html>"#;
+
+const TALL_PAGE: &str = r#"<!doctype html><html><head><title>Tall</title><style>
+html, body { margin: 0; background: #ffffff; }
+#top { height: 2900px; background: #ffffff; }
+#bottom { height: 100px; background: #00ff00; }
+</style></head><body><div id="top"></div><div id="bottom"></div></body></html>"#;
+
+const ANIMATED_PAGE: &str = r#"<!doctype html><html><head><title>Moving</title><style>
+html, body { margin: 0; height: 100%; }
+#box { position: absolute; top: 100px; width: 120px; height: 120px; background: #ff0000; }
+</style></head><body><div id="box"></div><script>
+const box = document.getElementById('box');
+function step(t) {
+  document.body.style.background = `hsl(${(t / 10) % 360}, 80%, 60%)`;
+  box.style.left = `${(t / 5) % 1000}px`;
+  requestAnimationFrame(step);
+}
+requestAnimationFrame(step);
+</script></body></html>"#;
+
+/// A page server on `ip`, counting every request it gets.
+struct Site {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Site {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct SiteState {
+    hits: Arc<AtomicUsize>,
+    /// Where `/redirect` and the `<img>` of `/with-private-image` point.
+    elsewhere: Arc<std::sync::Mutex<String>>,
+}
+
+async fn serve_site(ip: &str) -> Site {
+    serve_site_with(ip, "").await
+}
+
+async fn serve_site_with(ip: &str, elsewhere: &str) -> Site {
+    let listener = tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let state = SiteState {
+        hits: hits.clone(),
+        elsewhere: Arc::new(std::sync::Mutex::new(elsewhere.to_string())),
+    };
+    let router = Router::new()
+        .route("/color", get(|| async { Html(COLOR_PAGE) }))
+        .route("/tall", get(|| async { Html(TALL_PAGE) }))
+        .route("/anim", get(|| async { Html(ANIMATED_PAGE) }))
+        .route(
+            "/json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{\"a\":1}") }),
+        )
+        .route(
+            "/missing",
+            get(|| async { (StatusCode::NOT_FOUND, Html("<h1>nope</h1>")) }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Html("late")
+            }),
+        )
+        .route(
+            "/late-element",
+            get(|| async {
+                Html(
+                    "<!doctype html><body><script>setTimeout(() => { const d = document.createElement('div'); d.id = 'late'; d.style = 'width:50px;height:40px;background:#0000ff'; document.body.appendChild(d); }, 400);</script></body>",
+                )
+            }),
+        )
+        .route(
+            "/set-cookie",
+            get(|| async {
+                (
+                    [(header::SET_COOKIE, "flavour=pistachio; Path=/")],
+                    Html("<!doctype html><body>cookie set</body>"),
+                )
+            }),
+        )
+        .route(
+            "/show-cookie",
+            get(|headers: HeaderMap| async move {
+                let cookie = headers
+                    .get(header::COOKIE)
+                    .and_then(|c| c.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string();
+                Html(format!("<!doctype html><body>cookie: {cookie}</body>"))
+            }),
+        )
+        .route(
+            "/redirect",
+            get(|State(s): State<SiteState>| async move {
+                let to = s.elsewhere.lock().unwrap().clone();
+                Redirect::temporary(&to).into_response()
+            }),
+        )
+        .route(
+            "/with-private-image",
+            get(|State(s): State<SiteState>| async move {
+                let to = s.elsewhere.lock().unwrap().clone();
+                Html(format!(
+                    "<!doctype html><body style='background:#fff'><img src='{to}' width=10 height=10>hello</body>"
+                ))
+                .into_response()
+            }),
+        )
+        .fallback(|| async { Html("<!doctype html><body>secret</body>").into_response() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            |State(s): State<SiteState>,
+             request: axum::extract::Request,
+             next: axum::middleware::Next| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                next.run(request).await
+            },
+        ))
+        .with_state(state.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Site { addr, hits }
+}
+
+/// A site on 127.0.0.1 whose `/redirect` and `/with-private-image` point at `target`.
+async fn site_pointing_at(target: &str) -> Site {
+    serve_site_with("127.0.0.1", target).await
+}
+
+fn options(work_dir: &Path, allow: &[&str], settings: BrowserSettings) -> BrowserOptions {
+    BrowserOptions {
+        settings: BrowserSettings {
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            ..settings
+        },
+        ffmpeg: PathBuf::from("ffmpeg"),
+        work_dir: work_dir.to_path_buf(),
+        // Only the names a test lists resolve: no DNS server is ever asked.
+        resolver: Arc::new(
+            StaticResolver::only().with("intranet.example.com", &["10.0.0.1".parse().unwrap()]),
+        ),
+        extra_args: Vec::new(),
+    }
+}
+
+fn service(chromium: &Path, work_dir: &Path, allow: &[&str]) -> BrowserService {
+    service_with(chromium, work_dir, allow, BrowserSettings::default())
+}
+
+fn service_with(
+    chromium: &Path,
+    work_dir: &Path,
+    allow: &[&str],
+    settings: BrowserSettings,
+) -> BrowserService {
+    BrowserService::new(
+        options(work_dir, allow, settings),
+        Source::Local(chromium.to_path_buf()),
+    )
+    .unwrap()
+}
+
+fn decode(bytes: &[u8]) -> image::RgbaImage {
+    assert_eq!(
+        image::guess_format(bytes).unwrap(),
+        image::ImageFormat::Png,
+        "not a PNG"
+    );
+    image::load_from_memory(bytes).unwrap().to_rgba8()
+}
+
+fn close(pixel: &image::Rgba<u8>, rgb: [u8; 3]) -> bool {
+    pixel.0[..3]
+        .iter()
+        .zip(rgb)
+        .all(|(a, b)| (*a as i16 - b as i16).abs() <= 8)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_have_the_size_colours_and_crop_asked_for() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service(&chromium, dir.path(), &["127.0.0.1"]);
+
+    // The viewport at the requested size; the known colour blocks where the page puts them.
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.viewport = Viewport {
+        width: 640,
+        height: 480,
+        scale: 1.0,
+    };
+    let shot = browser.screenshot("web:local:a", &request).await.unwrap();
+    assert_eq!(shot.encoding, Encoding::Png);
+    assert_eq!(shot.title.as_deref(), Some("Colours"));
+    let img = decode(&shot.bytes);
+    assert_eq!(img.dimensions(), (640, 480));
+    assert!(
+        close(img.get_pixel(50, 50), [255, 0, 0]),
+        "{:?}",
+        img.get_pixel(50, 50)
+    );
+    assert!(
+        close(img.get_pixel(360, 240), [0, 0, 255]),
+        "{:?}",
+        img.get_pixel(360, 240)
+    );
+    assert!(close(img.get_pixel(600, 400), [255, 255, 255]));
+
+    // Device scale factor 2: twice the pixels, same picture.
+    request.viewport.scale = 2.0;
+    let shot = browser.screenshot("web:local:a", &request).await.unwrap();
+    let img = decode(&shot.bytes);
+    assert_eq!(img.dimensions(), (1280, 960));
+    assert!(close(img.get_pixel(100, 100), [255, 0, 0]));
+    assert!(close(img.get_pixel(720, 480), [0, 0, 255]));
+
+    // Full page: taller than the viewport, the block at the very bottom included.
+    let mut request = ScreenshotRequest::new(site.url("/tall"));
+    request.viewport = Viewport {
+        width: 800,
+        height: 600,
+        scale: 1.0,
+    };
+    request.full_page = true;
+    let shot = browser.screenshot("web:local:a", &request).await.unwrap();
+    let img = decode(&shot.bytes);
+    assert_eq!(img.width(), 800);
+    assert!(img.height() > 600, "full page is {}px tall", img.height());
+    assert_eq!(img.height(), 3000);
+    assert!(close(img.get_pixel(400, 2950), [0, 255, 0]));
+
+    // A selector: exactly the element, all blue.
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.selector = Some("#main".into());
+    let shot = browser.screenshot("web:local:a", &request).await.unwrap();
+    let img = decode(&shot.bytes);
+    assert_eq!(img.dimensions(), (120, 80));
+    assert!(img.pixels().all(|p| close(p, [0, 0, 255])));
+
+    // Waiting for an element that appears later.
+    let mut request = ScreenshotRequest::new(site.url("/late-element"));
+    request.selector = Some("#late".into());
+    request.wait = WaitFor::Selector("#late".into());
+    let shot = browser.screenshot("web:local:a", &request).await.unwrap();
+    assert_eq!(decode(&shot.bytes).dimensions(), (50, 40));
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.wait = WaitFor::NetworkIdle;
+    browser.screenshot("web:local:a", &request).await.unwrap();
+
+    // A missing element is a clear error.
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.selector = Some("#nothing".into());
+    let e = browser
+        .screenshot("web:local:a", &request)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BrowserError::SelectorNotFound(_)), "{e}");
+
+    // Over the upload limit: converted and still under it.
+    let small = service_with(
+        &chromium,
+        dir.path(),
+        &["127.0.0.1"],
+        BrowserSettings {
+            max_upload_bytes: 2_000,
+            max_image_pixels: 500,
+            ..BrowserSettings::default()
+        },
+    );
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.viewport.scale = 2.0;
+    let shot = small.screenshot("web:local:a", &request).await.unwrap();
+    assert!(shot.bytes.len() <= 2_000, "{} bytes", shot.bytes.len());
+    assert!(shot.width <= 500 && shot.height <= 500);
+    small.shutdown().await;
+    browser.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_errors_are_clear() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service_with(
+        &chromium,
+        dir.path(),
+        &["127.0.0.1"],
+        BrowserSettings {
+            navigation_timeout: Duration::from_secs(2),
+            ..BrowserSettings::default()
+        },
+    );
+    let shot = |path: &str| {
+        let browser = browser.clone();
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            site.url(path)
+        };
+        async move {
+            browser
+                .screenshot("web:local:e", &ScreenshotRequest::new(url))
+                .await
+                .unwrap_err()
+        }
+    };
+    let e = shot("/missing").await;
+    assert!(
+        matches!(e, BrowserError::HttpStatus { status: 404, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    let e = shot("/json").await;
+    assert!(matches!(e, BrowserError::NotHtml { .. }), "{e}");
+    assert!(e.to_string().contains("application/json"), "{e}");
+    let started = Instant::now();
+    let e = shot("/slow").await;
+    assert!(matches!(e, BrowserError::Timeout(2)), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let e = shot("http://no-such-host.example/").await;
+    assert!(matches!(e, BrowserError::Dns(_)), "{e}");
+    assert!(e.to_string().contains("DNS"), "{e}");
+    // The browser still works after all that.
+    browser
+        .screenshot("web:local:e", &ScreenshotRequest::new(site.url("/color")))
+        .await
+        .unwrap();
+    browser.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_urls_never_reach_a_server() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A server on 127.0.0.2 stands for a private address: it must never be hit.
+    let private = serve_site("127.0.0.2").await;
+    let local = serve_site("127.0.0.1").await;
+
+    // Without an allowlist, loopback is refused before anything starts.
+    let strict = service(&chromium, dir.path(), &[]);
+    for url in [
+        "file:///etc/passwd".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        local.url("/color"),
+        "http://intranet.example.com/".to_string(),
+        "http://[::1]/".to_string(),
+    ] {
+        let e = strict
+            .screenshot("web:local:r", &ScreenshotRequest::new(&url))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BrowserError::Refused(_)), "{url}: {e}");
+        assert!(e.to_string().starts_with("refused"), "{url}: {e}");
+    }
+    let e = strict
+        .screenshot(
+            "web:local:r",
+            &ScreenshotRequest::new("http://intranet.example.com/"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("10.0.0.1"), "{e}");
+    assert!(
+        strict
+            .screenshot("web:local:r", &ScreenshotRequest::new("file:///etc/passwd"))
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("only http:// and https://")
+    );
+    assert_eq!(strict.stats().launches, 0, "a refused URL started Chromium");
+    assert_eq!(strict.stats().navigations, 0);
+    assert_eq!(local.hits(), 0);
+
+    // 127.0.0.1 allowed; its redirect to 127.0.0.2 is refused by the interception.
+    let pointing = site_pointing_at(&private.url("/secret")).await;
+    let allowed = service(&chromium, dir.path(), &["127.0.0.1"]);
+    let e = allowed
+        .screenshot(
+            "web:local:r",
+            &ScreenshotRequest::new(pointing.url("/redirect")),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BrowserError::RefusedRequest(_)), "{e}");
+    assert!(e.to_string().contains("127.0.0.2"), "{e}");
+    assert_eq!(pointing.hits(), 1, "the allowed page was loaded once");
+    // A subresource on the private address is refused too; the page itself still renders.
+    let shot = allowed
+        .screenshot(
+            "web:local:r",
+            &ScreenshotRequest::new(pointing.url("/with-private-image")),
+        )
+        .await
+        .unwrap();
+    decode(&shot.bytes);
+    assert_eq!(private.hits(), 0, "a request reached the private address");
+    assert!(
+        allowed.stats().requests_refused >= 2,
+        "{:?}",
+        allowed.stats()
+    );
+    allowed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_is_h264_of_the_right_length_with_motion() {
+    let Some(chromium) = chromium() else { return };
+    if !ffmpeg() {
+        return;
+    }
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service(&chromium, dir.path(), &["127.0.0.1"]);
+    let mut request = RecordRequest::new(site.url("/anim"));
+    request.seconds = 3.0;
+    request.viewport = Viewport {
+        width: 640,
+        height: 360,
+        scale: 1.0,
+    };
+    let started = Instant::now();
+    let recording = browser.record("web:local:v", &request).await.unwrap();
+    eprintln!(
+        "3 s recording: {} frames, {} bytes, {:?} total",
+        recording.frames,
+        recording.bytes.len(),
+        started.elapsed()
+    );
+    assert_eq!(recording.format, VideoFormat::Mp4);
+    assert!(recording.frames > 10, "{} frames", recording.frames);
+    let file = dir.path().join("out.mp4");
+    std::fs::write(&file, &recording.bytes).unwrap();
+    let (codec, duration) = probe(&file);
+    assert_eq!(codec, "h264");
+    assert!(
+        (2.55..=3.45).contains(&duration),
+        "duration {duration} s is not within 15 % of 3 s"
+    );
+    let distinct = distinct_frames(&file);
+    assert!(distinct > 1, "{distinct} distinct frames");
+
+    // GIF as an option.
+    request.format = VideoFormat::Gif;
+    request.seconds = 1.0;
+    let gif = browser.record("web:local:v", &request).await.unwrap();
+    assert_eq!(&gif.bytes[..6], b"GIF89a");
+
+    // Longer than the configured maximum is refused up front.
+    request.seconds = 31.0;
+    let e = browser.record("web:local:v", &request).await.unwrap_err();
+    assert!(matches!(e, BrowserError::BadRequest(_)), "{e}");
+    browser.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ffmpeg_is_a_clear_error_on_use() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), &["127.0.0.1"], BrowserSettings::default());
+    opts.ffmpeg = PathBuf::from("/nonexistent/ffmpeg");
+    let browser = BrowserService::new(opts, Source::Local(chromium)).unwrap();
+    let e = browser
+        .record("web:local:f", &RecordRequest::new("http://127.0.0.1:1/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BrowserError::FfmpegMissing(_)), "{e}");
+    assert!(e.to_string().contains("ECDYSIS_FFMPEG"), "{e}");
+    assert_eq!(browser.stats().launches, 0);
+}
+
+/// Codec name and duration (seconds) as ffprobe reports them.
+fn probe(file: &Path) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codec = json["streams"][0]["codec_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let duration = json["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (codec, duration)
+}
+
+/// How many different frames the video holds (by decoded-frame hash).
+fn distinct_frames(file: &Path) -> usize {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hashes: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next())
+        .map(str::trim)
+        .collect();
+    hashes.len()
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_browser_is_relaunched_and_an_idle_one_closed() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service_with(
+        &chromium,
+        dir.path(),
+        &["127.0.0.1"],
+        BrowserSettings {
+            idle: Duration::from_secs(2),
+            ..BrowserSettings::default()
+        },
+    );
+    let request = ScreenshotRequest::new(site.url("/color"));
+    browser.screenshot("web:local:k", &request).await.unwrap();
+    let pid = browser.chromium_pid().await.expect("a local Chromium runs");
+    assert!(process_alive(pid));
+
+    // SIGKILL mid-session: the next screenshot works on a new browser.
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shot = browser.screenshot("web:local:k", &request).await.unwrap();
+    decode(&shot.bytes);
+    assert_eq!(browser.stats().launches, 2);
+    let second = browser.chromium_pid().await.unwrap();
+    assert_ne!(second, pid);
+
+    // Idle for longer than the timeout: Chromium is gone, its profile removed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while browser.is_running().await && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !browser.is_running().await,
+        "the idle browser was not closed"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!process_alive(second), "Chromium {second} still runs");
+    let profiles = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
+        .count();
+    assert_eq!(profiles, 0, "profiles left behind");
+    // And it comes back on demand.
+    browser.screenshot("web:local:k", &request).await.unwrap();
+    assert_eq!(browser.stats().launches, 3);
+    browser.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_stay_in_their_channel() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service(&chromium, dir.path(), &["127.0.0.1"]);
+    browser
+        .fetch_text("web:local:one", &site.url("/set-cookie"), 1000)
+        .await
+        .unwrap();
+    let one = browser
+        .fetch_text("web:local:one", &site.url("/show-cookie"), 1000)
+        .await
+        .unwrap();
+    assert!(one.text.contains("flavour=pistachio"), "{}", one.text);
+    let two = browser
+        .fetch_text("web:local:two", &site.url("/show-cookie"), 1000)
+        .await
+        .unwrap();
+    assert!(two.text.contains("cookie: none"), "{}", two.text);
+    let cut = browser
+        .fetch_text("web:local:one", &site.url("/show-cookie"), 5)
+        .await
+        .unwrap();
+    assert!(cut.truncated && cut.text.chars().count() == 5);
+    browser.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_chat_posts_the_png_and_mp4_into_the_conversation() {
+    let Some(chromium) = chromium() else { return };
+    if !ffmpeg() {
+        return;
+    }
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let chromium = chromium.display().to_string();
+    let server = common::server::Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_CHROMIUM", chromium.as_str()),
+            ("ECDYSIS_BROWSER_ALLOW", "127.0.0.1"),
+        ],
+    )
+    .await;
+
+    let reply = reply_with_file(
+        &server,
+        "shots",
+        &format!("/screenshot {} width=800 height=600", site.url("/color")),
+    )
+    .await;
+    assert!(reply.0.starts_with("Screenshot of"), "{}", reply.0);
+    assert_eq!(reply.1["mime"], "image/png");
+    let bytes = fetch(&server, &reply.1).await;
+    let img = decode(&bytes);
+    assert_eq!(img.dimensions(), (800, 600));
+    assert!(close(img.get_pixel(50, 50), [255, 0, 0]));
+
+    let reply = reply_with_file(
+        &server,
+        "shots",
+        &format!("/record {} seconds=2", site.url("/anim")),
+    )
+    .await;
+    assert!(reply.0.starts_with("Recording of"), "{}", reply.0);
+    assert_eq!(reply.1["mime"], "video/mp4");
+    let bytes = fetch(&server, &reply.1).await;
+    assert_eq!(&bytes[4..8], b"ftyp", "not an MP4");
+
+    // Refusals are a clear reply with no file.
+    for url in ["http://169.254.169.254/", "file:///etc/passwd"] {
+        let text = server.ask("shots", &format!("/screenshot {url}")).await;
+        assert!(text.contains("refused"), "{text}");
+    }
+    let usage = server.ask("shots", "/screenshot").await;
+    assert!(usage.contains("Usage"), "{usage}");
+}
+
+/// Send `text`, wait for the reply, and return its text and first attachment.
+async fn reply_with_file(
+    server: &common::server::Server,
+    conversation: &str,
+    text: &str,
+) -> (String, serde_json::Value) {
+    let before = server
+        .messages(conversation)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .count();
+    server.say(conversation, text).await;
+    let messages = server.wait_replies(conversation, before + 1).await;
+    let reply = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap()
+        .clone();
+    let attachment = reply["attachments"]
+        .get(0)
+        .unwrap_or_else(|| panic!("no attachment in {reply:#}\n{}", server.log()))
+        .clone();
+    (reply["text"].as_str().unwrap().to_string(), attachment)
+}
+
+async fn fetch(server: &common::server::Server, attachment: &serde_json::Value) -> Vec<u8> {
+    let url = attachment["url"].as_str().unwrap();
+    assert!(url.starts_with("/api/artifacts/"), "{url}");
+    let response = reqwest::get(format!("{}{url}", server.base)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap().to_vec()
+}

@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::agent::LlmAgent;
-use crate::agent::LlmAgent;
 use crate::blob::{self, BlobStore};
 use crate::browser::BrowserService;
 use crate::browser::feature::{RecordFeature, ScreenshotFeature};

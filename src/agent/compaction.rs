@@ -235,12 +235,11 @@ impl LlmAgent {
             };
             match tool.call(&save_context, input.clone()).await {
                 Ok(output) => {
-                    if let Some(id) = output
+                    if let Ok(id) = output
                         .text
                         .trim_start_matches("Saved as #")
                         .trim_end_matches('.')
                         .parse::<i64>()
-                        .ok()
                     {
                         saved.push(id);
                     }

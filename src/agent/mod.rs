@@ -254,7 +254,11 @@ impl LlmAgent {
             "turn finished"
         );
         Ok(TurnOutcome {
-            outgoing: vec![Outgoing { text, attachments }],
+            outgoing: vec![Outgoing {
+                text,
+                attachments,
+                ..Outgoing::default()
+            }],
             stats,
         })
     }

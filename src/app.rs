@@ -67,6 +67,9 @@ impl App {
                 commands = commands
                     .with_screenshot(Arc::new(ScreenshotFeature::new(browser.clone())))
                     .with_record(Arc::new(RecordFeature::new(browser.clone())));
+                for tool in crate::browser::tools::all(browser) {
+                    commands = commands.with_tool(tool);
+                }
             }
             None => info!(
                 "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
@@ -214,6 +217,7 @@ async fn readyz(State(app): State<App>) -> Response {
         "database": db.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
         "blobs": blobs.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
         "queue_depth": app.bus.queue_depth(),
+        "adapters": app.bus.adapter_health(),
     });
     let status = if db.is_ok() && blobs.is_ok() {
         StatusCode::OK

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
-    Accepted, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind,
+    Accepted, Addressed, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind,
     EventSink, Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
@@ -629,6 +629,13 @@ impl EventSink for Bus {
                 MAX_ATTACHMENT_BYTES / 1024 / 1024
             )));
         }
+        if !self.is_for_the_bot(&event).await? {
+            return Ok(Accepted {
+                event_id: String::new(),
+                duplicate: false,
+                ignored: true,
+            });
+        }
         let open = self.inner.open_events.load(Ordering::Relaxed);
         if open >= self.inner.config.max_queued as i64 {
             return Err(SubmitError::Busy(format!(
@@ -688,7 +695,39 @@ impl EventSink for Bus {
         Ok(Accepted {
             event_id: inserted.event_id.to_string(),
             duplicate: inserted.duplicate,
+            ignored: false,
         })
+    }
+}
+
+impl Bus {
+    /// Mention gating: direct messages and mentions are answered, thread replies only where the
+    /// bot already takes part, ambient channel chatter never.
+    async fn is_for_the_bot(&self, event: &Event) -> Result<bool, SubmitError> {
+        Ok(match event.addressed {
+            Addressed::Direct | Addressed::Mention => true,
+            Addressed::Ambient => false,
+            Addressed::ThreadReply => {
+                self.inner
+                    .store
+                    .message_count(&event.conversation)
+                    .await
+                    .map_err(|e| SubmitError::Internal(e.to_string()))?
+                    > 0
+            }
+        })
+    }
+
+    /// The state of every registered adapter that reports one, by platform.
+    pub fn adapter_health(&self) -> serde_json::Map<String, serde_json::Value> {
+        let adapters = match self.inner.adapters.read() {
+            Ok(adapters) => adapters.clone(),
+            Err(_) => return serde_json::Map::new(),
+        };
+        adapters
+            .iter()
+            .filter_map(|(platform, adapter)| Some((platform.clone(), adapter.health()?)))
+            .collect()
     }
 }
 

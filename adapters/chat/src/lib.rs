@@ -110,6 +110,22 @@ pub enum EventKind {
     Action { action_id: String, value: String },
 }
 
+/// How a message reached the bot; the core decides from this whether to answer (mention gating
+/// lives in the core, once, not in every adapter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Addressed {
+    /// Meant for the bot: a DM, a slash command, a button, the web or terminal chat.
+    #[default]
+    Direct,
+    /// The bot was mentioned.
+    Mention,
+    /// A reply in a thread: answered when the bot already takes part in that conversation.
+    ThreadReply,
+    /// A channel message not meant for the bot: never answered.
+    Ambient,
+}
+
 /// One inbound event, as an adapter hands it to the core.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -119,6 +135,7 @@ pub struct Event {
     pub conversation: ConversationRef,
     pub user: UserRef,
     pub kind: EventKind,
+    pub addressed: Addressed,
     /// The text as the user wrote it (for commands: the arguments).
     pub text: String,
     /// Files the user attached, already downloaded (and size-capped) by the adapter.
@@ -151,6 +168,7 @@ impl Event {
             conversation,
             user,
             kind,
+            addressed: Addressed::Direct,
             text,
             attachments: Vec::new(),
             route: serde_json::Value::Null,
@@ -238,6 +256,11 @@ pub trait ChatAdapter: Send + Sync + 'static {
         Limits::default()
     }
 
+    /// The adapter's state for `/readyz` (connection state, time of the last event), if any.
+    fn health(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Show that an event was received while the agent works (a reaction, a typing indicator).
     async fn working(&self, _conversation: &ConversationRef, _route: &serde_json::Value) {}
 
@@ -252,6 +275,10 @@ pub struct Accepted {
     pub event_id: String,
     /// True when this (platform, platform event id) was accepted before; nothing new was stored.
     pub duplicate: bool,
+    /// True when the core decided the event is not for the bot (see [`Addressed`]); nothing
+    /// was stored and nothing will be answered. Acknowledge it all the same.
+    #[serde(default)]
+    pub ignored: bool,
 }
 
 /// Why the core did not accept an event.

@@ -22,11 +22,20 @@ pub const MODEL_IMAGE_BYTES: usize = 3_500_000;
 pub const FETCH_DEFAULT_CHARS: usize = 20_000;
 pub const FETCH_MAX_CHARS: usize = 100_000;
 
+/// The three browser tools, in the order the model is offered them.
+pub fn all(browser: &BrowserService) -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(ScreenshotTool::new(browser.clone())),
+        Arc::new(RecordTool::new(browser.clone())),
+        Arc::new(FetchUrlTool::new(browser.clone())),
+    ]
+}
+
 /// Add the three browser tools to `registry`.
 pub fn register(registry: &mut ToolRegistry, browser: &BrowserService) {
-    registry.register(Arc::new(ScreenshotTool::new(browser.clone())));
-    registry.register(Arc::new(RecordTool::new(browser.clone())));
-    registry.register(Arc::new(FetchUrlTool::new(browser.clone())));
+    for tool in all(browser) {
+        registry.register(tool);
+    }
 }
 
 fn tool_error(e: BrowserError) -> ToolError {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ecdysis::store::{
-    self, ClaimedEvent, Completion, InboxCounts, ModelUsage, NewArtifact, NewEvent, NewMessage,
-    NewNote, NewReply, Role, Store, Usage, now_ms,
+    self, ClaimedEvent, CompactionStats, Completion, InboxCounts, ModelUsage, NewArtifact,
+    NewCompaction, NewEvent, NewMessage, NewNote, NewReply, Role, Store, Usage, now_ms,
 };
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use sqlx::{AssertSqlSafe, Connection, Row};
@@ -133,6 +133,7 @@ async fn contract(store: &dyn Store) {
     transcript(store).await;
     memory(store).await;
     usage(store).await;
+    compaction(store).await;
 }
 
 async fn insert_and_duplicate(store: &dyn Store) {
@@ -752,6 +753,144 @@ async fn transcript(store: &dyn Store) {
     let claimed = claim_some(store, "w").await;
     complete(store, &claimed, "w").await;
     assert_nothing_claimable(store, "after transcript").await;
+}
+
+async fn compaction(store: &dyn Store) {
+    let c = conv("compaction", Some("t"));
+    let empty = store.context_messages(&c, 100).await.unwrap();
+    assert!(empty.summary.is_none() && empty.messages.is_empty());
+    let e1 = insert(store, &new_event(&c, "Ev-compact-1", "first question")).await;
+    let tool_meta = "{\"type\":\"tool_result\",\"results\":[]}".to_string();
+    let first = store
+        .append_messages(
+            &c,
+            Some(e1),
+            &[
+                NewMessage {
+                    meta: Some(tool_meta.clone()),
+                    ..message(Role::Tool, "memory_search → nothing")
+                },
+                message(Role::Assistant, "first answer"),
+            ],
+        )
+        .await
+        .unwrap();
+    let later = store
+        .append_messages(
+            &c,
+            None,
+            &[
+                message(Role::User, "second question"),
+                message(Role::Assistant, "second answer"),
+            ],
+        )
+        .await
+        .unwrap();
+    let window = store.context_messages(&c, 100).await.unwrap();
+    assert!(window.summary.is_none());
+    let texts: Vec<&str> = window.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "first question",
+            "memory_search → nothing",
+            "first answer",
+            "second question",
+            "second answer"
+        ]
+    );
+    let newest = store.context_messages(&c, 2).await.unwrap();
+    assert_eq!(newest.messages.len(), 2);
+    assert_eq!(newest.messages[0].text, "second question");
+    let first_id = window.messages[0].id;
+
+    // Compact the first turn: one transaction marks it, adds the summary and the compaction row.
+    let done = store
+        .compact(
+            &c,
+            &NewCompaction {
+                event_id: Some(e1),
+                first_message_id: first_id,
+                last_message_id: first[1],
+                summary: "they asked a first question".into(),
+                archive_key: "transcripts/test/a.jsonl".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.message_count, 3);
+    assert_eq!(
+        (done.first_message_id, done.last_message_id),
+        (first_id, first[1])
+    );
+    assert_eq!(done.archive_key, "transcripts/test/a.jsonl");
+    let window = store.context_messages(&c, 100).await.unwrap();
+    let (summary, latest) = window.summary.clone().unwrap();
+    assert_eq!(latest, done);
+    assert_eq!(summary.id, done.summary_message_id);
+    assert_eq!(summary.role, Role::Summary);
+    assert_eq!(summary.text, "they asked a first question");
+    assert!(summary.meta.unwrap().contains("transcripts/test/a.jsonl"));
+    assert_eq!(
+        window.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        later
+    );
+    // Nothing is deleted: the rows stay (the tool row's bulky detail moved to the archive).
+    let all = store.messages(&c, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    let tool = all.iter().find(|m| m.role == Role::Tool).unwrap();
+    assert_eq!(tool.meta, None);
+    assert_eq!(tool.text, "memory_search → nothing");
+    assert!(all[0].meta.is_some(), "user rows keep their meta");
+
+    // A second compaction folds the first summary in.
+    let next = store
+        .append_messages(&c, None, &[message(Role::User, "third question")])
+        .await
+        .unwrap();
+    let again = store
+        .compact(
+            &c,
+            &NewCompaction {
+                event_id: None,
+                first_message_id: later[0],
+                last_message_id: later[1],
+                summary: "two questions so far".into(),
+                archive_key: "transcripts/test/b.jsonl".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.message_count, 2);
+    let window = store.context_messages(&c, 100).await.unwrap();
+    assert_eq!(window.summary.unwrap().0.text, "two questions so far");
+    assert_eq!(
+        window.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        next
+    );
+    assert_eq!(
+        store.compactions(&c).await.unwrap(),
+        vec![done, again.clone()]
+    );
+    let stats = store.compaction_stats(&c.channel_ref()).await.unwrap();
+    assert_eq!((stats.count, stats.messages), (2, 5));
+    assert_eq!(stats.last_at, Some(again.created_at));
+    let none = store
+        .compaction_stats(&channel("test", "W1", "never-compacted"))
+        .await
+        .unwrap();
+    assert_eq!(none, CompactionStats::default());
+    assert!(
+        store
+            .compactions(&conv("compaction", Some("other")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let claimed = claim_some(store, "w").await;
+    complete(store, &claimed, "w").await;
+    assert_nothing_claimable(store, "after compaction").await;
 }
 
 async fn memory(store: &dyn Store) {

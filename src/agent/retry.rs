@@ -110,7 +110,13 @@ pub async fn call(
                         error,
                         attempts,
                     };
-                    let fits = Instant::now() + delay + Duration::from_millis(50) < deadline;
+                    let now = Instant::now();
+                    if now + Duration::from_millis(50) >= deadline {
+                        return Err(CallError::OutOfTime {
+                            last: failed.to_string(),
+                        });
+                    }
+                    let fits = now + delay + Duration::from_millis(50) < deadline;
                     if retryable && retry < policy.max_retries && fits {
                         tokio::time::sleep(delay).await;
                         retry += 1;

@@ -133,6 +133,7 @@ struct Inner {
     rules: Vec<Rule>,
     queue: VecDeque<Reply>,
     default: Option<Reply>,
+    api_defaults: Vec<(Api, Reply)>,
     requests: Vec<Recorded>,
     counter: u64,
     /// Stable prefixes seen, for the simulated prompt cache.
@@ -194,6 +195,14 @@ impl FakeLlm {
     /// The answer when no rule matches and the queue is empty (initially the text "ok").
     pub fn set_default(&self, reply: Reply) {
         lock(&self.shared).default = Some(reply);
+    }
+
+    /// The answer for one wire format when no rule matches and the queue is empty (before the
+    /// general default): e.g. an overloaded primary model and a working fallback.
+    pub fn set_default_for(&self, api: Api, reply: Reply) {
+        let mut inner = lock(&self.shared);
+        inner.api_defaults.retain(|(a, _)| *a != api);
+        inner.api_defaults.push((api, reply));
     }
 
     /// Queued replies not yet played.
@@ -281,6 +290,13 @@ fn take(shared: &Shared, api: Api, headers: &HeaderMap, raw: &Bytes) -> (Reply, 
         .find(|r| last.contains(&r.needle))
         .map(|r| r.reply.clone())
         .or_else(|| inner.queue.pop_front())
+        .or_else(|| {
+            inner
+                .api_defaults
+                .iter()
+                .find(|(a, _)| *a == api)
+                .map(|(_, r)| r.clone())
+        })
         .or_else(|| inner.default.clone())
         .unwrap_or_else(|| Reply::text("ok"));
     (reply, body, n)

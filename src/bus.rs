@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
-    Accepted, Addressed, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event, EventKind,
-    EventSink, Reply, SubmitError, UserRef,
+    Accepted, Addressed, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event,
+    EventKind, EventSink, Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -362,17 +362,23 @@ impl Bus {
             }
         };
         let failed = completion.error.is_some();
+        let completion = Completion {
+            reply_lease_until: Some(now_ms() + REPLY_LEASE_MS),
+            ..completion
+        };
         match self
             .inner
             .store
             .complete_event(claimed.id, &self.inner.owner, &completion)
             .await
         {
-            Ok(true) => {
+            Ok(Some(replies)) => {
                 self.finished(claimed.received_at, failed);
-                self.deliver_replies(Some(claimed.id)).await;
+                for reply in replies {
+                    self.deliver(reply).await;
+                }
             }
-            Ok(false) => warn!("lease lost before completion; another worker owns the event"),
+            Ok(None) => warn!("lease lost before completion; another worker owns the event"),
             Err(e) => error!(error = %e, "cannot store the completion; the event will run again"),
         }
     }
@@ -489,12 +495,12 @@ impl Bus {
         })
     }
 
-    /// Deliver undelivered replies: of one event (right after it completed), or any (the sweep).
-    async fn deliver_replies(&self, event_id: Option<i64>) -> usize {
+    /// Deliver replies that failed before or were left by a crash (the sweep).
+    async fn deliver_replies(&self) -> usize {
         let items = match self
             .inner
             .store
-            .claim_replies(event_id, now_ms() + REPLY_LEASE_MS, 50)
+            .claim_replies(None, now_ms() + REPLY_LEASE_MS, 50)
             .await
         {
             Ok(items) => items,
@@ -574,7 +580,7 @@ impl Bus {
     async fn sweep(&self) {
         let mut shutdown = self.inner.shutdown.subscribe();
         while !self.stopping() {
-            while self.deliver_replies(None).await > 0 && !self.stopping() {}
+            while self.deliver_replies().await > 0 && !self.stopping() {}
             self.refresh_queue_depth().await;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -93,7 +93,8 @@ async fn complete(store: &dyn Store, event: &ClaimedEvent, owner: &str) {
         store
             .complete_event(event.id, owner, &Completion::default())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_some(),
         "{owner} completes event {}",
         event.id
     );
@@ -259,8 +260,15 @@ async fn expired_lease(store: &dyn Store) {
         messages: vec![message(Role::Assistant, "stale answer")],
         replies: vec![reply("exp:stale")],
         error: None,
+        reply_lease_until: None,
     };
-    assert!(!store.complete_event(e, "old", &done).await.unwrap());
+    assert!(
+        store
+            .complete_event(e, "old", &done)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.message_count(&c).await.unwrap(), 1);
     assert!(
         store
@@ -278,12 +286,14 @@ async fn expired_lease(store: &dyn Store) {
             .complete_event(e, "new", &Completion::default())
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
-        !store
+        store
             .complete_event(e, "new", &Completion::default())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a done event cannot be completed twice"
     );
     assert_nothing_claimable(store, "after expired_lease").await;
@@ -358,8 +368,9 @@ async fn complete_writes(store: &dyn Store) {
         ],
         replies: vec![reply("c1:0"), reply("c1:1")],
         error: None,
+        reply_lease_until: None,
     };
-    assert!(store.complete_event(e, "w", &done).await.unwrap());
+    assert!(store.complete_event(e, "w", &done).await.unwrap().is_some());
 
     let messages = store.messages(&c, 0, 100).await.unwrap();
     let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
@@ -413,8 +424,15 @@ async fn complete_writes(store: &dyn Store) {
         messages: vec![message(Role::Assistant, "second answer")],
         replies: vec![reply("c1:0"), reply("c2:0"), reply("c2:0")],
         error: None,
+        reply_lease_until: None,
     };
-    assert!(store.complete_event(e2, "w", &done2).await.unwrap());
+    assert!(
+        store
+            .complete_event(e2, "w", &done2)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let items2 = store.claim_replies(Some(e2), far(), 10).await.unwrap();
     assert_eq!(ids(&items2), ["c2:0"]);
     assert_eq!(store.message_count(&c).await.unwrap(), 5);
@@ -440,8 +458,15 @@ async fn outbox(store: &dyn Store) {
         messages: Vec::new(),
         replies: vec![reply("o1:0"), reply("o1:1"), reply("o1:2")],
         error: None,
+        reply_lease_until: None,
     };
-    assert!(store.complete_event(claimed.id, "w", &done).await.unwrap());
+    assert!(
+        store
+            .complete_event(claimed.id, "w", &done)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let o2 = insert(store, &new_event(&c, "Ev-o2", "o2")).await;
     let claimed = claim_some(store, "w").await;
     assert_eq!(claimed.id, o2);
@@ -449,8 +474,15 @@ async fn outbox(store: &dyn Store) {
         messages: Vec::new(),
         replies: vec![reply("o2:0")],
         error: None,
+        reply_lease_until: None,
     };
-    assert!(store.complete_event(o2, "w", &done).await.unwrap());
+    assert!(
+        store
+            .complete_event(o2, "w", &done)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // The event filter.
     let mine = store.claim_replies(Some(o2), far(), 10).await.unwrap();
@@ -570,10 +602,11 @@ async fn fail_event(store: &dyn Store) {
     let next = claim_some(store, "w").await;
     assert_eq!((next.id, next.attempts), (f2, 1));
     assert!(
-        !store
+        store
             .complete_event(f1, "w", &Completion::default())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a failed event cannot be completed"
     );
     complete(store, &next, "w").await;
@@ -592,8 +625,15 @@ async fn complete_with_error(store: &dyn Store) {
         messages: vec![message(Role::Assistant, "sorry, the model is unavailable")],
         replies: vec![reply("h1:0")],
         error: Some("model unavailable".into()),
+        reply_lease_until: None,
     };
-    assert!(store.complete_event(h1, "w", &done).await.unwrap());
+    assert!(
+        store
+            .complete_event(h1, "w", &done)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!(counts.failed, before.failed + 1);
     assert_eq!(counts.done, before.done);
@@ -606,10 +646,11 @@ async fn complete_with_error(store: &dyn Store) {
     assert_eq!(ids(&items), ["h1:0"]);
     store.mark_reply_sent(items[0].id, None).await.unwrap();
     assert!(
-        !store
+        store
             .complete_event(h1, "w", &Completion::default())
             .await
             .unwrap()
+            .is_none()
     );
     let next = claim_some(store, "w").await;
     assert_eq!(next.id, h2);
@@ -1148,6 +1189,7 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
                             .complete_event(event.id, &owner, &Completion::default())
                             .await
                             .unwrap()
+                            .is_some()
                     );
                 }
             }));

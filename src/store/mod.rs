@@ -168,6 +168,9 @@ pub struct Completion {
     pub messages: Vec<NewMessage>,
     pub replies: Vec<NewReply>,
     pub error: Option<String>,
+    /// When set, the replies are written already claimed for delivery until then, so the worker
+    /// that produced them can deliver them at once without another claim.
+    pub reply_lease_until: Option<i64>,
 }
 
 /// An outbox row waiting for delivery (claimed with a lease).
@@ -302,7 +305,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Finish an event: transcript rows, outbox rows and the done mark in one transaction.
     /// Returns false (and writes nothing) when `owner` no longer holds the event's lease.
-    async fn complete_event(&self, event_id: i64, owner: &str, done: &Completion) -> Result<bool>;
+    /// Returns the outbox rows written (for delivery), or `None` when the lease was lost.
+    async fn complete_event(
+        &self,
+        event_id: i64,
+        owner: &str,
+        done: &Completion,
+    ) -> Result<Option<Vec<OutboxItem>>>;
 
     /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
     async fn fail_event(
@@ -434,6 +443,57 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             url: crate::config::redact(url),
             problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
         })
+    }
+}
+
+/// Conversation ids by reference and back. Rows of `conversations` never change once written,
+/// so caching them is safe; the cache is bounded and simply starts over when full.
+#[derive(Default)]
+pub(crate) struct ConversationCache {
+    maps: std::sync::Mutex<ConversationMaps>,
+}
+
+#[derive(Default)]
+struct ConversationMaps {
+    ids: std::collections::HashMap<(String, String, String, String), i64>,
+    refs: std::collections::HashMap<i64, ConversationRef>,
+}
+
+fn conversation_key(c: &ConversationRef) -> (String, String, String, String) {
+    (
+        c.platform.clone(),
+        c.workspace.clone(),
+        c.channel.clone(),
+        c.thread.clone().unwrap_or_default(),
+    )
+}
+
+impl ConversationCache {
+    const MAX: usize = 10_000;
+
+    pub(crate) fn id(&self, c: &ConversationRef) -> Option<i64> {
+        let maps = self.maps.lock().ok()?;
+        maps.ids.get(&conversation_key(c)).copied()
+    }
+
+    pub(crate) fn conversation(&self, id: i64) -> Option<ConversationRef> {
+        let maps = self.maps.lock().ok()?;
+        maps.refs.get(&id).cloned()
+    }
+
+    /// Remember a committed conversation row.
+    pub(crate) fn insert(&self, c: &ConversationRef, id: i64) {
+        if let Ok(mut maps) = self.maps.lock() {
+            if maps.ids.len() >= Self::MAX {
+                maps.ids.clear();
+                maps.refs.clear();
+            }
+            maps.ids.insert(conversation_key(c), id);
+            maps.refs.insert(
+                id,
+                ConversationRef::new(&c.platform, &c.workspace, &c.channel, c.thread.clone()),
+            );
+        }
     }
 }
 

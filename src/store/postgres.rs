@@ -391,45 +391,68 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn complete_event(&self, event_id: i64, owner: &str, done: &Completion) -> Result<bool> {
+    async fn complete_event(
+        &self,
+        event_id: i64,
+        owner: &str,
+        done: &Completion,
+    ) -> Result<Option<Vec<OutboxItem>>> {
         let mut tx = self.pool.begin().await?;
-        let finished: Option<i64> = sqlx::query(
-            "UPDATE inbox
+        let finished = sqlx::query(
+            "UPDATE inbox i
              SET status = CASE WHEN $1::TEXT IS NULL THEN 'done' ELSE 'failed' END,
                  finished_at = $2, lease_owner = NULL, lease_until = NULL, error = $1::TEXT
-             WHERE id = $3 AND status = 'leased' AND lease_owner = $4
-             RETURNING conversation_id",
+             FROM conversations c
+             WHERE i.id = $3 AND i.status = 'leased' AND i.lease_owner = $4
+               AND c.id = i.conversation_id
+             RETURNING i.conversation_id, c.platform, c.workspace, c.channel, c.thread",
         )
         .bind(&done.error)
         .bind(now_ms())
         .bind(event_id)
         .bind(owner)
         .fetch_optional(&mut *tx)
-        .await?
-        .map(|row| row.get(0));
-        let Some(conversation_id) = finished else {
+        .await?;
+        let Some(finished) = finished else {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         };
+        let conversation_id: i64 = finished.get("conversation_id");
+        let conversation = conversation_from_row(&finished);
         for message in &done.messages {
             insert_message(&mut tx, conversation_id, Some(event_id), message).await?;
         }
+        let mut items = Vec::with_capacity(done.replies.len());
         for reply in &done.replies {
-            sqlx::query(
-                "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (idempotency_key) DO NOTHING",
+            let row = sqlx::query(
+                "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload,
+                                     lease_until, attempts, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id, attempts",
             )
             .bind(&reply.idempotency_key)
             .bind(event_id)
             .bind(conversation_id)
             .bind(&reply.payload)
+            .bind(done.reply_lease_until)
+            .bind(i32::from(done.reply_lease_until.is_some()))
             .bind(now_ms())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(row) = row {
+                items.push(OutboxItem {
+                    id: row.get(0),
+                    idempotency_key: reply.idempotency_key.clone(),
+                    event_id,
+                    conversation: conversation.clone(),
+                    payload: reply.payload.clone(),
+                    attempts: row.get(1),
+                });
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(items))
     }
 
     async fn fail_event(

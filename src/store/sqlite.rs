@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 
+use super::ConversationCache;
 use super::{
     Artifact, ClaimedEvent, Compaction, CompactionStats, Completion, ContextMessages, InboxCounts,
     Inserted, Message, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Note,
@@ -26,6 +27,7 @@ use super::{
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    conversations: ConversationCache,
 }
 
 fn migrator() -> Migrator {
@@ -81,7 +83,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            conversations: ConversationCache::default(),
+        })
     }
 
     /// The database file, for messages.
@@ -92,7 +98,10 @@ impl SqliteStore {
     }
 
     async fn conversation_id(&self, c: &ConversationRef) -> Result<Option<i64>> {
-        Ok(sqlx::query(
+        if let Some(id) = self.conversations.id(c) {
+            return Ok(Some(id));
+        }
+        let id: Option<i64> = sqlx::query(
             "SELECT id FROM conversations
              WHERE platform = ? AND workspace = ? AND channel = ? AND thread = ?",
         )
@@ -102,22 +111,31 @@ impl SqliteStore {
         .bind(c.thread.as_deref().unwrap_or(""))
         .fetch_optional(&self.read)
         .await?
-        .map(|row| row.get(0)))
+        .map(|row| row.get(0));
+        if let Some(id) = id {
+            self.conversations.insert(c, id);
+        }
+        Ok(id)
     }
 
     async fn conversation_ref(&self, id: i64) -> Result<ConversationRef> {
+        if let Some(c) = self.conversations.conversation(id) {
+            return Ok(c);
+        }
         let row = sqlx::query(
             "SELECT platform, workspace, channel, thread FROM conversations WHERE id = ?",
         )
         .bind(id)
         .fetch_one(&self.write)
         .await?;
-        Ok(ConversationRef::new(
+        let c = ConversationRef::new(
             row.get::<String, _>(0),
             row.get::<String, _>(1),
             row.get::<String, _>(2),
             Some(row.get::<String, _>(3)),
-        ))
+        );
+        self.conversations.insert(&c, id);
+        Ok(c)
     }
 
     /// Attach artifacts, in insertion order (rowid), to the messages with ids in [first, last].
@@ -297,7 +315,10 @@ impl Store for SqliteStore {
 
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted> {
         let mut tx = self.write.begin().await?;
-        let conversation_id = upsert_conversation(&mut tx, &event.conversation).await?;
+        let conversation_id = match self.conversations.id(&event.conversation) {
+            Some(id) => id,
+            None => upsert_conversation(&mut tx, &event.conversation).await?,
+        };
         let now = now_ms();
         let inserted: Option<i64> = sqlx::query(
             "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
@@ -337,6 +358,8 @@ impl Store for SqliteStore {
         };
         insert_message(&mut tx, conversation_id, Some(event_id), &message).await?;
         tx.commit().await?;
+        self.conversations
+            .insert(&event.conversation, conversation_id);
         Ok(Inserted {
             event_id,
             duplicate: false,
@@ -419,7 +442,12 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn complete_event(&self, event_id: i64, owner: &str, done: &Completion) -> Result<bool> {
+    async fn complete_event(
+        &self,
+        event_id: i64,
+        owner: &str,
+        done: &Completion,
+    ) -> Result<Option<Vec<OutboxItem>>> {
         let mut tx = self.write.begin().await?;
         let finished: Option<i64> = sqlx::query(
             "UPDATE inbox
@@ -438,27 +466,48 @@ impl Store for SqliteStore {
         .map(|row| row.get(0));
         let Some(conversation_id) = finished else {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         };
         for message in &done.messages {
             insert_message(&mut tx, conversation_id, Some(event_id), message).await?;
         }
+        let mut written = Vec::with_capacity(done.replies.len());
         for reply in &done.replies {
-            sqlx::query(
-                "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload, created_at)
-                 VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (idempotency_key) DO NOTHING",
+            let row = sqlx::query(
+                "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload,
+                                     lease_until, attempts, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id, attempts",
             )
             .bind(&reply.idempotency_key)
             .bind(event_id)
             .bind(conversation_id)
             .bind(&reply.payload)
+            .bind(done.reply_lease_until)
+            .bind(i32::from(done.reply_lease_until.is_some()))
             .bind(now_ms())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(row) = row {
+                written.push((row.get::<i64, _>(0), row.get::<i32, _>(1), reply));
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        let conversation = self.conversation_ref(conversation_id).await?;
+        Ok(Some(
+            written
+                .into_iter()
+                .map(|(id, attempts, reply)| OutboxItem {
+                    id,
+                    idempotency_key: reply.idempotency_key.clone(),
+                    event_id,
+                    conversation: conversation.clone(),
+                    payload: reply.payload.clone(),
+                    attempts,
+                })
+                .collect(),
+        ))
     }
 
     async fn fail_event(

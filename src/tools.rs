@@ -16,6 +16,9 @@ pub struct ToolContext {
     pub step: usize,
     pub conversation: ConversationRef,
     pub user_id: String,
+    /// The adapter's route of the event (see `ecdysis_chat::Event::route`), for tools that post
+    /// into the conversation while they run (approval prompts).
+    pub route: serde_json::Value,
 }
 
 /// An image handed back to the model (where the provider accepts image input).

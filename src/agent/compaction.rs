@@ -225,6 +225,7 @@ impl LlmAgent {
             step: 0,
             conversation: conversation.clone(),
             user_id: event.payload.user.id.clone(),
+            route: event.payload.route.clone(),
         };
         for (_, name, input) in answer.tool_calls() {
             if name != "memory_save" {

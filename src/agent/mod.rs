@@ -73,7 +73,7 @@ pub struct TurnStats {
     pub model_time: Duration,
     /// The whole turn.
     pub total: Duration,
-    /// Estimated tokens of the turn's first request.
+    /// Estimated tokens of the turn's first answer request (after any compaction).
     pub prompt_tokens: usize,
     /// Estimated tokens of the stable prefix (system prompt + tool definitions).
     pub prefix_tokens: usize,
@@ -314,9 +314,6 @@ impl LlmAgent {
         deadline: Instant,
         stats: &mut TurnStats,
     ) -> Result<ChatResponse, TurnError> {
-        if stats.model_calls == 0 {
-            stats.prompt_tokens = context::request_tokens(request);
-        }
         stats.model_calls += 1;
         let started = Instant::now();
         let result = retry::call(&self.models, request, &self.policy, deadline).await;
@@ -416,6 +413,9 @@ impl LlmAgent {
                 },
                 max_tokens: self.config.max_output_tokens,
             };
+            if step == 1 {
+                stats.prompt_tokens = context::request_tokens(&request);
+            }
             let response = self.call(conversation, &request, deadline, stats).await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
@@ -469,6 +469,7 @@ impl LlmAgent {
             step,
             conversation: event.conversation.clone(),
             user_id: event.payload.user.id.clone(),
+            route: event.payload.route.clone(),
         };
         let mut calls = Vec::new();
         let mut stored = Vec::new();

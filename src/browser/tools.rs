@@ -415,6 +415,7 @@ mod tests {
             step: 1,
             conversation: ConversationRef::new("web", "local", "c", None),
             user_id: "u".into(),
+            route: serde_json::Value::Null,
         }
     }
 

@@ -1,0 +1,88 @@
+//! Which channels are threads, and of which parent: a message in a thread belongs to the
+//! parent channel's memory. Learnt from the threads the bot starts, thread events and
+//! interactions, else asked once over REST (`GET /channels/{id}`); bounded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serenity::http::Http;
+use serenity::model::channel::{Channel, ChannelType};
+use serenity::model::id::ChannelId;
+use tracing::warn;
+
+/// Channels remembered before the map is emptied and learnt again.
+const MAX_KNOWN: usize = 50_000;
+
+/// Where a guild channel sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A text channel (or anything that is not a thread).
+    Channel,
+    /// A thread of this parent channel.
+    Thread { parent: u64 },
+}
+
+pub(crate) struct Channels {
+    http: Arc<Http>,
+    known: Mutex<HashMap<u64, Place>>,
+}
+
+pub(crate) fn is_thread(kind: ChannelType) -> bool {
+    matches!(
+        kind,
+        ChannelType::PublicThread | ChannelType::PrivateThread | ChannelType::NewsThread
+    )
+}
+
+impl Channels {
+    pub fn new(http: Arc<Http>) -> Self {
+        Self {
+            http,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn note(&self, channel: u64, place: Place) {
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(channel, place);
+        }
+    }
+
+    /// Note a channel from its type and parent, as events and interactions describe it.
+    pub fn note_kind(&self, channel: u64, kind: ChannelType, parent: Option<u64>) {
+        match parent {
+            Some(parent) if is_thread(kind) => self.note(channel, Place::Thread { parent }),
+            _ => self.note(channel, Place::Channel),
+        }
+    }
+
+    fn cached(&self, channel: u64) -> Option<Place> {
+        self.known.lock().ok()?.get(&channel).copied()
+    }
+
+    /// Where a guild channel sits; asks Discord once when unknown. When Discord cannot say,
+    /// the channel is taken for a plain channel (and asked again next time).
+    pub async fn place(&self, channel: u64) -> Place {
+        if let Some(place) = self.cached(channel) {
+            return place;
+        }
+        match self.http.get_channel(ChannelId::new(channel)).await {
+            Ok(Channel::Guild(guild_channel)) => {
+                let parent = guild_channel.parent_id.map(|p| p.get());
+                self.note_kind(channel, guild_channel.kind, parent);
+                self.cached(channel).unwrap_or(Place::Channel)
+            }
+            Ok(_) => {
+                self.note(channel, Place::Channel);
+                Place::Channel
+            }
+            Err(e) => {
+                warn!(channel, error = %e, "cannot look up a channel; taking it for a plain channel");
+                Place::Channel
+            }
+        }
+    }
+}

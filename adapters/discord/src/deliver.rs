@@ -1,0 +1,426 @@
+//! Replies → REST calls: a message in the channel, DM or thread (starting the thread on the
+//! user's message first), or the response of an interaction (`PATCH …/messages/@original` for
+//! the first piece, follow-ups for the rest). Files go as multipart attachments, checked
+//! against the upload limit; buttons as message components.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ecdysis_chat::{Attachment, Button, ButtonStyle, Delivered, DeliveryError, Reply};
+use serenity::all::{
+    AutoArchiveDuration, ButtonStyle as DiscordButtonStyle, ChannelId, CreateActionRow,
+    CreateAllowedMentions, CreateAttachment, CreateButton, CreateInteractionResponseFollowup,
+    CreateMessage, CreateThread, EditInteractionResponse, MessageId, Nonce,
+};
+use serenity::builder::Builder;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::DEFAULT_MAX_FILE_BYTES;
+use crate::adapter::Shared;
+use crate::channels::Place;
+use crate::route::{InteractionRoute, Route};
+
+/// Discord's error code for "a thread has already been created for this message".
+const THREAD_ALREADY_CREATED: isize = 160_004;
+/// How often the typing indicator is renewed (it lasts about 10 seconds).
+const TYPING_EVERY: Duration = Duration::from_secs(8);
+/// The longest the indicator is kept up without a reply.
+const TYPING_FOR: Duration = Duration::from_secs(120);
+/// Bookkeeping sets are emptied beyond this size.
+const MAX_REMEMBERED: usize = 10_000;
+/// Discord's limit on a component's `custom_id`.
+const MAX_CUSTOM_ID: usize = 100;
+
+/// Typing indicators running, by channel.
+#[derive(Default)]
+pub(crate) struct Typing {
+    running: Mutex<HashMap<u64, JoinHandle<()>>>,
+}
+
+impl Typing {
+    fn start(&self, channel: u64, task: JoinHandle<()>) {
+        if let Ok(mut running) = self.running.lock() {
+            running.retain(|_, t| !t.is_finished());
+            if let Some(old) = running.insert(channel, task) {
+                old.abort();
+            }
+        }
+    }
+
+    fn stop(&self, channel: u64) {
+        if let Some(task) = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&channel))
+        {
+            task.abort();
+        }
+    }
+}
+
+/// What delivery remembers so that retries post nothing twice.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// Messages a thread was started on (the thread has the message's id).
+    threads: Mutex<HashSet<u64>>,
+    /// Interaction follow-ups already posted, by idempotency key.
+    followups: Mutex<HashSet<String>>,
+}
+
+fn remember<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, value: T) {
+    if let Ok(mut set) = set.lock() {
+        if set.len() >= MAX_REMEMBERED {
+            set.clear();
+        }
+        set.insert(value);
+    }
+}
+
+fn contains<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, value: &T) -> bool {
+    set.lock().map(|s| s.contains(value)).unwrap_or(false)
+}
+
+fn id(text: &str) -> Result<u64, DeliveryError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| DeliveryError::Permanent(format!("`{text}` is not a Discord id")))
+}
+
+/// Start the thread (for a mention in a channel) and show "typing…" until the reply is there.
+pub(crate) fn start_working(shared: Arc<Shared>, route: Route) {
+    let Ok(target) = id(route.target_channel()) else {
+        return;
+    };
+    let task_shared = shared.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = ensure_thread(&task_shared, &route).await {
+            debug!(error = %e, "could not start the thread yet; delivery tries again");
+        }
+        let until = tokio::time::Instant::now() + TYPING_FOR;
+        while tokio::time::Instant::now() < until {
+            if let Err(e) = ChannelId::new(target)
+                .broadcast_typing(&task_shared.http)
+                .await
+            {
+                debug!(error = %e, "typing indicator failed");
+                return;
+            }
+            tokio::time::sleep(TYPING_EVERY).await;
+        }
+    });
+    shared.typing.start(target, task);
+}
+
+/// Post one reply.
+pub(crate) async fn deliver(
+    shared: &Shared,
+    route: &Route,
+    reply: &Reply,
+) -> Result<Delivered, DeliveryError> {
+    let limit = route.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES);
+    let (files, notes) = fitting_files(&reply.attachments, limit);
+    let (rows, dropped) = components(&reply.buttons);
+    let mut text = reply.text.clone();
+    for note in notes.iter().chain(dropped.iter()) {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(note);
+    }
+    if text.trim().is_empty() && files.is_empty() {
+        text = "(no text)".into();
+    }
+    let piece = piece_index(&reply.idempotency_key);
+    match &route.interaction {
+        Some(interaction) => {
+            respond(
+                shared,
+                interaction,
+                piece,
+                &reply.idempotency_key,
+                text,
+                files,
+                rows,
+            )
+            .await
+        }
+        None => {
+            let target = ensure_thread(shared, route).await?;
+            shared.typing.stop(target);
+            let mut message = CreateMessage::new()
+                .content(text)
+                .nonce(Nonce::String(nonce(&reply.idempotency_key)))
+                .enforce_nonce(true)
+                .allowed_mentions(CreateAllowedMentions::new())
+                .add_files(files.into_iter().map(to_discord_file));
+            if !rows.is_empty() {
+                message = message.components(rows);
+            }
+            let posted = ChannelId::new(target)
+                .send_message(&shared.http, message)
+                .await
+                .map_err(classify)?;
+            Ok(Delivered {
+                platform_message_id: Some(posted.id.get().to_string()),
+            })
+        }
+    }
+}
+
+/// The first piece edits the deferred response; later pieces are follow-ups.
+async fn respond(
+    shared: &Shared,
+    interaction: &InteractionRoute,
+    piece: usize,
+    key: &str,
+    text: String,
+    files: Vec<Attachment>,
+    rows: Vec<CreateActionRow>,
+) -> Result<Delivered, DeliveryError> {
+    if piece == 0 {
+        let mut edit = EditInteractionResponse::new()
+            .content(text)
+            .allowed_mentions(CreateAllowedMentions::new());
+        for file in files {
+            edit = edit.new_attachment(to_discord_file(file));
+        }
+        if !rows.is_empty() {
+            edit = edit.components(rows);
+        }
+        let message = edit
+            .execute(&shared.http, &interaction.token)
+            .await
+            .map_err(classify_interaction)?;
+        return Ok(Delivered {
+            platform_message_id: Some(message.id.get().to_string()),
+        });
+    }
+    if contains(&shared.outbox.followups, &key.to_string()) {
+        return Ok(Delivered::default());
+    }
+    let mut followup = CreateInteractionResponseFollowup::new()
+        .content(text)
+        .allowed_mentions(CreateAllowedMentions::new())
+        .add_files(files.into_iter().map(to_discord_file));
+    if !rows.is_empty() {
+        followup = followup.components(rows);
+    }
+    let message = followup
+        .execute(&shared.http, (None, &interaction.token))
+        .await
+        .map_err(classify_interaction)?;
+    remember(&shared.outbox.followups, key.to_string());
+    Ok(Delivered {
+        platform_message_id: Some(message.id.get().to_string()),
+    })
+}
+
+/// The channel to post into; for a mention in a channel, the thread on the user's message,
+/// started first when it does not exist yet.
+async fn ensure_thread(shared: &Shared, route: &Route) -> Result<u64, DeliveryError> {
+    let channel = id(&route.channel_id)?;
+    let Some(message) = route.thread_on.as_deref() else {
+        return Ok(channel);
+    };
+    let message = id(message)?;
+    if contains(&shared.outbox.threads, &message) {
+        return Ok(message);
+    }
+    let name = route
+        .thread_name
+        .clone()
+        .unwrap_or_else(|| "ecdysis".into());
+    let thread = CreateThread::new(name).auto_archive_duration(AutoArchiveDuration::OneDay);
+    let thread_id = match ChannelId::new(channel)
+        .create_thread_from_message(&shared.http, MessageId::new(message), thread)
+        .await
+    {
+        Ok(thread) => thread.id.get(),
+        Err(e) if discord_code(&e) == Some(THREAD_ALREADY_CREATED) => message,
+        Err(e) => return Err(classify(e)),
+    };
+    shared
+        .channels
+        .note(thread_id, Place::Thread { parent: channel });
+    remember(&shared.outbox.threads, message);
+    Ok(thread_id)
+}
+
+/// Files within the limit, and a note for each one left out.
+fn fitting_files(files: &[Attachment], limit: u64) -> (Vec<Attachment>, Vec<String>) {
+    let mut fitting = Vec::new();
+    let mut notes = Vec::new();
+    for file in files {
+        if file.bytes.len() as u64 > limit {
+            notes.push(format!(
+                "({} is {:.1} MB, over Discord's {:.1} MB upload limit here, so it is not attached.)",
+                file.name,
+                file.bytes.len() as f64 / 1_048_576.0,
+                limit as f64 / 1_048_576.0
+            ));
+        } else {
+            fitting.push(file.clone());
+        }
+    }
+    (fitting, notes)
+}
+
+fn to_discord_file(file: Attachment) -> CreateAttachment {
+    CreateAttachment::bytes(file.bytes.to_vec(), file.name)
+}
+
+/// Buttons as action rows (five per row, five rows); a button whose payload does not fit in a
+/// `custom_id` is left out with a note.
+fn components(buttons: &[Button]) -> (Vec<CreateActionRow>, Vec<String>) {
+    let mut fitting = Vec::new();
+    let mut notes = Vec::new();
+    for button in buttons {
+        let custom_id = custom_id(&button.action_id, &button.value);
+        if custom_id.chars().count() > MAX_CUSTOM_ID {
+            warn!(action = %button.action_id, "button payload is too long for Discord; left out");
+            notes.push(format!(
+                "(The “{}” button could not be shown.)",
+                button.label
+            ));
+            continue;
+        }
+        let style = match button.style {
+            ButtonStyle::Primary => DiscordButtonStyle::Primary,
+            ButtonStyle::Danger => DiscordButtonStyle::Danger,
+            ButtonStyle::Default => DiscordButtonStyle::Secondary,
+        };
+        fitting.push(
+            CreateButton::new(custom_id)
+                .label(button.label.chars().take(80).collect::<String>())
+                .style(style),
+        );
+    }
+    let rows = fitting
+        .chunks(5)
+        .take(5)
+        .map(|chunk| CreateActionRow::Buttons(chunk.to_vec()))
+        .collect();
+    (rows, notes)
+}
+
+/// A button's `custom_id`: `action_id:value`.
+pub(crate) fn custom_id(action_id: &str, value: &str) -> String {
+    format!("{action_id}:{value}")
+}
+
+/// The inverse of [`custom_id`].
+pub(crate) fn parse_custom_id(custom_id: &str) -> (String, String) {
+    match custom_id.split_once(':') {
+        Some((action, value)) => (action.to_string(), value.to_string()),
+        None => (custom_id.to_string(), String::new()),
+    }
+}
+
+/// `{event_id}:{n}` → n.
+fn piece_index(key: &str) -> usize {
+    key.rsplit(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A message nonce (at most 25 characters) from an idempotency key: with `enforce_nonce`,
+/// Discord posts a retried message once.
+fn nonce(key: &str) -> String {
+    if key.len() <= 25 {
+        return key.to_string();
+    }
+    // FNV-1a: stable across processes and versions.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn discord_code(error: &serenity::Error) -> Option<isize> {
+    match error {
+        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
+            Some(response.error.code)
+        }
+        _ => None,
+    }
+}
+
+fn status(error: &serenity::Error) -> Option<u16> {
+    match error {
+        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
+            Some(response.status_code.as_u16())
+        }
+        _ => None,
+    }
+}
+
+/// Rate limits, server errors and network trouble are retried; other refusals are final.
+pub(crate) fn classify(error: serenity::Error) -> DeliveryError {
+    match status(&error) {
+        Some(429) | Some(500..) | None => DeliveryError::Retryable(error.to_string()),
+        Some(_) => DeliveryError::Permanent(error.to_string()),
+    }
+}
+
+/// Like [`classify`], and a 404 is retried too: the deferral may not have reached Discord yet
+/// (the interaction token stays valid for 15 minutes).
+fn classify_interaction(error: serenity::Error) -> DeliveryError {
+    match status(&error) {
+        Some(404) => DeliveryError::Retryable(error.to_string()),
+        _ => classify(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_pieces_and_nonces() {
+        assert_eq!(piece_index("17:0"), 0);
+        assert_eq!(piece_index("17:3"), 3);
+        assert_eq!(nonce("17:3"), "17:3");
+        let long = "x".repeat(40);
+        assert_eq!(nonce(&long).len(), 16);
+        assert_eq!(nonce(&long), nonce(&long));
+    }
+
+    #[test]
+    fn custom_ids_round_trip() {
+        let id = custom_id("approve", "run:42");
+        assert_eq!(parse_custom_id(&id), ("approve".into(), "run:42".into()));
+        assert_eq!(parse_custom_id("x"), ("x".into(), String::new()));
+        let (rows, notes) = components(&[
+            Button {
+                action_id: "approve".into(),
+                label: "Approve".into(),
+                value: "1".into(),
+                style: ButtonStyle::Primary,
+            },
+            Button {
+                action_id: "deny".into(),
+                label: "Deny".into(),
+                value: "y".repeat(200),
+                style: ButtonStyle::Danger,
+            },
+        ]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn files_over_the_limit_become_notes() {
+        let files = vec![
+            Attachment::new("small.png", "image/png", vec![0u8; 10]),
+            Attachment::new("big.mp4", "video/mp4", vec![0u8; 100]),
+        ];
+        let (fitting, notes) = fitting_files(&files, 50);
+        assert_eq!(fitting.len(), 1);
+        assert!(notes[0].contains("big.mp4"), "{notes:?}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The gateway connection (serenity's client): intents for guild messages, DMs and message
+//! content; resume and reconnect are serenity's. The gateway URL is whatever
+//! `GET /api/v10/gateway` at `api_url` returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serenity::all::{
+    ChannelType, ClientBuilder, ConnectionStage, Context, Event, EventHandler, GatewayIntents,
+    RawEventHandler, ShardManager, ShardStageUpdateEvent,
+};
+use serenity::gateway::CollectorCallback;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::DiscordError;
+use crate::adapter::Shared;
+use crate::intake::{Inbound, Intake, process};
+
+/// The running gateway connection.
+pub struct GatewayHandle {
+    manager: Arc<ShardManager>,
+    task: JoinHandle<()>,
+}
+
+impl GatewayHandle {
+    /// Close the connection and wait (briefly) for the client to stop.
+    pub async fn shutdown(self) {
+        self.manager.shutdown_all().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// What the bot subscribes to: guild messages (and threads), DMs, and the content of messages.
+pub(crate) fn intents() -> GatewayIntents {
+    GatewayIntents::GUILDS
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::DIRECT_MESSAGES
+        | GatewayIntents::MESSAGE_CONTENT
+}
+
+pub(crate) async fn start(shared: Arc<Shared>) -> Result<GatewayHandle, DiscordError> {
+    let intake = Intake::start(shared.clone());
+    let handler = Handler {
+        shared: shared.clone(),
+        intake,
+    };
+    let http = crate::rest::builder(&shared.settings).build();
+    let mut client = ClientBuilder::new_with_http(http, intents())
+        .raw_event_handler(handler.clone())
+        .event_handler(handler)
+        .await?;
+    let manager = client.shard_manager.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = client.start().await {
+            error!(error = %e, "the Discord gateway stopped");
+            shared.health.set_stage(&format!("failed: {e}"));
+        }
+    });
+    info!("Discord gateway starting");
+    Ok(GatewayHandle { manager, task })
+}
+
+#[derive(Clone)]
+struct Handler {
+    shared: Arc<Shared>,
+    intake: Arc<Intake>,
+}
+
+impl Handler {
+    /// Read messages and interactions in order, straight from the shard.
+    fn install_collector(&self, ctx: &Context) {
+        let intake = self.intake.clone();
+        let shared = self.shared.clone();
+        ctx.shard
+            .add_collector(CollectorCallback(Box::new(move |event| {
+                shared.health.event_seen();
+                match event {
+                    Event::MessageCreate(e) => {
+                        intake.push(Inbound::Message(Box::new(e.message.clone())));
+                    }
+                    Event::InteractionCreate(e) => {
+                        intake.push(Inbound::Interaction(Box::new(e.interaction.clone())));
+                    }
+                    _ => {}
+                }
+                true
+            })));
+    }
+
+    fn note_threads<'a>(&self, threads: impl IntoIterator<Item = &'a serenity::all::GuildChannel>) {
+        for thread in threads {
+            self.shared.channels.note_kind(
+                thread.id.get(),
+                thread.kind,
+                thread.parent_id.map(|p| p.get()),
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl RawEventHandler for Handler {
+    async fn raw_event(&self, ctx: Context, event: Event) {
+        self.shared.health.event_seen();
+        match event {
+            Event::Ready(ready) => {
+                let user = ready.ready.user.id.get();
+                info!(bot = user, name = %ready.ready.user.name, "Discord gateway ready");
+                if self.shared.http.application_id().is_none() {
+                    self.shared
+                        .http
+                        .set_application_id(ready.ready.application.id);
+                }
+                self.shared.health.ready(user);
+                // Registered on every READY: a new session may run on a new shard runner.
+                self.install_collector(&ctx);
+            }
+            Event::Resumed(_) => {
+                info!("Discord gateway session resumed");
+                self.shared.health.resumed();
+            }
+            Event::MessageCreate(e) => {
+                if !self.intake.was_taken(e.message.id.get()) {
+                    process(&self.shared, Inbound::Message(Box::new(e.message))).await;
+                }
+            }
+            Event::InteractionCreate(e) => {
+                if !self.intake.was_taken(e.interaction.id().get()) {
+                    process(&self.shared, Inbound::Interaction(Box::new(e.interaction))).await;
+                }
+            }
+            Event::ThreadCreate(e) => self.note_threads([&e.thread]),
+            Event::ThreadUpdate(e) => self.note_threads([&e.thread]),
+            Event::ThreadListSync(e) => self.note_threads(&e.threads),
+            Event::GuildCreate(e) => {
+                self.note_threads(&e.guild.threads);
+                for channel in e.guild.channels.values() {
+                    if channel.kind != ChannelType::Category {
+                        self.shared
+                            .channels
+                            .note_kind(channel.id.get(), channel.kind, None);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        let stage = match event.new {
+            ConnectionStage::Connected => "connected",
+            ConnectionStage::Connecting => "connecting",
+            ConnectionStage::Disconnected => "disconnected",
+            ConnectionStage::Handshake => "handshake",
+            ConnectionStage::Identifying => "identifying",
+            ConnectionStage::Resuming => "resuming",
+            _ => "unknown",
+        };
+        self.shared.health.set_stage(stage);
+    }
+}

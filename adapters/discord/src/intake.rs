@@ -1,0 +1,276 @@
+//! Inbound messages and interactions → events for the core, in arrival order per channel.
+//!
+//! serenity dispatches each gateway event in its own task, which loses their order. The
+//! gateway therefore also reads events synchronously, in order, from the shard (a collector)
+//! into [`Intake::push`]; here each channel gets a lane that submits its events one after the
+//! other, while channels run in parallel. An event the collector did not take (before it was
+//! installed on a fresh connection, or when the queue was full) arrives through serenity's
+//! dispatch instead and is processed directly: never lost, at worst out of order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use ecdysis_chat::{Addressed, Command, CommandName, EventKind, SubmitError};
+use serenity::all::{ChannelId, CreateAllowedMentions, CreateMessage, Interaction, Message};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::adapter::Shared;
+use crate::channels::Place;
+use crate::route::Route;
+use crate::translate;
+
+/// Events waiting between the shard and the lanes; beyond this the dispatch path takes over.
+const QUEUE: usize = 4_096;
+/// How long a message waits for READY to say who the bot is.
+const BOT_ID_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An inbound item.
+pub(crate) enum Inbound {
+    Message(Box<Message>),
+    Interaction(Box<Interaction>),
+}
+
+impl Inbound {
+    /// The platform id (message or interaction snowflake).
+    pub fn id(&self) -> u64 {
+        match self {
+            Inbound::Message(m) => m.id.get(),
+            Inbound::Interaction(i) => i.id().get(),
+        }
+    }
+
+    fn channel(&self) -> u64 {
+        match self {
+            Inbound::Message(m) => m.channel_id.get(),
+            Inbound::Interaction(i) => match i.as_ref() {
+                Interaction::Command(c) | Interaction::Autocomplete(c) => c.channel_id.get(),
+                Interaction::Component(c) => c.channel_id.get(),
+                Interaction::Modal(m) => m.channel_id.get(),
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// The ordered path from the shard to the core.
+pub(crate) struct Intake {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Inbound>,
+    /// Ids the ordered path took, so the dispatch path skips them.
+    taken: Mutex<HashSet<u64>>,
+    lanes: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Inbound>>>>,
+}
+
+impl Intake {
+    pub fn start(shared: Arc<Shared>) -> Arc<Self> {
+        let (queue, mut receiver) = mpsc::channel(QUEUE);
+        let intake = Arc::new(Self {
+            shared,
+            queue,
+            taken: Mutex::new(HashSet::new()),
+            lanes: Arc::new(Mutex::new(HashMap::new())),
+        });
+        let weak = Arc::downgrade(&intake);
+        tokio::spawn(async move {
+            while let Some(item) = receiver.recv().await {
+                let Some(intake) = weak.upgrade() else { return };
+                intake.route_to_lane(item);
+            }
+        });
+        intake
+    }
+
+    /// Called by the shard, in order, without blocking. True when the ordered path took it.
+    pub fn push(&self, item: Inbound) -> bool {
+        let id = item.id();
+        // Marked before sending: the dispatch path for this event runs only after this returns.
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.insert(id);
+        }
+        if self.queue.try_send(item).is_ok() {
+            return true;
+        }
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.remove(&id);
+        }
+        false
+    }
+
+    /// Called from serenity's dispatch for every message and interaction: true when the
+    /// ordered path has it (and this copy is to be dropped).
+    pub fn was_taken(&self, id: u64) -> bool {
+        self.taken
+            .lock()
+            .map(|mut t| t.remove(&id))
+            .unwrap_or(false)
+    }
+
+    fn route_to_lane(&self, item: Inbound) {
+        let channel = item.channel();
+        let Ok(mut lanes) = self.lanes.lock() else {
+            return;
+        };
+        let item = match lanes.get(&channel) {
+            Some(lane) => match lane.send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => item,
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if sender.send(item).is_ok() {
+            lanes.insert(channel, sender);
+            tokio::spawn(run_lane(
+                self.shared.clone(),
+                self.lanes.clone(),
+                channel,
+                receiver,
+            ));
+        }
+    }
+}
+
+/// Process one channel's events in order; the lane ends when it is empty (checked under the
+/// lanes lock, so nothing is sent into a lane that is ending).
+async fn run_lane(
+    shared: Arc<Shared>,
+    lanes: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Inbound>>>>,
+    channel: u64,
+    mut receiver: mpsc::UnboundedReceiver<Inbound>,
+) {
+    loop {
+        let next = match receiver.try_recv() {
+            Ok(item) => Some(item),
+            Err(_) => {
+                let Ok(mut lanes) = lanes.lock() else { return };
+                match receiver.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(_) => {
+                        lanes.remove(&channel);
+                        None
+                    }
+                }
+            }
+        };
+        match next {
+            Some(item) => process(&shared, item).await,
+            None => return,
+        }
+    }
+}
+
+/// Translate and submit one inbound item.
+pub(crate) async fn process(shared: &Shared, item: Inbound) {
+    match item {
+        Inbound::Message(message) => process_message(shared, &message).await,
+        Inbound::Interaction(interaction) => process_interaction(shared, &interaction).await,
+    }
+}
+
+async fn process_message(shared: &Shared, message: &Message) {
+    let bot = match shared.health.bot_user_id() {
+        Some(bot) => Some(bot),
+        None => shared.health.wait_bot_user_id(BOT_ID_WAIT).await,
+    };
+    if !translate::is_user_input(message, bot) {
+        return;
+    }
+    let place = match message.guild_id {
+        Some(_) => Some(shared.channels.place(message.channel_id.get()).await),
+        None => None,
+    };
+    let mut event = translate::message_event(message, bot, place);
+    let wanted = !matches!(event.addressed, Addressed::Ambient);
+    if wanted && !message.attachments.is_empty() {
+        let downloaded = shared.downloader.download_all(&message.attachments).await;
+        event.attachments = downloaded.files;
+        for note in downloaded.notes {
+            if !event.text.is_empty() {
+                event.text.push('\n');
+            }
+            event.text.push_str(&note);
+        }
+    }
+    if wanted
+        && matches!(event.kind, EventKind::Message)
+        && event.text.trim().is_empty()
+        && event.attachments.is_empty()
+    {
+        // A bare mention: say what the bot can do.
+        event.kind = EventKind::Command(Command {
+            name: CommandName::Help,
+            args: String::new(),
+        });
+    }
+    let addressed = event.addressed;
+    let route = event.route.clone();
+    match shared.sink.submit(event).await {
+        Ok(accepted) => debug!(
+            message = message.id.get(),
+            duplicate = accepted.duplicate,
+            ignored = accepted.ignored,
+            "message submitted"
+        ),
+        Err(e) => {
+            warn!(message = message.id.get(), error = %e, "message not taken");
+            if matches!(addressed, Addressed::Direct | Addressed::Mention)
+                && !matches!(e, SubmitError::Internal(_))
+            {
+                tell(shared, &route, &format!("Sorry, I cannot take that: {e}")).await;
+            }
+        }
+    }
+}
+
+/// A short answer outside the bus (the event was not stored, so there is nothing to retry).
+async fn tell(shared: &Shared, route: &serde_json::Value, text: &str) {
+    let Some(channel) = Route::from_value(route).and_then(|r| r.channel_id.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let message = CreateMessage::new()
+        .content(text)
+        .allowed_mentions(CreateAllowedMentions::new());
+    if let Err(e) = ChannelId::new(channel)
+        .send_message(&shared.http, message)
+        .await
+    {
+        warn!(error = %e, "cannot tell the user their message was not taken");
+    }
+}
+
+async fn process_interaction(shared: &Shared, interaction: &Interaction) {
+    let place = interaction_place(shared, interaction).await;
+    let Some(event) = translate::interaction_event(interaction, place) else {
+        return;
+    };
+    let (id, token) = match interaction {
+        Interaction::Command(c) => (c.id.get(), c.token.clone()),
+        Interaction::Component(c) => (c.id.get(), c.token.clone()),
+        _ => return,
+    };
+    crate::interactions::handle(shared, event, id, &token).await;
+}
+
+/// Where an interaction's channel sits: from the channel the interaction describes, else
+/// looked up. `None` in a DM.
+pub(crate) async fn interaction_place(shared: &Shared, interaction: &Interaction) -> Option<Place> {
+    let (guild, channel_id, channel) = match interaction {
+        Interaction::Command(c) | Interaction::Autocomplete(c) => {
+            (c.guild_id, c.channel_id, c.channel.as_ref())
+        }
+        Interaction::Component(c) => (c.guild_id, c.channel_id, c.channel.as_ref()),
+        Interaction::Modal(m) => (m.guild_id, m.channel_id, m.channel.as_ref()),
+        _ => return None,
+    };
+    guild?;
+    if let Some(channel) = channel {
+        shared.channels.note_kind(
+            channel.id.get(),
+            channel.kind,
+            channel.parent_id.map(|p| p.get()),
+        );
+    }
+    Some(shared.channels.place(channel_id.get()).await)
+}

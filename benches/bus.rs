@@ -2,7 +2,8 @@
 //!
 //! Prints events/s at full speed, accept→reply-stored latency (p50/p99) at a fixed rate, peak
 //! RSS, and for a real `ecdysis serve` process: start-up time to `/readyz` 200 and idle RSS.
-//! Run: `cargo bench --bench bus` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres).
+//! Run: `cargo bench --bench bus` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres);
+//! `cargo bench --bench bus -- quick` for the SQLite throughput alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -264,6 +265,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench --bench bus -- quick` runs only the SQLite throughput part.
+    if std::env::args().any(|a| a == "quick") {
+        runtime.block_on(throughput("sqlite", None, 5_000, 100));
+        return;
+    }
     runtime.block_on(async {
         serve_process().await;
         throughput("sqlite", None, 20_000, 100).await;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::agent::LlmAgent;
+use crate::approvals::Approvals;
 use crate::blob::{self, BlobStore};
 use crate::browser::BrowserService;
 use crate::browser::feature::{RecordFeature, ScreenshotFeature};
@@ -75,11 +76,21 @@ impl App {
                 "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
             ),
         }
+        // The model's commands wait for a human when the config asks for it.
+        let approvals = config.sandbox.require_approval.then(|| {
+            Approvals::new(
+                config.agent.turn_timeout,
+                config.sandbox.allow_users.clone(),
+            )
+        });
+        let gate = approvals
+            .clone()
+            .map(|a| a as Arc<dyn crate::sandbox::ApprovalGate>);
         let sandbox = match crate::sandbox::open(&config, blobs.clone()).await {
             Ok(runner) => {
                 commands = commands
                     .with_run(Arc::new(RunFeature::new(runner.clone())))
-                    .with_tool(Arc::new(RunCommandTool::new(runner.clone(), None)));
+                    .with_tool(Arc::new(RunCommandTool::new(runner.clone(), gate)));
                 Some(runner)
             }
             // `/run` answers with how to enable a sandbox; the reason is logged.
@@ -104,6 +115,9 @@ impl App {
             config.bus.clone(),
             metrics.clone(),
         );
+        if let Some(approvals) = &approvals {
+            approvals.attach(&bus);
+        }
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -273,6 +287,12 @@ impl WebBackend for TranscriptView {
                         size: a.size,
                     })
                     .collect(),
+                buttons: m
+                    .meta
+                    .as_deref()
+                    .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
+                    .and_then(|meta| serde_json::from_value(meta["buttons"].clone()).ok())
+                    .unwrap_or_default(),
                 created_at: ecdysis_web::rfc3339_utc(m.created_at),
             })
             .collect())

@@ -111,6 +111,13 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, event: &EventContext) -> anyhow::Result<Vec<Outgoing>>;
 }
 
+/// Handles button presses out of band, before they would queue behind the conversation's
+/// running event (which may be the one waiting for the press). `None`: not mine, queue it.
+#[async_trait]
+pub trait ActionHandler: Send + Sync + 'static {
+    async fn handle(&self, event: &Event) -> Option<Outgoing>;
+}
+
 /// The bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -122,6 +129,7 @@ struct Inner {
     blobs: Arc<dyn BlobStore>,
     handler: Arc<dyn Handler>,
     adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
+    actions: RwLock<Option<Arc<dyn ActionHandler>>>,
     config: BusConfig,
     owner: String,
     wake: Notify,
@@ -162,6 +170,7 @@ impl Bus {
                 blobs,
                 handler,
                 adapters: RwLock::new(HashMap::new()),
+                actions: RwLock::new(None),
                 config,
                 owner,
                 wake: Notify::new(),
@@ -178,6 +187,54 @@ impl Bus {
         if let Ok(mut adapters) = self.inner.adapters.write() {
             adapters.insert(platform, adapter);
         }
+    }
+
+    /// Hand button presses to `handler` before they are queued.
+    pub fn set_action_handler(&self, handler: Arc<dyn ActionHandler>) {
+        if let Ok(mut actions) = self.inner.actions.write() {
+            *actions = Some(handler);
+        }
+    }
+
+    /// Post a message into a conversation while its event is still running (an approval
+    /// prompt): stored in the transcript, then delivered at once under `key`.
+    pub async fn post_now(
+        &self,
+        event_id: i64,
+        conversation: &ConversationRef,
+        route: &serde_json::Value,
+        key: &str,
+        outgoing: Outgoing,
+    ) -> anyhow::Result<()> {
+        let meta = (!outgoing.buttons.is_empty())
+            .then(|| serde_json::json!({ "buttons": outgoing.buttons }).to_string());
+        self.inner
+            .store
+            .append_messages(
+                conversation,
+                Some(event_id),
+                &[NewMessage {
+                    role: Role::Assistant,
+                    text: outgoing.text.clone(),
+                    meta,
+                    attachments: Vec::new(),
+                }],
+            )
+            .await?;
+        let adapter = self.adapter(&conversation.platform).ok_or_else(|| {
+            anyhow::anyhow!("no adapter for platform `{}`", conversation.platform)
+        })?;
+        adapter
+            .deliver(&Reply {
+                idempotency_key: key.to_string(),
+                conversation: conversation.clone(),
+                text: outgoing.text,
+                attachments: outgoing.attachments,
+                buttons: outgoing.buttons,
+                route: route.clone(),
+            })
+            .await?;
+        Ok(())
     }
 
     fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
@@ -635,6 +692,9 @@ impl EventSink for Bus {
                 MAX_ATTACHMENT_BYTES / 1024 / 1024
             )));
         }
+        if let Some(accepted) = self.handle_action(&event).await {
+            return Ok(accepted);
+        }
         if !self.is_for_the_bot(&event).await? {
             return Ok(Accepted {
                 event_id: String::new(),
@@ -707,6 +767,33 @@ impl EventSink for Bus {
 }
 
 impl Bus {
+    /// A button press the action handler takes: answered at once, never queued.
+    async fn handle_action(&self, event: &Event) -> Option<Accepted> {
+        if !matches!(event.kind, EventKind::Action { .. }) {
+            return None;
+        }
+        let handler = self.inner.actions.read().ok()?.clone()?;
+        let outgoing = handler.handle(event).await?;
+        if let Some(adapter) = self.adapter(&event.conversation.platform) {
+            let reply = Reply {
+                idempotency_key: format!("action:{}", event.platform_event_id),
+                conversation: event.conversation.clone(),
+                text: outgoing.text,
+                attachments: Vec::new(),
+                buttons: Vec::new(),
+                route: event.route.clone(),
+            };
+            if let Err(e) = adapter.deliver(&reply).await {
+                warn!(error = %e, "cannot confirm a button press");
+            }
+        }
+        Some(Accepted {
+            event_id: String::new(),
+            duplicate: false,
+            ignored: false,
+        })
+    }
+
     /// Mention gating: direct messages and mentions are answered, thread replies only where the
     /// bot already takes part, ambient channel chatter never.
     async fn is_for_the_bot(&self, event: &Event) -> Result<bool, SubmitError> {

@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod sandbox;
 pub mod store;
 pub mod tools;
+pub mod approvals;

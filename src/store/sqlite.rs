@@ -713,7 +713,7 @@ impl Store for SqliteStore {
     }
 
     async fn remember(&self, note: &NewNote) -> Result<i64> {
-        let mut tx = self.write.begin().await?;
+        // One statement (the FTS trigger runs inside it), so it is its own transaction.
         let inserted: Option<i64> = sqlx::query(
             "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
                                        created_at)
@@ -728,19 +728,17 @@ impl Store for SqliteStore {
         .bind(&note.created_by)
         .bind(&note.source)
         .bind(now_ms())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.write)
         .await?
         .map(|row| row.get(0));
-        let id = match inserted {
-            Some(id) => id,
-            None => sqlx::query("SELECT id FROM memory_notes WHERE source = ?")
+        match inserted {
+            Some(id) => Ok(id),
+            None => Ok(sqlx::query("SELECT id FROM memory_notes WHERE source = ?")
                 .bind(&note.source)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.write)
                 .await?
-                .get(0),
-        };
-        tx.commit().await?;
-        Ok(id)
+                .get(0)),
+        }
     }
 
     async fn recall(&self, channel: &ChannelRef, query: &str, limit: i64) -> Result<Vec<Note>> {

@@ -26,6 +26,9 @@ pub struct WebMessage {
     pub role: String,
     pub text: String,
     pub attachments: Vec<WebAttachment>,
+    /// Buttons under the message (approvals); pressing one posts to `/api/chat/{c}/actions`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<ecdysis_chat::Button>,
     /// RFC 3339, UTC.
     pub created_at: String,
 }

@@ -113,6 +113,7 @@ impl WebChat {
             .route("/api/chat/{conversation}", post(send_message))
             .route("/api/chat/{conversation}/messages", get(list_messages))
             .route("/api/chat/{conversation}/events", get(live_updates))
+            .route("/api/chat/{conversation}/actions", post(press_button))
             .route("/api/artifacts/{id}", get(artifact))
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
@@ -272,6 +273,71 @@ async fn send_message(
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the message could not be stored; nothing was accepted",
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_id: String,
+    value: String,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+async fn press_button(
+    State(chat): State<WebChat>,
+    Path(conversation): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !chat.allowed(&headers) {
+        return unauthorized();
+    }
+    if !valid_conversation(&conversation) {
+        return error(StatusCode::BAD_REQUEST, "invalid conversation name");
+    }
+    let body: ActionBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected JSON {{\"action_id\": \"...\", \"value\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    let user = body
+        .user
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "web".into());
+    let mut event = Event::from_text(
+        format!("{conversation}:action:{}", uuid::Uuid::new_v4().simple()),
+        conversation_ref(&conversation),
+        UserRef {
+            id: user.chars().take(100).collect(),
+            name: None,
+        },
+        String::new(),
+    );
+    event.kind = ecdysis_chat::EventKind::Action {
+        action_id: body.action_id,
+        value: body.value,
+    };
+    match chat.sink.submit(event).await {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "event_id": accepted.event_id })),
+        )
+            .into_response(),
+        Err(SubmitError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(SubmitError::Busy(why)) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(SubmitError::Internal(why)) => {
+            tracing::error!(error = %why, "cannot accept a button press");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the button press could not be stored",
             )
         }
     }

@@ -1,0 +1,401 @@
+//! The Web API calls the adapter makes, through slack-morphism's hyper client. The connector
+//! accepts `http://` as well as `https://`, so `SLACK_API_URL` can point at a local fake.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+use url::Url;
+
+use crate::SlackError;
+
+type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
+
+/// The `metadata.event_type` of every message the adapter posts; its payload carries the
+/// reply's idempotency key.
+pub(crate) const METADATA_EVENT: &str = "ecdysis_reply";
+
+/// Who a token belongs to (`auth.test`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthInfo {
+    pub team_id: String,
+    pub team: String,
+    pub user_id: String,
+    pub user: Option<String>,
+}
+
+/// A failed call, sorted by whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl CallError {
+    fn from_client(method: &str, e: SlackClientError) -> Self {
+        match &e {
+            SlackClientError::ApiError(api) => {
+                let message = format!("{method}: {}", api.code);
+                match api.code.as_str() {
+                    "ratelimited"
+                    | "internal_error"
+                    | "fatal_error"
+                    | "service_unavailable"
+                    | "request_timeout" => Self::Retryable(message),
+                    _ => Self::Permanent(message),
+                }
+            }
+            SlackClientError::HttpError(http) if http.status_code.is_client_error() => {
+                Self::Permanent(format!("{method}: HTTP {}", http.status_code))
+            }
+            SlackClientError::HttpError(http) => {
+                Self::Retryable(format!("{method}: HTTP {}", http.status_code))
+            }
+            SlackClientError::RateLimitError(_) => {
+                Self::Retryable(format!("{method}: rate limited"))
+            }
+            other => Self::Retryable(format!("{method}: {other}")),
+        }
+    }
+
+    /// The Slack error code (`channel_not_found`, …) when Slack answered with one.
+    pub(crate) fn is_code(&self, code: &str) -> bool {
+        match self {
+            Self::Retryable(m) | Self::Permanent(m) => m.ends_with(&format!(": {code}")),
+        }
+    }
+}
+
+impl From<CallError> for SlackError {
+    fn from(e: CallError) -> Self {
+        let detail = e.to_string();
+        let (method, detail) = match detail.split_once(": ") {
+            Some((m, d)) => (m.to_string(), d.to_string()),
+            None => (String::new(), detail),
+        };
+        SlackError::Api { method, detail }
+    }
+}
+
+/// A message to post.
+pub(crate) struct PostMessage<'a> {
+    pub channel: &'a str,
+    pub thread_ts: Option<&'a str>,
+    /// mrkdwn text (the notification text when there are blocks).
+    pub text: &'a str,
+    pub blocks: Option<Vec<SlackBlock>>,
+    pub idempotency_key: &'a str,
+}
+
+/// What `oauth.v2.access` granted.
+pub(crate) struct Granted {
+    pub team_id: String,
+    pub team_name: String,
+    pub bot_user_id: String,
+    pub bot_token: String,
+    pub app_id: String,
+    pub scopes: String,
+    pub installed_by: String,
+}
+
+/// The Web API client.
+pub(crate) struct Api {
+    client: SlackClient<Connector>,
+    tls: Arc<rustls::ClientConfig>,
+    base: Url,
+}
+
+fn token(value: &str) -> SlackApiToken {
+    SlackApiToken::new(SlackApiTokenValue::new(value.to_string()))
+}
+
+impl Api {
+    pub(crate) fn new(api_url: &str) -> Result<Self, SlackError> {
+        let trimmed = api_url.trim_end_matches('/');
+        let base = Url::parse(&format!("{trimmed}/")).map_err(|e| SlackError::Config {
+            key: "slack.api_url",
+            problem: format!("`{api_url}` is not a URL ({e})"),
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(SlackError::Config {
+                key: "slack.api_url",
+                problem: format!("`{api_url}` must be an http:// or https:// URL"),
+            });
+        }
+        let tls = Arc::new(tls_config()?);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let connector =
+            SlackClientHyperConnector::with_connector(https).with_slack_api_url(trimmed);
+        Ok(Self {
+            client: SlackClient::new(connector),
+            tls,
+            base,
+        })
+    }
+
+    /// The TLS settings, shared with the Socket Mode websocket.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// The API's host (file downloads may send the token there too).
+    pub(crate) fn host(&self) -> Option<String> {
+        self.base.host_str().map(str::to_string)
+    }
+
+    /// Slack's authorize page: `…/oauth/v2/authorize` on the API's host.
+    pub(crate) fn authorize_url(&self) -> Url {
+        let mut url = self.base.clone();
+        url.set_path("/oauth/v2/authorize");
+        url.set_query(None);
+        url
+    }
+
+    pub(crate) async fn auth_test(&self, bot_token: &str) -> Result<AuthInfo, SlackError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let info = session
+            .auth_test()
+            .await
+            .map_err(|e| CallError::from_client("auth.test", e))?;
+        Ok(AuthInfo {
+            team_id: info.team_id.to_string(),
+            team: info.team,
+            user_id: info.user_id.to_string(),
+            user: info.user,
+        })
+    }
+
+    /// `chat.postMessage`; returns the new message's `ts`.
+    pub(crate) async fn post_message(
+        &self,
+        bot_token: &str,
+        message: PostMessage<'_>,
+    ) -> Result<String, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let metadata = SlackMessageMetadata::new(METADATA_EVENT.to_string()).with_event_payload(
+            HashMap::from([("key".to_string(), message.idempotency_key.to_string())]),
+        );
+        let content = SlackMessageContent::new()
+            .with_text(message.text.to_string())
+            .opt_blocks(message.blocks)
+            .with_metadata(metadata);
+        let request = SlackApiChatPostMessageRequest::new(message.channel.into(), content)
+            .opt_thread_ts(message.thread_ts.map(SlackTs::from))
+            .with_unfurl_links(false);
+        let posted = session
+            .chat_post_message(&request)
+            .await
+            .map_err(|e| CallError::from_client("chat.postMessage", e))?;
+        Ok(posted.ts.to_string())
+    }
+
+    /// `reactions.add`.
+    pub(crate) async fn add_reaction(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        ts: &str,
+        name: &str,
+    ) -> Result<(), CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let request =
+            SlackApiReactionsAddRequest::new(channel.into(), name.into(), SlackTs::from(ts));
+        session
+            .reactions_add(&request)
+            .await
+            .map_err(|e| CallError::from_client("reactions.add", e))?;
+        Ok(())
+    }
+
+    /// The `ts` of a message the bot already posted with this idempotency key: looked up in
+    /// the thread (`conversations.replies`) or, without a thread, in the channel's history
+    /// since `oldest` (`conversations.history`), with message metadata included.
+    pub(crate) async fn find_posted(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest: Option<&str>,
+        key: &str,
+    ) -> Result<Option<String>, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let (method, params) = match thread_ts {
+            Some(ts) => (
+                "conversations.replies",
+                vec![
+                    ("channel", Some(channel.to_string())),
+                    ("ts", Some(ts.to_string())),
+                    ("include_all_metadata", Some("true".to_string())),
+                    ("limit", Some("200".to_string())),
+                ],
+            ),
+            None => (
+                "conversations.history",
+                vec![
+                    ("channel", Some(channel.to_string())),
+                    ("oldest", oldest.map(str::to_string)),
+                    ("include_all_metadata", Some("true".to_string())),
+                    ("limit", Some("100".to_string())),
+                ],
+            ),
+        };
+        let history: History = session
+            .http_session_api
+            .http_get(method, &params, None)
+            .await
+            .map_err(|e| CallError::from_client(method, e))?;
+        Ok(history
+            .messages
+            .into_iter()
+            .find(|m| {
+                m.metadata.as_ref().is_some_and(|meta| {
+                    meta.event_type == METADATA_EVENT
+                        && meta.event_payload.get("key").and_then(|k| k.as_str()) == Some(key)
+                })
+            })
+            .map(|m| m.ts))
+    }
+
+    /// Files v2: `files.getUploadURLExternal` → upload → `files.completeUploadExternal` into
+    /// the channel (and thread). Returns the file id.
+    pub(crate) async fn upload_file(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        thread_ts: Option<&str>,
+        file: &ecdysis_chat::Attachment,
+    ) -> Result<String, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let target = session
+            .get_upload_url_external(&SlackApiFilesGetUploadUrlExternalRequest::new(
+                file.name.clone(),
+                file.bytes.len(),
+            ))
+            .await
+            .map_err(|e| CallError::from_client("files.getUploadURLExternal", e))?;
+        session
+            .files_upload_via_url(&SlackApiFilesUploadViaUrlRequest::new(
+                target.upload_url,
+                file.bytes.to_vec(),
+                file.mime.clone(),
+            ))
+            .await
+            .map_err(|e| CallError::from_client("upload", e))?;
+        let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
+            SlackApiFilesComplete::new(target.file_id.clone()).with_title(file.name.clone()),
+        ])
+        .with_channel_id(channel.into())
+        .opt_thread_ts(thread_ts.map(SlackTs::from));
+        session
+            .files_complete_upload_external(&complete)
+            .await
+            .map_err(|e| CallError::from_client("files.completeUploadExternal", e))?;
+        Ok(target.file_id.to_string())
+    }
+
+    /// `oauth.v2.access`: trade an OAuth code for the workspace's bot token.
+    pub(crate) async fn oauth_access(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        code: &str,
+    ) -> Result<Granted, CallError> {
+        let request = SlackOAuthV2AccessTokenRequest::new(
+            client_id.into(),
+            client_secret.into(),
+            code.into(),
+        );
+        let granted = self
+            .client
+            .oauth2_access(&request)
+            .await
+            .map_err(|e| CallError::from_client("oauth.v2.access", e))?;
+        let bot_user_id = granted
+            .bot_user_id
+            .map(|id| id.to_string())
+            .ok_or_else(|| {
+                CallError::Permanent("oauth.v2.access: no bot user in the grant".into())
+            })?;
+        Ok(Granted {
+            team_id: granted.team.id.to_string(),
+            team_name: granted.team.name.unwrap_or_default(),
+            bot_user_id,
+            bot_token: granted.access_token.value().to_string(),
+            app_id: granted.app_id.to_string(),
+            scopes: granted.scope.to_string(),
+            installed_by: granted.authed_user.id.to_string(),
+        })
+    }
+
+    /// `apps.connections.open` with the app-level token: a Socket Mode websocket URL.
+    pub(crate) async fn connections_open(&self, app_token: &str) -> Result<String, CallError> {
+        let token = token(app_token);
+        let session = self.client.open_session(&token);
+        let opened = session
+            .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+            .await
+            .map_err(|e| CallError::from_client("apps.connections.open", e))?;
+        Ok(opened.url.value().to_string())
+    }
+}
+
+/// rustls with the ring provider named explicitly (so it does not depend on which providers
+/// other crates enable) and the system's root certificates.
+fn tls_config() -> Result<rustls::ClientConfig, SlackError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SlackError::Config {
+            key: "slack",
+            problem: format!("TLS setup failed: {e}"),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A certificate the system ships but rustls cannot read is skipped, not fatal.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no system CA certificates found: https calls to Slack will fail (install ca-certificates)"
+        );
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The part of `conversations.replies`/`history` the duplicate check reads.
+#[derive(Deserialize)]
+struct History {
+    #[serde(default)]
+    messages: Vec<HistoryMessage>,
+}
+
+#[derive(Deserialize)]
+struct HistoryMessage {
+    ts: String,
+    #[serde(default)]
+    metadata: Option<HistoryMetadata>,
+}
+
+#[derive(Deserialize)]
+struct HistoryMetadata {
+    event_type: String,
+    #[serde(default)]
+    event_payload: serde_json::Map<String, serde_json::Value>,
+}

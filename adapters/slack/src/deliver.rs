@@ -1,0 +1,344 @@
+//! Replies into Slack: text as mrkdwn (`chat.postMessage` into the event's thread, or a slash
+//! command's `response_url`), buttons as Block Kit, files through the files v2 upload, and the
+//! 👀 reaction while the agent works.
+//!
+//! Posting twice after a crash: every message carries the reply's idempotency key in its
+//! `metadata`. When a reply might have been posted before (its event arrived before this process
+//! started, or an earlier attempt in this process failed after sending), the thread is read
+//! first (`conversations.replies` / `conversations.history` with metadata) and a message with
+//! the same key counts as delivered. Fresh replies skip that lookup, so the common path costs
+//! one call. Files and `response_url` posts have no such marker and may repeat after a crash
+//! between upload and the outbox's "sent" mark.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ecdysis_chat::{
+    Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, Limits, Reply,
+};
+use slack_morphism::prelude::*;
+
+use crate::api::{CallError, PostMessage};
+use crate::route::{Route, Via};
+use crate::{Slack, SlackError, mrkdwn};
+
+/// Characters of text in one reply: Slack shows up to 4,000 before folding a message and a
+/// section block holds 3,000, so the core splits longer answers at this size.
+pub const MAX_TEXT_CHARS: usize = 3_900;
+/// Slack's limit for one uploaded file.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// The text of one section block.
+const SECTION_CHARS: usize = 3_000;
+
+/// Which replies may have been attempted already, and since when this process runs.
+pub(crate) struct Bookkeeping {
+    started_ms: i64,
+    attempted: Mutex<HashSet<String>>,
+}
+
+impl Default for Bookkeeping {
+    fn default() -> Self {
+        Self {
+            started_ms: crate::now_ms(),
+            attempted: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl Bookkeeping {
+    const MAX_KEYS: usize = 10_000;
+
+    /// Record an attempt; true when the key was attempted before in this process.
+    fn begin(&self, key: &str) -> bool {
+        let Ok(mut keys) = self.attempted.lock() else {
+            return true;
+        };
+        if keys.len() >= Self::MAX_KEYS {
+            keys.clear();
+        }
+        !keys.insert(key.to_string())
+    }
+
+    fn done(&self, key: &str) {
+        if let Ok(mut keys) = self.attempted.lock() {
+            keys.remove(key);
+        }
+    }
+}
+
+fn retryable(e: SlackError) -> DeliveryError {
+    match e {
+        SlackError::NoToken(_) | SlackError::Config { .. } => {
+            DeliveryError::Permanent(e.to_string())
+        }
+        other => DeliveryError::Retryable(other.to_string()),
+    }
+}
+
+impl From<CallError> for DeliveryError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Retryable(m) => DeliveryError::Retryable(m),
+            CallError::Permanent(m) => DeliveryError::Permanent(m),
+        }
+    }
+}
+
+#[async_trait]
+impl ChatAdapter for Slack {
+    fn platform(&self) -> &str {
+        "slack"
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_text_chars: MAX_TEXT_CHARS,
+            max_file_bytes: MAX_FILE_BYTES,
+        }
+    }
+
+    fn health(&self) -> Option<serde_json::Value> {
+        Some(self.inner.health.to_json())
+    }
+
+    async fn working(&self, _conversation: &ConversationRef, route: &serde_json::Value) {
+        let Some(route) = Route::from_value(route) else {
+            return;
+        };
+        let Some(ts) = &route.message_ts else {
+            return;
+        };
+        let token = match self.token(&route.team).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::debug!(error = %e, "no token for the 👀 reaction");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .inner
+            .api
+            .add_reaction(&token, &route.channel, ts, "eyes")
+            .await
+            && !e.is_code("already_reacted")
+        {
+            tracing::debug!(error = %e, "cannot add the 👀 reaction");
+        }
+    }
+
+    async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
+        let route = Route::from_value(&reply.route).ok_or_else(|| {
+            DeliveryError::Permanent("the reply has no Slack route (channel, thread)".into())
+        })?;
+        let again = self.inner.delivery.begin(&reply.idempotency_key);
+        let result = self.deliver_once(reply, &route, again).await;
+        if result.is_ok() {
+            self.inner.delivery.done(&reply.idempotency_key);
+        }
+        result
+    }
+}
+
+impl Slack {
+    async fn deliver_once(
+        &self,
+        reply: &Reply,
+        route: &Route,
+        attempted_before: bool,
+    ) -> Result<Delivered, DeliveryError> {
+        let text = mrkdwn::from_markdown(&reply.text);
+        let has_text = !text.trim().is_empty() || !reply.buttons.is_empty();
+        let mut message_id = None;
+        if has_text {
+            let via_response_url = route.via == Via::ResponseUrl && route.response_url.is_some();
+            let posted = if via_response_url {
+                self.post_response(route, &text, &reply.buttons).await?
+            } else {
+                false
+            };
+            if !posted {
+                let token = self.token(&route.team).await.map_err(retryable)?;
+                let maybe_posted =
+                    attempted_before || route.received_ms < self.inner.delivery.started_ms;
+                let existing = if maybe_posted {
+                    self.already_posted(&token, route, &reply.idempotency_key)
+                        .await
+                } else {
+                    None
+                };
+                message_id = match existing {
+                    Some(ts) => {
+                        tracing::info!(key = %reply.idempotency_key, "reply was posted before; not posting again");
+                        Some(ts)
+                    }
+                    None => Some(
+                        self.inner
+                            .api
+                            .post_message(
+                                &token,
+                                PostMessage {
+                                    channel: &route.channel,
+                                    thread_ts: route.thread_ts.as_deref(),
+                                    text: &text,
+                                    blocks: blocks(&text, &reply.buttons),
+                                    idempotency_key: &reply.idempotency_key,
+                                },
+                            )
+                            .await?,
+                    ),
+                };
+            }
+        }
+        if !reply.attachments.is_empty() {
+            let token = self.token(&route.team).await.map_err(retryable)?;
+            for file in &reply.attachments {
+                let id = self
+                    .inner
+                    .api
+                    .upload_file(&token, &route.channel, route.thread_ts.as_deref(), file)
+                    .await?;
+                message_id.get_or_insert(id);
+            }
+        }
+        Ok(Delivered {
+            platform_message_id: message_id,
+        })
+    }
+
+    /// Post through a slash command's `response_url`; false when it is gone (expired or
+    /// used up), so the caller posts into the channel instead.
+    async fn post_response(
+        &self,
+        route: &Route,
+        text: &str,
+        buttons: &[Button],
+    ) -> Result<bool, DeliveryError> {
+        let Some(url) = &route.response_url else {
+            return Ok(false);
+        };
+        let mut body = serde_json::json!({
+            "response_type": "in_channel",
+            "text": text,
+        });
+        if let Some(blocks) = blocks(text, buttons) {
+            body["blocks"] = serde_json::to_value(blocks).unwrap_or_default();
+        }
+        let response = self
+            .inner
+            .downloads
+            .post(url.as_str())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Retryable(format!("response_url: {}", e.without_url())))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(DeliveryError::Retryable(format!(
+                "response_url: HTTP {status}"
+            )));
+        }
+        tracing::info!(%status, "the command's response_url is gone; posting into the channel");
+        Ok(false)
+    }
+
+    async fn already_posted(&self, token: &str, route: &Route, key: &str) -> Option<String> {
+        // Without a thread, only messages since the triggering one can be ours.
+        let oldest = route.message_ts.as_deref();
+        match self
+            .inner
+            .api
+            .find_posted(
+                token,
+                &route.channel,
+                route.thread_ts.as_deref(),
+                oldest,
+                key,
+            )
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                // Better a rare duplicate than a lost answer.
+                tracing::warn!(error = %e, "cannot check for an earlier post; posting");
+                None
+            }
+        }
+    }
+}
+
+/// Block Kit for a reply with buttons: the text in sections, then one actions block. `None`
+/// for plain text (Slack renders `text` as mrkdwn by itself).
+fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
+    if buttons.is_empty() {
+        return None;
+    }
+    let mut blocks: Vec<SlackBlock> = Vec::new();
+    if !text.trim().is_empty() {
+        for piece in ecdysis_chat::split_text(text, SECTION_CHARS) {
+            let text = SlackBlockText::MarkDown(SlackBlockMarkDownText::new(piece));
+            blocks.push(SlackSectionBlock::new().with_text(text).into());
+        }
+    }
+    let elements = buttons
+        .iter()
+        .take(25)
+        .map(|b| {
+            let label: String = b.label.chars().take(75).collect();
+            let button = SlackBlockButtonElement::new(label.into())
+                .with_action_id(b.action_id.clone().into())
+                .with_value(b.value.clone());
+            let button = match b.style {
+                ButtonStyle::Default => button,
+                ButtonStyle::Primary => button.with_style(SlackBlockButtonStyle::Primary),
+                ButtonStyle::Danger => button.with_style(SlackBlockButtonStyle::Danger),
+            };
+            SlackActionBlockElement::Button(button)
+        })
+        .collect();
+    blocks.push(SlackActionsBlock::new(elements).into());
+    Some(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buttons_become_blocks() {
+        let buttons = vec![
+            Button {
+                action_id: "approve".into(),
+                label: "Approve".into(),
+                value: "run:1".into(),
+                style: ButtonStyle::Primary,
+            },
+            Button {
+                action_id: "deny".into(),
+                label: "Deny".into(),
+                value: "run:1".into(),
+                style: ButtonStyle::Danger,
+            },
+        ];
+        let json = serde_json::to_value(blocks("Run `ls`?", &buttons).unwrap()).unwrap();
+        assert_eq!(json[0]["type"], "section");
+        assert_eq!(json[0]["text"]["type"], "mrkdwn");
+        assert_eq!(json[1]["type"], "actions");
+        assert_eq!(json[1]["elements"][0]["action_id"], "approve");
+        assert_eq!(json[1]["elements"][0]["style"], "primary");
+        assert_eq!(json[1]["elements"][1]["value"], "run:1");
+        assert!(blocks("plain", &[]).is_none());
+    }
+
+    #[test]
+    fn bookkeeping_notices_second_attempts() {
+        let b = Bookkeeping::default();
+        assert!(!b.begin("1:0"));
+        assert!(b.begin("1:0"));
+        b.done("1:0");
+        assert!(!b.begin("1:0"));
+    }
+}

@@ -1,0 +1,117 @@
+//! Handing translated Slack input to the core: file downloads, `EventSink::submit`, uninstalls.
+//! Shared by the HTTP routes and Socket Mode; `Ok` means "acknowledge to Slack now".
+
+use ecdysis_chat::{Event, SubmitError};
+
+use crate::events::{Callback, Inbound, translate};
+use crate::{Slack, SlackError, files};
+
+/// Why an event is not acknowledged (Slack then retries it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    /// Back-pressure: answer 503.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// Storage failed: answer 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Slack {
+    /// The bot token for a workspace: its OAuth installation's, else `SLACK_BOT_TOKEN`.
+    pub(crate) async fn token(&self, team: &str) -> Result<String, SlackError> {
+        match self.inner.installations.get(team).await {
+            Ok(Some(installation)) => return Ok(installation.bot_token),
+            Ok(None) => {}
+            Err(e) => {
+                // Without the store, the single-workspace token may still do.
+                tracing::warn!(team, error = %e, "cannot read the Slack installation");
+                if self.inner.settings.bot_token.is_none() {
+                    return Err(SlackError::Installations(e));
+                }
+            }
+        }
+        self.inner
+            .settings
+            .bot_token
+            .clone()
+            .ok_or_else(|| SlackError::NoToken(team.to_string()))
+    }
+
+    /// Handle one `event_callback`.
+    pub(crate) async fn accept_callback(&self, callback: Callback) -> Result<(), Refused> {
+        let event_id = callback.event_id.clone();
+        match translate(callback, crate::now_ms()) {
+            Inbound::Drop(why) => {
+                tracing::debug!(event_id, why, "Slack event not submitted");
+                Ok(())
+            }
+            Inbound::Uninstalled { team } => match self.inner.installations.remove(&team).await {
+                Ok(removed) => {
+                    tracing::info!(team, removed, "the app was uninstalled from a workspace");
+                    Ok(())
+                }
+                Err(e) => Err(Refused::Internal(format!(
+                    "cannot remove the installation: {e}"
+                ))),
+            },
+            Inbound::Message { mut event, files } => {
+                if !files.is_empty() {
+                    self.attach_files(&mut event, &files).await;
+                }
+                self.submit(event).await
+            }
+        }
+    }
+
+    async fn attach_files(&self, event: &mut Event, refs: &[crate::events::FileRef]) {
+        let token = match self.token(&event.conversation.workspace).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot download the message's files");
+                event
+                    .text
+                    .push_str("\n[the attached files could not be downloaded]");
+                return;
+            }
+        };
+        let api_host = self.inner.api.host();
+        let limits = files::Limits {
+            max_bytes: self.inner.settings.max_download_bytes,
+            budget: self.inner.settings.download_budget,
+            api_host: api_host.as_deref(),
+        };
+        let downloaded = files::download(&self.inner.downloads, &token, refs, &limits).await;
+        event.attachments.extend(downloaded.attachments);
+        for note in downloaded.notes {
+            if !event.text.is_empty() {
+                event.text.push('\n');
+            }
+            event.text.push_str(&note);
+        }
+    }
+
+    /// Submit an event; `Ok` once it is durable (or was a duplicate, ignored or invalid, which
+    /// Slack must not retry either).
+    pub(crate) async fn submit(&self, event: Event) -> Result<(), Refused> {
+        let id = event.platform_event_id.clone();
+        match self.inner.sink.submit(event).await {
+            Ok(accepted) => {
+                tracing::debug!(
+                    slack_event = %id,
+                    event_id = %accepted.event_id,
+                    duplicate = accepted.duplicate,
+                    ignored = accepted.ignored,
+                    "Slack event accepted"
+                );
+                Ok(())
+            }
+            Err(SubmitError::Invalid(why)) => {
+                tracing::debug!(slack_event = %id, why, "Slack event refused as invalid");
+                Ok(())
+            }
+            Err(SubmitError::Busy(why)) => Err(Refused::Busy(why)),
+            Err(SubmitError::Internal(why)) => Err(Refused::Internal(why)),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The Slack adapter: the Events API (`POST /slack/events`), Socket Mode, slash commands
+//! (`POST /slack/commands`), interactivity (`POST /slack/interactivity`), the OAuth install
+//! (`GET /slack/install`, `GET /slack/oauth/callback`) and replies with files v2.
+//!
+//! Like every adapter it only translates: Slack payloads become [`Event`]s for an [`EventSink`]
+//! (acknowledged to Slack only once `submit` returned, so nothing acknowledged is lost) and
+//! [`Reply`]s become Web API calls made with slack-morphism's client. Mention gating,
+//! de-duplication, memory and the agent live in the core. Installations (one bot token per
+//! workspace) are kept by the core through the small [`Installations`] trait.
+//!
+//! The HTTP routes, the signature check and the Socket Mode loop are written here rather than
+//! taken from slack-morphism's listeners: the core must acknowledge only after the event is
+//! durable, the routes live in ecdysis's own axum 0.8 router, and Socket Mode needs jittered
+//! reconnects and a silence watchdog that slack-morphism's listener does not have.
+//!
+//! [`Event`]: ecdysis_chat::Event
+//! [`Reply`]: ecdysis_chat::Reply
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ecdysis_chat::EventSink;
+
+mod api;
+mod commands;
+mod deliver;
+mod events;
+mod files;
+mod health;
+mod inbound;
+mod interactivity;
+pub mod manifest;
+pub mod mrkdwn;
+mod oauth;
+mod route;
+mod routes;
+pub mod signature;
+mod socket_mode;
+
+pub use api::AuthInfo;
+pub use deliver::{MAX_FILE_BYTES, MAX_TEXT_CHARS};
+pub use route::{Route, Via};
+pub use socket_mode::SocketMode;
+
+/// What went wrong talking to Slack or setting the adapter up.
+#[derive(Debug, thiserror::Error)]
+pub enum SlackError {
+    #[error("Slack API `{method}` failed: {detail}")]
+    Api { method: String, detail: String },
+    #[error(
+        "no bot token for workspace `{0}` (set SLACK_BOT_TOKEN or install the app via /slack/install)"
+    )]
+    NoToken(String),
+    #[error("Slack setting `{key}`: {problem}")]
+    Config { key: &'static str, problem: String },
+    #[error("installation store: {0}")]
+    Installations(String),
+}
+
+/// One workspace's installation of the app (OAuth install).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Installation {
+    pub team_id: String,
+    pub team_name: String,
+    pub bot_user_id: String,
+    /// The bot token (`xoxb-…`): the core stores it encrypted and never logs it.
+    pub bot_token: String,
+    pub app_id: String,
+    pub scopes: String,
+    /// The Slack user who installed the app.
+    pub installed_by: String,
+}
+
+impl std::fmt::Debug for Installation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installation")
+            .field("team_id", &self.team_id)
+            .field("team_name", &self.team_name)
+            .field("bot_user_id", &self.bot_user_id)
+            .field("bot_token", &"***")
+            .field("app_id", &self.app_id)
+            .field("scopes", &self.scopes)
+            .field("installed_by", &self.installed_by)
+            .finish()
+    }
+}
+
+/// Where installations and OAuth `state`s live (the core implements this on its store; the
+/// adapter never touches storage itself). Errors are messages for the log.
+#[async_trait]
+pub trait Installations: Send + Sync + 'static {
+    /// Store (or replace) a workspace's installation.
+    async fn save(&self, installation: &Installation) -> Result<(), String>;
+    /// The installation of a workspace, if the app is installed there.
+    async fn get(&self, team_id: &str) -> Result<Option<Installation>, String>;
+    /// Forget a workspace's installation (uninstalled, tokens revoked); false if there was none.
+    async fn remove(&self, team_id: &str) -> Result<bool, String>;
+    /// Remember an OAuth `state` until `expires_at_ms` (ms since the Unix epoch).
+    async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), String>;
+    /// Use up a `state`: true when it existed and had not expired at `now_ms`. A state can be
+    /// taken once.
+    async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, String>;
+}
+
+/// Socket Mode timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// How often the client pings Slack.
+    pub ping_interval: Duration,
+    /// A connection that received nothing (no envelope, ping or pong) for this long is
+    /// considered dead and replaced, even though the socket still looks open.
+    pub silence_timeout: Duration,
+    /// First reconnect delay; doubles (with jitter) up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The adapter's configuration (`SLACK_*`).
+#[derive(Clone)]
+pub struct SlackSettings {
+    /// Single-workspace bot token (`SLACK_BOT_TOKEN`); workspaces installed via OAuth use
+    /// their own token.
+    pub bot_token: Option<String>,
+    /// `SLACK_SIGNING_SECRET`: checks the HTTP routes.
+    pub signing_secret: Option<String>,
+    /// `SLACK_APP_TOKEN` (`xapp-…`): turns Socket Mode on.
+    pub app_token: Option<String>,
+    /// `SLACK_CLIENT_ID` / `SLACK_CLIENT_SECRET`: the OAuth install.
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// `SLACK_API_URL`, e.g. `https://slack.com/api/`.
+    pub api_url: String,
+    /// Largest user file downloaded and handed to the agent.
+    pub max_download_bytes: u64,
+    /// How long downloads of a message's files may take in total (Slack wants its ack in 3 s).
+    pub download_budget: Duration,
+    pub socket: SocketSettings,
+}
+
+impl std::fmt::Debug for SlackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "set" } else { "unset" };
+        f.debug_struct("SlackSettings")
+            .field("bot_token", &set(&self.bot_token))
+            .field("signing_secret", &set(&self.signing_secret))
+            .field("app_token", &set(&self.app_token))
+            .field("client_id", &self.client_id)
+            .field("client_secret", &set(&self.client_secret))
+            .field("api_url", &self.api_url)
+            .finish()
+    }
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            signing_secret: None,
+            app_token: None,
+            client_id: None,
+            client_secret: None,
+            api_url: DEFAULT_API_URL.to_string(),
+            max_download_bytes: 20 * 1024 * 1024,
+            download_budget: Duration::from_millis(2_000),
+            socket: SocketSettings::default(),
+        }
+    }
+}
+
+/// Slack's Web API.
+pub const DEFAULT_API_URL: &str = "https://slack.com/api/";
+
+/// The Slack adapter: routes, Socket Mode and [`ecdysis_chat::ChatAdapter`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Slack {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: SlackSettings,
+    sink: Arc<dyn EventSink>,
+    installations: Arc<dyn Installations>,
+    api: api::Api,
+    verifier: signature::Verifier,
+    health: health::Health,
+    delivery: deliver::Bookkeeping,
+    downloads: reqwest::Client,
+}
+
+impl Slack {
+    pub fn new(
+        settings: SlackSettings,
+        sink: Arc<dyn EventSink>,
+        installations: Arc<dyn Installations>,
+    ) -> Result<Self, SlackError> {
+        let api = api::Api::new(&settings.api_url)?;
+        let verifier = signature::Verifier::new(settings.signing_secret.as_deref());
+        let downloads = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .timeout(settings.download_budget)
+            .build()
+            .map_err(|e| SlackError::Config {
+                key: "slack",
+                problem: format!("cannot build the download client: {e}"),
+            })?;
+        let mode = if settings.app_token.is_some() {
+            "socket_mode"
+        } else {
+            "events_api"
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                sink,
+                installations,
+                api,
+                verifier,
+                health: health::Health::new(mode),
+                delivery: deliver::Bookkeeping::default(),
+                downloads,
+            }),
+        })
+    }
+
+    /// Whether Socket Mode is configured (`SLACK_APP_TOKEN`).
+    pub fn socket_mode(&self) -> bool {
+        self.inner.settings.app_token.is_some()
+    }
+
+    /// `auth.test` with the single-workspace bot token (for `ecdysis doctor`).
+    pub async fn auth_test(&self) -> Result<AuthInfo, SlackError> {
+        let token = self
+            .inner
+            .settings
+            .bot_token
+            .clone()
+            .ok_or_else(|| SlackError::NoToken("(SLACK_BOT_TOKEN)".into()))?;
+        self.inner.api.auth_test(&token).await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -127,6 +127,7 @@ async fn contract(store: &dyn Store) {
     expired_lease(store).await;
     renew_and_release(store).await;
     complete_writes(store).await;
+    preclaimed_replies(store).await;
     outbox(store).await;
     fail_event(store).await;
     complete_with_error(store).await;
@@ -448,6 +449,54 @@ async fn complete_writes(store: &dyn Store) {
             .is_empty()
     );
     assert_nothing_claimable(store, "after complete_writes").await;
+}
+
+/// A completion may write its replies already claimed for delivery: they come back from
+/// `complete_event` and the sweep does not see them until that claim expires.
+async fn preclaimed_replies(store: &dyn Store) {
+    let c = conv("preclaimed", None);
+    let e = insert(store, &new_event(&c, "Ev-pre", "hi")).await;
+    let claimed = claim_some(store, "w").await;
+    assert_eq!(claimed.id, e);
+    let done = Completion {
+        messages: vec![message(Role::Assistant, "hello")],
+        replies: vec![reply("pre:0"), reply("pre:1")],
+        error: None,
+        reply_lease_until: Some(far()),
+    };
+    let written = store.complete_event(e, "w", &done).await.unwrap().unwrap();
+    assert_eq!(ids(&written), ["pre:0", "pre:1"]);
+    assert!(
+        written
+            .iter()
+            .all(|item| item.event_id == e && item.attempts == 1)
+    );
+    assert_eq!(written[0].conversation, c);
+    assert!(
+        store
+            .claim_replies(None, far(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a pre-claimed reply was handed out twice"
+    );
+    for item in &written {
+        store.mark_reply_sent(item.id, Some("m1")).await.unwrap();
+    }
+    // Written again (a re-run): the idempotency keys hold, nothing new to deliver.
+    let e2 = insert(store, &new_event(&c, "Ev-pre2", "again")).await;
+    claim_some(store, "w").await;
+    let again = Completion {
+        replies: vec![reply("pre:0")],
+        reply_lease_until: Some(far()),
+        ..Completion::default()
+    };
+    let written = store
+        .complete_event(e2, "w", &again)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(written.is_empty(), "an existing key was written twice");
 }
 
 async fn outbox(store: &dyn Store) {

@@ -30,6 +30,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(8);
 const TYPING_FOR: Duration = Duration::from_secs(120);
 /// Bookkeeping sets are emptied beyond this size.
 const MAX_REMEMBERED: usize = 10_000;
+/// In-place retries of an edit that found no deferred response yet.
+const EDIT_404_RETRIES: u64 = 4;
 /// Discord's limit on a component's `custom_id`.
 const MAX_CUSTOM_ID: usize = 100;
 
@@ -191,10 +193,7 @@ async fn respond(
         if !rows.is_empty() {
             edit = edit.components(rows);
         }
-        let message = edit
-            .execute(&shared.http, &interaction.token)
-            .await
-            .map_err(classify_interaction)?;
+        let message = edit_original(shared, &interaction.token, edit).await?;
         return Ok(Delivered {
             platform_message_id: Some(message.id.get().to_string()),
         });
@@ -217,6 +216,30 @@ async fn respond(
     Ok(Delivered {
         platform_message_id: Some(message.id.get().to_string()),
     })
+}
+
+/// Edit an interaction's original response. A 404 right after the deferral (the HTTP
+/// endpoint's answer may still be on its way to Discord) is tried again a few times at once.
+async fn edit_original(
+    shared: &Shared,
+    token: &str,
+    edit: EditInteractionResponse,
+) -> Result<serenity::all::Message, DeliveryError> {
+    let mut attempt = 0;
+    loop {
+        match edit.clone().execute(&shared.http, token).await {
+            Ok(message) => return Ok(message),
+            Err(e) if status(&e) == Some(404) && attempt < EDIT_404_RETRIES => {
+                attempt += 1;
+                debug!(
+                    attempt,
+                    "the interaction response is not there yet; trying again"
+                );
+                tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+            }
+            Err(e) => return Err(classify_interaction(e)),
+        }
+    }
 }
 
 /// The channel to post into; for a mention in a channel, the thread on the user's message,
@@ -307,25 +330,28 @@ fn components(buttons: &[Button]) -> (Vec<CreateActionRow>, Vec<String>) {
     (rows, notes)
 }
 
-/// A button's `custom_id`: `action_id:value`.
+/// A button's `custom_id`: the length of `action_id`, `:`, then `action_id` and `value`
+/// (`16:approval:approveabc`), so either may contain any character.
 pub(crate) fn custom_id(action_id: &str, value: &str) -> String {
-    format!("{action_id}:{value}")
+    format!("{}:{action_id}{value}", action_id.len())
 }
 
-/// The inverse of [`custom_id`].
+/// The inverse of [`custom_id`]; an id in another shape is all action, no value.
 pub(crate) fn parse_custom_id(custom_id: &str) -> (String, String) {
-    match custom_id.split_once(':') {
-        Some((action, value)) => (action.to_string(), value.to_string()),
-        None => (custom_id.to_string(), String::new()),
-    }
+    let parsed = custom_id.split_once(':').and_then(|(len, rest)| {
+        let len: usize = len.parse().ok()?;
+        let action = rest.get(..len)?;
+        Some((action.to_string(), rest[len..].to_string()))
+    });
+    parsed.unwrap_or_else(|| (custom_id.to_string(), String::new()))
 }
 
-/// `{event_id}:{n}` → n.
+/// `{event_id}:{n}` → n; any other key (a button press's confirmation) is a first piece.
 fn piece_index(key: &str) -> usize {
-    key.rsplit(':')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    match key.rsplit_once(':') {
+        Some((event, n)) if event.bytes().all(|b| b.is_ascii_digit()) => n.parse().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// A message nonce (at most 25 characters) from an idempotency key: with `enforce_nonce`,
@@ -384,6 +410,7 @@ mod tests {
     fn keys_pieces_and_nonces() {
         assert_eq!(piece_index("17:0"), 0);
         assert_eq!(piece_index("17:3"), 3);
+        assert_eq!(piece_index("action:1200000000000000001"), 0);
         assert_eq!(nonce("17:3"), "17:3");
         let long = "x".repeat(40);
         assert_eq!(nonce(&long).len(), 16);
@@ -392,9 +419,17 @@ mod tests {
 
     #[test]
     fn custom_ids_round_trip() {
-        let id = custom_id("approve", "run:42");
-        assert_eq!(parse_custom_id(&id), ("approve".into(), "run:42".into()));
+        let id = custom_id("approval:approve", "run:42");
+        assert_eq!(id, "16:approval:approverun:42");
+        assert_eq!(
+            parse_custom_id(&id),
+            ("approval:approve".into(), "run:42".into())
+        );
         assert_eq!(parse_custom_id("x"), ("x".into(), String::new()));
+        assert_eq!(
+            parse_custom_id("99:short"),
+            ("99:short".into(), String::new())
+        );
         let (rows, notes) = components(&[
             Button {
                 action_id: "approve".into(),

@@ -135,6 +135,12 @@ async fn interactions(
         // Autocomplete and modals are not used by ecdysis's commands.
         return (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response();
     };
+    if let Interaction::Component(component) = &interaction {
+        // The core answers a press at once; the deferral must not wait for it.
+        let token = component.token.clone();
+        crate::interactions::submit_component_in_background(shared.clone(), event, token);
+        return axum::Json(response_body(&FirstResponse::Defer)).into_response();
+    }
     let first = submit(&shared, event).await;
     if let FirstResponse::Error(text) = &first {
         debug!(%text, "interaction refused");

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::adapter::Shared;
 use crate::channels::Place;
+use crate::interactions::Target;
 use crate::route::Route;
 use crate::translate;
 
@@ -161,7 +162,7 @@ async fn run_lane(
 }
 
 /// Translate and submit one inbound item.
-pub(crate) async fn process(shared: &Shared, item: Inbound) {
+pub(crate) async fn process(shared: &Arc<Shared>, item: Inbound) {
     match item {
         Inbound::Message(message) => process_message(shared, &message).await,
         Inbound::Interaction(interaction) => process_interaction(shared, &interaction).await,
@@ -240,17 +241,28 @@ async fn tell(shared: &Shared, route: &serde_json::Value, text: &str) {
     }
 }
 
-async fn process_interaction(shared: &Shared, interaction: &Interaction) {
+async fn process_interaction(shared: &Arc<Shared>, interaction: &Interaction) {
     let place = interaction_place(shared, interaction).await;
     let Some(event) = translate::interaction_event(interaction, place) else {
         return;
     };
-    let (id, token) = match interaction {
-        Interaction::Command(c) => (c.id.get(), c.token.clone()),
-        Interaction::Component(c) => (c.id.get(), c.token.clone()),
-        _ => return,
-    };
-    crate::interactions::handle(shared, event, id, &token).await;
+    match interaction {
+        Interaction::Command(c) => {
+            let target = Target {
+                id: c.id.get(),
+                token: c.token.clone(),
+            };
+            crate::interactions::handle_command(shared, event, target).await;
+        }
+        Interaction::Component(c) => {
+            let target = Target {
+                id: c.id.get(),
+                token: c.token.clone(),
+            };
+            crate::interactions::handle_component(shared.clone(), event, target).await;
+        }
+        _ => {}
+    }
 }
 
 /// Where an interaction's channel sits: from the channel the interaction describes, else

@@ -1,10 +1,20 @@
-//! Slash commands and button presses from the gateway: stored first, then deferred ("thinking…",
-//! type 5) within Discord's 3 seconds; the reply edits that response later. When the core
-//! cannot take the event, the user gets an ephemeral error instead of a hanging "thinking…".
+//! Slash commands and button presses: acknowledged within Discord's 3 seconds with a deferral
+//! ("thinking…", type 5) that the reply later edits. When the core cannot take the event, the
+//! user gets an error message instead of a hanging "thinking…".
+//!
+//! A slash command is stored first and deferred after: nothing is acknowledged that was not
+//! stored. A button press is deferred while it is submitted: the core answers presses at once
+//! (approvals do not queue behind the event waiting for them), so the deferral must be on its
+//! way before that answer is delivered.
+
+use std::sync::Arc;
 
 use ecdysis_chat::{Accepted, Event, SubmitError};
 use serde_json::{Value, json};
-use serenity::all::{CreateInteractionResponse, CreateInteractionResponseMessage, InteractionId};
+use serenity::all::{
+    CreateAllowedMentions, CreateInteractionResponse, CreateInteractionResponseMessage,
+    EditInteractionResponse, InteractionId,
+};
 use serenity::builder::Builder;
 use tracing::{debug, error, warn};
 
@@ -62,8 +72,14 @@ pub(crate) fn response_body(first: &FirstResponse) -> Value {
     }
 }
 
-/// Submit a gateway interaction and send its first response over REST.
-pub(crate) async fn handle(shared: &Shared, event: Event, interaction_id: u64, token: &str) {
+/// The parts of an interaction its responses need.
+pub(crate) struct Target {
+    pub id: u64,
+    pub token: String,
+}
+
+/// A slash command from the gateway: submit, then defer (or answer with an ephemeral error).
+pub(crate) async fn handle_command(shared: &Shared, event: Event, target: Target) {
     let pending = shared.acks.begin(&event.platform_event_id);
     let first = submit(shared, event).await;
     let response = match &first {
@@ -74,14 +90,84 @@ pub(crate) async fn handle(shared: &Shared, event: Event, interaction_id: u64, t
         FirstResponse::Error(text) => CreateInteractionResponse::Message(
             CreateInteractionResponseMessage::new()
                 .content(text.clone())
+                .allowed_mentions(CreateAllowedMentions::new())
                 .ephemeral(true),
         ),
     };
+    send_first_response(shared, &target, response).await;
+    drop(pending);
+}
+
+/// A button press from the gateway: defer and submit side by side.
+pub(crate) async fn handle_component(shared: Arc<Shared>, event: Event, target: Target) {
+    let pending = shared.acks.begin(&event.platform_event_id);
+    let defer = {
+        let shared = shared.clone();
+        let token = target.token.clone();
+        tokio::spawn(async move {
+            let response =
+                CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+            send_first_response(
+                &shared,
+                &Target {
+                    id: target.id,
+                    token,
+                },
+                response,
+            )
+            .await;
+            drop(pending);
+        })
+    };
+    let first = submit(&shared, event).await;
+    let _ = defer.await;
+    if let FirstResponse::Error(text) = first {
+        show_error(&shared, &target.token, &text).await;
+    }
+}
+
+/// A button press through the HTTP endpoint: the response (a deferral) goes out at once, the
+/// press is submitted in the background.
+pub(crate) fn submit_component_in_background(shared: Arc<Shared>, event: Event, token: String) {
+    tokio::spawn(async move {
+        if let FirstResponse::Error(text) = submit(&shared, event).await {
+            show_error(&shared, &token, &text).await;
+        }
+    });
+}
+
+async fn send_first_response(
+    shared: &Shared,
+    target: &Target,
+    response: CreateInteractionResponse,
+) {
     if let Err(e) = response
-        .execute(&shared.http, (InteractionId::new(interaction_id), token))
+        .execute(&shared.http, (InteractionId::new(target.id), &target.token))
         .await
     {
-        warn!(interaction = interaction_id, error = %e, "cannot answer the interaction");
+        warn!(interaction = target.id, error = %e, "cannot answer the interaction");
     }
-    drop(pending);
+}
+
+/// Replace a deferred "thinking…" with an error message.
+async fn show_error(shared: &Shared, token: &str, text: &str) {
+    let edit = EditInteractionResponse::new()
+        .content(text)
+        .allowed_mentions(CreateAllowedMentions::new());
+    if let Err(e) = edit.execute(&shared.http, token).await {
+        warn!(error = %e, "cannot show the user why their button press failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_responses() {
+        assert_eq!(response_body(&FirstResponse::Defer), json!({"type": 5}));
+        let error = response_body(&FirstResponse::Error("busy".into()));
+        assert_eq!(error["type"], 4);
+        assert_eq!(error["data"]["flags"], 64, "errors are ephemeral");
+    }
 }

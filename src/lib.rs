@@ -11,6 +11,8 @@ pub mod bus;
 pub mod commands;
 pub mod config;
 pub mod doctor;
+pub mod instance_lock;
+pub mod leader;
 pub mod metrics;
 pub mod sandbox;
 pub mod store;

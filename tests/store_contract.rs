@@ -1,6 +1,8 @@
 //! One storage contract for both backends: SQLite (a temp file) and PostgreSQL (a fresh schema).
 
 mod common;
+#[path = "store_contract/operations.rs"]
+mod operations;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -136,6 +138,9 @@ async fn contract(store: &dyn Store) {
     memory(store).await;
     usage(store).await;
     compaction(store).await;
+    operations::leases(store).await;
+    operations::admin(store).await;
+    operations::imports(store).await;
 }
 
 async fn insert_and_duplicate(store: &dyn Store) {
@@ -1286,7 +1291,8 @@ async fn sqlite_reopen_keeps_data() {
 async fn sqlite_concurrent_claims() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&sqlite_url(&dir)).await.unwrap();
-    concurrent_claims(vec![store.clone(), store]).await;
+    concurrent_claims(vec![store.clone(), store.clone()]).await;
+    operations::lease_race(vec![store.clone(), store]).await;
 }
 
 // --- PostgreSQL ------------------------------------------------------------------------------
@@ -1379,7 +1385,8 @@ async fn postgres_concurrent_claims() {
     };
     let first = store::open(&schema.url()).await.unwrap();
     let second = store::open(&schema.url()).await.unwrap();
-    concurrent_claims(vec![first, second]).await;
+    concurrent_claims(vec![first.clone(), second.clone()]).await;
+    operations::lease_race(vec![first, second]).await;
     schema.drop().await;
 }
 

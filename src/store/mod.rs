@@ -275,6 +275,105 @@ pub struct InboxCounts {
     pub failed: i64,
 }
 
+/// A named leader lease (see [`Store::try_lead`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    pub name: String,
+    pub owner: String,
+    pub lease_until: i64,
+    pub acquired_at: i64,
+}
+
+/// A conversation with its activity, for the admin pages and exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConversationInfo {
+    pub id: i64,
+    pub conversation: ConversationRef,
+    pub messages: i64,
+    /// When its newest message was written; `None` without messages.
+    pub last_message_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// An inbox row as the admin pages show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InboxEvent {
+    pub id: i64,
+    pub conversation: ConversationRef,
+    pub platform_event_id: String,
+    /// `pending`, `leased`, `done` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub received_at: i64,
+    pub finished_at: Option<i64>,
+    /// The user's message as the transcript shows it.
+    pub text: Option<String>,
+}
+
+/// A memory note with everything an export needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNote {
+    pub id: i64,
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    pub source: Option<String>,
+    pub created_at: i64,
+}
+
+/// How many notes a channel has (the admin memory page).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelNotes {
+    pub channel: ChannelRef,
+    pub notes: i64,
+    pub last_at: i64,
+}
+
+/// Usage totals of one channel and model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelUsage {
+    pub channel: ChannelRef,
+    pub model: String,
+    pub calls: i64,
+    pub usage: Usage,
+}
+
+/// A note to import: kept with its original time; `source` makes the import idempotent.
+#[derive(Clone, Debug)]
+pub struct ImportedNote {
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    pub source: String,
+    pub created_at: i64,
+}
+
+/// A transcript message to import, with its original time. `import_key` is unique: importing
+/// the same message again writes nothing.
+#[derive(Clone, Debug)]
+pub struct ImportedMessage {
+    pub import_key: String,
+    pub role: Role,
+    pub text: String,
+    pub meta: Option<String>,
+    pub created_at: i64,
+    /// Artifacts of the message (by their original public id; one already there is kept).
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// A compaction to import, with message ids already mapped to the importing database.
+#[derive(Clone, Debug)]
+pub struct ImportedCompaction {
+    pub summary_message_id: i64,
+    pub first_message_id: i64,
+    pub last_message_id: i64,
+    pub message_count: i64,
+    pub archive_key: String,
+    pub created_at: i64,
+}
+
 /// The storage contract. Both backends pass the same suite (`tests/store_contract.rs`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -430,6 +529,84 @@ pub trait Store: Send + Sync + 'static {
 
     /// Compactions of every conversation of a channel.
     async fn compaction_stats(&self, channel: &ChannelRef) -> Result<CompactionStats>;
+
+    // --- leadership (several instances) ------------------------------------------------------
+
+    /// Take, keep or renew the named leader lease for `owner`, for `ttl_ms` from now (the
+    /// database's clock on Postgres, so machines with skewed clocks agree). True when `owner`
+    /// holds it now: it was free, expired, or already `owner`'s.
+    async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool>;
+
+    /// Give the named lease up if `owner` holds it (another instance may take it at once).
+    async fn release_lead(&self, name: &str, owner: &str) -> Result<()>;
+
+    /// Every leader lease, held or expired, by name.
+    async fn leases(&self) -> Result<Vec<LeaseInfo>>;
+
+    // --- administration ----------------------------------------------------------------------
+
+    /// Conversations, most recently active first: every one, or those of one channel.
+    async fn conversations(
+        &self,
+        channel: Option<&ChannelRef>,
+        limit: i64,
+    ) -> Result<Vec<ConversationInfo>>;
+
+    /// A conversation by its id.
+    async fn conversation_by_id(&self, id: i64) -> Result<Option<ConversationRef>>;
+
+    /// Inbox events in one state (`pending`, `leased`, `done`, `failed`), newest first.
+    async fn inbox_events(&self, status: &str, limit: i64) -> Result<Vec<InboxEvent>>;
+
+    /// Run a failed event again: a copy of it is queued as a new event (at the end of its
+    /// conversation, so its replies get new idempotency keys and are really posted) and the
+    /// failed one is marked `retried`. Returns the new event's id; `None` when the event is
+    /// not failed.
+    async fn retry_event(&self, id: i64) -> Result<Option<i64>>;
+
+    /// The newest event time per platform (`received_at`).
+    async fn last_event_at(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Channels that have notes, with their count and newest note time.
+    async fn note_channels(&self) -> Result<Vec<ChannelNotes>>;
+
+    /// One note by id, with its channel.
+    async fn note(&self, id: i64) -> Result<Option<StoredNote>>;
+
+    /// Every note of a channel, oldest first, with sources (exports).
+    async fn channel_notes(&self, channel: &ChannelRef) -> Result<Vec<StoredNote>>;
+
+    /// Change a note's text (search follows); false when there is no such note.
+    async fn update_note(&self, id: i64, text: &str) -> Result<bool>;
+
+    /// Delete a note by id; false when there is no such note.
+    async fn delete_note(&self, id: i64) -> Result<bool>;
+
+    /// Usage totals per channel and model, the heaviest channel first.
+    async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>>;
+
+    // --- backup ------------------------------------------------------------------------------
+
+    /// Import a note; with its `source` seen before nothing is written. Returns the note's id
+    /// and whether it was written now.
+    async fn import_note(&self, note: &ImportedNote) -> Result<(i64, bool)>;
+
+    /// Import a transcript message into a conversation (created if new); with its
+    /// `import_key` seen before nothing is written. Returns the message's id and whether it
+    /// was written now.
+    async fn import_message(
+        &self,
+        conversation: &ConversationRef,
+        message: &ImportedMessage,
+    ) -> Result<(i64, bool)>;
+
+    /// Import a compaction (marking the messages it covers compacted, like [`Store::compact`]);
+    /// a compaction of the conversation with the same archive key is not written twice.
+    async fn import_compaction(
+        &self,
+        conversation: &ConversationRef,
+        compaction: &ImportedCompaction,
+    ) -> Result<bool>;
 }
 
 /// Open (and migrate) the database a URL names.

@@ -18,9 +18,11 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 
 use super::ConversationCache;
 use super::{
-    Artifact, ClaimedEvent, Compaction, CompactionStats, Completion, ContextMessages, InboxCounts,
-    Inserted, Message, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Note,
-    OutboxItem, Result, Role, Store, StoreError, Usage, now_ms, query_terms,
+    Artifact, ChannelNotes, ChannelUsage, ClaimedEvent, Compaction, CompactionStats, Completion,
+    ContextMessages, ConversationInfo, ImportedCompaction, ImportedMessage, ImportedNote,
+    InboxCounts, InboxEvent, Inserted, LeaseInfo, Message, ModelUsage, NewArtifact, NewCompaction,
+    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, StoredNote,
+    Usage, now_ms, query_terms,
 };
 
 /// The SQLite store.
@@ -44,6 +46,13 @@ fn migrator() -> Migrator {
             "compaction".into(),
             MigrationType::Simple,
             include_str!("../../migrations/sqlite/0002_compaction.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            "leases".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0004_leases.sql").into_sql_str(),
             false,
         ),
     ])
@@ -283,6 +292,34 @@ fn note_from_row(row: &SqliteRow) -> Note {
         id: row.get("id"),
         text: row.get("text"),
         created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn conversation_from_row(row: &SqliteRow) -> ConversationRef {
+    ConversationRef::new(
+        row.get::<String, _>("platform"),
+        row.get::<String, _>("workspace"),
+        row.get::<String, _>("channel"),
+        Some(row.get::<String, _>("thread")),
+    )
+}
+
+fn channel_from_row(row: &SqliteRow) -> ChannelRef {
+    ChannelRef {
+        platform: row.get("platform"),
+        workspace: row.get("workspace"),
+        channel: row.get("channel"),
+    }
+}
+
+fn stored_note_from_row(row: &SqliteRow) -> StoredNote {
+    StoredNote {
+        id: row.get("id"),
+        channel: channel_from_row(row),
+        text: row.get("text"),
+        created_by: row.get("created_by"),
+        source: row.get("source"),
         created_at: row.get("created_at"),
     }
 }
@@ -1003,6 +1040,404 @@ impl Store for SqliteStore {
             messages: row.get(1),
             last_at: row.get(2),
         })
+    }
+
+    async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        let held = sqlx::query(
+            "INSERT INTO leases (name, owner, lease_until, acquired_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE
+             SET owner = excluded.owner, lease_until = excluded.lease_until,
+                 acquired_at = CASE WHEN leases.owner = excluded.owner
+                                    THEN leases.acquired_at ELSE excluded.acquired_at END
+             WHERE leases.owner = excluded.owner OR leases.lease_until < excluded.acquired_at
+             RETURNING owner",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn release_lead(&self, name: &str, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = ?1 AND owner = ?2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let rows =
+            sqlx::query("SELECT name, owner, lease_until, acquired_at FROM leases ORDER BY name")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|row| LeaseInfo {
+                name: row.get("name"),
+                owner: row.get("owner"),
+                lease_until: row.get("lease_until"),
+                acquired_at: row.get("acquired_at"),
+            })
+            .collect())
+    }
+
+    async fn conversations(
+        &self,
+        channel: Option<&ChannelRef>,
+        limit: i64,
+    ) -> Result<Vec<ConversationInfo>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.platform, c.workspace, c.channel, c.thread, c.created_at,
+                    COUNT(m.id) AS messages, MAX(m.created_at) AS last_message_at
+             FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+             WHERE ?1 IS NULL
+                OR (c.platform = ?1 AND c.workspace = ?2 AND c.channel = ?3)
+             GROUP BY c.id
+             ORDER BY COALESCE(MAX(m.created_at), c.created_at) DESC, c.id DESC
+             LIMIT ?4",
+        )
+        .bind(channel.map(|c| c.platform.as_str()))
+        .bind(channel.map(|c| c.workspace.as_str()))
+        .bind(channel.map(|c| c.channel.as_str()))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ConversationInfo {
+                id: row.get("id"),
+                conversation: conversation_from_row(row),
+                messages: row.get("messages"),
+                last_message_at: row.get("last_message_at"),
+                created_at: row.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn conversation_by_id(&self, id: i64) -> Result<Option<ConversationRef>> {
+        Ok(sqlx::query(
+            "SELECT platform, workspace, channel, thread FROM conversations WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(conversation_from_row))
+    }
+
+    async fn inbox_events(&self, status: &str, limit: i64) -> Result<Vec<InboxEvent>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.platform_event_id, i.status, i.attempts, i.error, i.lease_owner,
+                    i.received_at, i.finished_at, c.platform, c.workspace, c.channel, c.thread,
+                    (SELECT m.text FROM messages m
+                     WHERE m.conversation_id = i.conversation_id AND m.event_id = i.id
+                       AND m.role = 'user'
+                     ORDER BY m.id LIMIT 1) AS text
+             FROM inbox i JOIN conversations c ON c.id = i.conversation_id
+             WHERE i.status = ?1
+             ORDER BY i.id DESC
+             LIMIT ?2",
+        )
+        .bind(status)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| InboxEvent {
+                id: row.get("id"),
+                conversation: conversation_from_row(row),
+                platform_event_id: row.get("platform_event_id"),
+                status: row.get("status"),
+                attempts: row.get("attempts"),
+                error: row.get("error"),
+                lease_owner: row.get("lease_owner"),
+                received_at: row.get("received_at"),
+                finished_at: row.get("finished_at"),
+                text: row.get("text"),
+            })
+            .collect())
+    }
+
+    async fn retry_event(&self, id: i64) -> Result<Option<i64>> {
+        let mut tx = self.write.begin().await?;
+        let retried = sqlx::query(
+            "UPDATE inbox SET status = 'retried' WHERE id = ?1 AND status = 'failed'
+             RETURNING platform, platform_event_id, conversation_id, payload",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(old) = retried else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let now = now_ms();
+        let original: String = old.get("platform_event_id");
+        let new_id: i64 = sqlx::query(
+            "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
+                                available_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )
+        .bind(old.get::<String, _>("platform"))
+        .bind(format!("{original}#retry-{}", uuid::Uuid::new_v4().simple()))
+        .bind(old.get::<i64, _>("conversation_id"))
+        .bind(old.get::<String, _>("payload"))
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        sqlx::query("UPDATE inbox SET error = ?1 WHERE id = ?2")
+            .bind(format!("retried as event {new_id}"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(new_id))
+    }
+
+    async fn last_event_at(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT platform, MAX(received_at) FROM inbox GROUP BY platform ORDER BY platform",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    async fn note_channels(&self) -> Result<Vec<ChannelNotes>> {
+        let rows = sqlx::query(
+            "SELECT platform, workspace, channel, COUNT(*) AS notes, MAX(created_at) AS last_at
+             FROM memory_notes GROUP BY platform, workspace, channel
+             ORDER BY MAX(created_at) DESC",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ChannelNotes {
+                channel: channel_from_row(row),
+                notes: row.get("notes"),
+                last_at: row.get("last_at"),
+            })
+            .collect())
+    }
+
+    async fn note(&self, id: i64) -> Result<Option<StoredNote>> {
+        Ok(sqlx::query(
+            "SELECT id, platform, workspace, channel, text, created_by, source, created_at
+             FROM memory_notes WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(stored_note_from_row))
+    }
+
+    async fn channel_notes(&self, channel: &ChannelRef) -> Result<Vec<StoredNote>> {
+        let rows = sqlx::query(
+            "SELECT id, platform, workspace, channel, text, created_by, source, created_at
+             FROM memory_notes WHERE platform = ?1 AND workspace = ?2 AND channel = ?3
+             ORDER BY id",
+        )
+        .bind(&channel.platform)
+        .bind(&channel.workspace)
+        .bind(&channel.channel)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(stored_note_from_row).collect())
+    }
+
+    async fn update_note(&self, id: i64, text: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE memory_notes SET text = ?1 WHERE id = ?2")
+            .bind(text)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_note(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM memory_notes WHERE id = ?1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>> {
+        let rows = sqlx::query(
+            "SELECT c.platform, c.workspace, c.channel, u.model, COUNT(*) AS calls,
+                    COALESCE(SUM(u.input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(u.output_tokens), 0) AS output_tokens,
+                    COALESCE(SUM(u.cache_read_tokens), 0) AS cache_read_tokens,
+                    COALESCE(SUM(u.cache_write_tokens), 0) AS cache_write_tokens
+             FROM llm_usage u JOIN conversations c ON c.id = u.conversation_id
+             GROUP BY c.platform, c.workspace, c.channel, u.model
+             ORDER BY SUM(u.input_tokens + u.output_tokens) DESC, c.platform, c.workspace,
+                      c.channel, u.model",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ChannelUsage {
+                channel: channel_from_row(row),
+                model: row.get("model"),
+                calls: row.get("calls"),
+                usage: Usage {
+                    input_tokens: row.get("input_tokens"),
+                    output_tokens: row.get("output_tokens"),
+                    cache_read_tokens: row.get("cache_read_tokens"),
+                    cache_write_tokens: row.get("cache_write_tokens"),
+                },
+            })
+            .collect())
+    }
+
+    async fn import_note(&self, note: &ImportedNote) -> Result<(i64, bool)> {
+        let mut tx = self.write.begin().await?;
+        let inserted: Option<i64> = sqlx::query(
+            "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
+                                       created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (source) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&note.channel.platform)
+        .bind(&note.channel.workspace)
+        .bind(&note.channel.channel)
+        .bind(&note.text)
+        .bind(&note.created_by)
+        .bind(&note.source)
+        .bind(note.created_at)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        let result = match inserted {
+            Some(id) => (id, true),
+            None => (
+                sqlx::query("SELECT id FROM memory_notes WHERE source = ?1")
+                    .bind(&note.source)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0),
+                false,
+            ),
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn import_message(
+        &self,
+        conversation: &ConversationRef,
+        message: &ImportedMessage,
+    ) -> Result<(i64, bool)> {
+        let mut tx = self.write.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        let inserted: Option<i64> = sqlx::query(
+            "INSERT INTO messages (conversation_id, role, text, meta, created_at, import_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (import_key) WHERE import_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(conversation_id)
+        .bind(message.role.as_str())
+        .bind(&message.text)
+        .bind(&message.meta)
+        .bind(message.created_at)
+        .bind(&message.import_key)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        let Some(id) = inserted else {
+            let id: i64 = sqlx::query("SELECT id FROM messages WHERE import_key = ?1")
+                .bind(&message.import_key)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+            tx.commit().await?;
+            return Ok((id, false));
+        };
+        for a in &message.attachments {
+            sqlx::query(
+                "INSERT INTO artifacts (id, conversation_id, message_id, blob_key, name, mime,
+                                        size, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&a.id)
+            .bind(conversation_id)
+            .bind(id)
+            .bind(&a.blob_key)
+            .bind(&a.name)
+            .bind(&a.mime)
+            .bind(a.size)
+            .bind(message.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((id, true))
+    }
+
+    async fn import_compaction(
+        &self,
+        conversation: &ConversationRef,
+        compaction: &ImportedCompaction,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        let exists = sqlx::query(
+            "SELECT 1 FROM compactions WHERE conversation_id = ?1 AND archive_key = ?2",
+        )
+        .bind(conversation_id)
+        .bind(&compaction.archive_key)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if exists {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE messages SET compacted = 1
+             WHERE conversation_id = ?1
+               AND ((id BETWEEN ?2 AND ?3 AND role <> 'summary')
+                    OR (role = 'summary' AND id < ?4))",
+        )
+        .bind(conversation_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .bind(compaction.summary_message_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
+                                      last_message_id, message_count, archive_key, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(conversation_id)
+        .bind(compaction.summary_message_id)
+        .bind(compaction.first_message_id)
+        .bind(compaction.last_message_id)
+        .bind(compaction.message_count)
+        .bind(&compaction.archive_key)
+        .bind(compaction.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

@@ -64,14 +64,14 @@ pub unsafe fn restrict_scopes() -> io::Result<()> {
     let fd = fd as libc::c_int;
     // Without CAP_SYS_ADMIN a domain needs no_new_privs; with it, it does no harm.
     // SAFETY: plain system calls on values owned here.
-    let result = unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            Err(io::Error::last_os_error())
-        } else if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+    let failed = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0
+    };
+    let result = if failed {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     };
     // SAFETY: `fd` was returned by the kernel above and is closed once.
     unsafe {

@@ -181,7 +181,7 @@ impl Namespace {
     }
 
     /// `RLIMIT_NPROC` counts every task of the host uid; leave room for what that uid already
-    /// runs (nothing, for a per-channel uid) and for bwrap's own two processes.
+    /// runs (nothing, for a per-channel uid), the outer bwrap and the sandbox's PID-1 shell.
     fn nproc_limit(&self, uid: Option<u32>, max_processes: u64) -> u64 {
         let existing = match self.identity {
             Identity::PerChannel => 0,
@@ -201,6 +201,9 @@ impl Namespace {
             "--unshare-user",
             "--disable-userns",
             "--die-with-parent",
+            // No bwrap init inside: the outer bwrap exits without reaping it, and it would
+            // linger as a zombie of the host's PID 1, counting against the process limit.
+            "--as-pid-1",
             "--new-session",
             "--hostname",
             "sandbox",
@@ -251,7 +254,16 @@ impl Namespace {
         ] {
             push(&["--setenv", name, value]);
         }
-        push(&["--", self.shell, "-c"]);
+        // PID 1 is a shell that runs the command as its child and exits with its status: the
+        // command keeps ordinary signal semantics (a namespace's init ignores SIGXCPU and
+        // other signals it has no handler for), and the namespace ends when the command does.
+        push(&[
+            "--",
+            self.shell,
+            "-c",
+            "\"$0\" -c \"$1\"; exit $?",
+            self.shell,
+        ]);
         args.push(request.command.clone().into());
         args
     }
@@ -397,11 +409,7 @@ impl Sandbox for Namespace {
         let exit_code = match ended {
             Ended::Exited => status.map(exit_code),
             Ended::TimedOut | Ended::OutputLimit => {
-                // SIGKILL to bwrap; its PID-1 child dies with it (--die-with-parent), and the
-                // kernel kills everything else in the PID namespace.
-                if let Err(e) = child.kill().await {
-                    warn!(error = %e, "cannot kill the sandbox");
-                }
+                stop(&mut child).await;
                 None
             }
         };
@@ -411,6 +419,34 @@ impl Sandbox for Namespace {
             ended,
             duration,
         })
+    }
+}
+
+/// Kill a running sandbox: SIGKILL its PID 1 (the kernel then kills everything else in the PID
+/// namespace) and let bwrap reap it and exit. Killing bwrap first would also end the sandbox
+/// (--die-with-parent), but would leave its PID 1 unreaped, a zombie of the host's init.
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut killed = false;
+        for inner in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on a child of our own child, which bwrap has not reaped yet.
+            killed |= unsafe { libc::kill(inner, libc::SIGKILL) } == 0;
+        }
+        if killed
+            && tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_ok()
+        {
+            return;
+        }
+    }
+    if let Err(e) = child.kill().await {
+        warn!(error = %e, "cannot kill the sandbox");
     }
 }
 
@@ -515,7 +551,11 @@ fn rootfs_is_custom(root: &Path) -> bool {
     root != Path::new("/")
 }
 
-type System = (Vec<SystemMount>, Option<[(PathBuf, String); 2]>, &'static str);
+type System = (
+    Vec<SystemMount>,
+    Option<[(PathBuf, String); 2]>,
+    &'static str,
+);
 
 /// The read-only mounts of the sandbox's system, the generated `/etc/passwd` and `/etc/group`,
 /// and the shell commands run in. Creates the workspaces directory (mode 0711: sandbox users
@@ -597,7 +637,9 @@ fn write_etc(files: &[(PathBuf, String); 2]) -> Result<(), String> {
     for (path, text) in files {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                })
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         write_public(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

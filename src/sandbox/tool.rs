@@ -41,7 +41,7 @@ impl Tool for RunCommandTool {
     }
 
     fn description(&self) -> &'static str {
-        "Run a shell command (bash) in this channel's Linux sandbox and get its combined stdout/stderr and exit code. \
+        "Run a shell command in this channel's Linux sandbox and get its combined stdout/stderr and exit code. \
 No network. The working directory /workspace persists between runs; files written to /workspace/out/ are posted to the conversation."
     }
 
@@ -168,6 +168,229 @@ fn head_and_tail(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blob::LocalBlobStore;
+    use crate::config::SandboxSettings;
+    use crate::sandbox::{
+        Ended, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, Workspaces,
+    };
+    use ecdysis_chat::ConversationRef;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A backend that records commands, writes `out/plot.png`, and tracks how many runs overlap.
+    #[derive(Default)]
+    struct Recording {
+        commands: Mutex<Vec<String>>,
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Sandbox for Recording {
+        fn backend(&self) -> &'static str {
+            "recording"
+        }
+        fn describe(&self) -> String {
+            "recording".into()
+        }
+        async fn prepare(&self, _workspace: &WorkspaceRef) -> Result<(), SandboxError> {
+            Ok(())
+        }
+        async fn run(&self, request: RunRequest) -> Result<RunOutput, SandboxError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.commands.lock().unwrap().push(request.command.clone());
+            let out = request.workspace.dir.join("out");
+            std::fs::create_dir_all(&out).unwrap();
+            std::fs::write(out.join("plot.png"), request.command.as_bytes()).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(RunOutput {
+                output: format!("ran {}", request.command).into_bytes(),
+                exit_code: Some(0),
+                ended: Ended::Exited,
+                duration: Duration::from_millis(5),
+            })
+        }
+    }
+
+    struct Gate {
+        answer: bool,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ApprovalGate for Gate {
+        async fn approve(&self, _context: &ToolContext, command: &str) -> Result<bool, String> {
+            assert!(command.starts_with("echo"));
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Ok(self.answer)
+        }
+    }
+
+    async fn setup(settings: SandboxSettings) -> (Arc<Recording>, Arc<Runner>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(
+            LocalBlobStore::open(&dir.path().join("blobs"))
+                .await
+                .unwrap(),
+        );
+        let workspaces = Workspaces::open(&dir.path().join("ws"), blobs, 1 << 30)
+            .await
+            .unwrap();
+        let sandbox = Arc::new(Recording::default());
+        let runner = Arc::new(Runner::new(sandbox.clone(), workspaces, settings));
+        (sandbox, runner, dir)
+    }
+
+    fn context(channel: &str, user: &str) -> ToolContext {
+        ToolContext {
+            event_id: 1,
+            step: 1,
+            conversation: ConversationRef::new("slack", "T1", channel, None),
+            user_id: user.into(),
+            route: serde_json::Value::Null,
+        }
+    }
+
+    fn approval(answer: bool) -> Arc<Gate> {
+        Arc::new(Gate {
+            answer,
+            asked: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn runs_and_reports_to_the_model_without_asking_when_approval_is_off() {
+        let (sandbox, runner, _dir) = setup(SandboxSettings::default()).await;
+        let gate = approval(false);
+        let tool = RunCommandTool::new(runner, Some(gate.clone()));
+        let out = tool
+            .call(&context("C1", "U1"), json!({ "command": "echo hi" }))
+            .await
+            .unwrap();
+        assert_eq!(gate.asked.load(Ordering::SeqCst), 0);
+        assert_eq!(*sandbox.commands.lock().unwrap(), ["echo hi"]);
+        assert!(out.text.starts_with("exit 0 · "), "{}", out.text);
+        assert!(out.text.contains("output:\nran echo hi"), "{}", out.text);
+        assert!(
+            out.text.contains("posted to the conversation: plot.png"),
+            "{}",
+            out.text
+        );
+        assert_eq!(out.attachments.len(), 1);
+        assert_eq!(out.images.len(), 1, "the model sees the image");
+        let e = tool
+            .call(&context("C1", "U1"), json!({ "cmd": "x" }))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ToolError::InvalidInput(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn approval_is_asked_and_a_denial_runs_nothing() {
+        let settings = SandboxSettings {
+            require_approval: true,
+            ..SandboxSettings::default()
+        };
+        let (sandbox, runner, _dir) = setup(settings).await;
+        let denied = approval(false);
+        let tool = RunCommandTool::new(runner.clone(), Some(denied.clone()));
+        let e = tool
+            .call(&context("C1", "U1"), json!({ "command": "echo no" }))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("denied"), "{e}");
+        assert_eq!(denied.asked.load(Ordering::SeqCst), 1);
+        assert!(sandbox.commands.lock().unwrap().is_empty());
+
+        let approved = approval(true);
+        let tool = RunCommandTool::new(runner.clone(), Some(approved.clone()));
+        tool.call(&context("C1", "U1"), json!({ "command": "echo yes" }))
+            .await
+            .unwrap();
+        assert_eq!(approved.asked.load(Ordering::SeqCst), 1);
+        assert_eq!(*sandbox.commands.lock().unwrap(), ["echo yes"]);
+
+        // Required but no way to ask: closed.
+        let tool = RunCommandTool::new(runner, None);
+        let e = tool
+            .call(&context("C1", "U1"), json!({ "command": "echo unasked" }))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no approval mechanism"), "{e}");
+        assert_eq!(sandbox.commands.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn allowlists_apply_to_the_model_too() {
+        let settings = SandboxSettings {
+            allow_users: vec!["slack:U1".into()],
+            allow_channels: vec!["C1".into(), "slack:T1:C2".into()],
+            ..SandboxSettings::default()
+        };
+        let (sandbox, runner, _dir) = setup(settings).await;
+        let tool = RunCommandTool::new(runner, None);
+        let call = |channel: &'static str, user: &'static str| {
+            let tool = &tool;
+            async move {
+                tool.call(&context(channel, user), json!({ "command": "echo x" }))
+                    .await
+            }
+        };
+        assert!(call("C1", "U1").await.is_ok());
+        assert!(call("C2", "U1").await.is_ok());
+        let e = call("C3", "U1").await.unwrap_err();
+        assert!(e.to_string().contains("allow_channels"), "{e}");
+        let e = call("C1", "U2").await.unwrap_err();
+        assert!(e.to_string().contains("allow_users"), "{e}");
+        assert_eq!(sandbox.commands.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_run_per_channel_and_a_global_cap() {
+        let settings = SandboxSettings {
+            max_parallel: 2,
+            ..SandboxSettings::default()
+        };
+        let (sandbox, runner, _dir) = setup(settings).await;
+        let channel = |c: &str| ecdysis_chat::ChannelRef {
+            platform: "web".into(),
+            workspace: "local".into(),
+            channel: c.into(),
+        };
+        let same: Vec<_> = (0..3)
+            .map(|i| {
+                let runner = runner.clone();
+                let c = channel("same");
+                tokio::spawn(async move { runner.run(&c, &format!("echo {i}")).await })
+            })
+            .collect();
+        for run in same {
+            run.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            sandbox.most.load(Ordering::SeqCst),
+            1,
+            "runs in one channel overlapped"
+        );
+        let many: Vec<_> = (0..6)
+            .map(|i| {
+                let runner = runner.clone();
+                let c = channel(&format!("c{i}"));
+                tokio::spawn(async move { runner.run(&c, "echo").await })
+            })
+            .collect();
+        for run in many {
+            run.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            sandbox.most.load(Ordering::SeqCst),
+            2,
+            "the global cap did not hold"
+        );
+    }
 
     #[test]
     fn long_output_keeps_both_ends() {

@@ -43,6 +43,9 @@ pub struct App {
     pub browser: Option<BrowserService>,
     /// The sandbox behind `/run` and the `run_command` tool, when one is usable here.
     pub sandbox: Option<Arc<Runner>>,
+    /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
+    /// starts with `serve` ([`crate::slack::start`]).
+    pub slack: Option<ecdysis_slack::Slack>,
 }
 
 impl App {
@@ -118,6 +121,7 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        let slack = crate::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -126,6 +130,7 @@ impl App {
             metrics,
             browser,
             sandbox,
+            slack,
         })
     }
 
@@ -153,7 +158,11 @@ impl App {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
-        web.router().merge(ops)
+        let router = web.router().merge(ops);
+        match &self.slack {
+            Some(slack) => router.merge(slack.router()),
+            None => router,
+        }
     }
 
     /// Refuse to serve the web chat to the network without a token.
@@ -179,6 +188,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
+    let slack_socket = crate::slack::start(app.slack.as_ref());
     info!(
         %address,
         storage = app.store.backend(),
@@ -191,6 +201,9 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     info!("shutting down: finishing running events");
+    if let Some(socket) = slack_socket {
+        socket.stop().await;
+    }
     stop(workers).await;
     if let Some(browser) = &app.browser {
         browser.shutdown().await;

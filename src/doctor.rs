@@ -69,7 +69,28 @@ pub async fn run(config: &Config) -> Report {
     let browser = check_browser(config, &mut report).await;
     check_ffmpeg(config, browser, &mut report).await;
     check_sandbox(config, &mut report).await;
+    check_slack(config, &mut report).await;
     report
+}
+
+/// The Slack line: `auth.test` with the bot token.
+async fn check_slack(config: &Config, report: &mut Report) {
+    match crate::slack::auth_test(config).await {
+        Some(Ok(detail)) => report.ok("slack", detail),
+        Some(Err(e)) => report.fail(
+            "slack",
+            e,
+            "check SLACK_BOT_TOKEN (xoxb-…, from OAuth & Permissions) and SLACK_API_URL",
+        ),
+        None if crate::slack::configured(config) => report.ok(
+            "slack",
+            "no SLACK_BOT_TOKEN: tokens come from workspaces installed at /slack/install",
+        ),
+        None => report.off(
+            "slack",
+            "not configured (SLACK_SIGNING_SECRET or SLACK_APP_TOKEN, and SLACK_BOT_TOKEN)",
+        ),
+    }
 }
 
 /// The browser line; true when `/screenshot` and `/record` are on.

@@ -32,6 +32,22 @@ enum Command {
     Migrate,
     /// Check every configured part and print one line each; exit 1 if one fails.
     Doctor,
+    /// Slack tools.
+    #[command(subcommand)]
+    Slack(SlackCommand),
+}
+
+#[derive(Subcommand)]
+enum SlackCommand {
+    /// Print the Slack app manifest (JSON) for a server reachable at --url.
+    Manifest {
+        /// Where Slack reaches this server, e.g. https://ecdysis.example.com.
+        #[arg(long)]
+        url: String,
+        /// Also offer /ask, /remember, /recall, … next to /ecdysis.
+        #[arg(long)]
+        native_commands: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +76,11 @@ fn main() -> ExitCode {
             Command::Chat => chat(config).await,
             Command::Migrate => migrate(config).await,
             Command::Doctor => return doctor(config).await,
+            Command::Slack(SlackCommand::Manifest {
+                url,
+                native_commands,
+            }) => ecdysis::slack::manifest(&config, &url, native_commands)
+                .map(|manifest| println!("{manifest}")),
         }
         .map(|()| ExitCode::SUCCESS)
     });

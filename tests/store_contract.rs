@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use ecdysis::store::{
     self, ClaimedEvent, CompactionStats, Completion, InboxCounts, ModelUsage, NewArtifact,
-    NewCompaction, NewEvent, NewMessage, NewNote, NewReply, Role, Store, Usage, now_ms,
+    NewCompaction, NewEvent, NewMessage, NewNote, NewReply, Role, Store, StoredInstallation, Usage,
+    now_ms,
 };
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use sqlx::{AssertSqlSafe, Connection, Row};
@@ -141,6 +142,7 @@ async fn contract(store: &dyn Store) {
     operations::leases(store).await;
     operations::admin(store).await;
     operations::imports(store).await;
+    installations(store).await;
 }
 
 async fn insert_and_duplicate(store: &dyn Store) {
@@ -1179,6 +1181,54 @@ async fn usage(store: &dyn Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn installations(store: &dyn Store) {
+    let install = |team: &str, token: &str| StoredInstallation {
+        platform: "slack".into(),
+        team_id: team.into(),
+        team_name: format!("Team {team}"),
+        bot_user_id: "UBOT".into(),
+        app_id: "A1".into(),
+        scopes: "chat:write".into(),
+        installed_by: "U1".into(),
+        token_ciphertext: token.into(),
+        installed_at: 0,
+        updated_at: 0,
+    };
+    assert!(store.installation("slack", "T1").await.unwrap().is_none());
+    store.save_installation(&install("T1", "sealed-1")).await.unwrap();
+    store.save_installation(&install("T2", "sealed-2")).await.unwrap();
+    let got = store.installation("slack", "T1").await.unwrap().unwrap();
+    assert_eq!(got.token_ciphertext, "sealed-1");
+    assert_eq!(got.team_name, "Team T1");
+    assert!(got.installed_at > 0 && got.updated_at >= got.installed_at);
+    assert!(
+        store.installation("discord", "T1").await.unwrap().is_none(),
+        "installations are per platform"
+    );
+    // A re-install replaces the token and keeps the first install time.
+    store.save_installation(&install("T1", "sealed-1b")).await.unwrap();
+    let again = store.installation("slack", "T1").await.unwrap().unwrap();
+    assert_eq!(again.token_ciphertext, "sealed-1b");
+    assert_eq!(again.installed_at, got.installed_at);
+    assert!(store.remove_installation("slack", "T1").await.unwrap());
+    assert!(!store.remove_installation("slack", "T1").await.unwrap());
+    assert!(store.installation("slack", "T1").await.unwrap().is_none());
+    assert!(store.installation("slack", "T2").await.unwrap().is_some());
+
+    // OAuth states: single use, and expired ones do not count.
+    let now = now_ms();
+    store.put_oauth_state("s-good", now + 60_000).await.unwrap();
+    store.put_oauth_state("s-old", now - 1).await.unwrap();
+    assert!(!store.take_oauth_state("s-unknown", now).await.unwrap());
+    assert!(store.take_oauth_state("s-good", now).await.unwrap());
+    assert!(!store.take_oauth_state("s-good", now).await.unwrap(), "used up");
+    assert!(!store.take_oauth_state("s-old", now).await.unwrap(), "expired");
+    assert!(
+        store.put_oauth_state("s-good", now + 60_000).await.is_ok(),
+        "a used state's row is gone"
     );
 }
 

@@ -374,6 +374,34 @@ pub struct ImportedCompaction {
     pub created_at: i64,
 }
 
+/// An OAuth install of a chat app in one workspace (Slack team), with its bot token encrypted
+/// by the caller (see `crate::slack_installations`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredInstallation {
+    pub platform: String,
+    pub team_id: String,
+    pub team_name: String,
+    pub bot_user_id: String,
+    pub app_id: String,
+    pub scopes: String,
+    pub installed_by: String,
+    /// The encrypted bot token; never the token itself.
+    pub token_ciphertext: String,
+    pub installed_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for StoredInstallation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredInstallation")
+            .field("platform", &self.platform)
+            .field("team_id", &self.team_id)
+            .field("team_name", &self.team_name)
+            .field("bot_user_id", &self.bot_user_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The storage contract. Both backends pass the same suite (`tests/store_contract.rs`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -529,6 +557,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Compactions of every conversation of a channel.
     async fn compaction_stats(&self, channel: &ChannelRef) -> Result<CompactionStats>;
+
+    // --- installations (OAuth installs of chat apps) ----------------------------------------
+
+    /// Store an installation, replacing the workspace's earlier one (a re-install).
+    async fn save_installation(&self, installation: &StoredInstallation) -> Result<()>;
+
+    /// The installation of a workspace on a platform.
+    async fn installation(&self, platform: &str, team_id: &str)
+    -> Result<Option<StoredInstallation>>;
+
+    /// Delete a workspace's installation; false when there was none.
+    async fn remove_installation(&self, platform: &str, team_id: &str) -> Result<bool>;
+
+    /// Remember an OAuth `state` until `expires_at` (expired states are cleared on the way).
+    async fn put_oauth_state(&self, state: &str, expires_at: i64) -> Result<()>;
+
+    /// Use up an OAuth `state`: true when it existed and had not expired at `now`. It is gone
+    /// afterwards either way, so a state works once.
+    async fn take_oauth_state(&self, state: &str, now: i64) -> Result<bool>;
 
     // --- leadership (several instances) ------------------------------------------------------
 

@@ -14,12 +14,16 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 
 use super::{
+    StoredInstallation,
     Artifact, ChannelNotes, ChannelUsage, ClaimedEvent, Compaction, CompactionStats, Completion,
     ContextMessages, ConversationInfo, ImportedCompaction, ImportedMessage, ImportedNote,
     InboxCounts, InboxEvent, Inserted, LeaseInfo, Message, ModelUsage, NewArtifact, NewCompaction,
     NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, StoredNote,
     Usage, now_ms, query_terms,
 };
+
+#[path = "postgres_installations.rs"]
+mod installations;
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
@@ -49,6 +53,13 @@ fn migrator() -> Migrator {
             "compaction".into(),
             MigrationType::Simple,
             include_str!("../../migrations/postgres/0002_compaction.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "installations".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0003_installations.sql").into_sql_str(),
             false,
         ),
         Migration::new(
@@ -984,6 +995,30 @@ impl Store for PostgresStore {
             messages: row.get(1),
             last_at: row.get(2),
         })
+    }
+
+    async fn save_installation(&self, installation: &StoredInstallation) -> Result<()> {
+        self.save_installation_row(installation).await
+    }
+
+    async fn installation(
+        &self,
+        platform: &str,
+        team_id: &str,
+    ) -> Result<Option<StoredInstallation>> {
+        self.installation_row(platform, team_id).await
+    }
+
+    async fn remove_installation(&self, platform: &str, team_id: &str) -> Result<bool> {
+        self.remove_installation_row(platform, team_id).await
+    }
+
+    async fn put_oauth_state(&self, state: &str, expires_at: i64) -> Result<()> {
+        self.put_oauth_state_row(state, expires_at).await
+    }
+
+    async fn take_oauth_state(&self, state: &str, now: i64) -> Result<bool> {
+        self.take_oauth_state_row(state, now).await
     }
 
     async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool> {

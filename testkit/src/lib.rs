@@ -2,3 +2,4 @@
 //! benchmarks drive the real client code without leaving loopback.
 
 pub mod llm;
+pub mod slack;

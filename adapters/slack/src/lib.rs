@@ -251,6 +251,11 @@ impl Slack {
     }
 }
 
+/// `auth.test` with a bot token against `api_url`, without a running adapter (`doctor`).
+pub async fn auth_test(api_url: &str, bot_token: &str) -> Result<AuthInfo, SlackError> {
+    api::Api::new(api_url)?.auth_test(bot_token).await
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()

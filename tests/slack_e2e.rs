@@ -1,0 +1,872 @@
+//! The Slack adapter end to end: a real `ecdysis serve` process, the in-process fake Slack
+//! (testkit) behind `SLACK_API_URL`, the fake LLM, and requests signed like Slack signs them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::server::Server;
+use ecdysis::store::Store;
+use ecdysis_slack::signature::sign;
+use ecdysis_testkit::llm::{FakeLlm, Reply};
+use ecdysis_testkit::slack::{FakeSlack, Grant};
+use serde_json::{Value, json};
+
+const SECRET: &str = "test-signing-secret";
+const BOT_TOKEN: &str = "xoxb-single-workspace";
+const TEAM: &str = "T1";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Env {
+    slack: FakeSlack,
+    llm: FakeLlm,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(extra: &[(&str, &str)]) -> Env {
+    let slack = FakeSlack::start().await.unwrap();
+    let llm = FakeLlm::start().await.unwrap();
+    llm.set_default(Reply::text("**The answer** is 42."));
+    let dir = tempfile::tempdir().unwrap();
+    let api = slack.api_url();
+    let llm_url = llm.anthropic_base_url();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("SLACK_SIGNING_SECRET", SECRET),
+        ("SLACK_BOT_TOKEN", BOT_TOKEN),
+        ("SLACK_API_URL", &api),
+        ("ECDYSIS_MODEL", "anthropic/claude-test"),
+        ("ANTHROPIC_API_KEY", "test-key"),
+        ("ANTHROPIC_BASE_URL", &llm_url),
+        ("ECDYSIS_SANDBOX", "off"),
+        ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start(dir.path(), &env).await;
+    Env {
+        slack,
+        llm,
+        server,
+        _dir: dir,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A request signed with `secret` at `ts`.
+async fn post_signed(
+    base: &str,
+    path: &str,
+    body: &str,
+    content_type: &str,
+    secret: &str,
+    ts: i64,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", content_type)
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sign(secret, ts, body.as_bytes()))
+        .body(body.to_string());
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    request.send().await.unwrap()
+}
+
+async fn post_event(env: &Env, body: &Value) -> reqwest::Response {
+    post_event_with(env, body, &[]).await
+}
+
+async fn post_event_with(env: &Env, body: &Value, extra: &[(&str, &str)]) -> reqwest::Response {
+    post_signed(
+        &env.server.base,
+        "/slack/events",
+        &body.to_string(),
+        "application/json",
+        SECRET,
+        now(),
+        extra,
+    )
+    .await
+}
+
+fn callback(team: &str, event_id: &str, event: Value) -> Value {
+    json!({
+        "token": "verification-token",
+        "team_id": team,
+        "api_app_id": "AFAKE",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": now(),
+        "authorizations": [{"team_id": team, "user_id": "UBOT", "is_bot": true, "is_enterprise_install": false}],
+        "event": event,
+    })
+}
+
+fn mention(channel: &str, ts: &str, text: &str) -> Value {
+    json!({
+        "type": "app_mention",
+        "user": "U1",
+        "text": format!("<@UBOT> {text}"),
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    })
+}
+
+async fn post_command(
+    env: &Env,
+    command: &str,
+    text: &str,
+    response_id: &str,
+) -> reqwest::Response {
+    let response_url = env.slack.response_url(response_id);
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", "verification-token")
+        .append_pair("team_id", TEAM)
+        .append_pair("team_domain", "fake")
+        .append_pair("channel_id", "C9")
+        .append_pair("channel_name", "general")
+        .append_pair("user_id", "U1")
+        .append_pair("user_name", "ann")
+        .append_pair("command", command)
+        .append_pair("text", text)
+        .append_pair("api_app_id", "AFAKE")
+        .append_pair("response_url", &response_url)
+        .append_pair("trigger_id", &format!("trigger-{response_id}"))
+        .finish();
+    post_signed(
+        &env.server.base,
+        "/slack/commands",
+        &body,
+        "application/x-www-form-urlencoded",
+        SECRET,
+        now(),
+        &[],
+    )
+    .await
+}
+
+/// The response_url post for one command.
+async fn command_response(env: &Env, response_id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(call) = env
+            .slack
+            .calls_to("response_url")
+            .into_iter()
+            .find(|c| c.args["response_id"] == response_id)
+        {
+            return call.args;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no response for {response_id}:\n{}",
+            env.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Open the server's SQLite database from the test (WAL: reading beside it is fine).
+async fn open_store(env: &Env) -> std::sync::Arc<dyn Store> {
+    let path = env.server.data_dir.join("data").join("ecdysis.db");
+    ecdysis::store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+/// Let a wrongly accepted event run, so "nothing happened" means something.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_and_nothing_is_stored() {
+    let env = start(&[]).await;
+    let body = callback(TEAM, "EvBad", mention("C1", "1.0", "hello")).to_string();
+    let base = &env.server.base;
+    for path in ["/slack/events", "/slack/commands", "/slack/interactivity"] {
+        // Wrong secret.
+        let r = post_signed(base, path, &body, "application/json", "wrong", now(), &[]).await;
+        assert_eq!(r.status(), 401, "{path}: wrong secret");
+        // Stale timestamp (signed correctly, 6 minutes old).
+        let r = post_signed(
+            base,
+            path,
+            &body,
+            "application/json",
+            SECRET,
+            now() - 360,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 401, "{path}: stale");
+        // Missing headers.
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}: unsigned");
+    }
+    // A body changed after signing.
+    let ts = now();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/slack/events"))
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sign(SECRET, ts, body.as_bytes()))
+        .body(body.replace("hello", "HELLO"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // url_verification is answered with the challenge.
+    let r = post_event(
+        &env,
+        &json!({"type": "url_verification", "token": "t", "challenge": "ch-123"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["challenge"], "ch-123");
+
+    // A malformed body (signed) is a 400.
+    let r = post_signed(
+        base,
+        "/slack/events",
+        "{not json",
+        "application/json",
+        SECRET,
+        now(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+
+    settle().await;
+    let counts = open_store(&env).await.inbox_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        ecdysis::store::InboxCounts::default(),
+        "nothing was stored"
+    );
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+    assert_eq!(env.llm.request_count(), 0);
+}
+
+#[tokio::test]
+async fn channel_mention_is_answered_once_in_its_thread() {
+    let env = start(&[]).await;
+    let r = post_event(
+        &env,
+        &callback(
+            TEAM,
+            "EvM1",
+            mention("C1", "1700000001.000100", "what is it?"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts.len(), 1, "{}", env.server.log());
+    let post = &posts[0];
+    assert_eq!(post.arg("channel"), Some("C1"));
+    assert_eq!(
+        post.arg("thread_ts"),
+        Some("1700000001.000100"),
+        "the reply starts a thread under the mention"
+    );
+    assert_eq!(
+        post.arg("text"),
+        Some("*The answer* is 42."),
+        "Markdown became mrkdwn"
+    );
+    assert_eq!(post.bearer(), Some(BOT_TOKEN));
+    assert_eq!(post.args["metadata"]["event_type"], "ecdysis_reply");
+    assert!(post.args["metadata"]["event_payload"]["key"].is_string());
+    // The model saw the text without the bot's mention.
+    assert!(
+        env.llm
+            .last_request()
+            .unwrap()
+            .last_message_text()
+            .contains("what is it?")
+    );
+    // 👀 on the triggering message while the agent worked.
+    let reactions = env.slack.calls_to("reactions.add");
+    assert_eq!(reactions.len(), 1);
+    assert_eq!(reactions[0].arg("name"), Some("eyes"));
+    assert_eq!(reactions[0].arg("timestamp"), Some("1700000001.000100"));
+
+    // A reply in that thread, without a mention, is answered too (the bot takes part there).
+    let reply = json!({
+        "type": "message", "channel_type": "channel", "user": "U1", "text": "and why?",
+        "ts": "1700000002.000100", "thread_ts": "1700000001.000100", "channel": "C1",
+    });
+    assert_eq!(
+        post_event(&env, &callback(TEAM, "EvM2", reply))
+            .await
+            .status(),
+        200
+    );
+    let posts = env.slack.wait_calls("chat.postMessage", 2, WAIT).await;
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[1].arg("thread_ts"), Some("1700000001.000100"));
+
+    // /readyz reports the adapter.
+    let ready: Value = reqwest::get(format!("{}/readyz", env.server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["adapters"]["slack"]["mode"], "events_api");
+    assert!(
+        ready["adapters"]["slack"]["last_event_at"].is_string(),
+        "{ready}"
+    );
+
+    settle().await;
+    assert_eq!(
+        env.slack.calls_to("chat.postMessage").len(),
+        2,
+        "exactly one reply each"
+    );
+}
+
+#[tokio::test]
+async fn dm_is_answered_in_the_dm() {
+    let env = start(&[]).await;
+    let dm = json!({
+        "type": "message", "channel_type": "im", "user": "U1", "text": "hi there",
+        "ts": "1700000010.000100", "channel": "D1",
+    });
+    assert_eq!(
+        post_event(&env, &callback(TEAM, "EvDM", dm)).await.status(),
+        200
+    );
+    let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts.len(), 1, "{}", env.server.log());
+    assert_eq!(posts[0].arg("channel"), Some("D1"));
+    assert_eq!(
+        posts[0].arg("thread_ts"),
+        None,
+        "a DM is answered in the DM itself"
+    );
+}
+
+#[tokio::test]
+async fn ambient_bot_and_edited_messages_are_not_answered() {
+    let env = start(&[]).await;
+    let events = [
+        json!({"type": "message", "channel_type": "channel", "user": "U1", "text": "lunch?",
+               "ts": "1700000020.000100", "channel": "C1"}),
+        json!({"type": "message", "subtype": "bot_message", "bot_id": "B2", "text": "beep",
+               "ts": "1700000021.000100", "channel": "C1"}),
+        json!({"type": "message", "user": "U2", "bot_id": "B3", "text": "i am a bot", "channel_type": "im",
+               "ts": "1700000022.000100", "channel": "D1"}),
+        json!({"type": "message", "user": "UBOT", "text": "my own words", "channel_type": "im",
+               "ts": "1700000023.000100", "channel": "D1"}),
+        json!({"type": "message", "subtype": "message_changed", "channel": "D1", "channel_type": "im",
+               "ts": "1700000024.000100", "message": {"user": "U1", "text": "edited", "ts": "1.0"}}),
+        json!({"type": "message", "subtype": "message_deleted", "channel": "D1", "channel_type": "im",
+               "ts": "1700000025.000100", "deleted_ts": "1.0"}),
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        let r = post_event(&env, &callback(TEAM, &format!("EvQ{i}"), event)).await;
+        assert_eq!(r.status(), 200, "acknowledged all the same");
+    }
+    settle().await;
+    assert!(
+        env.slack.calls_to("chat.postMessage").is_empty(),
+        "{:?}",
+        env.slack.calls()
+    );
+    assert_eq!(env.llm.request_count(), 0);
+}
+
+#[tokio::test]
+async fn retried_event_is_answered_once() {
+    let env = start(&[]).await;
+    let body = callback(
+        TEAM,
+        "EvRetry",
+        mention("C2", "1700000030.000100", "once please"),
+    );
+    assert_eq!(post_event(&env, &body).await.status(), 200);
+    assert_eq!(
+        post_event_with(
+            &env,
+            &body,
+            &[
+                ("x-slack-retry-num", "1"),
+                ("x-slack-retry-reason", "http_timeout")
+            ]
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        post_event_with(
+            &env,
+            &body,
+            &[
+                ("x-slack-retry-num", "2"),
+                ("x-slack-retry-reason", "http_timeout")
+            ]
+        )
+        .await
+        .status(),
+        200
+    );
+    let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts.len(), 1);
+    settle().await;
+    assert_eq!(
+        env.slack.calls_to("chat.postMessage").len(),
+        1,
+        "one reply for three deliveries"
+    );
+    assert_eq!(env.llm.request_count(), 1);
+}
+
+#[tokio::test]
+async fn slash_commands_remember_recall_and_help() {
+    let env = start(&[]).await;
+    let r = post_command(
+        &env,
+        "/ecdysis",
+        "remember the deploy key lives in vault",
+        "r1",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    assert_eq!(ack["response_type"], "ephemeral");
+    let remembered = command_response(&env, "r1").await;
+    assert!(
+        remembered["text"].as_str().unwrap().contains("Remembered"),
+        "{remembered}"
+    );
+    assert_eq!(remembered["response_type"], "in_channel");
+
+    let r = post_command(&env, "/ecdysis", "recall deploy", "r2").await;
+    assert_eq!(r.status(), 200);
+    let recalled = command_response(&env, "r2").await;
+    assert!(
+        recalled["text"]
+            .as_str()
+            .unwrap()
+            .contains("the deploy key lives in vault"),
+        "{recalled}"
+    );
+
+    // The native command maps to the same handler.
+    let r = post_command(&env, "/recall", "vault", "r3").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        command_response(&env, "r3").await["text"]
+            .as_str()
+            .unwrap()
+            .contains("deploy key")
+    );
+
+    // An unknown subcommand gets the help text.
+    let r = post_command(&env, "/ecdysis", "frobnicate now", "r4").await;
+    assert_eq!(r.status(), 200);
+    let help = command_response(&env, "r4").await["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        help.contains("remember") && help.contains("recall"),
+        "{help}"
+    );
+
+    assert_eq!(env.llm.request_count(), 0, "commands need no model");
+    assert!(
+        env.slack.calls_to("chat.postMessage").is_empty(),
+        "answers went to response_url"
+    );
+}
+
+#[tokio::test]
+async fn oauth_install_stores_the_team_and_uses_its_token() {
+    let env = start(&[
+        ("SLACK_CLIENT_ID", "111.222"),
+        ("SLACK_CLIENT_SECRET", "client-secret"),
+        ("ECDYSIS_SECRET_KEY", "a test key for sealing tokens"),
+    ])
+    .await;
+    let team2_token = "xoxb-team-two-token";
+    env.slack.add_grant(
+        "code-good",
+        Grant {
+            team_id: "T2".into(),
+            team_name: "Team Two".into(),
+            bot_user_id: "UBOT2".into(),
+            bot_token: team2_token.into(),
+        },
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = &env.server.base;
+    let install = |client: reqwest::Client| async move {
+        let r = client
+            .get(format!("{base}/slack/install"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let query: std::collections::HashMap<String, String> =
+            location.query_pairs().into_owned().collect();
+        assert_eq!(location.path(), "/oauth/v2/authorize");
+        assert_eq!(query["client_id"], "111.222");
+        assert!(
+            query["scope"].contains("chat:write") && query["scope"].contains("app_mentions:read")
+        );
+        let state = query["state"].clone();
+        assert!(state.len() >= 32);
+        assert!(cookie.contains(&state) && cookie.contains("HttpOnly"));
+        (state, cookie.split(';').next().unwrap().to_string())
+    };
+    let callback_url =
+        |state: &str, code: &str| format!("{base}/slack/oauth/callback?code={code}&state={state}");
+    let store = open_store(&env).await;
+
+    // A wrong state.
+    let (state, cookie) = install(client.clone()).await;
+    let r = client
+        .get(callback_url("not-the-state", "code-good"))
+        .header("cookie", "ecdysis_slack_state=not-the-state")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The right state from another browser (no cookie).
+    let r = client
+        .get(callback_url(&state, "code-good"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // An expired state.
+    store
+        .put_oauth_state("expired-state", ecdysis::store::now_ms() - 1)
+        .await
+        .unwrap();
+    let r = client
+        .get(callback_url("expired-state", "code-good"))
+        .header("cookie", "ecdysis_slack_state=expired-state")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        env.slack.calls_to("oauth.v2.access").is_empty(),
+        "no code was traded"
+    );
+    assert!(store.installation("slack", "T2").await.unwrap().is_none());
+
+    // The good one.
+    let r = client
+        .get(callback_url(&state, "code-good"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", env.server.log());
+    assert!(r.text().await.unwrap().contains("Team Two"));
+    let access = env.slack.calls_to("oauth.v2.access");
+    assert_eq!(access.len(), 1);
+    let basic = base64::engine::general_purpose::STANDARD.encode("111.222:client-secret");
+    assert_eq!(
+        access[0].authorization.as_deref(),
+        Some(format!("Basic {basic}").as_str())
+    );
+    let stored = store.installation("slack", "T2").await.unwrap().unwrap();
+    assert_eq!(stored.bot_user_id, "UBOT2");
+    assert!(
+        !stored.token_ciphertext.contains(team2_token),
+        "the token is encrypted at rest"
+    );
+    assert!(
+        !env.server.log().contains(team2_token),
+        "the token is not logged"
+    );
+
+    // Reusing the state fails and changes nothing.
+    let r = client
+        .get(callback_url(&state, "code-good"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(env.slack.calls_to("oauth.v2.access").len(), 1);
+
+    // Team two's events are answered with team two's token; team one's with the configured one.
+    let mut event = callback(
+        "T2",
+        "EvT2",
+        mention("C7", "1700000040.000100", "hello from two"),
+    );
+    event["authorizations"][0]["user_id"] = json!("UBOT2");
+    event["event"]["text"] = json!("<@UBOT2> hello from two");
+    assert_eq!(post_event(&env, &event).await.status(), 200);
+    let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts.len(), 1, "{}", env.server.log());
+    assert_eq!(posts[0].bearer(), Some(team2_token));
+    assert_eq!(posts[0].arg("channel"), Some("C7"));
+    assert!(
+        env.llm
+            .last_request()
+            .unwrap()
+            .last_message_text()
+            .contains("hello from two")
+    );
+    assert!(
+        !env.llm
+            .last_request()
+            .unwrap()
+            .last_message_text()
+            .contains("UBOT2")
+    );
+    assert_eq!(
+        post_event(
+            &env,
+            &callback(TEAM, "EvT1", mention("C1", "1700000041.000100", "hi"))
+        )
+        .await
+        .status(),
+        200
+    );
+    let posts = env.slack.wait_calls("chat.postMessage", 2, WAIT).await;
+    assert_eq!(posts[1].bearer(), Some(BOT_TOKEN));
+
+    // Uninstalling removes the installation.
+    let uninstalled = callback("T2", "EvUninstall", json!({"type": "app_uninstalled"}));
+    assert_eq!(post_event(&env, &uninstalled).await.status(), 200);
+    assert!(store.installation("slack", "T2").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn socket_mode_events_are_acknowledged_answered_and_survive_a_disconnect() {
+    let slack = FakeSlack::start().await.unwrap();
+    let llm = FakeLlm::start().await.unwrap();
+    llm.set_default(Reply::text("over the socket"));
+    let dir = tempfile::tempdir().unwrap();
+    let api = slack.api_url();
+    let llm_url = llm.anthropic_base_url();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("SLACK_APP_TOKEN", "xapp-1-test"),
+            ("SLACK_BOT_TOKEN", BOT_TOKEN),
+            ("SLACK_API_URL", &api),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("ANTHROPIC_BASE_URL", &llm_url),
+            ("ECDYSIS_SANDBOX", "off"),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+        ],
+    )
+    .await;
+    assert!(
+        slack.wait_socket_connections(1, WAIT).await,
+        "{}",
+        server.log()
+    );
+    let open = slack.calls_to("apps.connections.open");
+    assert_eq!(
+        open[0].bearer(),
+        Some("xapp-1-test"),
+        "the app token opens the socket"
+    );
+
+    let envelope = slack
+        .send_envelope(
+            "events_api",
+            callback(
+                TEAM,
+                "EvS1",
+                mention("C3", "1700000050.000100", "via socket"),
+            ),
+        )
+        .unwrap();
+    assert!(
+        slack.wait_ack(&envelope, WAIT).await.is_some(),
+        "acknowledged:\n{}",
+        server.log()
+    );
+    let posts = slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts.len(), 1, "{}", server.log());
+    assert_eq!(posts[0].arg("thread_ts"), Some("1700000050.000100"));
+    assert_eq!(posts[0].arg("text"), Some("over the socket"));
+
+    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["adapters"]["slack"]["socket"], "connected", "{ready}");
+    assert!(
+        ready["adapters"]["slack"]["last_envelope_at"].is_string(),
+        "{ready}"
+    );
+
+    // A slash command over the socket: acknowledged with the "working" payload.
+    let command = slack
+        .send_envelope(
+            "slash_commands",
+            json!({
+                "team_id": TEAM, "channel_id": "C3", "user_id": "U1", "command": "/ecdysis",
+                "text": "remember sockets work", "response_url": slack.response_url("sock1"),
+                "trigger_id": "trigger-sock1",
+            }),
+        )
+        .unwrap();
+    let ack = slack.wait_ack(&command, WAIT).await.unwrap();
+    assert_eq!(ack["payload"]["response_type"], "ephemeral");
+    let responses = slack.wait_calls("response_url", 1, WAIT).await;
+    assert!(
+        responses[0].args["text"]
+            .as_str()
+            .unwrap()
+            .contains("Remembered")
+    );
+
+    // The connection drops; the adapter reconnects and answers the next event.
+    slack.drop_socket();
+    assert!(
+        slack.wait_socket_connections(2, WAIT).await,
+        "reconnected:\n{}",
+        server.log()
+    );
+    let mut envelope = None;
+    let deadline = Instant::now() + WAIT;
+    while envelope.is_none() && Instant::now() < deadline {
+        envelope = slack.send_envelope(
+            "events_api",
+            callback(
+                TEAM,
+                "EvS2",
+                mention("C3", "1700000051.000100", "after the drop"),
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slack.wait_ack(&envelope.unwrap(), WAIT).await.is_some());
+    let posts = slack.wait_calls("chat.postMessage", 2, WAIT).await;
+    assert_eq!(posts.len(), 2, "{}", server.log());
+    assert_eq!(posts[1].arg("thread_ts"), Some("1700000051.000100"));
+}
+
+#[tokio::test]
+async fn manifest_and_doctor() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .args(["slack", "manifest", "--url", "https://bot.example.com"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        manifest["settings"]["event_subscriptions"]["request_url"],
+        "https://bot.example.com/slack/events"
+    );
+    assert_eq!(
+        manifest["settings"]["interactivity"]["request_url"],
+        "https://bot.example.com/slack/interactivity"
+    );
+    assert_eq!(
+        manifest["oauth_config"]["redirect_urls"][0],
+        "https://bot.example.com/slack/oauth/callback"
+    );
+    assert_eq!(
+        manifest["features"]["slash_commands"][0]["command"],
+        "/ecdysis"
+    );
+    assert!(
+        manifest["settings"]["event_subscriptions"]["bot_events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("app_mention"))
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .args(["slack", "manifest", "--url", "not a url"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+
+    let slack = FakeSlack::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |token: &'static str| {
+        let api = slack.api_url();
+        let data = dir.path().join("data");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+                    .arg("doctor")
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("ECDYSIS_DATA_DIR", data)
+                    .env("ECDYSIS_SANDBOX", "off")
+                    .env("SLACK_BOT_TOKEN", token)
+                    .env("SLACK_API_URL", api)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = doctor(BOT_TOKEN).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("slack"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("ok") && line.contains("Fake Team"),
+        "{text}"
+    );
+    assert_eq!(slack.calls_to("auth.test")[0].bearer(), Some(BOT_TOKEN));
+    slack.accept_tokens(&["xoxb-other"]);
+    let out = doctor(BOT_TOKEN).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("slack"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("FAIL") && line.contains("invalid_auth"),
+        "{text}"
+    );
+    assert!(!out.status.success());
+}

@@ -41,11 +41,21 @@ fn ms(d: Duration) -> String {
 
 /// Resident set size of one process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Proportional set size (shared pages split between the processes sharing them), in KiB:
+/// summing it over Chromium's processes does not count shared memory several times.
+fn pss_kib(pid: u32) -> u64 {
+    proc_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn proc_field(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
@@ -72,7 +82,12 @@ fn tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < out.len() {
         let parent = out[i];
-        out.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        out.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     out
@@ -223,10 +238,12 @@ async fn main() {
     let pid = browser.chromium_pid().await.expect("chromium runs");
     let pids = tree(pid);
     let chromium_rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    let chromium_pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
     println!(
-        "RSS idle, browser open             bot {} MiB (at start {} MiB) · Chromium {} MiB in {} processes",
+        "RSS idle, browser open             bot {} MiB (at start {} MiB) · Chromium PSS {} MiB (RSS sum {} MiB) in {} processes",
         rss_kib(std::process::id()) / 1024,
         rss_start / 1024,
+        chromium_pss / 1024,
         chromium_rss / 1024,
         pids.len()
     );

@@ -197,6 +197,36 @@ async fn latency_at_rate(label: &str, database_url: Option<&str>, rate: u64, sec
     workers.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The cost of one small SQLite write (a note), sequentially: the bus's unit of work.
+async fn store_round_trip() {
+    let (app, _recorder, _dir) = open(None).await;
+    let channel = ecdysis_chat::ChannelRef {
+        platform: "bench".into(),
+        workspace: "w".into(),
+        channel: "c".into(),
+    };
+    let n = 5_000;
+    let started = Instant::now();
+    for i in 0..n {
+        app.store
+            .remember(&ecdysis::store::NewNote {
+                channel: channel.clone(),
+                text: format!("note {i}"),
+                created_by: "u".into(),
+                source: None,
+            })
+            .await
+            .unwrap();
+    }
+    let write = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let started = Instant::now();
+    for _ in 0..n {
+        app.store.note_count(&channel).await.unwrap();
+    }
+    let read = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("sqlite: one write {write:.0} µs, one read {read:.0} µs (sequential)");
+}
+
 /// Start-up to `/readyz` and idle RSS of a real `serve` process on embedded defaults.
 async fn serve_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -267,7 +297,10 @@ fn main() {
         .unwrap();
     // `cargo bench --bench bus -- quick` runs only the SQLite throughput part.
     if std::env::args().any(|a| a == "quick") {
-        runtime.block_on(throughput("sqlite", None, 5_000, 100));
+        runtime.block_on(async {
+            store_round_trip().await;
+            throughput("sqlite", None, 5_000, 100).await;
+        });
         return;
     }
     runtime.block_on(async {

@@ -43,6 +43,9 @@ pub struct App {
     pub browser: Option<BrowserService>,
     /// The sandbox behind `/run` and the `run_command` tool, when one is usable here.
     pub sandbox: Option<Arc<Runner>>,
+    /// The Discord adapter, when `DISCORD_TOKEN` or `DISCORD_PUBLIC_KEY` is set; its gateway
+    /// starts with `serve` ([`crate::discord::start`]).
+    pub discord: Option<ecdysis_discord::Discord>,
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
     /// starts with `serve` ([`crate::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
@@ -121,6 +124,7 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        let discord = crate::discord::open(&config, &bus)?;
         let slack = crate::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
             config: Arc::new(config),
@@ -130,6 +134,7 @@ impl App {
             metrics,
             browser,
             sandbox,
+            discord,
             slack,
         })
     }
@@ -159,8 +164,12 @@ impl App {
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         let router = web.router().merge(ops);
-        match &self.slack {
+        let router = match &self.slack {
             Some(slack) => router.merge(slack.router()),
+            None => router,
+        };
+        match self.discord.as_ref().and_then(|d| d.router()) {
+            Some(discord) => router.merge(discord),
             None => router,
         }
     }
@@ -188,6 +197,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
+    let discord = crate::discord::start(&app.config, app.discord.as_ref()).await?;
     let slack_socket = crate::slack::start(app.slack.as_ref());
     info!(
         %address,
@@ -201,6 +211,9 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     info!("shutting down: finishing running events");
+    if let Some(gateway) = discord {
+        gateway.shutdown().await;
+    }
     if let Some(socket) = slack_socket {
         socket.stop().await;
     }

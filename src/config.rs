@@ -87,6 +87,16 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ),
     ("discord.public_key", &["DISCORD_PUBLIC_KEY"], Kind::Str),
     ("discord.api_url", &["DISCORD_API_URL"], Kind::Str),
+    (
+        "discord.register_on_start",
+        &["ECDYSIS_DISCORD_REGISTER_ON_START"],
+        Kind::Bool,
+    ),
+    (
+        "discord.register_guild",
+        &["ECDYSIS_DISCORD_REGISTER_GUILD"],
+        Kind::Str,
+    ),
     ("sandbox.backend", &["ECDYSIS_SANDBOX"], Kind::Str),
     ("sandbox.rootfs", &["ECDYSIS_SANDBOX_ROOTFS"], Kind::Str),
     (
@@ -297,6 +307,10 @@ pub struct DiscordConfig {
     pub application_id: Option<String>,
     pub public_key: Option<String>,
     pub api_url: Option<String>,
+    /// `serve` registers the slash commands when it starts (globally, or in `register_guild`).
+    pub register_on_start: Option<bool>,
+    /// The guild `serve` registers the slash commands in (instant, unlike global commands).
+    pub register_guild: Option<String>,
 }
 
 /// The `[sandbox]` section as written in the file.
@@ -703,6 +717,19 @@ impl Config {
         }
         if let Some(url) = &file.discord.api_url {
             check_url("discord.api_url", url)?;
+        }
+        for (key, value) in [
+            ("discord.application_id", &file.discord.application_id),
+            ("discord.register_guild", &file.discord.register_guild),
+        ] {
+            if let Some(value) = value
+                && value.trim().parse::<u64>().is_err()
+            {
+                return Err(ConfigError::value(
+                    key,
+                    format!("`{value}` is not a Discord id (a number)"),
+                ));
+            }
         }
         let sandbox = sandbox_settings(file.sandbox)?;
         let browser = browser_settings(file.browser)?;

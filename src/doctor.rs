@@ -69,6 +69,7 @@ pub async fn run(config: &Config) -> Report {
     let browser = check_browser(config, &mut report).await;
     check_ffmpeg(config, browser, &mut report).await;
     check_sandbox(config, &mut report).await;
+    check_discord(config, &mut report).await;
     check_slack(config, &mut report).await;
     report
 }
@@ -89,6 +90,29 @@ async fn check_slack(config: &Config, report: &mut Report) {
         None => report.off(
             "slack",
             "not configured (SLACK_SIGNING_SECRET or SLACK_APP_TOKEN, and SLACK_BOT_TOKEN)",
+        ),
+    }
+}
+
+/// The Discord line: `GET /users/@me` with the bot token.
+async fn check_discord(config: &Config, report: &mut Report) {
+    let settings = crate::discord::settings(config);
+    if settings.token.is_none() {
+        match settings.public_key {
+            Some(_) => report.ok(
+                "discord",
+                "HTTP interactions only (no DISCORD_TOKEN: no gateway)",
+            ),
+            None => report.off("discord", "not configured (DISCORD_TOKEN)"),
+        }
+        return;
+    }
+    match ecdysis_discord::current_user(&settings).await {
+        Ok(user) => report.ok("discord", format!("bot {user} at {}", settings.api_url)),
+        Err(e) => report.fail(
+            "discord",
+            e.to_string(),
+            "check DISCORD_TOKEN (Bot token from the Developer Portal) and DISCORD_API_URL",
         ),
     }
 }

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod bus;
 pub mod commands;
 pub mod config;
+pub mod discord;
 pub mod doctor;
 pub mod instance_lock;
 pub mod leader;

@@ -32,6 +32,9 @@ enum Command {
     Migrate,
     /// Check every configured part and print one line each; exit 1 if one fails.
     Doctor,
+    /// Discord tools.
+    #[command(subcommand)]
+    Discord(DiscordCommand),
     /// Slack tools.
     #[command(subcommand)]
     Slack(SlackCommand),
@@ -47,6 +50,16 @@ enum SlackCommand {
         /// Also offer /ask, /remember, /recall, … next to /ecdysis.
         #[arg(long)]
         native_commands: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiscordCommand {
+    /// Register the slash commands (globally, or in one guild, where they show at once).
+    Register {
+        /// The guild (server) id to register in.
+        #[arg(long)]
+        guild: Option<u64>,
     },
 }
 
@@ -76,6 +89,9 @@ fn main() -> ExitCode {
             Command::Chat => chat(config).await,
             Command::Migrate => migrate(config).await,
             Command::Doctor => return doctor(config).await,
+            Command::Discord(DiscordCommand::Register { guild }) => {
+                discord_register(config, guild).await
+            }
             Command::Slack(SlackCommand::Manifest {
                 url,
                 native_commands,
@@ -107,11 +123,14 @@ fn init_logging(format: LogFormat, quiet: bool) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // SQLite mode is single-instance: a second `serve` or `chat` on the file stops here.
+    let _instance = ecdysis::instance_lock::acquire(&config.database_url)?;
     let app = App::open(config).await?;
     app::serve(app).await
 }
 
 async fn chat(config: Config) -> anyhow::Result<()> {
+    let _instance = ecdysis::instance_lock::acquire(&config.database_url)?;
     let app = App::open(config).await?;
     let adapter = Arc::new(TerminalAdapter::new());
     app.bus.register_adapter(adapter.clone());
@@ -120,6 +139,11 @@ async fn chat(config: Config) -> anyhow::Result<()> {
     let sink: Arc<dyn EventSink> = Arc::new(app.bus.clone());
     terminal::run(sink, adapter, input, Duration::from_secs(600)).await?;
     app::stop(workers).await;
+    Ok(())
+}
+
+async fn discord_register(config: Config, guild: Option<u64>) -> anyhow::Result<()> {
+    println!("{}", ecdysis::discord::register(&config, guild).await?);
     Ok(())
 }
 

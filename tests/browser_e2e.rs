@@ -189,6 +189,19 @@ async fn serve_site_with(ip: &str, elsewhere: &str) -> Site {
                 .into_response()
             }),
         )
+        .route(
+            "/sneaky",
+            get(|State(s): State<SiteState>| async move {
+                let to = s.elsewhere.lock().unwrap().clone();
+                Html(format!(
+                    "<!doctype html><head><link rel='preconnect' href='{to}'><link rel='dns-prefetch' href='{to}'>\
+                     <link rel='stylesheet' href='{to}/x.css'></head><body>hi<img src='{to}/i.png'>\
+                     <iframe src='{to}/frame'></iframe><script>fetch('{to}/f').catch(() => {{}});\
+                     navigator.sendBeacon('{to}/b', 'x');</script></body>"
+                ))
+                .into_response()
+            }),
+        )
         .fallback(|| async { Html("<!doctype html><body>secret</body>").into_response() })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -485,6 +498,27 @@ async fn refused_urls_never_reach_a_server() {
         "{:?}",
         allowed.stats()
     );
+
+    // Preconnect, DNS prefetch, stylesheet, image, iframe, fetch() and a beacon towards a
+    // private address: not even a TCP connection reaches it.
+    let raw = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = raw.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let sneaky = site_pointing_at(&format!("http://{raw_addr}")).await;
+    let mut request = ScreenshotRequest::new(sneaky.url("/sneaky"));
+    request.wait = WaitFor::Delay(Duration::from_millis(1500));
+    allowed.screenshot("web:local:r", &request).await.unwrap();
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        0,
+        "a connection reached the private address"
+    );
     allowed.shutdown().await;
 }
 
@@ -517,6 +551,7 @@ async fn recording_is_h264_of_the_right_length_with_motion() {
     let file = dir.path().join("out.mp4");
     std::fs::write(&file, &recording.bytes).unwrap();
     let (codec, duration) = probe(&file);
+    eprintln!("ffprobe: {codec}, {duration} s");
     assert_eq!(codec, "h264");
     assert!(
         (2.55..=3.45).contains(&duration),

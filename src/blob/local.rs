@@ -33,8 +33,9 @@ pub struct LocalBlobStore {
 impl LocalBlobStore {
     /// Open (creating if needed) the store rooted at `dir`, and clear stale temporary files.
     pub async fn open(dir: &Path) -> Result<Self, BlobError> {
+        let label = dir.display().to_string();
         let dir = dir.to_path_buf();
-        blocking("", move || {
+        blocking(&label, move || {
             fs::create_dir_all(&dir)?;
             let root = fs::canonicalize(&dir)?;
             let tmp = root.join(TMP_DIR);
@@ -92,7 +93,7 @@ impl BlobStore for LocalBlobStore {
 
     async fn ping(&self) -> Result<(), BlobError> {
         let root = self.root.clone();
-        blocking("", move || {
+        blocking(&self.describe(), move || {
             if !fs::metadata(&root)?.is_dir() {
                 return Err(io::Error::new(
                     ErrorKind::NotADirectory,

@@ -57,7 +57,11 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-breakpad",
     "--disable-client-side-phishing-detection",
     "--disable-domain-reliability",
-    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+    // Site isolation off: cross-site iframes then load in the page's own process, where the
+    // request interception sees them (an out-of-process iframe's requests bypass it).
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,CertificateTransparencyComponentUpdater,IsolateOrigins,site-per-process",
+    "--disable-site-isolation-trials",
+    "--dns-prefetch-disable",
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
     "--disable-renderer-backgrounding",
@@ -284,6 +288,8 @@ pub(crate) struct Inner {
     rate: Mutex<HashMap<String, Bucket>>,
     counters: Counters,
     ffmpeg_checked: tokio::sync::OnceCell<Result<String, String>>,
+    /// Idle tabs kept for reuse, by channel (each stays in its channel's browser context).
+    pool: Mutex<HashMap<String, Vec<page::Pooled>>>,
 }
 
 #[derive(Default)]
@@ -328,6 +334,12 @@ impl Running {
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+/// A tab for a lease: a new one, or one from the pool.
+enum Tab {
+    New(chromiumoxide::Page),
+    Pooled(page::Pooled),
 }
 
 /// Decrements the active count when an acquisition ends without a lease.
@@ -376,6 +388,7 @@ impl BrowserService {
                 rate: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 ffmpeg_checked: tokio::sync::OnceCell::new(),
+                pool: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -479,26 +492,41 @@ impl BrowserService {
         inner.active.fetch_add(1, Ordering::SeqCst);
         let mut active = ActiveGuard(inner, true);
         let permit = self.tab_permit().await?;
-        let (page, alive, in_use) = {
+        let (tab, alive, in_use, generation) = {
             let mut state = inner.state.lock().await;
             let running = self.ensure_running(&mut state).await?;
             let alive = running.alive.clone();
-            let (context, in_use) = match self.context(running, channel).await {
-                Ok(found) => found,
-                Err(e) => return Err(e),
+            let generation = running.generation;
+            let (context, in_use) = self.context(running, channel).await?;
+            let tab = match inner.pool_take(channel, generation) {
+                Some(pooled) => Tab::Pooled(pooled),
+                None => {
+                    let mut params = CreateTargetParams::new("about:blank");
+                    params.browser_context_id = Some(context);
+                    let page = running
+                        .browser
+                        .new_page(params)
+                        .await
+                        .map_err(|e| cdp_error(e, &running.alive))?;
+                    Tab::New(page)
+                }
             };
-            let mut params = CreateTargetParams::new("about:blank");
-            params.browser_context_id = Some(context);
-            let page = running
-                .browser
-                .new_page(params)
-                .await
-                .map_err(|e| cdp_error(e, &running.alive))?;
             in_use.fetch_add(1, Ordering::SeqCst);
-            (page, alive, in_use)
+            (tab, alive, in_use, generation)
         };
         active.1 = false;
-        PageLease::prepare(self.inner.clone(), page, alive, in_use, permit, viewport).await
+        let lease = page::LeaseParts {
+            inner: self.inner.clone(),
+            alive,
+            in_use,
+            permit,
+            channel: channel.to_string(),
+            generation,
+        };
+        match tab {
+            Tab::New(page) => PageLease::prepare(lease, page, viewport).await,
+            Tab::Pooled(pooled) => PageLease::reuse(lease, pooled, viewport).await,
+        }
     }
 
     async fn tab_permit(&self) -> Result<OwnedSemaphorePermit, BrowserError> {
@@ -529,6 +557,7 @@ impl BrowserService {
             if let Some(key) = oldest
                 && let Some(context) = running.contexts.remove(&key)
             {
+                self.inner.pool_clear(Some(&key));
                 let _ = running.browser.dispose_browser_context(context.id).await;
             }
         }
@@ -559,6 +588,7 @@ impl BrowserService {
         };
         if dead && let Some(running) = state.running.take() {
             warn!("the browser crashed or was killed; launching a new one");
+            self.inner.pool_clear(None);
             close_running(running, &self.inner.source).await;
         }
         if state.running.is_none() {
@@ -710,14 +740,56 @@ impl BrowserService {
 
     /// Close the browser now (shutdown; the next request launches a new one).
     pub async fn shutdown(&self) {
-        let running = self.inner.state.lock().await.running.take();
-        if let Some(running) = running {
+        let mut state = self.inner.state.lock().await;
+        self.inner.pool_clear(None);
+        if let Some(running) = state.running.take() {
             close_running(running, &self.inner.source).await;
         }
     }
 }
 
 impl Inner {
+    /// An idle tab of `channel` from the running browser, if one is pooled.
+    fn pool_take(&self, channel: &str, generation: u64) -> Option<page::Pooled> {
+        let mut pool = self.pool.lock().ok()?;
+        let tabs = pool.get_mut(channel)?;
+        while let Some(pooled) = tabs.pop() {
+            if pooled.generation == generation {
+                return Some(pooled);
+            }
+            pooled.discard();
+        }
+        None
+    }
+
+    /// Keep an idle tab for reuse; gives it back when the pool is full.
+    pub(crate) fn pool_put(&self, channel: String, pooled: page::Pooled) -> Result<(), page::Pooled> {
+        let Ok(mut pool) = self.pool.lock() else {
+            return Err(pooled);
+        };
+        let idle: usize = pool.values().map(Vec::len).sum();
+        if idle >= self.options.settings.max_pages {
+            return Err(pooled);
+        }
+        pool.entry(channel).or_default().push(pooled);
+        Ok(())
+    }
+
+    /// Forget pooled tabs (of one channel, or all when the browser closes).
+    fn pool_clear(&self, channel: Option<&str>) {
+        let Ok(mut pool) = self.pool.lock() else {
+            return;
+        };
+        let removed: Vec<page::Pooled> = match channel {
+            Some(channel) => pool.remove(channel).unwrap_or_default(),
+            None => pool.drain().flat_map(|(_, tabs)| tabs).collect(),
+        };
+        drop(pool);
+        for pooled in removed {
+            pooled.discard();
+        }
+    }
+
     fn release(&self) {
         self.touch();
         self.active.fetch_sub(1, Ordering::SeqCst);
@@ -836,6 +908,7 @@ fn spawn_idle_watch(inner: Weak<Inner>, generation: u64) {
             if !quiet(&inner) {
                 continue;
             }
+            inner.pool_clear(None);
             if let Some(running) = state.running.take() {
                 info!(idle_seconds = idle.as_secs(), "closing the idle browser");
                 close_running(running, &inner.source).await;

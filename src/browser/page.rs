@@ -104,7 +104,7 @@ pub struct Loaded {
     pub title: Option<String>,
 }
 
-/// A tab leased from the pool; closed when dropped.
+/// A tab leased from the pool; back to the pool (or closed) when dropped.
 pub struct PageLease {
     page: Page,
     inner: Arc<Inner>,
@@ -112,28 +112,91 @@ pub struct PageLease {
     in_use: Arc<AtomicUsize>,
     refusals: Arc<Mutex<Vec<UrlRefused>>>,
     intercept: Option<JoinHandle<()>>,
+    channel: String,
+    generation: u64,
+    /// Set while a navigation is unfinished or after a CDP error: such a tab is not reused.
+    dirty: AtomicBool,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Everything a lease holds besides its tab.
+pub(crate) struct LeaseParts {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) in_use: Arc<AtomicUsize>,
+    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) channel: String,
+    pub(crate) generation: u64,
+}
+
+/// An idle tab in the pool, with its interception still running; it is being reset to
+/// `about:blank` (`reset`) so that nothing of the last page keeps running.
+pub(crate) struct Pooled {
+    page: Page,
+    intercept: JoinHandle<()>,
+    refusals: Arc<Mutex<Vec<UrlRefused>>>,
+    reset: JoinHandle<()>,
+    pub(crate) generation: u64,
+}
+
+impl Pooled {
+    /// Close the tab and stop its tasks.
+    pub(crate) fn discard(self) {
+        self.intercept.abort();
+        self.reset.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let page = self.page;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
+            });
+        }
+    }
 }
 
 impl PageLease {
     pub(crate) async fn prepare(
-        inner: Arc<Inner>,
+        parts: LeaseParts,
         page: Page,
-        alive: Arc<AtomicBool>,
-        in_use: Arc<AtomicUsize>,
-        permit: OwnedSemaphorePermit,
         viewport: Viewport,
     ) -> Result<Self, BrowserError> {
         let mut lease = Self {
             page,
-            inner,
-            alive,
-            in_use,
+            inner: parts.inner,
+            alive: parts.alive,
+            in_use: parts.in_use,
             refusals: Arc::new(Mutex::new(Vec::new())),
             intercept: None,
-            _permit: permit,
+            channel: parts.channel,
+            generation: parts.generation,
+            dirty: AtomicBool::new(false),
+            _permit: parts.permit,
         };
         lease.intercept().await?;
+        lease.set_viewport(viewport).await?;
+        Ok(lease)
+    }
+
+    pub(crate) async fn reuse(
+        parts: LeaseParts,
+        pooled: Pooled,
+        viewport: Viewport,
+    ) -> Result<Self, BrowserError> {
+        let _ = tokio::time::timeout(Duration::from_secs(3), pooled.reset).await;
+        if let Ok(mut refusals) = pooled.refusals.lock() {
+            refusals.clear();
+        }
+        let lease = Self {
+            page: pooled.page,
+            inner: parts.inner,
+            alive: parts.alive,
+            in_use: parts.in_use,
+            refusals: pooled.refusals,
+            intercept: Some(pooled.intercept),
+            channel: parts.channel,
+            generation: parts.generation,
+            dirty: AtomicBool::new(false),
+            _permit: parts.permit,
+        };
         lease.set_viewport(viewport).await?;
         Ok(lease)
     }
@@ -144,6 +207,7 @@ impl PageLease {
     }
 
     pub(crate) fn cdp(&self, error: chromiumoxide::error::CdpError) -> BrowserError {
+        self.dirty.store(true, Ordering::SeqCst);
         cdp_error(error, &self.alive)
     }
 
@@ -221,6 +285,7 @@ impl PageLease {
         let timeout = self.inner.navigation_timeout();
         let deadline = Instant::now() + timeout;
         self.inner.count_navigation();
+        self.dirty.store(true, Ordering::SeqCst);
         let mut responses = self
             .page
             .event_listener::<EventResponseReceived>()
@@ -321,6 +386,7 @@ impl PageLease {
             }
         }
         drop(lifecycle);
+        self.dirty.store(false, Ordering::SeqCst);
         let title = self.eval::<String>("document.title").await.ok();
         Ok(Loaded {
             url: response.url.clone(),
@@ -384,18 +450,41 @@ fn navigation_error(url: &Url, error: &str) -> BrowserError {
 
 impl Drop for PageLease {
     fn drop(&mut self) {
-        if let Some(task) = self.intercept.take() {
-            task.abort();
-        }
         self.in_use.fetch_sub(1, Ordering::SeqCst);
         self.inner.release();
+        let Some(intercept) = self.intercept.take() else {
+            return;
+        };
+        let reusable =
+            self.alive.load(Ordering::SeqCst) && !self.dirty.load(Ordering::SeqCst);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            intercept.abort();
+            return;
+        };
+        if !reusable {
+            intercept.abort();
+            if self.alive.load(Ordering::SeqCst) {
+                let page = self.page.clone();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
+                });
+            }
+            return;
+        }
         let page = self.page.clone();
-        if self.alive.load(Ordering::SeqCst)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
-            });
+        let reset = runtime.spawn(async move {
+            let blank = page.execute(NavigateParams::new("about:blank"));
+            let _ = tokio::time::timeout(Duration::from_secs(3), blank).await;
+        });
+        let pooled = Pooled {
+            page: self.page.clone(),
+            intercept,
+            refusals: self.refusals.clone(),
+            reset,
+            generation: self.generation,
+        };
+        if let Err(pooled) = self.inner.pool_put(self.channel.clone(), pooled) {
+            pooled.discard();
         }
     }
 }

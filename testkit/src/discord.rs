@@ -99,6 +99,8 @@ struct Gateway {
     seq: u64,
     history: VecDeque<(u64, String)>,
     identifies: u32,
+    /// The last IDENTIFY's `d` (token, intents, …).
+    identify: Value,
     resumes: u32,
     heartbeats: u32,
     connections: u32,
@@ -226,6 +228,11 @@ impl FakeDiscord {
 
     pub fn identifies(&self) -> u32 {
         self.inner.data().gateway.identifies
+    }
+
+    /// The last IDENTIFY payload's `d`.
+    pub fn identify(&self) -> Value {
+        self.inner.data().gateway.identify.clone()
     }
 
     pub fn resumes(&self) -> u32 {
@@ -747,6 +754,7 @@ fn handle_op(inner: &Inner, out: &mpsc::UnboundedSender<Out>, frame: &Value) {
         }
         Some(2) => {
             d.gateway.identifies += 1;
+            d.gateway.identify = frame["d"].clone();
             let session = format!("session-{}", inner.id());
             d.gateway.session = Some(session.clone());
             d.gateway.seq = 0;

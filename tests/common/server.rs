@@ -88,6 +88,11 @@ impl Server {
         std::fs::read_to_string(self.data_dir.join("serve.log")).unwrap_or_default()
     }
 
+    /// The process id (bus lease owners start with it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

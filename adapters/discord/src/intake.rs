@@ -7,7 +7,7 @@
 //! installed on a fresh connection, or when the queue was full) arrives through serenity's
 //! dispatch instead and is processed directly: never lost, at worst out of order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ecdysis_chat::{Addressed, Command, CommandName, EventKind, SubmitError};
@@ -58,8 +58,8 @@ impl Inbound {
 pub(crate) struct Intake {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Inbound>,
-    /// Ids the ordered path took, so the dispatch path skips them.
-    taken: Mutex<HashSet<u64>>,
+    /// Ids the ordered path took (with how many copies), so the dispatch path skips them.
+    taken: Mutex<HashMap<u64, u32>>,
     lanes: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Inbound>>>>,
 }
 
@@ -69,7 +69,7 @@ impl Intake {
         let intake = Arc::new(Self {
             shared,
             queue,
-            taken: Mutex::new(HashSet::new()),
+            taken: Mutex::new(HashMap::new()),
             lanes: Arc::new(Mutex::new(HashMap::new())),
         });
         let weak = Arc::downgrade(&intake);
@@ -87,24 +87,29 @@ impl Intake {
         let id = item.id();
         // Marked before sending: the dispatch path for this event runs only after this returns.
         if let Ok(mut taken) = self.taken.lock() {
-            taken.insert(id);
+            *taken.entry(id).or_default() += 1;
         }
         if self.queue.try_send(item).is_ok() {
             return true;
         }
-        if let Ok(mut taken) = self.taken.lock() {
-            taken.remove(&id);
-        }
+        self.was_taken(id);
         false
     }
 
     /// Called from serenity's dispatch for every message and interaction: true when the
     /// ordered path has it (and this copy is to be dropped).
     pub fn was_taken(&self, id: u64) -> bool {
-        self.taken
-            .lock()
-            .map(|mut t| t.remove(&id))
-            .unwrap_or(false)
+        let Ok(mut taken) = self.taken.lock() else {
+            return false;
+        };
+        match taken.get_mut(&id) {
+            Some(1) => taken.remove(&id).is_some(),
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     fn route_to_lane(&self, item: Inbound) {

@@ -1,0 +1,511 @@
+//! The Discord adapter end to end, against the fake Discord of testkit (REST + gateway
+//! websocket on 127.0.0.1): serenity's real gateway and HTTP code, the real bus, commands,
+//! storage and HTTP routes. Free text is answered by the fake LLM.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ecdysis::app::App;
+use ecdysis::bus::{EventContext, Outgoing, Workers};
+use ecdysis::commands::{Commands, Feature};
+use ecdysis::config::Config;
+use ecdysis_chat::{Attachment, Button, ButtonStyle, ChannelRef, ConversationRef};
+use ecdysis_discord::GatewayHandle;
+use ecdysis_testkit::discord::{
+    self as fake, APPLICATION_ID, BOT_USER_ID, CHANNEL_ID, DM_CHANNEL_ID, FakeDiscord, GUILD_ID,
+    InteractionKey, OTHER_BOT_ID, Posted, TOKEN, USER_ID,
+};
+use ecdysis_testkit::llm::FakeLlm;
+use serde_json::{Value, json};
+
+// --- harness ---------------------------------------------------------------------------------
+
+/// A PNG's first bytes.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+/// `/screenshot` stand-in: answers with a PNG and remembers the arguments it got.
+#[derive(Default)]
+struct Shot {
+    args: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Feature for Shot {
+    async fn run(&self, _: &EventContext, args: &str) -> anyhow::Result<Vec<Outgoing>> {
+        self.args.lock().unwrap().push(args.to_string());
+        Ok(vec![Outgoing {
+            text: "Here it is.".into(),
+            attachments: vec![Attachment::new("shot.png", "image/png", PNG.to_vec())],
+            buttons: Vec::new(),
+        }])
+    }
+}
+
+/// `/run` stand-in whose handler always fails.
+struct Broken;
+
+#[async_trait]
+impl Feature for Broken {
+    async fn run(&self, _: &EventContext, _: &str) -> anyhow::Result<Vec<Outgoing>> {
+        anyhow::bail!("the sandbox exploded")
+    }
+}
+
+/// `/record` stand-in: a question with approval buttons.
+struct Ask;
+
+#[async_trait]
+impl Feature for Ask {
+    async fn run(&self, _: &EventContext, _: &str) -> anyhow::Result<Vec<Outgoing>> {
+        Ok(vec![Outgoing {
+            text: "Run it?".into(),
+            attachments: Vec::new(),
+            buttons: vec![Button {
+                action_id: "approval:approve".into(),
+                label: "Approve".into(),
+                value: "nope".into(),
+                style: ButtonStyle::Primary,
+            }],
+        }])
+    }
+}
+
+struct Harness {
+    app: App,
+    fake: FakeDiscord,
+    _llm: FakeLlm,
+    key: InteractionKey,
+    shot: Arc<Shot>,
+    workers: Option<Workers>,
+    gateway: Option<GatewayHandle>,
+    base: String,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(env: &[(String, String)]) -> Config {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    Config::load_with(None, &|name| vars.get(name).cloned()).unwrap()
+}
+
+impl Harness {
+    async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDiscord::start().await.unwrap();
+        let llm = FakeLlm::start().await.unwrap();
+        let key = InteractionKey::from_seed(9);
+        let mut env: Vec<(String, String)> = [
+            ("ECDYSIS_DATA_DIR", dir.path().join("data").display().to_string()),
+            ("ECDYSIS_SANDBOX", "off".into()),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
+            ("ECDYSIS_BUS_MAX_ATTEMPTS", "1".into()),
+            ("ECDYSIS_MODEL", "anthropic/claude-test".into()),
+            ("ANTHROPIC_API_KEY", "test-key".into()),
+            ("ANTHROPIC_BASE_URL", llm.anthropic_base_url()),
+            ("DISCORD_TOKEN", TOKEN.into()),
+            ("DISCORD_API_URL", fake.url()),
+            ("DISCORD_APPLICATION_ID", APPLICATION_ID.into()),
+            ("DISCORD_PUBLIC_KEY", key.public_hex()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let shot = Arc::new(Shot::default());
+        let feature = shot.clone();
+        let app = App::open_with(config(&env), move |c: Commands| {
+            c.with_screenshot(feature)
+                .with_run(Arc::new(Broken))
+                .with_record(Arc::new(Ask))
+        })
+        .await
+        .unwrap();
+        let router = app.router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let workers = app.bus.start().await.unwrap();
+        let gateway = ecdysis::discord::start(&app.config, app.discord.as_ref())
+            .await
+            .unwrap();
+        assert!(gateway.is_some(), "a token starts the gateway");
+        assert!(fake.wait_identified(1).await, "the bot identified");
+        Self {
+            app,
+            fake,
+            _llm: llm,
+            key,
+            shot,
+            workers: Some(workers),
+            gateway,
+            base,
+            server,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        if let Some(workers) = self.workers.take() {
+            workers.shutdown(Duration::from_secs(5)).await;
+        }
+        self.server.abort();
+    }
+
+    /// Wait for a posted message matching `pred`.
+    async fn posted_where(&self, what: &str, pred: impl Fn(&Posted) -> bool) -> Posted {
+        self.fake
+            .wait_until(Duration::from_secs(20), |f| f.posted().into_iter().find(|p| pred(p)))
+            .await
+            .unwrap_or_else(|| panic!("no posted message {what}; posted: {:#?}", self.fake.posted()))
+    }
+
+    /// The edited original response of the interaction with `token`.
+    async fn original(&self, token: &str) -> Posted {
+        self.posted_where(&format!("editing {token}"), |p| {
+            p.via == "original" && p.token.as_deref() == Some(token)
+        })
+        .await
+    }
+
+    /// Let in-flight work settle, so "exactly one" assertions mean something.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    async fn post_signed(&self, body: &str, timestamp: &str, signature: Option<&str>) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/discord/interactions", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(signature) = signature {
+            request = request
+                .header("x-signature-ed25519", signature)
+                .header("x-signature-timestamp", timestamp);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn events_stored(&self) -> i64 {
+        let c = self.app.store.inbox_counts().await.unwrap();
+        c.pending + c.leased + c.done + c.failed
+    }
+}
+
+fn now_secs() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+fn text_option(name: &str, value: &str) -> Value {
+    json!({ "name": name, "type": 3, "value": value })
+}
+
+// --- tests -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
+    let h = Harness::start().await;
+    let identify = h.fake.identify();
+    assert_eq!(identify["token"], format!("Bot {TOKEN}"));
+    // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT
+    assert_eq!(identify["intents"], 1 | (1 << 9) | (1 << 12) | (1 << 15));
+
+    let m = h.fake.say_in_guild(CHANNEL_ID, "/remember the sky is blue", true);
+    let reply = h.posted_where("in the new thread", |p| p.channel == m).await;
+    assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
+    assert_eq!(h.fake.threads(), vec![(m.clone(), CHANNEL_ID.to_string())]);
+    let requests = h.fake.requests();
+    let create = requests
+        .iter()
+        .find(|r| r.path == format!("/channels/{CHANNEL_ID}/messages/{m}/threads"))
+        .expect("the thread was created on the message");
+    assert_eq!(create.json["name"], "/remember the sky is blue");
+    assert!(
+        requests.iter().any(|r| r.path == format!("/channels/{m}/typing")),
+        "typing shown in the thread"
+    );
+
+    // A reply in the thread, without a mention: the same conversation (its memory is the
+    // channel's, and the bot takes part in it).
+    let in_thread = h.fake.next_id();
+    h.fake.dispatch(
+        "MESSAGE_CREATE",
+        fake::message(&in_thread, &m, Some(GUILD_ID), fake::user(USER_ID, "ann", false), "/recall sky"),
+    );
+    let recalled = h
+        .posted_where("recalling in the thread", |p| p.channel == m && p.content.contains("Notes matching"))
+        .await;
+    assert!(recalled.content.contains("the sky is blue"), "{recalled:?}");
+
+    // Free text goes to the model; its answer lands in a thread on that message.
+    let question = h.fake.say_in_guild(CHANNEL_ID, "hello there", true);
+    let answer = h.posted_where("answering free text", |p| p.channel == question).await;
+    assert_eq!(answer.content, "ok");
+
+    h.settle().await;
+    assert_eq!(h.fake.posted().len(), 3, "one reply each: {:#?}", h.fake.posted());
+    let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(m.clone()));
+    let messages = h.app.store.messages(&conversation, 0, 50).await.unwrap();
+    assert_eq!(messages.len(), 4, "two turns in the thread's conversation: {messages:#?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dms_are_answered_inline_and_chatter_and_bots_are_ignored() {
+    let h = Harness::start().await;
+    h.fake.say_in_dm("/remember dm note");
+    let reply = h.posted_where("in the DM", |p| p.channel == DM_CHANNEL_ID).await;
+    assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
+
+    h.fake.say_in_guild(CHANNEL_ID, "just chatting, no mention", false);
+    for author in [
+        fake::user(BOT_USER_ID, "ecdysis", true),
+        fake::user(OTHER_BOT_ID, "otherbot", true),
+    ] {
+        let id = h.fake.next_id();
+        let m = fake::mentioning_bot(fake::message(&id, CHANNEL_ID, Some(GUILD_ID), author, "/remember from a bot"));
+        h.fake.dispatch("MESSAGE_CREATE", m);
+    }
+    h.fake.say_in_dm("/help");
+    h.fake.wait_posted(2).await;
+    h.settle().await;
+    let posted = h.fake.posted();
+    assert_eq!(posted.len(), 2, "only the two DMs are answered: {posted:#?}");
+    assert!(posted.iter().all(|p| p.channel == DM_CHANNEL_ID));
+    assert!(h.fake.threads().is_empty(), "a DM is answered inline, no thread");
+    assert_eq!(h.events_stored().await, 2, "ignored messages are not stored");
+    let dm = ChannelRef {
+        platform: "discord".into(),
+        workspace: "dm".into(),
+        channel: DM_CHANNEL_ID.into(),
+    };
+    assert_eq!(h.app.store.note_count(&dm).await.unwrap(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slash_commands_are_deferred_then_completed_and_failures_are_shown() {
+    let h = Harness::start().await;
+    let (id, token) = h.fake.slash(CHANNEL_ID, "remember", json!([text_option("text", "the sky is blue")]));
+    let original = h.original(&token).await;
+    assert!(original.content.starts_with("Remembered as #"), "{original:?}");
+    let callback = h
+        .fake
+        .callbacks()
+        .into_iter()
+        .find(|c| c.interaction_id == id)
+        .expect("deferred");
+    assert_eq!(callback.kind, 5, "deferred: thinking…");
+    assert!(callback.at <= original.at, "deferred before the edit");
+
+    let (_, token) = h.fake.slash(CHANNEL_ID, "recall", json!([text_option("query", "sky")]));
+    let original = h.original(&token).await;
+    assert!(original.content.contains("the sky is blue"), "{original:?}");
+
+    // The handler fails: the apology replaces "thinking…".
+    let (id, token) = h.fake.slash(CHANNEL_ID, "run", json!([text_option("command", "echo hi")]));
+    let original = h.original(&token).await;
+    assert!(original.content.starts_with("Sorry"), "{original:?}");
+    assert!(original.content.contains("the sandbox exploded"), "{original:?}");
+    assert!(h.fake.callbacks().iter().any(|c| c.interaction_id == id && c.kind == 5));
+
+    // The same interaction delivered twice: one deferral, one answer.
+    let id = h.fake.next_id();
+    let token = format!("token-{id}");
+    let payload = fake::command_interaction(&id, &token, CHANNEL_ID, Some(GUILD_ID), "memory", json!([]));
+    h.fake.dispatch("INTERACTION_CREATE", payload.clone());
+    h.fake.dispatch("INTERACTION_CREATE", payload);
+    let original = h.original(&token).await;
+    assert!(original.content.contains("the sky is blue"), "{original:?}");
+    h.settle().await;
+    assert_eq!(h.fake.callbacks().iter().filter(|c| c.interaction_id == id).count(), 1);
+    let edits = h
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains(&token))
+        .count();
+    assert_eq!(edits, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_are_uploaded_as_multipart_attachments() {
+    let h = Harness::start().await;
+    let m = h.fake.say_in_guild(CHANNEL_ID, "/screenshot https://example.com full_page", true);
+    let posted = h.posted_where("with the screenshot", |p| p.channel == m).await;
+    assert_eq!(posted.content, "Here it is.");
+    assert_eq!(posted.files.len(), 1, "{posted:?}");
+    assert_eq!(posted.files[0].filename, "shot.png");
+    assert_eq!(&posted.files[0].bytes[..], PNG);
+
+    // The slash command's typed options reach the feature as the usual argument text, and the
+    // file travels with the edit of the deferred response.
+    let (_, token) = h.fake.slash(
+        CHANNEL_ID,
+        "screenshot",
+        json!([{ "name": "full_page", "type": 5, "value": true }, text_option("url", "https://example.com")]),
+    );
+    let original = h.original(&token).await;
+    assert_eq!(original.files.len(), 1);
+    assert_eq!(&original.files[0].bytes[..], PNG);
+    assert_eq!(
+        *h.shot.args.lock().unwrap(),
+        vec!["https://example.com full_page".to_string(); 2]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_attachments_are_downloaded_for_the_agent() {
+    let h = Harness::start().await;
+    let url = h.fake.add_attachment("notes.txt", b"hello file".to_vec());
+    let id = h.fake.next_id();
+    let m = fake::with_attachment(
+        fake::mentioning_bot(fake::message(&id, CHANNEL_ID, Some(GUILD_ID), fake::user(USER_ID, "ann", false), "what is in here?")),
+        "1",
+        "notes.txt",
+        &url,
+        10,
+        "text/plain",
+    );
+    let m = fake::with_attachment(m, "2", "huge.bin", &url, 30 * 1024 * 1024, "application/octet-stream");
+    h.fake.dispatch("MESSAGE_CREATE", m);
+    h.posted_where("answering the file", |p| p.channel == id).await;
+    let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(id.clone()));
+    let messages = h.app.store.messages(&conversation, 0, 10).await.unwrap();
+    let question = &messages[0];
+    assert_eq!(question.attachments.len(), 1, "{question:#?}");
+    assert_eq!(question.attachments[0].name, "notes.txt");
+    assert_eq!(question.attachments[0].size, 10);
+    assert!(
+        question.text.contains("huge.bin was not downloaded"),
+        "the oversized file is named: {}",
+        question.text
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_interactions_are_verified_then_deferred_and_completed() {
+    let h = Harness::start().await;
+    let ping = fake::ping_interaction("1").to_string();
+    let ts = now_secs();
+    let r = h.post_signed(&ping, &ts, Some(&h.key.sign(&ts, ping.as_bytes()))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "type": 1 }));
+
+    let id = h.fake.next_id();
+    let token = format!("http-{id}");
+    let command = fake::command_interaction(&id, &token, CHANNEL_ID, Some(GUILD_ID), "remember", json!([text_option("text", "over http")])).to_string();
+    let other = InteractionKey::from_seed(3);
+    let stale = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600).to_string();
+    for (timestamp, signature) in [
+        (ts.clone(), Some(other.sign(&ts, command.as_bytes()))),
+        (stale.clone(), Some(h.key.sign(&stale, command.as_bytes()))),
+        (ts.clone(), Some(h.key.sign(&ts, b"another body"))),
+        (ts.clone(), None),
+    ] {
+        let r = h.post_signed(&command, &timestamp, signature.as_deref()).await;
+        assert_eq!(r.status(), 401);
+    }
+    h.settle().await;
+    assert_eq!(h.events_stored().await, 0, "refused requests store nothing");
+    assert!(h.fake.posted().is_empty());
+
+    let r = h.post_signed(&command, &ts, Some(&h.key.sign(&ts, command.as_bytes()))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "type": 5 }));
+    let original = h.original(&token).await;
+    assert!(original.content.starts_with("Remembered as #"), "{original:?}");
+    assert_eq!(h.events_stored().await, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_resumes_after_a_disconnect_and_duplicates_are_answered_once() {
+    let h = Harness::start().await;
+    h.fake.say_in_dm("/remember before");
+    h.fake.wait_posted(1).await;
+
+    h.fake.disconnect();
+    // Sent while the connection is down: Discord replays it on RESUME.
+    let m = h.fake.say_in_guild(CHANNEL_ID, "/remember after the disconnect", true);
+    let reply = h.posted_where("after resuming", |p| p.channel == m).await;
+    assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
+    assert!(h.fake.resumes() >= 1, "the session was resumed");
+    assert_eq!(h.fake.identifies(), 1, "resumed, not identified again");
+
+    let id = h.fake.next_id();
+    let again = fake::message(&id, DM_CHANNEL_ID, None, fake::user(USER_ID, "ann", false), "/remember twice");
+    h.fake.dispatch("MESSAGE_CREATE", again.clone());
+    h.fake.dispatch("MESSAGE_CREATE", again);
+    h.fake.wait_posted(3).await;
+    h.settle().await;
+    assert_eq!(h.fake.posted().len(), 3, "{:#?}", h.fake.posted());
+
+    let health: Value = reqwest::get(format!("{}/readyz", h.base)).await.unwrap().json().await.unwrap();
+    let discord = &health["adapters"]["discord"];
+    assert_eq!(discord["gateway"], "connected", "{health}");
+    assert!(discord["last_event_at_ms"].as_i64().unwrap() > 0, "{health}");
+    assert_eq!(discord["resumes"], 1, "{health}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_of_a_channel_are_taken_in_order() {
+    let h = Harness::start().await;
+    for i in 0..25 {
+        h.fake.say_in_dm(&format!("/remember note {i:02}"));
+    }
+    h.fake.wait_posted(25).await;
+    let dm = ChannelRef {
+        platform: "discord".into(),
+        workspace: "dm".into(),
+        channel: DM_CHANNEL_ID.into(),
+    };
+    let mut notes = h.app.store.notes(&dm, 100).await.unwrap();
+    notes.sort_by_key(|n| n.id);
+    let texts: Vec<_> = notes.iter().map(|n| n.text.clone()).collect();
+    let expected: Vec<_> = (0..25).map(|i| format!("note {i:02}")).collect();
+    assert_eq!(texts, expected);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buttons_are_components_and_presses_come_back_as_actions() {
+    let h = Harness::start_with(&[("ECDYSIS_SANDBOX_REQUIRE_APPROVAL", "true")]).await;
+    let (_, token) = h.fake.slash(CHANNEL_ID, "record", json!([text_option("url", "https://example.com")]));
+    let original = h.original(&token).await;
+    assert_eq!(original.content, "Run it?");
+    let button = &original.components[0]["components"][0];
+    assert_eq!(button["custom_id"], "16:approval:approvenope", "{original:?}");
+    assert_eq!(button["label"], "Approve");
+
+    let id = h.fake.next_id();
+    let press_token = format!("token-{id}");
+    h.fake.dispatch(
+        "INTERACTION_CREATE",
+        fake::component_interaction(&id, &press_token, CHANNEL_ID, Some(GUILD_ID), "16:approval:approvenope", &original.id),
+    );
+    let answer = h.original(&press_token).await;
+    assert!(answer.content.contains("already answered or has timed out"), "{answer:?}");
+    assert!(h.fake.callbacks().iter().any(|c| c.interaction_id == id && c.kind == 5));
+    h.stop().await;
+}

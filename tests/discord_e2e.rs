@@ -509,3 +509,94 @@ async fn buttons_are_components_and_presses_come_back_as_actions() {
     assert!(h.fake.callbacks().iter().any(|c| c.interaction_id == id && c.kind == 5));
     h.stop().await;
 }
+
+// --- the real binary -------------------------------------------------------------------------
+
+fn discord_env(fake: &FakeDiscord) -> Vec<(&'static str, String)> {
+    vec![
+        ("DISCORD_TOKEN", TOKEN.to_string()),
+        ("DISCORD_API_URL", fake.url()),
+        ("DISCORD_APPLICATION_ID", APPLICATION_ID.to_string()),
+        ("ECDYSIS_SANDBOX", "off".to_string()),
+        ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".to_string()),
+    ]
+}
+
+async fn run_cli(dir: &std::path::Path, fake: &FakeDiscord, args: &[&str]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ECDYSIS_DATA_DIR", dir.join("data"));
+    for (k, v) in discord_env(fake) {
+        command.env(k, v);
+    }
+    let output = command.output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_connects_registers_commands_on_start_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await.unwrap();
+    let mut env = discord_env(&fake);
+    env.push(("ECDYSIS_DISCORD_REGISTER_ON_START", "true".into()));
+    env.push(("ECDYSIS_DISCORD_REGISTER_GUILD", GUILD_ID.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = common::server::Server::start(dir.path(), &env).await;
+    assert!(fake.wait_identified(1).await, "{}", server.log());
+    let registered = fake
+        .wait_until(Duration::from_secs(10), |f| {
+            f.requests().into_iter().find(|r| {
+                r.method == "PUT" && r.path == format!("/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands")
+            })
+        })
+        .await
+        .expect("commands registered in the guild on start");
+    assert_eq!(registered.json.as_array().unwrap().len(), 10);
+
+    let m = fake.say_in_guild(CHANNEL_ID, "/remember from a real process", true);
+    let reply = fake
+        .wait_until(Duration::from_secs(20), |f| f.posted().into_iter().find(|p| p.channel == m))
+        .await
+        .unwrap_or_else(|| panic!("no reply: {:#?}\n{}", fake.posted(), server.log()));
+    assert!(reply.content.starts_with("Remembered as #"));
+    let health: Value = reqwest::get(format!("{}/readyz", server.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["adapters"]["discord"]["gateway"], "connected", "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_register_and_doctor_use_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await.unwrap();
+    let (ok, out) = run_cli(dir.path(), &fake, &["discord", "register"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("registered 10 global slash commands"), "{out}");
+    let put = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT" && r.path == format!("/applications/{APPLICATION_ID}/commands"))
+        .expect("global registration");
+    let commands = put.json.as_array().unwrap();
+    let screenshot = commands.iter().find(|c| c["name"] == "screenshot").unwrap();
+    assert_eq!(screenshot["options"][0]["name"], "url");
+    assert_eq!(screenshot["options"][1]["name"], "full_page");
+    assert_eq!(screenshot["options"][1]["type"], 5);
+    let run = commands.iter().find(|c| c["name"] == "run").unwrap();
+    assert_eq!(run["options"][0]["name"], "command");
+
+    let (ok, out) = run_cli(dir.path(), &fake, &["discord", "register", "--guild", GUILD_ID]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("in guild {GUILD_ID}")), "{out}");
+
+    let (_, out) = run_cli(dir.path(), &fake, &["doctor"]).await;
+    let line = out.lines().find(|l| l.contains("discord")).unwrap_or_default();
+    assert!(line.starts_with("ok") && line.contains(BOT_USER_ID), "{out}");
+}

@@ -190,6 +190,16 @@ async fn serve_site_with(ip: &str, elsewhere: &str) -> Site {
             }),
         )
         .route(
+            "/frame-of",
+            get(|State(s): State<SiteState>| async move {
+                let to = s.elsewhere.lock().unwrap().clone();
+                Html(format!(
+                    "<!doctype html><body>outer<iframe src='{to}' width=300 height=200></iframe></body>"
+                ))
+                .into_response()
+            }),
+        )
+        .route(
             "/sneaky",
             get(|State(s): State<SiteState>| async move {
                 let to = s.elsewhere.lock().unwrap().clone();
@@ -520,6 +530,22 @@ async fn refused_urls_never_reach_a_server() {
         "a connection reached the private address"
     );
     allowed.shutdown().await;
+
+    // A cross-site iframe (127.0.0.3, also allowed) whose image points at the private
+    // address: the frame's requests are intercepted like the page's.
+    let inner = serve_site_with("127.0.0.3", &format!("http://{raw_addr}/from-frame.png")).await;
+    let outer = site_pointing_at(&inner.url("/with-private-image")).await;
+    let both = service(&chromium, dir.path(), &["127.0.0.1", "127.0.0.3"]);
+    let mut request = ScreenshotRequest::new(outer.url("/frame-of"));
+    request.wait = WaitFor::Delay(Duration::from_millis(1000));
+    both.screenshot("web:local:r", &request).await.unwrap();
+    assert_eq!(inner.hits(), 1, "the allowed frame loaded");
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        0,
+        "the frame's request reached the private address"
+    );
+    both.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

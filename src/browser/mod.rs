@@ -654,9 +654,19 @@ impl BrowserService {
             .options
             .work_dir
             .join(format!("profile-{}", uuid::Uuid::new_v4().simple()));
-        tokio::fs::create_dir_all(&profile).await.map_err(|e| {
-            BrowserError::Launch(format!("cannot create {}: {e}", profile.display()))
-        })?;
+        tokio::fs::create_dir_all(profile.join("Default"))
+            .await
+            .map_err(|e| {
+                BrowserError::Launch(format!("cannot create {}: {e}", profile.display()))
+            })?;
+        // Never predict the network: no speculative connections (preconnects) that the request
+        // interception cannot see.
+        tokio::fs::write(
+            profile.join("Default").join("Preferences"),
+            r#"{"net":{"network_prediction_options":2}}"#,
+        )
+        .await
+        .map_err(|e| BrowserError::Launch(format!("cannot write the profile: {e}")))?;
         let mut command = tokio::process::Command::new(path);
         command
             .args(CHROMIUM_FLAGS)
@@ -763,7 +773,11 @@ impl Inner {
     }
 
     /// Keep an idle tab for reuse; gives it back when the pool is full.
-    pub(crate) fn pool_put(&self, channel: String, pooled: page::Pooled) -> Result<(), page::Pooled> {
+    pub(crate) fn pool_put(
+        &self,
+        channel: String,
+        pooled: page::Pooled,
+    ) -> Result<(), page::Pooled> {
         let Ok(mut pool) = self.pool.lock() else {
             return Err(pooled);
         };

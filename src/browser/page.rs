@@ -455,8 +455,7 @@ impl Drop for PageLease {
         let Some(intercept) = self.intercept.take() else {
             return;
         };
-        let reusable =
-            self.alive.load(Ordering::SeqCst) && !self.dirty.load(Ordering::SeqCst);
+        let reusable = self.alive.load(Ordering::SeqCst) && !self.dirty.load(Ordering::SeqCst);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             intercept.abort();
             return;

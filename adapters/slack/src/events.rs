@@ -17,7 +17,7 @@ pub(crate) enum Envelope {
     UrlVerification {
         challenge: String,
     },
-    EventCallback(Callback),
+    EventCallback(Box<Callback>),
     #[serde(other)]
     Other,
 }
@@ -93,7 +93,10 @@ pub(crate) struct RevokedTokens {
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// A user's message: download `files`, then submit.
-    Message { event: Event, files: Vec<FileRef> },
+    Message {
+        event: Box<Event>,
+        files: Vec<FileRef>,
+    },
     /// The app was uninstalled from the workspace, or its bot token revoked.
     Uninstalled { team: String },
     /// Not user input (or covered by another event); acknowledge and forget.
@@ -201,7 +204,7 @@ fn message(
     event_out.addressed = addressed;
     event_out.route = route.to_value();
     Inbound::Message {
-        event: event_out,
+        event: Box::new(event_out),
         files: event.files,
     }
 }
@@ -265,14 +268,14 @@ mod tests {
             "event": event,
         });
         match serde_json::from_value(body).unwrap() {
-            Envelope::EventCallback(cb) => cb,
+            Envelope::EventCallback(cb) => *cb,
             other => panic!("{other:?}"),
         }
     }
 
     fn event(inbound: Inbound) -> Event {
         match inbound {
-            Inbound::Message { event, .. } => event,
+            Inbound::Message { event, .. } => *event,
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -59,7 +59,7 @@ impl Slack {
                 if !files.is_empty() {
                     self.attach_files(&mut event, &files).await;
                 }
-                self.submit(event).await
+                self.submit(*event).await
             }
         }
     }

@@ -232,7 +232,7 @@ fn link(chars: &[char], start: usize) -> Option<(String, String, usize)> {
     let end = find(chars, close + 2, &[')'])?;
     let label: String = chars[start + 1..close].iter().collect();
     let url: String = chars[close + 2..end].iter().collect();
-    let url = url.trim().split_whitespace().next()?.to_string();
+    let url = url.split_whitespace().next()?.to_string();
     if !is_url(&url) {
         return None;
     }

@@ -33,12 +33,12 @@ impl Slack {
             .with_state(self.clone())
     }
 
-    fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    /// The 401 for a request that is not signed by Slack; `None` when it is.
+    fn refuse_unsigned(&self, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
         let now = crate::now_ms() / 1000;
-        self.inner.verifier.verify(headers, body, now).map_err(|e| {
-            tracing::warn!(error = %e, "refused a Slack request");
-            error(StatusCode::UNAUTHORIZED, e.to_string())
-        })
+        let e = self.inner.verifier.verify(headers, body, now).err()?;
+        tracing::warn!(error = %e, "refused a Slack request");
+        Some(error(StatusCode::UNAUTHORIZED, e.to_string()))
     }
 }
 
@@ -70,7 +70,7 @@ fn refused(e: Refused) -> Response {
 }
 
 async fn events(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = slack.check_signature(&headers, &body) {
+    if let Some(response) = slack.refuse_unsigned(&headers, &body) {
         return response;
     }
     let envelope: Envelope = match serde_json::from_slice(&body) {
@@ -94,7 +94,7 @@ async fn events(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -> 
                 tracing::debug!(event_id = %callback.event_id, retry, "Slack retried an event");
             }
             slack.inner.health.event();
-            match slack.accept_callback(callback).await {
+            match slack.accept_callback(*callback).await {
                 Ok(()) => StatusCode::OK.into_response(),
                 Err(e) => refused(e),
             }
@@ -112,7 +112,7 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
     if fields.get("ssl_check").is_some_and(|v| v == "1") {
         return StatusCode::OK.into_response();
     }
-    if let Err(response) = slack.check_signature(&headers, &body) {
+    if let Some(response) = slack.refuse_unsigned(&headers, &body) {
         return response;
     }
     let command = match SlashCommand::from_fields(&fields) {
@@ -155,7 +155,7 @@ impl Slack {
 }
 
 async fn interactivity(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = slack.check_signature(&headers, &body) {
+    if let Some(response) = slack.refuse_unsigned(&headers, &body) {
         return response;
     }
     let fields = form(&body);

@@ -243,14 +243,15 @@ impl Slack {
         let ack = serde_json::json!({ "envelope_id": id });
         match frame.kind.as_str() {
             "events_api" => match serde_json::from_value::<Envelope>(frame.payload) {
-                Ok(Envelope::EventCallback(callback)) => match self.accept_callback(callback).await
-                {
-                    Ok(()) => Some(ack.to_string()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Socket Mode event not accepted; Slack will resend it");
-                        None
+                Ok(Envelope::EventCallback(callback)) => {
+                    match self.accept_callback(*callback).await {
+                        Ok(()) => Some(ack.to_string()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Socket Mode event not accepted; Slack will resend it");
+                            None
+                        }
                     }
-                },
+                }
                 Ok(_) => Some(ack.to_string()),
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable Socket Mode event; acknowledged and dropped");

@@ -152,7 +152,7 @@ impl Namespace {
             let output = self
                 .run(RunRequest {
                     workspace: workspace.clone(),
-                    command: "touch /workspace/.probe && echo ok".into(),
+                    command: ": > /workspace/.probe && echo ok".into(),
                     limits,
                 })
                 .await

@@ -1,70 +1,17 @@
 //! Socket Mode against the fake Slack, with a recording sink: acknowledgements follow the
 //! core's answer, and the watchdog replaces a socket that went silent while looking open.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use ecdysis_chat::{Accepted, Event, EventSink, SubmitError};
-use ecdysis_slack::{Installation, Installations, Slack, SlackSettings, SocketSettings};
+use common::{Sink, slack};
+use ecdysis_slack::SocketSettings;
 use ecdysis_testkit::slack::FakeSlack;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Accepts events (or refuses them as busy while `busy` is set) and records them.
-#[derive(Default)]
-struct Sink {
-    events: Mutex<Vec<Event>>,
-    busy: Mutex<bool>,
-}
-
-#[async_trait]
-impl EventSink for Sink {
-    async fn submit(&self, event: Event) -> Result<Accepted, SubmitError> {
-        if *self.busy.lock().unwrap() {
-            return Err(SubmitError::Busy("test".into()));
-        }
-        self.events.lock().unwrap().push(event);
-        Ok(Accepted {
-            event_id: "1".into(),
-            duplicate: false,
-            ignored: false,
-        })
-    }
-}
-
-struct NoInstallations;
-
-#[async_trait]
-impl Installations for NoInstallations {
-    async fn save(&self, _: &Installation) -> Result<(), String> {
-        Ok(())
-    }
-    async fn get(&self, _: &str) -> Result<Option<Installation>, String> {
-        Ok(None)
-    }
-    async fn remove(&self, _: &str) -> Result<bool, String> {
-        Ok(false)
-    }
-    async fn put_state(&self, _: &str, _: i64) -> Result<(), String> {
-        Ok(())
-    }
-    async fn take_state(&self, _: &str, _: i64) -> Result<bool, String> {
-        Ok(false)
-    }
-}
-
-fn slack(fake: &FakeSlack, sink: Arc<Sink>, socket: SocketSettings) -> Slack {
-    let settings = SlackSettings {
-        bot_token: Some("xoxb-test".into()),
-        app_token: Some("xapp-test".into()),
-        api_url: fake.api_url(),
-        socket,
-        ..SlackSettings::default()
-    };
-    Slack::new(settings, sink, Arc::new(NoInstallations)).unwrap()
-}
 
 fn mention(event_id: &str, ts: &str) -> serde_json::Value {
     json!({

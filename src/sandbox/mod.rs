@@ -192,11 +192,18 @@ pub async fn detect(config: &Config) -> Availability {
     }
 }
 
-/// Detect the sandbox and build the runner `/run` and `run_command` use, or say why not.
-pub async fn open(
-    config: &Config,
-    blobs: Arc<dyn BlobStore>,
-) -> Result<Arc<Runner>, (String, bool)> {
+/// Why there is no sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unavailable {
+    pub reason: String,
+    /// True when a backend was asked for explicitly.
+    pub requested: bool,
+}
+
+/// Detect the sandbox and build the runner `/run` and `run_command` use, or say why not (the
+/// reason is logged: a warning when a backend was asked for, a note otherwise).
+pub async fn open(config: &Config, blobs: Arc<dyn BlobStore>) -> Result<Arc<Runner>, Unavailable> {
     let sandbox = match detect(config).await {
         Availability::Ready(sandbox) => sandbox,
         Availability::Off { reason, requested } => {
@@ -205,7 +212,7 @@ pub async fn open(
             } else {
                 info!(%reason, "no sandbox; /run is off");
             }
-            return Err((reason, requested));
+            return Err(Unavailable { reason, requested });
         }
     };
     let workspaces = Workspaces::open(
@@ -214,7 +221,14 @@ pub async fn open(
         config.sandbox.workspace_max_mb.saturating_mul(1024 * 1024),
     )
     .await
-    .map_err(|e| (format!("workspaces: {e}"), true))?;
+    .map_err(|e| {
+        let reason = format!("workspaces: {e}");
+        warn!(%reason, "the sandbox is unavailable; /run is off");
+        Unavailable {
+            reason,
+            requested: true,
+        }
+    })?;
     info!(sandbox = %sandbox.describe(), "sandbox ready; /run is on");
     Ok(Arc::new(Runner::new(
         sandbox,

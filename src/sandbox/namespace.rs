@@ -194,9 +194,8 @@ impl Namespace {
     }
 
     fn args(&self, request: &RunRequest) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::with_capacity(64);
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&[
+        let mut args = Args(Vec::with_capacity(80));
+        args.words(&[
             "--unshare-all",
             "--unshare-user",
             "--disable-userns",
@@ -209,39 +208,24 @@ impl Namespace {
             "sandbox",
         ]);
         let inside = INSIDE_UID.to_string();
-        push(&["--uid", &inside, "--gid", &inside]);
+        args.words(&["--uid", &inside, "--gid", &inside]);
         for mount in &self.mounts {
             match mount {
-                SystemMount::Bind { source, dest } => {
-                    args.push("--ro-bind".into());
-                    args.push(source.into());
-                    args.push(dest.into());
-                }
-                SystemMount::Symlink { target, dest } => {
-                    args.push("--symlink".into());
-                    args.push(target.into());
-                    args.push(dest.into());
-                }
+                SystemMount::Bind { source, dest } => args.mount("--ro-bind", source, dest),
+                SystemMount::Symlink { target, dest } => args.mount("--symlink", target, dest),
             }
         }
         if let Some([(passwd, _), (group, _)]) = &self.etc {
-            for (source, dest) in [(passwd, "/etc/passwd"), (group, "/etc/group")] {
-                args.push("--ro-bind".into());
-                args.push(source.into());
-                args.push(dest.into());
-            }
+            args.mount("--ro-bind", passwd, "/etc/passwd");
+            args.mount("--ro-bind", group, "/etc/group");
         }
         let tmp = request.limits.tmp_bytes.max(1024 * 1024).to_string();
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&["--proc", "/proc", "--dev", "/dev"]);
-        push(&["--size", &tmp, "--tmpfs", "/dev/shm"]);
-        push(&["--size", &tmp, "--tmpfs", "/tmp"]);
-        args.push("--bind".into());
-        args.push(request.workspace.dir.clone().into());
-        args.push("/workspace".into());
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
-        push(&["--chdir", "/workspace", "--clearenv"]);
+        args.words(&["--proc", "/proc", "--dev", "/dev"]);
+        args.words(&["--size", &tmp, "--tmpfs", "/dev/shm"]);
+        args.words(&["--size", &tmp, "--tmpfs", "/tmp"]);
+        args.mount("--bind", &request.workspace.dir, "/workspace");
+        args.words(&["--remount-ro", "/dev", "--remount-ro", "/"]);
+        args.words(&["--chdir", "/workspace", "--clearenv"]);
         for (name, value) in [
             ("PATH", PATH),
             ("HOME", "/workspace"),
@@ -252,20 +236,35 @@ impl Namespace {
             ("TERM", "dumb"),
             ("PYTHONUNBUFFERED", "1"),
         ] {
-            push(&["--setenv", name, value]);
+            args.words(&["--setenv", name, value]);
         }
         // PID 1 is a shell that runs the command as its child and exits with its status: the
         // command keeps ordinary signal semantics (a namespace's init ignores SIGXCPU and
         // other signals it has no handler for), and the namespace ends when the command does.
-        push(&[
+        args.words(&[
             "--",
             self.shell,
             "-c",
             "\"$0\" -c \"$1\"; exit $?",
             self.shell,
         ]);
-        args.push(request.command.clone().into());
-        args
+        args.words(&[&request.command]);
+        args.0
+    }
+}
+
+/// bwrap's command line.
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn words(&mut self, words: &[&str]) {
+        self.0.extend(words.iter().map(OsString::from));
+    }
+
+    fn mount(&mut self, option: &str, source: impl AsRef<Path>, dest: &str) {
+        self.0.push(option.into());
+        self.0.push(source.as_ref().into());
+        self.0.push(dest.into());
     }
 }
 
@@ -711,6 +710,43 @@ fn explain_probe_failure(output: &str, workspaces: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_of_a_user_are_counted() {
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert!(count_tasks(me) >= 1, "this test runs as uid {me}");
+        assert_eq!(count_tasks(UID_BASE + UID_SPAN + 17), 0);
+    }
+
+    #[test]
+    fn landlock_scopes_stop_signals_leaving_the_sandbox() {
+        if landlock::abi() < landlock::SCOPES_ABI {
+            eprintln!("skipping: this kernel's Landlock has no scopes");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("kill -0 {parent} 2>&1; echo status $?"));
+        // SAFETY: restrict_scopes only makes raw system calls.
+        unsafe {
+            command.pre_exec(|| landlock::restrict_scopes());
+        }
+        let output = command.output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("status 1"), "{text}");
+        assert!(text.contains("not permitted"), "{text}");
+        // Without the scope the same signal is allowed.
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -0 {parent}; echo status $?"))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&output.stdout).contains("status 0"));
+    }
 
     #[test]
     fn identity_files_replace_the_sandbox_uid() {

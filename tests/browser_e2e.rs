@@ -203,11 +203,17 @@ async fn serve_site_with(ip: &str, elsewhere: &str) -> Site {
             "/sneaky",
             get(|State(s): State<SiteState>| async move {
                 let to = s.elsewhere.lock().unwrap().clone();
+                let host = to.trim_start_matches("http://").to_string();
                 Html(format!(
                     "<!doctype html><head><link rel='preconnect' href='{to}'><link rel='dns-prefetch' href='{to}'>\
                      <link rel='stylesheet' href='{to}/x.css'></head><body>hi<img src='{to}/i.png'>\
                      <iframe src='{to}/frame'></iframe><script>fetch('{to}/f').catch(() => {{}});\
-                     navigator.sendBeacon('{to}/b', 'x');</script></body>"
+                     navigator.sendBeacon('{to}/b', 'x');\
+                     try {{ new WebSocket('{to}'.replace('http', 'ws') + '/ws'); }} catch (e) {{}}\
+                     try {{ new RTCPeerConnection({{ iceServers: [{{ urls: 'stun:{host}' }}] }}); }} catch (e) {{}}\
+                     try {{ new Worker(URL.createObjectURL(new Blob([\"fetch('{to}/w')\"]))); }} catch (e) {{}}\
+                     try {{ navigator.serviceWorker.register('/sw.js'); }} catch (e) {{}}\
+                     </script></body>"
                 ))
                 .into_response()
             }),

@@ -1035,7 +1035,7 @@ mod tests {
         }
         let e = s.check_rate("a").unwrap_err();
         assert!(
-            matches!(e, BrowserError::RateLimited(n) if n >= 1 && n <= 20),
+            matches!(e, BrowserError::RateLimited(n) if (1..=20).contains(&n)),
             "{e}"
         );
         s.check_rate("b").unwrap();

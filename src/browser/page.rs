@@ -14,7 +14,9 @@ use chromiumoxide::cdp::browser_protocol::fetch::{
 use chromiumoxide::cdp::browser_protocol::network::{
     ErrorReason, EventResponseReceived, ResourceType,
 };
-use chromiumoxide::cdp::browser_protocol::page::{EventLifecycleEvent, NavigateParams};
+use chromiumoxide::cdp::browser_protocol::page::{
+    AddScriptToEvaluateOnNewDocumentParams, EventLifecycleEvent, NavigateParams,
+};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
@@ -24,6 +26,13 @@ use tracing::debug;
 use url::Url;
 
 use super::{BrowserError, Inner, UrlRefused, cdp_error};
+
+/// Runs before any page script: removes the APIs whose connections the request interception
+/// cannot see (WebSocket, WebTransport, WebRTC, workers).
+const NO_UNCHECKED_NETWORK: &str = "(() => { for (const name of ['WebSocket', 'WebSocketStream', \
+'WebTransport', 'RTCPeerConnection', 'webkitRTCPeerConnection', 'Worker', 'SharedWorker']) { \
+try { Object.defineProperty(window, name, { value: undefined, writable: false, configurable: false }); } catch (e) {} } \
+try { Object.defineProperty(Navigator.prototype, 'serviceWorker', { get: () => undefined, configurable: false }); } catch (e) {} })();";
 
 /// The emulated screen: CSS pixels and device scale factor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -257,6 +266,15 @@ impl PageLease {
             handle_auth_requests: None,
         };
         self.page.execute(enable).await.map_err(|e| self.cdp(e))?;
+        // WebSocket handshakes, WebRTC and workers' own requests do not pass through the
+        // Fetch domain, so they cannot be checked: pages get none of them.
+        let block = AddScriptToEvaluateOnNewDocumentParams {
+            source: NO_UNCHECKED_NETWORK.into(),
+            world_name: None,
+            include_command_line_api: None,
+            run_immediately: Some(true),
+        };
+        self.page.execute(block).await.map_err(|e| self.cdp(e))?;
         Ok(())
     }
 

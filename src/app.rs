@@ -168,10 +168,16 @@ impl App {
             Some(slack) => router.merge(slack.router()),
             None => router,
         };
-        match self.discord.as_ref().and_then(|d| d.router()) {
+        let router = match self.discord.as_ref().and_then(|d| d.router()) {
             Some(discord) => router.merge(discord),
             None => router,
-        }
+        };
+        // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
+        let router = match crate::admin::router(self) {
+            Some(admin) => router.merge(admin),
+            None => router,
+        };
+        router.layer(axum::middleware::from_fn(request_timeout))
     }
 
     /// Refuse to serve the web chat to the network without a token.
@@ -247,6 +253,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+/// The longest any request may take to be answered (a streamed body, such as the web chat's
+/// live updates, may go on after its head was sent).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answer 503 to a request whose handler takes longer than [`REQUEST_TIMEOUT`] (a slow client
+/// sending its body slowly included), so no request holds a connection forever.
+async fn request_timeout(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, "request timed out");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "1")],
+                "the request took too long; try again",
+            )
+                .into_response()
+        }
     }
 }
 

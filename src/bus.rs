@@ -245,6 +245,11 @@ impl Bus {
             .and_then(|a| a.get(platform).cloned())
     }
 
+    /// Wake an idle worker (an event was queued outside [`EventSink::submit`], e.g. a retry).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }

@@ -80,7 +80,7 @@ enum Ended {
     /// The lease could not be renewed in time, or another owner has it.
     Lost,
     /// The task returned by itself.
-    TaskEnded,
+    TaskReturned,
     /// The instance is shutting down.
     Stopping,
 }
@@ -155,7 +155,7 @@ impl Leadership {
                             self.release().await;
                             break;
                         }
-                        Ended::TaskEnded => {
+                        Ended::TaskReturned => {
                             self.release().await;
                             // Let another instance have a go before trying again.
                             sleep_or_stop(self.ttl, &mut stopped).await;
@@ -232,13 +232,16 @@ impl Leadership {
                 }
                 _ = &mut running => {
                     warn!(lease = %self.name, "the leader's task ended by itself");
-                    break Ended::TaskEnded;
+                    break Ended::TaskReturned;
                 }
                 () = wait_stop(stopped) => break Ended::Stopping,
             }
         };
         let _ = lost.send(true);
-        if !running.is_finished() && tokio::time::timeout(TASK_GRACE, &mut running).await.is_err()
+        if !running.is_finished()
+            && tokio::time::timeout(TASK_GRACE, &mut running)
+                .await
+                .is_err()
         {
             warn!(lease = %self.name, "the leader's task did not stop in time; aborting it");
             running.abort();

@@ -3,8 +3,10 @@
 //! The library holds the core (configuration, storage, blob store, the durable event bus, the
 //! command handlers and the HTTP server); `src/main.rs` is the `ecdysis` command line.
 
+pub mod admin;
 pub mod agent;
 pub mod app;
+pub mod approvals;
 pub mod blob;
 pub mod browser;
 pub mod bus;
@@ -21,4 +23,3 @@ pub mod slack;
 pub mod slack_installations;
 pub mod store;
 pub mod tools;
-pub mod approvals;

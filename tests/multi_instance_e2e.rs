@@ -73,8 +73,12 @@ async fn two_instances_on_postgres_survive_sigkill_of_one() {
     let a_dead = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..CONVERSATIONS)
         .map(|c| {
-            let (client, bases, accepted, a_dead) =
-                (client.clone(), bases.clone(), accepted.clone(), a_dead.clone());
+            let (client, bases, accepted, a_dead) = (
+                client.clone(),
+                bases.clone(),
+                accepted.clone(),
+                a_dead.clone(),
+            );
             tokio::spawn(async move {
                 let conversation = format!("mi{c}");
                 let mut via_a = 0;
@@ -90,12 +94,13 @@ async fn two_instances_on_postgres_survive_sigkill_of_one() {
                             // A refused connection (killed instance): send it to the other one,
                             // with the same id, so nothing is accepted twice.
                             None if target == 0 => target = 1,
-                            Some(503) | None => {
-                                tokio::time::sleep(Duration::from_millis(50)).await
-                            }
+                            Some(503) | None => tokio::time::sleep(Duration::from_millis(50)).await,
                             Some(status) => panic!("{conversation} #{i}: status {status}"),
                         }
-                        assert!(Instant::now() < deadline, "{conversation} #{i} not accepted");
+                        assert!(
+                            Instant::now() < deadline,
+                            "{conversation} #{i} not accepted"
+                        );
                     }
                     if target == 0 {
                         via_a += 1;
@@ -116,14 +121,13 @@ async fn two_instances_on_postgres_survive_sigkill_of_one() {
     a.kill();
     a_dead.store(true, Ordering::Relaxed);
     let killed_at = Instant::now();
-    let held: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM inbox WHERE status = 'leased' AND lease_owner LIKE $1",
-    )
-    .bind(format!("{a_pid}-%"))
-    .fetch_one(&mut pg)
-    .await
-    .unwrap()
-    .get(0);
+    let held: i64 =
+        sqlx::query("SELECT COUNT(*) FROM inbox WHERE status = 'leased' AND lease_owner LIKE $1")
+            .bind(format!("{a_pid}-%"))
+            .fetch_one(&mut pg)
+            .await
+            .unwrap()
+            .get(0);
     let open_at_kill: i64 =
         sqlx::query("SELECT COUNT(*) FROM inbox WHERE status IN ('pending', 'leased')")
             .fetch_one(&mut pg)
@@ -154,7 +158,10 @@ async fn two_instances_on_postgres_survive_sigkill_of_one() {
         let expected: Vec<String> = (0..PER_CONVERSATION)
             .map(|i| format!("/remember {conversation} item {i}"))
             .collect();
-        assert_eq!(users, expected, "{conversation}: each event stored once, in order");
+        assert_eq!(
+            users, expected,
+            "{conversation}: each event stored once, in order"
+        );
         let ids: Vec<i64> = messages
             .iter()
             .filter(|m| m["role"] == "assistant")
@@ -189,15 +196,14 @@ async fn two_instances_on_postgres_survive_sigkill_of_one() {
         assert_eq!(text, format!("{channel} item {i}"), "notes in order");
         *i += 1;
     }
-    let counts: Vec<(String, i64)> = sqlx::query(
-        "SELECT status, COUNT(*) FROM inbox GROUP BY status ORDER BY status",
-    )
-    .fetch_all(&mut pg)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
+    let counts: Vec<(String, i64)> =
+        sqlx::query("SELECT status, COUNT(*) FROM inbox GROUP BY status ORDER BY status")
+            .fetch_all(&mut pg)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
     assert_eq!(counts, [("done".to_string(), total as i64)]);
 
     // Nothing more arrives later.
@@ -253,9 +259,19 @@ async fn sqlite_is_single_instance() {
         assert!(started.elapsed() < Duration::from_secs(10));
     }
     // The first one is unaffected.
-    assert!(first.ask("still", "/remember still here").await.starts_with("Remembered"));
+    assert!(
+        first
+            .ask("still", "/remember still here")
+            .await
+            .starts_with("Remembered")
+    );
     // Once it is gone (even by SIGKILL), a new instance starts.
     first.kill();
     let second = Server::start(dir.path(), &[]).await;
-    assert!(second.ask("still", "/recall here").await.contains("still here"));
+    assert!(
+        second
+            .ask("still", "/recall here")
+            .await
+            .contains("still here")
+    );
 }

@@ -564,8 +564,11 @@ pub trait Store: Send + Sync + 'static {
     async fn save_installation(&self, installation: &StoredInstallation) -> Result<()>;
 
     /// The installation of a workspace on a platform.
-    async fn installation(&self, platform: &str, team_id: &str)
-    -> Result<Option<StoredInstallation>>;
+    async fn installation(
+        &self,
+        platform: &str,
+        team_id: &str,
+    ) -> Result<Option<StoredInstallation>>;
 
     /// Delete a workspace's installation; false when there was none.
     async fn remove_installation(&self, platform: &str, team_id: &str) -> Result<bool>;
@@ -631,6 +634,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Usage totals per channel and model, the heaviest channel first.
     async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>>;
+
+    /// Every installation (OAuth install of a chat app), by platform and team; the token stays
+    /// sealed.
+    async fn installations(&self) -> Result<Vec<StoredInstallation>>;
 
     // --- backup ------------------------------------------------------------------------------
 

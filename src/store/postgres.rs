@@ -14,12 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 
 use super::{
-    StoredInstallation,
     Artifact, ChannelNotes, ChannelUsage, ClaimedEvent, Compaction, CompactionStats, Completion,
     ContextMessages, ConversationInfo, ImportedCompaction, ImportedMessage, ImportedNote,
     InboxCounts, InboxEvent, Inserted, LeaseInfo, Message, ModelUsage, NewArtifact, NewCompaction,
-    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError, StoredNote,
-    Usage, now_ms, query_terms,
+    NewEvent, NewMessage, NewNote, Note, OutboxItem, Result, Role, Store, StoreError,
+    StoredInstallation, StoredNote, Usage, now_ms, query_terms,
 };
 
 #[path = "postgres_installations.rs"]
@@ -1165,7 +1164,10 @@ impl Store for PostgresStore {
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(old.get::<String, _>("platform"))
-        .bind(format!("{original}#retry-{}", uuid::Uuid::new_v4().simple()))
+        .bind(format!(
+            "{original}#retry-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
         .bind(old.get::<i64, _>("conversation_id"))
         .bind(old.get::<String, _>("payload"))
         .bind(now)
@@ -1278,6 +1280,31 @@ impl Store for PostgresStore {
                     cache_read_tokens: row.get("cache_read_tokens"),
                     cache_write_tokens: row.get("cache_write_tokens"),
                 },
+            })
+            .collect())
+    }
+
+    async fn installations(&self) -> Result<Vec<StoredInstallation>> {
+        let rows = sqlx::query(
+            "SELECT platform, team_id, team_name, bot_user_id, app_id, scopes, installed_by,
+                    token_ciphertext, installed_at, updated_at
+             FROM installations ORDER BY platform, team_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredInstallation {
+                platform: r.get(0),
+                team_id: r.get(1),
+                team_name: r.get(2),
+                bot_user_id: r.get(3),
+                app_id: r.get(4),
+                scopes: r.get(5),
+                installed_by: r.get(6),
+                token_ciphertext: r.get(7),
+                installed_at: r.get(8),
+                updated_at: r.get(9),
             })
             .collect())
     }

@@ -60,7 +60,11 @@ pub async fn lease_race(stores: Vec<Arc<dyn Store>>) {
             (0..4).map(move |n| {
                 let store = store.clone();
                 let name = name.clone();
-                async move { store.try_lead(&name, &format!("owner-{s}-{n}"), 60_000).await }
+                async move {
+                    store
+                        .try_lead(&name, &format!("owner-{s}-{n}"), 60_000)
+                        .await
+                }
             })
         });
         let won = futures_util::future::join_all(attempts)
@@ -83,10 +87,7 @@ pub async fn admin(store: &dyn Store) {
     let failing = insert(store, &new_event(&b, "Ev-ops-2", "this one fails")).await;
     let claimed = claim_some(store, "w").await;
     assert_eq!(claimed.id, failing);
-    store
-        .fail_event(failing, "w", "boom", None)
-        .await
-        .unwrap();
+    store.fail_event(failing, "w", "boom", None).await.unwrap();
 
     // Conversations, the most recently active first; per channel.
     let all = store.conversations(None, 1000).await.unwrap();

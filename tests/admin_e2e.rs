@@ -1,0 +1,525 @@
+//! The admin UI against a real `serve` process: in a real headless Chromium (log in with the
+//! token, open a conversation, see its stored screenshot), and over plain HTTP (no token → 401
+//! or a redirect to the login form; admin off → 404; session cookie flags; CSRF; note edit and
+//! delete; retry of a failed event).
+//!
+//! Chromium is needed for the browser part: in CI (env `CI`) its absence fails the test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use chromiumoxide::Browser;
+use common::server::Server;
+use ecdysis_testkit::llm::{FakeLlm, Reply};
+use futures_util::StreamExt;
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const TOKEN: &str = "admin-token-for-tests-7f3a";
+
+fn chromium() -> Option<PathBuf> {
+    match ecdysis::browser::find_chromium(&ecdysis::config::BrowserSettings {
+        chromium: std::env::var_os("ECDYSIS_CHROMIUM").map(PathBuf::from),
+        ..Default::default()
+    }) {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("Chromium is missing: .ci/run must install it (apt-get install chromium)")
+        }
+        None => {
+            eprintln!("skipping: no Chromium on PATH");
+            None
+        }
+    }
+}
+
+/// A page to take a screenshot of.
+async fn serve_site() -> SocketAddr {
+    let app = Router::new().route(
+        "/",
+        get(|| async {
+            Html(
+                "<html><body style=\"margin:0;background:#1e90ff\"><h1 style=\"color:#fff\">admin e2e</h1></body></html>",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The id of a conversation, from the admin list (as a bearer client).
+async fn conversation_id(server: &Server, name: &str) -> i64 {
+    let page = client()
+        .get(format!("{}/admin/conversations", server.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = format!("\">web:local:{name}</a>");
+    let end = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} not listed:\n{page}"));
+    let start = page[..end].rfind("/admin/conversations/").unwrap() + "/admin/conversations/".len();
+    page[start..end].parse().unwrap()
+}
+
+/// A headless Chromium of our own, driven over CDP.
+struct Chromium {
+    child: tokio::process::Child,
+    browser: Browser,
+    _profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    async fn start(path: &PathBuf) -> Chromium {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(path)
+            .args(ecdysis::browser::CHROMIUM_FLAGS)
+            .arg("--remote-debugging-port=0")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let ws = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, url)) = line.split_once("DevTools listening on ") {
+                    return url.trim().to_string();
+                }
+            }
+            panic!("Chromium exited before listening");
+        })
+        .await
+        .expect("Chromium starts");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (browser, mut handler) = Browser::connect(ws).await.unwrap();
+        tokio::spawn(async move { while handler.next().await.is_some() {} });
+        Chromium {
+            child,
+            browser,
+            _profile: profile,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let site = serve_site().await;
+    let dir = tempfile::tempdir().unwrap();
+    let chromium_path = chromium.display().to_string();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_ADMIN_TOKEN", TOKEN),
+            ("ECDYSIS_CHROMIUM", chromium_path.as_str()),
+            ("ECDYSIS_BROWSER_ALLOW", "127.0.0.1"),
+            ("ECDYSIS_SANDBOX", "off"),
+        ],
+    )
+    .await;
+    // A conversation with a stored screenshot, made through the web chat.
+    let reply = server
+        .ask(
+            "shots",
+            &format!("/screenshot http://{site}/ width=640 height=400"),
+        )
+        .await;
+    let messages = server.messages("shots").await;
+    let attachment = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .and_then(|m| m["attachments"].get(0).cloned())
+        .unwrap_or_else(|| panic!("no screenshot in the reply {reply:?}\n{}", server.log()));
+    let artifact_id = attachment["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/api/artifacts/")
+        .to_string();
+    let id = conversation_id(&server, "shots").await;
+
+    let browser = Chromium::start(&chromium).await;
+    let page = browser.browser.new_page("about:blank").await.unwrap();
+    // Without a session: the conversation page sends the browser to the login form.
+    page.goto(format!("{}/admin/conversations/{id}", server.base))
+        .await
+        .unwrap();
+    let url = page.url().await.unwrap().unwrap_or_default();
+    assert!(url.ends_with("/admin/login"), "{url}");
+    assert!(page.content().await.unwrap().contains("Admin token"));
+    // A wrong token is refused.
+    page.evaluate(
+        "document.querySelector('input[name=token]').value = 'wrong'; document.querySelector('form').submit(); true",
+    )
+    .await
+    .unwrap();
+    wait_for(&page, "Wrong token").await;
+    // Log in with the token.
+    page.evaluate(format!(
+        "document.querySelector('input[name=token]').value = '{TOKEN}'; document.querySelector('form').submit(); true"
+    ))
+    .await
+    .unwrap();
+    wait_for(&page, "Leader leases").await;
+    // Open the conversation: the screenshot is in the page and loaded.
+    page.goto(format!("{}/admin/conversations/{id}", server.base))
+        .await
+        .unwrap();
+    let html = page.content().await.unwrap();
+    assert!(
+        html.contains(&format!("/admin/artifacts/{artifact_id}")),
+        "{html}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let size: Vec<u32> = loop {
+        let size: Option<Vec<u32>> = page
+            .evaluate(
+                "(() => { const i = document.querySelector('img.artifact'); return i && i.complete ? [i.naturalWidth, i.naturalHeight] : null; })()",
+            )
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        if let Some(size) = size.filter(|s| s[0] > 0) {
+            break size;
+        }
+        assert!(Instant::now() < deadline, "the screenshot did not load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(size, [640, 400], "the stored screenshot, shown inline");
+    // For a person to look at.
+    let shot = page
+        .screenshot(chromiumoxide::page::ScreenshotParams::builder().build())
+        .await
+        .unwrap();
+    let _ = std::fs::write(
+        std::env::temp_dir().join("ecdysis-admin-conversation.png"),
+        shot,
+    );
+    // The session cookie is HttpOnly: page scripts cannot read it.
+    let cookies: String = page
+        .evaluate("document.cookie")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    assert!(!cookies.contains("ecdysis_admin"), "{cookies}");
+    drop(page);
+    let mut browser = browser;
+    let _ = browser.browser.close().await;
+    let _ = browser.child.kill().await;
+}
+
+async fn wait_for(page: &chromiumoxide::Page, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(html) = page.content().await
+            && html.contains(text)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "page never showed {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `Set-Cookie` of a login, and the cookie to send back.
+async fn login(server: &Server, https: bool) -> (String, String) {
+    let mut request = client()
+        .post(format!("{}/admin/login", server.base))
+        .form(&[("token", TOKEN)]);
+    if https {
+        request = request.header("x-forwarded-proto", "https");
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/admin");
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    (set_cookie, cookie)
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    page[start..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn admin_access_sessions_csrf_notes_and_retry() {
+    let fake = FakeLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base_url = fake.anthropic_base_url();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_ADMIN_TOKEN", TOKEN),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+            ("ECDYSIS_SANDBOX", "off"),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-anthropic-key"),
+            ("ANTHROPIC_BASE_URL", base_url.as_str()),
+            ("ECDYSIS_BUS_MAX_ATTEMPTS", "1"),
+            ("ECDYSIS_AGENT_MAX_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let http = client();
+    let get = |path: &str| http.get(format!("{}{path}", server.base));
+
+    // Anonymous: pages redirect to the login form; everything else is 401.
+    let r = get("/admin").send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin/login");
+    assert_eq!(get("/admin/login").send().await.unwrap().status(), 200);
+    for path in [
+        "/admin/artifacts/x",
+        "/admin/notes/1/delete",
+        "/admin/inbox/1/retry",
+    ] {
+        let r = http
+            .post(format!("{}{path}", server.base))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 401 || r.status() == 405,
+            "{path}: {}",
+            r.status()
+        );
+    }
+    assert_eq!(
+        get("/admin/artifacts/x").send().await.unwrap().status(),
+        401
+    );
+    let r = get("/admin")
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // The token as a bearer header.
+    let r = get("/admin").bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+
+    // Sessions: the cookie holds no token, is locked down, and Secure behind https.
+    let (set_cookie, cookie) = login(&server, false).await;
+    assert!(!set_cookie.contains(TOKEN), "{set_cookie}");
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    let (secure_cookie, _) = login(&server, true).await;
+    assert!(secure_cookie.contains("; Secure"), "{secure_cookie}");
+    let r = get("/admin")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let wrong = http
+        .post(format!("{}/admin/login", server.base))
+        .form(&[("token", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    // Notes: edit and delete through the forms, with the session's CSRF token.
+    server
+        .ask("ops", "/remember the backup runs at 03:00")
+        .await;
+    server.ask("ops", "/remember the pager is on call").await;
+    let notes_url = "/admin/memory/notes?channel=web%3Alocal%3Aops";
+    let notes = get(notes_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notes.contains("the backup runs at 03:00"), "{notes}");
+    let csrf = csrf_of(&notes);
+    let note_id = {
+        let at = notes.find("the backup runs at 03:00").unwrap();
+        let start =
+            notes[..at].rfind("action=\"/admin/notes/").unwrap() + "action=\"/admin/notes/".len();
+        notes[start..].split('"').next().unwrap().to_string()
+    };
+    let edit = |csrf: &str, text: &str| {
+        http.post(format!("{}/admin/notes/{note_id}", server.base))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf), ("text", text)])
+            .send()
+    };
+    assert_eq!(
+        edit("forged", "hacked").await.unwrap().status(),
+        403,
+        "a POST without the session's CSRF token changes nothing"
+    );
+    assert_eq!(
+        edit(&csrf, "the backup runs at 04:30")
+            .await
+            .unwrap()
+            .status(),
+        303
+    );
+    let found = server.ask("ops", "/recall backup").await;
+    assert!(
+        found.contains("04:30") && !found.contains("03:00"),
+        "{found}"
+    );
+    let r = http
+        .post(format!("{}/admin/notes/{note_id}/delete", server.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let listed = server.ask("ops", "/memory").await;
+    assert!(
+        listed.contains("1 note") && listed.contains("pager"),
+        "{listed}"
+    );
+
+    // A failed event shows in the inbox and runs again on "retry". (The agent answers model
+    // failures itself, so the failure is written into the inbox directly.)
+    fake.set_default(Reply::text("the first try"));
+    let first = server.ask("flaky", "hello there").await;
+    assert_eq!(first, "the first try");
+    let db = format!("sqlite://{}/data/ecdysis.db", dir.path().display());
+    let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query(
+        "UPDATE inbox SET status = 'failed', error = 'the model was down'
+         WHERE id = (SELECT MAX(id) FROM inbox)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    fake.set_default(Reply::text("the second try worked"));
+    let inbox = get("/admin/inbox?status=failed")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(inbox.contains("hello there"), "{inbox}");
+    let event = {
+        let start = inbox.find("action=\"/admin/inbox/").unwrap() + "action=\"/admin/inbox/".len();
+        inbox[start..].split('/').next().unwrap().to_string()
+    };
+    let r = http
+        .post(format!("{}/admin/inbox/{event}/retry", server.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let messages = server.wait_replies("flaky", 2).await;
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    assert_eq!(last["text"], "the second try worked");
+    let r = http
+        .post(format!("{}/admin/inbox/{event}/retry", server.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a retried event is no longer failed");
+
+    // Every page renders.
+    for path in [
+        "/admin",
+        "/admin/conversations",
+        "/admin/memory",
+        "/admin/usage",
+        "/admin/inbox?status=done",
+        "/admin/workspaces",
+        "/admin/installations",
+    ] {
+        let r = get(path).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let usage = get("/admin/usage")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(usage.contains("claude-test"), "{usage}");
+
+    // Logging out ends the session in the browser.
+    let r = http
+        .post(format!("{}/admin/logout", server.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+}
+
+#[tokio::test]
+async fn admin_is_off_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("ECDYSIS_CHROMIUM", "/nonexistent/chromium")]).await;
+    for path in ["/admin", "/admin/login", "/admin/conversations"] {
+        let r = client()
+            .get(format!("{}{path}", server.base))
+            .bearer_auth("anything")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}

@@ -203,8 +203,8 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
-    let discord = crate::discord::start(&app.config, app.discord.as_ref()).await?;
-    let slack_socket = crate::slack::start(app.slack.as_ref());
+    // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
+    let connections = crate::connections::Connections::start(&app).await?;
     info!(
         %address,
         storage = app.store.backend(),
@@ -217,12 +217,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     info!("shutting down: finishing running events");
-    if let Some(gateway) = discord {
-        gateway.shutdown().await;
-    }
-    if let Some(socket) = slack_socket {
-        socket.stop().await;
-    }
+    connections.stop().await;
     stop(workers).await;
     if let Some(browser) = &app.browser {
         browser.shutdown().await;

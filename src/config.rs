@@ -228,6 +228,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ),
     ("bus.max_attempts", &["ECDYSIS_BUS_MAX_ATTEMPTS"], Kind::Int),
     (
+        "bus.leader_lease_seconds",
+        &["ECDYSIS_LEADER_LEASE_SECONDS"],
+        Kind::Int,
+    ),
+    (
         "web.max_body_bytes",
         &["ECDYSIS_WEB_MAX_BODY_BYTES"],
         Kind::Int,
@@ -467,6 +472,7 @@ struct BusFile {
     max_queued: Option<i64>,
     lease_seconds: Option<i64>,
     max_attempts: Option<i64>,
+    leader_lease_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -589,6 +595,9 @@ pub struct BusConfig {
     pub lease_seconds: u64,
     /// Attempts before an event is marked failed.
     pub max_attempts: u32,
+    /// With several instances (Postgres): how long the holder of the Discord gateway or the
+    /// Slack Socket Mode connection keeps it without renewing, i.e. the longest fail-over.
+    pub leader_lease_seconds: u64,
 }
 
 impl Default for BusConfig {
@@ -598,6 +607,7 @@ impl Default for BusConfig {
             max_queued: 10_000,
             lease_seconds: 120,
             max_attempts: 5,
+            leader_lease_seconds: 15,
         }
     }
 }
@@ -757,6 +767,11 @@ impl Config {
                 file.bus.max_attempts,
                 defaults.max_attempts as i64,
             )? as u32,
+            leader_lease_seconds: positive(
+                "bus.leader_lease_seconds",
+                file.bus.leader_lease_seconds,
+                defaults.leader_lease_seconds as i64,
+            )? as u64,
         };
         let web_max_body_bytes =
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod bus;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod discord;
 pub mod doctor;
 pub mod instance_lock;

@@ -1,0 +1,108 @@
+//! The long-lived platform connections that exactly one instance may hold: the Discord gateway
+//! and Slack Socket Mode (two holders would each receive every event).
+//!
+//! With SQLite (one instance by construction) they start directly. With Postgres (any number
+//! of instances) each runs under a leader lease ([`crate::leader`]): one instance holds it, and
+//! when that instance dies another takes over within `ECDYSIS_LEADER_LEASE_SECONDS` (plus a
+//! third of it). HTTP transports (Slack Events API, Discord HTTP interactions) need no lease:
+//! every instance serves them.
+
+use std::time::Duration;
+
+use ecdysis_discord::GatewayHandle;
+use ecdysis_slack::SocketMode;
+use tracing::error;
+
+use crate::app::App;
+use crate::leader::{LeaderHandle, Leadership, Term, instance_id};
+
+/// The lease that guards the Discord gateway.
+pub const DISCORD_GATEWAY: &str = "discord-gateway";
+/// The lease that guards the Slack Socket Mode connection.
+pub const SLACK_SOCKET_MODE: &str = "slack-socket-mode";
+
+/// The running connections (direct or under leases).
+pub struct Connections {
+    gateway: Option<GatewayHandle>,
+    socket: Option<SocketMode>,
+    leaders: Vec<LeaderHandle>,
+}
+
+impl Connections {
+    /// Start what the configuration asks for.
+    pub async fn start(app: &App) -> anyhow::Result<Self> {
+        if app.store.backend() != "postgres" {
+            let gateway = crate::discord::start(&app.config, app.discord.as_ref()).await?;
+            let socket = crate::slack::start(app.slack.as_ref());
+            return Ok(Self {
+                gateway,
+                socket,
+                leaders: Vec::new(),
+            });
+        }
+        let owner = instance_id();
+        let ttl = Duration::from_secs(app.config.bus.leader_lease_seconds);
+        let mut leaders = Vec::new();
+        if app.discord.is_some() && app.config.discord.token.is_some() {
+            let (config, discord) = (app.config.clone(), app.discord.clone());
+            let lease = Leadership::new(app.store.clone(), DISCORD_GATEWAY, owner.clone(), ttl);
+            leaders.push(lease.spawn(move |mut term: Term| {
+                let (config, discord) = (config.clone(), discord.clone());
+                async move {
+                    match crate::discord::start(&config, discord.as_ref()).await {
+                        Ok(Some(gateway)) => {
+                            term.lost().await;
+                            gateway.shutdown().await;
+                        }
+                        Ok(None) => term.lost().await,
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "cannot start the Discord gateway")
+                        }
+                    }
+                }
+            }));
+        }
+        if let Some(slack) = app.slack.clone().filter(|s| s.socket_mode()) {
+            let lease = Leadership::new(app.store.clone(), SLACK_SOCKET_MODE, owner, ttl);
+            leaders.push(lease.spawn(move |mut term: Term| {
+                let slack = slack.clone();
+                async move {
+                    match crate::slack::start(Some(&slack)) {
+                        Some(socket) => {
+                            term.lost().await;
+                            socket.stop().await;
+                        }
+                        None => term.lost().await,
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            gateway: None,
+            socket: None,
+            leaders,
+        })
+    }
+
+    /// Names of the leases this instance holds now.
+    pub fn leading(&self) -> Vec<&str> {
+        self.leaders
+            .iter()
+            .filter(|l| l.is_leader())
+            .map(|l| l.name())
+            .collect()
+    }
+
+    /// Close the connections and give up the leases.
+    pub async fn stop(self) {
+        if let Some(gateway) = self.gateway {
+            gateway.shutdown().await;
+        }
+        if let Some(socket) = self.socket {
+            socket.stop().await;
+        }
+        for leader in self.leaders {
+            leader.shutdown().await;
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod approvals;
+pub mod backup;
 pub mod blob;
 pub mod browser;
 pub mod bus;

@@ -32,6 +32,26 @@ enum Command {
     Migrate,
     /// Check every configured part and print one line each; exit 1 if one fails.
     Doctor,
+    /// Write a channel's memory notes and transcripts (with compaction summaries, archives and
+    /// artifact metadata) as JSON lines.
+    Export {
+        /// The channel: platform:workspace:channel (e.g. slack:T012AB:C345CD, web:local:general).
+        #[arg(long)]
+        channel: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Include the artifact files themselves (base64), for a move to another blob store.
+        #[arg(long)]
+        files: bool,
+    },
+    /// Read an export (JSON lines) into this database and blob store; importing twice adds
+    /// nothing.
+    Import {
+        /// Read this file instead of standard input.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
     /// Discord tools.
     #[command(subcommand)]
     Discord(DiscordCommand),
@@ -72,7 +92,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format, matches!(cli.command, Command::Chat));
+    init_logging(
+        config.log_format,
+        matches!(
+            cli.command,
+            Command::Chat | Command::Export { .. } | Command::Import { .. }
+        ),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,6 +115,12 @@ fn main() -> ExitCode {
             Command::Chat => chat(config).await,
             Command::Migrate => migrate(config).await,
             Command::Doctor => return doctor(config).await,
+            Command::Export {
+                channel,
+                out,
+                files,
+            } => export(config, &channel, out, files).await,
+            Command::Import { input } => import(config, input).await,
             Command::Discord(DiscordCommand::Register { guild }) => {
                 discord_register(config, guild).await
             }
@@ -144,6 +176,54 @@ async fn chat(config: Config) -> anyhow::Result<()> {
 
 async fn discord_register(config: Config, guild: Option<u64>) -> anyhow::Result<()> {
     println!("{}", ecdysis::discord::register(&config, guild).await?);
+    Ok(())
+}
+
+async fn export(
+    config: Config,
+    channel: &str,
+    out: Option<PathBuf>,
+    files: bool,
+) -> anyhow::Result<()> {
+    let channel = ecdysis::backup::parse_channel(channel)?;
+    let store = ecdysis::store::open(&config.database_url).await?;
+    let blobs = ecdysis::blob::open(&config).await?;
+    let summary = match &out {
+        Some(path) => {
+            let file = tokio::fs::File::create(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            let mut writer = tokio::io::BufWriter::new(file);
+            ecdysis::backup::export(store.as_ref(), blobs.as_ref(), &channel, files, &mut writer)
+                .await?
+        }
+        None => {
+            let mut writer = tokio::io::BufWriter::new(tokio::io::stdout());
+            ecdysis::backup::export(store.as_ref(), blobs.as_ref(), &channel, files, &mut writer)
+                .await?
+        }
+    };
+    eprintln!("exported {summary}");
+    Ok(())
+}
+
+async fn import(config: Config, input: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = ecdysis::store::open(&config.database_url).await?;
+    let blobs = ecdysis::blob::open(&config).await?;
+    let summary = match &input {
+        Some(path) => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            ecdysis::backup::import(&store, blobs.as_ref(), &mut tokio::io::BufReader::new(file))
+                .await?
+        }
+        None => {
+            let mut reader = tokio::io::BufReader::new(tokio::io::stdin());
+            ecdysis::backup::import(&store, blobs.as_ref(), &mut reader).await?
+        }
+    };
+    eprintln!("imported {summary}");
     Ok(())
 }
 

@@ -641,13 +641,15 @@ pub trait Store: Send + Sync + 'static {
 
     // --- backup ------------------------------------------------------------------------------
 
-    /// Import a note; with its `source` seen before nothing is written. Returns the note's id
-    /// and whether it was written now.
+    /// Import a note; nothing is written when the channel has a note with the same text and
+    /// time (the original, or an earlier import) or one with the same `source`. Returns the
+    /// note's id and whether it was written now.
     async fn import_note(&self, note: &ImportedNote) -> Result<(i64, bool)>;
 
-    /// Import a transcript message into a conversation (created if new); with its
-    /// `import_key` seen before nothing is written. Returns the message's id and whether it
-    /// was written now.
+    /// Import a transcript message into a conversation (created if new); nothing is written
+    /// when the conversation has a message with the same role, text and time (the original, or
+    /// an earlier import) or one with the same `import_key`. Returns the message's id and
+    /// whether it was written now.
     async fn import_message(
         &self,
         conversation: &ConversationRef,

@@ -1310,6 +1310,24 @@ impl Store for PostgresStore {
     }
 
     async fn import_note(&self, note: &ImportedNote) -> Result<(i64, bool)> {
+        // The same note (an earlier import, or the note this export came from) is kept.
+        let same: Option<i64> = sqlx::query(
+            "SELECT id FROM memory_notes
+             WHERE platform = $1 AND workspace = $2 AND channel = $3 AND text = $4
+               AND created_at = $5
+             ORDER BY id LIMIT 1",
+        )
+        .bind(&note.channel.platform)
+        .bind(&note.channel.workspace)
+        .bind(&note.channel.channel)
+        .bind(&note.text)
+        .bind(note.created_at)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| row.get(0));
+        if let Some(id) = same {
+            return Ok((id, false));
+        }
         let mut tx = self.pool.begin().await?;
         let inserted: Option<i64> = sqlx::query(
             "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
@@ -1350,6 +1368,23 @@ impl Store for PostgresStore {
     ) -> Result<(i64, bool)> {
         let mut tx = self.pool.begin().await?;
         let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        // The same message (an earlier import, or the message this export came from) is kept.
+        let same: Option<i64> = sqlx::query(
+            "SELECT id FROM messages
+             WHERE conversation_id = $1 AND created_at = $2 AND role = $3 AND text = $4
+             ORDER BY id LIMIT 1",
+        )
+        .bind(conversation_id)
+        .bind(message.created_at)
+        .bind(message.role.as_str())
+        .bind(&message.text)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get(0));
+        if let Some(id) = same {
+            tx.commit().await?;
+            return Ok((id, false));
+        }
         let inserted: Option<i64> = sqlx::query(
             "INSERT INTO messages (conversation_id, role, text, meta, created_at, import_key)
              VALUES ($1, $2, $3, $4, $5, $6)

@@ -218,6 +218,9 @@ pub async fn imports(store: &dyn Store) {
     let (id, written) = store.import_note(&note).await.unwrap();
     assert!(written);
     assert_eq!(store.import_note(&note).await.unwrap(), (id, false));
+    let mut renamed = note.clone();
+    renamed.source = "import:elsewhere".into();
+    assert_eq!(store.import_note(&renamed).await.unwrap(), (id, false));
     let notes = store.channel_notes(&ch).await.unwrap();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].created_at, 1_000);
@@ -249,6 +252,28 @@ pub async fn imports(store: &dyn Store) {
         .unwrap();
     assert!(w1 && m1 < m2 && m2 < summary && summary < m4);
     assert_eq!(store.import_message(&c, &first).await.unwrap(), (m1, false));
+    // The same message under another key (an export of an export) is not written again.
+    let mut again = first.clone();
+    again.import_key = "k:other".into();
+    assert_eq!(store.import_message(&c, &again).await.unwrap(), (m1, false));
+    // Nor a message the conversation already has from its own history.
+    let original = conv("imported-own", None);
+    insert(store, &new_event(&original, "Ev-own", "said here first")).await;
+    let own = store.messages(&original, 0, 10).await.unwrap();
+    let copy = ImportedMessage {
+        import_key: "k:own".into(),
+        role: Role::User,
+        text: "said here first".into(),
+        meta: None,
+        created_at: own[0].created_at,
+        attachments: Vec::new(),
+    };
+    assert_eq!(
+        store.import_message(&original, &copy).await.unwrap(),
+        (own[0].id, false)
+    );
+    let claimed = claim_some(store, "w").await;
+    complete(store, &claimed, "w").await;
     let messages = store.messages(&c, 0, 100).await.unwrap();
     assert_eq!(messages.len(), 4);
     assert_eq!(messages[0].created_at, 2_000);

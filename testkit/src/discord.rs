@@ -199,10 +199,7 @@ impl FakeDiscord {
 
     /// Answer the next request whose path contains `needle` with `status` (once).
     pub fn fail_next(&self, needle: &str, status: u16) {
-        self.inner
-            .data()
-            .faults
-            .push((needle.to_string(), status));
+        self.inner.data().faults.push((needle.to_string(), status));
     }
 
     /// Send a gateway dispatch; kept for replay after a RESUME. Returns its sequence number.
@@ -266,7 +263,11 @@ impl FakeDiscord {
     }
 
     /// Wait until `check` returns `Some`, up to `limit`.
-    pub async fn wait_until<T>(&self, limit: Duration, mut check: impl FnMut(&FakeDiscord) -> Option<T>) -> Option<T> {
+    pub async fn wait_until<T>(
+        &self,
+        limit: Duration,
+        mut check: impl FnMut(&FakeDiscord) -> Option<T>,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.inner.changed.notified();
@@ -281,9 +282,11 @@ impl FakeDiscord {
 
     /// Wait for the `n`th IDENTIFY (n from 1).
     pub async fn wait_identified(&self, n: u32) -> bool {
-        self.wait_until(Duration::from_secs(15), |f| (f.identifies() >= n).then_some(()))
-            .await
-            .is_some()
+        self.wait_until(Duration::from_secs(15), |f| {
+            (f.identifies() >= n).then_some(())
+        })
+        .await
+        .is_some()
     }
 
     /// Wait until at least `n` messages are posted; returns them all.
@@ -299,7 +302,13 @@ impl FakeDiscord {
     /// A user message in a guild channel (or thread), from [`USER_ID`]. Returns its id.
     pub fn say_in_guild(&self, channel: &str, content: &str, mention: bool) -> String {
         let id = self.next_id();
-        let mut m = message(&id, channel, Some(GUILD_ID), user(USER_ID, "ann", false), content);
+        let mut m = message(
+            &id,
+            channel,
+            Some(GUILD_ID),
+            user(USER_ID, "ann", false),
+            content,
+        );
         if mention {
             m = mentioning_bot(m);
         }
@@ -310,7 +319,13 @@ impl FakeDiscord {
     /// A DM from [`USER_ID`]. Returns its id.
     pub fn say_in_dm(&self, content: &str) -> String {
         let id = self.next_id();
-        let m = message(&id, DM_CHANNEL_ID, None, user(USER_ID, "ann", false), content);
+        let m = message(
+            &id,
+            DM_CHANNEL_ID,
+            None,
+            user(USER_ID, "ann", false),
+            content,
+        );
         self.dispatch("MESSAGE_CREATE", m);
         id
     }
@@ -349,7 +364,13 @@ pub fn user(id: &str, name: &str, bot: bool) -> Value {
 }
 
 /// A MESSAGE_CREATE payload.
-pub fn message(id: &str, channel: &str, guild: Option<&str>, author: Value, content: &str) -> Value {
+pub fn message(
+    id: &str,
+    channel: &str,
+    guild: Option<&str>,
+    author: Value,
+    content: &str,
+) -> Value {
     let mut m = json!({
         "id": id, "channel_id": channel, "author": author, "content": content,
         "timestamp": "2026-11-26T12:00:00.000000+00:00", "edited_timestamp": null, "tts": false,
@@ -372,7 +393,14 @@ pub fn mentioning_bot(mut m: Value) -> Value {
 }
 
 /// Add an attachment to a message payload.
-pub fn with_attachment(mut m: Value, id: &str, filename: &str, url: &str, size: u64, content_type: &str) -> Value {
+pub fn with_attachment(
+    mut m: Value,
+    id: &str,
+    filename: &str,
+    url: &str,
+    size: u64,
+    content_type: &str,
+) -> Value {
     let attachment = json!({
         "id": id, "filename": filename, "size": size, "url": url, "proxy_url": url,
         "content_type": content_type
@@ -409,17 +437,37 @@ fn interaction_base(id: &str, token: &str, kind: u64, channel: &str, guild: Opti
 }
 
 /// An INTERACTION_CREATE payload for a slash command (`options`: `[{"name","type","value"}]`).
-pub fn command_interaction(id: &str, token: &str, channel: &str, guild: Option<&str>, name: &str, options: Value) -> Value {
+pub fn command_interaction(
+    id: &str,
+    token: &str,
+    channel: &str,
+    guild: Option<&str>,
+    name: &str,
+    options: Value,
+) -> Value {
     let mut i = interaction_base(id, token, 2, channel, guild);
     i["data"] = json!({ "id": "1100000000000000100", "name": name, "type": 1, "options": options });
     i
 }
 
 /// An INTERACTION_CREATE payload for a button press on message `message_id`.
-pub fn component_interaction(id: &str, token: &str, channel: &str, guild: Option<&str>, custom_id: &str, message_id: &str) -> Value {
+pub fn component_interaction(
+    id: &str,
+    token: &str,
+    channel: &str,
+    guild: Option<&str>,
+    custom_id: &str,
+    message_id: &str,
+) -> Value {
     let mut i = interaction_base(id, token, 3, channel, guild);
     i["data"] = json!({ "custom_id": custom_id, "component_type": 2 });
-    i["message"] = message(message_id, channel, guild, user(BOT_USER_ID, "ecdysis", true), "Run it?");
+    i["message"] = message(
+        message_id,
+        channel,
+        guild,
+        user(BOT_USER_ID, "ecdysis", true),
+        "Run it?",
+    );
     i
 }
 
@@ -447,7 +495,11 @@ fn thread_channel(id: &str, parent: &str, name: &str) -> Value {
 // ---------------------------------------------------------------- REST
 
 fn error(status: StatusCode, code: u64, message: &str) -> Response {
-    (status, axum::Json(json!({ "code": code, "message": message }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "code": code, "message": message })),
+    )
+        .into_response()
 }
 
 /// Split a multipart body into its JSON payload and files.
@@ -483,7 +535,8 @@ fn parse_multipart(content_type: &str, body: &[u8]) -> (Value, Vec<File>) {
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+                k.eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_string())
             })
             .unwrap_or_default();
         match filename {
@@ -563,7 +616,10 @@ async fn rest(
     let (json, files) = if content_type.starts_with("multipart/") {
         parse_multipart(&content_type, &body)
     } else {
-        (serde_json::from_slice(&body).unwrap_or(Value::Null), Vec::new())
+        (
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+            Vec::new(),
+        )
     };
     let request = Request {
         method: method.to_string(),
@@ -580,11 +636,15 @@ async fn rest(
     let response = {
         let mut d = inner.data();
         d.requests.push(request.clone());
-        let fault = d.faults.iter().position(|(needle, _)| path.contains(needle.as_str()));
+        let fault = d
+            .faults
+            .iter()
+            .position(|(needle, _)| path.contains(needle.as_str()));
         match fault {
             Some(i) => {
                 let (_, status) = d.faults.remove(i);
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 error(status, 0, "injected failure")
             }
             None => answer(&inner, &mut d, &request),
@@ -611,16 +671,26 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
         })),
         ("GET", ["channels", id]) => match d.threads.get(*id) {
             Some(parent) => ok(thread_channel(id, parent, "thread")),
-            None if *id == DM_CHANNEL_ID => ok(json!({ "id": id, "type": 1, "recipients": [user(USER_ID, "ann", false)], "last_message_id": null })),
+            None if *id == DM_CHANNEL_ID => ok(
+                json!({ "id": id, "type": 1, "recipients": [user(USER_ID, "ann", false)], "last_message_id": null }),
+            ),
             None => ok(guild_channel(id)),
         },
         ("POST", ["channels", channel, "messages", message, "threads"]) => {
             if d.threads.contains_key(*message) {
-                return error(StatusCode::BAD_REQUEST, 160_004, "A thread has already been created for this message");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    160_004,
+                    "A thread has already been created for this message",
+                );
             }
             d.threads.insert(message.to_string(), channel.to_string());
             let name = r.json["name"].as_str().unwrap_or("thread").to_string();
-            (StatusCode::CREATED, axum::Json(thread_channel(message, channel, &name))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(thread_channel(message, channel, &name)),
+            )
+                .into_response()
         }
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["channels", channel, "messages"]) => {
@@ -637,11 +707,20 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
                 d.nonces.insert((channel.to_string(), nonce), id.clone());
             }
             post(d, &id, channel, r, "message", None);
-            ok(posted_message(&id, channel, r.json["content"].as_str().unwrap_or_default(), &r.files))
+            ok(posted_message(
+                &id,
+                channel,
+                r.json["content"].as_str().unwrap_or_default(),
+                &r.files,
+            ))
         }
         ("POST", ["interactions", id, token, "callback"]) => {
             if !d.acked.insert(id.to_string()) {
-                return error(StatusCode::BAD_REQUEST, 40_060, "Interaction has already been acknowledged.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    40_060,
+                    "Interaction has already been acknowledged.",
+                );
             }
             d.callbacks.push(Callback {
                 interaction_id: id.to_string(),
@@ -659,23 +738,42 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
                 return error(StatusCode::NOT_FOUND, 10_062, "Unknown interaction");
             }
             let id = inner.id();
-            d.posted.retain(|p| !(p.via == "original" && p.token.as_deref() == Some(*token)));
+            d.posted
+                .retain(|p| !(p.via == "original" && p.token.as_deref() == Some(*token)));
             post(d, &id, "", r, "original", Some(token));
-            ok(posted_message(&id, "0", r.json["content"].as_str().unwrap_or_default(), &r.files))
+            ok(posted_message(
+                &id,
+                "0",
+                r.json["content"].as_str().unwrap_or_default(),
+                &r.files,
+            ))
         }
         ("POST", ["webhooks", _, token]) => {
             let id = inner.id();
             post(d, &id, "", r, "followup", Some(token));
-            ok(posted_message(&id, "0", r.json["content"].as_str().unwrap_or_default(), &r.files))
+            ok(posted_message(
+                &id,
+                "0",
+                r.json["content"].as_str().unwrap_or_default(),
+                &r.files,
+            ))
         }
-        ("PUT", ["applications", app, "commands"]) | ("PUT", ["applications", app, "guilds", _, "commands"]) => {
-            let commands: Vec<Value> = r.json.as_array().cloned().unwrap_or_default().into_iter().map(|mut c| {
-                c["id"] = json!(inner.id());
-                c["application_id"] = json!(app);
-                c["version"] = json!(inner.id());
-                c["type"] = json!(1);
-                c
-            }).collect();
+        ("PUT", ["applications", app, "commands"])
+        | ("PUT", ["applications", app, "guilds", _, "commands"]) => {
+            let commands: Vec<Value> = r
+                .json
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut c| {
+                    c["id"] = json!(inner.id());
+                    c["application_id"] = json!(app);
+                    c["version"] = json!(inner.id());
+                    c["type"] = json!(1);
+                    c
+                })
+                .collect();
             ok(Value::Array(commands))
         }
         _ => error(StatusCode::NOT_FOUND, 0, "404: Not Found (fake Discord)"),
@@ -740,7 +838,11 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket) {
         }
     }
     let mut d = inner.data();
-    if d.gateway.conn.as_ref().is_some_and(|c| c.same_channel(&out)) {
+    if d.gateway
+        .conn
+        .as_ref()
+        .is_some_and(|c| c.same_channel(&out))
+    {
         d.gateway.conn = None;
     }
 }

@@ -121,15 +121,12 @@ impl RawEventHandler for Handler {
                 info!("Discord gateway session resumed");
                 self.shared.health.resumed();
             }
-            Event::MessageCreate(e) => {
-                if !self.intake.was_taken(e.message.id.get()) {
-                    process(&self.shared, Inbound::Message(Box::new(e.message))).await;
-                }
+            // Handled here only when the ordered path did not take them.
+            Event::MessageCreate(e) if !self.intake.was_taken(e.message.id.get()) => {
+                process(&self.shared, Inbound::Message(Box::new(e.message))).await;
             }
-            Event::InteractionCreate(e) => {
-                if !self.intake.was_taken(e.interaction.id().get()) {
-                    process(&self.shared, Inbound::Interaction(Box::new(e.interaction))).await;
-                }
+            Event::InteractionCreate(e) if !self.intake.was_taken(e.interaction.id().get()) => {
+                process(&self.shared, Inbound::Interaction(Box::new(e.interaction))).await;
             }
             Event::ThreadCreate(e) => self.note_threads([&e.thread]),
             Event::ThreadUpdate(e) => self.note_threads([&e.thread]),

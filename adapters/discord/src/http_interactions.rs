@@ -41,7 +41,7 @@ pub(crate) fn parse_public_key(hex: &str) -> Result<VerifyingKey, DiscordError> 
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len())

@@ -74,7 +74,13 @@ pub enum DiscordError {
     #[error("Discord configuration: {0}")]
     Config(String),
     #[error("Discord API: {0}")]
-    Api(#[from] serenity::Error),
+    Api(Box<serenity::Error>),
     #[error("Discord gateway: {0}")]
     Gateway(String),
+}
+
+impl From<serenity::Error> for DiscordError {
+    fn from(error: serenity::Error) -> Self {
+        Self::Api(Box::new(error))
+    }
 }

@@ -34,17 +34,25 @@ pub async fn run(config: &Config) -> Report {
         failed: false,
     };
     let db_url = redact(&config.database_url);
-    match crate::store::open(&config.database_url).await {
+    let store = match crate::store::open(&config.database_url).await {
         Ok(store) => match store.ping().await {
-            Ok(()) => report.ok("database", format!("{} ({db_url})", store.backend())),
-            Err(e) => report.fail("database", e.to_string(), "check DATABASE_URL and that the server runs"),
+            Ok(()) => {
+                report.ok("database", format!("{} ({db_url})", store.backend()));
+                Some(store)
+            }
+            Err(e) => {
+                let problem = e.to_string();
+                report.fail("database", &problem, database_fix(&problem));
+                None
+            }
         },
-        Err(e) => report.fail(
-            "database",
-            e.to_string(),
-            "check DATABASE_URL (sqlite://path or postgres://user:pass@host/db) and that the server runs",
-        ),
-    }
+        Err(e) => {
+            let problem = e.to_string();
+            report.fail("database", &problem, database_fix(&problem));
+            None
+        }
+    };
+    check_instances(config, store.as_deref(), &mut report).await;
     match crate::blob::open(config).await {
         Ok(blobs) => match blobs.ping().await {
             Ok(()) => report.ok("blobs", blobs.describe()),
@@ -71,7 +79,121 @@ pub async fn run(config: &Config) -> Report {
     check_sandbox(config, &mut report).await;
     check_discord(config, &mut report).await;
     check_slack(config, &mut report).await;
+    check_admin(config, &mut report);
+    check_secret_key(config, &mut report);
     report
+}
+
+/// What to try for a database that does not open, by what went wrong.
+fn database_fix(problem: &str) -> &'static str {
+    let p = problem.to_ascii_lowercase();
+    if p.contains("password authentication failed") || p.contains("authentication") {
+        "the user or password in DATABASE_URL is wrong (fly postgres attach sets it for you)"
+    } else if p.contains("does not exist") && p.contains("database") {
+        "create the database (createdb NAME) or fix its name in DATABASE_URL"
+    } else if p.contains("connection refused") || p.contains("timed out") || p.contains("resolve") {
+        "the server is not reachable: is Postgres running, and are the host and port in DATABASE_URL right?"
+    } else if p.contains("unable to open")
+        || p.contains("permission denied")
+        || p.contains("cannot create")
+    {
+        "ecdysis cannot write the SQLite file: check ECDYSIS_DATA_DIR / DATABASE_URL and the directory's permissions"
+    } else if p.contains("migration") {
+        "the database has migrations this build does not know (a newer ecdysis ran on it?): run the newer version, or restore a backup"
+    } else {
+        "check DATABASE_URL (sqlite://path or postgres://user:pass@host/db) and that the server runs"
+    }
+}
+
+/// The instances line: SQLite is single-instance (is one running?); Postgres shows who holds
+/// the gateway/socket leases.
+async fn check_instances(
+    config: &Config,
+    store: Option<&dyn crate::store::Store>,
+    report: &mut Report,
+) {
+    let Some(store) = store else { return };
+    if store.backend() == "sqlite" {
+        match crate::instance_lock::acquire(&config.database_url) {
+            Ok(_) => report.ok("instances", "SQLite: one instance at a time; none is running now"),
+            Err(crate::instance_lock::InstanceLockError::Busy { holder, .. }) => report.ok(
+                "instances",
+                format!("SQLite: one instance at a time; one is running{holder}"),
+            ),
+            Err(e) => report.fail(
+                "instances",
+                e.to_string(),
+                "ecdysis must be able to create <database>.lock next to the SQLite file: check the directory's permissions",
+            ),
+        }
+        return;
+    }
+    match store.leases().await {
+        Ok(leases) => {
+            let now = crate::store::now_ms();
+            let held: Vec<String> = leases
+                .iter()
+                .filter(|l| l.lease_until > now)
+                .map(|l| format!("{} held by {}", l.name, l.owner))
+                .collect();
+            report.ok(
+                "instances",
+                if held.is_empty() {
+                    "Postgres: any number of instances; no gateway/socket lease is held".to_string()
+                } else {
+                    format!("Postgres: any number of instances; {}", held.join(", "))
+                },
+            );
+        }
+        Err(e) => report.fail(
+            "instances",
+            e.to_string(),
+            "the leases table is missing or unreadable: run `ecdysis migrate`",
+        ),
+    }
+}
+
+/// The admin line: `/admin` on or off, and whether `serve` would refuse to start.
+fn check_admin(config: &Config, report: &mut Report) {
+    match (&config.admin_token, config.listens_on_loopback()) {
+        (Some(token), _) if token.len() < 16 => report.fail(
+            "admin",
+            "ECDYSIS_ADMIN_TOKEN is shorter than 16 characters",
+            "use a long random token: openssl rand -hex 32",
+        ),
+        (Some(_), _) => report.ok("admin", "/admin is on (ECDYSIS_ADMIN_TOKEN)"),
+        (None, true) => report.off(
+            "admin",
+            "off: set ECDYSIS_ADMIN_TOKEN to get /admin",
+        ),
+        (None, false) => report.fail(
+            "admin",
+            format!("serve listens on {} (not loopback) without ECDYSIS_ADMIN_TOKEN and will refuse to start", config.listen),
+            "set ECDYSIS_ADMIN_TOKEN (openssl rand -hex 32), or listen on 127.0.0.1",
+        ),
+    }
+}
+
+/// The key line: where the key that encrypts stored tokens comes from.
+fn check_secret_key(config: &Config, report: &mut Report) {
+    match crate::secret_box::SecretBox::from_config(config) {
+        Ok(_) if config.secret_key.is_some() => report.ok(
+            "token key",
+            "tokens in the database are encrypted with ECDYSIS_SECRET_KEY",
+        ),
+        Ok(_) => report.ok(
+            "token key",
+            format!(
+                "tokens in the database are encrypted with the key file generated in {} (on hosts whose disk does not survive a redeploy, such as Fly, set ECDYSIS_SECRET_KEY)",
+                config.data_dir.display()
+            ),
+        ),
+        Err(e) => report.fail(
+            "token key",
+            e.to_string(),
+            "set ECDYSIS_SECRET_KEY (openssl rand -hex 32), or make ECDYSIS_DATA_DIR writable",
+        ),
+    }
 }
 
 /// The Slack line: `auth.test` with the bot token.

@@ -258,6 +258,29 @@ async fn sqlite_is_single_instance() {
         );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
+    // `ecdysis doctor` says so (and is not refused: it only looks).
+    let doctor = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("doctor")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env("ECDYSIS_LISTEN", "0.0.0.0:8080")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        said.contains(&format!(
+            "ok    instances  SQLite: one instance at a time; one is running (pid {})",
+            first.pid()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("FAIL  admin") && said.contains("set ECDYSIS_ADMIN_TOKEN"),
+        "listening off loopback without a token is a failure with its fix: {said}"
+    );
+    assert!(!doctor.status.success());
     // The first one is unaffected.
     assert!(
         first

@@ -1031,3 +1031,55 @@ async fn discord_screenshot_and_record_post_files_in_the_thread() {
         browser.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_sees_its_screenshot_and_the_thread_gets_the_file() {
+    use ecdysis_testkit::llm::{FakeLlm, Reply as Llm};
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let fake = FakeLlm::start().await.unwrap();
+    fake.push(Llm::tool(
+        "browser_screenshot",
+        serde_json::json!({ "url": site.url("/color"), "width": 640, "height": 480 }),
+    ));
+    fake.push(Llm::text("The page shows a red block and a blue box."));
+    let dir = tempfile::tempdir().unwrap();
+    let chromium = chromium.display().to_string();
+    let base = fake.anthropic_base_url();
+    let server = common::server::Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_CHROMIUM", chromium.as_str()),
+            ("ECDYSIS_BROWSER_ALLOW", "127.0.0.1"),
+            ("ECDYSIS_SANDBOX", "off"),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("ANTHROPIC_BASE_URL", base.as_str()),
+        ],
+    )
+    .await;
+    let (text, attachment) = reply_with_file(&server, "look", "what is on my page?").await;
+    assert_eq!(text, "The page shows a red block and a blue box.");
+    assert_eq!(attachment["mime"], "image/png");
+    let img = decode(&fetch(&server, &attachment).await);
+    assert_eq!(img.dimensions(), (640, 480));
+
+    // Every request offers the browser tools; the second carries the image for the model.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "one tool step, then the answer");
+    let tools = requests[0].body["tools"].to_string();
+    for name in ["browser_screenshot", "browser_record", "fetch_url"] {
+        assert!(tools.contains(name), "{name} not offered: {tools}");
+    }
+    let messages = requests[1].body["messages"].as_array().unwrap();
+    let result = &messages.last().unwrap()["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    let image = result["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|block| block["type"] == "image")
+        .unwrap_or_else(|| panic!("no image block in {result:#}"));
+    assert_eq!(image["source"]["media_type"], "image/png");
+    assert!(image["source"]["data"].as_str().unwrap().len() > 100);
+}

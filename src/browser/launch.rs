@@ -277,6 +277,16 @@ pub(super) async fn close_running(mut running: Running, source: &Source) {
     }
     running.handler.abort();
     if let Some(profile) = running.profile.take() {
+        // Chromium keeps its singleton socket in a directory of its own under /tmp, linked
+        // from the profile; a killed Chromium leaves it behind.
+        if let Ok(socket) = tokio::fs::read_link(profile.join("SingletonSocket")).await
+            && let Some(dir) = socket.parent()
+            && dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("org.chromium.Chromium."))
+        {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
         // Chromium's helpers may still be writing for a moment.
         for _ in 0..5 {
             if tokio::fs::remove_dir_all(&profile).await.is_ok() || !profile.exists() {

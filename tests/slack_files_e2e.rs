@@ -36,6 +36,12 @@ impl Agent for ScriptedAgent {
                 buttons: Vec::new(),
             }]);
         }
+        if prompt.contains("long") {
+            let text: String = (0..300)
+                .map(|i| format!("Line {i:03}: **bold** and some words to fill it.\n"))
+                .collect();
+            return Ok(vec![Outgoing::text(text)]);
+        }
         if prompt.contains("buttons") {
             return Ok(vec![Outgoing {
                 text: "Run `ls -la`?".into(),
@@ -319,5 +325,52 @@ async fn buttons_are_blocks_and_presses_come_back_into_the_thread() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn long_answers_are_split_into_the_same_thread() {
+    let h = Harness::start().await;
+    h.event(
+        "EvLong",
+        mention("1700000400.000100", "a long answer please"),
+    )
+    .await;
+    // 300 lines of ~47 characters: more than three pieces of 3,900.
+    let deadline = std::time::Instant::now() + WAIT;
+    let posts = loop {
+        let posts = h.slack.calls_to("chat.postMessage");
+        if posts
+            .last()
+            .is_some_and(|p| p.arg("text").unwrap_or("").contains("Line 299"))
+        {
+            break posts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:#?}",
+            h.slack.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(posts.len() >= 4, "{} pieces", posts.len());
+    let mut joined = String::new();
+    for post in &posts {
+        assert_eq!(post.arg("thread_ts"), Some("1700000400.000100"));
+        let text = post.arg("text").unwrap();
+        assert!(
+            text.chars().count() <= 4_000,
+            "{} chars",
+            text.chars().count()
+        );
+        joined.push_str(text);
+    }
+    assert!(
+        joined.starts_with("Line 000: *bold*"),
+        "mrkdwn in every piece"
+    );
+    let lines: Vec<&str> = joined.lines().collect();
+    assert_eq!(lines.len(), 300);
+    assert!(lines.last().unwrap().starts_with("Line 299"), "in order");
     h.stop().await;
 }

@@ -226,8 +226,9 @@ impl Slack {
         }
         let response = self
             .inner
-            .downloads
+            .http
             .post(url.as_str())
+            .timeout(std::time::Duration::from_secs(10))
             .json(&body)
             .send()
             .await

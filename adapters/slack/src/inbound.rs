@@ -81,7 +81,7 @@ impl Slack {
             budget: self.inner.settings.download_budget,
             api_host: api_host.as_deref(),
         };
-        let downloaded = files::download(&self.inner.downloads, &token, refs, &limits).await;
+        let downloaded = files::download(&self.inner.http, &token, refs, &limits).await;
         event.attachments.extend(downloaded.attachments);
         for note in downloaded.notes {
             if !event.text.is_empty() {

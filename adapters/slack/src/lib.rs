@@ -196,7 +196,8 @@ struct Inner {
     verifier: signature::Verifier,
     health: health::Health,
     delivery: deliver::Bookkeeping,
-    downloads: reqwest::Client,
+    /// Plain HTTP: user-file downloads and `response_url` posts.
+    http: reqwest::Client,
 }
 
 impl Slack {
@@ -207,9 +208,9 @@ impl Slack {
     ) -> Result<Self, SlackError> {
         let api = api::Api::new(&settings.api_url)?;
         let verifier = signature::Verifier::new(settings.signing_secret.as_deref());
-        let downloads = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(3))
-            .timeout(settings.download_budget)
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| SlackError::Config {
                 key: "slack",
@@ -229,7 +230,7 @@ impl Slack {
                 verifier,
                 health: health::Health::new(mode),
                 delivery: deliver::Bookkeeping::default(),
-                downloads,
+                http,
             }),
         })
     }

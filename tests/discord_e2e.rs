@@ -158,6 +158,12 @@ impl Harness {
     }
 
     async fn stop(mut self) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            self.app.metrics.reply_failures.get(),
+            0,
+            "every reply was delivered on the first try"
+        );
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown().await;
         }

@@ -737,13 +737,26 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
             {
                 return error(StatusCode::NOT_FOUND, 10_062, "Unknown interaction");
             }
-            let id = inner.id();
-            d.posted
-                .retain(|p| !(p.via == "original" && p.token.as_deref() == Some(*token)));
+            // The original response keeps its id (and the time it first showed) when edited again.
+            let earlier = d
+                .posted
+                .iter()
+                .position(|p| p.via == "original" && p.token.as_deref() == Some(*token));
+            let (id, at) = match earlier {
+                Some(i) => {
+                    let p = d.posted.remove(i);
+                    (p.id, Some(p.at))
+                }
+                None => (inner.id(), None),
+            };
             post(d, &id, "", r, "original", Some(token));
+            if let (Some(at), Some(last)) = (at, d.posted.last_mut()) {
+                last.at = at;
+            }
+            let channel = interaction_channel(d, token);
             ok(posted_message(
                 &id,
-                "0",
+                &channel,
                 r.json["content"].as_str().unwrap_or_default(),
                 &r.files,
             ))
@@ -751,9 +764,10 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
         ("POST", ["webhooks", _, token]) => {
             let id = inner.id();
             post(d, &id, "", r, "followup", Some(token));
+            let channel = interaction_channel(d, token);
             ok(posted_message(
                 &id,
-                "0",
+                &channel,
                 r.json["content"].as_str().unwrap_or_default(),
                 &r.files,
             ))
@@ -778,6 +792,15 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
         }
         _ => error(StatusCode::NOT_FOUND, 0, "404: Not Found (fake Discord)"),
     }
+}
+
+/// The channel of an interaction by its token ([`CHANNEL_ID`] for interactions the fake did not
+/// dispatch, such as those posted to the HTTP endpoint).
+fn interaction_channel(d: &Data, token: &str) -> String {
+    d.dispatched_tokens
+        .get(token)
+        .map(|(_, channel)| channel.clone())
+        .unwrap_or_else(|| CHANNEL_ID.to_string())
 }
 
 fn post(d: &mut Data, id: &str, channel: &str, r: &Request, via: &str, token: Option<&str>) {

@@ -23,7 +23,7 @@ use ecdysis_chat::{ConversationRef, EventKind, UserRef};
 use ecdysis_testkit::llm::{FakeLlm, Reply};
 use serde_json::json;
 
-const CONVERSATIONS: usize = 20;
+const CONVERSATIONS: usize = 5;
 const TURNS: usize = 50;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -37,6 +37,9 @@ fn ms(d: Duration) -> String {
 
 struct Run {
     overhead: Vec<Duration>,
+    plain: Vec<Duration>,
+    with_tools: Vec<Duration>,
+    orchestration: Vec<Duration>,
     total: Vec<Duration>,
     prompt_tokens: Vec<usize>,
     raw_tokens: Vec<usize>,
@@ -83,6 +86,9 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
         .expect("a model is configured");
 
     let mut overhead = Vec::new();
+    let mut plain = Vec::new();
+    let mut with_tools = Vec::new();
+    let mut orchestration = Vec::new();
     let mut total = Vec::new();
     let mut prompt_tokens = vec![0; TURNS];
     let mut raw_tokens = vec![0; TURNS];
@@ -154,10 +160,18 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                 .expect("store the answer");
             let stats = outcome.stats;
             overhead.push(stats.overhead());
+            orchestration.push(stats.orchestration());
+            if stats.steps > 0 {
+                with_tools.push(stats.overhead());
+            } else {
+                plain.push(stats.overhead());
+            }
             total.push(stats.total);
             prefix_tokens = stats.prefix_tokens;
-            if stats.compacted {
+            if stats.compaction_due {
                 compactions += 1;
+                // Let it finish before the next turn, as a person's next message would.
+                agent.compactions_settled().await;
             }
             if c == 0 {
                 prompt_tokens[turn] = stats.prompt_tokens;
@@ -173,6 +187,9 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
     }
     Run {
         overhead,
+        plain,
+        with_tools,
+        orchestration,
         total,
         prompt_tokens,
         raw_tokens,
@@ -196,6 +213,9 @@ fn agent_tools(extra: &ToolRegistry) -> Vec<String> {
 fn report(label: &str, mut run: Run) {
     run.overhead.sort();
     run.total.sort();
+    run.plain.sort();
+    run.with_tools.sort();
+    run.orchestration.sort();
     println!("== agent benchmark: {label} ==");
     println!(
         "turns: {} ({CONVERSATIONS} conversations x {TURNS}), every 5th with two tool steps; compactions: {}",
@@ -207,6 +227,20 @@ fn report(label: &str, mut run: Run) {
         ms(percentile(&run.overhead, 0.50)),
         ms(percentile(&run.overhead, 0.99)),
         ms(*run.overhead.last().unwrap_or(&Duration::ZERO)),
+    );
+    println!(
+        "  plain turns ({}): p50 {} · p99 {}; turns with two tool steps ({}): p50 {} · p99 {}",
+        run.plain.len(),
+        ms(percentile(&run.plain, 0.50)),
+        ms(percentile(&run.plain, 0.99)),
+        run.with_tools.len(),
+        ms(percentile(&run.with_tools, 0.50)),
+        ms(percentile(&run.with_tools, 0.99)),
+    );
+    println!(
+        "agent overhead excluding the tools' own time too: p50 {} · p99 {}",
+        ms(percentile(&run.orchestration, 0.50)),
+        ms(percentile(&run.orchestration, 0.99)),
     );
     println!(
         "whole turn with the instant fake (incl. loopback HTTP and JSON): p50 {} · p99 {}",

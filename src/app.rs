@@ -153,6 +153,10 @@ impl App {
                 blobs: self.blobs.clone(),
             }),
             WebSettings {
+                cookie_value: token
+                    .as_deref()
+                    .map(crate::admin::auth::chat_cookie_value)
+                    .unwrap_or_default(),
                 token,
                 max_body_bytes: self.config.web_max_body_bytes,
             },

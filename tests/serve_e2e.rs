@@ -341,13 +341,35 @@ async fn non_loopback_needs_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(with_token.status(), 202);
+    // The login cookie works, and never carries the token itself.
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/login"))
+        .form(&[("token", "t0ken")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!set_cookie.contains("t0ken"), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
     let with_cookie = client
+        .get(format!("{base}/api/chat/x/messages"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status(), 200);
+    let raw_token_cookie = client
         .get(format!("{base}/api/chat/x/messages"))
         .header("cookie", "ecdysis_session=t0ken")
         .send()
         .await
         .unwrap();
-    assert_eq!(with_cookie.status(), 200);
+    assert_eq!(raw_token_cookie.status(), 401);
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -139,6 +139,7 @@ async fn contract(store: &dyn Store) {
     memory(store).await;
     usage(store).await;
     compaction(store).await;
+    record_turn(store).await;
     operations::leases(store).await;
     operations::admin(store).await;
     operations::imports(store).await;
@@ -852,6 +853,52 @@ async fn transcript(store: &dyn Store) {
     assert_nothing_claimable(store, "after transcript").await;
 }
 
+async fn record_turn(store: &dyn Store) {
+    let c = conv("turn", Some("t"));
+    let e = insert(store, &new_event(&c, "Ev-turn-1", "use the tools")).await;
+    // Nothing to record writes nothing.
+    store.record_turn(&c, Some(e), &[], &[]).await.unwrap();
+    assert_eq!(store.message_count(&c).await.unwrap(), 1);
+    let usage = |n| Usage {
+        input_tokens: n,
+        output_tokens: 1,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+    };
+    store
+        .record_turn(
+            &c,
+            Some(e),
+            &[
+                message(Role::Tool, "memory_save {}"),
+                message(Role::Tool, "memory_save → Saved as #1."),
+            ],
+            &[
+                ("anthropic/a".to_string(), usage(10)),
+                ("anthropic/a".to_string(), usage(20)),
+                ("openai/b".to_string(), usage(5)),
+            ],
+        )
+        .await
+        .unwrap();
+    let rows = store.messages(&c, 0, 10).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1].text, "memory_save {}");
+    assert_eq!(rows[2].event_id, Some(e));
+    let totals = store
+        .channel_usage(&channel("test", "W1", "turn"))
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 2);
+    assert_eq!((totals[0].model.as_str(), totals[0].calls), ("anthropic/a", 2));
+    assert_eq!(totals[0].usage.input_tokens, 30);
+    assert_eq!((totals[1].model.as_str(), totals[1].calls), ("openai/b", 1));
+
+    let claimed = claim_some(store, "w").await;
+    complete(store, &claimed, "w").await;
+    assert_nothing_claimable(store, "after record_turn").await;
+}
+
 async fn compaction(store: &dyn Store) {
     let c = conv("compaction", Some("t"));
     let empty = store.context_messages(&c, 100).await.unwrap();
@@ -1198,8 +1245,14 @@ async fn installations(store: &dyn Store) {
         updated_at: 0,
     };
     assert!(store.installation("slack", "T1").await.unwrap().is_none());
-    store.save_installation(&install("T1", "sealed-1")).await.unwrap();
-    store.save_installation(&install("T2", "sealed-2")).await.unwrap();
+    store
+        .save_installation(&install("T1", "sealed-1"))
+        .await
+        .unwrap();
+    store
+        .save_installation(&install("T2", "sealed-2"))
+        .await
+        .unwrap();
     let got = store.installation("slack", "T1").await.unwrap().unwrap();
     assert_eq!(got.token_ciphertext, "sealed-1");
     assert_eq!(got.team_name, "Team T1");
@@ -1209,7 +1262,10 @@ async fn installations(store: &dyn Store) {
         "installations are per platform"
     );
     // A re-install replaces the token and keeps the first install time.
-    store.save_installation(&install("T1", "sealed-1b")).await.unwrap();
+    store
+        .save_installation(&install("T1", "sealed-1b"))
+        .await
+        .unwrap();
     let again = store.installation("slack", "T1").await.unwrap().unwrap();
     assert_eq!(again.token_ciphertext, "sealed-1b");
     assert_eq!(again.installed_at, got.installed_at);
@@ -1224,8 +1280,14 @@ async fn installations(store: &dyn Store) {
     store.put_oauth_state("s-old", now - 1).await.unwrap();
     assert!(!store.take_oauth_state("s-unknown", now).await.unwrap());
     assert!(store.take_oauth_state("s-good", now).await.unwrap());
-    assert!(!store.take_oauth_state("s-good", now).await.unwrap(), "used up");
-    assert!(!store.take_oauth_state("s-old", now).await.unwrap(), "expired");
+    assert!(
+        !store.take_oauth_state("s-good", now).await.unwrap(),
+        "used up"
+    );
+    assert!(
+        !store.take_oauth_state("s-old", now).await.unwrap(),
+        "expired"
+    );
     assert!(
         store.put_oauth_state("s-good", now + 60_000).await.is_ok(),
         "a used state's row is gone"

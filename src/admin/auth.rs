@@ -139,6 +139,14 @@ impl Sessions {
     }
 }
 
+/// The web chat's login cookie value for an admin token: an HMAC of a fixed label keyed by
+/// the token, so the cookie (which lasts 30 days) never carries the token itself and cannot
+/// be used as a bearer token for `/admin`.
+pub fn chat_cookie_value(token: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
+    hex(hmac::sign(&key, b"ecdysis web chat login v1").as_ref())
+}
+
 /// The `Set-Cookie` value for a session (or, with `None`, one that ends it).
 pub fn set_cookie(value: Option<&str>, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };

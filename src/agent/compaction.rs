@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
-use super::{LlmAgent, TurnError, TurnStats};
+use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
 use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventContext;
 use crate::store::{Compaction, ContextMessages, Message, NewCompaction, NewMessage, Role};
@@ -181,7 +181,85 @@ pub fn plan(window: &ContextMessages, current_event: i64, keep_tokens: usize) ->
     (keep_from > 0).then_some(keep_from)
 }
 
-impl LlmAgent {
+/// How much of the transcript a compaction keeps verbatim: half of what the transcript may
+/// take, so the next turns have room to grow before the next compaction.
+pub fn keep_tokens(allowance: usize) -> usize {
+    allowance / 2
+}
+
+impl Core {
+    /// Compact a conversation after the turn of `event` found it over budget. One compaction per
+    /// conversation runs at a time; failures are logged (the turns keep fitting the budget by
+    /// showing the model only the newest turns, and the next turn tries again).
+    pub(super) async fn compact_in_background(
+        self: std::sync::Arc<Self>,
+        event: EventContext,
+        system: Vec<super::provider::SystemBlock>,
+    ) {
+        let conversation = event.conversation.clone();
+        if !self.lock_compacting().insert(conversation.clone()) {
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + self.config.turn_timeout;
+        let mut stats = TurnStats::default();
+        let mut result = self
+            .compact_now(&event, &system, deadline, &mut stats)
+            .await;
+        // The usage of the flush and summary calls, whatever the outcome.
+        if let Err(e) = self
+            .store
+            .record_turn(&conversation, Some(event.event_id), &[], &stats.usage)
+            .await
+            && result.is_ok()
+        {
+            result = Err(e.into());
+        }
+        self.lock_compacting().remove(&conversation);
+        match result {
+            Ok(Some(compaction)) => info!(
+                %conversation,
+                messages = compaction.message_count,
+                own_ms = started.elapsed().saturating_sub(stats.model_time).as_millis() as u64,
+                model_ms = stats.model_time.as_millis() as u64,
+                "compaction finished"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(%conversation, error = %e, "compaction failed; it is tried again next turn")
+            }
+        }
+    }
+
+    async fn compact_now(
+        &self,
+        event: &EventContext,
+        system: &[super::provider::SystemBlock],
+        deadline: Instant,
+        stats: &mut TurnStats,
+    ) -> Result<Option<Compaction>, TurnError> {
+        let window = self
+            .store
+            .context_messages(&event.conversation, CONTEXT_ROWS)
+            .await?;
+        // The budget check of the turn, repeated on fresh rows: the transcript's allowance is
+        // the budget minus the stable prefix (notes and the new message vary; they are small).
+        let fixed = system
+            .iter()
+            .map(|b| context::estimate_tokens(&b.text))
+            .sum::<usize>()
+            + context::tools_tokens(&self.tool_defs);
+        let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
+        let Some(keep_from) = plan(&window, event.event_id, keep_tokens(allowance)) else {
+            return Ok(None);
+        };
+        let result = self
+            .compact(event, &window, keep_from, system, deadline, stats)
+            .await;
+        self.windows.invalidate(&event.conversation);
+        result.map(Some)
+    }
+
     /// Compact `window.messages[..keep_from]` (and the previous summary).
     pub(super) async fn compact(
         &self,
@@ -218,7 +296,7 @@ impl LlmAgent {
             ToolChoice::Auto,
             self.config.max_output_tokens,
         );
-        let answer = self.call(conversation, &flush, deadline, stats).await?;
+        let answer = self.call(&flush, deadline, stats).await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
             event_id: event.event_id,
@@ -284,7 +362,7 @@ impl LlmAgent {
             ToolChoice::None,
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
-        let summary = self.call(conversation, &ask, deadline, stats).await?.text();
+        let summary = self.call(&ask, deadline, stats).await?.text();
         let summary = summary.trim();
         if summary.is_empty() {
             return Err(TurnError::Internal(
@@ -323,7 +401,6 @@ impl LlmAgent {
                 },
             )
             .await?;
-        stats.compacted = true;
         info!(
             %conversation, messages = compaction.message_count, archive = %compaction.archive_key,
             "conversation compacted"

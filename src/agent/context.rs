@@ -109,6 +109,29 @@ keeping (decisions, preferences, names, settings), and memory_forget to delete a
     )
 }
 
+/// Words too common to find a note by.
+const STOP_WORDS: &[&str] = &[
+    "about", "and", "are", "but", "can", "could", "did", "does", "for", "from", "had", "has",
+    "have", "how", "its", "just", "like", "not", "now", "our", "please", "should", "that", "the",
+    "their", "them", "then", "there", "they", "this", "was", "were", "what", "when", "where",
+    "which", "who", "why", "will", "with", "would", "you", "your",
+];
+
+/// The words of a message worth searching the notes for: no common or short words (short
+/// ones with a digit, like `s3`, stay), the longest (most specific) first, at most 12.
+pub fn recall_query(text: &str) -> String {
+    let mut words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3 || w.chars().any(|c| c.is_ascii_digit()))
+        .map(str::to_lowercase)
+        .filter(|w| !STOP_WORDS.contains(&w.as_str()))
+        .collect();
+    words.sort_by(|a, b| b.chars().count().cmp(&a.chars().count()).then(a.cmp(b)));
+    words.dedup();
+    words.truncate(12);
+    words.join(" ")
+}
+
 /// The notes block (empty when there are none).
 pub fn notes_block(notes: &[Note]) -> String {
     if notes.is_empty() {
@@ -392,6 +415,20 @@ mod tests {
                 (m.role, text)
             })
             .collect()
+    }
+
+    #[test]
+    fn recall_query_keeps_specific_words() {
+        assert_eq!(
+            recall_query("Which staging database should I use for S3? The DB!"),
+            "database staging use s3"
+        );
+        assert_eq!(recall_query("is it ok?"), "");
+        let many = (0..30)
+            .map(|i| format!("word{i:02}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(recall_query(&many).split(' ').count(), 12);
     }
 
     #[test]

@@ -1,20 +1,23 @@
 //! The LLM agent: answers free text and `/ask` with a model (Anthropic or any OpenAI-compatible
 //! API), running a tool-use loop with a step limit and a total time limit.
 //!
-//! A turn reads the conversation's context (see [`context`]), compacts it first when it is over
-//! the token budget (see [`compaction`]), then calls the model until it answers without tool
-//! calls. Each tool step is stored in the transcript as two `tool` rows (the calls, the
-//! results); the final answer is returned to the bus, which stores and delivers it. Token usage
-//! is recorded after every model call. When the model stays unreachable the user gets a clear
-//! reply and the event still counts as handled.
+//! A turn reads the conversation's context (see [`context`]; the recent rows are kept between
+//! turns, see [`window`]), calls the model until it answers without tool calls, and ends by
+//! storing its tool steps (two `tool` rows each: the calls, the results) and the token usage of
+//! every call in one transaction. The final answer is returned to the bus, which stores and
+//! delivers it. A conversation over its token budget is compacted after the answer (see
+//! [`compaction`]). When the model stays unreachable the user gets a clear reply and the event
+//! still counts as handled.
 
 pub mod compaction;
 pub mod context;
 pub mod memory_tools;
 pub mod provider;
 pub mod retry;
+pub mod window;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,12 +29,12 @@ use crate::blob::BlobStore;
 use crate::bus::{EventContext, Outgoing};
 use crate::commands::Agent;
 use crate::config::{AgentConfig, Config, ModelSpec};
-use crate::store::{NewMessage, Role, Store, StoreError};
+use crate::store::{NewMessage, Role, Store, StoreError, Usage};
 use crate::tools::{ToolContext, ToolError, ToolRegistry};
 use context::{StoredCall, StoredResult, ToolRow};
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
-    StopReason, ToolChoice, ToolDef,
+    StopReason, SystemBlock, ToolChoice, ToolDef,
 };
 use retry::{CallError, RetryPolicy};
 
@@ -77,16 +80,25 @@ pub struct TurnStats {
     pub prompt_tokens: usize,
     /// Estimated tokens of the stable prefix (system prompt + tool definitions).
     pub prefix_tokens: usize,
+    /// Time spent inside tools.
+    pub tool_time: Duration,
     /// Tool steps run.
     pub steps: usize,
-    /// A compaction ran during the turn.
-    pub compacted: bool,
+    /// The conversation was over budget: its compaction starts after this turn.
+    pub compaction_due: bool,
+    /// Token usage of each model call (model, usage), recorded when the turn ends.
+    pub usage: Vec<(String, Usage)>,
 }
 
 impl TurnStats {
     /// Time the agent itself took: the turn minus the model's time.
     pub fn overhead(&self) -> Duration {
         self.total.saturating_sub(self.model_time)
+    }
+
+    /// The agent's own work: the turn minus the model's and the tools' time.
+    pub fn orchestration(&self) -> Duration {
+        self.overhead().saturating_sub(self.tool_time)
     }
 }
 
@@ -97,8 +109,14 @@ pub struct TurnOutcome {
     pub stats: TurnStats,
 }
 
-/// The agent.
+/// The agent: cheap to clone, so compaction can run after a turn's reply.
+#[derive(Clone)]
 pub struct LlmAgent {
+    core: Arc<Core>,
+}
+
+/// What the agent holds.
+struct Core {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     tools: ToolRegistry,
@@ -110,6 +128,10 @@ pub struct LlmAgent {
     config: AgentConfig,
     policy: RetryPolicy,
     spec: ModelSpec,
+    /// Conversations being compacted now (one compaction per conversation at a time).
+    compacting: Mutex<HashSet<ConversationRef>>,
+    /// Each conversation's recent rows, kept between turns.
+    windows: window::Windows,
 }
 
 impl LlmAgent {
@@ -179,45 +201,85 @@ impl LlmAgent {
         let tool_defs = context::tool_defs(&tools);
         let policy = RetryPolicy::new(config.max_retries, config.request_timeout);
         Self {
-            store,
-            blobs,
-            tools,
-            tool_defs,
-            models,
-            missing_key,
-            config,
-            policy,
-            spec,
+            core: Arc::new(Core {
+                store,
+                blobs,
+                tools,
+                tool_defs,
+                models,
+                missing_key,
+                config,
+                policy,
+                spec,
+                compacting: Mutex::new(HashSet::new()),
+                windows: window::Windows::new(CONTEXT_ROWS),
+            }),
         }
     }
 
-    /// Answer one message, with the turn's statistics.
+    /// Answer one message, with the turn's statistics. When the conversation has outgrown its
+    /// budget, its compaction starts in the background once the answer is ready (the answer
+    /// itself used the newest turns that fit), so the reply does not wait for the summary.
     pub async fn run_turn(
         &self,
         event: &EventContext,
         prompt: &str,
     ) -> anyhow::Result<TurnOutcome> {
+        let (outcome, compact) = self.core.run_turn(event, prompt).await?;
+        if let Some(system) = compact {
+            let core = self.core.clone();
+            let event = event.clone();
+            tokio::spawn(async move { core.compact_in_background(event, system).await });
+        }
+        Ok(outcome)
+    }
+
+    /// Wait until no compaction runs (tests and benchmarks).
+    pub async fn compactions_settled(&self) {
+        while !self.core.lock_compacting().is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Core {
+    fn lock_compacting(&self) -> std::sync::MutexGuard<'_, HashSet<ConversationRef>> {
+        self.compacting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A turn, and the system blocks for a compaction when one is due.
+    async fn run_turn(
+        &self,
+        event: &EventContext,
+        prompt: &str,
+    ) -> anyhow::Result<(TurnOutcome, Option<Vec<SystemBlock>>)> {
         let started = Instant::now();
         let mut stats = TurnStats::default();
         if let Some(text) = &self.missing_key {
-            return Ok(TurnOutcome {
-                outgoing: vec![Outgoing::text(text.clone())],
-                stats,
-            });
+            let outgoing = vec![Outgoing::text(text.clone())];
+            return Ok((TurnOutcome { outgoing, stats }, None));
         }
         if prompt.trim().is_empty() && event.payload.attachments.is_empty() {
-            return Ok(TurnOutcome {
-                outgoing: vec![Outgoing::text("Usage: `/ask <question>`.")],
-                stats,
-            });
+            let outgoing = vec![Outgoing::text("Usage: `/ask <question>`.")];
+            return Ok((TurnOutcome { outgoing, stats }, None));
         }
         let deadline = started + self.config.turn_timeout;
         let mut attachments = Vec::new();
+        let mut rows = Vec::new();
+        let mut compact = None;
         // The deadline bounds every model call and retry pause; this outer limit also bounds
         // tools that do not return in time.
         let outcome = tokio::time::timeout(
             self.config.turn_timeout + Duration::from_millis(250),
-            self.turn(event, prompt, deadline, &mut stats, &mut attachments),
+            self.turn(
+                event,
+                prompt,
+                deadline,
+                &mut stats,
+                &mut attachments,
+                &mut rows,
+                &mut compact,
+            ),
         )
         .await;
         let text = match outcome {
@@ -244,6 +306,15 @@ impl LlmAgent {
                 )
             }
         };
+        // The tool steps and the usage of every call, in one transaction.
+        self.store
+            .record_turn(
+                &event.conversation,
+                Some(event.event_id),
+                &rows,
+                &stats.usage,
+            )
+            .await?;
         stats.total = started.elapsed();
         debug!(
             total_ms = stats.total.as_millis() as u64,
@@ -253,14 +324,12 @@ impl LlmAgent {
             prompt_tokens = stats.prompt_tokens,
             "turn finished"
         );
-        Ok(TurnOutcome {
-            outgoing: vec![Outgoing {
-                text,
-                attachments,
-                ..Outgoing::default()
-            }],
-            stats,
-        })
+        let outgoing = vec![Outgoing {
+            text,
+            attachments,
+            ..Outgoing::default()
+        }];
+        Ok((TurnOutcome { outgoing, stats }, compact))
     }
 
     fn failure_text(&self, error: &CallError, steps: usize) -> String {
@@ -306,10 +375,9 @@ impl LlmAgent {
             .join(", then ")
     }
 
-    /// One model call with retries and fallbacks; records the usage.
+    /// One model call with retries and fallbacks; its usage joins the turn's.
     async fn call(
         &self,
-        conversation: &ConversationRef,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
@@ -320,13 +388,9 @@ impl LlmAgent {
         stats.model_time += started.elapsed();
         let answered = result?;
         let model = &self.models[answered.model_index];
-        self.store
-            .record_usage(
-                conversation,
-                &model.spec.to_string(),
-                &answered.response.usage,
-            )
-            .await?;
+        stats
+            .usage
+            .push((model.spec.to_string(), answered.response.usage.clone()));
         Ok(answered.response)
     }
 
@@ -337,16 +401,25 @@ impl LlmAgent {
         deadline: Instant,
         stats: &mut TurnStats,
         attachments: &mut Vec<Attachment>,
+        rows: &mut Vec<NewMessage>,
+        compact: &mut Option<Vec<SystemBlock>>,
     ) -> Result<String, TurnError> {
         let conversation = &event.conversation;
         let channel = conversation.channel_ref();
-        let notes = if self.config.memory_notes_in_context > 0 && !prompt.trim().is_empty() {
-            self.store
-                .recall(&channel, prompt, self.config.memory_notes_in_context as i64)
-                .await?
-        } else {
-            Vec::new()
+        // The notes and the transcript are independent reads: run them together.
+        let query = context::recall_query(prompt);
+        let notes = async {
+            if self.config.memory_notes_in_context > 0 && !query.is_empty() {
+                self.store
+                    .recall(&channel, &query, self.config.memory_notes_in_context as i64)
+                    .await
+            } else {
+                Ok(Vec::new())
+            }
         };
+        let window = self.windows.get(self.store.as_ref(), conversation);
+        let (notes, window) = tokio::join!(notes, window);
+        let (notes, window) = (notes?, window?);
         let stable = context::system_prompt(conversation, &self.tools);
         stats.prefix_tokens =
             context::estimate_tokens(&stable) + context::tools_tokens(&self.tool_defs);
@@ -367,31 +440,15 @@ impl LlmAgent {
             + context::tools_tokens(&self.tool_defs)
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
-        let mut window = self
-            .store
-            .context_messages(conversation, CONTEXT_ROWS)
-            .await?;
-        let mut transcript = context::transcript(&window, event.event_id);
+        let transcript = context::transcript(&window, event.event_id);
         let tokens: usize = transcript.iter().map(context::message_tokens).sum();
         if tokens > allowance
-            && let Some(keep_from) = compaction::plan(&window, event.event_id, allowance / 2)
+            && compaction::plan(&window, event.event_id, compaction::keep_tokens(allowance))
+                .is_some()
         {
-            match self
-                .compact(event, &window, keep_from, &system, deadline, stats)
-                .await
-            {
-                Ok(_) => {
-                    window = self
-                        .store
-                        .context_messages(conversation, CONTEXT_ROWS)
-                        .await?;
-                    transcript = context::transcript(&window, event.event_id);
-                }
-                Err(TurnError::Store(e)) => return Err(TurnError::Store(e)),
-                Err(e) => {
-                    warn!(error = %e, "compaction failed; the model sees the newest turns only")
-                }
-            }
+            // Compacted after this answer; until then the model sees the newest turns that fit.
+            *compact = Some(system[..1].to_vec());
+            stats.compaction_due = true;
         }
         let transcript = context::fit(transcript, allowance);
 
@@ -416,7 +473,7 @@ impl LlmAgent {
             if step == 1 {
                 stats.prompt_tokens = context::request_tokens(&request);
             }
-            let response = self.call(conversation, &request, deadline, stats).await?;
+            let response = self.call(&request, deadline, stats).await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));
@@ -425,7 +482,16 @@ impl LlmAgent {
                 role: ChatRole::Assistant,
                 parts: response.parts.clone(),
             };
-            let results = self.run_tools(event, step, &response, attachments).await?;
+            let results = self
+                .run_tools(
+                    event,
+                    step,
+                    &response,
+                    attachments,
+                    &mut stats.tool_time,
+                    rows,
+                )
+                .await?;
             stats.steps = step;
             messages.push(assistant);
             messages.push(ChatMessage {
@@ -463,6 +529,8 @@ impl LlmAgent {
         step: usize,
         response: &ChatResponse,
         attachments: &mut Vec<Attachment>,
+        tool_time: &mut Duration,
+        rows: &mut Vec<NewMessage>,
     ) -> Result<Vec<Part>, TurnError> {
         let tool_context = ToolContext {
             event_id: event.event_id,
@@ -481,7 +549,12 @@ impl LlmAgent {
                 input: input.clone(),
             });
             let result = match self.tools.get(name) {
-                Some(tool) => tool.call(&tool_context, input.clone()).await,
+                Some(tool) => {
+                    let started = Instant::now();
+                    let result = tool.call(&tool_context, input.clone()).await;
+                    *tool_time += started.elapsed();
+                    result
+                }
                 None => Err(ToolError::InvalidInput(format!(
                     "there is no tool named `{name}`"
                 ))),
@@ -534,7 +607,7 @@ impl LlmAgent {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let rows = [
+        rows.extend([
             NewMessage {
                 role: Role::Tool,
                 text: truncate(&call_line, ROW_TEXT_CHARS),
@@ -550,10 +623,7 @@ impl LlmAgent {
                 meta: Some(json_text(&ToolRow::ToolResult { results: stored })?),
                 attachments: Vec::new(),
             },
-        ];
-        self.store
-            .append_messages(&event.conversation, Some(event.event_id), &rows)
-            .await?;
+        ]);
         Ok(parts)
     }
 }
@@ -577,6 +647,12 @@ impl Agent for LlmAgent {
         Ok(self.run_turn(event, prompt).await?.outgoing)
     }
 
+    fn describe(&self) -> String {
+        self.core.describe()
+    }
+}
+
+impl Core {
     fn describe(&self) -> String {
         if self.missing_key.is_some() {
             return format!(

@@ -533,6 +533,16 @@ pub trait Store: Send + Sync + 'static {
     /// Usage totals of every conversation of a channel, per model.
     async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>>;
 
+    /// What one agent turn produced besides its answer, in one transaction: its tool rows (in
+    /// order) and the usage of each of its model calls (model, usage).
+    async fn record_turn(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<i64>,
+        messages: &[NewMessage],
+        usage: &[(String, Usage)],
+    ) -> Result<()>;
+
     // --- compaction --------------------------------------------------------------------------
 
     /// The agent's context: the latest compaction summary, and the newest `limit` messages

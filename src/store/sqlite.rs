@@ -878,6 +878,41 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn record_turn(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<i64>,
+        messages: &[NewMessage],
+        usage: &[(String, Usage)],
+    ) -> Result<()> {
+        if messages.is_empty() && usage.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        let conversation_id = upsert_conversation(&mut tx, conversation).await?;
+        for message in messages {
+            insert_message(&mut tx, conversation_id, event_id, message).await?;
+        }
+        for (model, usage) in usage {
+            sqlx::query(
+                "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
+                                        cache_read_tokens, cache_write_tokens, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(conversation_id)
+            .bind(model)
+            .bind(usage.input_tokens)
+            .bind(usage.output_tokens)
+            .bind(usage.cache_read_tokens)
+            .bind(usage.cache_write_tokens)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {
         let rows = sqlx::query(
             "SELECT u.model, COUNT(*), SUM(u.input_tokens), SUM(u.output_tokens),

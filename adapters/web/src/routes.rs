@@ -32,6 +32,9 @@ const LOGIN_PAGE: &str = include_str!("login.html");
 pub struct WebSettings {
     /// When set, the chat and its API require this token (bearer header or login cookie).
     pub token: Option<String>,
+    /// The login cookie's value for that token, derived from it by the core (an HMAC), so
+    /// the cookie never carries the token itself. Empty: the cookie login is off.
+    pub cookie_value: String,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
 }
@@ -122,7 +125,7 @@ impl WebChat {
     fn allowed(&self, headers: &HeaderMap) -> bool {
         match &self.settings.token {
             None => true,
-            Some(token) => authorized(headers, token),
+            Some(token) => authorized(headers, token, &self.settings.cookie_value),
         }
     }
 }
@@ -172,8 +175,15 @@ async fn login(
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes() == b"https");
+    if chat.settings.cookie_value.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "cookie login is off; send `Authorization: Bearer <token>`",
+        );
+    }
     let cookie = format!(
-        "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+        chat.settings.cookie_value,
         if secure { "; Secure" } else { "" }
     );
     match HeaderValue::from_str(&cookie) {

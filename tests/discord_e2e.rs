@@ -456,6 +456,30 @@ async fn files_are_uploaded_as_multipart_attachments() {
     assert_eq!(posted.files[0].filename, "shot.png");
     assert_eq!(&posted.files[0].bytes[..], PNG);
 
+    // Discord refuses the upload (this server's limit is lower than known): the text is posted
+    // with a note instead of losing the reply.
+    let id = h.fake.next_id();
+    h.fake
+        .fail_next_with(&format!("/channels/{id}/messages"), 413, 40_005);
+    h.fake.dispatch(
+        "MESSAGE_CREATE",
+        fake::mentioning_bot(fake::message(
+            &id,
+            CHANNEL_ID,
+            Some(GUILD_ID),
+            fake::user(USER_ID, "ann", false),
+            "/screenshot https://example.com full_page",
+        )),
+    );
+    let posted = h
+        .posted_where("without the file", |p| p.channel == id)
+        .await;
+    assert!(posted.files.is_empty());
+    assert!(
+        posted.content.contains("shot.png could not be attached"),
+        "{posted:?}"
+    );
+
     // The slash command's typed options reach the feature as the usual argument text, and the
     // file travels with the edit of the deferred response.
     let (_, token) = h.fake.slash(
@@ -468,7 +492,7 @@ async fn files_are_uploaded_as_multipart_attachments() {
     assert_eq!(&original.files[0].bytes[..], PNG);
     assert_eq!(
         *h.shot.args.lock().unwrap(),
-        vec!["https://example.com full_page".to_string(); 2]
+        vec!["https://example.com full_page".to_string(); 3]
     );
     h.stop().await;
 }

@@ -121,8 +121,9 @@ struct Data {
     /// (channel, nonce) → message id, for `enforce_nonce`.
     nonces: HashMap<(String, String), String>,
     attachments: HashMap<String, Bytes>,
-    /// Status answered (once each) for requests whose path contains the needle.
-    faults: Vec<(String, u16)>,
+    /// Status and Discord error code answered (once each) for requests whose path contains
+    /// the needle.
+    faults: Vec<(String, u16, u64)>,
     gateway: Gateway,
 }
 
@@ -199,7 +200,15 @@ impl FakeDiscord {
 
     /// Answer the next request whose path contains `needle` with `status` (once).
     pub fn fail_next(&self, needle: &str, status: u16) {
-        self.inner.data().faults.push((needle.to_string(), status));
+        self.fail_next_with(needle, status, 0);
+    }
+
+    /// Like [`FakeDiscord::fail_next`], with a Discord error `code` in the body.
+    pub fn fail_next_with(&self, needle: &str, status: u16, code: u64) {
+        self.inner
+            .data()
+            .faults
+            .push((needle.to_string(), status, code));
     }
 
     /// Send a gateway dispatch; kept for replay after a RESUME. Returns its sequence number.
@@ -639,13 +648,13 @@ async fn rest(
         let fault = d
             .faults
             .iter()
-            .position(|(needle, _)| path.contains(needle.as_str()));
+            .position(|(needle, _, _)| path.contains(needle.as_str()));
         match fault {
             Some(i) => {
-                let (_, status) = d.faults.remove(i);
+                let (_, status, code) = d.faults.remove(i);
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                error(status, 0, "injected failure")
+                error(status, code, "injected failure")
             }
             None => answer(&inner, &mut d, &request),
         }

@@ -25,6 +25,17 @@ pub(crate) enum Place {
 pub(crate) struct Channels {
     http: Arc<Http>,
     known: Mutex<HashMap<u64, Place>>,
+    /// Upload limits of guilds, from their boost tier (GUILD_CREATE).
+    upload_limits: Mutex<HashMap<u64, u64>>,
+}
+
+/// The upload limit of a guild by its boost tier (10, 10, 50, 100 MiB).
+pub(crate) fn upload_limit(premium_tier: u8) -> u64 {
+    match premium_tier {
+        2 => 50 * 1024 * 1024,
+        3.. => 100 * 1024 * 1024,
+        _ => crate::DEFAULT_MAX_FILE_BYTES,
+    }
 }
 
 pub(crate) fn is_thread(kind: ChannelType) -> bool {
@@ -39,6 +50,7 @@ impl Channels {
         Self {
             http,
             known: Mutex::new(HashMap::new()),
+            upload_limits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -57,6 +69,20 @@ impl Channels {
             Some(parent) if is_thread(kind) => self.note(channel, Place::Thread { parent }),
             _ => self.note(channel, Place::Channel),
         }
+    }
+
+    pub fn note_upload_limit(&self, guild: u64, bytes: u64) {
+        if let Ok(mut limits) = self.upload_limits.lock() {
+            if limits.len() >= MAX_KNOWN {
+                limits.clear();
+            }
+            limits.insert(guild, bytes);
+        }
+    }
+
+    /// The upload limit Discord reported for a guild, if it did.
+    pub fn upload_limit(&self, guild: u64) -> Option<u64> {
+        self.upload_limits.lock().ok()?.get(&guild).copied()
     }
 
     fn cached(&self, channel: u64) -> Option<Place> {

@@ -22,6 +22,8 @@ use crate::adapter::Shared;
 use crate::channels::Place;
 use crate::route::{InteractionRoute, Route};
 
+/// Discord's error code for "request entity too large" (a file over the upload limit).
+const ENTITY_TOO_LARGE: isize = 40_005;
 /// Discord's error code for "a thread has already been created for this message".
 const THREAD_ALREADY_CREATED: isize = 160_004;
 /// How often the typing indicator is renewed (it lasts about 10 seconds).
@@ -153,24 +155,48 @@ pub(crate) async fn deliver(
         None => {
             let target = ensure_thread(shared, route).await?;
             shared.typing.stop(target);
-            let mut message = CreateMessage::new()
-                .content(text)
-                .nonce(Nonce::String(nonce(&reply.idempotency_key)))
-                .enforce_nonce(true)
-                .allowed_mentions(CreateAllowedMentions::new())
-                .add_files(files.into_iter().map(to_discord_file));
-            if !rows.is_empty() {
-                message = message.components(rows);
+            let key = &reply.idempotency_key;
+            let posted = match post_message(shared, target, key, &text, files.clone(), &rows).await
+            {
+                // Discord's limit for this place is lower than we knew: post the text and say so.
+                Err(e) if !files.is_empty() && discord_code(&e) == Some(ENTITY_TOO_LARGE) => {
+                    let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
+                    let text = format!(
+                        "{text}\n({} could not be attached: over Discord's upload limit here.)",
+                        names.join(", ")
+                    );
+                    post_message(shared, target, key, &text, Vec::new(), &rows).await
+                }
+                other => other,
             }
-            let posted = ChannelId::new(target)
-                .send_message(&shared.http, message)
-                .await
-                .map_err(classify)?;
+            .map_err(classify)?;
             Ok(Delivered {
                 platform_message_id: Some(posted.id.get().to_string()),
             })
         }
     }
+}
+
+async fn post_message(
+    shared: &Shared,
+    channel: u64,
+    key: &str,
+    text: &str,
+    files: Vec<Attachment>,
+    rows: &[CreateActionRow],
+) -> Result<serenity::all::Message, serenity::Error> {
+    let mut message = CreateMessage::new()
+        .content(text)
+        .nonce(Nonce::String(nonce(key)))
+        .enforce_nonce(true)
+        .allowed_mentions(CreateAllowedMentions::new())
+        .add_files(files.into_iter().map(to_discord_file));
+    if !rows.is_empty() {
+        message = message.components(rows.to_vec());
+    }
+    ChannelId::new(channel)
+        .send_message(&shared.http, message)
+        .await
 }
 
 /// The first piece edits the deferred response; later pieces are follow-ups.

@@ -132,6 +132,10 @@ impl RawEventHandler for Handler {
             Event::ThreadUpdate(e) => self.note_threads([&e.thread]),
             Event::ThreadListSync(e) => self.note_threads(&e.threads),
             Event::GuildCreate(e) => {
+                let tier = u8::from(e.guild.premium_tier);
+                self.shared
+                    .channels
+                    .note_upload_limit(e.guild.id.get(), crate::channels::upload_limit(tier));
                 self.note_threads(&e.guild.threads);
                 for channel in e.guild.channels.values() {
                     if channel.kind != ChannelType::Category {

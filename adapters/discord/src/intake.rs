@@ -186,7 +186,10 @@ async fn process_message(shared: &Shared, message: &Message) {
         Some(_) => Some(shared.channels.place(message.channel_id.get()).await),
         None => None,
     };
-    let mut event = translate::message_event(message, bot, place);
+    let limit = message
+        .guild_id
+        .and_then(|g| shared.channels.upload_limit(g.get()));
+    let mut event = translate::message_event(message, bot, place, limit);
     let wanted = !matches!(event.addressed, Addressed::Ambient);
     if wanted && !message.attachments.is_empty() {
         let downloaded = shared.downloader.download_all(&message.attachments).await;

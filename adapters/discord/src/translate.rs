@@ -78,11 +78,13 @@ fn thread_name(text: &str) -> String {
     }
 }
 
-/// A user message as an event. `place` is `None` in a DM. Attachments are added by the caller.
+/// A user message as an event. `place` is `None` in a DM; `max_file_bytes` is the guild's
+/// upload limit when Discord reported it. Attachments are added by the caller.
 pub(crate) fn message_event(
     message: &Message,
     bot_user_id: Option<u64>,
     place: Option<Place>,
+    max_file_bytes: Option<u64>,
 ) -> Event {
     let mentioned = mentions_bot(message, bot_user_id);
     let text = strip_mention(&message.content, bot_user_id);
@@ -140,7 +142,11 @@ pub(crate) fn message_event(
     };
     let mut event = Event::from_text(message_id, conversation, user_ref(&message.author), text);
     event.addressed = addressed;
-    event.route = route.to_value();
+    event.route = Route {
+        max_file_bytes,
+        ..route
+    }
+    .to_value();
     event
 }
 
@@ -266,7 +272,7 @@ mod tests {
     fn a_mention_in_a_channel_starts_a_thread_on_the_message() {
         let m = message("<@900> /remember the sky is blue", Some("7"), false);
         assert!(is_user_input(&m, Some(BOT)));
-        let e = message_event(&m, Some(BOT), Some(Place::Channel));
+        let e = message_event(&m, Some(BOT), Some(Place::Channel), None);
         assert_eq!(e.addressed, Addressed::Mention);
         assert_eq!(
             e.conversation,
@@ -290,7 +296,7 @@ mod tests {
     #[test]
     fn thread_messages_belong_to_the_parent_channel() {
         let m = message("and then?", Some("7"), false);
-        let e = message_event(&m, Some(BOT), Some(Place::Thread { parent: 99 }));
+        let e = message_event(&m, Some(BOT), Some(Place::Thread { parent: 99 }), None);
         assert_eq!(e.addressed, Addressed::ThreadReply);
         assert_eq!(
             e.conversation,
@@ -301,7 +307,7 @@ mod tests {
 
     #[test]
     fn dms_plain_messages_and_bots() {
-        let e = message_event(&message("hi", None, false), Some(BOT), None);
+        let e = message_event(&message("hi", None, false), Some(BOT), None, None);
         assert_eq!(e.addressed, Addressed::Direct);
         assert_eq!(e.conversation.workspace, "dm");
         assert_eq!(e.conversation.thread, None);
@@ -309,8 +315,13 @@ mod tests {
             &message("hi all", Some("7"), false),
             Some(BOT),
             Some(Place::Channel),
+            Some(50),
         );
         assert_eq!(e.addressed, Addressed::Ambient);
+        assert_eq!(
+            Route::from_value(&e.route).unwrap().max_file_bytes,
+            Some(50)
+        );
         assert!(!is_user_input(&message("beep", Some("7"), true), Some(BOT)));
         let mut own = message("me", Some("7"), false);
         own.author.id = serenity::model::id::UserId::new(BOT);

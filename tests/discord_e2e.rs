@@ -646,6 +646,34 @@ async fn the_gateway_resumes_after_a_disconnect_and_duplicates_are_answered_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_resume_identifies_again_and_the_bot_keeps_answering() {
+    let h = Harness::start().await;
+    h.fake.invalidate_session();
+    h.fake.disconnect();
+    let again = h
+        .fake
+        .wait_until(Duration::from_secs(30), |f| {
+            (f.identifies() >= 2).then_some(())
+        })
+        .await;
+    assert!(again.is_some(), "identified again after the refused resume");
+    let m = h
+        .fake
+        .say_in_guild(CHANNEL_ID, "/remember on a new session", true);
+    let reply = h
+        .posted_where("on the new session", |p| p.channel == m)
+        .await;
+    assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
+    let (_, token) = h.fake.slash(CHANNEL_ID, "memory", json!([]));
+    let original = h.original(&token).await;
+    assert!(
+        original.content.contains("on a new session"),
+        "{original:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_of_a_channel_are_taken_in_order() {
     let h = Harness::start().await;
     for i in 0..25 {

@@ -232,6 +232,12 @@ impl FakeDiscord {
         }
     }
 
+    /// Forget the session: the next RESUME is refused (op 9, not resumable), so the client
+    /// must identify again.
+    pub fn invalidate_session(&self) {
+        self.inner.data().gateway.session = None;
+    }
+
     pub fn identifies(&self) -> u32 {
         self.inner.data().gateway.identifies
     }

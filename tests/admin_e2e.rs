@@ -163,6 +163,28 @@ async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
         .trim_start_matches("/api/artifacts/")
         .to_string();
     let id = conversation_id(&server, "shots").await;
+    // Stored files are served so that none can run a script in this origin.
+    for (url, bearer) in [
+        (
+            format!("{}/api/artifacts/{artifact_id}", server.base),
+            false,
+        ),
+        (
+            format!("{}/admin/artifacts/{artifact_id}", server.base),
+            true,
+        ),
+    ] {
+        let mut request = client().get(&url);
+        if bearer {
+            request = request.bearer_auth(TOKEN);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(r.headers()["content-type"], "image/png", "{url}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{url}");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("sandbox"), "{url}: {csp}");
+    }
 
     let browser = Chromium::start(&chromium).await;
     let page = browser.browser.new_page("about:blank").await.unwrap();

@@ -450,6 +450,12 @@ async fn artifact(
                 "x-content-type-options",
                 HeaderValue::from_static("nosniff"),
             );
+            // A stored file may be HTML or SVG from a chat user: opened directly it runs no
+            // script in this origin (where the login cookies live).
+            headers.insert(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; sandbox"),
+            );
             response
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "no such artifact"),

@@ -1381,6 +1381,25 @@ mod tests {
     }
 
     #[test]
+    fn discord_settings() {
+        let c = load(
+            Some("[discord]\nregister_guild = \"123\"\n"),
+            &[
+                ("DISCORD_TOKEN", "t"),
+                ("DISCORD_APPLICATION_ID", "42"),
+                ("ECDYSIS_DISCORD_REGISTER_ON_START", "yes"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.discord.register_on_start, Some(true));
+        assert_eq!(c.discord.register_guild.as_deref(), Some("123"));
+        let e = load(None, &[("DISCORD_APPLICATION_ID", "my-app")]).unwrap_err();
+        assert!(e.to_string().contains("discord.application_id"), "{e}");
+        let e = load(None, &[("ECDYSIS_DISCORD_REGISTER_ON_START", "maybe")]).unwrap_err();
+        assert!(e.to_string().contains("discord.register_on_start"), "{e}");
+    }
+
+    #[test]
     fn redact_hides_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert!(!redact("postgres://u:sec ret@h:bad/db").contains("sec"));

@@ -102,6 +102,18 @@ impl TurnStats {
     }
 }
 
+/// What a turn gathers besides its text; it lives outside the turn's future, so a turn cut
+/// short by the time limit still stores the steps it finished.
+#[derive(Default)]
+struct Collected {
+    /// Files tools returned, for the reply.
+    attachments: Vec<Attachment>,
+    /// The tool steps' transcript rows.
+    rows: Vec<NewMessage>,
+    /// The system blocks for a compaction, when the conversation is over budget.
+    compact: Option<Vec<SystemBlock>>,
+}
+
 /// A finished turn.
 #[derive(Debug)]
 pub struct TurnOutcome {
@@ -264,22 +276,12 @@ impl Core {
             return Ok((TurnOutcome { outgoing, stats }, None));
         }
         let deadline = started + self.config.turn_timeout;
-        let mut attachments = Vec::new();
-        let mut rows = Vec::new();
-        let mut compact = None;
+        let mut collected = Collected::default();
         // The deadline bounds every model call and retry pause; this outer limit also bounds
         // tools that do not return in time.
         let outcome = tokio::time::timeout(
             self.config.turn_timeout + Duration::from_millis(250),
-            self.turn(
-                event,
-                prompt,
-                deadline,
-                &mut stats,
-                &mut attachments,
-                &mut rows,
-                &mut compact,
-            ),
+            self.turn(event, prompt, deadline, &mut stats, &mut collected),
         )
         .await;
         let text = match outcome {
@@ -311,7 +313,7 @@ impl Core {
             .record_turn(
                 &event.conversation,
                 Some(event.event_id),
-                &rows,
+                &collected.rows,
                 &stats.usage,
             )
             .await?;
@@ -326,10 +328,10 @@ impl Core {
         );
         let outgoing = vec![Outgoing {
             text,
-            attachments,
+            attachments: collected.attachments,
             ..Outgoing::default()
         }];
-        Ok((TurnOutcome { outgoing, stats }, compact))
+        Ok((TurnOutcome { outgoing, stats }, collected.compact))
     }
 
     fn failure_text(&self, error: &CallError, steps: usize) -> String {
@@ -400,9 +402,7 @@ impl Core {
         prompt: &str,
         deadline: Instant,
         stats: &mut TurnStats,
-        attachments: &mut Vec<Attachment>,
-        rows: &mut Vec<NewMessage>,
-        compact: &mut Option<Vec<SystemBlock>>,
+        collected: &mut Collected,
     ) -> Result<String, TurnError> {
         let conversation = &event.conversation;
         let channel = conversation.channel_ref();
@@ -447,7 +447,7 @@ impl Core {
                 .is_some()
         {
             // Compacted after this answer; until then the model sees the newest turns that fit.
-            *compact = Some(system[..1].to_vec());
+            collected.compact = Some(system[..1].to_vec());
             stats.compaction_due = true;
         }
         let transcript = context::fit(transcript, allowance);
@@ -483,14 +483,7 @@ impl Core {
                 parts: response.parts.clone(),
             };
             let results = self
-                .run_tools(
-                    event,
-                    step,
-                    &response,
-                    attachments,
-                    &mut stats.tool_time,
-                    rows,
-                )
+                .run_tools(event, step, &response, &mut stats.tool_time, collected)
                 .await?;
             stats.steps = step;
             messages.push(assistant);
@@ -528,9 +521,8 @@ impl Core {
         event: &EventContext,
         step: usize,
         response: &ChatResponse,
-        attachments: &mut Vec<Attachment>,
         tool_time: &mut Duration,
-        rows: &mut Vec<NewMessage>,
+        collected: &mut Collected,
     ) -> Result<Vec<Part>, TurnError> {
         let tool_context = ToolContext {
             event_id: event.event_id,
@@ -561,7 +553,7 @@ impl Core {
             };
             let (text, images, is_error) = match result {
                 Ok(output) => {
-                    attachments.extend(output.attachments);
+                    collected.attachments.extend(output.attachments);
                     let images: Vec<ImageData> = output
                         .images
                         .iter()
@@ -607,7 +599,7 @@ impl Core {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        rows.extend([
+        collected.rows.extend([
             NewMessage {
                 role: Role::Tool,
                 text: truncate(&call_line, ROW_TEXT_CHARS),

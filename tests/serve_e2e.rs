@@ -51,8 +51,9 @@ async fn sigkill_loses_nothing(env: &[(&str, &str)]) {
     let mut all_env = vec![("ECDYSIS_BUS_WORKERS", "1")];
     all_env.extend_from_slice(env);
     let mut server = Server::start(dir.path(), &all_env).await;
-    let conversations = ["c0", "c1", "c2", "c3", "c4"];
-    let per_conversation = 40;
+    // Ten concurrent producers against one worker: the queue is always deep when the kill comes.
+    let conversations = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
+    let per_conversation = 60;
     // Post in concurrent batches so intake outpaces the single worker.
     let mut accepted = 0;
     for i in 0..per_conversation {

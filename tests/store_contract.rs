@@ -890,7 +890,10 @@ async fn record_turn(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(totals.len(), 2);
-    assert_eq!((totals[0].model.as_str(), totals[0].calls), ("anthropic/a", 2));
+    assert_eq!(
+        (totals[0].model.as_str(), totals[0].calls),
+        ("anthropic/a", 2)
+    );
     assert_eq!(totals[0].usage.input_tokens, 30);
     assert_eq!((totals[1].model.as_str(), totals[1].calls), ("openai/b", 1));
 

@@ -23,7 +23,7 @@ use ecdysis_chat::{ConversationRef, EventKind, UserRef};
 use ecdysis_testkit::llm::{FakeLlm, Reply};
 use serde_json::json;
 
-const CONVERSATIONS: usize = 5;
+const CONVERSATIONS: usize = 20;
 const TURNS: usize = 50;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -3,6 +3,10 @@
 //! with `memory_save`; then the compacted rows are archived verbatim (JSON lines) in the blob
 //! store, and only then does one transaction mark them compacted and add the summary that
 //! points to the archive. Nothing is deleted: the archive and the rows stay readable.
+//!
+//! It runs right after the answer of the turn that found the conversation over budget, so that
+//! answer does not wait for two more model calls; that turn (and any turn while the summary is
+//! being written) shows the model the newest turns that fit the budget.
 
 use std::time::Instant;
 

@@ -657,6 +657,40 @@ async fn server_errors_forever_give_a_clear_reply_within_the_time_limit() {
 }
 
 #[tokio::test]
+async fn an_unreachable_model_gives_a_clear_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback address.
+    let env = vec![
+        (
+            "ECDYSIS_MODEL".to_string(),
+            "anthropic/claude-test".to_string(),
+        ),
+        (
+            "ANTHROPIC_API_KEY".to_string(),
+            "test-anthropic-key".to_string(),
+        ),
+        (
+            "ANTHROPIC_BASE_URL".to_string(),
+            "http://127.0.0.1:1".to_string(),
+        ),
+        (
+            "ECDYSIS_AGENT_TURN_TIMEOUT_SECONDS".to_string(),
+            "3".to_string(),
+        ),
+    ];
+    let h = Harness::start(dir.path(), &env).await;
+    let started = Instant::now();
+    let answer = h.ask(&conv("unreachable", None), "hello?").await;
+    assert!(
+        answer.contains("could not get an answer from the model"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!answer.contains("test-anthropic-key"), "{answer}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_model_meets_the_turn_limit() {
     let fake = FakeLlm::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();

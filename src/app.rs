@@ -331,6 +331,7 @@ impl WebBackend for TranscriptView {
             .filter(|m| matches!(m.role, Role::User | Role::Assistant))
             .map(|m| WebMessage {
                 id: m.id,
+                event_id: m.event_id.map(|id| id.to_string()),
                 role: m.role.as_str().to_string(),
                 text: m.text,
                 attachments: m

@@ -827,20 +827,11 @@ async fn reply_with_file(
     conversation: &str,
     text: &str,
 ) -> (String, serde_json::Value) {
-    let before = server
-        .messages(conversation)
+    let event_id = server.say(conversation, text).await;
+    let reply = server
+        .wait_replies_to(conversation, &event_id, 1)
         .await
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .count();
-    server.say(conversation, text).await;
-    let messages = server.wait_replies(conversation, before + 1).await;
-    let reply = messages
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "assistant")
-        .unwrap()
-        .clone();
+        .remove(0);
     let attachment = reply["attachments"]
         .get(0)
         .unwrap_or_else(|| panic!("no attachment in {reply:#}\n{}", server.log()))

@@ -49,15 +49,11 @@ fn last_reply(messages: &[Value]) -> &Value {
 
 /// Send `/run …` and return the reply message (text and attachments).
 async fn run(server: &Server, conversation: &str, command: &str) -> Value {
-    let before = server
-        .messages(conversation)
+    let event_id = server.say(conversation, &format!("/run {command}")).await;
+    server
+        .wait_replies_to(conversation, &event_id, 1)
         .await
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .count();
-    server.say(conversation, &format!("/run {command}")).await;
-    let messages = server.wait_replies(conversation, before + 1).await;
-    last_reply(&messages).clone()
+        .remove(0)
 }
 
 fn text(reply: &Value) -> &str {

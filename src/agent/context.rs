@@ -9,7 +9,7 @@ use ecdysis_chat::ConversationRef;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::provider::{ChatMessage, ChatRequest, ChatRole, Part, SystemBlock, ToolDef};
+use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
 use crate::store::{ContextMessages, Message, Note, Role};
 use crate::tools::ToolRegistry;
 
@@ -55,17 +55,6 @@ pub fn tools_tokens(tools: &[ToolDef]) -> usize {
                 + 8
         })
         .sum()
-}
-
-/// Estimated tokens of a whole request.
-pub fn request_tokens(request: &ChatRequest) -> usize {
-    request
-        .system
-        .iter()
-        .map(|b| estimate_tokens(&b.text))
-        .sum::<usize>()
-        + tools_tokens(&request.tools)
-        + request.messages.iter().map(message_tokens).sum::<usize>()
 }
 
 /// The tool definitions, in the registry's stable order.
@@ -357,14 +346,35 @@ pub fn row_tokens(window: &ContextMessages, current_event: i64) -> Vec<(usize, u
 
 /// Drop the oldest turns until the transcript fits `allowance` tokens (the last resort when
 /// compaction could not run; nothing is deleted, the model just sees less).
-pub fn fit(messages: Vec<ChatMessage>, allowance: usize) -> Vec<ChatMessage> {
-    let mut total: usize = messages.iter().map(message_tokens).sum();
+pub fn fit(messages: Vec<ChatMessage>, allowance: usize) -> Fitted {
+    let sizes: Vec<usize> = messages.iter().map(message_tokens).collect();
+    let before: usize = sizes.iter().sum();
+    let mut tokens = before;
     let mut start = 0;
-    while total > allowance && start < messages.len() {
-        total -= message_tokens(&messages[start]);
+    while tokens > allowance && start < messages.len() {
+        tokens -= sizes[start];
         start += 1;
     }
-    pair_tools(messages.into_iter().skip(start).collect())
+    let messages = if start == 0 {
+        messages
+    } else {
+        pair_tools(messages.into_iter().skip(start).collect())
+    };
+    Fitted {
+        messages,
+        before,
+        tokens,
+    }
+}
+
+/// A transcript cut to its allowance.
+#[derive(Debug)]
+pub struct Fitted {
+    pub messages: Vec<ChatMessage>,
+    /// Estimated tokens of the whole transcript.
+    pub before: usize,
+    /// Estimated tokens of what was kept.
+    pub tokens: usize,
 }
 
 /// The new message: the text, and the names of files that came with it.
@@ -543,8 +553,11 @@ mod tests {
             })
             .collect();
         let fitted = fit(messages, 350);
-        assert!(fitted.iter().map(message_tokens).sum::<usize>() <= 350);
-        assert_eq!(fitted.first().unwrap().role, ChatRole::User);
-        assert!(texts(&fitted).last().unwrap().1 == "a9");
+        assert!(fitted.before > 1_000);
+        assert!(fitted.tokens <= 350);
+        let kept = fitted.messages;
+        assert!(kept.iter().map(message_tokens).sum::<usize>() <= 350);
+        assert_eq!(kept.first().unwrap().role, ChatRole::User);
+        assert!(texts(&kept).last().unwrap().1 == "a9");
     }
 }

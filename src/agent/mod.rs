@@ -440,9 +440,8 @@ impl Core {
             + context::tools_tokens(&self.tool_defs)
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
-        let transcript = context::transcript(&window, event.event_id);
-        let tokens: usize = transcript.iter().map(context::message_tokens).sum();
-        if tokens > allowance
+        let transcript = context::fit(context::transcript(&window, event.event_id), allowance);
+        if transcript.before > allowance
             && compaction::plan(&window, event.event_id, compaction::keep_tokens(allowance))
                 .is_some()
         {
@@ -450,44 +449,39 @@ impl Core {
             collected.compact = Some(system[..1].to_vec());
             stats.compaction_due = true;
         }
-        let transcript = context::fit(transcript, allowance);
+        stats.prompt_tokens = fixed + transcript.tokens;
 
-        let mut messages = transcript;
+        let mut messages = transcript.messages;
         messages.push(new_message);
-        let mut messages = context::merge_roles(messages);
+        // One request, grown by each tool step.
+        let mut request = ChatRequest {
+            system,
+            messages: context::merge_roles(messages),
+            tools: self.tool_defs.clone(),
+            tool_choice: ToolChoice::Auto,
+            max_tokens: self.config.max_output_tokens,
+        };
         let mut step = 0;
         loop {
             step += 1;
             let last_step = step >= self.config.max_steps;
-            let request = ChatRequest {
-                system: system.clone(),
-                messages: messages.clone(),
-                tools: self.tool_defs.clone(),
-                tool_choice: if last_step {
-                    ToolChoice::None
-                } else {
-                    ToolChoice::Auto
-                },
-                max_tokens: self.config.max_output_tokens,
-            };
-            if step == 1 {
-                stats.prompt_tokens = context::request_tokens(&request);
+            if last_step {
+                request.tool_choice = ToolChoice::None;
             }
             let response = self.call(&request, deadline, stats).await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));
             }
-            let assistant = ChatMessage {
-                role: ChatRole::Assistant,
-                parts: response.parts.clone(),
-            };
             let results = self
                 .run_tools(event, step, &response, &mut stats.tool_time, collected)
                 .await?;
             stats.steps = step;
-            messages.push(assistant);
-            messages.push(ChatMessage {
+            request.messages.push(ChatMessage {
+                role: ChatRole::Assistant,
+                parts: response.parts,
+            });
+            request.messages.push(ChatMessage {
                 role: ChatRole::User,
                 parts: results,
             });

@@ -169,24 +169,43 @@ impl Server {
         }
     }
 
-    /// Send a message and wait for its reply text.
+    /// Wait until the event `event_id` (as the POST returned it) has `n` assistant messages;
+    /// return them in order. Replies to other events do not count, however late they are.
+    pub async fn wait_replies_to(
+        &self,
+        conversation: &str,
+        event_id: &str,
+        n: usize,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let messages = self.messages(conversation).await;
+            let replies: Vec<serde_json::Value> = messages
+                .iter()
+                .filter(|m| m["role"] == "assistant" && m["event_id"] == event_id)
+                .cloned()
+                .collect();
+            if replies.len() >= n {
+                return replies;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{conversation}: {} of {n} replies to event {event_id}:\n{messages:#?}\n{}",
+                replies.len(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Send a message and wait for the reply to it (matched by its event id).
     pub async fn ask(&self, conversation: &str, text: &str) -> String {
-        let before = self
-            .messages(conversation)
+        let event_id = self.say(conversation, text).await;
+        let reply = self
+            .wait_replies_to(conversation, &event_id, 1)
             .await
-            .iter()
-            .filter(|m| m["role"] == "assistant")
-            .count();
-        self.say(conversation, text).await;
-        let messages = self.wait_replies(conversation, before + 1).await;
-        messages
-            .iter()
-            .rev()
-            .find(|m| m["role"] == "assistant")
-            .unwrap()["text"]
-            .as_str()
-            .unwrap()
-            .to_string()
+            .remove(0);
+        reply["text"].as_str().unwrap_or_default().to_string()
     }
 }
 

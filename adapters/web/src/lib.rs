@@ -22,6 +22,10 @@ pub use routes::{WebAdapter, WebChat, WebSettings, conversation_ref};
 #[derive(Clone, Debug, Serialize)]
 pub struct WebMessage {
     pub id: i64,
+    /// The event this message belongs to: the `event_id` the POST that sent it returned (a user
+    /// message and the replies to it share it); absent for messages made outside an event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     /// `user` or `assistant`.
     pub role: String,
     pub text: String,

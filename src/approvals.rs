@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ecdysis_chat::{Button, ButtonStyle, ConversationRef, Event, EventKind};
+use ecdysis_chat::{AllowList, Button, ButtonStyle, ConversationRef, Event, EventKind};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -30,8 +30,8 @@ pub struct Approvals {
     /// Set once the bus exists (the bus's handler holds the tool that holds this).
     bus: OnceLock<Bus>,
     timeout: Duration,
-    /// Users who may answer; empty means anyone in the conversation.
-    approvers: Vec<String>,
+    /// Users who may answer (`platform:id` entries); empty means anyone in the conversation.
+    approvers: AllowList,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -40,7 +40,7 @@ impl Approvals {
         Arc::new(Self {
             bus: OnceLock::new(),
             timeout,
-            approvers,
+            approvers: AllowList::new(approvers),
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -134,7 +134,11 @@ impl ActionHandler for Approvals {
             DENY => false,
             _ => return None,
         };
-        if !self.approvers.is_empty() && !self.approvers.contains(&event.user.id) {
+        // The platform part of the identity is the receiving adapter's, never the client's.
+        if !self
+            .approvers
+            .allows_user(&event.conversation.platform, &event.user.id)
+        {
             return Some(Outgoing::text(format!(
                 "<@{}> may not answer approvals here.",
                 event.user.id

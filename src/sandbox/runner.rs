@@ -9,8 +9,9 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
+use super::usage::Index;
 use super::workspace::{OutFile, Prepared, Scan, Snapshot, WorkspaceError, Workspaces};
-use super::{Limits, RunOutput, RunRequest, Sandbox, SandboxError, channel_key};
+use super::{Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, channel_key};
 use crate::config::SandboxSettings;
 
 /// Files from `out/` attached to one reply.
@@ -45,6 +46,9 @@ pub struct RunReport {
     pub skipped_files: Vec<String>,
     /// Bytes restored from the blob store before the run, when that happened.
     pub restored_bytes: Option<u64>,
+    /// The run went past the workspace's size limit: what it added was removed, this many
+    /// bytes.
+    pub removed_bytes: Option<u64>,
     pub snapshot: SnapshotOutcome,
 }
 
@@ -102,36 +106,20 @@ impl Runner {
     /// Whether `user_id` may run commands in this conversation's channel (the allowlists;
     /// empty lists allow everyone). The error says which list refused.
     pub fn may_run(&self, conversation: &ConversationRef, user_id: &str) -> Result<(), String> {
-        let platform = &conversation.platform;
-        if !self.settings.allow_users.is_empty() {
-            let scoped = format!("{platform}:{user_id}");
-            if !self
-                .settings
-                .allow_users
-                .iter()
-                .any(|u| u == user_id || *u == scoped)
-            {
-                return Err(
-                    "you are not on this server's list of users who may run commands (sandbox.allow_users)"
-                        .into(),
-                );
-            }
+        // The platform part comes from the conversation (set by the adapter that received the
+        // event), never from the user id a client sent (see `ecdysis_chat::AllowList`).
+        if !ecdysis_chat::AllowList::new(self.settings.allow_users.iter().cloned())
+            .allows_user(&conversation.platform, user_id)
+        {
+            return Err(
+                "you are not on this server's list of users who may run commands (sandbox.allow_users)"
+                    .into(),
+            );
         }
-        if !self.settings.allow_channels.is_empty() {
-            let channel = &conversation.channel;
-            let names = [
-                channel.clone(),
-                format!("{platform}:{channel}"),
-                format!("{platform}:{}:{channel}", conversation.workspace),
-            ];
-            if !self
-                .settings
-                .allow_channels
-                .iter()
-                .any(|c| names.contains(c))
-            {
-                return Err("commands may not run in this channel (sandbox.allow_channels)".into());
-            }
+        if !ecdysis_chat::AllowList::new(self.settings.allow_channels.iter().cloned())
+            .allows_channel(conversation)
+        {
+            return Err("commands may not run in this channel (sandbox.allow_channels)".into());
         }
         Ok(())
     }
@@ -169,14 +157,46 @@ impl Runner {
         let workspace = self.workspaces.reference(&key);
         self.sandbox.prepare(&workspace).await?;
         let before = self.workspaces.scan(&key).await?;
+        // What the workspace holds now, to take back what the run adds if it goes too far. A
+        // workspace already over the limit (restored from a larger one) may not grow.
+        let dir = workspace.dir.clone();
+        let index = tokio::task::spawn_blocking(move || Index::take(&dir))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|index| index)
+            .map_err(|source| WorkspaceError::Io {
+                what: format!("measuring the workspace {key}"),
+                source,
+            })?;
+        let mut limits = self.limits;
+        limits.workspace_bytes = limits.workspace_bytes.max(index.total());
+        let dir = workspace.dir.clone();
         let output = self
             .sandbox
             .run(RunRequest {
                 workspace,
                 command: command.to_string(),
-                limits: self.limits,
+                limits,
             })
             .await?;
+        let removed_bytes = if output.ended == Ended::WorkspaceLimit {
+            match tokio::task::spawn_blocking(move || index.remove_additions(&dir)).await {
+                Ok(Ok(bytes)) => {
+                    warn!(key, bytes, "a run went past the workspace limit; its additions were removed");
+                    Some(bytes)
+                }
+                Ok(Err(e)) => {
+                    error!(key, error = %e, "cannot remove what an over-limit run added");
+                    None
+                }
+                Err(e) => {
+                    error!(key, error = %e, "removing what an over-limit run added failed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         info!(
             key,
             exit_code = ?output.exit_code,
@@ -205,10 +225,11 @@ impl Runner {
         Ok(RunReport {
             command: command.to_string(),
             output,
-            limits: self.limits,
+            limits,
             files,
             skipped_files,
             restored_bytes,
+            removed_bytes,
             snapshot,
         })
     }

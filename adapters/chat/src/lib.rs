@@ -9,9 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+mod allow;
 mod command;
 mod text;
 
+pub use allow::AllowList;
 pub use command::{Command, CommandName};
 pub use text::split_text;
 

@@ -43,6 +43,8 @@ pub struct App {
     pub browser: Option<BrowserService>,
     /// The sandbox behind `/run` and the `run_command` tool, when one is usable here.
     pub sandbox: Option<Arc<Runner>>,
+    /// The MCP servers (`[[mcp]]`), connecting in the background; stopped by [`serve`].
+    pub mcp: crate::mcp::McpHub,
     /// The Discord adapter, when `DISCORD_TOKEN` or `DISCORD_PUBLIC_KEY` is set; its gateway
     /// starts with `serve` ([`crate::discord::start`]).
     pub discord: Option<ecdysis_discord::Discord>,
@@ -82,8 +84,11 @@ impl App {
                 "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
             ),
         }
-        // The model's commands wait for a human when the config asks for it.
-        let approvals = config.sandbox.require_approval.then(|| {
+        // The model's commands and marked MCP tools wait for a human when the config asks.
+        let wants_approvals =
+            config.sandbox.require_approval || config.mcp.iter().any(|m| m.approval.any());
+        let approvals = wants_approvals.then(|| {
+
             Approvals::new(
                 config.agent.turn_timeout,
                 config.sandbox.allow_users.clone(),
@@ -102,6 +107,11 @@ impl App {
             // `/run` answers with how to enable a sandbox; the reason is logged.
             Err(_) => None,
         };
+        // MCP servers connect in the background: start-up and /readyz never wait for them.
+        let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone());
+        let commands = commands
+            .with_profiles(crate::profile::Profiles::new(config.profiles.clone()))
+            .with_mcp(mcp.clone());
         let mut commands = customize(commands);
         // The agent is built last, so it offers every tool registered before it: by the features
         // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
@@ -134,6 +144,7 @@ impl App {
             metrics,
             browser,
             sandbox,
+            mcp,
             discord,
             slack,
         })
@@ -226,6 +237,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     if let Some(browser) = &app.browser {
         browser.shutdown().await;
     }
+    app.mcp.shutdown().await;
     Ok(())
 }
 

@@ -59,6 +59,18 @@ impl Approvals {
 #[async_trait]
 impl ApprovalGate for Approvals {
     async fn approve(&self, context: &ToolContext, command: &str) -> Result<bool, String> {
+        let text = format!(
+            "The model wants to run this command in the channel's sandbox:\n```\n{command}\n```"
+        );
+        self.ask(context, text, "sandbox").await
+    }
+}
+
+impl Approvals {
+    /// Post `text` with Approve / Deny buttons and wait for the answer (`Ok(false)` when denied
+    /// or unanswered in time). `what` tells apart several questions of one tool step (the
+    /// prompt's idempotency key).
+    pub async fn ask(&self, context: &ToolContext, text: String, what: &str) -> Result<bool, String> {
         let bus = self
             .bus
             .get()
@@ -75,10 +87,7 @@ impl ApprovalGate for Approvals {
             );
         }
         let prompt = Outgoing {
-            text: format!(
-                "The model wants to run this command in the channel's sandbox:\n```\n{command}\n```\nApprove within {} s?",
-                self.timeout.as_secs()
-            ),
+            text: format!("{text}\nApprove within {} s?", self.timeout.as_secs()),
             buttons: vec![
                 Button {
                     action_id: APPROVE.into(),
@@ -95,7 +104,11 @@ impl ApprovalGate for Approvals {
             ],
             ..Outgoing::default()
         };
-        let key = format!("{}:approval:{}", context.event_id, context.step);
+        // The sandbox's key stays as it was; other questions add what they are about.
+        let key = match what {
+            "sandbox" => format!("{}:approval:{}", context.event_id, context.step),
+            other => format!("{}:approval:{}:{other}", context.event_id, context.step),
+        };
         if let Err(e) = bus
             .post_now(
                 context.event_id,

@@ -9,8 +9,10 @@ use ecdysis_chat::{CommandName, EventKind};
 
 use crate::blob::BlobStore;
 use crate::bus::{EventContext, Handler, Outgoing};
+use crate::mcp::McpHub;
+use crate::profile::Profiles;
 use crate::store::{NewNote, Store};
-use crate::tools::{Tool, ToolRegistry};
+use crate::tools::{Tool, ToolRegistry, ToolSource};
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]
@@ -19,6 +21,12 @@ pub trait Agent: Send + Sync + 'static {
 
     /// One line for `/status` (the model in use).
     fn describe(&self) -> String;
+
+    /// The `/status` line for one conversation (its profile may name another model).
+    fn describe_for(&self, conversation: &ecdysis_chat::ConversationRef) -> String {
+        let _ = conversation;
+        self.describe()
+    }
 }
 
 /// A command that lives in its own module (`run`, `screenshot`, `record`): enabled when the
@@ -45,6 +53,10 @@ pub struct Commands {
     /// Tools features add for the agent (`run_command`, `browser_*`); the agent is built from
     /// them after every feature is in (see `App::open_with`).
     tools: ToolRegistry,
+    /// Which profile is in force where (memory scope, `/run` and the browser commands).
+    profiles: Profiles,
+    /// The MCP servers, for `/status`.
+    mcp: Option<McpHub>,
 }
 
 impl Commands {
@@ -58,7 +70,24 @@ impl Commands {
             screenshot: None,
             record: None,
             tools: ToolRegistry::new(),
+            profiles: Profiles::default(),
+            mcp: None,
         }
+    }
+
+    /// The profiles in force (see [`crate::profile`]).
+    pub fn with_profiles(mut self, profiles: Profiles) -> Self {
+        self.profiles = profiles;
+        self
+    }
+
+    /// Offer the MCP servers' tools to the agent, and show the servers in `/status`.
+    pub fn with_mcp(mut self, hub: McpHub) -> Self {
+        if !hub.is_empty() {
+            self.tools.add_source(Arc::new(hub.clone()) as Arc<dyn ToolSource>);
+            self.mcp = Some(hub);
+        }
+        self
     }
 
     /// Offer a tool to the agent.
@@ -111,7 +140,7 @@ impl Commands {
         let id = self
             .store
             .remember(&NewNote {
-                channel: event.conversation.channel_ref(),
+                channel: self.profiles.memory_channel(&event.conversation),
                 text: text.to_string(),
                 created_by: event.payload.user.id.clone(),
                 source: Some(format!("event:{}", event.event_id)),
@@ -127,7 +156,11 @@ impl Commands {
         }
         let notes = self
             .store
-            .recall(&event.conversation.channel_ref(), query, RECALL_LIMIT)
+            .recall(
+                &self.profiles.memory_channel(&event.conversation),
+                query,
+                RECALL_LIMIT,
+            )
             .await?;
         if notes.is_empty() {
             return Ok(format!("No note in this channel matches “{query}”."));
@@ -148,7 +181,7 @@ impl Commands {
         };
         if self
             .store
-            .forget(&event.conversation.channel_ref(), id)
+            .forget(&self.profiles.memory_channel(&event.conversation), id)
             .await?
         {
             Ok(format!("Forgot #{id}."))
@@ -160,7 +193,7 @@ impl Commands {
     }
 
     async fn memory(&self, event: &EventContext) -> anyhow::Result<String> {
-        let channel = event.conversation.channel_ref();
+        let channel = self.profiles.memory_channel(&event.conversation);
         let count = self.store.note_count(&channel).await?;
         if count == 0 {
             return Ok("This channel has no notes yet. Save one with `/remember <text>`.".into());
@@ -183,12 +216,15 @@ impl Commands {
     async fn status(&self, event: &EventContext) -> anyhow::Result<String> {
         let channel = event.conversation.channel_ref();
         let inbox = self.store.inbox_counts().await?;
-        let notes = self.store.note_count(&channel).await?;
+        let notes = self
+            .store
+            .note_count(&self.profiles.memory_channel(&event.conversation))
+            .await?;
         let messages = self.store.message_count(&event.conversation).await?;
         let usage = self.store.channel_usage(&channel).await?;
         let compactions = self.store.compaction_stats(&channel).await?;
         let model = match &self.agent {
-            Some(agent) => agent.describe(),
+            Some(agent) => agent.describe_for(&event.conversation),
             None => "none configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY)".into(),
         };
         let enabled = |f: &Option<Arc<dyn Feature>>| if f.is_some() { "on" } else { "off" };
@@ -207,6 +243,13 @@ impl Commands {
             if notes == 1 { "" } else { "s" },
             if messages == 1 { "" } else { "s" },
         );
+        let profile = self.profiles.for_conversation(&event.conversation);
+        out.push_str(&format!("\nProfile: {}", profile.describe()));
+        if let Some(mcp) = &self.mcp {
+            for server in mcp.status() {
+                out.push_str(&format!("\nMCP {}", server.line()));
+            }
+        }
         if let Some(last) = compactions.last_at {
             out.push_str(&format!(
                 "\nCompaction: {} time{} in this channel ({} older messages summarised and archived); last at {}",
@@ -254,6 +297,17 @@ impl Commands {
         event: &EventContext,
         args: &str,
     ) -> anyhow::Result<Vec<Outgoing>> {
+        let profile = self.profiles.for_conversation(&event.conversation);
+        let allowed = match name {
+            "run" => profile.allows_sandbox(),
+            _ => profile.allows_browser(),
+        };
+        if !allowed {
+            return Ok(vec![Outgoing::text(format!(
+                "`/{name}` is off in this channel (profile `{}`).",
+                profile.name
+            ))]);
+        }
         match feature {
             Some(feature) => feature.run(event, args).await,
             None => Ok(vec![Outgoing::text(format!(

@@ -21,7 +21,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn value(key: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn value(key: &str, problem: impl Into<String>) -> Self {
         Self::Value {
             key: key.to_string(),
             problem: problem.into(),
@@ -273,6 +273,12 @@ struct FileConfig {
     bus: BusFile,
     #[serde(default)]
     web: WebFile,
+    /// `[[mcp]]`: MCP servers whose tools the model may call.
+    #[serde(default)]
+    mcp: Vec<crate::mcp::config::McpFile>,
+    /// `[[profile]]`: per-channel agent profiles.
+    #[serde(default)]
+    profile: Vec<crate::profile::ProfileFile>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -637,6 +643,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// Largest accepted web chat request body.
     pub web_max_body_bytes: usize,
+    /// `[[mcp]]` servers, in file order.
+    pub mcp: Vec<crate::mcp::McpServerConfig>,
+    /// `[[profile]]` entries, in file order.
+    pub profiles: Vec<crate::profile::Profile>,
 }
 
 impl Config {
@@ -775,6 +785,9 @@ impl Config {
         };
         let web_max_body_bytes =
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
+        let mcp = crate::mcp::config::validate(file.mcp)?;
+        let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
+        let profiles = crate::profile::validate(file.profile, &server_names)?;
         Ok(Self {
             listen,
             data_dir,
@@ -796,6 +809,8 @@ impl Config {
             agent,
             bus,
             web_max_body_bytes,
+            mcp,
+            profiles,
         })
     }
 
@@ -1403,6 +1418,82 @@ mod tests {
     fn redact_hides_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert!(!redact("postgres://u:sec ret@h:bad/db").contains("sec"));
+    }
+
+    #[test]
+    fn mcp_servers_and_profiles() {
+        let c = load(
+            Some(
+                r#"
+[[mcp]]
+name = "time"
+command = "mcp-server-time"
+args = ["--local-timezone", "UTC"]
+env = { TZ_TOKEN = "very-secret-value" }
+
+[[mcp]]
+name = "docs"
+url = "http://127.0.0.1:9/mcp"
+headers = { Authorization = "Bearer another-secret" }
+channels = ["slack:C1"]
+approval = ["delete_page"]
+
+[[profile]]
+name = "support"
+channels = ["slack:C1", "discord:*"]
+instructions = "Answer from the docs."
+model = "openai/gpt-4o-mini"
+tools = ["memory_search", "docs__*"]
+mcp = ["docs"]
+sandbox = false
+memory = "profile"
+"#,
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mcp.len(), 2);
+        assert_eq!(c.mcp[1].channels[0].as_str(), "slack:C1");
+        assert_eq!(c.profiles.len(), 1);
+        let p = &c.profiles[0];
+        assert_eq!(p.model.as_ref().unwrap().to_string(), "openai/gpt-4o-mini");
+        assert!(!p.sandbox && p.browser);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("very-secret-value") && !debug.contains("another-secret"));
+    }
+
+    #[test]
+    fn mcp_and_profile_mistakes_name_their_key() {
+        for (file, key) in [
+            ("[[mcp]]\nname = \"x\"\n", "`mcp.x`"),
+            (
+                "[[mcp]]\nname = \"x\"\ncommand = \"a\"\nurl = \"http://h/\"\n",
+                "`mcp.x`",
+            ),
+            (
+                "[[profile]]\nname = \"p\"\nchannels = [\"*\"]\ntools = [\"nope\"]\n",
+                "`profile.p.tools`",
+            ),
+            (
+                "[[profile]]\nname = \"p\"\nchannels = [\"*\"]\nmcp = [\"nope\"]\n",
+                "`profile.p.mcp`",
+            ),
+            (
+                "[[profile]]\nname = \"a\"\nchannels = [\"web:x\"]\n[[profile]]\nname = \"b\"\nchannels = [\"web:x\"]\n",
+                "`profile.b.channels`",
+            ),
+            (
+                "[[profile]]\nname = \"p\"\nchannels = [\"*\"]\nmodel = \"gemini/x\"\n",
+                "`profile.p.model`",
+            ),
+        ] {
+            let e = load(Some(file), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{file}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = load(Some("[[mcp]]\nname = \"x\"\ncommand = \"a\"\ncwd = \"/\"\n"), &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("cwd"), "{e}");
     }
 
     #[test]

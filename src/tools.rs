@@ -1,12 +1,30 @@
 //! Tools the model can call, and the registry the agent reads their definitions from.
 //!
-//! Adding a tool is one module: implement [`Tool`] and register it in `App::open_with`.
+//! Adding a tool is one module: implement [`Tool`] and register it in `App::open_with` (and add
+//! its name to [`BUILTIN_TOOLS`], which profiles are checked against). Tools that come and go
+//! while the server runs (MCP servers' tools) come from a [`ToolSource`] instead.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{Attachment, ConversationRef};
+
+/// The memory tools, always offered.
+pub const MEMORY_TOOLS: &[&str] = &["memory_search", "memory_save", "memory_forget"];
+/// The tools a profile's `sandbox = false` removes.
+pub const SANDBOX_TOOLS: &[&str] = &["run_command"];
+/// The tools a profile's `browser = false` removes.
+pub const BROWSER_TOOLS: &[&str] = &["browser_screenshot", "browser_record", "fetch_url"];
+
+/// Every built-in tool name a profile's `tools` may list.
+pub fn builtin_tools() -> impl Iterator<Item = &'static str> {
+    MEMORY_TOOLS
+        .iter()
+        .chain(SANDBOX_TOOLS)
+        .chain(BROWSER_TOOLS)
+        .copied()
+}
 
 /// Who and where a tool call runs for.
 #[derive(Clone, Debug)]
@@ -60,10 +78,10 @@ pub enum ToolError {
 /// One tool.
 #[async_trait]
 pub trait Tool: Send + Sync + 'static {
-    /// The name the model calls it by (`memory_search`, `run_command`, …).
-    fn name(&self) -> &'static str;
+    /// The name the model calls it by (`memory_search`, `run_command`, `time__get_current_time`).
+    fn name(&self) -> &str;
     /// One or two sentences for the model.
-    fn description(&self) -> &'static str;
+    fn description(&self) -> &str;
     /// JSON Schema of the input object.
     fn input_schema(&self) -> serde_json::Value;
     async fn call(
@@ -73,11 +91,26 @@ pub trait Tool: Send + Sync + 'static {
     ) -> Result<ToolOutput, ToolError>;
 }
 
+/// A tool from a [`ToolSource`], with the group it belongs to (the MCP server's name).
+#[derive(Clone)]
+pub struct SourcedTool {
+    pub group: String,
+    pub tool: Arc<dyn Tool>,
+}
+
+/// Tools that change while the server runs (an MCP server lists new ones, restarts, goes down):
+/// read again for every turn.
+pub trait ToolSource: Send + Sync + 'static {
+    /// The tools offered in `conversation` now, in a stable order.
+    fn tools_for(&self, conversation: &ConversationRef) -> Vec<SourcedTool>;
+}
+
 /// The tools offered to the model, in a stable order (the prompt prefix must not change turn to
-/// turn, or prompt caching breaks).
+/// turn, or prompt caching breaks), and the sources of tools that come and go.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: Vec<Arc<dyn Tool>>,
+    sources: Vec<Arc<dyn ToolSource>>,
 }
 
 impl ToolRegistry {
@@ -105,5 +138,14 @@ impl ToolRegistry {
 
     pub fn len(&self) -> usize {
         self.tools.len()
+    }
+
+    /// Add a source of tools that come and go (read per turn, after the registered tools).
+    pub fn add_source(&mut self, source: Arc<dyn ToolSource>) {
+        self.sources.push(source);
+    }
+
+    pub fn sources(&self) -> &[Arc<dyn ToolSource>] {
+        &self.sources
     }
 }

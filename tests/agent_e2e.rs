@@ -796,7 +796,11 @@ async fn memory_save_is_idempotent_per_event_and_step() {
         .await
         .unwrap();
     let mut tools = ecdysis::tools::ToolRegistry::new();
-    ecdysis::agent::memory_tools::register(&mut tools, store.clone());
+    ecdysis::agent::memory_tools::register(
+        &mut tools,
+        store.clone(),
+        ecdysis::profile::Profiles::default(),
+    );
     let save = tools.get("memory_save").unwrap();
     let context = |step| ToolContext {
         event_id: 7,

@@ -198,7 +198,7 @@ impl Core {
     pub(super) async fn compact_in_background(
         self: std::sync::Arc<Self>,
         event: EventContext,
-        system: Vec<super::provider::SystemBlock>,
+        setup: super::TurnSetup,
     ) {
         let conversation = event.conversation.clone();
         if !self.lock_compacting().insert(conversation.clone()) {
@@ -208,7 +208,7 @@ impl Core {
         let deadline = started + self.config.turn_timeout;
         let mut stats = TurnStats::default();
         let mut result = self
-            .compact_now(&event, &system, deadline, &mut stats)
+            .compact_now(&event, &setup, deadline, &mut stats)
             .await;
         // The usage of the flush and summary calls, whatever the outcome.
         if let Err(e) = self
@@ -238,10 +238,11 @@ impl Core {
     async fn compact_now(
         &self,
         event: &EventContext,
-        system: &[super::provider::SystemBlock],
+        setup: &super::TurnSetup,
         deadline: Instant,
         stats: &mut TurnStats,
     ) -> Result<Option<Compaction>, TurnError> {
+        let system = setup.stable_system();
         let window = self
             .store
             .context_messages(&event.conversation, CONTEXT_ROWS)
@@ -252,13 +253,13 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&self.tool_defs);
+            + context::tools_tokens(&setup.tool_defs);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let Some(keep_from) = plan(&window, event.event_id, keep_tokens(allowance)) else {
             return Ok(None);
         };
         let result = self
-            .compact(event, &window, keep_from, system, deadline, stats)
+            .compact(event, &window, keep_from, setup, deadline, stats)
             .await;
         self.windows.invalidate(&event.conversation);
         result.map(Some)
@@ -270,7 +271,7 @@ impl Core {
         event: &EventContext,
         window: &ContextMessages,
         keep_from: usize,
-        system: &[super::provider::SystemBlock],
+        setup: &super::TurnSetup,
         deadline: Instant,
         stats: &mut TurnStats,
     ) -> Result<Compaction, TurnError> {
@@ -294,13 +295,13 @@ impl Core {
 
         // 1. One chance to save durable facts.
         let flush = self.request(
-            system,
+            setup,
             old.clone(),
             ChatMessage::user_text(FLUSH_PROMPT),
             ToolChoice::Auto,
             self.config.max_output_tokens,
         );
-        let answer = self.call(&flush, deadline, stats).await?;
+        let answer = self.call(&setup.models, &flush, deadline, stats).await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
             event_id: event.event_id,
@@ -313,7 +314,7 @@ impl Core {
             if name != "memory_save" {
                 continue;
             }
-            let Some(tool) = self.tools.get(name) else {
+            let Some(tool) = setup.tools.get(name) else {
                 continue;
             };
             match tool.call(&save_context, input.clone()).await {
@@ -360,13 +361,16 @@ impl Core {
 
         // 2. The summary.
         let ask = self.request(
-            system,
+            setup,
             old,
             ChatMessage::user_text(SUMMARY_PROMPT),
             ToolChoice::None,
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
-        let summary = self.call(&ask, deadline, stats).await?.text();
+        let summary = self
+            .call(&setup.models, &ask, deadline, stats)
+            .await?
+            .text();
         let summary = summary.trim();
         if summary.is_empty() {
             return Err(TurnError::Internal(
@@ -414,7 +418,7 @@ impl Core {
 
     fn request(
         &self,
-        system: &[super::provider::SystemBlock],
+        setup: &super::TurnSetup,
         mut messages: Vec<ChatMessage>,
         last: ChatMessage,
         tool_choice: ToolChoice,
@@ -422,9 +426,9 @@ impl Core {
     ) -> ChatRequest {
         messages.push(last);
         ChatRequest {
-            system: system.to_vec(),
+            system: setup.stable_system(),
             messages: context::merge_roles(messages),
-            tools: self.tool_defs.clone(),
+            tools: setup.tool_defs.clone(),
             tool_choice,
             max_tokens,
         }

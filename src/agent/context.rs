@@ -69,13 +69,26 @@ pub fn tool_defs(tools: &ToolRegistry) -> Vec<ToolDef> {
         .collect()
 }
 
-/// The stable system prompt: the same text every turn of a conversation, so it is cached.
-pub fn system_prompt(conversation: &ConversationRef, tools: &ToolRegistry) -> String {
+/// The stable system prompt: the same text every turn of a conversation, so it is cached. A
+/// profile's `instructions` go at its end, so the prefix before them is the same for every
+/// profile and the whole prompt is stable per profile.
+pub fn system_prompt(
+    conversation: &ConversationRef,
+    tools: &ToolRegistry,
+    instructions: Option<&str>,
+) -> String {
     let place = match &conversation.thread {
         Some(thread) => format!("channel {} (thread {thread})", conversation.channel),
         None => format!("channel {}", conversation.channel),
     };
     let names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
+    let memory_line = if names.contains(&"memory_search") || names.contains(&"memory_save") {
+        "Memory: this channel has saved notes shared by everyone in it. Notes that may be relevant are \
+shown before the conversation. Use memory_search to find others, memory_save for facts worth \
+keeping (decisions, preferences, names, settings), and memory_forget to delete a wrong note.\n"
+    } else {
+        "Memory: saved notes of this channel that may be relevant are shown before the conversation.\n"
+    };
     let tools_line = if names.is_empty() {
         "You have no tools in this chat.".to_string()
     } else {
@@ -84,18 +97,20 @@ pub fn system_prompt(conversation: &ConversationRef, tools: &ToolRegistry) -> St
             names.join(", ")
         )
     };
-    format!(
+    let mut prompt = format!(
         "You are ecdysis, an AI assistant that lives in a team chat. You are talking on {platform} \
 (workspace {workspace}), in {place}. Several people may write here; answer the latest message.\n\
 Be concise and concrete; use short paragraphs or lists and the chat's markdown. Say so when you \
 are unsure or could not do something.\n\
-Memory: this channel has saved notes shared by everyone in it. Notes that may be relevant are \
-shown before the conversation. Use memory_search to find others, memory_save for facts worth \
-keeping (decisions, preferences, names, settings), and memory_forget to delete a wrong note.\n\
-{tools_line}",
+{memory_line}{tools_line}",
         platform = conversation.platform,
         workspace = conversation.workspace,
-    )
+    );
+    if let Some(instructions) = instructions.map(str::trim).filter(|i| !i.is_empty()) {
+        prompt.push_str("\n\nInstructions for this channel:\n");
+        prompt.push_str(instructions);
+    }
+    prompt
 }
 
 /// Words too common to find a note by.
@@ -533,9 +548,11 @@ mod tests {
             .await
             .unwrap();
         let mut tools = ToolRegistry::new();
-        crate::agent::memory_tools::register(&mut tools, store);
-        let a = system_prompt(&c, &tools);
-        assert_eq!(a, system_prompt(&c, &tools));
+        crate::agent::memory_tools::register(&mut tools, store, crate::profile::Profiles::default());
+        let a = system_prompt(&c, &tools, None);
+        assert_eq!(a, system_prompt(&c, &tools, None));
+        let b = system_prompt(&c, &tools, Some("Answer in French."));
+        assert!(b.starts_with(&a) && b.ends_with("Answer in French."), "{b}");
         assert!(a.contains("slack") && a.contains("C42") && a.contains("thread 1700.1"));
         assert!(a.contains("memory_search, memory_save, memory_forget"));
         let budget = estimate_tokens(&a) + tools_tokens(&tool_defs(&tools));

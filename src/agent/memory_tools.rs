@@ -1,5 +1,6 @@
 //! The memory tools (`memory_search`, `memory_save`, `memory_forget`): the model's access to
-//! the channel's notes. Every call is scoped to the channel of the conversation it runs for.
+//! the channel's notes. Every call is scoped to the channel of the conversation it runs for, or
+//! to its profile's shared notes (`memory = "profile"`, see [`crate::profile`]).
 
 use std::sync::Arc;
 
@@ -7,20 +8,23 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::commands::MAX_NOTE_CHARS;
+use crate::profile::Profiles;
 use crate::store::{NewNote, Store};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
 const SEARCH_LIMIT: i64 = 10;
 
-/// Register the three memory tools.
-pub fn register(registry: &mut ToolRegistry, store: Arc<dyn Store>) {
+/// Register the three memory tools; `profiles` decides whose notes a conversation uses.
+pub fn register(registry: &mut ToolRegistry, store: Arc<dyn Store>, profiles: Profiles) {
     registry.register(Arc::new(MemorySearch {
         store: store.clone(),
+        profiles: profiles.clone(),
     }));
     registry.register(Arc::new(MemorySave {
         store: store.clone(),
+        profiles: profiles.clone(),
     }));
-    registry.register(Arc::new(MemoryForget { store }));
+    registry.register(Arc::new(MemoryForget { store, profiles }));
 }
 
 fn string_field<'a>(input: &'a Value, field: &str) -> Result<&'a str, ToolError> {
@@ -41,6 +45,7 @@ fn store_error(e: crate::store::StoreError) -> ToolError {
 /// Full-text search over the channel's notes.
 pub struct MemorySearch {
     store: Arc<dyn Store>,
+    profiles: Profiles,
 }
 
 #[async_trait]
@@ -65,7 +70,7 @@ impl Tool for MemorySearch {
         let query = string_field(&input, "query")?;
         let notes = self
             .store
-            .recall(&context.conversation.channel_ref(), query, SEARCH_LIMIT)
+            .recall(&self.profiles.memory_channel(&context.conversation), query, SEARCH_LIMIT)
             .await
             .map_err(store_error)?;
         if notes.is_empty() {
@@ -82,6 +87,7 @@ impl Tool for MemorySearch {
 /// Save a note for the channel.
 pub struct MemorySave {
     store: Arc<dyn Store>,
+    profiles: Profiles,
 }
 
 #[async_trait]
@@ -120,7 +126,7 @@ impl Tool for MemorySave {
         let id = self
             .store
             .remember(&NewNote {
-                channel: context.conversation.channel_ref(),
+                channel: self.profiles.memory_channel(&context.conversation),
                 text: text.to_string(),
                 created_by: context.user_id.clone(),
                 source: Some(source),
@@ -134,6 +140,7 @@ impl Tool for MemorySave {
 /// Delete one of the channel's notes.
 pub struct MemoryForget {
     store: Arc<dyn Store>,
+    profiles: Profiles,
 }
 
 #[async_trait]
@@ -163,7 +170,7 @@ impl Tool for MemoryForget {
         .ok_or_else(|| ToolError::InvalidInput("`id` (a note number) is required".into()))?;
         let deleted = self
             .store
-            .forget(&context.conversation.channel_ref(), id)
+            .forget(&self.profiles.memory_channel(&context.conversation), id)
             .await
             .map_err(store_error)?;
         Ok(ToolOutput::text(if deleted {

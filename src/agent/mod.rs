@@ -16,7 +16,7 @@ pub mod provider;
 pub mod retry;
 pub mod window;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::blob::BlobStore;
 use crate::bus::{EventContext, Outgoing};
 use crate::commands::Agent;
 use crate::config::{AgentConfig, Config, ModelSpec};
+use crate::profile::{Profile, Profiles};
 use crate::store::{NewMessage, Role, Store, StoreError, Usage};
 use crate::tools::{ToolContext, ToolError, ToolRegistry};
 use context::{StoredCall, StoredResult, ToolRow};
@@ -110,8 +111,82 @@ struct Collected {
     attachments: Vec<Attachment>,
     /// The tool steps' transcript rows.
     rows: Vec<NewMessage>,
-    /// The system blocks for a compaction, when the conversation is over budget.
-    compact: Option<Vec<SystemBlock>>,
+    /// The turn's setup for a compaction, when the conversation is over budget.
+    compact: Option<TurnSetup>,
+}
+
+/// The models one profile answers with: the first answers, the rest are fallbacks.
+struct ModelSet {
+    spec: ModelSpec,
+    /// The configured model, then its fallbacks (those with credentials).
+    models: Vec<Model>,
+    /// Set when the model's provider has no credentials: the reply to give.
+    missing_key: Option<String>,
+}
+
+impl ModelSet {
+    /// The clients of `spec` and its fallbacks, as far as their providers have credentials.
+    fn build(
+        config: &Config,
+        spec: &ModelSpec,
+        fallbacks: &[ModelSpec],
+        http: &reqwest::Client,
+    ) -> Self {
+        let primary = provider::model_client(config, spec, http);
+        let missing_key = primary.is_none().then(|| {
+            let env = provider::key_env(spec.provider);
+            format!(
+                "The model is set to {spec}, but {env} is not set, so I cannot answer yet. \
+                 Set {env} (and {base} to route through a gateway or a local server) and restart; \
+                 commands like /remember and /status keep working meanwhile.",
+                base = env.replace("API_KEY", "BASE_URL"),
+            )
+        });
+        let mut models: Vec<Model> = primary.into_iter().collect();
+        if missing_key.is_none() {
+            for fallback in fallbacks {
+                match provider::model_client(config, fallback, http) {
+                    Some(model) => models.push(model),
+                    None => {
+                        warn!(model = %fallback, "fallback model skipped: its provider has no key")
+                    }
+                }
+            }
+        }
+        Self {
+            spec: spec.clone(),
+            models,
+            missing_key,
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.spec.to_string())
+            .collect::<Vec<_>>()
+            .join(", then ")
+    }
+}
+
+/// What one turn offers and answers with, chosen by the conversation's profile: the tools
+/// (built-in ones the profile allows, then the MCP tools offered now), the stable system
+/// prompt (the profile's instructions at its end) and the models.
+#[derive(Clone)]
+struct TurnSetup {
+    profile: Arc<Profile>,
+    tools: ToolRegistry,
+    tool_defs: Vec<ToolDef>,
+    /// The stable system prompt (cached by providers).
+    stable: String,
+    models: Arc<ModelSet>,
+}
+
+impl TurnSetup {
+    /// The stable system block alone (what compaction sends).
+    fn stable_system(&self) -> Vec<SystemBlock> {
+        context::system_blocks(self.stable.clone(), &[])
+    }
 }
 
 /// A finished turn.
@@ -131,15 +206,15 @@ pub struct LlmAgent {
 struct Core {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
+    /// Every tool (a profile offers a part), and the sources of MCP tools.
     tools: ToolRegistry,
-    tool_defs: Vec<ToolDef>,
-    /// The configured model, then its fallbacks (those with credentials).
-    models: Vec<Model>,
-    /// Set when the configured model's provider has no credentials: the reply to give.
-    missing_key: Option<String>,
+    /// The configured model and fallbacks (channels without a profile model).
+    models: Arc<ModelSet>,
+    /// The models of profiles that name their own.
+    profile_models: HashMap<String, Arc<ModelSet>>,
+    profiles: Profiles,
     config: AgentConfig,
     policy: RetryPolicy,
-    spec: ModelSpec,
     /// Conversations being compacted now (one compaction per conversation at a time).
     compacting: Mutex<HashSet<ConversationRef>>,
     /// Each conversation's recent rows, kept between turns.
@@ -158,41 +233,41 @@ impl LlmAgent {
         let Some(spec) = config.model.clone() else {
             return Ok(None);
         };
+        let profiles = Profiles::new(config.profiles.clone());
         let mut tools = ToolRegistry::new();
-        memory_tools::register(&mut tools, store.clone());
+        memory_tools::register(&mut tools, store.clone(), profiles.clone());
         for tool in extra.iter() {
             tools.register(tool.clone());
+        }
+        for source in extra.sources() {
+            tools.add_source(source.clone());
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("ecdysis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
-        let primary = provider::model_client(config, &spec, &http);
-        let missing_key = primary.is_none().then(|| {
-            let env = provider::key_env(spec.provider);
-            format!(
-                "The model is set to {spec}, but {env} is not set, so I cannot answer yet. \
-                 Set {env} (and {base} to route through a gateway or a local server) and restart; \
-                 commands like /remember and /status keep working meanwhile.",
-                base = env.replace("API_KEY", "BASE_URL"),
-            )
-        });
-        let mut models: Vec<Model> = primary.into_iter().collect();
-        if missing_key.is_none() {
-            for fallback in &config.fallback_models {
-                match provider::model_client(config, fallback, &http) {
-                    Some(model) => models.push(model),
-                    None => {
-                        warn!(model = %fallback, "fallback model skipped: its provider has no key")
-                    }
-                }
+        let models = Arc::new(ModelSet::build(config, &spec, &config.fallback_models, &http));
+        let mut profile_models = HashMap::new();
+        for profile in profiles.list() {
+            if profile.model.is_none() && profile.fallback_models.is_none() {
+                continue;
             }
+            let spec = profile.model.as_ref().unwrap_or(&spec);
+            let fallbacks = profile
+                .fallback_models
+                .as_deref()
+                .unwrap_or(&config.fallback_models);
+            let set = ModelSet::build(config, spec, fallbacks, &http);
+            if let Some(missing) = &set.missing_key {
+                warn!(profile = %profile.name, "{missing}");
+            }
+            profile_models.insert(profile.name.clone(), Arc::new(set));
         }
-        Ok(Some(Self::new(
-            spec,
+        Ok(Some(Self::assemble(
             models,
-            missing_key,
+            profile_models,
+            profiles,
             config.agent.clone(),
             store,
             blobs,
@@ -210,23 +285,51 @@ impl LlmAgent {
         blobs: Arc<dyn BlobStore>,
         tools: ToolRegistry,
     ) -> Self {
-        let tool_defs = context::tool_defs(&tools);
+        let models = Arc::new(ModelSet {
+            spec,
+            models,
+            missing_key,
+        });
+        Self::assemble(
+            models,
+            HashMap::new(),
+            Profiles::default(),
+            config,
+            store,
+            blobs,
+            tools,
+        )
+    }
+
+    fn assemble(
+        models: Arc<ModelSet>,
+        profile_models: HashMap<String, Arc<ModelSet>>,
+        profiles: Profiles,
+        config: AgentConfig,
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        tools: ToolRegistry,
+    ) -> Self {
         let policy = RetryPolicy::new(config.max_retries, config.request_timeout);
         Self {
             core: Arc::new(Core {
                 store,
                 blobs,
                 tools,
-                tool_defs,
                 models,
-                missing_key,
+                profile_models,
+                profiles,
                 config,
                 policy,
-                spec,
                 compacting: Mutex::new(HashSet::new()),
                 windows: window::Windows::new(CONTEXT_ROWS),
             }),
         }
+    }
+
+    /// The name of the profile in force in a conversation (for `/status`).
+    pub fn profile_for(&self, conversation: &ConversationRef) -> String {
+        self.core.profiles.for_conversation(conversation).name.clone()
     }
 
     /// Answer one message, with the turn's statistics. When the conversation has outgrown its
@@ -238,10 +341,10 @@ impl LlmAgent {
         prompt: &str,
     ) -> anyhow::Result<TurnOutcome> {
         let (outcome, compact) = self.core.run_turn(event, prompt).await?;
-        if let Some(system) = compact {
+        if let Some(setup) = compact {
             let core = self.core.clone();
             let event = event.clone();
-            tokio::spawn(async move { core.compact_in_background(event, system).await });
+            tokio::spawn(async move { core.compact_in_background(event, setup).await });
         }
         Ok(outcome)
     }
@@ -259,15 +362,49 @@ impl Core {
         self.compacting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A turn, and the system blocks for a compaction when one is due.
+    /// What a conversation's turn offers and answers with (see [`TurnSetup`]).
+    fn setup(&self, conversation: &ConversationRef) -> TurnSetup {
+        let profile = self.profiles.for_conversation(conversation);
+        let mut tools = ToolRegistry::new();
+        for tool in self.tools.iter() {
+            if profile.offers_builtin(tool.name()) {
+                tools.register(tool.clone());
+            }
+        }
+        for source in self.tools.sources() {
+            for sourced in source.tools_for(conversation) {
+                if profile.offers_mcp(&sourced.group, sourced.tool.name()) {
+                    tools.register(sourced.tool);
+                }
+            }
+        }
+        let tool_defs = context::tool_defs(&tools);
+        let stable =
+            context::system_prompt(conversation, &tools, profile.instructions.as_deref());
+        let models = self
+            .profile_models
+            .get(&profile.name)
+            .unwrap_or(&self.models)
+            .clone();
+        TurnSetup {
+            profile,
+            tools,
+            tool_defs,
+            stable,
+            models,
+        }
+    }
+
+    /// A turn, and its setup for a compaction when one is due.
     async fn run_turn(
         &self,
         event: &EventContext,
         prompt: &str,
-    ) -> anyhow::Result<(TurnOutcome, Option<Vec<SystemBlock>>)> {
+    ) -> anyhow::Result<(TurnOutcome, Option<TurnSetup>)> {
         let started = Instant::now();
         let mut stats = TurnStats::default();
-        if let Some(text) = &self.missing_key {
+        let setup = self.setup(&event.conversation);
+        if let Some(text) = &setup.models.missing_key {
             let outgoing = vec![Outgoing::text(text.clone())];
             return Ok((TurnOutcome { outgoing, stats }, None));
         }
@@ -281,7 +418,7 @@ impl Core {
         // tools that do not return in time.
         let outcome = tokio::time::timeout(
             self.config.turn_timeout + Duration::from_millis(250),
-            self.turn(event, prompt, deadline, &mut stats, &mut collected),
+            self.turn(event, prompt, deadline, &setup, &mut stats, &mut collected),
         )
         .await;
         let text = match outcome {
@@ -289,7 +426,7 @@ impl Core {
             Ok(Err(TurnError::Store(e))) => return Err(e.into()),
             Ok(Err(TurnError::Model(e))) => {
                 warn!(error = %e, "the model could not answer");
-                self.failure_text(&e, stats.steps)
+                self.failure_text(&e, stats.steps, &setup.models)
             }
             Ok(Err(TurnError::Internal(e))) => {
                 warn!(error = %e, "the turn failed");
@@ -334,7 +471,7 @@ impl Core {
         Ok((TurnOutcome { outgoing, stats }, collected.compact))
     }
 
-    fn failure_text(&self, error: &CallError, steps: usize) -> String {
+    fn failure_text(&self, error: &CallError, steps: usize, models: &ModelSet) -> String {
         let why = match error {
             CallError::OutOfTime { .. } => format!(
                 "it did not answer within the time limit ({} s)",
@@ -345,7 +482,7 @@ impl Core {
                 | ProviderError::Status { status: 403, .. } => {
                     format!(
                         "the API key was refused ({error}); check {}",
-                        provider::key_env(self.spec.provider)
+                        provider::key_env(models.spec.provider)
                     )
                 }
                 ProviderError::Status { status, .. } if *status == 429 => {
@@ -365,31 +502,24 @@ impl Core {
         };
         format!(
             "Sorry, I could not get an answer from the model ({}): {why}{progress}. Your message is saved; please try again in a little while.",
-            self.describe_models()
+            models.describe()
         )
-    }
-
-    fn describe_models(&self) -> String {
-        self.models
-            .iter()
-            .map(|m| m.spec.to_string())
-            .collect::<Vec<_>>()
-            .join(", then ")
     }
 
     /// One model call with retries and fallbacks; its usage joins the turn's.
     async fn call(
         &self,
+        models: &ModelSet,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
     ) -> Result<ChatResponse, TurnError> {
         stats.model_calls += 1;
         let started = Instant::now();
-        let result = retry::call(&self.models, request, &self.policy, deadline).await;
+        let result = retry::call(&models.models, request, &self.policy, deadline).await;
         stats.model_time += started.elapsed();
         let answered = result?;
-        let model = &self.models[answered.model_index];
+        let model = &models.models[answered.model_index];
         stats
             .usage
             .push((model.spec.to_string(), answered.response.usage.clone()));
@@ -401,11 +531,12 @@ impl Core {
         event: &EventContext,
         prompt: &str,
         deadline: Instant,
+        setup: &TurnSetup,
         stats: &mut TurnStats,
         collected: &mut Collected,
     ) -> Result<String, TurnError> {
         let conversation = &event.conversation;
-        let channel = conversation.channel_ref();
+        let channel = setup.profile.memory_channel(conversation);
         // The notes and the transcript are independent reads: run them together.
         let query = context::recall_query(prompt);
         let notes = async {
@@ -420,10 +551,9 @@ impl Core {
         let window = self.windows.get(self.store.as_ref(), conversation);
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
-        let stable = context::system_prompt(conversation, &self.tools);
         stats.prefix_tokens =
-            context::estimate_tokens(&stable) + context::tools_tokens(&self.tool_defs);
-        let system = context::system_blocks(stable, &notes);
+            context::estimate_tokens(&setup.stable) + context::tools_tokens(&setup.tool_defs);
+        let system = context::system_blocks(setup.stable.clone(), &notes);
         let files: Vec<(String, String, i64)> = event
             .payload
             .attachments
@@ -437,7 +567,7 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&self.tool_defs)
+            + context::tools_tokens(&setup.tool_defs)
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let transcript = context::fit(context::transcript(&window, event.event_id), allowance);
@@ -446,7 +576,7 @@ impl Core {
                 .is_some()
         {
             // Compacted after this answer; until then the model sees the newest turns that fit.
-            collected.compact = Some(system[..1].to_vec());
+            collected.compact = Some(setup.clone());
             stats.compaction_due = true;
         }
         stats.prompt_tokens = fixed + transcript.tokens;
@@ -457,7 +587,7 @@ impl Core {
         let mut request = ChatRequest {
             system,
             messages: context::merge_roles(messages),
-            tools: self.tool_defs.clone(),
+            tools: setup.tool_defs.clone(),
             tool_choice: ToolChoice::Auto,
             max_tokens: self.config.max_output_tokens,
         };
@@ -468,13 +598,13 @@ impl Core {
             if last_step {
                 request.tool_choice = ToolChoice::None;
             }
-            let response = self.call(&request, deadline, stats).await?;
+            let response = self.call(&setup.models, &request, deadline, stats).await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));
             }
             let results = self
-                .run_tools(event, step, &response, &mut stats.tool_time, collected)
+                .run_tools(event, step, &setup.tools, &response, &mut stats.tool_time, collected)
                 .await?;
             stats.steps = step;
             request.messages.push(ChatMessage {
@@ -514,6 +644,7 @@ impl Core {
         &self,
         event: &EventContext,
         step: usize,
+        tools: &ToolRegistry,
         response: &ChatResponse,
         tool_time: &mut Duration,
         collected: &mut Collected,
@@ -534,7 +665,7 @@ impl Core {
                 name: name.to_string(),
                 input: input.clone(),
             });
-            let result = match self.tools.get(name) {
+            let result = match tools.get(name) {
                 Some(tool) => {
                     let started = Instant::now();
                     let result = tool.call(&tool_context, input.clone()).await;
@@ -634,21 +765,29 @@ impl Agent for LlmAgent {
     }
 
     fn describe(&self) -> String {
-        self.core.describe()
+        self.core.describe(&self.core.models)
+    }
+
+    fn describe_for(&self, conversation: &ConversationRef) -> String {
+        let profile = self.core.profiles.for_conversation(conversation);
+        match self.core.profile_models.get(&profile.name) {
+            Some(models) => self.core.describe(models),
+            None => self.core.describe(&self.core.models),
+        }
     }
 }
 
 impl Core {
-    fn describe(&self) -> String {
-        if self.missing_key.is_some() {
+    fn describe(&self, models: &ModelSet) -> String {
+        if models.missing_key.is_some() {
             return format!(
                 "{} (not usable: {} is not set)",
-                self.spec,
-                provider::key_env(self.spec.provider)
+                models.spec,
+                provider::key_env(models.spec.provider)
             );
         }
-        let mut out = self.describe_models();
-        if let Some(primary) = self.models.first() {
+        let mut out = models.describe();
+        if let Some(primary) = models.models.first() {
             out.push_str(&format!(" via {}", primary.api.endpoint()));
         }
         out.push_str(&format!(

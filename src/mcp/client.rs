@@ -1,0 +1,459 @@
+//! One MCP server's connection, kept by a background task: connect (spawn the stdio child with a
+//! clean environment, or open the streamable-HTTP session), `tools/list`, list again on
+//! `notifications/tools/list_changed`, restart with backoff when the server dies, and stop on
+//! shutdown. Tool calls go through the current connection with a time limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, Peer, RoleClient, ServiceError, ServiceExt};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::config::{McpServerConfig, Transport};
+use super::tools::McpTool;
+
+/// How long `initialize` (and the first `tools/list`) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first pause before a restart; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lived this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// stderr lines of a stdio server kept to explain why it died.
+const STDERR_LINES: usize = 5;
+
+/// Where a server stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Connecting (first start or a restart).
+    Starting,
+    /// Connected; its tools are offered.
+    Up { tools: usize },
+    /// Not connected, and why; a restart is scheduled.
+    Down { reason: String },
+    /// Shut down.
+    Stopped,
+}
+
+/// A server's state for `/status`, `doctor` and the admin page.
+#[derive(Clone, Debug)]
+pub struct ServerStatus {
+    pub name: String,
+    /// `stdio \`cmd\`` or `http URL` (no secrets).
+    pub transport: String,
+    pub health: Health,
+    /// Connections that ended and were started again.
+    pub restarts: u32,
+}
+
+impl ServerStatus {
+    /// One line: `time (stdio \`mcp-server-time\`): up, 2 tools`.
+    pub fn line(&self) -> String {
+        let health = match &self.health {
+            Health::Starting => "starting".to_string(),
+            Health::Up { tools } => format!("up, {tools} tool{}", if *tools == 1 { "" } else { "s" }),
+            Health::Down { reason } => format!("down: {reason}"),
+            Health::Stopped => "stopped".to_string(),
+        };
+        let restarts = if self.restarts > 0 {
+            format!(" ({} restart{})", self.restarts, if self.restarts == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
+        format!("{} ({}): {health}{restarts}", self.name, self.transport)
+    }
+}
+
+/// Why a tool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the MCP server `{server}` is not connected ({reason})")]
+    Down { server: String, reason: String },
+    #[error("the MCP server `{server}` did not answer within {seconds} s (the call was cancelled)")]
+    TimedOut { server: String, seconds: u64 },
+    #[error(
+        "the MCP server `{server}` stopped while running the tool ({reason}); it is being restarted"
+    )]
+    Lost { server: String, reason: String },
+    #[error("the MCP server `{server}` refused the call: {message}")]
+    Refused { server: String, message: String },
+}
+
+/// The mutable part of a server.
+struct State {
+    health: Health,
+    peer: Option<Peer<RoleClient>>,
+    tools: Arc<Vec<Arc<McpTool>>>,
+    restarts: u32,
+    stderr: VecDeque<String>,
+}
+
+/// One configured server and its connection.
+pub struct Server {
+    pub config: McpServerConfig,
+    state: Mutex<State>,
+    /// Set by a call that found the connection broken: restart now.
+    reconnect: Notify,
+    /// The approval gate, for tools that need one.
+    pub(super) approvals: Option<Arc<crate::approvals::Approvals>>,
+    http: Option<reqwest_mcp::Client>,
+}
+
+/// Receives the server's notifications.
+struct Handler {
+    server: String,
+    changed: mpsc::Sender<()>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        debug!(server = %self.server, "MCP tools changed");
+        let _ = self.changed.try_send(());
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("ecdysis", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+impl Server {
+    pub fn new(
+        config: McpServerConfig,
+        approvals: Option<Arc<crate::approvals::Approvals>>,
+    ) -> Result<Arc<Self>, String> {
+        let http = match &config.transport {
+            Transport::Http { .. } => Some(http_client()?),
+            Transport::Stdio { .. } => None,
+        };
+        Ok(Arc::new(Self {
+            config,
+            state: Mutex::new(State {
+                health: Health::Starting,
+                peer: None,
+                tools: Arc::new(Vec::new()),
+                restarts: 0,
+                stderr: VecDeque::new(),
+            }),
+            reconnect: Notify::new(),
+            approvals,
+            http,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        let state = self.lock();
+        ServerStatus {
+            name: self.config.name.clone(),
+            transport: self.config.transport.describe(),
+            health: state.health.clone(),
+            restarts: state.restarts,
+        }
+    }
+
+    /// The tools listed by the connected server (empty while it is down).
+    pub fn tools(&self) -> Arc<Vec<Arc<McpTool>>> {
+        self.lock().tools.clone()
+    }
+
+    fn set_health(&self, health: Health) {
+        self.lock().health = health;
+    }
+
+    /// Call a tool of the connected server within the configured time limit.
+    pub async fn call(
+        &self,
+        tool: &str,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CallToolResult, CallError> {
+        let server = self.config.name.clone();
+        let peer = {
+            let state = self.lock();
+            match (&state.peer, &state.health) {
+                (Some(peer), _) => peer.clone(),
+                (None, Health::Down { reason }) => {
+                    return Err(CallError::Down {
+                        server,
+                        reason: reason.clone(),
+                    });
+                }
+                (None, _) => {
+                    return Err(CallError::Down {
+                        server,
+                        reason: "starting".into(),
+                    });
+                }
+            }
+        };
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        if let Some(arguments) = arguments {
+            params = params.with_arguments(arguments);
+        }
+        let timeout = self.config.call_timeout;
+        match tokio::time::timeout(timeout, peer.call_tool(params)).await {
+            Err(_) => Err(CallError::TimedOut {
+                server,
+                seconds: timeout.as_secs(),
+            }),
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(ServiceError::McpError(error))) => Err(CallError::Refused {
+                server,
+                message: crate::redact::global().redact_string(&error.message),
+            }),
+            Ok(Err(error)) => {
+                // The connection is gone or broken: restart it now rather than at the next
+                // failed call.
+                self.reconnect.notify_one();
+                let mut reason = error.to_string();
+                if let Some(tail) = self.stderr_tail() {
+                    reason.push_str(&format!("; its last words: {tail}"));
+                }
+                Err(CallError::Lost {
+                    server,
+                    reason: crate::redact::global().redact_string(&reason),
+                })
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> Option<String> {
+        let state = self.lock();
+        let tail: Vec<&str> = state.stderr.iter().map(String::as_str).collect();
+        (!tail.is_empty()).then(|| tail.join(" | "))
+    }
+
+    /// Keep the connection until `shutdown` says stop.
+    pub async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.set_health(Health::Starting);
+            self.lock().stderr.clear();
+            let (changed_tx, mut changed_rx) = mpsc::channel(4);
+            let handler = Handler {
+                server: self.config.name.clone(),
+                changed: changed_tx,
+            };
+            let connected = tokio::select! {
+                result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(handler)) => result,
+                _ = shutdown.changed() => break,
+            };
+            let reason = match connected {
+                Err(_) => format!(
+                    "it did not finish `initialize` and `tools/list` within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+                Ok(Err(reason)) => reason,
+                Ok(Ok(service)) => {
+                    let started = Instant::now();
+                    let outcome = self
+                        .serve_connection(service, &mut changed_rx, &mut shutdown)
+                        .await;
+                    {
+                        let mut state = self.lock();
+                        state.peer = None;
+                        state.tools = Arc::new(Vec::new());
+                    }
+                    match outcome {
+                        None => break,
+                        Some(reason) => {
+                            self.lock().restarts += 1;
+                            if started.elapsed() >= HEALTHY_AFTER {
+                                backoff = FIRST_BACKOFF;
+                            }
+                            reason
+                        }
+                    }
+                }
+            };
+            let reason = match self.stderr_tail() {
+                Some(tail) => format!("{reason}; stderr: {tail}"),
+                None => reason,
+            };
+            let reason = crate::redact::global().redact_string(&reason);
+            warn!(server = %self.config.name, %reason, retry_in_ms = backoff.as_millis() as u64, "MCP server is down");
+            self.set_health(Health::Down { reason });
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        let mut state = self.lock();
+        state.peer = None;
+        state.tools = Arc::new(Vec::new());
+        state.health = Health::Stopped;
+    }
+
+    /// Connect and list the tools; the error says why not.
+    async fn connect(
+        self: &Arc<Self>,
+        handler: Handler,
+    ) -> Result<RunningService<RoleClient, Handler>, String> {
+        let service = match &self.config.transport {
+            Transport::Stdio { command, args, env } => {
+                let mut cmd = tokio::process::Command::new(command);
+                cmd.args(args)
+                    .env_clear()
+                    .envs(env)
+                    .kill_on_drop(true);
+                if let Some(path) = std::env::var_os("PATH") {
+                    cmd.env("PATH", path);
+                }
+                let (transport, stderr) = TokioChildProcess::builder(cmd)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+                if let Some(stderr) = stderr {
+                    tokio::spawn(read_stderr(Arc::downgrade(self), stderr));
+                }
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("`initialize` failed: {e}"))?
+            }
+            Transport::Http { url, headers } => {
+                let client = self
+                    .http
+                    .clone()
+                    .ok_or_else(|| "no HTTP client".to_string())?;
+                let mut custom = HashMap::new();
+                for (name, value) in headers {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| format!("header `{name}`: {e}"))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+                    custom.insert(name, value);
+                }
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(custom)
+                    .max_json_response_size(
+                        self.config.max_output_bytes.saturating_mul(2).max(1 << 20),
+                    );
+                let transport = StreamableHttpClientTransport::with_client(client, config);
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("`initialize` failed: {e}"))?
+            }
+        };
+        self.list_tools(service.peer()).await?;
+        self.lock().peer = Some(service.peer().clone());
+        Ok(service)
+    }
+
+    /// `tools/list` (every page) and publish the tools.
+    async fn list_tools(self: &Arc<Self>, peer: &Peer<RoleClient>) -> Result<(), String> {
+        let listed = peer
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("`tools/list` failed: {e}"))?;
+        let tools = super::tools::wrap(self, listed);
+        let count = tools.len();
+        let mut state = self.lock();
+        state.tools = Arc::new(tools);
+        state.health = Health::Up { tools: count };
+        drop(state);
+        info!(server = %self.config.name, tools = count, "MCP server listed its tools");
+        Ok(())
+    }
+
+    /// Serve one connection until it ends (`Some(reason)`) or shutdown (`None`).
+    async fn serve_connection(
+        self: &Arc<Self>,
+        service: RunningService<RoleClient, Handler>,
+        changed: &mut mpsc::Receiver<()>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        let peer = service.peer().clone();
+        let cancel = service.cancellation_token();
+        let mut ended = std::pin::pin!(service.waiting());
+        loop {
+            tokio::select! {
+                quit = &mut ended => {
+                    return Some(match quit {
+                        Ok(reason) => format!("the connection ended ({reason:?})"),
+                        Err(e) => format!("the connection failed ({e})"),
+                    });
+                }
+                Some(()) = changed.recv() => {
+                    if let Err(reason) = self.list_tools(&peer).await {
+                        warn!(server = %self.config.name, %reason, "MCP tools could not be listed again");
+                    }
+                }
+                () = self.reconnect.notified() => {
+                    cancel.cancel();
+                    let _ = ended.await;
+                    return Some("a call found the connection broken".into());
+                }
+                _ = shutdown.changed() => {
+                    cancel.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Log a stdio server's stderr and keep its last lines.
+async fn read_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let line = crate::redact::global().snippet(&line, 300);
+        if line.is_empty() {
+            continue;
+        }
+        debug!(server = %server.config.name, "{line}");
+        let mut state = server.lock();
+        if state.stderr.len() == STDERR_LINES {
+            state.stderr.pop_front();
+        }
+        state.stderr.push_back(line);
+    }
+}
+
+/// The HTTP client of streamable-HTTP servers: rustls with ring and the webpki roots.
+fn http_client() -> Result<reqwest_mcp::Client, String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup failed: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest_mcp::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("ecdysis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}

@@ -14,9 +14,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ecdysis_chat::{ConversationRef, EventSink};
+use ecdysis_web::guard::Guard;
+use ecdysis_web::limiter::LoginLimiter;
 use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::agent::LlmAgent;
 use crate::approvals::Approvals;
@@ -151,12 +153,22 @@ impl App {
     }
 
     /// The HTTP routes: web chat + operations.
+    ///
+    /// The browser-facing routes (web chat, `/login`, `/admin`, artifacts) sit behind the
+    /// browser guard (`Host` must name this server, a present `Origin` must be its own, wrong
+    /// bearer tokens count as failed logins); the platform webhooks and `/healthz`, `/readyz`,
+    /// `/metrics` do not (servers call them with their own `Host`). With an admin token, the
+    /// web chat needs it on loopback too.
     pub fn router(&self) -> Router {
-        let token = if self.config.listens_on_loopback() {
-            None
-        } else {
-            self.config.admin_token.clone()
-        };
+        let token = self.config.admin_token.clone();
+        // Failed logins per client, shared by `/login`, `/admin/login` and bearer checks.
+        let logins = Arc::new(LoginLimiter::default());
+        let guard = Arc::new(Guard::new(
+            self.config.listen,
+            self.config.public_url.as_deref(),
+            token.clone(),
+            logins.clone(),
+        ));
         let (web, adapter) = WebChat::new(
             Arc::new(self.bus.clone()) as Arc<dyn EventSink>,
             Arc::new(TranscriptView {
@@ -164,12 +176,10 @@ impl App {
                 blobs: self.blobs.clone(),
             }),
             WebSettings {
-                cookie_value: token
-                    .as_deref()
-                    .map(crate::admin::auth::chat_cookie_value)
-                    .unwrap_or_default(),
                 token,
                 max_body_bytes: self.config.web_max_body_bytes,
+                logins: logins.clone(),
+                https: guard.public_https(),
             },
         );
         self.bus.register_adapter(Arc::new(adapter));
@@ -178,18 +188,22 @@ impl App {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
-        let router = web.router().merge(ops);
+        // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
+        let browser = match crate::admin::router(self, logins) {
+            Some(admin) => web.router().merge(admin),
+            None => web.router(),
+        };
+        let browser = browser.layer(axum::middleware::from_fn_with_state(
+            guard,
+            ecdysis_web::guard::guard,
+        ));
+        let router = browser.merge(ops);
         let router = match &self.slack {
             Some(slack) => router.merge(slack.router()),
             None => router,
         };
         let router = match self.discord.as_ref().and_then(|d| d.router()) {
             Some(discord) => router.merge(discord),
-            None => router,
-        };
-        // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
-        let router = match crate::admin::router(self) {
-            Some(admin) => router.merge(admin),
             None => router,
         };
         router.layer(axum::middleware::from_fn(request_timeout))
@@ -213,6 +227,12 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     let started = Instant::now();
     app.check_exposure()?;
     let router = app.router();
+    if app.config.public_url.is_none() && app.config.listen.ip().is_unspecified() {
+        warn!(
+            listen = %app.config.listen,
+            "no ECDYSIS_PUBLIC_URL: the web chat and /admin answer to any host name (the admin token guards them); set it to refuse other names"
+        );
+    }
     let listener = TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
@@ -227,10 +247,12 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         ready_ms = started.elapsed().as_millis() as u64,
         "ecdysis is listening; web chat at http://{address}/"
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    let limits = crate::listener::Limits {
+        header_timeout: app.config.web_header_timeout,
+        max_connections: app.config.web_max_connections,
+        drain: Duration::from_secs(10),
+    };
+    crate::listener::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down: finishing running events");
     connections.stop().await;
     stop(workers).await;

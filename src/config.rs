@@ -237,6 +237,17 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_WEB_MAX_BODY_BYTES"],
         Kind::Int,
     ),
+    ("public_url", &["ECDYSIS_PUBLIC_URL"], Kind::Str),
+    (
+        "web.header_timeout_seconds",
+        &["ECDYSIS_WEB_HEADER_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "web.max_connections",
+        &["ECDYSIS_WEB_MAX_CONNECTIONS"],
+        Kind::Int,
+    ),
 ];
 
 /// The file's shape. Every field is optional; unknown keys are an error that names them.
@@ -249,6 +260,7 @@ struct FileConfig {
     blob_url: Option<String>,
     secret_key: Option<String>,
     admin_token: Option<String>,
+    public_url: Option<String>,
     log_format: Option<String>,
     model: Option<String>,
     fallback_models: Option<Vec<String>>,
@@ -485,6 +497,8 @@ struct BusFile {
 #[serde(deny_unknown_fields)]
 struct WebFile {
     max_body_bytes: Option<i64>,
+    header_timeout_seconds: Option<i64>,
+    max_connections: Option<i64>,
 }
 
 /// Which LLM API a model is served by.
@@ -647,6 +661,13 @@ pub struct Config {
     pub mcp: Vec<crate::mcp::McpServerConfig>,
     /// `[[profile]]` entries, in file order.
     pub profiles: Vec<crate::profile::Profile>,
+    /// `ECDYSIS_PUBLIC_URL`'s origin (`https://chat.example.com`): the name browsers use for
+    /// this server besides its loopback names and listen address.
+    pub public_url: Option<String>,
+    /// A client must send a request head within this (`web.header_timeout_seconds`).
+    pub web_header_timeout: Duration,
+    /// Connections served at once (`web.max_connections`).
+    pub web_max_connections: usize,
 }
 
 impl Config {
@@ -788,6 +809,18 @@ impl Config {
         let mcp = crate::mcp::config::validate(file.mcp)?;
         let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
         let profiles = crate::profile::validate(file.profile, &server_names)?;
+        let public_url = file
+            .public_url
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| public_origin(&u))
+            .transpose()?;
+        let web_header_timeout = Duration::from_secs(positive(
+            "web.header_timeout_seconds",
+            file.web.header_timeout_seconds,
+            10,
+        )? as u64);
+        let web_max_connections =
+            positive("web.max_connections", file.web.max_connections, 1024)? as usize;
         Ok(Self {
             listen,
             data_dir,
@@ -811,10 +844,13 @@ impl Config {
             web_max_body_bytes,
             mcp,
             profiles,
+            public_url,
+            web_header_timeout,
+            web_max_connections,
         })
     }
 
-    /// True when the server listens only on loopback, where the web chat is open without a token.
+    /// True when the server listens only on loopback (where it may run without an admin token).
     pub fn listens_on_loopback(&self) -> bool {
         self.listen.ip().is_loopback()
     }
@@ -1107,6 +1143,61 @@ fn sandbox_settings(file: SandboxConfig) -> Result<SandboxSettings, ConfigError>
         allow_channels: list(file.allow_channels),
         require_approval: file.require_approval.unwrap_or(d.require_approval),
     })
+}
+
+/// The origin of `ECDYSIS_PUBLIC_URL`: an http(s) URL of a host, without a path.
+fn public_origin(text: &str) -> Result<String, ConfigError> {
+    let key = "public_url";
+    let url = check_url(key, text.trim())?;
+    if url.host_str().is_none_or(str::is_empty) || !matches!(url.path(), "" | "/") {
+        return Err(ConfigError::value(
+            key,
+            format!("`{text}` must be the server's address only, like https://chat.example.com"),
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod public_url_tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(None, &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn public_url_and_listener_limits() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.public_url, None);
+        assert_eq!(c.web_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.web_max_connections, 1024);
+        let c = load(&[
+            ("ECDYSIS_PUBLIC_URL", "https://Chat.Example.com/"),
+            ("ECDYSIS_WEB_HEADER_TIMEOUT_SECONDS", "3"),
+            ("ECDYSIS_WEB_MAX_CONNECTIONS", "50"),
+        ])
+        .unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://chat.example.com"));
+        assert_eq!(c.web_header_timeout, Duration::from_secs(3));
+        assert_eq!(c.web_max_connections, 50);
+        for bad in ["chat.example.com", "ftp://x", "https://x/chat"] {
+            let e = load(&[("ECDYSIS_PUBLIC_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("public_url"), "{e}");
+        }
+        let e = load(&[("ECDYSIS_WEB_MAX_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.max_connections"), "{e}");
+    }
 }
 
 fn check_url(key: &str, text: &str) -> Result<Url, ConfigError> {

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod instance_lock;
 pub mod leader;
 pub mod mcp;
+pub mod listener;
 pub mod metrics;
 pub mod profile;
 pub mod sandbox;

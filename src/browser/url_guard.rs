@@ -172,7 +172,7 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+/// An IPv4-mapped IPv6 address as the IPv4 address it is (for allowlist matching).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -184,39 +184,82 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// True for addresses the browser must not reach by default: loopback, private (RFC 1918,
-/// carrier-grade NAT, unique local), link-local (which holds the cloud metadata service),
-/// unspecified, multicast and broadcast.
+/// carrier-grade NAT, unique local, site-local), link-local (which holds the cloud metadata
+/// service), unspecified, multicast, broadcast, reserved and documentation ranges. An IPv6
+/// address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by
+/// that IPv4 address, so `[::127.0.0.1]` is loopback like `127.0.0.1`.
 pub fn is_forbidden(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => forbidden_v6(v6),
     }
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
+        // "This network" 0.0.0.0/8 and reserved 240.0.0.0/4.
         || a == 0
+        || a >= 240
+        // Carrier-grade NAT 100.64.0.0/10.
         || (a == 100 && (64..128).contains(&b))
+        // IETF protocol assignments 192.0.0.0/24 (and 192.0.0.0/29 DS-Lite).
+        || (a == 192 && b == 0 && c == 0)
+        // Documentation: TEST-NET-1, -2, -3.
+        || (a == 192 && b == 0 && c == 2)
+        || (a == 198 && b == 51 && c == 100)
+        || (a == 203 && b == 0 && c == 113)
+        // Benchmarking 198.18.0.0/15.
+        || (a == 198 && (b & 0xfe) == 18)
 }
 
 fn forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        // NAT64 of a forbidden IPv4 address (64:ff9b::/96).
-        || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && {
-            let [.., c, d] = ip.segments();
-            forbidden_v4(Ipv4Addr::from(((c as u32) << 16) | d as u32))
-        })
+    if let Some(v4) = embedded_v4(ip) {
+        return v4.iter().any(|v4| forbidden_v4(*v4));
+    }
+    let s = ip.segments();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        // Multicast ff00::/8.
+        || (s[0] & 0xff00) == 0xff00
+        // Unique local fc00::/7.
+        || (s[0] & 0xfe00) == 0xfc00
+        // Link-local fe80::/10 and the deprecated site-local fec0::/10.
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        // Documentation 2001:db8::/32 and 3fff::/20.
+        || (s[0] == 0x2001 && s[1] == 0x0db8)
+        || (s[0] & 0xfff0) == 0x3ff0
+        // Discard-only 100::/64.
+        || s[..4] == [0x100, 0, 0, 0]
+        // NAT64 local-use 64:ff9b:1::/48: where its IPv4 address sits depends on the
+        // operator's prefix length, and it only ever leads into a local network.
+        || s[..3] == [0x64, 0xff9b, 1]
+}
+
+/// The IPv4 addresses an IPv6 address carries: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d` (which also covers `::` and `::1`), IPv4-translated `::ffff:0:a.b.c.d`, NAT64
+/// `64:ff9b::/96`, 6to4 `2002:AABB:CCDD::/48`, and Teredo `2001:0::/32` (its server and its
+/// client, whose address is stored inverted). `None` for any other address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Vec<Ipv4Addr>> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    let low = v4(s[6], s[7]);
+    match s {
+        [0, 0, 0, 0, 0, 0 | 0xffff, ..] => Some(vec![low]),
+        [0, 0, 0, 0, 0xffff, 0, ..] => Some(vec![low]),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(vec![low]),
+        [0x2002, hi, lo, ..] => Some(vec![v4(hi, lo)]),
+        [0x2001, 0, server_hi, server_lo, ..] => {
+            Some(vec![v4(server_hi, server_lo), v4(!s[6], !s[7])])
+        }
+        _ => None,
+    }
 }
 
 /// The check every URL the browser loads goes through.
@@ -362,6 +405,49 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.19.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.251",
+            // IPv4-compatible: the review's `[::127.0.0.1]`, in every spelling.
+            "::127.0.0.1",
+            "0:0:0:0:0:0:127.0.0.1",
+            "::7f00:1",
+            "::a9fe:a9fe",
+            "::10.0.0.1",
+            // IPv4-mapped and -translated.
+            "::ffff:7f00:1",
+            "0:0:0:0:0:ffff:127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
+            // NAT64 well-known and local-use prefixes.
+            "64:ff9b::7f00:1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ab::1",
+            // 6to4 of loopback, private and metadata addresses.
+            "2002:7f00:1::",
+            "2002:7f00:1::1",
+            "2002:a00:1:1::5",
+            "2002:c0a8:101::1",
+            "2002:a9fe:a9fe::",
+            // Teredo: a private server, or a private client (stored inverted).
+            "2001:0:a00:1::1",
+            "2001:0:808:808:0:0:80ff:fffe",
+            // Multicast, site-local, unique-local, documentation, discard.
+            "ff02::1",
+            "ff05::2",
+            "fec0::1",
+            "fed0:1::5",
+            "fc12:3456::1",
+            "2001:db8::1",
+            "3fff:1::1",
+            "100::1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }
@@ -371,6 +457,12 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "::8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            // Teredo with a public server and the public client 8.8.8.8 (inverted: f7f7:f7f7).
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "2a00:1450:4001:81b::200e",
         ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
@@ -414,6 +506,58 @@ mod tests {
         assert_eq!(
             g.check_input("public.example/x").await.unwrap().as_str(),
             "https://public.example/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_urls_carrying_a_private_ipv4_address_are_refused() {
+        let g = guard(&[]);
+        for url in [
+            "http://[::127.0.0.1]/",
+            "http://[::127.0.0.1]:8080/admin",
+            "http://[0:0:0:0:0:0:127.0.0.1]/",
+            "http://[::7f00:1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::169.254.169.254]/latest/meta-data/",
+            "http://[2002:7f00:1::]/",
+            "http://[2002:a9fe:a9fe::1]/",
+            "http://[2001:0:a00:1::1]/",
+            "http://[::]/",
+            "http://[ff02::1]/",
+            "http://[fec0::1]/",
+            "http://[fd00::1]/",
+            "http://[2001:db8::1]/",
+        ] {
+            assert!(
+                matches!(g.check_input(url).await, Err(UrlRefused::Private { .. })),
+                "{url} passed"
+            );
+            // The page's own requests (redirects, subresources) go through the same check.
+            assert!(
+                g.check_request(url).await.is_err(),
+                "{url} passed as a request"
+            );
+        }
+        // A name resolving to such an address is refused as well.
+        let g = UrlGuard::new(
+            &[],
+            Arc::new(StaticResolver::only().with(
+                "rebound.example",
+                &[
+                    "93.184.216.34".parse().unwrap(),
+                    "::7f00:1".parse().unwrap(),
+                ],
+            )),
+        )
+        .unwrap();
+        assert!(g.check_input("https://rebound.example/").await.is_err());
+        assert!(
+            guard(&[])
+                .check_input("http://[2606:4700::1111]/")
+                .await
+                .is_ok()
         );
     }
 

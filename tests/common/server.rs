@@ -118,13 +118,23 @@ impl Server {
         Self::spawn(data_dir, env, port).await
     }
 
+    /// With `ECDYSIS_ADMIN_TOKEN` in the environment, the web chat needs it (on loopback too):
+    /// the request carries it as a bearer token.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.env.iter().find(|(k, _)| k == "ECDYSIS_ADMIN_TOKEN") {
+            Some((_, token)) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub async fn post(&self, conversation: &str, body: serde_json::Value) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}/api/chat/{conversation}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.authorize(
+            reqwest::Client::new().post(format!("{}/api/chat/{conversation}", self.base)),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
     }
 
     /// Send a message and return its event id.
@@ -141,13 +151,17 @@ impl Server {
     }
 
     pub async fn messages(&self, conversation: &str) -> Vec<serde_json::Value> {
-        let body: serde_json::Value =
-            reqwest::get(format!("{}/api/chat/{conversation}/messages", self.base))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let body: serde_json::Value = self
+            .authorize(
+                reqwest::Client::new()
+                    .get(format!("{}/api/chat/{conversation}/messages", self.base)),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         body["messages"].as_array().unwrap().clone()
     }
 

@@ -204,6 +204,7 @@ async fn no_secret_reaches_logs_or_error_pages() {
     for body in ["{\"text\": ", "{\"txt\": 1}"] {
         let r = http
             .post(format!("{base}/api/chat/sec"))
+            .bearer_auth(ADMIN_TOKEN)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -214,6 +215,7 @@ async fn no_secret_reaches_logs_or_error_pages() {
     }
     let r = http
         .post(format!("{base}/api/chat/sec"))
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"text": "x".repeat(200_000)}))
         .send()
         .await

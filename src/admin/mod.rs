@@ -6,6 +6,8 @@
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
 //! else redirect to the login form; other requests get 401. Every POST checks a CSRF token.
+//! The routes sit behind the browser guard (`Host` and `Origin` checks, see
+//! [`ecdysis_web::guard`]).
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use ecdysis_web::limiter::LoginLimiter;
 
 use crate::app::App;
 
@@ -36,12 +40,18 @@ pub struct Admin {
     sessions: Arc<Sessions>,
 }
 
-/// The `/admin` routes, or `None` when no admin token is configured (admin off).
-pub fn router(app: &App) -> Option<Router> {
+/// The `/admin` routes, or `None` when no admin token is configured (admin off). Failed
+/// logins count in `logins`, shared with the web chat.
+pub fn router(app: &App, logins: Arc<LoginLimiter>) -> Option<Router> {
     let token = app.config.admin_token.clone()?;
+    let https = app
+        .config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
     let admin = Admin {
         app: app.clone(),
-        sessions: Arc::new(Sessions::new(&token)),
+        sessions: Arc::new(Sessions::new(&token, logins, https)),
     };
     Some(
         Router::new()

@@ -4,13 +4,16 @@ use std::fmt::Write;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
+use axum::http::header::{
+    CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ecdysis_chat::ChannelRef;
+use ecdysis_web::guard::ClientAddr;
 use serde::Deserialize;
 
-use super::auth::{self, Caller};
+use super::auth::Caller;
 use super::html::{bytes, csrf_field, esc, maybe_time, page, query_value, time};
 use super::{Admin, html_page, internal, now_secs, security_headers, see_other, text};
 use crate::sandbox::Snapshot;
@@ -72,18 +75,24 @@ pub struct LoginForm {
 
 pub async fn login(
     State(admin): State<Admin>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    if admin.sessions.logins_blocked() {
-        return text(
+    // Per client: someone else's wrong guesses do not lock this client out.
+    if let Err(wait) = admin.sessions.logins().check(client) {
+        let mut response = text(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many failed logins; try again in a minute",
+            "too many failed logins from your address; try again later",
         );
+        if let Ok(seconds) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(RETRY_AFTER, seconds);
+        }
+        return response;
     }
     if !admin.sessions.token_matches(form.token.trim()) {
-        tracing::warn!("admin: failed login");
-        admin.sessions.login_failed();
+        tracing::warn!(%client, "admin: failed login");
+        admin.sessions.logins().failed(client);
         let mut response = html_page(page(
             "Log in",
             None,
@@ -92,10 +101,11 @@ pub async fn login(
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     }
+    admin.sessions.logins().succeeded(client);
     let Some(session) = admin.sessions.new_session(now_secs()) else {
         return internal("start a session", "no randomness available");
     };
-    let cookie = auth::set_cookie(Some(&session), auth::is_https(&headers));
+    let cookie = admin.sessions.set_cookie(Some(&session), &headers);
     let mut response = see_other("/admin");
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(SET_COOKIE, cookie);
@@ -121,7 +131,7 @@ pub async fn logout(State(admin): State<Admin>, headers: HeaderMap, body: Bytes)
         return csrf_refused();
     }
     let mut response = see_other("/admin/login");
-    if let Ok(cookie) = HeaderValue::from_str(&auth::set_cookie(None, auth::is_https(&headers))) {
+    if let Ok(cookie) = HeaderValue::from_str(&admin.sessions.set_cookie(None, &headers)) {
         response.headers_mut().insert(SET_COOKIE, cookie);
     }
     response

@@ -1,66 +1,79 @@
-//! Access to the web chat: open on loopback, a bearer token or login cookie elsewhere.
+//! Access to the web chat: open when no admin token is set; otherwise the token as a bearer
+//! header, or the signed session cookie of a `/login` (on loopback too).
 
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, COOKIE};
 
-/// The login cookie's name.
-pub const COOKIE_NAME: &str = "ecdysis_session";
+use crate::session::{CookieSpec, SessionKey, bearer, cookie, secret_eq};
 
-/// True when the request carries `token` as a bearer header, or the login cookie whose value
-/// is `cookie_value` (derived from the token by the core, so the cookie never holds the token).
-pub fn authorized(headers: &HeaderMap, token: &str, cookie_value: &str) -> bool {
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()));
-    bearer
-        || (!cookie_value.is_empty()
-            && cookie(headers, COOKIE_NAME)
-                .is_some_and(|given| constant_time_eq(given.as_bytes(), cookie_value.as_bytes())))
+/// The chat's session cookie.
+pub const COOKIE: CookieSpec = CookieSpec {
+    name: "ecdysis_session",
+    path: "/",
+};
+/// How long a chat login lasts.
+pub const SESSION_SECONDS: i64 = 7 * 24 * 3600;
+
+/// The token and the session key derived from it.
+pub struct ChatAuth {
+    token: String,
+    sessions: SessionKey,
 }
 
-/// The value of one cookie.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-}
-
-/// Compare secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+impl ChatAuth {
+    pub fn new(token: &str) -> Self {
+        Self {
+            token: token.to_string(),
+            sessions: SessionKey::new("chat", token, SESSION_SECONDS),
+        }
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+
+    /// True when the request carries the token as a bearer header, or a valid session cookie.
+    pub fn authorized(&self, headers: &HeaderMap, now: i64) -> bool {
+        bearer(headers).is_some_and(|given| self.token_matches(given))
+            || cookie(headers, COOKIE.name)
+                .is_some_and(|value| self.sessions.verify(value, now).is_some())
+    }
+
+    pub fn token_matches(&self, given: &str) -> bool {
+        secret_eq(given.as_bytes(), self.token.as_bytes())
+    }
+
+    pub fn sessions(&self) -> &SessionKey {
+        &self.sessions
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header::{AUTHORIZATION, COOKIE as COOKIE_HEADER};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn with_cookie(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE_HEADER,
+            format!("a=b; {}={value}", COOKIE.name).parse().unwrap(),
+        );
+        h
+    }
 
     #[test]
-    fn accepts_bearer_or_cookie() {
+    fn accepts_bearer_or_a_session() {
+        let auth = ChatAuth::new("s3cret");
+        assert!(!auth.authorized(&HeaderMap::new(), NOW));
         let mut h = HeaderMap::new();
-        assert!(!authorized(&h, "s3cret", "derived"));
         h.insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        assert!(authorized(&h, "s3cret", "derived"));
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, "a=b; ecdysis_session=derived".parse().unwrap());
-        assert!(authorized(&h, "s3cret", "derived"));
-        assert!(!authorized(&h, "s3cret", "other"));
-        // The token itself is not a valid cookie.
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, "ecdysis_session=s3cret".parse().unwrap());
-        assert!(!authorized(&h, "s3cret", "derived"));
-        // No cookie value configured: no cookie is accepted, not even an empty one.
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, "ecdysis_session=".parse().unwrap());
-        assert!(!authorized(&h, "s3cret", ""));
+        assert!(auth.authorized(&h, NOW));
+        h.insert(AUTHORIZATION, "Bearer s3cret2".parse().unwrap());
+        assert!(!auth.authorized(&h, NOW));
+        let session = auth.sessions().issue(NOW).unwrap();
+        assert!(auth.authorized(&with_cookie(&session), NOW));
+        assert!(!auth.authorized(&with_cookie(&session), NOW + SESSION_SECONDS));
+        // The token itself is not a valid cookie; nor is a session of a rotated token.
+        assert!(!auth.authorized(&with_cookie("s3cret"), NOW));
+        assert!(!ChatAuth::new("rotated").authorized(&with_cookie(&session), NOW));
+        assert!(!auth.authorized(&with_cookie(""), NOW));
     }
 }

@@ -13,7 +13,10 @@ use bytes::Bytes;
 use serde::Serialize;
 
 mod auth;
+pub mod guard;
+pub mod limiter;
 mod routes;
+pub mod session;
 pub mod terminal;
 
 pub use routes::{WebAdapter, WebChat, WebSettings, conversation_ref};

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -22,7 +24,10 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use crate::WebBackend;
-use crate::auth::{COOKIE_NAME, authorized, constant_time_eq};
+use crate::auth::{COOKIE, ChatAuth};
+use crate::guard::{ClientAddr, too_many};
+use crate::limiter::LoginLimiter;
+use crate::session::is_https;
 
 const PAGE: &str = include_str!("page.html");
 const LOGIN_PAGE: &str = include_str!("login.html");
@@ -30,13 +35,15 @@ const LOGIN_PAGE: &str = include_str!("login.html");
 /// How the web chat is exposed.
 #[derive(Clone, Debug)]
 pub struct WebSettings {
-    /// When set, the chat and its API require this token (bearer header or login cookie).
+    /// When set, the chat and its API require this token (bearer header or the signed session
+    /// cookie of a `/login`), on loopback too.
     pub token: Option<String>,
-    /// The login cookie's value for that token, derived from it by the core (an HMAC), so
-    /// the cookie never carries the token itself. Empty: the cookie login is off.
-    pub cookie_value: String,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Failed logins per client, shared with the admin login and the bearer check.
+    pub logins: Arc<LoginLimiter>,
+    /// The server is reached over https (`ECDYSIS_PUBLIC_URL`): session cookies are `Secure`.
+    pub https: bool,
 }
 
 /// The web chat: its routes, fed by an [`EventSink`] and a [`WebBackend`].
@@ -45,6 +52,7 @@ pub struct WebChat {
     sink: Arc<dyn EventSink>,
     backend: Arc<dyn WebBackend>,
     settings: Arc<WebSettings>,
+    auth: Option<Arc<ChatAuth>>,
     updates: broadcast::Sender<String>,
 }
 
@@ -74,9 +82,23 @@ impl ChatAdapter for WebAdapter {
     }
 }
 
-/// The conversation a web chat name stands for.
+/// The conversation a web chat name stands for. Its platform is always `web`: a name such as
+/// `slack:T012AB:C345CD` is a web conversation of that name, never a Slack channel (allow lists
+/// see it as `web:slack:T012AB:C345CD`).
 pub fn conversation_ref(name: &str) -> ConversationRef {
     ConversationRef::new("web", "local", name, None)
+}
+
+/// The sender of a web chat event. The name is the client's own claim, so the core only ever
+/// sees it as a web identity (`web:<name>`, the conversation's platform), whatever it says.
+fn web_user(name: Option<String>) -> UserRef {
+    let name = name
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "web".into());
+    UserRef {
+        id: name.chars().take(100).collect(),
+        name: None,
+    }
 }
 
 fn valid_conversation(name: &str) -> bool {
@@ -100,19 +122,25 @@ impl WebChat {
         let chat = Self {
             sink,
             backend,
+            auth: settings
+                .token
+                .as_deref()
+                .map(|t| Arc::new(ChatAuth::new(t))),
             settings: Arc::new(settings),
             updates,
         };
         (chat, adapter)
     }
 
-    /// The routes: `/`, `/login`, `/api/chat/{conversation}` (+ `/messages`, `/events`) and
-    /// `/api/artifacts/{id}`.
+    /// The routes: `/`, `/login`, `/logout`, `/api/chat/{conversation}` (+ `/messages`,
+    /// `/events`, `/actions`) and `/api/artifacts/{id}`. They belong behind
+    /// [`crate::guard::guard`] (host and origin checks).
     pub fn router(self) -> Router {
         let limit = self.settings.max_body_bytes;
         Router::new()
             .route("/", get(page))
             .route("/login", get(login_page).post(login))
+            .route("/logout", post(logout))
             .route("/api/chat/{conversation}", post(send_message))
             .route("/api/chat/{conversation}/messages", get(list_messages))
             .route("/api/chat/{conversation}/events", get(live_updates))
@@ -123,11 +151,36 @@ impl WebChat {
     }
 
     fn allowed(&self, headers: &HeaderMap) -> bool {
-        match &self.settings.token {
+        match &self.auth {
             None => true,
-            Some(token) => authorized(headers, token, &self.settings.cookie_value),
+            Some(auth) => auth.authorized(headers, now_secs()),
         }
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a POST body is of a type a page on another site cannot send without the browser
+/// asking first (CORS preflight) or naming itself (`Origin`): JSON, or a multipart form.
+fn accepted_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("multipart/form-data")
+}
+
+fn unsupported_type() -> Response {
+    error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "send `content-type: application/json`",
+    )
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -163,42 +216,51 @@ struct LoginForm {
 
 async fn login(
     State(chat): State<WebChat>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let Some(token) = &chat.settings.token else {
+    let Some(auth) = &chat.auth else {
         return (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
     };
-    if !constant_time_eq(form.token.as_bytes(), token.as_bytes()) {
+    if let Err(wait) = chat.settings.logins.check(client) {
+        return too_many(wait);
+    }
+    if !auth.token_matches(form.token.trim()) {
+        tracing::warn!(%client, "web chat: failed login");
+        chat.settings.logins.failed(client);
         return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes() == b"https");
-    if chat.settings.cookie_value.is_empty() {
+    chat.settings.logins.succeeded(client);
+    let Some(session) = auth.sessions().issue(now_secs()) else {
         return error(
-            StatusCode::BAD_REQUEST,
-            "cookie login is off; send `Authorization: Bearer <token>`",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot start a session: no randomness available",
         );
-    }
-    let cookie = format!(
-        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
-        chat.settings.cookie_value,
-        if secure { "; Secure" } else { "" }
-    );
-    match HeaderValue::from_str(&cookie) {
+    };
+    let secure = is_https(&headers, chat.settings.https);
+    let cookie = COOKIE.set(&session, auth.sessions().lifetime_seconds(), secure);
+    redirect_with_cookie("/", &cookie)
+}
+
+/// End this browser's session: the cookie is cleared. (Every session ends when the admin
+/// token changes.)
+async fn logout(State(chat): State<WebChat>, headers: HeaderMap) -> Response {
+    let to = if chat.auth.is_some() { "/login" } else { "/" };
+    redirect_with_cookie(to, &COOKIE.clear(is_https(&headers, chat.settings.https)))
+}
+
+fn redirect_with_cookie(to: &'static str, cookie: &str) -> Response {
+    match HeaderValue::from_str(cookie) {
         Ok(cookie) => (
             StatusCode::SEE_OTHER,
             [
-                (LOCATION, HeaderValue::from_static("/")),
+                (LOCATION, HeaderValue::from_static(to)),
                 (SET_COOKIE, cookie),
             ],
         )
             .into_response(),
-        Err(_) => error(
-            StatusCode::BAD_REQUEST,
-            "the token has characters a cookie cannot hold",
-        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot set the cookie"),
     }
 }
 
@@ -221,6 +283,9 @@ async fn send_message(
 ) -> Response {
     if !chat.allowed(&headers) {
         return unauthorized();
+    }
+    if !accepted_content_type(&headers) {
+        return unsupported_type();
     }
     if !valid_conversation(&conversation) {
         return error(
@@ -247,18 +312,10 @@ async fn send_message(
         Some(id) => id,
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
-    let user = body
-        .user
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "web".into());
-    let user = UserRef {
-        id: user.chars().take(100).collect(),
-        name: None,
-    };
     let event = Event::from_text(
         format!("{conversation}:{id}"),
         conversation_ref(&conversation),
-        user,
+        web_user(body.user),
         body.text,
     );
     match chat.sink.submit(event).await {
@@ -275,7 +332,7 @@ async fn send_message(
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
             response
                 .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
         Err(SubmitError::Internal(why)) => {
@@ -306,6 +363,9 @@ async fn press_button(
     if !chat.allowed(&headers) {
         return unauthorized();
     }
+    if !accepted_content_type(&headers) {
+        return unsupported_type();
+    }
     if !valid_conversation(&conversation) {
         return error(StatusCode::BAD_REQUEST, "invalid conversation name");
     }
@@ -318,17 +378,10 @@ async fn press_button(
             );
         }
     };
-    let user = body
-        .user
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "web".into());
     let mut event = Event::from_text(
         format!("{conversation}:action:{}", uuid::Uuid::new_v4().simple()),
         conversation_ref(&conversation),
-        UserRef {
-            id: user.chars().take(100).collect(),
-            name: None,
-        },
+        web_user(body.user),
         String::new(),
     );
     event.kind = ecdysis_chat::EventKind::Action {
@@ -395,6 +448,9 @@ async fn live_updates(
 ) -> Response {
     if !chat.allowed(&headers) {
         return unauthorized();
+    }
+    if !valid_conversation(&conversation) {
+        return error(StatusCode::BAD_REQUEST, "invalid conversation name");
     }
     let receiver = chat.updates.subscribe();
     Sse::new(updates_for(receiver, conversation))

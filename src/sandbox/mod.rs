@@ -18,6 +18,7 @@ use crate::blob::BlobStore;
 use crate::config::{Config, SandboxBackend, SandboxSettings};
 use crate::tools::ToolContext;
 
+mod archive;
 mod feature;
 mod landlock;
 pub mod namespace;

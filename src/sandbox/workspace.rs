@@ -7,12 +7,14 @@
 //! wiped disk) or has an older one (another machine saved since), the snapshot is restored into
 //! a temporary directory and renamed into place. The local `<key>.state.json` records which
 //! snapshot the directory holds and a fingerprint of its contents at that time, so "changed"
-//! means "differs from what the blob store has", even after a failed snapshot.
+//! means "differs from what the blob store has", even after a failed snapshot. The archive
+//! format, and a restore that cannot write outside the workspace, are in [`super::archive`].
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, ErrorKind, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,11 +23,9 @@ use ecdysis_chat::ChannelRef;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::archive::{pack, unpack, walk};
 use crate::blob::{BlobError, BlobStore};
 use crate::store::now_ms;
-
-/// zstd level: fast, and still a good ratio on source trees and logs.
-const ZSTD_LEVEL: i32 = 3;
 
 /// A channel's workspace as backends see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +99,8 @@ pub struct Scan {
     pub bytes: u64,
     /// Entries (files, directories, links).
     pub files: u64,
-    /// Regular files under `out/`: relative path → (size, mtime in ns).
-    pub out: BTreeMap<String, (u64, i128)>,
+    /// Regular files under `out/`: exact path relative to `out/` → (size, mtime in ns).
+    pub out: BTreeMap<PathBuf, (u64, i128)>,
 }
 
 /// A file a command wrote under `/workspace/out/`.
@@ -321,7 +321,7 @@ impl Workspaces {
                         let _ = fs::remove_dir_all(&tmp);
                         return Err(WorkspaceError::Corrupt {
                             key: Self::archive_key(&key_owned),
-                            problem,
+                            problem: problem.to_string(),
                         });
                     }
                 },
@@ -371,7 +371,9 @@ impl Workspaces {
             });
         }
         let dir = self.root.join(key);
-        let archive = blocking(move || pack(&dir)).await?;
+        let archive =
+            blocking(move || pack(&dir).map_err(io_error(format!("packing {}", dir.display()))))
+                .await?;
         let snapshot = Snapshot {
             id: uuid::Uuid::new_v4().simple().to_string(),
             bytes: scan.bytes,
@@ -417,7 +419,7 @@ impl Workspaces {
         max_file_bytes: u64,
     ) -> (Vec<OutFile>, Vec<String>) {
         let dir = self.root.join(key).join("out");
-        let changed: Vec<(String, u64)> = after
+        let changed: Vec<(PathBuf, u64)> = after
             .out
             .iter()
             .filter(|(path, entry)| before.out.get(*path) != Some(entry))
@@ -426,7 +428,9 @@ impl Workspaces {
         let result = blocking(move || {
             let mut files = Vec::new();
             let mut skipped = Vec::new();
-            for (name, size) in changed {
+            for (path, size) in changed {
+                // Read by the exact path; the lossy form only names the attachment.
+                let name = path.to_string_lossy().into_owned();
                 if files.len() >= max_files {
                     skipped.push(format!("{name} (more than {max_files} files)"));
                     continue;
@@ -439,7 +443,7 @@ impl Workspaces {
                     ));
                     continue;
                 }
-                match read_no_follow(&dir.join(&name), max_file_bytes) {
+                match read_no_follow(&dir.join(&path), max_file_bytes) {
                     Ok(bytes) => files.push(OutFile {
                         mime: mime_for(&name).to_string(),
                         name,
@@ -521,37 +525,6 @@ fn replace_dir(root: &Path, fresh: &Path, target: &Path) -> Result<(), Workspace
     Ok(())
 }
 
-/// Walk a directory without following links: every entry in a stable order, with its relative
-/// path and metadata.
-fn walk(
-    dir: &Path,
-    mut visit: impl FnMut(&str, &fs::Metadata) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut stack: Vec<(PathBuf, String)> = vec![(dir.to_path_buf(), String::new())];
-    while let Some((path, prefix)) = stack.pop() {
-        let mut entries: Vec<(String, PathBuf)> = fs::read_dir(&path)?
-            .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
-            .collect::<io::Result<_>>()?;
-        entries.sort();
-        let mut subdirs = Vec::new();
-        for (name, full) in entries {
-            let relative = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let meta = fs::symlink_metadata(&full)?;
-            visit(&relative, &meta)?;
-            if meta.is_dir() {
-                subdirs.push((full, relative));
-            }
-        }
-        // Depth-first in name order.
-        stack.extend(subdirs.into_iter().rev());
-    }
-    Ok(())
-}
-
 fn scan_dir(dir: &Path) -> Result<Scan, WorkspaceError> {
     let mut scan = Scan::default();
     let mut hash: u64 = fnv1a(b"ecdysis-workspace-v1");
@@ -572,7 +545,7 @@ fn scan_dir(dir: &Path) -> Result<Scan, WorkspaceError> {
             b'o'
         };
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-        mix(relative.as_bytes());
+        mix(relative.as_os_str().as_bytes());
         mix(&[0, kind]);
         mix(&meta.len().to_le_bytes());
         mix(&mtime.to_le_bytes());
@@ -585,8 +558,10 @@ fn scan_dir(dir: &Path) -> Result<Scan, WorkspaceError> {
         scan.files += 1;
         if kind == b'f' {
             scan.bytes += meta.len();
-            if let Some(name) = relative.strip_prefix("out/") {
-                scan.out.insert(name.to_string(), (meta.len(), mtime));
+            if let Ok(name) = relative.strip_prefix("out")
+                && !name.as_os_str().is_empty()
+            {
+                scan.out.insert(name.to_path_buf(), (meta.len(), mtime));
             }
         }
         Ok(())
@@ -594,94 +569,6 @@ fn scan_dir(dir: &Path) -> Result<Scan, WorkspaceError> {
     .map_err(io_error(format!("scanning {}", dir.display())))?;
     scan.fingerprint = hash;
     Ok(scan)
-}
-
-/// The workspace as a zstd-compressed tar (links stored as links; sockets and devices skipped).
-fn pack(dir: &Path) -> Result<Bytes, WorkspaceError> {
-    let what = || format!("packing {}", dir.display());
-    let encoder = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io_error(what()))?;
-    let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    walk(dir, |relative, meta| {
-        let path = dir.join(relative);
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
-        if meta.is_dir() {
-            header.set_size(0);
-            builder.append_data(&mut header, relative, io::empty())
-        } else if meta.is_file() {
-            let mut file = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            // The size of what is read, even if the file changed since the walk saw it.
-            let meta = file.metadata()?;
-            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-            builder.append_data(&mut header, relative, (&mut file).take(meta.len()))
-        } else if meta.file_type().is_symlink() {
-            let target = fs::read_link(&path)?;
-            header.set_size(0);
-            builder.append_link(&mut header, relative, target)
-        } else {
-            Ok(())
-        }
-    })
-    .map_err(io_error(what()))?;
-    let encoder = builder.into_inner().map_err(io_error(what()))?;
-    let bytes = encoder.finish().map_err(io_error(what()))?;
-    Ok(Bytes::from(bytes))
-}
-
-/// Unpack an archive made by [`pack`] into `dir`; refuses more than `cap` bytes of content and
-/// any path that would land outside `dir`. Returns the bytes of content written.
-fn unpack(archive: &[u8], dir: &Path, cap: u64) -> Result<u64, String> {
-    let decoder = zstd::stream::Decoder::new(archive).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(decoder);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_preserve_ownerships(false);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
-    let mut total: u64 = 0;
-    let mut directories = Vec::new();
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        total = total.saturating_add(entry.header().size().unwrap_or(0));
-        if total > cap {
-            return Err(format!(
-                "it unpacks to more than {} MB; raise sandbox.workspace_max_mb to restore it",
-                mb(cap)
-            ));
-        }
-        let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            continue;
-        }
-        if kind.is_dir() {
-            // Directory modes and times are set after their contents are written.
-            let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-            let mode = entry.header().mode().unwrap_or(0o755);
-            let mtime = entry.header().mtime().unwrap_or(0);
-            fs::create_dir_all(dir.join(&path)).map_err(|e| e.to_string())?;
-            directories.push((path, mode, mtime));
-            continue;
-        }
-        if !entry.unpack_in(dir).map_err(|e| e.to_string())? {
-            return Err(format!(
-                "the entry {:?} points outside the workspace",
-                entry.path().map(|p| p.into_owned()).unwrap_or_default()
-            ));
-        }
-    }
-    for (path, mode, mtime) in directories.into_iter().rev() {
-        let full = dir.join(&path);
-        let _ = fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777));
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-        if let Ok(file) = File::open(&full) {
-            let _ = file.set_modified(time);
-        }
-    }
-    Ok(total)
 }
 
 fn read_no_follow(path: &Path, max: u64) -> io::Result<Vec<u8>> {
@@ -732,7 +619,7 @@ pub fn mime_for(name: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::blob::LocalBlobStore;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn channel(platform: &str, channel: &str) -> ChannelRef {
         ChannelRef {
@@ -875,22 +762,28 @@ mod tests {
         assert!(again.is_empty());
     }
 
-    #[test]
-    fn unpack_refuses_archives_over_the_cap() {
+    /// `out/` files are read by their exact names: a file under a directory named byte 0xFF
+    /// is not read through a symlink named U+FFFD (the same name, made lossy) to the host.
+    #[tokio::test]
+    async fn out_files_are_read_by_their_exact_names() {
+        use std::ffi::OsStr;
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        fs::create_dir(&src).unwrap();
-        fs::write(src.join("a"), vec![7u8; 4096]).unwrap();
-        let archive = pack(&src).unwrap();
-        let dst = dir.path().join("dst");
-        fs::create_dir(&dst).unwrap();
-        assert!(
-            unpack(&archive, &dst, 1000)
-                .unwrap_err()
-                .contains("more than")
-        );
-        let dst2 = dir.path().join("dst2");
-        fs::create_dir(&dst2).unwrap();
-        assert_eq!(unpack(&archive, &dst2, 1 << 20).unwrap(), 4096);
+        let host = dir.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("x"), "host secret").unwrap();
+        let ws = workspaces(dir.path(), 1 << 30).await;
+        let key = channel_key(&channel("web", "exact"));
+        ws.prepare(&key).await.unwrap();
+        let out = ws.reference(&key).dir.join("out");
+        let before = ws.scan(&key).await.unwrap();
+        fs::create_dir_all(out.join(OsStr::from_bytes(b"\xff"))).unwrap();
+        fs::write(out.join(OsStr::from_bytes(b"\xff/x")), "workspace file").unwrap();
+        symlink(&host, out.join("\u{FFFD}")).unwrap();
+        let after = ws.scan(&key).await.unwrap();
+        let (files, skipped) = ws.out_files(&key, &before, &after, 10, 1 << 20).await;
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "\u{FFFD}/x");
+        assert_eq!(&files[0].bytes[..], b"workspace file");
     }
 }

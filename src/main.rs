@@ -109,6 +109,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The SQLite file is private (0600) before anything opens it; `doctor` reports a
+    // database it cannot prepare on its own line.
+    if opens_storage(&cli.command)
+        && let Err(e) = ecdysis::private_files::prepare_database(&config.database_url)
+        && !matches!(cli.command, Command::Doctor)
+    {
+        eprintln!("ecdysis: cannot prepare the database file: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
@@ -139,6 +148,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command opens the database (and so may create it).
+fn opens_storage(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Serve
+            | Command::Chat
+            | Command::Migrate
+            | Command::Doctor
+            | Command::Export { .. }
+            | Command::Import { .. }
+    )
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {
@@ -190,7 +212,13 @@ async fn export(
     let blobs = ecdysis::blob::open(&config).await?;
     let summary = match &out {
         Some(path) => {
-            let file = tokio::fs::File::create(path)
+            // An export holds a channel's memory: readable by this user alone (0600).
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             let mut writer = tokio::io::BufWriter::new(file);

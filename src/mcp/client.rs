@@ -16,7 +16,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceError, ServiceExt};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{McpServerConfig, Transport};
@@ -92,7 +92,8 @@ pub enum CallError {
 /// The mutable part of a server.
 struct State {
     health: Health,
-    peer: Option<Peer<RoleClient>>,
+    /// The live connection, and how a call reports it broken (its receiver dies with it).
+    peer: Option<(Peer<RoleClient>, mpsc::Sender<()>)>,
     tools: Arc<Vec<Arc<McpTool>>>,
     restarts: u32,
     stderr: VecDeque<String>,
@@ -102,8 +103,6 @@ struct State {
 pub struct Server {
     pub config: McpServerConfig,
     state: Mutex<State>,
-    /// Set by a call that found the connection broken: restart now.
-    reconnect: Notify,
     /// The approval gate, for tools that need one.
     pub(super) approvals: Option<Arc<crate::approvals::Approvals>>,
     http: Option<reqwest_mcp::Client>,
@@ -147,7 +146,6 @@ impl Server {
                 restarts: 0,
                 stderr: VecDeque::new(),
             }),
-            reconnect: Notify::new(),
             approvals,
             http,
         }))
@@ -187,10 +185,10 @@ impl Server {
         arguments: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<CallToolResult, CallError> {
         let server = self.config.name.clone();
-        let peer = {
+        let (peer, broken) = {
             let state = self.lock();
             match (&state.peer, &state.health) {
-                (Some(peer), _) => peer.clone(),
+                (Some(live), _) => live.clone(),
                 (None, Health::Down { reason }) => {
                     return Err(CallError::Down {
                         server,
@@ -222,8 +220,8 @@ impl Server {
             }),
             Ok(Err(error)) => {
                 // The connection is gone or broken: restart it now rather than at the next
-                // failed call.
-                self.reconnect.notify_one();
+                // failed call (a connection that already ended ignores this).
+                let _ = broken.try_send(());
                 let mut reason = error.to_string();
                 if let Some(tail) = self.stderr_tail() {
                     reason.push_str(&format!("; its last words: {tail}"));
@@ -252,12 +250,13 @@ impl Server {
             self.set_health(Health::Starting);
             self.lock().stderr.clear();
             let (changed_tx, mut changed_rx) = mpsc::channel(4);
+            let (broken_tx, mut broken_rx) = mpsc::channel(1);
             let handler = Handler {
                 server: self.config.name.clone(),
                 changed: changed_tx,
             };
             let connected = tokio::select! {
-                result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(handler)) => result,
+                result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(handler, broken_tx)) => result,
                 _ = shutdown.changed() => break,
             };
             let reason = match connected {
@@ -269,7 +268,7 @@ impl Server {
                 Ok(Ok(service)) => {
                     let started = Instant::now();
                     let outcome = self
-                        .serve_connection(service, &mut changed_rx, &mut shutdown)
+                        .serve_connection(service, &mut changed_rx, &mut broken_rx, &mut shutdown)
                         .await;
                     {
                         let mut state = self.lock();
@@ -311,6 +310,7 @@ impl Server {
     async fn connect(
         self: &Arc<Self>,
         handler: Handler,
+        broken: mpsc::Sender<()>,
     ) -> Result<RunningService<RoleClient, Handler>, String> {
         let service = match &self.config.transport {
             Transport::Stdio { command, args, env } => {
@@ -360,7 +360,7 @@ impl Server {
             }
         };
         self.list_tools(service.peer()).await?;
-        self.lock().peer = Some(service.peer().clone());
+        self.lock().peer = Some((service.peer().clone(), broken));
         Ok(service)
     }
 
@@ -385,6 +385,7 @@ impl Server {
         self: &Arc<Self>,
         service: RunningService<RoleClient, Handler>,
         changed: &mut mpsc::Receiver<()>,
+        broken: &mut mpsc::Receiver<()>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<String> {
         let peer = service.peer().clone();
@@ -403,7 +404,7 @@ impl Server {
                         warn!(server = %self.config.name, %reason, "MCP tools could not be listed again");
                     }
                 }
-                () = self.reconnect.notified() => {
+                Some(()) = broken.recv() => {
                     cancel.cancel();
                     let _ = ended.await;
                     return Some("a call found the connection broken".into());

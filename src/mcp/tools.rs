@@ -130,7 +130,14 @@ impl Tool for McpTool {
                 self.exposed,
                 crate::redact::global().snippet(&shown, 1_500)
             );
-            let key = format!("mcp:{}", self.exposed);
+            // One prompt per distinct call of the step (the same call retried asks once).
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&shown, &mut hasher);
+            let key = format!(
+                "mcp:{}:{:016x}",
+                self.exposed,
+                std::hash::Hasher::finish(&hasher)
+            );
             match approvals.ask(context, text, &key).await {
                 Ok(true) => {}
                 Ok(false) => {

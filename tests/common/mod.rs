@@ -26,6 +26,7 @@ pub fn s3_endpoint() -> Option<String> {
     service("ECDYSIS_TEST_S3_ENDPOINT")
 }
 
+pub mod mcp;
 pub mod server;
 
 /// A Postgres URL whose connections live in a new, empty schema, so runs never see each other.

@@ -1,0 +1,222 @@
+//! MCP benchmark, with the `mcp` SDK fixture server (`tests/fixtures/mcp_fixture.py`) on this
+//! machine.
+//!
+//! 1. Call → result of a trivial tool (`echo`) through the tool the model calls
+//!    (`fx__echo`: ecdysis's client, rmcp, the transport, the Python server, the result
+//!    conversion), over stdio and over streamable HTTP: p50/p99 of sequential calls. The
+//!    Python server's own handling is inside these numbers, so they bound ecdysis's overhead
+//!    from above.
+//! 2. Start-up to `/readyz` with 5 stdio servers configured, 2 of which never answer
+//!    `initialize`: ready must not wait for them.
+//!
+//! Run: `cargo bench --bench mcp` (needs `pip install mcp`; prints the load average).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ecdysis::app::App;
+use ecdysis::config::Config;
+use ecdysis::mcp::{Health, McpHub};
+use ecdysis::tools::{ToolContext, ToolSource};
+use ecdysis_chat::ConversationRef;
+use serde_json::json;
+
+const CALLS: usize = 500;
+
+fn fixture() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mcp_fixture.py")
+        .display()
+        .to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn config(dir: &Path, toml: &str) -> Config {
+    let path = dir.join("ecdysis.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let data = dir.join("data").display().to_string();
+    Config::load_with(Some(&path), &|name| match name {
+        "ECDYSIS_DATA_DIR" => Some(data.clone()),
+        "ECDYSIS_SANDBOX" => Some("off".into()),
+        "ECDYSIS_CHROMIUM" => Some("/nonexistent/chromium".into()),
+        "ECDYSIS_LISTEN" => Some("127.0.0.1:0".into()),
+        _ => None,
+    })
+    .expect("config")
+}
+
+/// Sequential `fx__echo` calls through the hub's tool: sorted durations.
+async fn echo_calls(hub: &McpHub) -> Vec<Duration> {
+    let conversation = ConversationRef::new("bench", "W", "C", None);
+    let tools = hub.tools_for(&conversation);
+    let echo = tools
+        .iter()
+        .find(|t| t.tool.name() == "fx__echo")
+        .expect("fx__echo is listed")
+        .tool
+        .clone();
+    let context = ToolContext {
+        event_id: 1,
+        step: 1,
+        conversation,
+        user_id: "U".into(),
+        route: serde_json::Value::Null,
+    };
+    for _ in 0..20 {
+        echo.call(&context, json!({ "text": "warm up" }))
+            .await
+            .expect("echo");
+    }
+    let mut times = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        let started = Instant::now();
+        let out = echo
+            .call(&context, json!({ "text": format!("call {i}") }))
+            .await
+            .expect("echo");
+        times.push(started.elapsed());
+        assert!(out.text.contains(&format!("call {i}")), "{}", out.text);
+    }
+    times.sort();
+    times
+}
+
+async fn transport(label: &str, toml: String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), &toml);
+    let hub = McpHub::start(&config.mcp, None);
+    assert!(
+        hub.wait_up("fx", Duration::from_secs(60)).await,
+        "{label}: {:?}",
+        hub.status()
+    );
+    let times = echo_calls(&hub).await;
+    println!(
+        "{label}: fx__echo call → result over {CALLS} calls: p50 {}, p99 {}, max {} (load {})",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        ms(*times.last().expect("calls")),
+        load()
+    );
+    hub.shutdown().await;
+}
+
+async fn startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut toml = String::new();
+    for i in 0..3 {
+        toml.push_str(&format!(
+            "[[mcp]]\nname = \"fx{i}\"\ncommand = \"python3\"\nargs = [{:?}, \"stdio\"]\n",
+            fixture()
+        ));
+    }
+    for i in 0..2 {
+        // A server that starts but never answers `initialize`.
+        toml.push_str(&format!(
+            "[[mcp]]\nname = \"slow{i}\"\ncommand = \"sleep\"\nargs = [\"120\"]\n"
+        ));
+    }
+    let started = Instant::now();
+    let config = config(dir.path(), &toml);
+    let app = App::open(config).await.expect("open");
+    let router = app.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/readyz", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let workers = app.bus.start().await.expect("bus");
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http.get(&url).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ready = started.elapsed();
+    let starting_at_ready = app
+        .mcp
+        .status()
+        .iter()
+        .filter(|s| s.health == Health::Starting)
+        .count();
+    for i in 0..3 {
+        assert!(
+            app.mcp
+                .wait_up(&format!("fx{i}"), Duration::from_secs(60))
+                .await
+        );
+    }
+    let all_up = started.elapsed();
+    let slow_still_starting = app
+        .mcp
+        .status()
+        .iter()
+        .filter(|s| s.name.starts_with("slow") && s.health == Health::Starting)
+        .count();
+    println!(
+        "start-up with 5 stdio MCP servers (2 never answer): /readyz 200 after {} with {starting_at_ready} server(s) still starting; the 3 working servers up after {}; slow servers still starting: {slow_still_starting} (load {})",
+        ms(ready),
+        ms(all_up),
+        load()
+    );
+    workers.shutdown(Duration::from_secs(5)).await;
+    app.mcp.shutdown().await;
+    server.abort();
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        transport(
+            "stdio",
+            format!(
+                "[[mcp]]\nname = \"fx\"\ncommand = \"python3\"\nargs = [{:?}, \"stdio\"]\n",
+                fixture()
+            ),
+        )
+        .await;
+        let mut child = std::process::Command::new("python3")
+            .arg(fixture())
+            .arg("http")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the HTTP fixture");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("port");
+        let port = line.trim().trim_start_matches("PORT ").to_string();
+        transport(
+            "http",
+            format!("[[mcp]]\nname = \"fx\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        startup().await;
+    });
+}

@@ -1,0 +1,270 @@
+//! MCP servers as tools, end to end with real servers from PyPI: `mcp-server-time` over stdio,
+//! and the `mcp` SDK fixture (`tests/fixtures/mcp_fixture.py`) over stdio and streamable HTTP.
+//! The fake LLM calls the tools; the tests check what reaches the model and the user, crashes
+//! and restarts, time limits, new tools after `list_changed`, and a server that cannot start.
+//! Without the Python servers the tests skip on a laptop and fail in CI.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mcp::{Harness, HttpFixture, python_servers, stdio_fixture_entry};
+use ecdysis::mcp::Health;
+use ecdysis_chat::ConversationRef;
+use ecdysis_testkit::llm::{FakeLlm, Recorded, Reply as Llm};
+use serde_json::{Value, json};
+
+fn env(fake: &FakeLlm) -> Vec<(&'static str, String)> {
+    vec![
+        ("ECDYSIS_MODEL", "anthropic/claude-test".to_string()),
+        ("ANTHROPIC_API_KEY", "test-anthropic-key".to_string()),
+        ("ANTHROPIC_BASE_URL", fake.anthropic_base_url()),
+    ]
+}
+
+fn conv(name: &str) -> ConversationRef {
+    ConversationRef::new("test", "W1", name, None)
+}
+
+/// A scripted model: a message containing `trigger` gets the tool call; anything else (the tool
+/// result) gets `RESULT: <what the model read last>`.
+fn script(trigger: &'static str, tool: &'static str, input: Value) -> Llm {
+    Llm::computed(move |r: &Recorded| {
+        let last = r.last_message_text();
+        if last.contains(trigger) {
+            Llm::tool(tool, input.clone())
+        } else {
+            Llm::text(format!("RESULT: {last}"))
+        }
+    })
+}
+
+/// The tool names an Anthropic request offered.
+fn tool_names(r: &Recorded) -> Vec<String> {
+    r.body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The request whose last message contained `needle`.
+fn request_with(fake: &FakeLlm, needle: &str) -> Recorded {
+    fake.requests()
+        .into_iter()
+        .find(|r| r.last_message_text().contains(needle))
+        .unwrap_or_else(|| panic!("no request with {needle:?}"))
+}
+
+#[tokio::test]
+async fn stdio_time_server_answers_through_the_model() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(script(
+        "what time",
+        "time__get_current_time",
+        json!({ "timezone": "UTC" }),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[[mcp]]\nname = \"time\"\ncommand = \"mcp-server-time\"\nargs = [\"--local-timezone\", \"UTC\"]\nchannels = [\"*\"]\n";
+    let h = Harness::start(dir.path(), toml, &env(&fake)).await;
+    h.wait_up("time").await;
+    let (_, answer) = h.ask(&conv("c1"), "what time is it in UTC?").await;
+    // The real server's JSON result reached the model, and the model's answer the user.
+    assert!(answer.starts_with("RESULT: "), "{answer}");
+    assert!(
+        answer.contains("\"timezone\"") && answer.contains("UTC") && answer.contains("datetime"),
+        "{answer}"
+    );
+    let first = request_with(&fake, "what time");
+    let tools = first.body["tools"].as_array().unwrap();
+    let time = tools
+        .iter()
+        .find(|t| t["name"] == "time__get_current_time")
+        .unwrap_or_else(|| panic!("offered: {:?}", tool_names(&first)));
+    // The server's own input schema.
+    assert!(
+        time["input_schema"]["properties"]["timezone"].is_object(),
+        "{time}"
+    );
+    assert!(tool_names(&first).contains(&"time__convert_time".to_string()));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn http_server_returns_text_and_images() {
+    if !python_servers() {
+        return;
+    }
+    let server = HttpFixture::start(&[]);
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(Llm::computed(|r: &Recorded| {
+        let last = r.last_message_text();
+        if last.contains("please echo") {
+            Llm::tools(&[
+                ("fx__echo", json!({ "text": "hello over http" })),
+                ("fx__image", json!({})),
+            ])
+        } else {
+            Llm::text(format!("RESULT: {last}"))
+        }
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[mcp]]\nname = \"fx\"\nurl = \"{}\"\nheaders = {{ X-Test-Token = \"fixture-header-secret\" }}\n",
+        server.url
+    );
+    let h = Harness::start(dir.path(), &toml, &env(&fake)).await;
+    h.wait_up("fx").await;
+    let c = conv("http");
+    let (_, answer) = h.ask(&c, "please echo").await;
+    assert!(answer.contains("hello over http"), "{answer}");
+    assert!(answer.contains("[image fx__image-0.png"), "{answer}");
+    // The image was shown to the model…
+    let second = request_with(&fake, "hello over http");
+    let raw = &second.raw;
+    assert!(raw.contains("\"type\":\"image\"") && raw.contains("image/png"), "{raw}");
+    // …and attached to the reply.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.delivered_files(&c).is_empty() {
+        assert!(Instant::now() < deadline, "the image was not delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.delivered_files(&c),
+        [("fx__image-0.png".to_string(), "image/png".to_string())]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_call_is_a_tool_error_and_the_server_restarts() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(Llm::computed(|r: &Recorded| {
+        let last = r.last_message_text();
+        if last.contains("crash now") {
+            Llm::tool("fx__crash", json!({}))
+        } else if last.contains("echo now") {
+            Llm::tool("fx__echo", json!({ "text": "alive again" }))
+        } else {
+            Llm::text(format!("RESULT: {last}"))
+        }
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), &stdio_fixture_entry("fx", ""), &env(&fake)).await;
+    h.wait_up("fx").await;
+    let (_, answer) = h.ask(&conv("crash"), "crash now").await;
+    assert!(
+        answer.contains("the MCP server `fx` stopped while running the tool"),
+        "{answer}"
+    );
+    // The tool result was marked as an error for the model.
+    let after = request_with(&fake, "stopped while running");
+    assert!(after.raw.contains("\"is_error\":true"), "{}", after.raw);
+    // Restarted with backoff; the next call works.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = h.app.mcp.status();
+        if status[0].restarts >= 1 && matches!(status[0].health, Health::Up { .. }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, answer) = h.ask(&conv("crash"), "echo now").await;
+    assert_eq!(answer, "RESULT: alive again");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_tool_hits_the_time_limit() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(script("be slow", "fx__slow", json!({ "seconds": 60 })));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{}timeout_seconds = 1\n", stdio_fixture_entry("fx", ""));
+    let h = Harness::start(dir.path(), &toml, &env(&fake)).await;
+    h.wait_up("fx").await;
+    let started = Instant::now();
+    let (_, answer) = h.ask(&conv("slow"), "be slow").await;
+    assert!(
+        answer.contains("the MCP server `fx` did not answer within 1 s"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    // The server is still up: a time limit is not a crash.
+    assert!(matches!(h.app.mcp.status()[0].health, Health::Up { .. }));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tools_listed_later_are_offered_from_the_next_turn() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(script("add one", "fx__add_tool", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), &stdio_fixture_entry("fx", ""), &env(&fake)).await;
+    h.wait_up("fx").await;
+    let c = conv("later");
+    let (_, answer) = h.ask(&c, "add one").await;
+    assert_eq!(answer, "RESULT: added");
+    assert!(!tool_names(&request_with(&fake, "add one")).contains(&"fx__late_tool".to_string()));
+    // The notification arrives asynchronously: the next turn that starts after it sees the tool.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _) = h.ask(&c, "anything new?").await;
+        let last = fake
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.last_message_text().contains("anything new?"))
+            .unwrap();
+        if tool_names(&last).contains(&"fx__late_tool".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fx__late_tool never offered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_start_is_reported_and_stops_nothing() {
+    let fake = FakeLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[[mcp]]\nname = \"broken\"\ncommand = \"/nonexistent/mcp-server\"\nenv = { BROKEN_TOKEN = \"do-not-log-this-value\" }\n";
+    let h = Harness::start(dir.path(), toml, &env(&fake)).await;
+    // The agent still answers (without the server's tools).
+    let (_, answer) = h.ask(&conv("broken"), "hello").await;
+    assert_eq!(answer, "ok");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        if let Health::Down { reason } = &h.app.mcp.status()[0].health {
+            break reason.clone();
+        }
+        assert!(Instant::now() < deadline, "{:?}", h.app.mcp.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(reason.contains("cannot start `/nonexistent/mcp-server`"), "{reason}");
+    // `/status` says which server is down and why.
+    let (_, status) = h.ask(&conv("broken"), "/status").await;
+    assert!(
+        status.contains("MCP broken (stdio `/nonexistent/mcp-server`): down: cannot start"),
+        "{status}"
+    );
+    assert!(!status.contains("do-not-log-this-value"));
+    h.stop().await;
+}

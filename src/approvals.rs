@@ -70,7 +70,12 @@ impl Approvals {
     /// Post `text` with Approve / Deny buttons and wait for the answer (`Ok(false)` when denied
     /// or unanswered in time). `what` tells apart several questions of one tool step (the
     /// prompt's idempotency key).
-    pub async fn ask(&self, context: &ToolContext, text: String, what: &str) -> Result<bool, String> {
+    pub async fn ask(
+        &self,
+        context: &ToolContext,
+        text: String,
+        what: &str,
+    ) -> Result<bool, String> {
         let bus = self
             .bus
             .get()

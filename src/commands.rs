@@ -84,7 +84,8 @@ impl Commands {
     /// Offer the MCP servers' tools to the agent, and show the servers in `/status`.
     pub fn with_mcp(mut self, hub: McpHub) -> Self {
         if !hub.is_empty() {
-            self.tools.add_source(Arc::new(hub.clone()) as Arc<dyn ToolSource>);
+            self.tools
+                .add_source(Arc::new(hub.clone()) as Arc<dyn ToolSource>);
             self.mcp = Some(hub);
         }
         self

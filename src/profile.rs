@@ -341,7 +341,10 @@ impl Profiles {
 }
 
 /// Validate the `[[profile]]` entries against the configured MCP server names.
-pub fn validate(files: Vec<ProfileFile>, mcp_servers: &[String]) -> Result<Vec<Profile>, ConfigError> {
+pub fn validate(
+    files: Vec<ProfileFile>,
+    mcp_servers: &[String],
+) -> Result<Vec<Profile>, ConfigError> {
     let mut profiles: Vec<Profile> = Vec::with_capacity(files.len());
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     for (index, file) in files.into_iter().enumerate() {
@@ -351,7 +354,10 @@ pub fn validate(files: Vec<ProfileFile>, mcp_servers: &[String]) -> Result<Vec<P
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| {
-                ConfigError::value(&format!("profile[{index}].name"), "every [[profile]] needs a name")
+                ConfigError::value(
+                    &format!("profile[{index}].name"),
+                    "every [[profile]] needs a name",
+                )
             })?
             .to_string();
         let key = |field: &str| format!("profile.{name}.{field}");
@@ -396,7 +402,10 @@ pub fn validate(files: Vec<ProfileFile>, mcp_servers: &[String]) -> Result<Vec<P
                     if !mcp_servers.contains(server) {
                         return Err(ConfigError::value(
                             &key("mcp"),
-                            format!("unknown MCP server `{server}` (configured: {})", names(mcp_servers)),
+                            format!(
+                                "unknown MCP server `{server}` (configured: {})",
+                                names(mcp_servers)
+                            ),
                         ));
                     }
                 }
@@ -460,7 +469,9 @@ fn tool_pattern(key: &str, text: &str, mcp_servers: &[String]) -> Result<ToolPat
         if tool.contains('*') || (!wildcard && tool.is_empty()) {
             return Err(ConfigError::value(
                 key,
-                format!("`{text}`: only a trailing `*` is allowed (`{server}__*`, `{server}__get_*`)"),
+                format!(
+                    "`{text}`: only a trailing `*` is allowed (`{server}__*`, `{server}__get_*`)"
+                ),
             ));
         }
         return Ok(ToolPattern::Mcp {
@@ -534,11 +545,22 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(profiles.for_conversation(&conv("slack", "T1", "C9")).name, "ops");
-        assert_eq!(profiles.for_conversation(&conv("slack", "T1", "C1")).name, "team");
-        assert_eq!(profiles.for_conversation(&conv("web", "local", "x")).name, "all");
         assert_eq!(
-            Profiles::default().for_conversation(&conv("web", "local", "x")).name,
+            profiles.for_conversation(&conv("slack", "T1", "C9")).name,
+            "ops"
+        );
+        assert_eq!(
+            profiles.for_conversation(&conv("slack", "T1", "C1")).name,
+            "team"
+        );
+        assert_eq!(
+            profiles.for_conversation(&conv("web", "local", "x")).name,
+            "all"
+        );
+        assert_eq!(
+            Profiles::default()
+                .for_conversation(&conv("web", "local", "x"))
+                .name,
             DEFAULT_PROFILE
         );
     }
@@ -547,7 +569,11 @@ mod tests {
     fn tools_and_servers_are_filtered() {
         let servers = vec!["time".to_string(), "big".to_string()];
         let mut f = file("p", &["*"]);
-        f.tools = Some(vec!["memory_search".into(), "big__tool_1*".into(), "big__exact".into()]);
+        f.tools = Some(vec![
+            "memory_search".into(),
+            "big__tool_1*".into(),
+            "big__exact".into(),
+        ]);
         f.sandbox = Some(false);
         let p = &validate(vec![f], &servers).unwrap()[0];
         assert!(p.offers_builtin("memory_search"));
@@ -576,7 +602,10 @@ mod tests {
         let mut f = file("p", &["*"]);
         f.tools = Some(vec!["memory_serch".into()]);
         let e = err(vec![f]);
-        assert!(e.contains("profile.p.tools") && e.contains("memory_serch"), "{e}");
+        assert!(
+            e.contains("profile.p.tools") && e.contains("memory_serch"),
+            "{e}"
+        );
         let mut f = file("p", &["*"]);
         f.mcp = Some(vec!["clock".into()]);
         let e = err(vec![f]);
@@ -584,8 +613,14 @@ mod tests {
         let mut f = file("p", &["*"]);
         f.tools = Some(vec!["clock__*".into()]);
         assert!(err(vec![f]).contains("clock__*"));
-        let e = err(vec![file("a", &["slack:C1"]), file("b", &["web:x", "slack:C1"])]);
-        assert!(e.contains("profile.b.channels") && e.contains("profile `a`"), "{e}");
+        let e = err(vec![
+            file("a", &["slack:C1"]),
+            file("b", &["web:x", "slack:C1"]),
+        ]);
+        assert!(
+            e.contains("profile.b.channels") && e.contains("profile `a`"),
+            "{e}"
+        );
         let e = err(vec![file("a", &["C1"])]);
         assert!(e.contains("profile.a.channels"), "{e}");
         let mut f = file("a", &["*"]);

@@ -129,7 +129,10 @@ async fn http_server_returns_text_and_images() {
     // The image was shown to the model…
     let second = request_with(&fake, "hello over http");
     let raw = &second.raw;
-    assert!(raw.contains("\"type\":\"image\"") && raw.contains("image/png"), "{raw}");
+    assert!(
+        raw.contains("\"type\":\"image\"") && raw.contains("image/png"),
+        "{raw}"
+    );
     // …and attached to the reply.
     let deadline = Instant::now() + Duration::from_secs(30);
     while h.delivered_files(&c).is_empty() {
@@ -202,7 +205,11 @@ async fn a_slow_tool_hits_the_time_limit() {
         answer.contains("the MCP server `fx` did not answer within 1 s"),
         "{answer}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     // The server is still up: a time limit is not a crash.
     assert!(matches!(h.app.mcp.status()[0].health, Health::Up { .. }));
     h.stop().await;
@@ -258,7 +265,10 @@ async fn a_server_that_cannot_start_is_reported_and_stops_nothing() {
         assert!(Instant::now() < deadline, "{:?}", h.app.mcp.status());
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(reason.contains("cannot start `/nonexistent/mcp-server`"), "{reason}");
+    assert!(
+        reason.contains("cannot start `/nonexistent/mcp-server`"),
+        "{reason}"
+    );
     // `/status` says which server is down and why.
     let (_, status) = h.ask(&conv("broken"), "/status").await;
     assert!(

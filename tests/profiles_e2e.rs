@@ -105,7 +105,10 @@ async fn each_channel_gets_its_profiles_instructions_model_and_tools() {
     assert_eq!(support.api, Api::Anthropic);
     assert_eq!(support.body["model"], "claude-support");
     let system = system_text(&support);
-    assert!(system.ends_with("Answer only from the product docs."), "{system}");
+    assert!(
+        system.ends_with("Answer only from the product docs."),
+        "{system}"
+    );
     assert!(!system.contains("You may run commands."));
     assert_eq!(tool_names(&support), ["memory_search"]);
     // Stable per profile: the second turn's system prompt is the same (prompt caching).
@@ -139,7 +142,10 @@ async fn status_run_and_shared_memory_follow_the_profile() {
     let h = Harness::start(dir.path(), PROFILES, &env(&fake)).await;
     let (_, status) = h.ask(&conv("support"), "/status").await;
     assert!(status.contains("Profile: support ("), "{status}");
-    assert!(status.contains("Model: anthropic/claude-support"), "{status}");
+    assert!(
+        status.contains("Model: anthropic/claude-support"),
+        "{status}"
+    );
     let (_, run) = h.ask(&conv("support"), "/run ls").await;
     assert_eq!(run, "`/run` is off in this channel (profile `support`).");
     // Elsewhere `/run` answers as the server is configured (no sandbox in tests).
@@ -147,7 +153,9 @@ async fn status_run_and_shared_memory_follow_the_profile() {
     assert!(!run.contains("profile"), "{run}");
 
     // `memory = "profile"`: the profile's channels share their notes; others do not see them.
-    let (_, saved) = h.ask(&conv("m1"), "/remember the deploy window is Tuesday").await;
+    let (_, saved) = h
+        .ask(&conv("m1"), "/remember the deploy window is Tuesday")
+        .await;
     assert!(saved.starts_with("Remembered as #"), "{saved}");
     let (_, found) = h.ask(&conv("m2"), "/recall deploy window").await;
     assert!(found.contains("the deploy window is Tuesday"), "{found}");

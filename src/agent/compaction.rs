@@ -207,9 +207,7 @@ impl Core {
         let started = Instant::now();
         let deadline = started + self.config.turn_timeout;
         let mut stats = TurnStats::default();
-        let mut result = self
-            .compact_now(&event, &setup, deadline, &mut stats)
-            .await;
+        let mut result = self.compact_now(&event, &setup, deadline, &mut stats).await;
         // The usage of the flush and summary calls, whatever the outcome.
         if let Err(e) = self
             .store

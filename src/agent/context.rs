@@ -548,7 +548,11 @@ mod tests {
             .await
             .unwrap();
         let mut tools = ToolRegistry::new();
-        crate::agent::memory_tools::register(&mut tools, store, crate::profile::Profiles::default());
+        crate::agent::memory_tools::register(
+            &mut tools,
+            store,
+            crate::profile::Profiles::default(),
+        );
         let a = system_prompt(&c, &tools, None);
         assert_eq!(a, system_prompt(&c, &tools, None));
         let b = system_prompt(&c, &tools, Some("Answer in French."));

@@ -70,7 +70,11 @@ impl Tool for MemorySearch {
         let query = string_field(&input, "query")?;
         let notes = self
             .store
-            .recall(&self.profiles.memory_channel(&context.conversation), query, SEARCH_LIMIT)
+            .recall(
+                &self.profiles.memory_channel(&context.conversation),
+                query,
+                SEARCH_LIMIT,
+            )
             .await
             .map_err(store_error)?;
         if notes.is_empty() {

@@ -247,7 +247,12 @@ impl LlmAgent {
             .user_agent(concat!("ecdysis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
-        let models = Arc::new(ModelSet::build(config, &spec, &config.fallback_models, &http));
+        let models = Arc::new(ModelSet::build(
+            config,
+            &spec,
+            &config.fallback_models,
+            &http,
+        ));
         let mut profile_models = HashMap::new();
         for profile in profiles.list() {
             if profile.model.is_none() && profile.fallback_models.is_none() {
@@ -329,7 +334,11 @@ impl LlmAgent {
 
     /// The name of the profile in force in a conversation (for `/status`).
     pub fn profile_for(&self, conversation: &ConversationRef) -> String {
-        self.core.profiles.for_conversation(conversation).name.clone()
+        self.core
+            .profiles
+            .for_conversation(conversation)
+            .name
+            .clone()
     }
 
     /// Answer one message, with the turn's statistics. When the conversation has outgrown its
@@ -379,8 +388,7 @@ impl Core {
             }
         }
         let tool_defs = context::tool_defs(&tools);
-        let stable =
-            context::system_prompt(conversation, &tools, profile.instructions.as_deref());
+        let stable = context::system_prompt(conversation, &tools, profile.instructions.as_deref());
         let models = self
             .profile_models
             .get(&profile.name)
@@ -604,7 +612,14 @@ impl Core {
                 return Ok(self.final_text(&response, !calls.is_empty()));
             }
             let results = self
-                .run_tools(event, step, &setup.tools, &response, &mut stats.tool_time, collected)
+                .run_tools(
+                    event,
+                    step,
+                    &setup.tools,
+                    &response,
+                    &mut stats.tool_time,
+                    collected,
+                )
                 .await?;
             stats.steps = step;
             request.messages.push(ChatMessage {

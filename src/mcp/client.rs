@@ -61,12 +61,18 @@ impl ServerStatus {
     pub fn line(&self) -> String {
         let health = match &self.health {
             Health::Starting => "starting".to_string(),
-            Health::Up { tools } => format!("up, {tools} tool{}", if *tools == 1 { "" } else { "s" }),
+            Health::Up { tools } => {
+                format!("up, {tools} tool{}", if *tools == 1 { "" } else { "s" })
+            }
             Health::Down { reason } => format!("down: {reason}"),
             Health::Stopped => "stopped".to_string(),
         };
         let restarts = if self.restarts > 0 {
-            format!(" ({} restart{})", self.restarts, if self.restarts == 1 { "" } else { "s" })
+            format!(
+                " ({} restart{})",
+                self.restarts,
+                if self.restarts == 1 { "" } else { "s" }
+            )
         } else {
             String::new()
         };
@@ -315,10 +321,7 @@ impl Server {
         let service = match &self.config.transport {
             Transport::Stdio { command, args, env } => {
                 let mut cmd = tokio::process::Command::new(command);
-                cmd.args(args)
-                    .env_clear()
-                    .envs(env)
-                    .kill_on_drop(true);
+                cmd.args(args).env_clear().envs(env).kill_on_drop(true);
                 if let Some(path) = std::env::var_os("PATH") {
                     cmd.env("PATH", path);
                 }

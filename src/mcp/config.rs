@@ -187,7 +187,9 @@ pub fn validate(files: Vec<McpFile>) -> Result<Vec<McpServerConfig>, ConfigError
         {
             return Err(ConfigError::value(
                 &key("name"),
-                format!("`{name}` may hold only letters, digits, `-` and single `_` (its tools are `{name}__<tool>`)"),
+                format!(
+                    "`{name}` may hold only letters, digits, `-` and single `_` (its tools are `{name}__<tool>`)"
+                ),
             ));
         }
         if servers.iter().any(|s| s.name == name) {
@@ -342,7 +344,8 @@ mod tests {
             url: Some("http://127.0.0.1:9/mcp".into()),
             ..McpFile::default()
         };
-        http.headers.insert("Authorization".into(), "Bearer s3cr3t-token".into());
+        http.headers
+            .insert("Authorization".into(), "Bearer s3cr3t-token".into());
         http.approval = Some(ApprovalFile::Tools(vec!["delete".into()]));
         let servers = validate(vec![stdio("time"), http]).unwrap();
         assert_eq!(servers[0].transport.kind(), "stdio");
@@ -351,9 +354,17 @@ mod tests {
         assert!(!servers[0].approval.any());
         assert!(servers[1].approval.needed("delete", "docs__delete"));
         assert!(!servers[1].approval.needed("read", "docs__read"));
-        assert!(servers[1].transport.secrets().contains(&"s3cr3t-token".to_string()));
+        assert!(
+            servers[1]
+                .transport
+                .secrets()
+                .contains(&"s3cr3t-token".to_string())
+        );
         let debug = format!("{:?}", servers[1]);
-        assert!(!debug.contains("s3cr3t") && debug.contains("Authorization"), "{debug}");
+        assert!(
+            !debug.contains("s3cr3t") && debug.contains("Authorization"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -363,13 +374,18 @@ mod tests {
             name: Some("x".into()),
             ..McpFile::default()
         });
-        assert!(e.contains("`mcp.x`") && e.contains("command") && e.contains("url"), "{e}");
+        assert!(
+            e.contains("`mcp.x`") && e.contains("command") && e.contains("url"),
+            "{e}"
+        );
         let mut both = stdio("x");
         both.url = Some("http://h/mcp".into());
         assert!(err(both).contains("both"));
         assert!(err(stdio("a__b")).contains("mcp.a__b.name"));
         assert!(err(stdio("a b")).contains("mcp.a b.name"));
-        let e = validate(vec![stdio("t"), stdio("t")]).unwrap_err().to_string();
+        let e = validate(vec![stdio("t"), stdio("t")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mcp.t.name"), "{e}");
         let mut t = stdio("t");
         t.timeout_seconds = Some(0);

@@ -69,7 +69,10 @@ impl McpHub {
             }
         }
         if !configs.is_empty() {
-            info!(servers = configs.len(), "MCP servers are starting in the background");
+            info!(
+                servers = configs.len(),
+                "MCP servers are starting in the background"
+            );
         }
         Self {
             inner: Arc::new(Inner {
@@ -159,7 +162,12 @@ impl ToolSource for McpHub {
     fn tools_for(&self, conversation: &ConversationRef) -> Vec<SourcedTool> {
         let mut out = Vec::new();
         for server in &self.inner.servers {
-            if !server.config.channels.iter().any(|c| c.matches(conversation)) {
+            if !server
+                .config
+                .channels
+                .iter()
+                .any(|c| c.matches(conversation))
+            {
                 continue;
             }
             for tool in server.tools().iter() {

@@ -104,7 +104,10 @@ impl Tool for McpTool {
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
         let server = self.server.upgrade().ok_or_else(|| {
-            ToolError::Failed(format!("the MCP server `{}` was shut down", self.server_name))
+            ToolError::Failed(format!(
+                "the MCP server `{}` was shut down",
+                self.server_name
+            ))
         })?;
         let arguments = match input {
             Value::Object(map) => Some(map),
@@ -178,9 +181,7 @@ pub fn convert(tool: &str, result: CallToolResult, max_bytes: usize) -> Converte
     for (index, block) in result.content.into_iter().enumerate() {
         match block {
             ContentBlock::Text(text) => out.text(&text.text),
-            ContentBlock::Image(image) => {
-                out.image(tool, index, &image.mime_type, &image.data)
-            }
+            ContentBlock::Image(image) => out.image(tool, index, &image.mime_type, &image.data),
             ContentBlock::Audio(audio) => {
                 let name = format!("{tool}-{index}.{}", extension(&audio.mime_type));
                 out.file(&name, &audio.mime_type, &audio.data);
@@ -272,7 +273,9 @@ impl Output {
         self.output.text.push_str(&text[..end]);
         self.left = 0;
         self.cut = true;
-        self.output.text.push_str("… (output cut at the server's size limit)");
+        self.output
+            .text
+            .push_str("… (output cut at the server's size limit)");
     }
 
     fn decode(&mut self, what: &str, data: &str) -> Option<Vec<u8>> {
@@ -302,21 +305,31 @@ impl Output {
             return;
         };
         let name = format!("{tool}-{index}.{}", extension(mime));
-        self.note(&format!("[image {name} ({mime}, {} bytes), attached to the reply]", bytes.len()));
+        self.note(&format!(
+            "[image {name} ({mime}, {} bytes), attached to the reply]",
+            bytes.len()
+        ));
         let bytes = bytes::Bytes::from(bytes);
         self.output.images.push(ToolImage {
             mime: mime.to_string(),
             bytes: bytes.clone(),
         });
-        self.output.attachments.push(Attachment::new(name, mime, bytes));
+        self.output
+            .attachments
+            .push(Attachment::new(name, mime, bytes));
     }
 
     fn file(&mut self, name: &str, mime: &str, data: &str) {
         let Some(bytes) = self.decode(&format!("the file {name}"), data) else {
             return;
         };
-        self.note(&format!("[file {name} ({mime}, {} bytes), attached to the reply]", bytes.len()));
-        self.output.attachments.push(Attachment::new(name, mime, bytes));
+        self.note(&format!(
+            "[file {name} ({mime}, {} bytes), attached to the reply]",
+            bytes.len()
+        ));
+        self.output
+            .attachments
+            .push(Attachment::new(name, mime, bytes));
     }
 }
 
@@ -355,8 +368,14 @@ mod tests {
 
     #[test]
     fn names_are_safe_and_short() {
-        assert_eq!(exposed_name("time", "get_current_time"), "time__get_current_time");
-        assert_eq!(exposed_name("docs", "search.pages/v2"), "docs__search_pages_v2");
+        assert_eq!(
+            exposed_name("time", "get_current_time"),
+            "time__get_current_time"
+        );
+        assert_eq!(
+            exposed_name("docs", "search.pages/v2"),
+            "docs__search_pages_v2"
+        );
         assert_eq!(exposed_name("x", "é"), "x___");
         let long = exposed_name("server", &"t".repeat(100));
         assert_eq!(long.len(), MAX_NAME_CHARS);
@@ -371,7 +390,8 @@ mod tests {
                 ContentBlock::Text(TextContent::new("hello")),
                 ContentBlock::Image(ImageContent::new(png.clone(), "image/png")),
                 ContentBlock::Resource(EmbeddedResource::new(ResourceContents::text(
-                    "notes", "file:///a.txt",
+                    "notes",
+                    "file:///a.txt",
                 ))),
                 ContentBlock::Resource(EmbeddedResource::new(
                     ResourceContents::BlobResourceContents {
@@ -387,7 +407,11 @@ mod tests {
         let Converted::Ok(out) = convert("s__t", r, 1 << 20) else {
             panic!("not ok");
         };
-        assert!(out.text.starts_with("hello\n[image s__t-1.png"), "{}", out.text);
+        assert!(
+            out.text.starts_with("hello\n[image s__t-1.png"),
+            "{}",
+            out.text
+        );
         assert!(out.text.contains("[resource file:///a.txt]\nnotes"));
         assert_eq!(out.images.len(), 1);
         assert_eq!(out.images[0].bytes.as_ref(), b"\x89PNG fake");
@@ -397,18 +421,35 @@ mod tests {
 
     #[test]
     fn output_is_capped_and_errors_are_errors() {
-        let r = result(vec![ContentBlock::Text(TextContent::new("x".repeat(5000)))], false);
+        let r = result(
+            vec![ContentBlock::Text(TextContent::new("x".repeat(5000)))],
+            false,
+        );
         let Converted::Ok(out) = convert("t", r, 1024) else {
             panic!("not ok");
         };
-        assert!(out.text.len() < 1200 && out.text.ends_with("size limit)"), "{}", out.text.len());
+        assert!(
+            out.text.len() < 1200 && out.text.ends_with("size limit)"),
+            "{}",
+            out.text.len()
+        );
         let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; 4096]);
-        let r = result(vec![ContentBlock::Image(ImageContent::new(big, "image/png"))], false);
+        let r = result(
+            vec![ContentBlock::Image(ImageContent::new(big, "image/png"))],
+            false,
+        );
         let Converted::Ok(out) = convert("t", r, 1024) else {
             panic!("not ok");
         };
-        assert!(out.images.is_empty() && out.text.contains("left out"), "{}", out.text);
-        let r = result(vec![ContentBlock::Text(TextContent::new("no such city"))], true);
+        assert!(
+            out.images.is_empty() && out.text.contains("left out"),
+            "{}",
+            out.text
+        );
+        let r = result(
+            vec![ContentBlock::Text(TextContent::new("no such city"))],
+            true,
+        );
         assert!(matches!(convert("t", r, 1024), Converted::ToolError(t) if t == "no such city"));
     }
 }

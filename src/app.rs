@@ -66,6 +66,9 @@ impl App {
         config: Config,
         customize: impl FnOnce(Commands) -> Commands,
     ) -> anyhow::Result<Self> {
+        // Every secret of this configuration is masked in logs and replies from now on.
+        let redactor = crate::redact::global().clone();
+        redactor.add_config(&config);
         let store = store::open(&config.database_url)
             .await
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
@@ -132,6 +135,7 @@ impl App {
             Arc::new(commands),
             config.bus.clone(),
             metrics.clone(),
+            redactor,
         );
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);

@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::blob::BlobStore;
 use crate::config::BusConfig;
 use crate::metrics::Metrics;
+use crate::redact::Redactor;
 use crate::store::{
     ClaimedEvent, Completion, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem, Role, Store,
     now_ms,
@@ -136,6 +137,8 @@ struct Inner {
     open_events: AtomicI64,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    /// Masks secrets in every reply and stored error text.
+    redactor: Redactor,
 }
 
 /// The running workers; [`Workers::shutdown`] stops them gracefully.
@@ -158,6 +161,7 @@ impl Bus {
         handler: Arc<dyn Handler>,
         config: BusConfig,
         metrics: Arc<Metrics>,
+        redactor: Redactor,
     ) -> Self {
         let owner = format!(
             "{}-{}",
@@ -177,6 +181,7 @@ impl Bus {
                 open_events: AtomicI64::new(0),
                 metrics,
                 shutdown: watch::channel(false).0,
+                redactor,
             }),
         }
     }
@@ -206,6 +211,7 @@ impl Bus {
         key: &str,
         outgoing: Outgoing,
     ) -> anyhow::Result<()> {
+        let outgoing = self.redacted(outgoing);
         let meta = (!outgoing.buttons.is_empty())
             .then(|| serde_json::json!({ "buttons": outgoing.buttons }).to_string());
         self.inner
@@ -235,6 +241,14 @@ impl Bus {
             })
             .await?;
         Ok(())
+    }
+
+    /// The reply with every secret value masked: no text leaves through the outbox unredacted.
+    fn redacted(&self, mut outgoing: Outgoing) -> Outgoing {
+        if let std::borrow::Cow::Owned(text) = self.inner.redactor.redact(&outgoing.text) {
+            outgoing.text = text;
+        }
+        outgoing
     }
 
     fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
@@ -388,7 +402,7 @@ impl Bus {
                     .fail_event(
                         claimed.id,
                         &self.inner.owner,
-                        &format!("{e:#}"),
+                        &self.inner.redactor.redact_string(&format!("{e:#}")),
                         Some(now_ms() + delay),
                     )
                     .await
@@ -416,7 +430,7 @@ impl Bus {
                     .fail_event(
                         claimed.id,
                         &self.inner.owner,
-                        &format!("{e:#}"),
+                        &self.inner.redactor.redact_string(&format!("{e:#}")),
                         Some(now_ms() + backoff_ms(context.attempt)),
                     )
                     .await;
@@ -494,10 +508,11 @@ impl Bus {
             .map(|a| a.limits().max_text_chars)
             .unwrap_or(usize::MAX);
         let mut completion = Completion {
-            error,
+            error: error.map(|e| self.inner.redactor.redact_string(&e)),
             ..Completion::default()
         };
         for out in outgoing {
+            let out = self.redacted(out);
             let mut files = Vec::with_capacity(out.attachments.len());
             for attachment in &out.attachments {
                 files.push(self.store_file(&context.conversation, attachment).await?);
@@ -778,7 +793,7 @@ impl Bus {
             return None;
         }
         let handler = self.inner.actions.read().ok()?.clone()?;
-        let outgoing = handler.handle(event).await?;
+        let outgoing = self.redacted(handler.handle(event).await?);
         if let Some(adapter) = self.adapter(&event.conversation.platform) {
             let reply = Reply {
                 idempotency_key: format!("action:{}", event.platform_event_id),

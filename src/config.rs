@@ -79,6 +79,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("slack.client_id", &["SLACK_CLIENT_ID"], Kind::Str),
     ("slack.client_secret", &["SLACK_CLIENT_SECRET"], Kind::Str),
     ("slack.api_url", &["SLACK_API_URL"], Kind::Str),
+    (
+        "slack.allowed_teams",
+        &["ECDYSIS_SLACK_ALLOWED_TEAMS"],
+        Kind::List,
+    ),
     ("discord.token", &["DISCORD_TOKEN"], Kind::Str),
     (
         "discord.application_id",
@@ -321,6 +326,8 @@ pub struct SlackConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     pub api_url: Option<String>,
+    /// Workspaces (team ids) that may install the app and talk to it; empty: any.
+    pub allowed_teams: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1278,22 +1285,11 @@ fn default_model(anthropic: &ProviderKeys, openai: &ProviderKeys) -> Option<Mode
     None
 }
 
-/// A URL with its password replaced, for messages and logs. Text that does not parse as a URL
-/// still loses anything between `://` and `@`.
+/// A URL with its password replaced (user info and `?password=`-style query parameters), for
+/// messages and logs. Text that does not parse as a URL still loses anything between `://` and
+/// `@`. See [`crate::redact`].
 pub fn redact(text: &str) -> String {
-    match Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(_) => text.to_string(),
-        Err(_) => match (text.find("://"), text.rfind('@')) {
-            (Some(start), Some(at)) if at > start + 3 => {
-                format!("{}***{}", &text[..start + 3], &text[at..])
-            }
-            _ => text.to_string(),
-        },
-    }
+    crate::redact::url(text)
 }
 
 #[cfg(test)]
@@ -1509,6 +1505,10 @@ mod tests {
     fn redact_hides_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert!(!redact("postgres://u:sec ret@h:bad/db").contains("sec"));
+        assert_eq!(
+            redact("postgres://u:pw@h/db?password=pw2"),
+            "postgres://u:***@h/db?password=***"
+        );
     }
 
     #[test]

@@ -83,6 +83,14 @@ pub async fn run(config: &Config) -> Report {
     check_secret_key(config, &mut report);
     check_mcp(config, &mut report).await;
     check_profiles(config, &mut report);
+    // Errors from outside (a driver's message, an API's answer) may quote a secret.
+    let redactor = crate::redact::global();
+    redactor.add_config(config);
+    for line in &mut report.lines {
+        if let std::borrow::Cow::Owned(masked) = redactor.redact(line) {
+            *line = masked;
+        }
+    }
     report
 }
 

@@ -21,6 +21,7 @@ pub mod leader;
 pub mod mcp;
 pub mod listener;
 pub mod metrics;
+pub mod redact;
 pub mod private_files;
 pub mod profile;
 pub mod sandbox;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ecdysis::app::{self, App};
 use ecdysis::config::{Config, LogFormat};
+use ecdysis::redact::{MakeRedactingWriter, Redactor};
 use ecdysis_chat::EventSink;
 use ecdysis_web::terminal::{self, TerminalAdapter};
 
@@ -92,7 +93,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every configured secret is masked in what this process prints from here on.
+    let redactor = ecdysis::redact::global().clone();
+    redactor.add_config(&config);
     init_logging(
+        redactor.clone(),
         config.log_format,
         matches!(
             cli.command,
@@ -144,7 +149,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ecdysis: {e:#}");
+            eprintln!("ecdysis: {}", redactor.redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -163,13 +168,14 @@ fn opens_storage(command: &Command) -> bool {
     )
 }
 
-fn init_logging(format: LogFormat, quiet: bool) {
+/// Log to standard error, every line passed through the redactor (text and JSON alike).
+fn init_logging(redactor: Redactor, format: LogFormat, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(MakeRedactingWriter::new(std::io::stderr, redactor));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

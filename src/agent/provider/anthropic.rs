@@ -25,6 +25,8 @@ pub struct AnthropicApi {
 
 impl AnthropicApi {
     pub fn new(http: reqwest::Client, api_key: String, base_url: Option<&str>) -> Self {
+        // Whatever echoes the key (a gateway's error page) has it masked.
+        crate::redact::global().add_secret(&api_key);
         Self {
             http,
             api_key,

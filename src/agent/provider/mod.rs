@@ -272,9 +272,17 @@ pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duratio
     read("retry-after").map(Duration::from_secs_f64)
 }
 
-/// The error text of an error body (`{"error": {"message": …}}` in both APIs), shortened.
+/// How much of an error body a chat reply may quote (after masking secrets).
+const ERROR_SNIPPET_CHARS: usize = 160;
+/// How much of an error body the log keeps (after masking secrets).
+const LOGGED_BODY_CHARS: usize = 2_000;
+
+/// The error text of an error body (`{"error": {"message": …}}` in both APIs): secrets masked
+/// first (a gateway may echo the key it was sent), then cut short, since it reaches the chat.
 pub(crate) fn error_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let redactor = crate::redact::global();
+    let body = redactor.redact(body);
+    let parsed: Option<Value> = serde_json::from_str(&body).ok();
     let message = parsed
         .as_ref()
         .and_then(|v| {
@@ -284,11 +292,12 @@ pub(crate) fn error_message(body: &str) -> String {
         })
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| body.trim().to_string());
-    let mut short: String = message.chars().take(300).collect();
+    let short = redactor.snippet(&message, ERROR_SNIPPET_CHARS);
     if short.is_empty() {
-        short = "no details".into();
+        "no details".into()
+    } else {
+        short
     }
-    short
 }
 
 /// Map a reqwest error (never carries the key: keys travel in headers).
@@ -321,6 +330,11 @@ pub(crate) async fn post_json(
         .await
         .map_err(|e| transport_error(e, timeout))?;
     if !status.is_success() {
+        tracing::warn!(
+            status = status.as_u16(),
+            body = %crate::redact::global().snippet(&text, LOGGED_BODY_CHARS),
+            "the model API answered with an error"
+        );
         return Err(ProviderError::Status {
             status: status.as_u16(),
             message: error_message(&text),
@@ -383,7 +397,23 @@ mod tests {
             error_message("<html>bad gateway</html>"),
             "<html>bad gateway</html>"
         );
-        assert_eq!(error_message(&"x".repeat(1000)).len(), 300);
+        assert_eq!(
+            error_message(&"x".repeat(1000)).chars().count(),
+            ERROR_SNIPPET_CHARS + 1
+        );
         assert_eq!(error_message(""), "no details");
+    }
+
+    #[test]
+    fn error_messages_never_quote_a_known_secret() {
+        crate::redact::global().add_secret("sk-echoed-provider-key-77");
+        // Echoed in the message, and across the cut (200 characters in).
+        let echoed = r#"{"error":{"message":"bad key sk-echoed-provider-key-77"}}"#;
+        let message = error_message(echoed);
+        assert!(!message.contains("sk-echoed"), "{message}");
+        assert!(message.contains(crate::redact::MASK), "{message}");
+        let long = format!("{}sk-echoed-provider-key-77", "y".repeat(150));
+        let message = error_message(&long);
+        assert!(!message.contains("sk-ech"), "{message}");
     }
 }

@@ -25,6 +25,10 @@ pub struct OpenAiApi {
 
 impl OpenAiApi {
     pub fn new(http: reqwest::Client, api_key: Option<String>, base_url: Option<&str>) -> Self {
+        // Whatever echoes the key (a gateway's error page) has it masked.
+        if let Some(key) = &api_key {
+            crate::redact::global().add_secret(key);
+        }
         Self {
             http,
             api_key,

@@ -124,6 +124,8 @@ struct Data {
     /// Status and Discord error code answered (once each) for requests whose path contains
     /// the needle.
     faults: Vec<(String, u16, u64)>,
+    /// Status answered for every request whose path contains the needle, until cleared.
+    outages: Vec<(String, u16)>,
     gateway: Gateway,
 }
 
@@ -209,6 +211,27 @@ impl FakeDiscord {
             .data()
             .faults
             .push((needle.to_string(), status, code));
+    }
+
+    /// Answer every request whose path contains `needle` with `status` until
+    /// [`FakeDiscord::end_outage`] (e.g. `"gateway"`: `GET /gateway` and `/gateway/bot` fail).
+    pub fn start_outage(&self, needle: &str, status: u16) {
+        self.inner.data().outages.push((needle.to_string(), status));
+    }
+
+    /// Answer requests matching `needle` normally again.
+    pub fn end_outage(&self, needle: &str) {
+        self.inner.data().outages.retain(|(n, _)| n != needle);
+    }
+
+    /// Requests so far whose path contains `needle`.
+    pub fn requests_to(&self, needle: &str) -> usize {
+        self.inner
+            .data()
+            .requests
+            .iter()
+            .filter(|r| r.path.contains(needle))
+            .count()
     }
 
     /// Send a gateway dispatch; kept for replay after a RESUME. Returns its sequence number.
@@ -651,11 +674,22 @@ async fn rest(
     let response = {
         let mut d = inner.data();
         d.requests.push(request.clone());
+        let outage = d
+            .outages
+            .iter()
+            .find(|(needle, _)| path.contains(needle.as_str()))
+            .map(|(_, status)| *status);
         let fault = d
             .faults
             .iter()
             .position(|(needle, _, _)| path.contains(needle.as_str()));
         match fault {
+            _ if outage.is_some() => {
+                let status = outage
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                error(status, 0, "injected outage")
+            }
             Some(i) => {
                 let (_, status, code) = d.faults.remove(i);
                 let status =

@@ -1,6 +1,7 @@
 //! The gateway connection (serenity's client): intents for guild messages, DMs and message
 //! content; resume and reconnect are serenity's. The gateway URL is whatever
-//! `GET /api/v10/gateway` at `api_url` returns.
+//! `GET /api/v10/gateway/bot` at `api_url` returns ([`crate::gateway_url`]); until it answers,
+//! the gateway stays down rather than connect anywhere else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serenity::all::{
     RawEventHandler, ShardManager, ShardStageUpdateEvent,
 };
 use serenity::gateway::CollectorCallback;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
@@ -22,11 +24,14 @@ use crate::intake::{Inbound, Intake, process};
 pub struct GatewayHandle {
     manager: Arc<ShardManager>,
     task: JoinHandle<()>,
+    /// Ends the wait for a gateway URL.
+    stop: watch::Sender<bool>,
 }
 
 impl GatewayHandle {
     /// Close the connection and wait (briefly) for the client to stop.
     pub async fn shutdown(self) {
+        self.stop.send_replace(true);
         self.manager.shutdown_all().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
@@ -47,19 +52,36 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<GatewayHandle, DiscordE
         intake,
     };
     let http = crate::rest::builder(&shared.settings).build();
+    // Building the client asks for the gateway URL too, and on failure serenity puts Discord's
+    // own gateway in `ws_url`; that value is replaced below before anything connects.
     let mut client = ClientBuilder::new_with_http(http, intents())
         .raw_event_handler(handler.clone())
         .event_handler(handler)
         .await?;
     let manager = client.shard_manager.clone();
+    let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
+        let api_url = shared.settings.api_url.clone();
+        let Some(url) =
+            crate::gateway_url::fetch(&shared.http, &api_url, &shared.health, &mut stopped).await
+        else {
+            return;
+        };
+        *client.ws_url.lock().await = url.clone();
+        shared.health.set_gateway_url(&url);
+        shared.health.set_stage("connecting");
+        info!(url = %url, "Discord gateway connecting");
         if let Err(e) = client.start().await {
             error!(error = %e, "the Discord gateway stopped");
             shared.health.set_stage(&format!("failed: {e}"));
         }
     });
     info!("Discord gateway starting");
-    Ok(GatewayHandle { manager, task })
+    Ok(GatewayHandle {
+        manager,
+        task,
+        stop,
+    })
 }
 
 #[derive(Clone)]

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 pub(crate) struct Health {
     /// `off`, `connecting`, `handshake`, `identifying`, `connected`, `resuming`, `disconnected`.
     stage: Mutex<String>,
+    /// The websocket URL the gateway connects to, once the configured API named it.
+    gateway_url: Mutex<Option<String>>,
     last_event_ms: AtomicI64,
     /// READY and RESUMED seen since start.
     ready_count: AtomicU64,
@@ -32,6 +34,7 @@ impl Health {
     pub fn new(gateway: bool, interactions_endpoint: bool) -> Self {
         Self {
             stage: Mutex::new(if gateway { "connecting" } else { "off" }.into()),
+            gateway_url: Mutex::new(None),
             last_event_ms: AtomicI64::new(0),
             ready_count: AtomicU64::new(0),
             resumed_count: AtomicU64::new(0),
@@ -48,6 +51,16 @@ impl Health {
 
     pub fn stage(&self) -> String {
         self.stage.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn set_gateway_url(&self, url: &str) {
+        if let Ok(mut current) = self.gateway_url.lock() {
+            *current = Some(url.to_string());
+        }
+    }
+
+    pub fn gateway_url(&self) -> Option<String> {
+        self.gateway_url.lock().ok().and_then(|u| u.clone())
     }
 
     pub fn event_seen(&self) {
@@ -81,6 +94,7 @@ impl Health {
         let last = self.last_event_ms.load(Ordering::Relaxed);
         json!({
             "gateway": self.stage(),
+            "gateway_url": self.gateway_url(),
             "last_event_at_ms": (last > 0).then_some(last),
             "last_event_age_seconds": (last > 0).then(|| (now_ms() - last).max(0) / 1000),
             "sessions": self.ready_count.load(Ordering::Relaxed),

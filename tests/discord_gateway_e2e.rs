@@ -1,0 +1,145 @@
+//! The Discord gateway connects only where the configured API (`DISCORD_API_URL`) says: while
+//! its `GET /api/v10/gateway/bot` fails, the bot stays offline and retries with backoff (serenity
+//! alone would fall back to Discord's own `wss://gateway.discord.gg`); `/readyz` shows the
+//! gateway down; once the API recovers, the bot connects to the gateway the API names.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ecdysis::app::App;
+use ecdysis::config::Config;
+use ecdysis_testkit::discord::{APPLICATION_ID, FakeDiscord, TOKEN};
+use serde_json::Value;
+
+struct Running {
+    app: App,
+    base: String,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(fake: &FakeDiscord) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let vars: HashMap<&str, String> = [
+        (
+            "ECDYSIS_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("ECDYSIS_SANDBOX", "off".into()),
+        ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
+        ("DISCORD_TOKEN", TOKEN.into()),
+        ("DISCORD_API_URL", fake.url()),
+        ("DISCORD_APPLICATION_ID", APPLICATION_ID.into()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::load_with(None, &|name| vars.get(name).cloned()).unwrap();
+    let app = App::open(config).await.unwrap();
+    let router = app.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Running {
+        app,
+        base,
+        server,
+        _dir: dir,
+    }
+}
+
+/// The Discord part of `/readyz`.
+async fn discord_health(base: &str) -> Value {
+    let body: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["adapters"]["discord"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gateway_call_keeps_the_bot_offline_until_the_configured_api_answers() {
+    let fake = FakeDiscord::start().await.unwrap();
+    fake.start_outage("gateway", 500);
+    let running = serve(&fake).await;
+    let gateway = ecdysis::discord::start(&running.app.config, running.app.discord.as_ref())
+        .await
+        .unwrap()
+        .expect("a token starts the gateway");
+
+    // Retried with backoff against the configured API: three calls take about 1.5 s.
+    let asked = fake
+        .wait_until(Duration::from_secs(20), |f| {
+            (f.requests_to("/gateway/bot") >= 3).then_some(())
+        })
+        .await;
+    assert!(
+        asked.is_some(),
+        "the gateway URL was asked for again and again"
+    );
+    let health = discord_health(&running.base).await;
+    let stage = health["gateway"].as_str().unwrap_or_default().to_string();
+    assert!(
+        stage.starts_with("down: no gateway URL from http://127.0.0.1:"),
+        "/readyz shows the gateway down: {health}"
+    );
+    assert!(stage.contains("500"), "{health}");
+    assert!(health["gateway_url"].is_null(), "{health}");
+    assert_eq!(fake.connections(), 0, "nothing connected meanwhile");
+
+    // The API recovers: the bot connects to the gateway it names, on loopback.
+    fake.end_outage("gateway");
+    assert!(fake.wait_identified(1).await, "the bot identified");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health = discord_health(&running.base).await;
+        if health["gateway"] == "connected" || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health["gateway"], "connected", "{health}");
+    let expected = format!("ws://{}/gateway", fake.url().trim_start_matches("http://"));
+    assert_eq!(health["gateway_url"], expected.as_str(), "{health}");
+    assert_eq!(fake.connections(), 1);
+
+    gateway.shutdown().await;
+    running.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_waiting_for_its_url_shuts_down_at_once() {
+    let fake = FakeDiscord::start().await.unwrap();
+    fake.start_outage("gateway", 503);
+    let running = serve(&fake).await;
+    let gateway = ecdysis::discord::start(&running.app.config, running.app.discord.as_ref())
+        .await
+        .unwrap()
+        .expect("a token starts the gateway");
+    let asked = fake
+        .wait_until(Duration::from_secs(20), |f| {
+            (f.requests_to("/gateway/bot") >= 2).then_some(())
+        })
+        .await;
+    assert!(asked.is_some());
+    let started = Instant::now();
+    gateway.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    let calls = fake.requests_to("/gateway/bot");
+    fake.end_outage("gateway");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        fake.requests_to("/gateway/bot"),
+        calls,
+        "no call after shutdown"
+    );
+    assert_eq!(fake.connections(), 0);
+    running.server.abort();
+}

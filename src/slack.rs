@@ -28,6 +28,13 @@ pub fn settings(config: &Config) -> SlackSettings {
         client_id: set(&s.client_id),
         client_secret: set(&s.client_secret),
         api_url: set(&s.api_url).unwrap_or_else(|| ecdysis_slack::DEFAULT_API_URL.into()),
+        allowed_teams: s
+            .allowed_teams
+            .iter()
+            .flatten()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
         ..SlackSettings::default()
     }
 }
@@ -44,10 +51,19 @@ pub fn open(config: &Config, bus: &Bus, store: Arc<dyn Store>) -> anyhow::Result
     if !configured(config) {
         return Ok(None);
     }
+    let settings = settings(config);
+    let installs = settings.client_id.is_some() && settings.client_secret.is_some();
+    if installs && settings.allowed_teams.is_empty() {
+        tracing::warn!(
+            "Slack OAuth install is on and ECDYSIS_SLACK_ALLOWED_TEAMS is empty: any Slack workspace may install the bot at /slack/install and use the model key; list your team ids to allow only them"
+        );
+    } else if !settings.allowed_teams.is_empty() {
+        tracing::info!(teams = ?settings.allowed_teams, "Slack answers only the allowed workspaces");
+    }
     let secrets = Arc::new(SecretBox::from_config(config).context("ECDYSIS_SECRET_KEY")?);
     let installations = Arc::new(SlackInstallations::new(store, secrets));
     let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
-    let slack = Slack::new(settings(config), sink, installations).context("slack")?;
+    let slack = Slack::new(settings, sink, installations).context("slack")?;
     bus.register_adapter(Arc::new(slack.clone()));
     tracing::info!(
         socket_mode = slack.socket_mode(),

@@ -511,6 +511,12 @@ async fn oauth_install_stores_the_team_and_uses_its_token() {
         ("ECDYSIS_SECRET_KEY", "a test key for sealing tokens"),
     ])
     .await;
+    assert!(
+        env.server
+            .log()
+            .contains("ECDYSIS_SLACK_ALLOWED_TEAMS is empty: any Slack workspace may install"),
+        "start-up warns that any workspace may install"
+    );
     let team2_token = "xoxb-team-two-token";
     env.slack.add_grant(
         "code-good",
@@ -869,4 +875,173 @@ async fn manifest_and_doctor() {
         "{text}"
     );
     assert!(!out.status.success());
+}
+
+/// Events stored in the inbox, whatever their state.
+async fn events_stored(store: &dyn Store) -> i64 {
+    let c = store.inbox_counts().await.unwrap();
+    c.pending + c.leased + c.done + c.failed
+}
+
+#[tokio::test]
+async fn only_allowed_workspaces_install_and_are_answered() {
+    let env = start(&[
+        ("SLACK_CLIENT_ID", "111.222"),
+        ("SLACK_CLIENT_SECRET", "client-secret"),
+        ("ECDYSIS_SECRET_KEY", "a test key for sealing tokens"),
+        ("ECDYSIS_SLACK_ALLOWED_TEAMS", "T1, T2"),
+    ])
+    .await;
+    assert!(
+        !env.server.log().contains("any Slack workspace may install"),
+        "no warning when the list is set"
+    );
+    let stranger_token = "xoxb-stranger-team-token";
+    for (code, team, token) in [
+        ("code-stranger", "T9", stranger_token),
+        ("code-listed", "T2", "xoxb-team-two-token"),
+    ] {
+        env.slack.add_grant(
+            code,
+            Grant {
+                team_id: team.into(),
+                team_name: format!("Team {team}"),
+                bot_user_id: format!("UBOT{team}"),
+                bot_token: token.into(),
+            },
+        );
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = &env.server.base;
+    let install_with = |code: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("{base}/slack/install"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 302);
+            let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+            let query: std::collections::HashMap<String, String> =
+                location.query_pairs().into_owned().collect();
+            assert!(!query.contains_key("team"), "two teams: none preselected");
+            let cookie = r.headers()["set-cookie"].to_str().unwrap();
+            let cookie = cookie.split(';').next().unwrap().to_string();
+            client
+                .get(format!(
+                    "{base}/slack/oauth/callback?code={code}&state={}",
+                    query["state"]
+                ))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let store = open_store(&env).await;
+
+    // A workspace not on the list: a clear page, nothing stored, the token not logged.
+    let r = install_with("code-stranger").await;
+    assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("may not install") && page.contains("Team T9 (T9)"),
+        "{page}"
+    );
+    assert!(!page.contains(stranger_token));
+    assert_eq!(env.slack.calls_to("oauth.v2.access").len(), 1);
+    assert!(store.installation("slack", "T9").await.unwrap().is_none());
+    assert!(!env.server.log().contains(stranger_token));
+    assert!(
+        env.server.log().contains(
+            "refused a Slack install from a workspace not in ECDYSIS_SLACK_ALLOWED_TEAMS"
+        ),
+        "{}",
+        env.server.log()
+    );
+
+    // A listed one installs.
+    let r = install_with("code-listed").await;
+    assert_eq!(r.status(), 200, "{}", env.server.log());
+    assert!(store.installation("slack", "T2").await.unwrap().is_some());
+
+    // The stranger's events, slash commands and button presses are acknowledged and ignored.
+    let before = events_stored(store.as_ref()).await;
+    let event = callback(
+        "T9",
+        "EvStranger",
+        mention("C9", "1700000050.000100", "spend your model key"),
+    );
+    assert_eq!(post_event(&env, &event).await.status(), 200);
+    let command = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("team_id", "T9")
+        .append_pair("channel_id", "C9")
+        .append_pair("user_id", "U9")
+        .append_pair("command", "/ecdysis")
+        .append_pair("text", "ask something")
+        .append_pair("response_url", &env.slack.response_url("stranger"))
+        .append_pair("trigger_id", "trigger-stranger")
+        .finish();
+    let r = post_signed(
+        base,
+        "/slack/commands",
+        &command,
+        "application/x-www-form-urlencoded",
+        SECRET,
+        now(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    assert_eq!(ack["response_type"], "ephemeral");
+    assert!(
+        ack["text"].as_str().unwrap().contains("not allowed"),
+        "{ack}"
+    );
+    let press = json!({
+        "type": "block_actions",
+        "team": {"id": "T9"},
+        "user": {"id": "U9", "team_id": "T9"},
+        "channel": {"id": "C9"},
+        "container": {"type": "message", "channel_id": "C9", "message_ts": "1700000050.000200"},
+        "message": {"ts": "1700000050.000200"},
+        "actions": [{"action_id": "approval:approve", "value": "x", "type": "button"}],
+        "trigger_id": "t",
+        "response_url": env.slack.response_url("press"),
+    });
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &press.to_string())
+        .finish();
+    let r = post_signed(
+        base,
+        "/slack/interactivity",
+        &form,
+        "application/x-www-form-urlencoded",
+        SECRET,
+        now(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    settle().await;
+    assert_eq!(
+        events_stored(store.as_ref()).await,
+        before,
+        "nothing was stored"
+    );
+    assert_eq!(env.llm.request_count(), 0, "the model was not called");
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+    assert!(env.slack.calls_to("response_url").is_empty());
+
+    // A listed workspace is answered as usual.
+    let event = callback("T1", "EvListed", mention("C1", "1700000051.000100", "hi"));
+    assert_eq!(post_event(&env, &event).await.status(), 200);
+    let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    assert_eq!(posts[0].bearer(), Some(BOT_TOKEN));
+    assert_eq!(env.llm.request_count(), 1);
 }

@@ -40,6 +40,9 @@ impl Slack {
 
     /// Handle one `event_callback`.
     pub(crate) async fn accept_callback(&self, callback: Callback) -> Result<(), Refused> {
+        if self.refuse_team(&callback.team_id, "event") {
+            return Ok(());
+        }
         let event_id = callback.event_id.clone();
         match translate(callback, crate::now_ms()) {
             Inbound::Drop(why) => {

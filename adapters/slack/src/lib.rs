@@ -142,6 +142,9 @@ pub struct SlackSettings {
     pub client_secret: Option<String>,
     /// `SLACK_API_URL`, e.g. `https://slack.com/api/`.
     pub api_url: String,
+    /// `ECDYSIS_SLACK_ALLOWED_TEAMS`: the workspaces (team ids) that may install the app and
+    /// talk to it; empty lets any workspace in.
+    pub allowed_teams: Vec<String>,
     /// Largest user file downloaded and handed to the agent.
     pub max_download_bytes: u64,
     /// How long downloads of a message's files may take in total (Slack wants its ack in 3 s).
@@ -159,6 +162,7 @@ impl std::fmt::Debug for SlackSettings {
             .field("client_id", &self.client_id)
             .field("client_secret", &set(&self.client_secret))
             .field("api_url", &self.api_url)
+            .field("allowed_teams", &self.allowed_teams)
             .finish()
     }
 }
@@ -172,6 +176,7 @@ impl Default for SlackSettings {
             client_id: None,
             client_secret: None,
             api_url: DEFAULT_API_URL.to_string(),
+            allowed_teams: Vec::new(),
             max_download_bytes: 20 * 1024 * 1024,
             download_budget: Duration::from_millis(2_000),
             socket: SocketSettings::default(),
@@ -238,6 +243,25 @@ impl Slack {
     /// Whether Socket Mode is configured (`SLACK_APP_TOKEN`).
     pub fn socket_mode(&self) -> bool {
         self.inner.settings.app_token.is_some()
+    }
+
+    /// Whether a workspace may use the app: listed in `allowed_teams`, or no list is set.
+    pub fn team_allowed(&self, team_id: &str) -> bool {
+        let allowed = &self.inner.settings.allowed_teams;
+        allowed.is_empty() || allowed.iter().any(|t| t == team_id)
+    }
+
+    /// [`Slack::team_allowed`], logging a refusal (`what` names the input refused).
+    pub(crate) fn refuse_team(&self, team_id: &str, what: &str) -> bool {
+        if self.team_allowed(team_id) {
+            return false;
+        }
+        tracing::warn!(
+            team = team_id,
+            what,
+            "Slack input from a workspace not in ECDYSIS_SLACK_ALLOWED_TEAMS: acknowledged and ignored"
+        );
+        true
     }
 
     /// `auth.test` with the single-workspace bot token (for `ecdysis doctor`).

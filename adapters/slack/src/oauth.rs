@@ -90,6 +90,10 @@ pub(crate) async fn install(State(slack): State<Slack>, headers: HeaderMap) -> R
         .append_pair("client_id", client_id)
         .append_pair("scope", &BOT_SCOPES.join(","))
         .append_pair("state", &state);
+    // With one allowed workspace, Slack's page preselects it.
+    if let [team] = settings.allowed_teams.as_slice() {
+        url.query_pairs_mut().append_pair("team", team);
+    }
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes() == b"https");
@@ -197,6 +201,25 @@ pub(crate) async fn callback(
             );
         }
     };
+    if !slack.team_allowed(&granted.team_id) {
+        // The token Slack just granted is dropped, never stored: the workspace gets nothing.
+        tracing::warn!(
+            team = %granted.team_id,
+            "refused a Slack install from a workspace not in ECDYSIS_SLACK_ALLOWED_TEAMS"
+        );
+        let name = if granted.team_name.is_empty() {
+            granted.team_id.clone()
+        } else {
+            format!("{} ({})", granted.team_name, granted.team_id)
+        };
+        return page(
+            StatusCode::FORBIDDEN,
+            "This workspace may not install ecdysis",
+            &format!(
+                "This ecdysis server accepts only the workspaces its operator listed, and {name} is not one of them. Nothing was installed; the operator can add the workspace to ECDYSIS_SLACK_ALLOWED_TEAMS. You may remove the app from the workspace's app settings."
+            ),
+        );
+    }
     let installation = Installation {
         team_id: granted.team_id,
         team_name: granted.team_name,

@@ -127,6 +127,9 @@ impl Slack {
     pub(crate) async fn accept_command(&self, command: &SlashCommand) -> serde_json::Value {
         let ephemeral =
             |text: &str| serde_json::json!({ "response_type": "ephemeral", "text": text });
+        if self.refuse_team(&command.team_id, "slash command") {
+            return ephemeral("This workspace is not allowed to use this ecdysis server.");
+        }
         match self.submit(command.to_event(crate::now_ms())).await {
             Ok(()) => command.ack_body(),
             Err(Refused::Busy(_)) => {
@@ -145,6 +148,7 @@ impl Slack {
         interaction: &Interaction,
     ) -> Result<(), Refused> {
         match interaction.to_event(crate::now_ms()) {
+            Some(event) if self.refuse_team(&event.conversation.workspace, "interaction") => Ok(()),
             Some(event) => self.submit(event).await,
             None => {
                 tracing::debug!(kind = %interaction.kind, "interaction not handled");

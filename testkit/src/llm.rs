@@ -44,6 +44,9 @@ pub enum Reply {
     },
     /// Any status and body, as is.
     Raw { status: u16, body: String },
+    /// An error status whose body quotes the request's `header` (lower-case name), as a
+    /// gateway that echoes the credentials it was sent would.
+    Echo { status: u16, header: String },
     /// Wait, then answer.
     Delayed(Duration, Box<Reply>),
 }
@@ -83,6 +86,14 @@ impl Reply {
         Reply::Status {
             status,
             retry_after: Some(retry_after.to_string()),
+        }
+    }
+
+    /// An error status whose body quotes the request's `header` (e.g. `x-api-key`).
+    pub fn echo_header(status: u16, header: &str) -> Self {
+        Reply::Echo {
+            status,
+            header: header.to_ascii_lowercase(),
         }
     }
 
@@ -348,6 +359,22 @@ fn error_response(api: Api, status: u16, retry_after: Option<String>) -> Respons
     response
 }
 
+fn echo_response(status: u16, headers: &HeaderMap, header: &str) -> Response {
+    let value = headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let body = json!({
+        "type": "error",
+        "error": {
+            "type": "authentication_error",
+            "message": format!("the gateway refused {header}: {value}"),
+        },
+        "request": { "headers": { header: value } },
+    });
+    raw_response(status, body.to_string())
+}
+
 fn raw_response(status: u16, body: String) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     (code, [("content-type", "application/json")], body).into_response()
@@ -363,6 +390,7 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
             retry_after,
         } => return error_response(Api::Anthropic, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
+        Reply::Echo { status, header } => return echo_response(status, &headers, &header),
         Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
     };
     let prefix = body
@@ -409,6 +437,7 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
             retry_after,
         } => return error_response(Api::OpenAi, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
+        Reply::Echo { status, header } => return echo_response(status, &headers, &header),
         Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
     };
     let prefix = body

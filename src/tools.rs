@@ -17,12 +17,16 @@ pub const SANDBOX_TOOLS: &[&str] = &["run_command"];
 /// The tools a profile's `browser = false` removes.
 pub const BROWSER_TOOLS: &[&str] = &["browser_screenshot", "browser_record", "fetch_url"];
 
+/// Other built-in tools (on when configured).
+pub const OTHER_TOOLS: &[&str] = &["web_search"];
+
 /// Every built-in tool name a profile's `tools` may list.
 pub fn builtin_tools() -> impl Iterator<Item = &'static str> {
     MEMORY_TOOLS
         .iter()
         .chain(SANDBOX_TOOLS)
         .chain(BROWSER_TOOLS)
+        .chain(OTHER_TOOLS)
         .copied()
 }
 

@@ -278,3 +278,40 @@ async fn a_server_that_cannot_start_is_reported_and_stops_nothing() {
     assert!(!status.contains("do-not-log-this-value"));
     h.stop().await;
 }
+
+#[test]
+fn doctor_says_which_server_is_down_and_why() {
+    let python = python_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = String::from(
+        "[[mcp]]\nname = \"broken\"\ncommand = \"/nonexistent/mcp-server\"\nenv = { BROKEN_TOKEN = \"do-not-print-this-value\" }\n",
+    );
+    if python {
+        toml.push_str("[[mcp]]\nname = \"time\"\ncommand = \"mcp-server-time\"\n");
+    }
+    std::fs::write(dir.path().join("ecdysis.toml"), toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .args(["--config", "ecdysis.toml", "doctor"])
+        .current_dir(dir.path())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env("ECDYSIS_SANDBOX", "off")
+        .env_remove("DATABASE_URL")
+        .env_remove("ECDYSIS_BLOB_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FAIL  mcp        broken (stdio `/nonexistent/mcp-server`): down: cannot start"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("do-not-print-this-value"), "{stdout}");
+    if python {
+        assert!(
+            stdout.contains("ok    mcp        time (stdio `mcp-server-time`): up, 2 tools"),
+            "{stdout}"
+        );
+    }
+}

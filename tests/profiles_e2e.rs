@@ -205,3 +205,40 @@ async fn only_the_profiles_allowed_mcp_tools_reach_the_model() {
     assert!(schema["properties"]["x"].is_object(), "{schema}");
     h.stop().await;
 }
+
+#[test]
+fn config_mistakes_stop_start_up_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, key) in [
+        (
+            "[[profile]]\nname = \"p\"\nchannels = [\"*\"]\ntools = [\"memory_serch\"]\n",
+            "`profile.p.tools`",
+        ),
+        (
+            "[[profile]]\nname = \"p\"\nchannels = [\"*\"]\nmcp = [\"nowhere\"]\n",
+            "`profile.p.mcp`",
+        ),
+        (
+            "[[profile]]\nname = \"a\"\nchannels = [\"slack:C1\"]\n\n[[profile]]\nname = \"b\"\nchannels = [\"slack:C1\"]\n",
+            "`profile.b.channels`",
+        ),
+        ("[[mcp]]\nname = \"x\"\n", "`mcp.x`"),
+        (
+            "[[mcp]]\nname = \"x\"\ncommand = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
+            "`mcp.x`",
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+            .args(["--config", "bad.toml", "serve"])
+            .current_dir(dir.path())
+            .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+            .env("ECDYSIS_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}: {stderr}");
+        assert!(stderr.contains(key), "{toml}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{toml}: {stderr}");
+    }
+}

@@ -91,7 +91,7 @@ impl Guard {
         if name == "localhost" || parse_ip(name).is_some_and(|ip| ip.is_loopback()) {
             return true;
         }
-        if self.any_host || self.hosts.iter().any(|h| *h == host) {
+        if self.any_host || self.hosts.contains(&host) {
             return true;
         }
         // An IP literal involves no DNS, so no rebinding.

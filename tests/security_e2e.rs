@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::server::Server;
 use ecdysis_slack::signature::sign;
-use ecdysis_testkit::llm::{FakeLlm, Reply};
+use ecdysis_testkit::llm::{Api, FakeLlm, Reply};
 use ecdysis_testkit::slack::FakeSlack;
 use serde_json::json;
 
@@ -286,5 +286,229 @@ async fn no_secret_reaches_logs_or_error_pages() {
         log.lines().count(),
         bodies.len(),
         secrets.len()
+    );
+}
+
+const ECHOED_KEY: &str = "sk-ant-5ecret-echoed-31d7c9a2";
+const ECHOED_FALLBACK_KEY: &str = "sk-oai-5ecret-echoed-8e44b0f1";
+
+/// Every file of the data directory (the SQLite database and its WAL included), as text.
+fn stored_bytes(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                all.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    all
+}
+
+/// A model gateway that quotes the API key in its error bodies (401, 500, and a 500 whose
+/// key sits where a short snippet would be cut): the user gets a short, clear message, and
+/// neither the chat replies, nor anything stored, nor the debug log holds either key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_echoing_the_api_key_leaks_it_nowhere() {
+    let llm = FakeLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (anthropic_url, openai_url) = (llm.anthropic_base_url(), llm.openai_base_url());
+    let env = [
+        ("RUST_LOG", "debug"),
+        ("ECDYSIS_MODEL", "anthropic/claude-test"),
+        ("ANTHROPIC_API_KEY", ECHOED_KEY),
+        ("ANTHROPIC_BASE_URL", anthropic_url.as_str()),
+        ("ECDYSIS_FALLBACK_MODELS", "openai/gpt-test"),
+        ("OPENAI_API_KEY", ECHOED_FALLBACK_KEY),
+        ("OPENAI_BASE_URL", openai_url.as_str()),
+        ("ECDYSIS_SANDBOX", "off"),
+        ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+        ("ECDYSIS_AGENT_MAX_RETRIES", "0"),
+    ];
+    let server = Server::start(dir.path(), &env).await;
+
+    // A refused key: not retried, not handed to the fallback.
+    llm.push(Reply::echo_header(401, "x-api-key"));
+    let refused = server.ask("echo", "hello").await;
+    assert!(
+        refused.contains("HTTP 401") && refused.contains("ANTHROPIC_API_KEY"),
+        "a clear message: {refused}"
+    );
+    assert!(refused.contains(ecdysis::redact::MASK), "{refused}");
+    // A failing primary, then a failing fallback, both echoing their keys.
+    llm.set_default_for(Api::Anthropic, Reply::echo_header(500, "x-api-key"));
+    llm.set_default_for(Api::OpenAi, Reply::echo_header(500, "authorization"));
+    let failed = server.ask("echo", "again").await;
+    assert!(failed.contains("HTTP 500"), "{failed}");
+    assert!(
+        llm.requests().iter().any(|r| r.api == Api::OpenAi),
+        "the fallback was tried"
+    );
+    // The key right where the reply's snippet is cut.
+    // (Cut first and masked second, 12 characters of the key would remain.)
+    let cut = format!(
+        r#"{{"error":{{"message":"{}{ECHOED_KEY}"}}}}"#,
+        "x".repeat(148)
+    );
+    for api in [Api::Anthropic, Api::OpenAi] {
+        llm.set_default_for(
+            api,
+            Reply::Raw {
+                status: 502,
+                body: cut.clone(),
+            },
+        );
+    }
+    let snipped = server.ask("echo", "once more").await;
+    assert!(snipped.contains("HTTP 502"), "{snipped}");
+    for reply in [&refused, &failed, &snipped] {
+        assert!(reply.chars().count() < 700, "short: {reply}");
+    }
+
+    let messages = server.messages("echo").await;
+    let mut server = server;
+    assert!(server.terminate().success());
+    let log = server.log();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(
+        log.contains("the model API answered with an error"),
+        "the log keeps the (masked) body"
+    );
+    let stored = stored_bytes(&dir.path().join("data"));
+    assert!(
+        stored.contains("once more"),
+        "the transcript is in the data files"
+    );
+    let messages = serde_json::to_string(&messages).unwrap();
+    for key in [ECHOED_KEY, ECHOED_FALLBACK_KEY] {
+        let core = &key[key.find("5ecret").unwrap()..];
+        for (place, text) in [
+            ("a chat reply", refused.as_str()),
+            ("a chat reply", failed.as_str()),
+            ("a chat reply", snipped.as_str()),
+            ("the stored messages", messages.as_str()),
+            ("the data directory", stored.as_str()),
+            ("the debug log", log.as_str()),
+        ] {
+            assert!(
+                !text.contains(core) && !text.contains(&key[..12]),
+                "{key} appears in {place}:\n{}",
+                text.lines()
+                    .filter(|l| l.contains(core) || l.contains(&key[..12]))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+/// `ecdysis` with a database URL that carries passwords (user info, `password=`,
+/// `sslpassword=`), in forms that fail to open: neither the start-up error nor `doctor`
+/// prints them. With the test Postgres, a running server's debug log does not either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_url_passwords_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sqlite = format!("sqlite://{}/e.db?password=pw2-query-5ecret", data.display());
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (sqlite, vec!["pw2-query-5ecret"]),
+        (
+            "postgres://u:pw-userinfo-5ecret@127.0.0.1:1/db?sslpassword=ssl-5ecret-key&password=pw2-query-5ecret"
+                .into(),
+            vec!["pw-userinfo-5ecret", "ssl-5ecret-key", "pw2-query-5ecret"],
+        ),
+        // Too short to mask as free text: hidden where they stand in the URL.
+        (
+            "postgres://u:pw@127.0.0.1:1/db?password=pw2".into(),
+            vec![":pw@", "password=pw2"],
+        ),
+    ];
+    let run = |args: &[&str], url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "debug")
+            .env("ECDYSIS_DATA_DIR", &data)
+            .env("ECDYSIS_LISTEN", "127.0.0.1:0")
+            .env("ECDYSIS_SANDBOX", "off")
+            .env("ECDYSIS_CHROMIUM", "/nonexistent/chromium")
+            .env("DATABASE_URL", url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // `serve` and `doctor` for every case at once (an unreachable Postgres takes seconds).
+    let children: Vec<_> = cases
+        .iter()
+        .flat_map(|(url, secrets)| {
+            [
+                ("serve", run(&["serve"], url), url, secrets),
+                ("doctor", run(&["doctor"], url), url, secrets),
+            ]
+        })
+        .collect();
+    for (command, child, url, secrets) in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{command} with {url} fails");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            text.contains("password=***"),
+            "{command} names the URL, masked:\n{text}"
+        );
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{command} with {url} printed {secret}:\n{text}"
+            );
+        }
+    }
+
+    // A working Postgres reached with the password in the query string.
+    let Some(base) = common::postgres_url() else {
+        return;
+    };
+    let url = url::Url::parse(&common::fresh_postgres(&base).await).unwrap();
+    let Some(password) = url.password().map(str::to_string) else {
+        return;
+    };
+    let mut query_form = url.clone();
+    query_form.set_password(None).unwrap();
+    query_form
+        .query_pairs_mut()
+        .append_pair("password", &password);
+    let server_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        server_dir.path(),
+        &[
+            ("RUST_LOG", "debug"),
+            ("DATABASE_URL", query_form.as_str()),
+            ("ECDYSIS_SANDBOX", "off"),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+        ],
+    )
+    .await;
+    assert!(!server.ask("pg", "/remember it works").await.is_empty());
+    assert!(server.terminate().success());
+    let log = server.log();
+    assert!(log.contains("DEBUG"));
+    let leaked = format!("password={password}");
+    assert!(
+        !log.contains(&leaked),
+        "{}",
+        log.lines()
+            .filter(|l| l.contains(&leaked))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -166,6 +166,59 @@ async fn duplicate_events_are_processed_once() {
     assert_eq!(messages.len(), 4, "{messages:#?}");
 }
 
+/// Issue 19, finding 7: a client id is scoped to its conversation. `colA` with id `colB:1` and
+/// `colA:colB` with id `1` once shared the dedupe key `colA:colB:1`, so the second was dropped.
+#[tokio::test]
+async fn event_ids_of_different_conversations_never_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let first = json!({ "text": "/remember alpha is first", "user": "u", "id": "colB:1" });
+    let first = server.post("colA", first).await;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+
+    let second = json!({ "text": "/remember beta is second", "user": "u", "id": "1" });
+    let accepted = server.post("colA:colB", second.clone()).await;
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.unwrap();
+    assert_eq!(accepted["duplicate"], false, "{accepted}");
+    assert_ne!(accepted["event_id"], first["event_id"]);
+
+    // A true retry (same conversation, same id) is still stored once.
+    let retry = server.post("colA:colB", second).await;
+    assert_eq!(retry.status(), 202);
+    let retry: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(retry["duplicate"], true);
+    assert_eq!(retry["event_id"], accepted["event_id"]);
+
+    let event_a = first["event_id"].as_str().unwrap();
+    let event_b = accepted["event_id"].as_str().unwrap();
+    let reply_a = server.wait_replies_to("colA", event_a, 1).await;
+    let reply_b = server.wait_replies_to("colA:colB", event_b, 1).await;
+    assert!(
+        reply_a[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Remembered")
+    );
+    assert!(
+        reply_b[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Remembered")
+    );
+    let found = server.ask("colA:colB", "/recall beta").await;
+    assert!(found.contains("beta is second"), "{found}");
+    let users = server
+        .messages("colA:colB")
+        .await
+        .iter()
+        .filter(|m| m["role"] == "user" && m["event_id"] == event_b)
+        .count();
+    assert_eq!(users, 1, "the retry wrote nothing");
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_answer_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,6 +126,7 @@ async fn contract(store: &dyn Store) {
     assert_nothing_claimable(store, "empty store").await;
 
     insert_and_duplicate(store).await;
+    event_key_is_per_conversation(store).await;
     claim_order(store).await;
     expired_lease(store).await;
     renew_and_release(store).await;
@@ -215,6 +216,48 @@ async fn insert_and_duplicate(store: &dyn Store) {
     complete(store, &a, "w").await;
     complete(store, &b, "w").await;
     assert_nothing_claimable(store, "after insert_and_duplicate").await;
+}
+
+/// Issue 19, finding 7: the dedupe key is (conversation, platform event id), not one joined
+/// string. The web chat's ids read `{conversation}:{client id}`, so `colA` with id `colB:1` and
+/// `colA:colB` with id `1` both read `colA:colB:1`: two events, not a retry.
+async fn event_key_is_per_conversation(store: &dyn Store) {
+    let col_a = ConversationRef::new("web", "local", "colA", None);
+    let col_a_b = ConversationRef::new("web", "local", "colA:colB", None);
+    let first = insert(store, &new_event(&col_a, "colA:colB:1", "first")).await;
+    let second = store
+        .insert_event(&new_event(&col_a_b, "colA:colB:1", "second"))
+        .await
+        .unwrap();
+    assert!(
+        !second.duplicate,
+        "another conversation's event is no retry"
+    );
+    assert_ne!(second.event_id, first);
+    // A true retry (same conversation, same id) is still recognised.
+    let retry = store
+        .insert_event(&new_event(&col_a_b, "colA:colB:1", "second again"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.event_id, second.event_id);
+    assert_eq!(store.message_count(&col_a).await.unwrap(), 1);
+    assert_eq!(store.message_count(&col_a_b).await.unwrap(), 1);
+    let texts: Vec<String> = store
+        .messages(&col_a_b, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["second"]);
+
+    let a = claim_some(store, "w").await;
+    let b = claim_some(store, "w").await;
+    assert_eq!((a.id, b.id), (first, second.event_id));
+    complete(store, &a, "w").await;
+    complete(store, &b, "w").await;
+    assert_nothing_claimable(store, "after event_key_is_per_conversation").await;
 }
 
 async fn claim_order(store: &dyn Store) {

@@ -57,7 +57,7 @@ pub struct NewEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inserted {
     pub event_id: i64,
-    /// The (platform, platform event id) was there already; nothing was written.
+    /// The (conversation, platform event id) was there already; nothing was written.
     pub duplicate: bool,
 }
 
@@ -414,7 +414,7 @@ pub trait Store: Send + Sync + 'static {
     // --- inbox -------------------------------------------------------------------------------
 
     /// Put an event into the inbox together with the user's transcript message, in one
-    /// transaction; a (platform, platform event id) seen before writes nothing.
+    /// transaction; a (conversation, platform event id) seen before writes nothing.
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
 
     /// Claim the oldest claimable event: the head of its conversation (no earlier unfinished

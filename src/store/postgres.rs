@@ -68,6 +68,13 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0004_leases.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            5,
+            "event key".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0005_event_key.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -313,7 +320,7 @@ impl Store for PostgresStore {
             "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
                                 available_at, received_at)
              VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (platform, platform_event_id) DO NOTHING
+             ON CONFLICT (conversation_id, platform_event_id) DO NOTHING
              RETURNING id",
         )
         .bind(&event.conversation.platform)
@@ -327,13 +334,14 @@ impl Store for PostgresStore {
         .map(|row| row.get(0));
         let Some(event_id) = inserted else {
             tx.rollback().await?;
-            let existing: i64 =
-                sqlx::query("SELECT id FROM inbox WHERE platform = $1 AND platform_event_id = $2")
-                    .bind(&event.conversation.platform)
-                    .bind(&event.platform_event_id)
-                    .fetch_one(&self.pool)
-                    .await?
-                    .get(0);
+            let existing: i64 = sqlx::query(
+                "SELECT id FROM inbox WHERE conversation_id = $1 AND platform_event_id = $2",
+            )
+            .bind(conversation_id)
+            .bind(&event.platform_event_id)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
             return Ok(Inserted {
                 event_id: existing,
                 duplicate: true,
@@ -1524,5 +1532,71 @@ mod tests {
     fn ts_query_ors_words() {
         assert_eq!(ts_query("Sky, blue?").as_deref(), Some("blue | sky"));
         assert_eq!(ts_query(" -- "), None);
+    }
+
+    /// Migration 5 changes the inbox's dedupe key to (conversation, platform event id): events
+    /// stored before it are still recognised. Needs the test Postgres (`.ci/services.sh`).
+    #[tokio::test]
+    async fn event_key_migration_keeps_stored_events() {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("ECDYSIS_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ECDYSIS_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("skipping: ECDYSIS_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let old = PgPool::connect(&url).await.unwrap();
+        migrator().run_to(4, &old).await.unwrap();
+        for sql in [
+            "INSERT INTO conversations (id, platform, workspace, channel, thread, created_at)
+             VALUES (7, 'web', 'local', 'colA', '', 1)",
+            "INSERT INTO inbox (id, platform, platform_event_id, conversation_id, payload, status,
+                                available_at, received_at)
+             VALUES (41, 'web', 'colA:colB:1', 7, '{}', 'done', 1, 1)",
+        ] {
+            sqlx::query(sql).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let store = PostgresStore::open(&url).await.unwrap();
+        let event = |channel: &str, id: &str| NewEvent {
+            platform_event_id: id.into(),
+            conversation: ConversationRef::new("web", "local", channel, None),
+            user_id: "u".into(),
+            payload: "{}".into(),
+            text: "again".into(),
+            attachments: Vec::new(),
+        };
+        let again = store
+            .insert_event(&event("colA", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Inserted {
+                event_id: 41,
+                duplicate: true
+            }
+        );
+        let other = store
+            .insert_event(&event("colA:colB", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        store.pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
 }

@@ -65,6 +65,14 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/sqlite/0004_leases.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            5,
+            "event key".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0005_event_key.sql").into_sql_str(),
+            // Rebuilds `inbox` with foreign keys off, in a transaction of its own.
+            true,
+        ),
     ])
 }
 
@@ -371,7 +379,7 @@ impl Store for SqliteStore {
             "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
                                 available_at, received_at)
              VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (platform, platform_event_id) DO NOTHING
+             ON CONFLICT (conversation_id, platform_event_id) DO NOTHING
              RETURNING id",
         )
         .bind(&event.conversation.platform)
@@ -385,13 +393,14 @@ impl Store for SqliteStore {
         .map(|row| row.get(0));
         let Some(event_id) = inserted else {
             tx.rollback().await?;
-            let existing: i64 =
-                sqlx::query("SELECT id FROM inbox WHERE platform = ? AND platform_event_id = ?")
-                    .bind(&event.conversation.platform)
-                    .bind(&event.platform_event_id)
-                    .fetch_one(&self.write)
-                    .await?
-                    .get(0);
+            let existing: i64 = sqlx::query(
+                "SELECT id FROM inbox WHERE conversation_id = ? AND platform_event_id = ?",
+            )
+            .bind(conversation_id)
+            .bind(&event.platform_event_id)
+            .fetch_one(&self.write)
+            .await?
+            .get(0);
             return Ok(Inserted {
                 event_id: existing,
                 duplicate: true,
@@ -1584,5 +1593,71 @@ mod tests {
             Some("\"blue\" OR \"sky\"")
         );
         assert_eq!(fts_query(" -- "), None);
+    }
+
+    /// Migration 5 changes the inbox's dedupe key to (conversation, platform event id): events
+    /// stored before it keep their ids, their rows that point at them, and are still recognised.
+    #[tokio::test]
+    async fn event_key_migration_keeps_stored_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let old = SqlitePool::connect_with(options).await.unwrap();
+        migrator().run_to(4, &old).await.unwrap();
+        for sql in [
+            "INSERT INTO conversations (id, platform, workspace, channel, thread, created_at)
+             VALUES (7, 'web', 'local', 'colA', '', 1)",
+            "INSERT INTO inbox (id, platform, platform_event_id, conversation_id, payload, status,
+                                available_at, received_at)
+             VALUES (41, 'web', 'colA:colB:1', 7, '{}', 'done', 1, 1)",
+            "INSERT INTO messages (conversation_id, event_id, role, text, created_at)
+             VALUES (7, 41, 'user', 'stored before', 1)",
+            "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload, created_at)
+             VALUES ('41:0', 41, 7, '{}', 1)",
+        ] {
+            sqlx::query(sql).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let event = |channel: &str, id: &str| NewEvent {
+            platform_event_id: id.into(),
+            conversation: ConversationRef::new("web", "local", channel, None),
+            user_id: "u".into(),
+            payload: "{}".into(),
+            text: "again".into(),
+            attachments: Vec::new(),
+        };
+        let again = store
+            .insert_event(&event("colA", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Inserted {
+                event_id: 41,
+                duplicate: true
+            }
+        );
+        let other = store
+            .insert_event(&event("colA:colB", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        assert!(other.event_id > 41, "ids go on after the kept rows");
+        let broken = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&store.write)
+            .await
+            .unwrap();
+        assert!(broken.is_empty(), "every row still points at its event");
+        let fk_on: i64 = sqlx::query("PRAGMA foreign_keys")
+            .fetch_one(&store.write)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(fk_on, 1, "foreign keys are on again after the rebuild");
     }
 }

@@ -132,7 +132,7 @@ pub enum Addressed {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// The platform's own id for this delivery (Slack `event_id`, Discord message or interaction
-    /// id, a web-chat generated id). The core accepts each (platform, id) once.
+    /// id, a web-chat generated id). The core accepts each (conversation, id) once.
     pub platform_event_id: String,
     pub conversation: ConversationRef,
     pub user: UserRef,

@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -554,6 +555,323 @@ async fn refused_urls_never_reach_a_server() {
     both.shutdown().await;
 }
 
+/// The review's `[::127.0.0.1]` and its relatives: IPv6 spellings of a private IPv4 address,
+/// typed or reached through a redirect or a subresource, never reach the server behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_spellings_of_private_addresses_never_reach_a_server() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let private = serve_site("127.0.0.2").await;
+    let port = private.addr.port();
+    let local = serve_site("127.0.0.1").await;
+    let lport = local.addr.port();
+
+    let strict = service(&chromium, dir.path(), &[]);
+    for host in [
+        "[::127.0.0.1]".to_string(),
+        "[0:0:0:0:0:0:127.0.0.1]".to_string(),
+        "[::7f00:1]".to_string(),
+        "[::ffff:7f00:1]".to_string(),
+        "[::ffff:127.0.0.1]".to_string(),
+        "[64:ff9b::7f00:1]".to_string(),
+        "[2002:7f00:1::]".to_string(),
+        "[::a9fe:a9fe]".to_string(),
+    ] {
+        let url = format!("http://{host}:{lport}/color");
+        let e = strict
+            .screenshot("web:local:v6", &ScreenshotRequest::new(&url))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BrowserError::Refused(_)), "{url}: {e}");
+    }
+    assert_eq!(strict.stats().launches, 0, "a refused URL started Chromium");
+    assert_eq!(local.hits(), 0, "a typed IPv6 spelling reached 127.0.0.1");
+
+    // An allowed page whose redirect and image point at 127.0.0.2 spelled as IPv6: the
+    // interception refuses both (Chromium itself connects to IPv4-mapped addresses).
+    let allowed = service(&chromium, dir.path(), &["127.0.0.1"]);
+    for target in [
+        format!("http://[::ffff:127.0.0.2]:{port}/secret"),
+        format!("http://[::127.0.0.2]:{port}/secret"),
+        format!("http://[64:ff9b::7f00:2]:{port}/secret"),
+    ] {
+        let pointing = site_pointing_at(&target).await;
+        let e = allowed
+            .screenshot(
+                "web:local:v6",
+                &ScreenshotRequest::new(pointing.url("/redirect")),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, BrowserError::RefusedRequest(_)),
+            "{target}: {e}"
+        );
+        allowed
+            .screenshot(
+                "web:local:v6",
+                &ScreenshotRequest::new(pointing.url("/with-private-image")),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(private.hits(), 0, "a request reached the private address");
+    assert!(
+        allowed.stats().requests_refused >= 6,
+        "{:?}",
+        allowed.stats()
+    );
+    allowed.shutdown().await;
+}
+
+/// `(pid, parent pid, real/effective/saved/fs uids)` of every process.
+fn processes() -> Vec<(u32, u32, Vec<u32>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read_to_string(format!("/proc/{pid}/status")),
+        ) else {
+            continue;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        let uids = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|u| u.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((pid, ppid, uids));
+    }
+    out
+}
+
+/// `pid` and all its descendants, with their uids.
+fn process_tree(pid: u32) -> Vec<(u32, Vec<u32>)> {
+    let all = processes();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    all.into_iter()
+        .filter(|p| tree.contains(&p.0))
+        .map(|p| (p.0, p.2))
+        .collect()
+}
+
+/// The words of a process's command line (Chromium's helpers rewrite theirs into one string).
+fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .split(['\0', ' '])
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `uid` may make a user namespace here (what Chromium's sandbox needs), found out
+/// independently of ecdysis.
+fn user_namespaces_for(uid: u32) -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("true");
+    command.uid(uid).gid(uid);
+    // SAFETY: unshare(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.status().is_ok_and(|s| s.success())
+}
+
+/// ecdysis runs as root here: Chromium must not. Every process of its tree runs as the
+/// dedicated unprivileged user, its profile belongs to that user alone, it sees none of the
+/// bot's environment, and it keeps its own sandbox where user namespaces allow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_runs_as_an_unprivileged_user_with_its_sandbox() {
+    let Some(chromium) = chromium() else { return };
+    if !is_root() {
+        eprintln!("skipping: the uid switch is only made when ecdysis runs as root");
+        return;
+    }
+    let site = serve_site("127.0.0.1").await;
+    // A work directory the Chromium user can reach: profiles are made in it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let browser = service(&chromium, dir.path(), &["127.0.0.1"]);
+    let mut request = ScreenshotRequest::new(site.url("/color"));
+    request.wait = WaitFor::Delay(Duration::from_millis(300));
+    let shot = browser.screenshot("web:local:uid", &request).await.unwrap();
+    let img = decode(&shot.bytes);
+    assert!(close(img.get_pixel(50, 50), [255, 0, 0]));
+
+    let isolation = browser.isolation().expect("a local Chromium was started");
+    let user = isolation.user.expect("root switches Chromium's user");
+    assert_ne!(user.uid, 0);
+    assert_ne!(user.gid, 0);
+    let pid = browser.chromium_pid().await.unwrap();
+    let tree = process_tree(pid);
+    assert!(tree.len() >= 3, "Chromium runs several processes: {tree:?}");
+    for (p, uids) in &tree {
+        assert_eq!(uids.len(), 4, "{p}: {uids:?}");
+        assert!(
+            uids.iter().all(|u| *u == user.uid),
+            "process {p} ({:?}) runs with uids {uids:?}",
+            cmdline(*p).first()
+        );
+    }
+
+    // Its profile: in the work directory, its user's alone.
+    let profile = browser.profile_dir().await.unwrap();
+    assert!(profile.starts_with(dir.path()), "{}", profile.display());
+    let meta = std::fs::metadata(&profile).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+
+    // None of the bot's environment (cargo sets CARGO_* for this test process).
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO_")));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("CARGO_"), "{environ}");
+    assert!(
+        environ.contains(&format!("HOME={}", profile.display())),
+        "{environ}"
+    );
+
+    // Its own sandbox: on wherever its user may make user namespaces, and then real (the
+    // renderers live in namespaces of their own).
+    let browser_cmd = cmdline(pid);
+    assert_eq!(
+        isolation.sandbox,
+        user_namespaces_for(user.uid),
+        "sandbox on/off does not match what this kernel allows"
+    );
+    assert_eq!(
+        browser_cmd.iter().any(|a| a == "--no-sandbox"),
+        !isolation.sandbox,
+        "{browser_cmd:?}"
+    );
+    let own = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    let namespaced = tree
+        .iter()
+        .filter(|(p, _)| std::fs::read_link(format!("/proc/{p}/ns/user")).is_ok_and(|ns| ns != own))
+        .count();
+    let listing: Vec<String> = tree
+        .iter()
+        .map(|(p, _)| {
+            let ns = std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap_or_default();
+            let kind = cmdline(*p)
+                .into_iter()
+                .find(|a| a.starts_with("--type="))
+                .unwrap_or_else(|| "browser".into());
+            format!("{p} {kind} {}", ns.display())
+        })
+        .collect();
+    if isolation.sandbox {
+        // Renderers are forked from the sandboxed zygote (their command line is the zygote's).
+        assert!(namespaced >= 2, "nothing runs in a sandbox: {listing:#?}");
+    } else {
+        assert_eq!(namespaced, 0, "{listing:#?}");
+    }
+    browser.shutdown().await;
+    assert!(!profile.exists(), "the profile was not removed");
+}
+
+/// Where Chromium's sandbox cannot start (no unprivileged user namespaces, as in a default
+/// Docker container), Chromium runs with `--no-sandbox`, still as the unprivileged user, and
+/// the next launch goes straight there. A wrapper stands for such a kernel: it fails the way
+/// Chromium does unless `--no-sandbox` is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_namespaces_chromium_runs_unsandboxed_as_the_same_user() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let attempts = dir.path().join("attempts.log");
+    std::fs::write(&attempts, "").unwrap();
+    std::fs::set_permissions(&attempts, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let wrapper = dir.path().join("chromium-without-userns");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in\n\
+             *\" --no-sandbox \"*) echo unsandboxed >> {log}; exec {chromium} \"$@\";;\n\
+             *) echo sandboxed >> {log}; echo '[1:1:FATAL:zygote_host_impl_linux.cc] No usable sandbox!' >&2; exit 1;;\n\
+             esac\n",
+            log = attempts.display(),
+            chromium = chromium.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    let browser = service(&wrapper, &work, &["127.0.0.1"]);
+    let request = ScreenshotRequest::new(site.url("/color"));
+    browser.screenshot("web:local:ns", &request).await.unwrap();
+    let isolation = browser.isolation().unwrap();
+    assert!(!isolation.sandbox);
+    assert_eq!(
+        std::fs::read_to_string(&attempts).unwrap(),
+        "sandboxed\nunsandboxed\n"
+    );
+    let pid = browser.chromium_pid().await.unwrap();
+    assert!(cmdline(pid).iter().any(|a| a == "--no-sandbox"));
+    if is_root() {
+        let user = isolation.user.expect("still not root");
+        for (p, uids) in process_tree(pid) {
+            assert!(uids.iter().all(|u| *u == user.uid), "{p}: {uids:?}");
+        }
+    }
+    assert!(
+        isolation.to_string().contains("--no-sandbox"),
+        "{isolation}"
+    );
+    // The failed attempt left no profile behind.
+    let profiles = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(ecdysis::browser::PROFILE_PREFIX)
+        })
+        .count();
+    assert_eq!(profiles, 1, "only the running browser's profile");
+
+    // The next launch knows: no second sandboxed attempt.
+    browser.shutdown().await;
+    browser.screenshot("web:local:ns", &request).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&attempts).unwrap(),
+        "sandboxed\nunsandboxed\nunsandboxed\n"
+    );
+    browser.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_is_h264_of_the_right_length_with_motion() {
     let Some(chromium) = chromium() else { return };
@@ -718,6 +1036,8 @@ async fn a_killed_browser_is_relaunched_and_an_idle_one_closed() {
     assert_eq!(browser.stats().launches, 2);
     let second = browser.chromium_pid().await.unwrap();
     assert_ne!(second, pid);
+    let profile = browser.profile_dir().await.expect("a profile");
+    assert!(profile.is_dir());
 
     // Idle for longer than the timeout: Chromium is gone, its profile removed.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -730,10 +1050,19 @@ async fn a_killed_browser_is_relaunched_and_an_idle_one_closed() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!process_alive(second), "Chromium {second} still runs");
+    assert!(
+        !profile.exists(),
+        "profile {} left behind",
+        profile.display()
+    );
     let profiles = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(ecdysis::browser::PROFILE_PREFIX)
+        })
         .count();
     assert_eq!(profiles, 0, "profiles left behind");
     // And it comes back on demand.
@@ -928,6 +1257,16 @@ fn doctor_reports_chromium_and_ffmpeg() {
     };
     let (code, out) = doctor(&[]);
     assert!(out.contains("ok    chromium"), "{out}");
+    // The line says how Chromium runs: as whom, with or without its own sandbox.
+    let line = out.lines().find(|l| l.contains("chromium")).unwrap();
+    if is_root() {
+        assert!(line.contains("runs as uid "), "{line}");
+        assert!(!line.contains("runs as uid 0 "), "{line}");
+    }
+    assert!(
+        line.contains("with Chromium's sandbox") || line.contains("with --no-sandbox"),
+        "{line}"
+    );
     assert!(out.contains("ok    ffmpeg"), "{out}");
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = doctor(&[("ECDYSIS_FFMPEG", "/nonexistent/ffmpeg")]);

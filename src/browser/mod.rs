@@ -4,9 +4,11 @@
 //! most of a bot's memory), or a remote CDP endpoint is used instead. Tabs come from a bounded
 //! pool; each channel gets its own browser context so cookies never cross channels. Every
 //! request a page makes is intercepted and checked by the [`url_guard`]. A browser that crashed
-//! or was killed is noticed and relaunched on the next request.
+//! or was killed is noticed and relaunched on the next request. A local Chromium never runs as
+//! root: see [`identity`].
 
 pub mod feature;
+pub mod identity;
 pub mod image_fit;
 mod launch;
 pub mod page;
@@ -36,7 +38,10 @@ use tracing::{info, warn};
 use crate::config::{BrowserSettings, Config};
 
 use launch::close_running;
-pub use launch::{CHROMIUM_FLAGS, find_chromium, find_executable, probe};
+pub use identity::{Isolation, RunAs};
+pub use launch::{
+    CHROMIUM_FLAGS, NO_SANDBOX, PROFILE_PREFIX, find_chromium, find_executable, probe,
+};
 pub use page::{PageLease, Viewport, WaitFor};
 pub use url_guard::{Resolver, StaticResolver, SystemResolver, UrlGuard, UrlRefused};
 
@@ -199,6 +204,10 @@ pub(crate) struct Inner {
     options: BrowserOptions,
     source: Source,
     guard: UrlGuard,
+    /// The user a local Chromium runs as (`None`: ecdysis's own).
+    run_as: Option<RunAs>,
+    /// How the last local Chromium was started; its `sandbox` is reused by later launches.
+    isolation: Mutex<Option<Isolation>>,
     state: tokio::sync::Mutex<State>,
     tabs: Arc<Semaphore>,
     /// Leases out plus acquisitions in progress: the idle timer waits for zero.
@@ -222,6 +231,7 @@ struct Running {
     child: Option<Child>,
     pid: Option<u32>,
     profile: Option<PathBuf>,
+    isolation: Option<Isolation>,
     alive: Arc<AtomicBool>,
     handler: JoinHandle<()>,
     contexts: HashMap<String, Context>,
@@ -295,12 +305,18 @@ impl BrowserService {
     pub fn new(options: BrowserOptions, source: Source) -> Result<Self, BrowserError> {
         let guard = UrlGuard::new(&options.settings.allow, options.resolver.clone())
             .map_err(BrowserError::BadRequest)?;
+        let run_as = match source {
+            Source::Local(_) => RunAs::for_chromium(),
+            Source::Remote(_) => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 tabs: Arc::new(Semaphore::new(options.settings.max_pages.max(1))),
                 options,
                 source,
                 guard,
+                run_as,
+                isolation: Mutex::new(None),
                 state: tokio::sync::Mutex::new(State::default()),
                 active: AtomicUsize::new(0),
                 last_used: Mutex::new(Instant::now()),
@@ -348,6 +364,23 @@ impl BrowserService {
             .running
             .as_ref()
             .and_then(|r| r.pid)
+    }
+
+    /// How the local Chromium runs (as whom, with or without its own sandbox), once one has
+    /// been launched; `None` for a remote endpoint.
+    pub fn isolation(&self) -> Option<Isolation> {
+        self.inner.isolation.lock().ok().and_then(|i| *i)
+    }
+
+    /// The profile directory of the running local Chromium.
+    pub async fn profile_dir(&self) -> Option<PathBuf> {
+        self.inner
+            .state
+            .lock()
+            .await
+            .running
+            .as_ref()
+            .and_then(|r| r.profile.clone())
     }
 
     /// Check a URL typed by a person or the model (before anything is launched).
@@ -514,12 +547,20 @@ impl BrowserService {
             state.generation += 1;
             let started = Instant::now();
             let running = self.launch(state.generation).await?;
-            info!(
-                source = %self.inner.source,
-                pid = running.pid,
-                ms = started.elapsed().as_millis() as u64,
-                "browser ready"
-            );
+            match running.isolation {
+                Some(isolation) => info!(
+                    source = %self.inner.source,
+                    pid = running.pid,
+                    ms = started.elapsed().as_millis() as u64,
+                    %isolation,
+                    "browser ready"
+                ),
+                None => info!(
+                    source = %self.inner.source,
+                    ms = started.elapsed().as_millis() as u64,
+                    "browser ready"
+                ),
+            }
             self.inner.counters.launches.fetch_add(1, Ordering::Relaxed);
             spawn_idle_watch(Arc::downgrade(&self.inner), state.generation);
             state.running = Some(running);
@@ -541,6 +582,17 @@ impl BrowserService {
 }
 
 impl Inner {
+    /// Whether Chromium's own sandbox is known to start here (`None`: not tried yet).
+    fn known_sandbox(&self) -> Option<bool> {
+        self.isolation.lock().ok().and_then(|i| i.map(|i| i.sandbox))
+    }
+
+    fn set_isolation(&self, isolation: Isolation) {
+        if let Ok(mut current) = self.isolation.lock() {
+            *current = Some(isolation);
+        }
+    }
+
     /// An idle tab of `channel` from the running browser, if one is pooled.
     fn pool_take(&self, channel: &str, generation: u64) -> Option<page::Pooled> {
         let mut pool = self.pool.lock().ok()?;

@@ -315,3 +315,72 @@ fn doctor_says_which_server_is_down_and_why() {
         );
     }
 }
+
+/// Wait for an approval prompt in `conversation` (the `n`th) and press its button `index`
+/// (0: Approve, 1: Deny) as user U2.
+async fn press(h: &Harness, conversation: &ConversationRef, n: usize, index: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let button = loop {
+        let prompts: Vec<_> = h
+            .capture
+            .replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| &r.conversation == conversation && !r.buttons.is_empty())
+            .cloned()
+            .collect();
+        if let Some(prompt) = prompts.get(n) {
+            assert!(prompt.text.contains("`fx__echo`"), "{}", prompt.text);
+            break prompt.buttons[index].clone();
+        }
+        assert!(Instant::now() < deadline, "no approval prompt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let event = ecdysis_chat::Event {
+        platform_event_id: format!("press-{}", uuid::Uuid::new_v4().simple()),
+        conversation: conversation.clone(),
+        user: ecdysis_chat::UserRef {
+            id: "U2".into(),
+            name: None,
+        },
+        kind: ecdysis_chat::EventKind::Action {
+            action_id: button.action_id,
+            value: button.value,
+        },
+        addressed: ecdysis_chat::Addressed::Direct,
+        text: String::new(),
+        attachments: Vec::new(),
+        route: Value::Null,
+    };
+    ecdysis_chat::EventSink::submit(&h.app.bus, event)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_tool_marked_for_approval_waits_for_a_human() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(script(
+        "may I echo",
+        "fx__echo",
+        json!({ "text": "approved call" }),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{}approval = [\"echo\"]\n", stdio_fixture_entry("fx", ""));
+    let h = Harness::start(dir.path(), &toml, &env(&fake)).await;
+    h.wait_up("fx").await;
+    let c = conv("approve");
+    let (answered, ()) = tokio::join!(h.ask(&c, "may I echo?"), press(&h, &c, 0, 0));
+    assert_eq!(answered.1, "RESULT: approved call");
+    let (denied, ()) = tokio::join!(h.ask(&c, "may I echo again?"), press(&h, &c, 1, 1));
+    assert!(
+        denied.1.contains("a human denied this call"),
+        "{}",
+        denied.1
+    );
+    h.stop().await;
+}

@@ -184,7 +184,14 @@ impl Harness {
                 .unwrap();
             if let Some(answer) = messages
                 .iter()
-                .find(|m| m.role == Role::Assistant && m.event_id == Some(id))
+                // Not an approval prompt the event posted while it ran (it carries buttons).
+                .find(|m| {
+                    m.role == Role::Assistant
+                        && m.event_id == Some(id)
+                        && m.meta
+                            .as_deref()
+                            .is_none_or(|meta| !meta.contains("\"buttons\""))
+                })
             {
                 return (id, answer.text.clone());
             }

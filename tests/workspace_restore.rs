@@ -107,9 +107,12 @@ async fn a_0xff_directory_and_a_fffd_symlink_restore_without_touching_the_host()
     }
 }
 
-/// A zstd-compressed tar of (kind, name, link target, mode) entries, names copied byte for
-/// byte as a hand-made (or older) archive has them.
-fn archive(entries: &[(tar::EntryType, &[u8], &[u8], u32)]) -> Bytes {
+/// One entry of a hand-made archive: kind, name, link target, mode.
+type Entry<'a> = (tar::EntryType, &'a [u8], &'a [u8], u32);
+
+/// A zstd-compressed tar of `entries`, names copied byte for byte as a hand-made (or older)
+/// archive has them.
+fn archive(entries: &[Entry<'_>]) -> Bytes {
     let mut builder = tar::Builder::new(Vec::new());
     for (kind, path, link, mode) in entries {
         let mut header = tar::Header::new_gnu();
@@ -203,7 +206,7 @@ async fn a_snapshot_reaching_outside_is_refused() {
         .unwrap();
     let host_bytes = host.as_os_str().as_bytes();
     let escape = [host_bytes, b"/pwned"].concat();
-    let cases: Vec<Vec<(tar::EntryType, &[u8], &[u8], u32)>> = vec![
+    let cases: Vec<Vec<Entry<'_>>> = vec![
         vec![(tar::EntryType::Directory, b"../../pwned", b"", 0o777)],
         vec![(tar::EntryType::Directory, &escape, b"", 0o777)],
         vec![

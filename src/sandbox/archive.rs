@@ -703,9 +703,11 @@ mod tests {
         assert_eq!(listing(&src), listing(&dst));
     }
 
-    /// Everything a workspace holds, byte-exact: relative path, kind, mode, mtime, content or
-    /// link target.
-    fn listing(dir: &Path) -> Vec<(Vec<u8>, char, u32, i64, Vec<u8>)> {
+    /// One entry of a [`listing`]: relative path, kind, mode, mtime, content or link target.
+    type Listed = (Vec<u8>, char, u32, i64, Vec<u8>);
+
+    /// Everything a workspace holds, byte-exact.
+    fn listing(dir: &Path) -> Vec<Listed> {
         let mut out = Vec::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(relative) = stack.pop() {

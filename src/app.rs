@@ -89,6 +89,10 @@ impl App {
                 "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
             ),
         }
+        if let Some(search) = crate::web_search::tool(config.web_search.as_ref()) {
+            info!("web_search is on");
+            commands = commands.with_tool(Arc::new(search));
+        }
         // The model's commands and marked MCP tools wait for a human when the config asks.
         let wants_approvals =
             config.sandbox.require_approval || config.mcp.iter().any(|m| m.approval.any());

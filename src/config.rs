@@ -192,6 +192,30 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_BROWSER_MAX_IMAGE_PIXELS"],
         Kind::Int,
     ),
+    (
+        "browser.action_timeout_seconds",
+        &["ECDYSIS_BROWSER_ACTION_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "browser.snapshot_max_tokens",
+        &["ECDYSIS_BROWSER_SNAPSHOT_MAX_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "browser.allow_password_typing",
+        &["ECDYSIS_BROWSER_ALLOW_PASSWORD_TYPING"],
+        Kind::Bool,
+    ),
+    ("web_search.provider", &["ECDYSIS_WEB_SEARCH"], Kind::Str),
+    ("web_search.url", &["ECDYSIS_WEB_SEARCH_URL"], Kind::Str),
+    ("web_search.brave_api_key", &["BRAVE_API_KEY"], Kind::Str),
+    ("web_search.tavily_api_key", &["TAVILY_API_KEY"], Kind::Str),
+    (
+        "web_search.timeout_seconds",
+        &["ECDYSIS_WEB_SEARCH_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
     ("ffmpeg", &["ECDYSIS_FFMPEG"], Kind::Str),
     ("agent.max_steps", &["ECDYSIS_AGENT_MAX_STEPS"], Kind::Int),
     (
@@ -284,6 +308,8 @@ struct FileConfig {
     sandbox: SandboxConfig,
     #[serde(default)]
     browser: BrowserConfig,
+    #[serde(default)]
+    web_search: WebSearchFile,
     #[serde(default)]
     agent: AgentFile,
     #[serde(default)]
@@ -434,6 +460,9 @@ pub struct BrowserConfig {
     pub rate_per_minute: Option<i64>,
     pub max_upload_bytes: Option<i64>,
     pub max_image_pixels: Option<i64>,
+    pub action_timeout_seconds: Option<i64>,
+    pub snapshot_max_tokens: Option<i64>,
+    pub allow_password_typing: Option<bool>,
 }
 
 /// The validated browser settings (`/screenshot`, `/record` and the browser tools).
@@ -459,6 +488,12 @@ pub struct BrowserSettings {
     pub max_upload_bytes: usize,
     /// Longest side of a posted image, in pixels; larger screenshots are downscaled.
     pub max_image_pixels: u32,
+    /// How long one interactive action (click, type, back, wait) may take, page load included.
+    pub action_timeout: Duration,
+    /// The longest page snapshot the model reads, in estimated tokens (characters / 4).
+    pub snapshot_max_tokens: usize,
+    /// Whether the model may type into `type=password` fields.
+    pub allow_password_typing: bool,
 }
 
 impl Default for BrowserSettings {
@@ -474,6 +509,9 @@ impl Default for BrowserSettings {
             rate_per_minute: 20,
             max_upload_bytes: 8 * 1024 * 1024,
             max_image_pixels: 8_000,
+            action_timeout: Duration::from_secs(10),
+            snapshot_max_tokens: 2_000,
+            allow_password_typing: false,
         }
     }
 }
@@ -498,6 +536,84 @@ struct BusFile {
     lease_seconds: Option<i64>,
     max_attempts: Option<i64>,
     leader_lease_seconds: Option<i64>,
+}
+
+/// `[web_search]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebSearchFile {
+    provider: Option<String>,
+    url: Option<String>,
+    brave_api_key: Option<String>,
+    tavily_api_key: Option<String>,
+    timeout_seconds: Option<i64>,
+}
+
+/// The search API behind the `web_search` tool (`ECDYSIS_WEB_SEARCH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SearchProvider {
+    /// Brave Search API (`BRAVE_API_KEY`).
+    Brave { api_key: String },
+    /// Tavily (`TAVILY_API_KEY`).
+    Tavily { api_key: String },
+    /// A SearXNG instance at this base URL (`searxng:<url>`).
+    Searxng,
+}
+
+/// The validated `web_search` settings; `None` in [`Config::web_search`] when it is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebSearchSettings {
+    pub provider: SearchProvider,
+    /// Scheme and host (and any path prefix) the provider's paths are appended to.
+    pub base_url: Url,
+    /// One search request's time limit.
+    pub timeout: Duration,
+}
+
+fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>, ConfigError> {
+    let Some(text) = file.provider.filter(|p| !p.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let key = "web_search.provider";
+    let needs = |value: Option<String>, env: &str, name: &str| {
+        value.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+            ConfigError::value(key, format!("`{name}` needs {env} (the provider's API key)"))
+        })
+    };
+    let (provider, default_base) = match text.trim() {
+        "brave" => (
+            SearchProvider::Brave {
+                api_key: needs(file.brave_api_key, "BRAVE_API_KEY", "brave")?,
+            },
+            "https://api.search.brave.com".to_string(),
+        ),
+        "tavily" => (
+            SearchProvider::Tavily {
+                api_key: needs(file.tavily_api_key, "TAVILY_API_KEY", "tavily")?,
+            },
+            "https://api.tavily.com".to_string(),
+        ),
+        other => match other.strip_prefix("searxng:") {
+            Some(url) if !url.trim().is_empty() => (SearchProvider::Searxng, url.trim().to_string()),
+            _ => {
+                return Err(ConfigError::value(
+                    key,
+                    format!("`{other}` is not one of brave, tavily, searxng:<url>"),
+                ));
+            }
+        },
+    };
+    let base = file
+        .url
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or(default_base);
+    let base_url = check_url("web_search.url", &base)?;
+    let timeout = positive("web_search.timeout_seconds", file.timeout_seconds, 10)?;
+    Ok(Some(WebSearchSettings {
+        provider,
+        base_url,
+        timeout: Duration::from_secs(timeout as u64),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -658,6 +774,8 @@ pub struct Config {
     pub discord: DiscordConfig,
     pub sandbox: SandboxSettings,
     pub browser: BrowserSettings,
+    /// The `web_search` tool's provider (`ECDYSIS_WEB_SEARCH`); `None`: no search tool.
+    pub web_search: Option<WebSearchSettings>,
     /// `ECDYSIS_FFMPEG`: the ffmpeg executable for `/record`.
     pub ffmpeg: PathBuf,
     pub agent: AgentConfig,
@@ -781,6 +899,7 @@ impl Config {
         }
         let sandbox = sandbox_settings(file.sandbox)?;
         let browser = browser_settings(file.browser)?;
+        let web_search = web_search_settings(file.web_search)?;
         let ffmpeg = PathBuf::from(
             file.ffmpeg
                 .filter(|f| !f.trim().is_empty())
@@ -845,6 +964,7 @@ impl Config {
             discord: file.discord,
             sandbox,
             browser,
+            web_search,
             ffmpeg,
             agent,
             bus,
@@ -1008,6 +1128,20 @@ fn browser_settings(file: BrowserConfig) -> Result<BrowserSettings, ConfigError>
             defaults.max_image_pixels as i64,
         )?
         .clamp(16, 65_535) as u32,
+        action_timeout: seconds(
+            "browser.action_timeout_seconds",
+            file.action_timeout_seconds,
+            defaults.action_timeout,
+        )?,
+        snapshot_max_tokens: positive(
+            "browser.snapshot_max_tokens",
+            file.snapshot_max_tokens,
+            defaults.snapshot_max_tokens as i64,
+        )?
+        .clamp(200, 50_000) as usize,
+        allow_password_typing: file
+            .allow_password_typing
+            .unwrap_or(defaults.allow_password_typing),
     })
 }
 

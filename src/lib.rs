@@ -30,3 +30,4 @@ pub mod slack;
 pub mod slack_installations;
 pub mod store;
 pub mod tools;
+pub mod web_search;

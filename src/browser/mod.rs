@@ -7,13 +7,18 @@
 //! or was killed is noticed and relaunched on the next request. A local Chromium never runs as
 //! root: see [`identity`].
 
+pub mod actions;
 pub mod feature;
+pub mod frames;
 pub mod identity;
 pub mod image_fit;
+pub mod interactive;
 mod launch;
 pub mod page;
 pub mod record;
 pub mod screenshot;
+pub mod session;
+pub mod snapshot;
 pub mod tools;
 pub mod url_guard;
 
@@ -77,6 +82,9 @@ pub enum BrowserError {
     SelectorNotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// An interactive action that could not be done (the message says why).
+    #[error("{0}")]
+    Action(String),
     #[error("too many browser requests in this channel; try again in {0} s")]
     RateLimited(u64),
     #[error("all {0} browser tabs are busy; try again shortly")]
@@ -338,6 +346,16 @@ impl BrowserService {
 
     pub fn guard(&self) -> &UrlGuard {
         &self.inner.guard
+    }
+
+    /// The ffmpeg executable recordings use.
+    pub fn ffmpeg_path(&self) -> &std::path::Path {
+        &self.inner.options.ffmpeg
+    }
+
+    /// Where scratch files (recordings) are written.
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.inner.options.work_dir
     }
 
     pub fn stats(&self) -> BrowserStats {

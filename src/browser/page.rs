@@ -297,6 +297,13 @@ impl PageLease {
         self.refusals.lock().ok().and_then(|l| l.first().cloned())
     }
 
+    /// Forget the refusals so far (an interactive session asks what one action caused).
+    pub fn clear_refusals(&self) {
+        if let Ok(mut refusals) = self.refusals.lock() {
+            refusals.clear();
+        }
+    }
+
     /// Load `url` and wait as asked; errors say what went wrong (DNS, timeout, HTTP status,
     /// not HTML, a refused redirect).
     pub async fn open(&self, url: &Url, wait: &WaitFor) -> Result<Loaded, BrowserError> {

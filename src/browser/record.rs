@@ -121,7 +121,7 @@ impl Recording {
     }
 }
 
-fn human_bytes(n: usize) -> String {
+pub(crate) fn human_bytes(n: usize) -> String {
     if n >= 1024 * 1024 {
         format!("{:.1} MB", n as f64 / 1024.0 / 1024.0)
     } else {
@@ -211,7 +211,7 @@ pub fn ffmpeg_args(format: VideoFormat, out: &Path) -> Vec<String> {
 }
 
 /// Deletes the scratch file however the recording ends.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -391,7 +391,11 @@ async fn capture(
     Ok((ticks as f64 / FPS as f64, count))
 }
 
-fn spawn_ffmpeg(ffmpeg: &Path, format: VideoFormat, out: &Path) -> Result<Child, BrowserError> {
+pub(crate) fn spawn_ffmpeg(
+    ffmpeg: &Path,
+    format: VideoFormat,
+    out: &Path,
+) -> Result<Child, BrowserError> {
     Command::new(ffmpeg)
         .args(ffmpeg_args(format, out))
         .stdin(Stdio::piped())
@@ -402,7 +406,7 @@ fn spawn_ffmpeg(ffmpeg: &Path, format: VideoFormat, out: &Path) -> Result<Child,
         .map_err(|e| BrowserError::FfmpegMissing(format!("cannot run {}: {e}", ffmpeg.display())))
 }
 
-async fn write_frame(stdin: &mut ChildStdin, jpeg: &[u8]) -> Result<(), BrowserError> {
+pub(crate) async fn write_frame(stdin: &mut ChildStdin, jpeg: &[u8]) -> Result<(), BrowserError> {
     stdin
         .write_all(jpeg)
         .await
@@ -410,7 +414,7 @@ async fn write_frame(stdin: &mut ChildStdin, jpeg: &[u8]) -> Result<(), BrowserE
 }
 
 /// Wait for ffmpeg to exit; its stderr explains a failure.
-async fn finish(mut child: Child) -> Result<(), BrowserError> {
+pub(crate) async fn finish(mut child: Child) -> Result<(), BrowserError> {
     let mut stderr = child.stderr.take();
     let waited = tokio::time::timeout(FFMPEG_FINISH, child.wait()).await;
     let mut text = String::new();
@@ -436,7 +440,7 @@ async fn finish(mut child: Child) -> Result<(), BrowserError> {
 }
 
 /// Re-encode at half size and lower quality.
-async fn shrink(
+pub(crate) async fn shrink(
     ffmpeg: &Path,
     format: VideoFormat,
     input: &Path,

@@ -137,10 +137,23 @@ impl BrowserService {
             Err(e) if e.is_gone() => self.capture(channel, &url, request).await?,
             other => other?,
         };
+        self.fit_screenshot(png, loaded_url, title, request.format, started)
+            .await
+    }
+
+    /// Fit a captured PNG to the upload limits (an interactive session's page, or a fresh one).
+    pub async fn fit_screenshot(
+        &self,
+        png: Vec<u8>,
+        loaded_url: String,
+        title: Option<String>,
+        format: Option<Encoding>,
+        started: std::time::Instant,
+    ) -> Result<Screenshot, BrowserError> {
         let limits = Limits {
             max_bytes: self.settings().max_upload_bytes,
             max_side: self.settings().max_image_pixels,
-            prefer: request.format,
+            prefer: format,
         };
         let (captured, fitted) = tokio::task::spawn_blocking(move || {
             let captured = image::ImageReader::new(std::io::Cursor::new(&png))

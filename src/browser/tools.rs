@@ -1,5 +1,7 @@
 //! The browser as tools for the model: `browser_screenshot` (the model sees the image, the
-//! thread gets the file), `browser_record` and `fetch_url` (a page's readable text).
+//! thread gets the file), `browser_record` and `fetch_url` (a page's readable text), and the
+//! interactive tools of [`super::interactive`]. Screenshots and recordings without a URL show
+//! the conversation's interactive session.
 
 use std::sync::Arc;
 
@@ -8,9 +10,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::actions::Action;
 use super::image_fit::{self, Encoding};
+use super::interactive::{self, tool_error};
 use super::record::{RecordRequest, VideoFormat};
-use super::screenshot::{Screenshot, ScreenshotRequest};
+use super::screenshot::{Screenshot, ScreenshotRequest, capture_png};
+use super::session::{Sessions, session_key};
 use super::{BrowserError, BrowserService, Viewport, WaitFor, channel_key};
 use crate::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput, ToolRegistry};
 
@@ -22,28 +27,21 @@ pub const MODEL_IMAGE_BYTES: usize = 3_500_000;
 pub const FETCH_DEFAULT_CHARS: usize = 20_000;
 pub const FETCH_MAX_CHARS: usize = 100_000;
 
-/// The three browser tools, in the order the model is offered them.
+/// The browser tools, in the order the model is offered them: the interactive ones (sharing
+/// one set of sessions), then screenshots, recordings and `fetch_url`.
 pub fn all(browser: &BrowserService) -> Vec<Arc<dyn Tool>> {
-    vec![
-        Arc::new(ScreenshotTool::new(browser.clone())),
-        Arc::new(RecordTool::new(browser.clone())),
-        Arc::new(FetchUrlTool::new(browser.clone())),
-    ]
+    let sessions = Sessions::new(browser.clone());
+    let mut tools = interactive::all(&sessions);
+    tools.push(Arc::new(ScreenshotTool::new(sessions.clone())));
+    tools.push(Arc::new(RecordTool::new(sessions)));
+    tools.push(Arc::new(FetchUrlTool::new(browser.clone())));
+    tools
 }
 
-/// Add the three browser tools to `registry`.
+/// Add the browser tools to `registry`.
 pub fn register(registry: &mut ToolRegistry, browser: &BrowserService) {
     for tool in all(browser) {
         registry.register(tool);
-    }
-}
-
-fn tool_error(e: BrowserError) -> ToolError {
-    match e {
-        BrowserError::BadRequest(_) | BrowserError::Refused(_) => {
-            ToolError::InvalidInput(e.to_string())
-        }
-        other => ToolError::Failed(other.to_string()),
     }
 }
 
@@ -60,19 +58,48 @@ fn wait(text: Option<&str>) -> Result<WaitFor, ToolError> {
 
 /// `browser_screenshot`.
 pub struct ScreenshotTool {
-    browser: BrowserService,
+    sessions: Arc<Sessions>,
 }
 
 impl ScreenshotTool {
-    pub fn new(browser: BrowserService) -> Self {
-        Self { browser }
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+
+    /// The conversation's open page.
+    async fn session_shot(
+        &self,
+        context: &ToolContext,
+        request: &ScreenshotRequest,
+    ) -> Result<Screenshot, BrowserError> {
+        let guard = self
+            .sessions
+            .lock(&session_key(&context.conversation))
+            .await;
+        let session = guard.as_ref().ok_or_else(|| {
+            BrowserError::BadRequest("give a `url`, or open a page with browser_open first".into())
+        })?;
+        let started = std::time::Instant::now();
+        let png = capture_png(session.lease(), request).await?;
+        let page = session.lease().page();
+        let url = page.url().await.ok().flatten().unwrap_or_default();
+        let title = session
+            .lease()
+            .eval::<String>("document.title")
+            .await
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        self.sessions
+            .browser()
+            .fit_screenshot(png, url, title, None, started)
+            .await
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScreenshotInput {
-    url: String,
+    url: Option<String>,
     #[serde(default)]
     full_page: bool,
     width: Option<u32>,
@@ -89,14 +116,14 @@ impl Tool for ScreenshotTool {
     }
 
     fn description(&self) -> &'static str {
-        "Open a web page in a headless browser and take a screenshot. You see the image, and it is posted into the thread with your reply."
+        "Take a screenshot of a web page, or (without `url`) of the page open in this conversation's browser tab. You see the image, and it is posted into the thread with your reply."
     }
 
     fn input_schema(&self) -> serde_json::Value {
         json!({
             "type": "object",
             "properties": {
-                "url": { "type": "string", "description": "http:// or https:// URL" },
+                "url": { "type": "string", "description": "http:// or https:// URL (default: the open page)" },
                 "full_page": { "type": "boolean", "description": "capture the whole page, not just the viewport" },
                 "width": { "type": "integer", "minimum": 100, "maximum": 4096, "description": "viewport width in CSS pixels (default 1280)" },
                 "height": { "type": "integer", "minimum": 100, "maximum": 4096, "description": "viewport height in CSS pixels (default 800)" },
@@ -104,7 +131,6 @@ impl Tool for ScreenshotTool {
                 "selector": { "type": "string", "description": "CSS selector: capture only this element" },
                 "wait": { "type": "string", "description": "after load, also wait for: networkidle, selector:<css>, or a delay like 500ms" }
             },
-            "required": ["url"],
             "additionalProperties": false
         })
     }
@@ -116,8 +142,27 @@ impl Tool for ScreenshotTool {
     ) -> Result<ToolOutput, ToolError> {
         let input: ScreenshotInput = input(input_value)?;
         let defaults = Viewport::default();
+        let Some(url) = input.url else {
+            if input.width.is_some()
+                || input.height.is_some()
+                || input.scale.is_some()
+                || input.wait.is_some()
+            {
+                return Err(ToolError::InvalidInput(
+                    "width, height, scale and wait apply to a `url`; the open page is captured as it is".into(),
+                ));
+            }
+            let mut request = ScreenshotRequest::new("");
+            request.full_page = input.full_page;
+            request.selector = input.selector;
+            let shot = self
+                .session_shot(context, &request)
+                .await
+                .map_err(tool_error)?;
+            return shot_output(shot).await;
+        };
         let request = ScreenshotRequest {
-            url: input.url,
+            url,
             viewport: Viewport {
                 width: input.width.unwrap_or(defaults.width),
                 height: input.height.unwrap_or(defaults.height),
@@ -129,20 +174,26 @@ impl Tool for ScreenshotTool {
             format: None,
         };
         let shot = self
-            .browser
+            .sessions
+            .browser()
             .screenshot(&channel_key(&context.conversation), &request)
             .await
             .map_err(tool_error)?;
-        let image = model_image(&shot).await?;
-        Ok(ToolOutput {
-            text: format!(
-                "{}. The image is attached to your reply in the thread.",
-                shot.describe()
-            ),
-            images: vec![image],
-            attachments: vec![shot.attachment()],
-        })
+        shot_output(shot).await
     }
+}
+
+/// What the model gets for a screenshot: the line, the image, and the file for the thread.
+async fn shot_output(shot: Screenshot) -> Result<ToolOutput, ToolError> {
+    let image = model_image(&shot).await?;
+    Ok(ToolOutput {
+        text: format!(
+            "{}. The image is attached to your reply in the thread.",
+            shot.describe()
+        ),
+        images: vec![image],
+        attachments: vec![shot.attachment()],
+    })
 }
 
 /// The copy of a screenshot the model sees: at most [`MODEL_IMAGE_SIDE`] pixels a side and
@@ -177,19 +228,23 @@ pub async fn model_image(shot: &Screenshot) -> Result<ToolImage, ToolError> {
 
 /// `browser_record`.
 pub struct RecordTool {
-    browser: BrowserService,
+    sessions: Arc<Sessions>,
 }
 
 impl RecordTool {
-    pub fn new(browser: BrowserService) -> Self {
-        Self { browser }
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
     }
 }
+
+/// The most steps one scripted recording runs.
+pub const MAX_RECORD_STEPS: usize = 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordInput {
-    url: String,
+    url: Option<String>,
+    steps: Option<Vec<Action>>,
     seconds: Option<f64>,
     #[serde(default)]
     scroll: bool,
@@ -207,22 +262,27 @@ impl Tool for RecordTool {
     }
 
     fn description(&self) -> &'static str {
-        "Record a short video of a web page (optionally scrolling through it). The MP4 (or GIF) is posted into the thread with your reply; you do not see it."
+        "Record a video posted into the thread with your reply (you do not see it): with `steps`, run those browser actions in this conversation's tab and film them; with only `url`, film that page for some seconds (optionally scrolling); with neither, the film of this conversation's browser session so far."
     }
 
     fn input_schema(&self) -> serde_json::Value {
         json!({
             "type": "object",
             "properties": {
-                "url": { "type": "string", "description": "http:// or https:// URL" },
-                "seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": self.browser.settings().max_record_seconds, "description": "length (default 5)" },
+                "url": { "type": "string", "description": "http:// or https:// URL (with steps: opened first)" },
+                "steps": {
+                    "type": "array",
+                    "maxItems": MAX_RECORD_STEPS,
+                    "description": "browser actions, e.g. {\"action\": \"type\", \"ref\": 3, \"text\": \"Paris\", \"submit\": true}; actions: open(url), click(ref), type(ref, text, submit), select(ref, value), scroll(direction|ref), back, wait(text|selector)",
+                    "items": { "type": "object", "properties": { "action": { "type": "string", "enum": ["open", "click", "type", "select", "scroll", "back", "wait"] } }, "required": ["action"] }
+                },
+                "seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": self.sessions.browser().settings().max_record_seconds, "description": "length (default 5)" },
                 "scroll": { "type": "boolean", "description": "scroll from top to bottom while recording" },
                 "gif": { "type": "boolean", "description": "an animated GIF instead of an MP4" },
                 "width": { "type": "integer", "minimum": 100, "maximum": 4096 },
                 "height": { "type": "integer", "minimum": 100, "maximum": 4096 },
                 "wait": { "type": "string", "description": "after load, also wait for: networkidle, selector:<css>, or a delay like 500ms" }
             },
-            "required": ["url"],
             "additionalProperties": false
         })
     }
@@ -233,7 +293,24 @@ impl Tool for RecordTool {
         input_value: serde_json::Value,
     ) -> Result<ToolOutput, ToolError> {
         let input: RecordInput = input(input_value)?;
-        let mut request = RecordRequest::new(input.url);
+        let page_options = input.seconds.is_some()
+            || input.scroll
+            || input.gif
+            || input.width.is_some()
+            || input.height.is_some()
+            || input.wait.is_some();
+        if input.steps.is_some() || input.url.is_none() {
+            if page_options {
+                return Err(ToolError::InvalidInput(
+                    "seconds, scroll, gif, width, height and wait apply to filming a `url` alone; a session is filmed as MP4 as it happens".into(),
+                ));
+            }
+            return self.record_session(context, input.url, input.steps).await;
+        }
+        let Some(url) = input.url else {
+            return Err(ToolError::InvalidInput("which page? Give a `url`.".into()));
+        };
+        let mut request = RecordRequest::new(url);
         request.seconds = input.seconds.unwrap_or(request.seconds);
         request.scroll = input.scroll;
         if input.gif {
@@ -243,7 +320,8 @@ impl Tool for RecordTool {
         request.viewport.height = input.height.unwrap_or(request.viewport.height);
         request.wait = wait(input.wait.as_deref())?;
         let recording = self
-            .browser
+            .sessions
+            .browser()
             .record(&channel_key(&context.conversation), &request)
             .await
             .map_err(tool_error)?;
@@ -254,6 +332,55 @@ impl Tool for RecordTool {
             ),
             images: Vec::new(),
             attachments: vec![recording.attachment()],
+        })
+    }
+}
+
+impl RecordTool {
+    /// Film scripted steps (after opening `url`), or the session so far.
+    async fn record_session(
+        &self,
+        context: &ToolContext,
+        url: Option<String>,
+        steps: Option<Vec<Action>>,
+    ) -> Result<ToolOutput, ToolError> {
+        let (video, text) = match steps {
+            Some(steps) => {
+                let mut script: Vec<Action> =
+                    url.map(|url| Action::Open { url }).into_iter().collect();
+                script.extend(steps);
+                if script.is_empty() || script.len() > MAX_RECORD_STEPS {
+                    return Err(ToolError::InvalidInput(format!(
+                        "give from 1 to {MAX_RECORD_STEPS} steps"
+                    )));
+                }
+                interactive::record_steps(&self.sessions, context, &script)
+                    .await
+                    .map_err(tool_error)?
+            }
+            None => (
+                interactive::record_session(&self.sessions, context)
+                    .await
+                    .map_err(tool_error)?,
+                String::new(),
+            ),
+        };
+        let mut out = format!(
+            "{}. It is attached to your reply in the thread.",
+            video.describe()
+        );
+        if !text.is_empty() {
+            out.push_str("\n\n");
+            out.push_str(&text);
+        }
+        Ok(ToolOutput {
+            text: out,
+            images: Vec::new(),
+            attachments: vec![ecdysis_chat::Attachment::new(
+                "session.mp4",
+                "video/mp4",
+                video.bytes,
+            )],
         })
     }
 }
@@ -280,7 +407,11 @@ struct FetchInput {
 struct PageText {
     title: String,
     text: String,
+    html: String,
 }
+
+/// The largest document handed to the readability parser.
+const MAX_READABLE_HTML: usize = 5 * 1024 * 1024;
 
 /// A page's readable text.
 #[derive(Clone, Debug)]
@@ -292,7 +423,9 @@ pub struct FetchedText {
 }
 
 impl BrowserService {
-    /// Load a page and return its visible text, at most `max_chars` characters.
+    /// Load a page (its scripts run) and return its readable text as Markdown (the article,
+    /// found by a port of Mozilla's Readability), or the page's visible text when it has no
+    /// article; at most `max_chars` characters.
     pub async fn fetch_text(
         &self,
         channel: &str,
@@ -305,9 +438,30 @@ impl BrowserService {
         let loaded = lease.open(&url, &WaitFor::Load).await?;
         let page: PageText = lease
             .eval(
-                "({ title: document.title || '', text: (document.body ? document.body.innerText : document.documentElement.innerText) || '' })",
+                "({ title: document.title || '', text: (document.body ? document.body.innerText : document.documentElement.innerText) || '', html: document.documentElement.outerHTML })",
             )
             .await?;
+        drop(lease);
+        let page_url = loaded.url.clone();
+        let PageText { title, text, html } = page;
+        let (title, text) = tokio::task::spawn_blocking(move || match readable(&html, &page_url) {
+            Some((article_title, article)) => (
+                if article_title.trim().is_empty() {
+                    title
+                } else {
+                    article_title
+                },
+                article,
+            ),
+            None => (title, text),
+        })
+        .await
+        .map_err(|e| BrowserError::Cdp(format!("text extraction failed: {e}")))?;
+        let page = PageText {
+            title,
+            text,
+            html: String::new(),
+        };
         let text = collapse_blank_lines(&page.text);
         let truncated = text.chars().count() > max_chars;
         let text = if truncated {
@@ -322,6 +476,25 @@ impl BrowserService {
             truncated,
         })
     }
+}
+
+/// The article of a page as Markdown, with its title; `None` when the page has no readable
+/// article (a form, a list of links, an app).
+pub fn readable(html: &str, url: &str) -> Option<(String, String)> {
+    if html.len() > MAX_READABLE_HTML {
+        return None;
+    }
+    let config = dom_smoothie::Config {
+        text_mode: dom_smoothie::TextMode::Markdown,
+        ..dom_smoothie::Config::default()
+    };
+    let mut parser = dom_smoothie::Readability::new(html, Some(url), Some(config)).ok()?;
+    let article = parser.parse().ok()?;
+    let text = article.text_content.to_string();
+    if text.trim().is_empty() {
+        return None;
+    }
+    Some((article.title, text))
 }
 
 /// Trim lines and keep at most one empty line in a row.
@@ -424,12 +597,83 @@ mod tests {
         let mut registry = ToolRegistry::new();
         register(&mut registry, &service());
         let names: Vec<_> = registry.iter().map(|t| t.name()).collect();
-        assert_eq!(names, ["browser_screenshot", "browser_record", "fetch_url"]);
+        assert_eq!(
+            names,
+            [
+                "browser_open",
+                "browser_snapshot",
+                "browser_click",
+                "browser_type",
+                "browser_select",
+                "browser_scroll",
+                "browser_back",
+                "browser_wait",
+                "browser_screenshot",
+                "browser_record",
+                "fetch_url"
+            ]
+        );
         for tool in registry.iter() {
             let schema = tool.input_schema();
             assert_eq!(schema["type"], "object");
-            assert_eq!(schema["required"][0], "url");
         }
+        assert_eq!(
+            registry.get("fetch_url").unwrap().input_schema()["required"][0],
+            "url"
+        );
+    }
+
+    #[tokio::test]
+    async fn actions_without_an_open_page_say_so_and_launch_nothing() {
+        let s = service();
+        let mut registry = ToolRegistry::new();
+        register(&mut registry, &s);
+        for name in [
+            "browser_snapshot",
+            "browser_click",
+            "browser_screenshot",
+            "browser_record",
+        ] {
+            let input = if name == "browser_click" {
+                json!({ "ref": 1 })
+            } else {
+                json!({})
+            };
+            let e = registry
+                .get(name)
+                .unwrap()
+                .call(&context(), input)
+                .await
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("browser_open") || e.to_string().contains("ffmpeg"),
+                "{name}: {e}"
+            );
+        }
+        let e = registry
+            .get("browser_open")
+            .unwrap()
+            .call(&context(), json!({ "url": "http://10.0.0.1/" }))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ToolError::InvalidInput(_)), "{e}");
+        assert_eq!(s.stats().launches, 0);
+    }
+
+    #[test]
+    fn readable_text_comes_from_the_article() {
+        let paragraph =
+            "Rust is a language empowering everyone to build reliable and efficient software. "
+                .repeat(12);
+        let html = format!(
+            "<html><head><title>Rust</title></head><body><nav><a href='/a'>Home</a> <a href='/b'>Menu</a></nav>\
+             <article><h1>Why Rust</h1><p>{paragraph}</p><p>{paragraph}</p></article><footer>Cookie banner</footer></body></html>"
+        );
+        let (title, text) = readable(&html, "https://example.com/rust").unwrap();
+        assert_eq!(title, "Rust");
+        assert!(text.contains("empowering everyone"), "{text}");
+        assert!(!text.contains("Cookie banner"), "{text}");
+        assert!(readable("<html><body></body></html>", "https://example.com/").is_none());
     }
 
     #[tokio::test]

@@ -49,6 +49,19 @@ pub enum Reply {
     Echo { status: u16, header: String },
     /// Wait, then answer.
     Delayed(Duration, Box<Reply>),
+    /// Decided when the request arrives, from what it carries (e.g. a scripted model that
+    /// reads a tool result before choosing its next call).
+    Computed(Responder),
+}
+
+/// The function behind [`Reply::Computed`].
+#[derive(Clone)]
+pub struct Responder(Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder(..)")
+    }
 }
 
 impl Reply {
@@ -107,6 +120,11 @@ impl Reply {
 
     pub fn after(self, delay: Duration) -> Self {
         Reply::Delayed(delay, Box::new(self))
+    }
+
+    /// A reply chosen by `f` from the request it answers.
+    pub fn computed(f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Reply::Computed(Responder(Arc::new(f)))
     }
 }
 
@@ -281,7 +299,7 @@ fn take(shared: &Shared, api: Api, headers: &HeaderMap, raw: &Bytes) -> (Reply, 
     let mut inner = lock(shared);
     inner.counter += 1;
     let n = inner.counter;
-    inner.requests.push(Recorded {
+    let recorded = Recorded {
         api,
         headers: headers
             .iter()
@@ -294,7 +312,8 @@ fn take(shared: &Shared, api: Api, headers: &HeaderMap, raw: &Bytes) -> (Reply, 
             .collect(),
         raw,
         body: body.clone(),
-    });
+    };
+    inner.requests.push(recorded.clone());
     let reply = inner
         .rules
         .iter()
@@ -310,6 +329,11 @@ fn take(shared: &Shared, api: Api, headers: &HeaderMap, raw: &Bytes) -> (Reply, 
         })
         .or_else(|| inner.default.clone())
         .unwrap_or_else(|| Reply::text("ok"));
+    drop(inner);
+    let reply = match reply {
+        Reply::Computed(Responder(f)) => f(&recorded),
+        other => other,
+    };
     (reply, body, n)
 }
 
@@ -391,7 +415,9 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         } => return error_response(Api::Anthropic, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
+        Reply::Delayed(..) | Reply::Computed(_) => {
+            return raw_response(500, "unresolved reply".into());
+        }
     };
     let prefix = body
         .get("system")
@@ -438,7 +464,9 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         } => return error_response(Api::OpenAi, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Delayed(..) => return raw_response(500, "unresolved delay".into()),
+        Reply::Delayed(..) | Reply::Computed(_) => {
+            return raw_response(500, "unresolved reply".into());
+        }
     };
     let prefix = body
         .pointer("/messages/0")

@@ -15,7 +15,19 @@ pub const MEMORY_TOOLS: &[&str] = &["memory_search", "memory_save", "memory_forg
 /// The tools a profile's `sandbox = false` removes.
 pub const SANDBOX_TOOLS: &[&str] = &["run_command"];
 /// The tools a profile's `browser = false` removes.
-pub const BROWSER_TOOLS: &[&str] = &["browser_screenshot", "browser_record", "fetch_url"];
+pub const BROWSER_TOOLS: &[&str] = &[
+    "browser_open",
+    "browser_snapshot",
+    "browser_click",
+    "browser_type",
+    "browser_select",
+    "browser_scroll",
+    "browser_back",
+    "browser_wait",
+    "browser_screenshot",
+    "browser_record",
+    "fetch_url",
+];
 
 /// Other built-in tools (on when configured).
 pub const OTHER_TOOLS: &[&str] = &["web_search"];

@@ -1,14 +1,14 @@
 //! Keeping secrets out of everything that leaves the process: one [`Redactor`] that knows every
 //! configured secret value (model API keys, Slack and Discord tokens and secrets, the admin
-//! token, the secret key, the database password, the S3 secret key) and masks them, plus the
-//! passwords of any URL (`scheme://user:password@host`, `?password=…`), in log lines, chat
-//! replies, `ecdysis doctor` and error output.
+//! token, the secret key, the database password, the S3 secret key, MCP servers' env and header
+//! values) and masks them, plus the passwords of any URL (`scheme://user:password@host`,
+//! `?password=…`), in log lines, chat replies, `ecdysis doctor` and error output.
 //!
 //! The process has one: [`global`]. `main` and [`crate::app::App`] register their
 //! configuration's secrets with it ([`Redactor::add_config`]); the log writer
 //! ([`MakeRedactingWriter`]), the bus (every reply before the outbox stores it), the model
-//! providers (error bodies) and `doctor` run their text through it. Secrets learnt later (say,
-//! an MCP server's headers) are added with [`Redactor::add_secret`].
+//! providers (error bodies) and `doctor` run their text through it. Secrets learnt later are
+//! added with [`Redactor::add_secret`].
 //!
 //! Values shorter than [`MIN_SECRET_CHARS`] are too common to mask in free text (a database
 //! password `ecdysis` would mask the program's own name); URL passwords are masked whatever
@@ -249,6 +249,10 @@ fn config_secrets(config: &Config) -> Vec<String> {
         secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
     }
     secrets.extend(url_passwords(&config.database_url));
+    // MCP servers' env and header values.
+    for server in &config.mcp {
+        secrets.extend(server.transport.secrets());
+    }
     secrets
 }
 
@@ -391,7 +395,7 @@ mod tests {
             ("DISCORD_TOKEN", "discord.token.value"),
             ("ECDYSIS_ADMIN_TOKEN", "admin-token-0123456789"),
             ("ECDYSIS_SECRET_KEY", "secret-key-abcdef"),
-            ("AWS_SECRET_ACCESS_KEY", "aws/secret+key=="),
+            ("AWS_SECRET_ACCESS_KEY", "aws/secret+\"key=="),
             (
                 "DATABASE_URL",
                 "postgres://u:db%2Fpass%40word@h/db?sslpassword=keypass99&password=second-pw",
@@ -408,7 +412,7 @@ mod tests {
             "discord.token.value",
             "admin-token-0123456789",
             "secret-key-abcdef",
-            "aws/secret+key==",
+            "aws/secret+\"key==",
             "db/pass@word",
             "db%2Fpass%40word",
             "keypass99",
@@ -419,10 +423,10 @@ mod tests {
         }
         // JSON-escaped and percent-encoded forms, Basic credentials.
         assert_eq!(
-            r.redact(r#"{"k":"aws\/secret+key=="}"#),
+            r.redact(r#"{"k":"aws/secret+\"key=="}"#),
             format!(r#"{{"k":"{MASK}"}}"#)
         );
-        assert!(!r.redact("aws%2Fsecret%2Bkey%3D%3D").contains("secret"));
+        assert!(!r.redact("aws%2Fsecret%2B%22key%3D%3D").contains("secret"));
         let basic = base64::engine::general_purpose::STANDARD.encode("111.222:client-secret-9");
         assert_eq!(r.redact(&format!("Basic {basic}")), format!("Basic {MASK}"));
         assert_eq!(r.redact("nothing to hide"), "nothing to hide");

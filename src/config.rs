@@ -409,13 +409,18 @@ pub struct SandboxSettings {
     pub timeout: Duration,
     /// CPU seconds of each process of a command.
     pub cpu_seconds: u64,
-    /// Address space of each process of a command, in MiB (also the size of its `/tmp`).
+    /// Memory of a command's whole sandbox, in MiB: all its processes plus its `/tmp` and
+    /// `/dev/shm` (half of it each), through a cgroup per run where one can be had; also the
+    /// address space of each process.
     pub memory_mb: u64,
-    /// Processes (and threads) a command may have at once.
+    /// Processes (and threads) a command may have at once (the whole sandbox, by cgroup where
+    /// one can be had, and per sandbox uid).
     pub max_processes: u64,
     /// Output (stdout and stderr together) kept before the command is stopped.
     pub max_output_bytes: usize,
-    /// Size of a channel's workspace, in MiB (also the largest file a command may write).
+    /// Disk a channel's workspace may take, in MiB, enforced while commands run (a run that
+    /// goes past it is stopped and what it added removed); also the largest file a command may
+    /// write, and the largest snapshot.
     pub workspace_max_mb: u64,
     /// Commands running at once across all channels.
     pub max_parallel: usize,

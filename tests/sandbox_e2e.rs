@@ -12,32 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::sandbox::{Direct, out, public_tempdir, sandbox_ready, wait_sandboxes_gone};
 use common::server::Server;
 use ecdysis::config::SandboxSettings;
-use ecdysis::sandbox::{Ended, Limits, Namespace, RunOutput, RunRequest, Sandbox, WorkspaceRef};
+use ecdysis::sandbox::{Ended, Limits, Sandbox};
 use serde_json::Value;
-
-/// True when bubblewrap is installed; panics in CI when it is not.
-fn sandbox_ready() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("bwrap is not installed: .ci/run must install the Debian package bubblewrap");
-    }
-    eprintln!("skipping: bubblewrap (bwrap) is not installed (apt-get install bubblewrap)");
-    false
-}
-
-/// A temporary directory the sandbox's unprivileged user may pass through (tempdirs are 0700).
-fn public_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 fn last_reply(messages: &[Value]) -> &Value {
     messages
@@ -246,13 +225,10 @@ async fn limits_end_runaway_commands_while_other_channels_get_answers() {
     assert_eq!(attachments[0]["name"], "output.txt");
     assert_eq!(artifact(&server, &attachments[0]).await.len(), 1_048_576);
 
-    // Nothing of the sandboxes is left running.
-    let leftover = std::process::Command::new("pgrep")
-        .args(["-f", "bomb|while :|sleep 600|bytearray"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    assert!(leftover.trim().is_empty(), "left running: {leftover}");
+    // Nothing of this server's sandboxes is left running (its descendants and its sandbox
+    // cgroups; other tests' sandboxes do not count), once the last ones are reaped.
+    let leftover = wait_sandboxes_gone(server.pid(), Duration::from_secs(10)).await;
+    assert!(leftover.is_empty(), "left running: {leftover:#?}");
 }
 
 /// Persistence through `/run`: write in channel A, lose the local copy, read it back; a second
@@ -372,7 +348,7 @@ async fn access_lists_and_the_off_switch() {
     let server = sandboxed_server(
         dir.path(),
         &[
-            ("ECDYSIS_SANDBOX_ALLOW_USERS", "tester, web:someone"),
+            ("ECDYSIS_SANDBOX_ALLOW_USERS", "slack:someone, web:tester"),
             ("ECDYSIS_SANDBOX_ALLOW_CHANNELS", "web:ops"),
         ],
     )
@@ -440,42 +416,6 @@ async fn the_model_calls_run_command_and_answers() {
 }
 
 // --- The isolation matrix, against the backend directly. ---
-
-struct Direct {
-    backend: Namespace,
-    dir: tempfile::TempDir,
-}
-
-impl Direct {
-    async fn new(settings: SandboxSettings) -> Direct {
-        let dir = public_tempdir();
-        let backend = Namespace::detect(&settings, &dir.path().join("workspaces"))
-            .await
-            .unwrap_or_else(|e| panic!("bwrap is installed but the sandbox does not work: {e}"));
-        Direct { backend, dir }
-    }
-
-    async fn run(&self, key: &str, command: &str, limits: Limits) -> RunOutput {
-        let workspace = WorkspaceRef {
-            key: key.to_string(),
-            dir: self.dir.path().join("workspaces").join(key),
-        };
-        std::fs::create_dir_all(&workspace.dir).unwrap();
-        self.backend.prepare(&workspace).await.unwrap();
-        self.backend
-            .run(RunRequest {
-                workspace,
-                command: command.to_string(),
-                limits,
-            })
-            .await
-            .unwrap()
-    }
-}
-
-fn out(output: &RunOutput) -> String {
-    String::from_utf8_lossy(&output.output).into_owned()
-}
 
 #[tokio::test]
 async fn isolation_secrets_in_home_and_root_stay_closed() {
@@ -650,6 +590,7 @@ async fn limits_are_enforced_by_the_backend() {
         max_output_bytes: 64 * 1024,
         max_file_bytes: 1024 * 1024,
         tmp_bytes: 8 * 1024 * 1024,
+        workspace_bytes: 64 * 1024 * 1024,
     };
     // Processes: forking stops (EAGAIN) before max_processes.
     let fork = [

@@ -142,6 +142,14 @@ pub(crate) fn status_line(report: &RunReport) -> String {
             "stopped: more than {} of output (sandbox.max_output_bytes) · {took}",
             human_bytes(report.limits.max_output_bytes as u64)
         ),
+        (Ended::MemoryLimit, _) => format!(
+            "stopped: the sandbox used up its {} of memory (sandbox.memory_mb, for all its processes and /tmp together) · {took}",
+            human_bytes(report.limits.memory_bytes)
+        ),
+        (Ended::WorkspaceLimit, _) => format!(
+            "stopped: the workspace grew past its {} limit (sandbox.workspace_max_mb) · {took}",
+            human_bytes(report.limits.workspace_bytes)
+        ),
         (Ended::Exited, Some(code)) => match signal_meaning(code, &report.limits) {
             Some(meaning) => format!("exit {code} ({meaning}) · {took}"),
             None => format!("exit {code} · {took}"),
@@ -153,7 +161,7 @@ pub(crate) fn status_line(report: &RunReport) -> String {
 /// What an exit code of 128 + N says about why the command died.
 fn signal_meaning(code: i32, limits: &Limits) -> Option<String> {
     Some(match code - 128 {
-        9 => "killed: SIGKILL, e.g. past the CPU time limit (sandbox.cpu_seconds)".into(),
+        9 => "killed: SIGKILL, e.g. past the CPU time limit (sandbox.cpu_seconds) or out of memory (sandbox.memory_mb)".into(),
         24 => format!(
             "killed: the CPU time limit of {} s ran out (sandbox.cpu_seconds)",
             limits.cpu_seconds
@@ -172,6 +180,12 @@ fn signal_meaning(code: i32, limits: &Limits) -> Option<String> {
 /// Lines after the status: workspace restores, snapshot problems, files not attached.
 pub(crate) fn notes(report: &RunReport) -> Vec<String> {
     let mut notes = Vec::new();
+    if let Some(bytes) = report.removed_bytes {
+        notes.push(format!(
+            "⚠ The run failed: what it added to the workspace was removed ({} given back); files it did not add or grow are as before.",
+            human_bytes(bytes)
+        ));
+    }
     if let Some(bytes) = report.restored_bytes {
         notes.push(format!(
             "The workspace was restored from its snapshot ({}).",
@@ -305,11 +319,13 @@ mod tests {
                 exit_code: exit,
                 ended,
                 duration: Duration::from_millis(12),
+                peak_memory: None,
             },
             limits: Limits::default(),
             files: Vec::new(),
             skipped_files: Vec::new(),
             restored_bytes: None,
+            removed_bytes: None,
             snapshot: SnapshotOutcome::Unchanged,
         }
     }
@@ -347,6 +363,23 @@ mod tests {
         );
         let out = render_report(&report("", Some(152), Ended::Exited), 2000);
         assert!(out.text.contains("CPU time limit"), "{}", out.text);
+        let out = render_report(&report("", None, Ended::MemoryLimit), 2000);
+        assert!(
+            out.text
+                .contains("used up its 1.0 GB of memory (sandbox.memory_mb"),
+            "{}",
+            out.text
+        );
+        let mut over = report("", None, Ended::WorkspaceLimit);
+        over.removed_bytes = Some(300 * 1024 * 1024);
+        let out = render_report(&over, 2000);
+        assert!(
+            out.text
+                .contains("grew past its 256.0 MB limit (sandbox.workspace_max_mb)"),
+            "{}",
+            out.text
+        );
+        assert!(out.text.contains("300.0 MB given back"), "{}", out.text);
         let mut failed = report("ok", Some(0), Ended::Exited);
         failed.snapshot = SnapshotOutcome::Failed("S3 said no".into());
         let out = render_report(&failed, 2000);

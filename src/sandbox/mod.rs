@@ -2,10 +2,11 @@
 //! sandbox whose `/workspace` is snapshotted to the blob store, so it outlives the machine.
 //!
 //! The parts: a [`Sandbox`] backend runs one command against one workspace directory (the
-//! `namespace` backend in [`namespace`], bubblewrap + rlimits + landlock); [`Workspaces`] keeps
-//! the per-channel directories and their snapshots; [`Runner`] puts them together (access,
-//! one run per channel, a global cap, restore, run, `out/` files, snapshot); [`RunFeature`] is
-//! `/run` and [`RunCommandTool`] is the model's tool.
+//! `namespace` backend in [`namespace`]: bubblewrap, a cgroup per run from [`cgroup`], rlimits,
+//! the seccomp deny list of [`seccomp`], landlock, the workspace watched through [`usage`]);
+//! [`Workspaces`] keeps the per-channel directories and their snapshots; [`Runner`] puts them
+//! together (access, one run per channel, a global cap, restore, run, `out/` files, snapshot);
+//! [`RunFeature`] is `/run` and [`RunCommandTool`] is the model's tool.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,11 +20,14 @@ use crate::config::{Config, SandboxBackend, SandboxSettings};
 use crate::tools::ToolContext;
 
 mod archive;
+pub mod cgroup;
 mod feature;
 mod landlock;
 pub mod namespace;
 mod runner;
+pub mod seccomp;
 mod tool;
+pub mod usage;
 mod workspace;
 
 pub use feature::{RunFeature, inline_limit, render_report};
@@ -42,7 +46,8 @@ pub struct Limits {
     pub timeout: Duration,
     /// CPU seconds of each process.
     pub cpu_seconds: u64,
-    /// Address space of each process, in bytes.
+    /// Memory of the whole sandbox (every process, and its `/tmp` and `/dev/shm` files) where
+    /// a cgroup can be had; always also the address space of each process.
     pub memory_bytes: u64,
     /// Processes and threads at once.
     pub max_processes: u64,
@@ -50,8 +55,11 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// The largest file a command may write.
     pub max_file_bytes: u64,
-    /// Size of the private `/tmp` (and `/dev/shm`).
+    /// Size of the private `/tmp`, and again of `/dev/shm`.
     pub tmp_bytes: u64,
+    /// Disk the workspace may take while the command runs (see [`usage`]); past it the run
+    /// is stopped.
+    pub workspace_bytes: u64,
 }
 
 impl Limits {
@@ -64,7 +72,9 @@ impl Limits {
             max_processes: settings.max_processes,
             max_output_bytes: settings.max_output_bytes,
             max_file_bytes: settings.workspace_max_mb.saturating_mul(mib),
-            tmp_bytes: settings.memory_mb.saturating_mul(mib),
+            // Half each: both together fit in the memory limit they are charged to.
+            tmp_bytes: settings.memory_mb.saturating_mul(mib) / 2,
+            workspace_bytes: settings.workspace_max_mb.saturating_mul(mib),
         }
     }
 }
@@ -94,6 +104,10 @@ pub enum Ended {
     TimedOut,
     /// The output limit was reached and the sandbox was killed.
     OutputLimit,
+    /// The whole sandbox ran out of memory (its cgroup's limit) and was killed.
+    MemoryLimit,
+    /// The workspace grew past its size limit and the sandbox was killed.
+    WorkspaceLimit,
 }
 
 /// What a command did.
@@ -105,6 +119,8 @@ pub struct RunOutput {
     pub exit_code: Option<i32>,
     pub ended: Ended,
     pub duration: Duration,
+    /// The most memory the whole sandbox used at once, where a cgroup measured it.
+    pub peak_memory: Option<u64>,
 }
 
 /// What went wrong running a command (not the command's own failure, which is an exit code).

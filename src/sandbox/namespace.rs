@@ -6,25 +6,35 @@
 //! loopback network, and nothing else of the host (no `/home`, `/root`, data directory or
 //! other workspaces). When ecdysis runs as root, bwrap itself runs as an unprivileged user of
 //! the channel's own (uid = a hash of the channel), so the host's root-owned files stay closed
-//! and `RLIMIT_NPROC` counts that channel's processes only. Limits are rlimits set just before
-//! bwrap starts (CPU seconds, address space, processes, file size, no core dumps) plus a
-//! wall-clock timeout and an output cap that kill the whole PID namespace; Landlock scopes
-//! (signals, abstract sockets) are added where the kernel has them.
+//! and `RLIMIT_NPROC` counts that channel's processes only. Each run gets its own cgroup
+//! ([`super::cgroup`]: memory and tasks of the whole sandbox, tmpfs files included) where one
+//! can be had; rlimits set just before bwrap starts (CPU seconds, address space, processes,
+//! file size, no core dumps) apply to each process in any case. A wall-clock timeout, an output
+//! cap, the cgroup's OOM count and a watch on the workspace's size ([`super::usage`]) kill the
+//! whole sandbox. bwrap installs the seccomp deny list of [`super::seccomp`] right before it
+//! executes the command; Landlock scopes (signals, abstract sockets) are added where the
+//! kernel has them.
 
 use std::ffi::OsString;
 use std::io::{self, ErrorKind};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
-use tracing::{debug, warn};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
+use super::cgroup::{self, Cgroups, RunGroup};
+use super::seccomp::Filter;
 use super::workspace::fnv1a;
-use super::{Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, landlock};
+use super::{
+    Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, landlock, usage,
+};
 use crate::config::SandboxSettings;
 
 /// Per-channel sandbox users are `UID_BASE + hash(channel) % UID_SPAN` (gid the same).
@@ -44,6 +54,10 @@ const HOST_SYSTEM: &[&str] = &[
 /// Top-level entries of a configured root file system that the sandbox provides itself.
 const NOT_FROM_ROOTFS: &[&str] = &["proc", "dev", "sys", "tmp", "workspace"];
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How often a running sandbox's cgroup and workspace are looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// Tasks of a run besides the command's own: the outer bwrap and the sandbox's PID-1 shell.
+const OWN_TASKS: u64 = 2;
 
 /// How the host sees the sandbox's processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +90,12 @@ pub struct Namespace {
     shell: &'static str,
     identity: Identity,
     landlock_abi: i64,
+    /// Where each run's cgroup is made, or why there is none.
+    cgroups: Result<Arc<Cgroups>, String>,
+    /// The seccomp deny list, or why there is none.
+    seccomp: Result<Arc<Filter>, String>,
+    /// The configured limits, for [`Sandbox::describe`].
+    limits: Limits,
 }
 
 impl Namespace {
@@ -109,27 +129,64 @@ impl Namespace {
         } else {
             &[Identity::Caller]
         };
+        let cgroups = tokio::task::spawn_blocking(Cgroups::detect)
+            .await
+            .map_err(|e| format!("cgroup detection failed: {e}"))
+            .and_then(|found| found)
+            .map(Arc::new);
+        let seccomp = Filter::build().map(Arc::new);
         let mut first_error = None;
-        for identity in candidates {
-            let backend = Self {
-                bwrap: bwrap.clone(),
-                version: version.clone(),
-                rootfs: settings.rootfs.clone(),
-                mounts: mounts.clone(),
-                etc: etc.clone(),
-                shell,
-                identity: *identity,
-                landlock_abi: landlock::abi(),
-            };
-            match backend.probe(&workspaces).await {
-                Ok(()) => return Ok(backend),
-                Err(e) => {
-                    debug!(identity = ?identity, error = %e, "sandbox probe failed");
-                    first_error.get_or_insert(e);
+        let mut attempts = vec![cgroups];
+        if attempts[0].is_ok() {
+            attempts.push(Err(
+                "a test command did not run inside a cgroup (see the debug log)".into(),
+            ));
+        }
+        for cgroups in attempts {
+            for identity in candidates {
+                let backend = Self {
+                    bwrap: bwrap.clone(),
+                    version: version.clone(),
+                    rootfs: settings.rootfs.clone(),
+                    mounts: mounts.clone(),
+                    etc: etc.clone(),
+                    shell,
+                    identity: *identity,
+                    landlock_abi: landlock::abi(),
+                    cgroups: cgroups.clone(),
+                    seccomp: seccomp.clone(),
+                    limits: Limits::from_settings(settings),
+                };
+                match backend.probe(&workspaces).await {
+                    Ok(()) => {
+                        backend.log_confinement();
+                        return Ok(backend);
+                    }
+                    Err(e) => {
+                        debug!(identity = ?identity, cgroup = cgroups.is_ok(), error = %e, "sandbox probe failed");
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
         Err(first_error.unwrap_or_else(|| "no way to run the sandbox was found".into()))
+    }
+
+    /// Say at start-up how the whole sandbox is limited, loudly when only per process.
+    fn log_confinement(&self) {
+        match &self.cgroups {
+            Ok(cgroups) => info!(
+                cgroup = %cgroups.describe(),
+                "each sandbox run gets its own cgroup (memory and tasks of the whole sandbox)"
+            ),
+            Err(reason) => warn!(
+                %reason,
+                "no cgroup for sandbox runs: memory and processes are limited per process only (sandbox.memory_mb applies to each process, not to the whole sandbox)"
+            ),
+        }
+        if let Err(reason) = &self.seccomp {
+            warn!(%reason, "sandboxed commands run without the seccomp deny list");
+        }
     }
 
     /// Run a real command in a scratch workspace: user namespaces, mounts, the uid switch, the
@@ -193,7 +250,7 @@ impl Namespace {
         existing + max_processes + 2
     }
 
-    fn args(&self, request: &RunRequest) -> Vec<OsString> {
+    fn args(&self, request: &RunRequest, seccomp: Option<RawFd>) -> Vec<OsString> {
         let mut args = Args(Vec::with_capacity(80));
         args.words(&[
             "--unshare-all",
@@ -225,6 +282,9 @@ impl Namespace {
         args.words(&["--size", &tmp, "--tmpfs", "/tmp"]);
         args.mount("--bind", &request.workspace.dir, "/workspace");
         args.words(&["--remount-ro", "/dev", "--remount-ro", "/"]);
+        if let Some(fd) = seccomp {
+            args.words(&["--seccomp", &fd.to_string()]);
+        }
         args.words(&["--chdir", "/workspace", "--clearenv"]);
         for (name, value) in [
             ("PATH", PATH),
@@ -292,13 +352,40 @@ impl Sandbox for Namespace {
         } else {
             "no landlock".into()
         };
+        let mb = |bytes: u64| bytes / (1024 * 1024);
+        let whole = match &self.cgroups {
+            Ok(cgroups) => format!(
+                "{}: {} MB of memory{} for the whole sandbox",
+                match cgroups.version() {
+                    cgroup::Version::V1 => "cgroup v1",
+                    cgroup::Version::V2 => "cgroup v2",
+                },
+                mb(self.limits.memory_bytes),
+                if cgroups.limits_processes() {
+                    format!(" and {} processes", self.limits.max_processes)
+                } else {
+                    String::new()
+                }
+            ),
+            Err(reason) => format!(
+                "NO cgroup ({reason}): memory ({} MB) and processes ({}) limited per process only",
+                mb(self.limits.memory_bytes),
+                self.limits.max_processes
+            ),
+        };
+        let seccomp = match &self.seccomp {
+            Ok(filter) => format!("seccomp denies {} system calls", filter.denied()),
+            Err(reason) => format!("no seccomp ({reason})"),
+        };
         format!(
-            "namespace ({}; {system}; {users}; no network; {landlock})",
+            "namespace ({}; {system}; {users}; no network; {whole}; /tmp and /dev/shm {} MB each; workspace {} MB enforced while commands run; {seccomp}; {landlock})",
             if self.version.is_empty() {
                 "bwrap"
             } else {
                 &self.version
-            }
+            },
+            mb(self.limits.tmp_bytes),
+            mb(self.limits.workspace_bytes),
         )
     }
 
@@ -335,6 +422,32 @@ impl Sandbox for Namespace {
         let uid = self.uid_for(&request.workspace.key);
         let nproc = self.nproc_limit(uid, limits.max_processes);
         let landlock = self.landlock_abi >= landlock::SCOPES_ABI;
+        let group = match &self.cgroups {
+            Ok(cgroups) => {
+                let cgroups = cgroups.clone();
+                let made = tokio::task::spawn_blocking(move || {
+                    cgroups.create(limits.memory_bytes, limits.max_processes + OWN_TASKS)
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|made| made)
+                .map_err(|source| SandboxError::Io {
+                    what: "making the run's cgroup",
+                    source,
+                })?;
+                Some(made)
+            }
+            Err(_) => None,
+        };
+        let join_fds = group.as_ref().map(RunGroup::join_fds).unwrap_or_default();
+        let seccomp = match &self.seccomp {
+            Ok(filter) => Some(filter.pipe().map_err(|source| SandboxError::Io {
+                what: "passing the seccomp filter",
+                source,
+            })?),
+            Err(_) => None,
+        };
+        let seccomp_fd = seccomp.as_ref().map(AsRawFd::as_raw_fd);
         let pipe_error = |source| SandboxError::Io {
             what: "opening the output pipe",
             source,
@@ -344,7 +457,7 @@ impl Sandbox for Namespace {
         let writer_err = writer.try_clone().map_err(pipe_error)?;
         let mut command = tokio::process::Command::new(&self.bwrap);
         command
-            .args(self.args(&request))
+            .args(self.args(&request, seccomp_fd))
             .env_clear()
             .stdin(Stdio::null())
             .stdout(writer)
@@ -353,17 +466,28 @@ impl Sandbox for Namespace {
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
-        // SAFETY: `confine` only makes async-signal-safe system calls on copied values.
+        // SAFETY: `join`, `inherit` and `confine` only make async-signal-safe system calls on
+        // values copied or moved in before the fork.
         unsafe {
-            command.pre_exec(move || confine(&limits, nproc, landlock));
+            command.pre_exec(move || {
+                // First of all: everything bwrap starts is then in the group.
+                cgroup::join(&join_fds)?;
+                if let Some(fd) = seccomp_fd {
+                    inherit(fd)?;
+                }
+                confine(&limits, nproc, landlock)
+            });
         }
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|source| SandboxError::Spawn {
+        let spawned = command.spawn();
+        // Close our copies of the pipes' ends: the output pipe then sees EOF when the sandbox
+        // ends, and only bwrap holds the seccomp program.
+        drop(command);
+        drop(seccomp);
+        let mut child = spawned.map_err(|source| SandboxError::Spawn {
             program: self.bwrap.display().to_string(),
             source,
         })?;
-        // Close our copies of the pipe's write end, so the read sees EOF when the sandbox ends.
-        drop(command);
         let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
             .map_err(pipe_error)?;
 
@@ -374,6 +498,10 @@ impl Sandbox for Namespace {
         let mut ended = Ended::Exited;
         let deadline = tokio::time::sleep(limits.timeout);
         tokio::pin!(deadline);
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut measuring: Option<JoinHandle<io::Result<u64>>> = None;
+        let workspace = request.workspace.dir.clone();
         while !(eof && status.is_some()) {
             tokio::select! {
                 read = pipe.read(&mut chunk), if !eof => match read {
@@ -402,22 +530,91 @@ impl Sandbox for Namespace {
                     ended = Ended::TimedOut;
                     break;
                 }
+                _ = watch.tick() => {
+                    if group.as_ref().is_some_and(|g| g.oom_kills() > 0) {
+                        ended = Ended::MemoryLimit;
+                        break;
+                    }
+                    if measuring.is_none() {
+                        let dir = workspace.clone();
+                        let cap = limits.workspace_bytes;
+                        measuring = Some(tokio::task::spawn_blocking(move || usage::measure(&dir, cap)));
+                    }
+                }
+                measured = finished(&mut measuring) => {
+                    measuring = None;
+                    match measured {
+                        Ok(Ok(bytes)) if bytes > limits.workspace_bytes => {
+                            ended = Ended::WorkspaceLimit;
+                            break;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => debug!(error = %e, "cannot measure the workspace"),
+                        Err(e) => debug!(error = %e, "the workspace measurement failed"),
+                    }
+                }
             }
         }
         let duration = started.elapsed();
         let exit_code = match ended {
             Ended::Exited => status.map(exit_code),
-            Ended::TimedOut | Ended::OutputLimit => {
+            Ended::TimedOut | Ended::OutputLimit | Ended::MemoryLimit | Ended::WorkspaceLimit => {
                 stop(&mut child).await;
                 None
             }
         };
+        if let Some(group) = &group {
+            group.kill_all();
+        }
+        // A command may have passed a limit in its last moments, after the last look.
+        if ended == Ended::Exited {
+            if group.as_ref().is_some_and(|g| g.oom_kills() > 0) {
+                ended = Ended::MemoryLimit;
+            } else {
+                let cap = limits.workspace_bytes;
+                let measured =
+                    tokio::task::spawn_blocking(move || usage::measure(&workspace, cap)).await;
+                if let Ok(Ok(bytes)) = measured
+                    && bytes > cap
+                {
+                    ended = Ended::WorkspaceLimit;
+                }
+            }
+        }
+        let peak_memory = group.as_ref().and_then(RunGroup::peak_memory);
+        if let Some(mut group) = group {
+            let removed = tokio::task::spawn_blocking(move || group.remove()).await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot remove a sandbox run's cgroup"),
+                Err(e) => warn!(error = %e, "removing a sandbox run's cgroup failed"),
+            }
+        }
         Ok(RunOutput {
             output,
             exit_code,
             ended,
             duration,
+            peak_memory,
         })
+    }
+}
+
+/// The result of a background task, or never when there is none.
+async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Let the program that is about to be executed inherit `fd` (clear close-on-exec).
+fn inherit(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(2) on a descriptor this process owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

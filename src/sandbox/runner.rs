@@ -182,7 +182,10 @@ impl Runner {
         let removed_bytes = if output.ended == Ended::WorkspaceLimit {
             match tokio::task::spawn_blocking(move || index.remove_additions(&dir)).await {
                 Ok(Ok(bytes)) => {
-                    warn!(key, bytes, "a run went past the workspace limit; its additions were removed");
+                    warn!(
+                        key,
+                        bytes, "a run went past the workspace limit; its additions were removed"
+                    );
                     Some(bytes)
                 }
                 Ok(Err(e)) => {
@@ -252,5 +255,85 @@ impl Runner {
                 SnapshotOutcome::Failed(e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::LocalBlobStore;
+    use crate::sandbox::{Ended, WorkspaceRef};
+    use async_trait::async_trait;
+    use std::time::Duration;
+
+    /// A backend that writes `big.bin` into the workspace and says the run went past the
+    /// workspace limit (as the namespace backend's watch would).
+    struct Filler;
+
+    #[async_trait]
+    impl Sandbox for Filler {
+        fn backend(&self) -> &'static str {
+            "filler"
+        }
+        fn describe(&self) -> String {
+            "filler".into()
+        }
+        async fn prepare(&self, _workspace: &WorkspaceRef) -> Result<(), SandboxError> {
+            Ok(())
+        }
+        async fn run(&self, request: RunRequest) -> Result<RunOutput, SandboxError> {
+            let big = request.command == "fill";
+            if big {
+                std::fs::write(request.workspace.dir.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
+            } else {
+                std::fs::write(request.workspace.dir.join("notes.txt"), "keep").unwrap();
+            }
+            Ok(RunOutput {
+                output: Vec::new(),
+                exit_code: None,
+                ended: if big {
+                    Ended::WorkspaceLimit
+                } else {
+                    Ended::Exited
+                },
+                duration: Duration::from_millis(5),
+                peak_memory: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_over_limit_run_gives_back_what_it_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(
+            LocalBlobStore::open(&dir.path().join("blobs"))
+                .await
+                .unwrap(),
+        );
+        let workspaces = Workspaces::open(&dir.path().join("ws"), blobs, 1 << 20)
+            .await
+            .unwrap();
+        let settings = SandboxSettings {
+            workspace_max_mb: 1,
+            ..SandboxSettings::default()
+        };
+        let runner = Runner::new(Arc::new(Filler), workspaces, settings);
+        let channel = ConversationRef::new("web", "local", "c1", None).channel_ref();
+        let report = runner.run(&channel, "note").await.unwrap();
+        assert_eq!(report.removed_bytes, None);
+        let report = runner.run(&channel, "fill").await.unwrap();
+        let removed = report.removed_bytes.expect("the additions were removed");
+        assert!(removed >= 3 << 20, "{removed}");
+        let workspace = runner.workspaces().reference(&channel_key(&channel)).dir;
+        assert!(!workspace.join("big.bin").exists());
+        assert_eq!(
+            std::fs::read_to_string(workspace.join("notes.txt")).unwrap(),
+            "keep"
+        );
+        // The workspace after the failed run is what gets saved.
+        assert!(matches!(
+            report.snapshot,
+            SnapshotOutcome::Unchanged | SnapshotOutcome::Saved(_)
+        ));
     }
 }

@@ -211,6 +211,7 @@ mod tests {
                 exit_code: Some(0),
                 ended: Ended::Exited,
                 duration: Duration::from_millis(5),
+                peak_memory: None,
             })
         }
     }

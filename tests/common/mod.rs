@@ -27,6 +27,7 @@ pub fn s3_endpoint() -> Option<String> {
 }
 
 pub mod mcp;
+pub mod sandbox;
 pub mod server;
 
 /// A Postgres URL whose connections live in a new, empty schema, so runs never see each other.

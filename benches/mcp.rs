@@ -197,26 +197,32 @@ fn main() {
             ),
         )
         .await;
-        let mut child = std::process::Command::new("python3")
-            .arg(fixture())
-            .arg("http")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the HTTP fixture");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("port");
-        let port = line.trim().trim_start_matches("PORT ").to_string();
-        transport(
-            "http",
-            format!("[[mcp]]\nname = \"fx\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
-        )
-        .await;
-        let _ = child.kill();
-        let _ = child.wait();
+        for (label, extra) in [
+            ("http (SSE answers)", None),
+            ("http (JSON answers)", Some("--json-response")),
+        ] {
+            let mut child = std::process::Command::new("python3")
+                .arg(fixture())
+                .arg("http")
+                .args(extra)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the HTTP fixture");
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+                &mut line,
+            )
+            .expect("port");
+            let port = line.trim().trim_start_matches("PORT ").to_string();
+            transport(
+                label,
+                format!("[[mcp]]\nname = \"fx\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
+            )
+            .await;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         startup().await;
     });
 }

@@ -17,7 +17,6 @@ use ecdysis_chat::{ConversationRef, EventSink};
 use ecdysis_web::guard::Guard;
 use ecdysis_web::limiter::LoginLimiter;
 use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::agent::LlmAgent;
@@ -241,8 +240,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
             "no ECDYSIS_PUBLIC_URL: the web chat and /admin answer to any host name (the admin token guards them); set it to refuse other names"
         );
     }
-    let listener = TcpListener::bind(app.config.listen)
-        .await
+    let listener = crate::listener::bind(app.config.listen)
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;

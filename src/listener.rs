@@ -12,10 +12,27 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tower_service::Service;
 use tracing::{debug, warn};
+
+/// Connections the kernel completes and queues for us while every slot is taken (the kernel
+/// may lower it to `net.core.somaxconn`); more than that, and clients' connects are retried.
+const BACKLOG: u32 = 1024;
+
+/// Listen on `address` with a queue deep enough for bursts (the standard library's 128 is
+/// quickly full while the connection cap holds clients back).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
 
 /// How the listener treats connections.
 #[derive(Clone, Copy, Debug)]

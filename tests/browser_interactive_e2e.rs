@@ -145,10 +145,12 @@ body { margin: 0; font: 16px sans-serif; } #panel { padding: 12px; background: #
 <script>
 document.getElementById('go').addEventListener('click', () => {
   const from = document.getElementById('from').value, to = document.getElementById('to').value;
-  setTimeout(() => {
-    document.getElementById('route').style.display = 'block';
-    document.getElementById('summary').textContent = `Route from ${from} to ${to}: 12 km, 25 min by bike`;
-  }, 150);
+  fetch(`/api/route?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`)
+    .then((r) => r.json())
+    .then((route) => {
+      document.getElementById('route').style.display = 'block';
+      document.getElementById('summary').textContent = route.summary;
+    });
 });
 </script></body></html>"#;
 
@@ -249,6 +251,20 @@ async fn serve_site() -> Site {
             ),
         )
         .route("/map", get(|| async { Html(MAP) }))
+        .route(
+            "/api/route",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                // A directions service takes a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                axum::Json(json!({
+                    "summary": format!(
+                        "Route from {} to {}: 12 km, 25 min by bike",
+                        q.get("from").cloned().unwrap_or_default(),
+                        q.get("to").cloned().unwrap_or_default()
+                    )
+                }))
+            }),
+        )
         .route(
             "/go-elsewhere",
             get(|State(s): State<SiteState>| async move {

@@ -127,7 +127,10 @@ struct Target {
 const RESOLVE: &str = r#"const refs = window.__ecdysisRefs;
   const el = refs instanceof Map ? refs.get(n) : undefined;
   if (!el || !el.isConnected) return { error: 'stale' };
-  const desc = (el.getAttribute('aria-label') || el.innerText || el.value || el.getAttribute('placeholder') || el.getAttribute('name') || el.localName || '').replace(/\s+/g, ' ').trim().slice(0, 60);
+  const field = ['input', 'select', 'textarea'].includes(el.localName);
+  const button = el.localName === 'input' && ['submit', 'button', 'reset'].includes((el.getAttribute('type') || '').toLowerCase());
+  const label = el.labels && el.labels.length ? Array.from(el.labels).map((l) => Array.from(l.childNodes).filter((c) => c.nodeType === 3 || !['INPUT', 'SELECT', 'TEXTAREA'].includes(c.nodeName)).map((c) => c.textContent).join(' ')).join(' ') : '';
+  const desc = (el.getAttribute('aria-label') || label || (button ? el.value : '') || (field ? (el.getAttribute('placeholder') || el.getAttribute('name') || '') : el.innerText) || el.localName || '').replace(/\s+/g, ' ').trim().slice(0, 60);
   if (el.disabled || el.getAttribute('aria-disabled') === 'true') return { error: 'disabled', desc };"#;
 
 const CLICK_JS: &str = r#"((n) => {
@@ -484,7 +487,7 @@ impl Session {
             }
             if started.elapsed() >= limit {
                 return Err(BrowserError::Action(format!(
-                    "{what} did not appear within {:.0} s; take a snapshot to see what the page shows",
+                    "{what} did not appear within {:.1} s; take a snapshot to see what the page shows",
                     limit.as_secs_f64()
                 )));
             }

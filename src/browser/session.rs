@@ -507,7 +507,11 @@ impl Sessions {
                 .map(|l| *l)
                 .unwrap_or_else(|_| Instant::now())
         });
-        let mut open = self.open_count();
+        // Busy slots (locked by another action) count as open.
+        let mut open = slots
+            .iter()
+            .filter(|(_, s)| s.session.try_lock().map(|g| g.is_some()).unwrap_or(true))
+            .count();
         for (key, slot) in slots {
             if open < max {
                 break;

@@ -54,6 +54,15 @@ const SNAPSHOT_JS: &str = r#"((start, maxChars) => {
     return null;
   };
   const textOf = (el) => squash(el.innerText || el.textContent || '');
+  const labelText = (label) => {
+    let t = '';
+    const visit = (n) => {
+      if (n.nodeType === 3) t += n.nodeValue + ' ';
+      else if (n.nodeType === 1 && !['input', 'select', 'textarea', 'button', 'script', 'style'].includes(n.localName)) n.childNodes.forEach(visit);
+    };
+    visit(label);
+    return squash(t);
+  };
   const nameOf = (el, role) => {
     const label = el.getAttribute('aria-label');
     if (label && label.trim()) return label;
@@ -63,7 +72,7 @@ const SNAPSHOT_JS: &str = r#"((start, maxChars) => {
       if (t.trim()) return t;
     }
     if (el.labels && el.labels.length) {
-      const t = Array.from(el.labels).map(textOf).join(' ');
+      const t = Array.from(el.labels).map(labelText).join(' ');
       if (t.trim()) return t;
     }
     if (el.localName === 'input') {

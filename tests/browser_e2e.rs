@@ -751,14 +751,36 @@ async fn chromium_runs_as_an_unprivileged_user_with_its_sandbox() {
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
 
-    // None of the bot's environment (cargo sets CARGO_* for this test process).
-    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO_")));
+    // None of the bot's environment: no variable of this process reaches Chromium, except the
+    // few it needs (locale, time zone, fonts, proxies, PATH).
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(!environ.contains("CARGO_"), "{environ}");
+    let environ: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let needed = [
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "TZ",
+        "CHROMIUM_FLAGS",
+        "HOME",
+    ];
+    let ours: Vec<String> = std::env::vars()
+        .filter(|(k, _)| !needed.contains(&k.as_str()) && !k.to_lowercase().ends_with("_proxy"))
+        .filter(|(k, _)| !k.starts_with("FONTCONFIG_") && !k.starts_with("XDG_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "this test process has no variables to leak"
+    );
+    let leaked: Vec<&String> = ours.iter().filter(|v| environ.contains(v)).collect();
+    assert!(leaked.is_empty(), "leaked into Chromium: {leaked:?}");
     assert!(
         environ.contains(&format!("HOME={}", profile.display())),
-        "{environ}"
+        "{environ:?}"
     );
 
     // Its own sandbox: on wherever its user may make user namespaces, and then real (the

@@ -365,6 +365,12 @@ pub unsafe fn join(fds: &[RawFd]) -> io::Result<()> {
 /// children, which the kernel allows only when it has no processes of its own — so when it
 /// does, this process moves into a leaf of its own first.
 fn prepare_v2(dir: &Path) -> Result<Layout, String> {
+    // Already moved into our leaf (an earlier detection in this process): its parent is ours.
+    if dir.file_name().is_some_and(|name| name == SERVER_LEAF)
+        && let Some(parent) = dir.parent()
+    {
+        return prepare_v2(parent);
+    }
     let available = fs::read_to_string(dir.join("cgroup.controllers"))
         .map_err(|e| format!("cannot read {}/cgroup.controllers: {e}", dir.display()))?;
     let available: Vec<&str> = available.split_whitespace().collect();
@@ -658,6 +664,25 @@ mod tests {
         assert_eq!(
             fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
             "+pids"
+        );
+    }
+
+    #[test]
+    fn v2_detected_again_from_the_server_leaf_uses_the_same_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let own = root.join("svc");
+        fs::create_dir_all(own.join(SERVER_LEAF)).unwrap();
+        fs::write(own.join("cgroup.controllers"), "memory pids\n").unwrap();
+        fs::write(own.join("cgroup.subtree_control"), "memory pids\n").unwrap();
+        let mounts = format!("33 25 0:30 / {} rw - cgroup2 cgroup2 rw\n", root.display());
+        let found = Cgroups::locate("0::/svc/ecdysis.server\n", &mounts).unwrap();
+        assert_eq!(
+            found.layout,
+            Layout::V2 {
+                parent: own,
+                pids: true
+            }
         );
     }
 

@@ -1,8 +1,11 @@
-//! Storage: one trait, a SQLite and a Postgres implementation, each with its own migrations.
+//! Storage: one query layer over SQLite and Postgres, each with its own migrations.
 //!
 //! Everything durable lives here: conversations, the inbox of events, the transcript, memory
 //! notes (full-text searchable), artifacts, the outbox of replies and LLM usage. Every method
 //! that changes more than one row does so in one transaction.
+//!
+//! Each query is written once ([`db`] runs it on whichever backend is open); the few that
+//! differ sit side by side in [`dialect`]. A table's queries live in the file named after it.
 
 use std::sync::Arc;
 
@@ -10,11 +13,23 @@ use async_trait::async_trait;
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::{Deserialize, Serialize};
 
-mod postgres;
-mod sqlite;
+mod admin;
+mod backup;
+mod clock;
+mod conversations;
+mod db;
+mod dialect;
+mod facade;
+mod inbox;
+mod installations;
+mod leases;
+mod memory;
+mod migrate;
+mod outbox;
+mod transcript;
+mod usage;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use clock::Clock;
 
 /// What went wrong in storage.
 #[derive(Debug, thiserror::Error)]
@@ -675,69 +690,43 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
 }
 
+/// The store: one implementation of [`Store`] for both backends.
+pub struct SqlStore {
+    db: db::Db,
+    conversations: conversations::ConversationCache,
+    clock: Arc<Clock>,
+}
+
 /// Open (and migrate) the database a URL names.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PostgresStore::open(url).await?))
-    } else {
-        Err(StoreError::Open {
-            url: crate::config::redact(url),
-            problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
+    open_with_clock(url, Arc::new(Clock::default())).await
+}
+
+/// [`open`], with the clock the store times its rows and leases by (tests move it ahead).
+pub async fn open_with_clock(url: &str, clock: Arc<Clock>) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqlStore::open(url, clock).await?))
+}
+
+impl SqlStore {
+    /// Open (and migrate) the database a URL names.
+    pub async fn open(url: &str, clock: Arc<Clock>) -> Result<Self> {
+        Ok(SqlStore {
+            db: db::Db::open(url, clock.clone()).await?,
+            conversations: conversations::ConversationCache::default(),
+            clock,
         })
     }
 }
 
-/// Conversation ids by reference and back. Rows of `conversations` never change once written,
-/// so caching them is safe; the cache is bounded and simply starts over when full.
-#[derive(Default)]
-pub(crate) struct ConversationCache {
-    maps: std::sync::Mutex<ConversationMaps>,
-}
-
-#[derive(Default)]
-struct ConversationMaps {
-    ids: std::collections::HashMap<(String, String, String, String), i64>,
-    refs: std::collections::HashMap<i64, ConversationRef>,
-}
-
-fn conversation_key(c: &ConversationRef) -> (String, String, String, String) {
-    (
-        c.platform.clone(),
-        c.workspace.clone(),
-        c.channel.clone(),
-        c.thread.clone().unwrap_or_default(),
-    )
-}
-
-impl ConversationCache {
-    const MAX: usize = 10_000;
-
-    pub(crate) fn id(&self, c: &ConversationRef) -> Option<i64> {
-        let maps = self.maps.lock().ok()?;
-        maps.ids.get(&conversation_key(c)).copied()
+/// The file of a `sqlite:` URL, for messages and the instance lock; `None` for other URLs.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
     }
-
-    pub(crate) fn conversation(&self, id: i64) -> Option<ConversationRef> {
-        let maps = self.maps.lock().ok()?;
-        maps.refs.get(&id).cloned()
-    }
-
-    /// Remember a committed conversation row.
-    pub(crate) fn insert(&self, c: &ConversationRef, id: i64) {
-        if let Ok(mut maps) = self.maps.lock() {
-            if maps.ids.len() >= Self::MAX {
-                maps.ids.clear();
-                maps.refs.clear();
-            }
-            maps.ids.insert(conversation_key(c), id);
-            maps.refs.insert(
-                id,
-                ConversationRef::new(&c.platform, &c.workspace, &c.channel, c.thread.clone()),
-            );
-        }
-    }
+    sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .ok()
+        .map(|o| o.get_filename().to_path_buf())
 }
 
 /// Words of a free-text query, lower-cased, for the full-text search of either backend.

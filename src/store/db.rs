@@ -1,0 +1,385 @@
+//! The one handle both backends share: their pools, a transaction on either, and the macros that
+//! run one query text on whichever backend is open.
+//!
+//! Every query of the store is written once, with `$N` placeholders (sqlx's SQLite driver
+//! reads them as well as Postgres does) and SQL both databases accept. The few statements that
+//! really differ live in [`super::dialect`]. Rows are read through [`Columns`], so the code that
+//! turns a row into a value is written once too.
+//!
+//! SQLite runs every write on one connection (writes queue in-process instead of failing with
+//! `SQLITE_BUSY`) and reads on a pool of their own; Postgres uses one pool for both.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
+
+use super::clock::Clock;
+use super::{Result, StoreError, migrate};
+
+/// The open database and the clock its writes are timed by.
+pub(crate) struct Db {
+    pub(crate) pools: Pools,
+    pub(crate) clock: Arc<Clock>,
+}
+
+/// The connection pools of one backend.
+pub(crate) enum Pools {
+    Sqlite {
+        /// Exactly one connection: the single writer.
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    Postgres {
+        pool: PgPool,
+    },
+}
+
+/// A transaction on either backend, with the time the write it belongs to started.
+pub(crate) struct Tx {
+    pub(crate) conn: TxConn,
+    /// Milliseconds since the Unix epoch, read once per transaction.
+    pub(crate) now: i64,
+}
+
+pub(crate) enum TxConn {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Run `$body` once for whichever backend `$db` is, with `$c` bound to the pool that serves
+/// reads. With a [`super::dialect::Sql`] pair, `$sql` is bound to that backend's text.
+macro_rules! on_reader {
+    ($db:expr, |$c:ident| $body:expr) => {
+        match &$db.pools {
+            $crate::store::db::Pools::Sqlite { read: $c, .. } => $body,
+            $crate::store::db::Pools::Postgres { pool: $c } => $body,
+        }
+    };
+    ($db:expr, $pair:expr, |$c:ident, $sql:ident| $body:expr) => {
+        match &$db.pools {
+            $crate::store::db::Pools::Sqlite { read: $c, .. } => {
+                let $sql = $pair.sqlite;
+                $body
+            }
+            $crate::store::db::Pools::Postgres { pool: $c } => {
+                let $sql = $pair.postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Run `$body` once for whichever backend the transaction `$tx` is on, with `$c` bound to its
+/// connection. With a [`super::dialect::Sql`] pair, `$sql` is bound to that backend's text.
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match &mut $tx.conn {
+            $crate::store::db::TxConn::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::store::db::TxConn::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+    ($tx:expr, $pair:expr, |$c:ident, $sql:ident| $body:expr) => {
+        match &mut $tx.conn {
+            $crate::store::db::TxConn::Sqlite(t) => {
+                let $c = &mut **t;
+                let $sql = $pair.sqlite;
+                $body
+            }
+            $crate::store::db::TxConn::Postgres(t) => {
+                let $c = &mut **t;
+                let $sql = $pair.postgres;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use {on_reader, on_tx};
+
+/// A value both backends can decode.
+pub(crate) trait Value:
+    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+impl<T> Value for T where
+    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+/// A column name or position, on both backends.
+pub(crate) trait Index: ColumnIndex<SqliteRow> + ColumnIndex<PgRow> {}
+
+impl<I: ColumnIndex<SqliteRow> + ColumnIndex<PgRow>> Index for I {}
+
+/// A row of either backend: the one way row-reading code gets at its columns.
+pub(crate) trait Columns {
+    fn col<T: Value>(&self, index: impl Index) -> Result<T>;
+}
+
+impl Columns for SqliteRow {
+    fn col<T: Value>(&self, index: impl Index) -> Result<T> {
+        Ok(self.try_get(index)?)
+    }
+}
+
+impl Columns for PgRow {
+    fn col<T: Value>(&self, index: impl Index) -> Result<T> {
+        Ok(self.try_get(index)?)
+    }
+}
+
+/// Read every row with `read`, stopping at the first column that does not decode.
+pub(crate) fn rows<R: Columns, T>(rows: &[R], read: impl Fn(&R) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(read).collect()
+}
+
+/// A write: `f` runs on a transaction with `args`; it may run again (on a new transaction) when
+/// the transaction it ran in is rolled back, so it must not do anything but SQL.
+pub(crate) trait WriteFn<A, R>:
+    for<'t> Fn(&'t mut Tx, &'t A) -> BoxFuture<'t, Result<R>> + Send + Sync + 'static
+{
+}
+
+impl<A, R, F> WriteFn<A, R> for F where
+    F: for<'t> Fn(&'t mut Tx, &'t A) -> BoxFuture<'t, Result<R>> + Send + Sync + 'static
+{
+}
+
+/// The URL for messages: the password hidden, and nothing of a URL that does not parse (it
+/// could hold a password that cannot be told apart).
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(_) => crate::config::redact(url),
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+impl Db {
+    /// Open (SQLite: creating the file and its directory if needed) and migrate.
+    pub(crate) async fn open(url: &str, clock: Arc<Clock>) -> Result<Self> {
+        let pools = if url.starts_with("sqlite:") {
+            Self::open_sqlite(url).await?
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::open_postgres(url).await?
+        } else {
+            return Err(StoreError::Open {
+                url: crate::config::redact(url),
+                problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
+            });
+        };
+        Ok(Db { pools, clock })
+    }
+
+    async fn open_sqlite(url: &str) -> Result<Pools> {
+        let open_error = |problem: String| StoreError::Open {
+            url: url.to_string(),
+            problem,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| open_error(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        migrate::sqlite().run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Pools::Sqlite { write, read })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Pools> {
+        let open_error = |problem: String| StoreError::Open {
+            url: shown_url(url),
+            problem,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        migrate::postgres().run(&pool).await?;
+        Ok(Pools::Postgres { pool })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub(crate) fn backend(&self) -> &'static str {
+        match self.pools {
+            Pools::Sqlite { .. } => "sqlite",
+            Pools::Postgres { .. } => "postgres",
+        }
+    }
+
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self.pools, Pools::Postgres { .. })
+    }
+
+    /// Check that the database answers.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        on_reader!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Tx> {
+        let conn = match &self.pools {
+            Pools::Sqlite { write, .. } => TxConn::Sqlite(write.begin().await?),
+            Pools::Postgres { pool } => TxConn::Postgres(pool.begin().await?),
+        };
+        Ok(Tx {
+            conn,
+            now: self.clock.now(),
+        })
+    }
+
+    /// Run a write in a transaction of its own and commit it.
+    pub(crate) async fn write<A, R>(&self, args: A, f: impl WriteFn<A, R>) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let mut tx = self.begin().await?;
+        let result = f(&mut tx, &args).await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+}
+
+impl Tx {
+    async fn commit(self) -> Result<()> {
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await?,
+            TxConn::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Opening a store at an older migration, for tests of the migrations themselves.
+
+    use super::*;
+
+    /// A Postgres URL whose connections live in a new, empty schema; `None` (the test is
+    /// skipped) without the test server, outside CI.
+    pub(crate) async fn fresh_postgres() -> Option<String> {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("ECDYSIS_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ECDYSIS_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("skipping: ECDYSIS_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+    }
+
+    /// Open `url` migrated only up to `version`.
+    pub(crate) async fn open_at(url: &str, version: i64) -> Db {
+        let clock = Arc::new(Clock::default());
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .unwrap()
+                .create_if_missing(true)
+                .foreign_keys(true);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            migrate::sqlite().run_to(version, &pool).await.unwrap();
+            let pools = Pools::Sqlite {
+                write: pool.clone(),
+                read: pool,
+            };
+            Db { pools, clock }
+        } else {
+            let pool = PgPool::connect(url).await.unwrap();
+            migrate::postgres().run_to(version, &pool).await.unwrap();
+            Db {
+                pools: Pools::Postgres { pool },
+                clock,
+            }
+        }
+    }
+
+    impl Db {
+        /// Run raw SQL (test set-up).
+        pub(crate) async fn exec(&self, sql: &'static str) {
+            match &self.pools {
+                Pools::Sqlite { write, .. } => {
+                    sqlx::query(sql).execute(write).await.unwrap();
+                }
+                Pools::Postgres { pool } => {
+                    sqlx::query(sql).execute(pool).await.unwrap();
+                }
+            }
+        }
+
+        /// SQLite: rows whose foreign key points nowhere, and whether foreign keys are on.
+        pub(crate) async fn sqlite_integrity(&self) -> (usize, bool) {
+            let Pools::Sqlite { write, .. } = &self.pools else {
+                panic!("not SQLite");
+            };
+            let broken = sqlx::query("PRAGMA foreign_key_check")
+                .fetch_all(write)
+                .await
+                .unwrap()
+                .len();
+            let on: i64 = sqlx::query("PRAGMA foreign_keys")
+                .fetch_one(write)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+            (broken, on == 1)
+        }
+
+        pub(crate) async fn close(&self) {
+            match &self.pools {
+                Pools::Sqlite { write, read } => {
+                    write.close().await;
+                    read.close().await;
+                }
+                Pools::Postgres { pool } => pool.close().await,
+            }
+        }
+    }
+}

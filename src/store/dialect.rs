@@ -1,0 +1,166 @@
+//! The statements SQLite and Postgres really disagree on, side by side; everything else in the
+//! store is written once.
+//!
+//! - **Claiming** (events and replies): Postgres locks the chosen rows with
+//!   `FOR UPDATE SKIP LOCKED`, so workers of several instances never claim the same row; SQLite
+//!   has one writer, so the plain `UPDATE … WHERE id = (SELECT …)` is already exclusive.
+//! - **Full-text search**: FTS5 (`MATCH`, `bm25`) against a `tsvector` column (`@@`, `ts_rank`).
+//! - **Attachment order**: SQLite's implicit `rowid` against the `seq` column Postgres needs.
+//! - **Leader leases**: Postgres takes the time from the database's clock, so instances on
+//!   machines with skewed clocks agree; SQLite has a single machine.
+//! - **Conversation locking** is not a text but a rule, [`locks_conversations`].
+
+use super::db::{Db, Pools};
+
+/// One statement in each backend's words.
+#[derive(Clone, Copy)]
+pub(crate) struct Sql {
+    pub(crate) sqlite: &'static str,
+    pub(crate) postgres: &'static str,
+}
+
+/// Whether adding to a conversation must lock its row (Postgres): inbox ids come from a
+/// sequence, so two transactions adding to one conversation could otherwise commit out of id
+/// order and a worker could run the later event first. SQLite's single writer commits in order,
+/// so it may skip the row when it already knows the conversation's id.
+pub(crate) fn locks_conversations(db: &Db) -> bool {
+    db.is_postgres()
+}
+
+/// Claim the oldest claimable event: the head of its conversation (no earlier unfinished event
+/// there), pending or with an expired lease, and due. `$1` owner, `$2` lease until, `$3` now.
+pub(crate) const CLAIM_EVENT: Sql = Sql {
+    sqlite: "UPDATE inbox
+             SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id = (
+                 SELECT i.id FROM inbox i
+                 WHERE i.status IN ('pending', 'leased')
+                   AND (i.status = 'pending' OR i.lease_until < $3)
+                   AND i.available_at <= $3
+                   AND NOT EXISTS (
+                       SELECT 1 FROM inbox j
+                       WHERE j.conversation_id = i.conversation_id
+                         AND j.status IN ('pending', 'leased')
+                         AND j.id < i.id)
+                 ORDER BY i.id
+                 LIMIT 1)
+             RETURNING id, conversation_id, payload, attempts, received_at",
+    postgres: "UPDATE inbox
+               SET status = 'leased', lease_owner = $1, lease_until = $2,
+                   attempts = inbox.attempts + 1
+               WHERE inbox.id = (
+                   SELECT i.id FROM inbox i
+                   WHERE i.status IN ('pending', 'leased')
+                     AND (i.status = 'pending' OR i.lease_until < $3)
+                     AND i.available_at <= $3
+                     AND NOT EXISTS (
+                         SELECT 1 FROM inbox j
+                         WHERE j.conversation_id = i.conversation_id
+                           AND j.status IN ('pending', 'leased')
+                           AND j.id < i.id)
+                   ORDER BY i.id
+                   LIMIT 1
+                   FOR UPDATE OF i SKIP LOCKED)
+               RETURNING id, conversation_id, payload, attempts, received_at",
+};
+
+/// Claim undelivered replies, oldest first. `$1` lease until, `$2` now, `$3` event id or NULL,
+/// `$4` limit.
+pub(crate) const CLAIM_REPLIES: Sql = Sql {
+    sqlite: "UPDATE outbox SET lease_until = $1, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE status = 'pending'
+                   AND (lease_until IS NULL OR lease_until < $2)
+                   AND (CAST($3 AS BIGINT) IS NULL OR event_id = $3)
+                 ORDER BY id
+                 LIMIT $4)
+             RETURNING id, idempotency_key, event_id, conversation_id, payload, attempts",
+    postgres: "WITH picked AS MATERIALIZED (
+                   SELECT id FROM outbox
+                   WHERE status = 'pending'
+                     AND (lease_until IS NULL OR lease_until < $2)
+                     AND (CAST($3 AS BIGINT) IS NULL OR event_id = CAST($3 AS BIGINT))
+                   ORDER BY id
+                   LIMIT $4
+                   FOR UPDATE SKIP LOCKED)
+               UPDATE outbox o SET lease_until = $1, attempts = o.attempts + 1
+               FROM picked p
+               WHERE o.id = p.id
+               RETURNING o.id, o.idempotency_key, o.event_id, o.conversation_id, o.payload,
+                         o.attempts",
+};
+
+/// Notes of a channel matching a query made by [`text_query`], best first. `$1` the query,
+/// `$2`–`$4` the channel, `$5` limit.
+pub(crate) const RECALL: Sql = Sql {
+    sqlite: "SELECT n.id, n.text, n.created_by, n.created_at
+             FROM memory_fts f JOIN memory_notes n ON n.id = f.rowid
+             WHERE memory_fts MATCH $1
+               AND n.platform = $2 AND n.workspace = $3 AND n.channel = $4
+             ORDER BY bm25(memory_fts), n.id DESC
+             LIMIT $5",
+    postgres: "SELECT n.id, n.text, n.created_by, n.created_at
+               FROM memory_notes n, to_tsquery('english', $1) q
+               WHERE n.search @@ q
+                 AND n.platform = $2 AND n.workspace = $3 AND n.channel = $4
+               ORDER BY ts_rank(n.search, q) DESC, n.id DESC
+               LIMIT $5",
+};
+
+/// The full-text query matching any word of `query`, for [`RECALL`]: FTS5's `"a" OR "b"`, or
+/// `to_tsquery`'s `a | b`. Every term is alphanumeric, so it holds no operator of either
+/// language; it is still bound as a parameter. `None` when the query has no words.
+pub(crate) fn text_query(db: &Db, query: &str) -> Option<String> {
+    let terms = super::query_terms(query);
+    if terms.is_empty() {
+        return None;
+    }
+    Some(match db.pools {
+        Pools::Sqlite { .. } => terms
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" OR "),
+        Pools::Postgres { .. } => terms.join(" | "),
+    })
+}
+
+/// Artifacts of messages `$2`..=`$3` of conversation `$1`, in the order they were written.
+pub(crate) const ATTACHMENTS: Sql = Sql {
+    sqlite: "SELECT id, conversation_id, message_id, blob_key, name, mime, size, created_at
+             FROM artifacts
+             WHERE conversation_id = $1 AND message_id BETWEEN $2 AND $3
+             ORDER BY rowid",
+    postgres: "SELECT id, conversation_id, message_id, blob_key, name, mime, size, created_at
+               FROM artifacts
+               WHERE conversation_id = $1 AND message_id BETWEEN $2 AND $3
+               ORDER BY seq",
+};
+
+/// Take, keep or renew a leader lease. `$1` name, `$2` owner, `$3` time to live, `$4` now by
+/// the store's clock (SQLite), `$5` how far the store's clock is ahead of the system's
+/// (Postgres adds it to the database's clock; zero outside tests). Returns a row when `$2`
+/// holds the lease.
+pub(crate) const TRY_LEAD: Sql = Sql {
+    sqlite: "INSERT INTO leases (name, owner, lease_until, acquired_at)
+             VALUES ($1, $2, $4 + $3, $4)
+             ON CONFLICT (name) DO UPDATE
+             SET owner = excluded.owner, lease_until = excluded.lease_until,
+                 acquired_at = CASE WHEN leases.owner = excluded.owner
+                                    THEN leases.acquired_at ELSE excluded.acquired_at END
+             WHERE leases.owner = excluded.owner OR leases.lease_until < excluded.acquired_at
+             RETURNING owner",
+    postgres: "WITH now AS (
+                   SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                          + CAST($5 AS BIGINT) AS ms
+                   WHERE CAST($4 AS BIGINT) IS NOT NULL)
+               INSERT INTO leases (name, owner, lease_until, acquired_at)
+               SELECT $1, $2, now.ms + $3, now.ms FROM now
+               ON CONFLICT (name) DO UPDATE
+               SET owner = excluded.owner, lease_until = excluded.lease_until,
+                   acquired_at = CASE WHEN leases.owner = excluded.owner
+                                      THEN leases.acquired_at ELSE excluded.acquired_at END
+               WHERE leases.owner = excluded.owner OR leases.lease_until < excluded.acquired_at
+               RETURNING owner",
+};

@@ -1,0 +1,141 @@
+//! The schema migrations: one set per backend (`migrations/sqlite`, `migrations/postgres`), the
+//! same versions with the same meaning, compiled into the binary.
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// The migrations of one backend directory: (version, description, file, runs outside sqlx's
+/// transaction).
+macro_rules! migrations {
+    ($dir:literal: $(($version:literal, $description:literal, $file:literal, $no_tx:literal)),* $(,)?) => {
+        Migrator::with_migrations(vec![$(
+            Migration::new(
+                $version,
+                $description.into(),
+                MigrationType::Simple,
+                include_str!(concat!("../../migrations/", $dir, "/", $file)).into_sql_str(),
+                $no_tx,
+            ),
+        )*])
+    };
+}
+
+pub(crate) fn sqlite() -> Migrator {
+    migrations!("sqlite":
+        (1, "init", "0001_init.sql", false),
+        (2, "compaction", "0002_compaction.sql", false),
+        (3, "installations", "0003_installations.sql", false),
+        (4, "leases", "0004_leases.sql", false),
+        // Rebuilds `inbox` with foreign keys off, in a transaction of its own.
+        (5, "event key", "0005_event_key.sql", true),
+    )
+}
+
+pub(crate) fn postgres() -> Migrator {
+    migrations!("postgres":
+        (1, "init", "0001_init.sql", false),
+        (2, "compaction", "0002_compaction.sql", false),
+        (3, "installations", "0003_installations.sql", false),
+        (4, "leases", "0004_leases.sql", false),
+        (5, "event key", "0005_event_key.sql", false),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ecdysis_chat::ConversationRef;
+
+    use super::super::db::testing::open_at;
+    use super::super::{Clock, Inserted, NewEvent, SqlStore, Store};
+
+    fn event(channel: &str, id: &str) -> NewEvent {
+        NewEvent {
+            platform_event_id: id.into(),
+            conversation: ConversationRef::new("web", "local", channel, None),
+            user_id: "u".into(),
+            payload: "{}".into(),
+            text: "again".into(),
+            attachments: Vec::new(),
+        }
+    }
+
+    /// Migration 5 changes the inbox's dedupe key to (conversation, platform event id): events
+    /// stored before it keep their ids and the rows that point at them, and are still
+    /// recognised.
+    async fn event_key_migration_keeps_stored_events(url: &str) {
+        let old = open_at(url, 4).await;
+        old.exec(
+            "INSERT INTO conversations (id, platform, workspace, channel, thread, created_at)
+             VALUES (7, 'web', 'local', 'colA', '', 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO inbox (id, platform, platform_event_id, conversation_id, payload, status,
+                                available_at, received_at)
+             VALUES (41, 'web', 'colA:colB:1', 7, '{}', 'done', 1, 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO messages (conversation_id, event_id, role, text, created_at)
+             VALUES (7, 41, 'user', 'stored before', 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload, created_at)
+             VALUES ('41:0', 41, 7, '{}', 1)",
+        )
+        .await;
+        old.close().await;
+
+        let store = SqlStore::open(url, Arc::new(Clock::default()))
+            .await
+            .unwrap();
+        let again = store
+            .insert_event(&event("colA", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Inserted {
+                event_id: 41,
+                duplicate: true
+            }
+        );
+        let other = store
+            .insert_event(&event("colA:colB", "colA:colB:1"))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        let messages = store
+            .messages(&ConversationRef::new("web", "local", "colA", None), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].event_id, Some(41));
+        store.db.close().await;
+    }
+
+    #[tokio::test]
+    async fn event_key_migration_keeps_stored_events_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        event_key_migration_keeps_stored_events(&url).await;
+        // The rebuild turned foreign keys off for itself only, and broke no reference.
+        let store = SqlStore::open(&url, Arc::new(Clock::default()))
+            .await
+            .unwrap();
+        let (broken, on) = store.db.sqlite_integrity().await;
+        assert_eq!(broken, 0, "every row still points at its event");
+        assert!(on, "foreign keys are on again after the rebuild");
+    }
+
+    #[tokio::test]
+    async fn event_key_migration_keeps_stored_events_postgres() {
+        let Some(url) = super::super::db::testing::fresh_postgres().await else {
+            return;
+        };
+        event_key_migration_keeps_stored_events(&url).await;
+    }
+}

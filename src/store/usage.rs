@@ -1,0 +1,141 @@
+//! LLM usage: one row per model call, summed per channel and model for `/status` and the admin
+//! pages.
+
+use ecdysis_chat::{ChannelRef, ConversationRef};
+
+use super::conversations::{channel_from_row, upsert};
+use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::transcript::insert_message;
+use super::{ChannelUsage, ModelUsage, NewMessage, Result, SqlStore, Usage};
+
+/// The token sums a usage query reads.
+fn usage_from_row(row: &impl Columns) -> Result<Usage> {
+    Ok(Usage {
+        input_tokens: row.col("input_tokens")?,
+        output_tokens: row.col("output_tokens")?,
+        cache_read_tokens: row.col("cache_read_tokens")?,
+        cache_write_tokens: row.col("cache_write_tokens")?,
+    })
+}
+
+async fn insert_usage(tx: &mut Tx, conversation_id: i64, model: &str, usage: &Usage) -> Result<()> {
+    let now = tx.now;
+    on_tx!(tx, |c| {
+        sqlx::query(
+            "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
+                                    cache_read_tokens, cache_write_tokens, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(conversation_id)
+        .bind(model)
+        .bind(usage.input_tokens)
+        .bind(usage.output_tokens)
+        .bind(usage.cache_read_tokens)
+        .bind(usage.cache_write_tokens)
+        .bind(now)
+        .execute(c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
+}
+
+/// An agent turn's tool rows and the usage of its model calls.
+async fn record_turn(
+    tx: &mut Tx,
+    conversation: &ConversationRef,
+    event_id: Option<i64>,
+    messages: &[NewMessage],
+    usage: &[(String, Usage)],
+) -> Result<()> {
+    let conversation_id = upsert(tx, conversation).await?;
+    for message in messages {
+        insert_message(tx, conversation_id, event_id, message).await?;
+    }
+    for (model, usage) in usage {
+        insert_usage(tx, conversation_id, model, usage).await?;
+    }
+    Ok(())
+}
+
+impl SqlStore {
+    pub(crate) async fn turn(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<i64>,
+        messages: &[NewMessage],
+        usage: &[(String, Usage)],
+    ) -> Result<()> {
+        if messages.is_empty() && usage.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(
+                (
+                    conversation.clone(),
+                    event_id,
+                    messages.to_vec(),
+                    usage.to_vec(),
+                ),
+                |tx, (conversation, event_id, messages, usage)| {
+                    Box::pin(record_turn(tx, conversation, *event_id, messages, usage))
+                },
+            )
+            .await
+    }
+
+    pub(crate) async fn usage_of_channel(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT u.model, COUNT(*) AS calls,
+                        CAST(COALESCE(SUM(u.input_tokens), 0) AS BIGINT) AS input_tokens,
+                        CAST(COALESCE(SUM(u.output_tokens), 0) AS BIGINT) AS output_tokens,
+                        CAST(COALESCE(SUM(u.cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens,
+                        CAST(COALESCE(SUM(u.cache_write_tokens), 0) AS BIGINT)
+                            AS cache_write_tokens
+                 FROM llm_usage u JOIN conversations c ON c.id = u.conversation_id
+                 WHERE c.platform = $1 AND c.workspace = $2 AND c.channel = $3
+                 GROUP BY u.model ORDER BY u.model",
+            )
+            .bind(&channel.platform)
+            .bind(&channel.workspace)
+            .bind(&channel.channel)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(ModelUsage {
+                    model: row.col("model")?,
+                    calls: row.col("calls")?,
+                    usage: usage_from_row(row)?,
+                })
+            })
+        })
+    }
+
+    pub(crate) async fn usage_per_channel(&self) -> Result<Vec<ChannelUsage>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT c.platform, c.workspace, c.channel, u.model, COUNT(*) AS calls,
+                        CAST(COALESCE(SUM(u.input_tokens), 0) AS BIGINT) AS input_tokens,
+                        CAST(COALESCE(SUM(u.output_tokens), 0) AS BIGINT) AS output_tokens,
+                        CAST(COALESCE(SUM(u.cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens,
+                        CAST(COALESCE(SUM(u.cache_write_tokens), 0) AS BIGINT)
+                            AS cache_write_tokens
+                 FROM llm_usage u JOIN conversations c ON c.id = u.conversation_id
+                 GROUP BY c.platform, c.workspace, c.channel, u.model
+                 ORDER BY SUM(u.input_tokens + u.output_tokens) DESC, c.platform, c.workspace,
+                          c.channel, u.model",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(ChannelUsage {
+                    channel: channel_from_row(row)?,
+                    model: row.col("model")?,
+                    calls: row.col("calls")?,
+                    usage: usage_from_row(row)?,
+                })
+            })
+        })
+    }
+}

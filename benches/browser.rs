@@ -2,7 +2,12 @@
 //! one (launch included), p50/p99; the total time of a 5 s recording to MP4; RSS of this
 //! process and of Chromium (all its processes) while idle and after the idle timeout.
 //!
-//! `cargo bench --bench browser` (needs Chromium and ffmpeg; skips without Chromium).
+//! The interactive tools: click → settled snapshot latency on a local page (a click that
+//! changes the page in place, and one that navigates), and the size in tokens of the snapshot
+//! of a typical 200-element page.
+//!
+//! `cargo bench --bench browser` (needs Chromium and ffmpeg; skips without Chromium);
+//! `BENCH_INTERACTIVE_ONLY=1` runs only the interactive part.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +16,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
+use ecdysis::browser::actions::Action;
 use ecdysis::browser::record::RecordRequest;
 use ecdysis::browser::screenshot::ScreenshotRequest;
+use ecdysis::browser::session::Session;
 use ecdysis::browser::{BrowserOptions, BrowserService, Source, StaticResolver};
 use ecdysis::config::BrowserSettings;
 
@@ -22,6 +29,142 @@ body { margin: 0; font: 16px sans-serif; } #block { width: 200px; height: 100px;
 
 const ANIMATED: &str = r#"<!doctype html><html><body style="margin:0"><div id="b" style="position:absolute;width:100px;height:100px;background:#f00"></div>
 <script>const b=document.getElementById('b');function f(t){document.body.style.background=`hsl(${(t/10)%360},80%,60%)`;b.style.left=`${(t/5)%1000}px`;requestAnimationFrame(f);}requestAnimationFrame(f);</script></body></html>"#;
+
+/// A form page with about 200 interactive elements (links, fields, buttons, selects).
+fn big_page() -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><title>Shop admin</title></head><body><header><h1>Shop admin</h1><nav>",
+    );
+    for i in 0..40 {
+        html.push_str(&format!("<a href=\"/section/{i}\">Section {i}</a> "));
+    }
+    html.push_str("</nav></header><main><h2>Filters</h2><form>");
+    for i in 0..20 {
+        html.push_str(&format!(
+            "<label>Filter {i} <input name=\"f{i}\" placeholder=\"value {i}\"></label>"
+        ));
+    }
+    for i in 0..10 {
+        html.push_str(&format!(
+            "<label>Choice {i} <select name=\"s{i}\"><option>Any</option><option>Red</option><option>Blue</option></select></label>\
+             <label><input type=\"checkbox\" name=\"c{i}\"> Option {i}</label>"
+        ));
+    }
+    html.push_str("<button>Apply</button></form><h2>Orders</h2><table>");
+    for i in 0..59 {
+        html.push_str(&format!(
+            "<tr><td>Order #{i:04}</td><td>Customer {i}</td><td><a href=\"/order/{i}\">Open</a></td><td><button>Refund</button></td></tr>"
+        ));
+    }
+    html.push_str("</table><p>Showing 59 of 1,204 orders.</p></main></body></html>");
+    html
+}
+
+const TOGGLE_PAGE: &str = r#"<!doctype html><html><head><title>Counter</title></head><body>
+<h1>Counter</h1><p id="n">Clicked 0 times</p><button id="b">Add one</button>
+<p><a href="/other">Other page</a></p><script>let n = 0;
+document.getElementById('b').addEventListener('click', () => { n++; document.getElementById('n').textContent = `Clicked ${n} times`; });
+</script></body></html>"#;
+
+const OTHER_PAGE: &str = r#"<!doctype html><html><head><title>Other</title></head><body>
+<h1>Other page</h1><p><a href="/counter">Back to the counter</a></p></body></html>"#;
+
+/// The reference of the first snapshot element named `name`.
+fn reference(snapshot: &str, name: &str) -> u64 {
+    snapshot
+        .lines()
+        .flat_map(|l| l.split('['))
+        .find_map(|part| {
+            let (n, rest) = part.split_once(']')?;
+            rest.contains(&format!("\"{name}\""))
+                .then(|| n.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no [n] for {name} in\n{snapshot}"))
+}
+
+/// The system load average (the machine is shared; numbers vary with it).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn interactive(browser: &BrowserService, base: &str) {
+    println!("interactive tools · load average {}", load_average());
+    let channel = "bench:interactive:c";
+    let mut session = Session::start(browser, channel).await.expect("session");
+    let open = |path: &str| Action::Open {
+        url: format!("{base}{path}"),
+    };
+    // The snapshot of a 200-element page: natural size, and as the model gets it.
+    session
+        .act(browser, channel, &open("big"))
+        .await
+        .expect("open big");
+    let full = session.snapshot(Some(50_000)).await.expect("snapshot");
+    let budget = session.snapshot(None).await.expect("snapshot");
+    println!(
+        "{:<34} {} interactive elements: {} tokens in full, {} tokens as sent ({} lines cut; budget {})",
+        "snapshot of a 200-element page",
+        full.refs,
+        full.tokens(),
+        budget.tokens(),
+        budget.truncated,
+        browser.settings().snapshot_max_tokens
+    );
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        session.snapshot(None).await.expect("snapshot");
+        samples.push(started.elapsed());
+    }
+    report("snapshot alone (200 elements)", samples);
+
+    // Click → settled snapshot, in place and with a navigation.
+    let first = session
+        .act(browser, channel, &open("counter"))
+        .await
+        .expect("open");
+    let add = reference(&first.snapshot.text, "Add one");
+    for _ in 0..3 {
+        session
+            .act(browser, channel, &Action::Click { target: add })
+            .await
+            .expect("warm-up");
+    }
+    let mut in_place = Vec::new();
+    for _ in 0..WARM_RUNS {
+        let started = Instant::now();
+        session
+            .act(browser, channel, &Action::Click { target: add })
+            .await
+            .expect("click");
+        in_place.push(started.elapsed());
+    }
+    report("click → snapshot (same page)", in_place);
+    let mut navigating = Vec::new();
+    let mut page = session.snapshot(None).await.expect("snapshot");
+    for i in 0..WARM_RUNS {
+        let name = if i % 2 == 0 {
+            "Other page"
+        } else {
+            "Back to the counter"
+        };
+        let target = reference(&page.text, name);
+        let started = Instant::now();
+        let outcome = session
+            .act(browser, channel, &Action::Click { target })
+            .await
+            .expect("click");
+        navigating.push(started.elapsed());
+        page = outcome.snapshot;
+    }
+    report("click → snapshot (navigation)", navigating);
+    println!(
+        "load average after: {} (target p99 ≤ 300 ms warm)",
+        load_average()
+    );
+}
 
 const WARM_RUNS: usize = 60;
 const COLD_RUNS: usize = 8;
@@ -153,7 +296,10 @@ async fn main() {
     let addr = listener.local_addr().expect("addr");
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/anim", get(|| async { Html(ANIMATED) }));
+        .route("/anim", get(|| async { Html(ANIMATED) }))
+        .route("/big", get(|| async { Html(big_page()) }))
+        .route("/counter", get(|| async { Html(TOGGLE_PAGE) }))
+        .route("/other", get(|| async { Html(OTHER_PAGE) }));
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -163,6 +309,27 @@ async fn main() {
     let request = ScreenshotRequest::new(&url);
     println!("browser bench: {} · page {url}", chromium.display());
     let rss_start = rss_kib(std::process::id());
+    if std::env::var_os("BENCH_INTERACTIVE_ONLY").is_some() {
+        let browser = BrowserService::new(
+            BrowserOptions {
+                settings: BrowserSettings {
+                    allow: vec!["127.0.0.1".into()],
+                    rate_per_minute: 100_000,
+                    ..BrowserSettings::default()
+                },
+                ffmpeg: PathBuf::from("ffmpeg"),
+                work_dir: work.clone(),
+                resolver: Arc::new(StaticResolver::only()),
+                extra_args: Vec::new(),
+            },
+            Source::Local(chromium.clone()),
+        )
+        .expect("service");
+        interactive(&browser, &url).await;
+        browser.shutdown().await;
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
 
     // Cold: a new browser every time, launch included.
     let mut cold = Vec::new();
@@ -232,6 +399,8 @@ async fn main() {
         }
         Err(e) => println!("recording skipped: {e}"),
     }
+
+    interactive(&browser, &url).await;
 
     // Memory while idle (browser still open), then after the idle timeout.
     tokio::time::sleep(Duration::from_millis(500)).await;

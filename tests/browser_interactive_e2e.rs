@@ -76,10 +76,13 @@ fn ffmpeg() -> bool {
 
 // --- the local site ---------------------------------------------------------------------------
 
+/// A form post: (path, fields).
+type Post = (String, HashMap<String, String>);
+
 #[derive(Clone, Default)]
 struct SiteState {
     /// Every form post: (path, fields).
-    posts: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    posts: Arc<Mutex<Vec<Post>>>,
     /// The order being filled, by session cookie.
     orders: Arc<Mutex<HashMap<String, HashMap<String, String>>>>,
     /// Where `/go-elsewhere` redirects.
@@ -96,7 +99,7 @@ impl Site {
         format!("http://{}{path}", self.addr)
     }
 
-    fn posts(&self) -> Vec<(String, HashMap<String, String>)> {
+    fn posts(&self) -> Vec<Post> {
         self.state.posts.lock().unwrap().clone()
     }
 }
@@ -249,6 +252,14 @@ async fn serve_site() -> Site {
                     .into_response()
                 },
             ),
+        )
+        .route(
+            "/help",
+            get(|| async {
+                // A page that never finishes loading.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                page("Help", "<p>late</p>")
+            }),
         )
         .route("/map", get(|| async { Html(MAP) }))
         .route(
@@ -766,14 +777,61 @@ async fn typing_a_password_is_refused_by_default() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site().await;
+    let h = Harness::start(
+        &chromium,
+        &[
+            ("ECDYSIS_BROWSER_ACTION_TIMEOUT_SECONDS", "2"),
+            ("ECDYSIS_BROWSER_IDLE_SECONDS", "2"),
+        ],
+    )
+    .await;
+    script(
+        &h.llm,
+        vec![
+            call("browser_open", json!({ "url": site.url("/login") })),
+            on("browser_click", "link", "Get help", json!({})),
+            say("the help page hangs"),
+        ],
+    );
+    let started = Instant::now();
+    let reply = h.ask(&conversation("C6", None), "get help").await;
+    assert_eq!(reply.text, "the help page hangs");
+    let results = tool_results(&h.llm);
+    let (hung, is_error) = &results[1];
+    assert!(*is_error, "{hung}");
+    assert!(hung.contains("did not finish loading within 2 s"), "{hung}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The session holds a tab while it is used; idle, it closes, and then the browser does.
+    let browser = h.app.browser.clone().expect("browser configured");
+    assert!(browser.is_running().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while browser.is_running().await {
+        assert!(
+            Instant::now() < deadline,
+            "the idle session kept the browser open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}
+
 // --- web search -------------------------------------------------------------------------------
+
+/// A search request: (path, query, X-Subscription-Token).
+type Seen = (String, HashMap<String, String>, Option<String>);
+/// A scripted failure: (status, Retry-After).
+type Failure = (u16, Option<String>);
 
 #[derive(Clone, Default)]
 struct SearchState {
     /// (path, query, X-Subscription-Token) of every request.
-    seen: Arc<Mutex<Vec<(String, HashMap<String, String>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     /// Statuses to answer with before answering normally: (status, Retry-After).
-    fail: Arc<Mutex<Vec<(u16, Option<String>)>>>,
+    fail: Arc<Mutex<Vec<Failure>>>,
 }
 
 async fn search_answer(

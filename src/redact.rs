@@ -23,7 +23,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 use regex::Regex;
 
-use crate::config::Config;
+use crate::config::{Config, SearchProvider};
 
 /// What a configured secret value becomes in free text.
 pub const MASK: &str = "[redacted]";
@@ -253,6 +253,15 @@ fn config_secrets(config: &Config) -> Vec<String> {
     for server in &config.mcp {
         secrets.extend(server.transport.secrets());
     }
+    // The web search provider's API key.
+    if let Some(search) = &config.web_search {
+        match &search.provider {
+            SearchProvider::Brave { api_key } | SearchProvider::Tavily { api_key } => {
+                secrets.push(api_key.clone());
+            }
+            SearchProvider::Searxng => {}
+        }
+    }
     secrets
 }
 
@@ -443,6 +452,21 @@ mod tests {
             r.redact("at postgres://u:pw@h/db?password=pw2 now"),
             "at postgres://u:***@h/db?password=*** now"
         );
+    }
+
+    #[test]
+    fn web_search_keys_are_secrets() {
+        for (provider, env, key) in [
+            ("brave", "BRAVE_API_KEY", "brave-key-0123456789"),
+            ("tavily", "TAVILY_API_KEY", "tvly-key-0123456789"),
+        ] {
+            let config = config(&[("ECDYSIS_WEB_SEARCH", provider), (env, key)]);
+            let r = Redactor::from_config(&config);
+            assert_eq!(
+                r.redact(&format!("key {key} sent")),
+                format!("key {MASK} sent")
+            );
+        }
     }
 
     #[test]

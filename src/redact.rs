@@ -192,11 +192,17 @@ impl Redactor {
 
 /// URL passwords in free text: `scheme://user:***@` and `?password=***`.
 fn mask_urls(text: &str) -> Cow<'_, str> {
+    // Cheap checks first: most log lines hold no URL and no query string.
     let text = match URL_USERINFO.as_ref() {
-        Some(re) => re.replace_all(text, format!("${{1}}{URL_MASK}@").as_str()),
-        None => Cow::Borrowed(text),
+        Some(re) if text.contains("://") => {
+            re.replace_all(text, format!("${{1}}{URL_MASK}@").as_str())
+        }
+        _ => Cow::Borrowed(text),
     };
-    let Some(re) = URL_SECRET_PARAM.as_ref() else {
+    let Some(re) = URL_SECRET_PARAM
+        .as_ref()
+        .filter(|_| text.contains(['?', '&', ';']))
+    else {
         return text;
     };
     match re.replace_all(&text, format!("${{1}}{URL_MASK}").as_str()) {

@@ -363,14 +363,14 @@ impl WebBackend for TranscriptView {
     ) -> Result<Vec<WebMessage>, String> {
         let messages = self
             .store
-            .messages(conversation, after, 500)
+            .messages(conversation, store::MessageId(after), 500)
             .await
             .map_err(|e| e.to_string())?;
         Ok(messages
             .into_iter()
             .filter(|m| matches!(m.role, Role::User | Role::Assistant))
             .map(|m| WebMessage {
-                id: m.id,
+                id: m.id.0,
                 event_id: m.event_id.map(|id| id.to_string()),
                 role: m.role.as_str().to_string(),
                 text: m.text,
@@ -390,7 +390,7 @@ impl WebBackend for TranscriptView {
                     .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
                     .and_then(|meta| serde_json::from_value(meta["buttons"].clone()).ok())
                     .unwrap_or_default(),
-                created_at: ecdysis_web::rfc3339_utc(m.created_at),
+                created_at: ecdysis_web::rfc3339_utc(m.created_at.0),
             })
             .collect())
     }

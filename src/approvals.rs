@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::bus::{ActionHandler, Bus, Outgoing};
 use crate::sandbox::ApprovalGate;
+use crate::store::EventId;
 use crate::tools::ToolContext;
 
 const APPROVE: &str = "approval:approve";
@@ -116,7 +117,7 @@ impl Approvals {
         };
         if let Err(e) = bus
             .post_now(
-                context.event_id,
+                EventId(context.event_id),
                 &context.conversation,
                 &context.route,
                 &key,

@@ -20,7 +20,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::blob::BlobStore;
 use crate::store::{
-    ImportedCompaction, ImportedMessage, ImportedNote, NewArtifact, Role, Store, now_ms,
+    ImportedCompaction, ImportedMessage, ImportedNote, MessageId, NewArtifact, NoteId, Role, Store,
+    UnixMs,
 };
 
 /// The `format` of the first line.
@@ -54,15 +55,15 @@ pub enum Line {
         format: String,
         version: u32,
         channel: ChannelRef,
-        exported_at: i64,
+        exported_at: UnixMs,
     },
     Note {
-        id: i64,
+        id: NoteId,
         text: String,
         created_by: String,
         #[serde(default)]
         source: Option<String>,
-        created_at: i64,
+        created_at: UnixMs,
     },
     /// An artifact's bytes (with `--files`), before the message that points to it.
     File {
@@ -72,23 +73,23 @@ pub enum Line {
     },
     Message {
         conversation: ConversationRef,
-        id: i64,
+        id: MessageId,
         role: Role,
         text: String,
         #[serde(default)]
         meta: Option<String>,
-        created_at: i64,
+        created_at: UnixMs,
         #[serde(default)]
         attachments: Vec<ArtifactLine>,
     },
     Compaction {
         conversation: ConversationRef,
-        summary_message_id: i64,
-        first_message_id: i64,
-        last_message_id: i64,
+        summary_message_id: MessageId,
+        first_message_id: MessageId,
+        last_message_id: MessageId,
         message_count: i64,
         archive_key: String,
-        created_at: i64,
+        created_at: UnixMs,
     },
     /// A compaction archive (JSON lines of the compacted messages), verbatim.
     Archive { key: String, content: String },
@@ -169,7 +170,7 @@ pub async fn export(
             format: FORMAT.into(),
             version: VERSION,
             channel: channel.clone(),
-            exported_at: now_ms(),
+            exported_at: UnixMs::now(),
         },
     )
     .await?;
@@ -192,7 +193,7 @@ pub async fn export(
     for info in conversations {
         let conversation = info.conversation;
         summary.conversations += 1;
-        let mut after = 0;
+        let mut after = MessageId(0);
         loop {
             let page = store.messages(&conversation, after, PAGE).await?;
             let Some(last) = page.last() else { break };
@@ -289,7 +290,7 @@ pub async fn import(
     let mut summary = Summary::default();
     let mut channel: Option<ChannelRef> = None;
     // Original message id → id here, per conversation.
-    let mut ids: HashMap<String, BTreeMap<i64, i64>> = HashMap::new();
+    let mut ids: HashMap<String, BTreeMap<MessageId, MessageId>> = HashMap::new();
     let mut lines = input.lines();
     let mut n = 0;
     while let Some(text) = lines.next_line().await? {
@@ -409,7 +410,7 @@ pub async fn import(
                 let map = ids
                     .get(&conversation_key(&conversation))
                     .ok_or_else(|| bad("a compaction before its conversation's messages".into()))?;
-                let mapped = |id: i64| map.get(&id).copied();
+                let mapped = |id: MessageId| map.get(&id).copied();
                 let first = map.range(first_message_id..).next().map(|(_, v)| *v);
                 let last = map.range(..=last_message_id).next_back().map(|(_, v)| *v);
                 let (Some(summary_id), Some(first), Some(last)) =
@@ -455,11 +456,11 @@ mod tests {
     fn lines_round_trip() {
         let line = Line::Message {
             conversation: ConversationRef::new("slack", "T1", "C1", Some("17.5".into())),
-            id: 3,
+            id: MessageId(3),
             role: Role::Summary,
             text: "t".into(),
             meta: None,
-            created_at: 9,
+            created_at: UnixMs(9),
             attachments: vec![],
         };
         let text = serde_json::to_string(&line).unwrap();

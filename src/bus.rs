@@ -27,8 +27,8 @@ use crate::config::BusConfig;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::store::{
-    ClaimedEvent, Completion, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem, Role, Store,
-    now_ms,
+    ClaimedEvent, Completion, EventId, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem,
+    Role, Store, UnixMs,
 };
 
 /// A file stored in the blob store, as events and replies refer to it.
@@ -81,7 +81,7 @@ struct ReplyPayload {
 /// The event a handler works on.
 #[derive(Clone, Debug)]
 pub struct EventContext {
-    pub event_id: i64,
+    pub event_id: EventId,
     pub conversation: ConversationRef,
     pub payload: EventPayload,
     /// 1 on the first attempt.
@@ -205,7 +205,7 @@ impl Bus {
     /// prompt): stored in the transcript, then delivered at once under `key`.
     pub async fn post_now(
         &self,
-        event_id: i64,
+        event_id: EventId,
         conversation: &ConversationRef,
         route: &serde_json::Value,
         key: &str,
@@ -321,7 +321,7 @@ impl Bus {
 
     async fn work(&self) {
         while !self.stopping() {
-            let lease_until = now_ms() + self.lease_ms();
+            let lease_until = UnixMs::now().plus(self.lease_ms());
             match self
                 .inner
                 .store
@@ -330,7 +330,7 @@ impl Bus {
             {
                 Ok(Some(event)) => {
                     let span =
-                        info_span!("event", id = event.id, conversation = %event.conversation);
+                        info_span!("event", id = %event.id, conversation = %event.conversation);
                     self.process(event).instrument(span).await;
                 }
                 Ok(None) => self.idle().await,
@@ -403,7 +403,7 @@ impl Bus {
                         claimed.id,
                         &self.inner.owner,
                         &self.inner.redactor.redact_string(&format!("{e:#}")),
-                        Some(now_ms() + delay),
+                        Some(UnixMs::now().plus(delay)),
                     )
                     .await
                 {
@@ -431,7 +431,7 @@ impl Bus {
                         claimed.id,
                         &self.inner.owner,
                         &self.inner.redactor.redact_string(&format!("{e:#}")),
-                        Some(now_ms() + backoff_ms(context.attempt)),
+                        Some(UnixMs::now().plus(backoff_ms(context.attempt))),
                     )
                     .await;
                 return;
@@ -439,7 +439,7 @@ impl Bus {
         };
         let failed = completion.error.is_some();
         let completion = Completion {
-            reply_lease_until: Some(now_ms() + REPLY_LEASE_MS),
+            reply_lease_until: Some(UnixMs::now().plus(REPLY_LEASE_MS)),
             ..completion
         };
         match self
@@ -459,7 +459,7 @@ impl Bus {
         }
     }
 
-    fn finished(&self, received_at: i64, failed: bool) {
+    fn finished(&self, received_at: UnixMs, failed: bool) {
         let open = self.inner.open_events.fetch_sub(1, Ordering::Relaxed) - 1;
         self.inner.metrics.queue_depth.set(open.max(0));
         if failed {
@@ -467,17 +467,17 @@ impl Bus {
         } else {
             self.inner.metrics.events_processed.inc();
         }
-        let seconds = (now_ms() - received_at).max(0) as f64 / 1000.0;
+        let seconds = UnixMs::now().since(received_at).max(0) as f64 / 1000.0;
         self.inner.metrics.processing_seconds.observe(seconds);
     }
 
-    fn renew_lease_while_running(&self, event_id: i64) -> JoinHandle<()> {
+    fn renew_lease_while_running(&self, event_id: EventId) -> JoinHandle<()> {
         let bus = self.clone();
         tokio::spawn(async move {
             let every = Duration::from_millis((bus.lease_ms() / 3).max(100) as u64);
             loop {
                 tokio::time::sleep(every).await;
-                let until = now_ms() + bus.lease_ms();
+                let until = UnixMs::now().plus(bus.lease_ms());
                 match bus
                     .inner
                     .store
@@ -486,10 +486,10 @@ impl Bus {
                 {
                     Ok(true) => {}
                     Ok(false) => {
-                        warn!(event_id, "lease lost while processing");
+                        warn!(event_id = %event_id, "lease lost while processing");
                         return;
                     }
-                    Err(e) => warn!(event_id, error = %e, "cannot renew lease"),
+                    Err(e) => warn!(event_id = %event_id, error = %e, "cannot renew lease"),
                 }
             }
         })
@@ -577,7 +577,7 @@ impl Bus {
         let items = match self
             .inner
             .store
-            .claim_replies(None, now_ms() + REPLY_LEASE_MS, 50)
+            .claim_replies(None, UnixMs::now().plus(REPLY_LEASE_MS), 50)
             .await
         {
             Ok(items) => items,
@@ -604,19 +604,19 @@ impl Bus {
             Err(DeliveryError::Retryable(e)) if item.attempts < 8 => {
                 self.inner.metrics.reply_failures.inc();
                 let delay = backoff_ms(item.attempts);
-                warn!(reply = item.id, error = %e, delay_ms = delay, "delivery failed; will retry");
+                warn!(reply = %item.id, error = %e, delay_ms = delay, "delivery failed; will retry");
                 store
-                    .mark_reply_failed(item.id, &e, Some(now_ms() + delay))
+                    .mark_reply_failed(item.id, &e, Some(UnixMs::now().plus(delay)))
                     .await
             }
             Err(e) => {
                 self.inner.metrics.reply_failures.inc();
-                error!(reply = item.id, error = %e, "delivery failed for good");
+                error!(reply = %item.id, error = %e, "delivery failed for good");
                 store.mark_reply_failed(item.id, &e.to_string(), None).await
             }
         };
         if let Err(e) = recorded {
-            error!(reply = item.id, error = %e, "cannot record the delivery outcome");
+            error!(reply = %item.id, error = %e, "cannot record the delivery outcome");
         }
     }
 
@@ -649,7 +649,7 @@ impl Bus {
             route: payload.route,
         };
         let delivered = adapter.deliver(&reply).await?;
-        debug!(reply = item.id, "delivered");
+        debug!(reply = %item.id, "delivered");
         Ok(delivered.platform_message_id)
     }
 

@@ -11,7 +11,7 @@ use crate::blob::BlobStore;
 use crate::bus::{EventContext, Handler, Outgoing};
 use crate::mcp::McpHub;
 use crate::profile::Profiles;
-use crate::store::{NewNote, Store};
+use crate::store::{NewNote, NoteId, Store};
 use crate::tools::{Tool, ToolRegistry, ToolSource};
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
@@ -182,7 +182,10 @@ impl Commands {
         };
         if self
             .store
-            .forget(&self.profiles.memory_channel(&event.conversation), id)
+            .forget(
+                &self.profiles.memory_channel(&event.conversation),
+                NoteId(id),
+            )
             .await?
         {
             Ok(format!("Forgot #{id}."))
@@ -257,7 +260,7 @@ impl Commands {
                 compactions.count,
                 if compactions.count == 1 { "" } else { "s" },
                 compactions.messages,
-                ecdysis_web::rfc3339_utc(last),
+                ecdysis_web::rfc3339_utc(last.0),
             ));
         }
         if usage.is_empty() {

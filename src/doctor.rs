@@ -140,7 +140,7 @@ async fn check_instances(
     }
     match store.leases().await {
         Ok(leases) => {
-            let now = crate::store::now_ms();
+            let now = crate::store::UnixMs::now();
             let held: Vec<String> = leases
                 .iter()
                 .filter(|l| l.lease_until > now)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ecdysis_slack::{Installation, Installations};
 
 use crate::secret_box::SecretBox;
-use crate::store::{Store, StoredInstallation};
+use crate::store::{Store, StoredInstallation, UnixMs};
 
 const PLATFORM: &str = "slack";
 
@@ -46,8 +46,8 @@ impl Installations for SlackInstallations {
             scopes: installation.scopes.clone(),
             installed_by: installation.installed_by.clone(),
             token_ciphertext,
-            installed_at: 0,
-            updated_at: 0,
+            installed_at: UnixMs(0),
+            updated_at: UnixMs(0),
         };
         self.store
             .save_installation(&row)
@@ -90,14 +90,14 @@ impl Installations for SlackInstallations {
 
     async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), String> {
         self.store
-            .put_oauth_state(state, expires_at_ms)
+            .put_oauth_state(state, UnixMs(expires_at_ms))
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, String> {
         self.store
-            .take_oauth_state(state, now_ms)
+            .take_oauth_state(state, UnixMs(now_ms))
             .await
             .map_err(|e| e.to_string())
     }

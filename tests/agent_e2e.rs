@@ -16,7 +16,7 @@ use ecdysis::app::App;
 use ecdysis::bus::Workers;
 use ecdysis::commands::Commands;
 use ecdysis::config::Config;
-use ecdysis::store::Role;
+use ecdysis::store::{EventId, MessageId, Role};
 use ecdysis::tools::{Tool, ToolContext, ToolError, ToolOutput};
 use ecdysis_chat::{
     Attachment, ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply,
@@ -157,12 +157,12 @@ impl Harness {
             let messages = self
                 .app
                 .store
-                .messages(conversation, 0, 100_000)
+                .messages(conversation, MessageId(0), 100_000)
                 .await
                 .unwrap();
             if let Some(answer) = messages
                 .iter()
-                .find(|m| m.role == Role::Assistant && m.event_id == Some(event_id))
+                .find(|m| m.role == Role::Assistant && m.event_id == Some(EventId(event_id)))
             {
                 return answer.text.clone();
             }
@@ -411,7 +411,7 @@ async fn two_tool_calls(wire: Wire) {
     let roles: Vec<Role> = h
         .app
         .store
-        .messages(&c, 0, 100)
+        .messages(&c, MessageId(0), 100)
         .await
         .unwrap()
         .iter()
@@ -618,7 +618,7 @@ async fn rate_limit_then_success_gives_one_answer() {
     let answers = h
         .app
         .store
-        .messages(&c, 0, 100)
+        .messages(&c, MessageId(0), 100)
         .await
         .unwrap()
         .iter()
@@ -914,9 +914,18 @@ async fn a_long_conversation_is_compacted_and_stays_under_budget() {
         .unwrap();
     assert_eq!(archived.len() as i64, compaction.message_count);
     assert!(archived[0].text.starts_with("Turn 1: the project codename"));
-    assert!(archived.iter().all(|m| m.id <= compaction.last_message_id));
+    assert!(
+        archived
+            .iter()
+            .all(|m| m.id <= compaction.last_message_id.0)
+    );
     // Nothing was deleted: every row is still in the transcript.
-    let all = h.app.store.messages(&c, 0, 10_000).await.unwrap();
+    let all = h
+        .app
+        .store
+        .messages(&c, MessageId(0), 10_000)
+        .await
+        .unwrap();
     assert!(all.iter().any(|m| m.text.starts_with("Turn 1:")));
     assert!(all.iter().any(|m| m.role == Role::Summary));
 

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use ecdysis::backup::Line;
 use ecdysis::blob::{BlobStore, LocalBlobStore};
 use ecdysis::store::{
-    self, Completion, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Role, Store,
-    now_ms,
+    self, Completion, MessageId, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Role,
+    Store, UnixMs,
 };
 use ecdysis_chat::{ChannelRef, ConversationRef};
 
@@ -86,7 +86,7 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
                 .await
                 .unwrap();
             let claimed = store
-                .claim_event("w", now_ms() + 60_000)
+                .claim_event("w", UnixMs::now().plus(60_000))
                 .await
                 .unwrap()
                 .unwrap();
@@ -129,7 +129,7 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
         }
     }
     // Compact the first two turns of the main conversation.
-    let messages = store.messages(&main, 0, 100).await.unwrap();
+    let messages = store.messages(&main, MessageId(0), 100).await.unwrap();
     blobs
         .put(
             "transcripts/slack/T1/C1/1.jsonl",
@@ -166,7 +166,7 @@ async fn snapshot(store: &dyn Store) -> serde_json::Value {
     let mut conversations = Vec::new();
     for info in store.conversations(Some(&c), 100).await.unwrap() {
         let messages: Vec<_> = store
-            .messages(&info.conversation, 0, 1000)
+            .messages(&info.conversation, MessageId(0), 1000)
             .await
             .unwrap()
             .into_iter()

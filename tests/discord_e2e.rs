@@ -303,7 +303,12 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
         h.fake.posted()
     );
     let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(m.clone()));
-    let messages = h.app.store.messages(&conversation, 0, 50).await.unwrap();
+    let messages = h
+        .app
+        .store
+        .messages(&conversation, ecdysis::store::MessageId(0), 50)
+        .await
+        .unwrap();
     assert_eq!(
         messages.len(),
         4,
@@ -528,7 +533,12 @@ async fn user_attachments_are_downloaded_for_the_agent() {
     h.posted_where("answering the file", |p| p.channel == id)
         .await;
     let conversation = ConversationRef::new("discord", GUILD_ID, CHANNEL_ID, Some(id.clone()));
-    let messages = h.app.store.messages(&conversation, 0, 10).await.unwrap();
+    let messages = h
+        .app
+        .store
+        .messages(&conversation, ecdysis::store::MessageId(0), 10)
+        .await
+        .unwrap();
     let question = &messages[0];
     assert_eq!(question.attachments.len(), 1, "{question:#?}");
     assert_eq!(question.attachments[0].name, "notes.txt");

@@ -575,7 +575,7 @@ async fn oauth_install_stores_the_team_and_uses_its_token() {
     assert_eq!(r.status(), 400);
     // An expired state.
     store
-        .put_oauth_state("expired-state", ecdysis::store::now_ms() - 1)
+        .put_oauth_state("expired-state", ecdysis::store::UnixMs::now().plus(-1))
         .await
         .unwrap();
     let r = client

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ecdysis::store::{
-    self, ClaimedEvent, CompactionStats, Completion, InboxCounts, ModelUsage, NewArtifact,
-    NewCompaction, NewEvent, NewMessage, NewNote, NewReply, Role, Store, StoredInstallation, Usage,
-    now_ms,
+    self, ClaimedEvent, CompactionStats, Completion, ConversationId, EventId, InboxCounts,
+    InboxStatus, MessageId, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote,
+    NewReply, NoteId, Role, Store, StoredInstallation, UnixMs, Usage,
 };
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use sqlx::{AssertSqlSafe, Connection, Row};
@@ -67,15 +67,15 @@ fn reply(key: &str) -> NewReply {
     }
 }
 
-fn far() -> i64 {
-    now_ms() + 60_000
+fn far() -> UnixMs {
+    UnixMs::now().plus(60_000)
 }
 
-fn past() -> i64 {
-    now_ms() - 1_000
+fn past() -> UnixMs {
+    UnixMs::now().plus(-1_000)
 }
 
-async fn insert(store: &dyn Store, event: &NewEvent) -> i64 {
+async fn insert(store: &dyn Store, event: &NewEvent) -> EventId {
     let inserted = store.insert_event(event).await.unwrap();
     assert!(!inserted.duplicate, "{} is new", event.platform_event_id);
     inserted.event_id
@@ -173,14 +173,14 @@ async fn insert_and_duplicate(store: &dyn Store) {
     assert_ne!(other.event_id, first.event_id);
 
     // The user's message is in the transcript, once, with its attachment.
-    let messages = store.messages(&c, 0, 100).await.unwrap();
+    let messages = store.messages(&c, MessageId(0), 100).await.unwrap();
     assert_eq!(messages.len(), 1, "{messages:?}");
     let m = &messages[0];
     assert_eq!(m.role, Role::User);
     assert_eq!(m.text, "hello there");
     assert_eq!(m.event_id, Some(first.event_id));
     assert!(m.meta.as_deref().unwrap_or_default().contains("U1"));
-    assert!(m.created_at > 0);
+    assert!(m.created_at > UnixMs(0));
     assert_eq!(m.attachments.len(), 1);
     assert_eq!(m.attachments[0].id, "00000000-0000-4000-8000-0000000000a1");
     assert_eq!(m.attachments[0].message_id, Some(m.id));
@@ -196,7 +196,7 @@ async fn insert_and_duplicate(store: &dyn Store) {
     // The thread and the channel itself are different conversations.
     assert!(
         store
-            .messages(&conv("dup", None), 0, 100)
+            .messages(&conv("dup", None), MessageId(0), 100)
             .await
             .unwrap()
             .is_empty()
@@ -209,7 +209,7 @@ async fn insert_and_duplicate(store: &dyn Store) {
     assert_eq!(a.conversation, c);
     assert_eq!(a.payload, event.payload);
     assert_eq!(a.attempts, 1);
-    assert!(a.received_at > 0);
+    assert!(a.received_at > UnixMs(0));
     let b = claim_some(store, "w").await;
     assert_eq!(b.id, other.event_id);
     assert_eq!(b.conversation, other_platform);
@@ -244,7 +244,7 @@ async fn event_key_is_per_conversation(store: &dyn Store) {
     assert_eq!(store.message_count(&col_a).await.unwrap(), 1);
     assert_eq!(store.message_count(&col_a_b).await.unwrap(), 1);
     let texts: Vec<String> = store
-        .messages(&col_a_b, 0, 10)
+        .messages(&col_a_b, MessageId(0), 10)
         .await
         .unwrap()
         .into_iter()
@@ -357,7 +357,7 @@ async fn renew_and_release(store: &dyn Store) {
 
     let claimed = claim_some(store, "w1").await;
     assert_eq!(claimed.id, r);
-    assert!(store.renew_lease(r, "w1", far() + 1_000).await.unwrap());
+    assert!(store.renew_lease(r, "w1", far().plus(1_000)).await.unwrap());
     assert!(!store.renew_lease(r, "w2", far()).await.unwrap());
     // A renewed lease that is short expires again: renew_lease really moves lease_until.
     assert!(store.renew_lease(r, "w1", past()).await.unwrap());
@@ -424,7 +424,7 @@ async fn complete_writes(store: &dyn Store) {
     };
     assert!(store.complete_event(e, "w", &done).await.unwrap().is_some());
 
-    let messages = store.messages(&c, 0, 100).await.unwrap();
+    let messages = store.messages(&c, MessageId(0), 100).await.unwrap();
     let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
     assert_eq!(roles, [Role::User, Role::Tool, Role::Assistant]);
     assert!(messages.iter().all(|m| m.event_id == Some(e)));
@@ -452,7 +452,7 @@ async fn complete_writes(store: &dyn Store) {
         (stored.name.as_str(), stored.mime.as_str(), stored.size),
         ("cat.mp4", "image/png", 1234)
     );
-    assert!(stored.created_at > 0);
+    assert!(stored.created_at > UnixMs(0));
     assert_eq!(store.artifact("no-such-artifact").await.unwrap(), None);
 
     // The replies are in the outbox, oldest first.
@@ -674,7 +674,7 @@ async fn fail_event(store: &dyn Store) {
     assert_eq!(store.inbox_counts().await.unwrap().failed, before.failed);
 
     // Retry later: pending again, not claimable before retry_at, and F2 still waits behind it.
-    let retry_at = now_ms() + 700;
+    let retry_at = UnixMs::now().plus(700);
     store
         .fail_event(f1, "w", "transient", Some(retry_at))
         .await
@@ -688,7 +688,7 @@ async fn fail_event(store: &dyn Store) {
     complete(store, &g, "w").await;
     assert!(claim(store, "w").await.is_none());
 
-    while now_ms() <= retry_at {
+    while UnixMs::now() <= retry_at {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let retried = claim_some(store, "w").await;
@@ -831,8 +831,8 @@ async fn transcript(store: &dyn Store) {
     );
     assert_eq!(store.message_count(&c).await.unwrap(), 6);
 
-    let all = store.messages(&c, 0, 100).await.unwrap();
-    let all_ids: Vec<i64> = all.iter().map(|m| m.id).collect();
+    let all = store.messages(&c, MessageId(0), 100).await.unwrap();
+    let all_ids: Vec<MessageId> = all.iter().map(|m| m.id).collect();
     assert_eq!(&all_ids[1..5], &appended[..]);
     assert_eq!(all_ids[5], more[0]);
     assert_eq!(all[1].meta, turns[0].meta);
@@ -843,7 +843,7 @@ async fn transcript(store: &dyn Store) {
     assert_eq!(all[5].event_id, None);
 
     // Paging.
-    let page1 = store.messages(&c, 0, 2).await.unwrap();
+    let page1 = store.messages(&c, MessageId(0), 2).await.unwrap();
     assert_eq!(
         page1.iter().map(|m| m.id).collect::<Vec<_>>(),
         &all_ids[..2]
@@ -873,7 +873,13 @@ async fn transcript(store: &dyn Store) {
 
     // Unknown conversations are empty.
     let unknown = conv("transcript", Some("nope"));
-    assert!(store.messages(&unknown, 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .messages(&unknown, MessageId(0), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         store
             .recent_messages(&unknown, 10)
@@ -924,7 +930,7 @@ async fn record_turn(store: &dyn Store) {
         )
         .await
         .unwrap();
-    let rows = store.messages(&c, 0, 10).await.unwrap();
+    let rows = store.messages(&c, MessageId(0), 10).await.unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[1].text, "memory_save {}");
     assert_eq!(rows[2].event_id, Some(e));
@@ -1026,7 +1032,7 @@ async fn compaction(store: &dyn Store) {
         later
     );
     // Nothing is deleted: the rows stay (the tool row's bulky detail moved to the archive).
-    let all = store.messages(&c, 0, 100).await.unwrap();
+    let all = store.messages(&c, MessageId(0), 100).await.unwrap();
     assert_eq!(all.len(), 6);
     let tool = all.iter().find(|m| m.role == Role::Tool).unwrap();
     assert_eq!(tool.meta, None);
@@ -1166,7 +1172,7 @@ async fn memory(store: &dyn Store) {
     let recalled = store.recall(&a, "sofa", 10).await.unwrap();
     assert_eq!(recalled[0].text, "The cat sleeps on the red sofa");
     assert_eq!(recalled[0].created_by, "U1");
-    assert!(recalled[0].created_at > 0);
+    assert!(recalled[0].created_at > UnixMs(0));
 
     // Newest first.
     let notes = store.notes(&a, 10).await.unwrap();
@@ -1287,8 +1293,8 @@ async fn installations(store: &dyn Store) {
         scopes: "chat:write".into(),
         installed_by: "U1".into(),
         token_ciphertext: token.into(),
-        installed_at: 0,
-        updated_at: 0,
+        installed_at: UnixMs(0),
+        updated_at: UnixMs(0),
     };
     assert!(store.installation("slack", "T1").await.unwrap().is_none());
     store
@@ -1302,7 +1308,7 @@ async fn installations(store: &dyn Store) {
     let got = store.installation("slack", "T1").await.unwrap().unwrap();
     assert_eq!(got.token_ciphertext, "sealed-1");
     assert_eq!(got.team_name, "Team T1");
-    assert!(got.installed_at > 0 && got.updated_at >= got.installed_at);
+    assert!(got.installed_at > UnixMs(0) && got.updated_at >= got.installed_at);
     assert!(
         store.installation("discord", "T1").await.unwrap().is_none(),
         "installations are per platform"
@@ -1321,9 +1327,12 @@ async fn installations(store: &dyn Store) {
     assert!(store.installation("slack", "T2").await.unwrap().is_some());
 
     // OAuth states: single use, and expired ones do not count.
-    let now = now_ms();
-    store.put_oauth_state("s-good", now + 60_000).await.unwrap();
-    store.put_oauth_state("s-old", now - 1).await.unwrap();
+    let now = UnixMs::now();
+    store
+        .put_oauth_state("s-good", now.plus(60_000))
+        .await
+        .unwrap();
+    store.put_oauth_state("s-old", now.plus(-1)).await.unwrap();
     assert!(!store.take_oauth_state("s-unknown", now).await.unwrap());
     assert!(store.take_oauth_state("s-good", now).await.unwrap());
     assert!(
@@ -1335,7 +1344,10 @@ async fn installations(store: &dyn Store) {
         "expired"
     );
     assert!(
-        store.put_oauth_state("s-good", now + 60_000).await.is_ok(),
+        store
+            .put_oauth_state("s-good", now.plus(60_000))
+            .await
+            .is_ok(),
         "a used state's row is gone"
     );
 }
@@ -1345,7 +1357,7 @@ async fn installations(store: &dyn Store) {
 async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
     const CONVERSATIONS: usize = 6;
     const PER_CONVERSATION: usize = 8;
-    let mut expected: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut expected: BTreeMap<i64, Vec<EventId>> = BTreeMap::new();
     for n in 0..PER_CONVERSATION {
         for c in 0..CONVERSATIONS {
             let conversation = conv(&format!("busy-{c}"), None);
@@ -1358,8 +1370,8 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
         }
     }
 
-    let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
-    let seen: Arc<Mutex<BTreeMap<i64, Vec<i64>>>> = Arc::default();
+    let active: Arc<Mutex<HashSet<ConversationId>>> = Arc::default();
+    let seen: Arc<Mutex<BTreeMap<ConversationId, Vec<EventId>>>> = Arc::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut workers = Vec::new();
     for (s, store) in stores.iter().enumerate() {
@@ -1411,8 +1423,8 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
         worker.await.unwrap();
     }
     let seen = seen.lock().unwrap();
-    let mut got: Vec<Vec<i64>> = seen.values().cloned().collect();
-    let mut want: Vec<Vec<i64>> = expected.into_values().collect();
+    let mut got: Vec<Vec<EventId>> = seen.values().cloned().collect();
+    let mut want: Vec<Vec<EventId>> = expected.into_values().collect();
     got.sort();
     want.sort();
     assert_eq!(got, want, "every event once, in order per conversation");

@@ -33,13 +33,13 @@ pub fn query_value(text: &str) -> String {
 }
 
 /// Milliseconds since the epoch as `2026-11-26 23:15:53 UTC`.
-pub fn time(ms: i64) -> String {
-    let text = ecdysis_web::rfc3339_utc(ms);
+pub fn time(ms: impl Into<i64>) -> String {
+    let text = ecdysis_web::rfc3339_utc(ms.into());
     format!("{} UTC", text.get(..19).unwrap_or(&text).replace('T', " "))
 }
 
 /// An optional time, or a dash.
-pub fn maybe_time(ms: Option<i64>) -> String {
+pub fn maybe_time<T: Into<i64>>(ms: Option<T>) -> String {
     ms.map(time).unwrap_or_else(|| "—".into())
 }
 

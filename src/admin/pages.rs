@@ -17,7 +17,9 @@ use super::auth::Caller;
 use super::html::{bytes, csrf_field, esc, maybe_time, page, query_value, time};
 use super::{Admin, html_page, internal, now_secs, security_headers, see_other, text};
 use crate::sandbox::Snapshot;
-use crate::store::{Message, Role, now_ms};
+use crate::store::{
+    ConversationId, EventId, InboxStatus, Message, MessageId, NoteId, Role, now_ms,
+};
 
 /// Messages shown per transcript page.
 const TRANSCRIPT_PAGE: i64 = 500;
@@ -241,7 +243,7 @@ pub async fn overview(State(admin): State<Admin>, headers: HeaderMap) -> Respons
     );
     let now = now_ms();
     for lease in &leases {
-        let state = if lease.lease_until > now {
+        let state = if lease.lease_until.0 > now {
             format!(
                 r#"<span class="ok">held</span> until {}"#,
                 time(lease.lease_until)
@@ -376,13 +378,13 @@ pub async fn conversation(
 ) -> Response {
     let caller = page_caller!(admin, headers);
     let store = &admin.app.store;
-    let conversation = match store.conversation_by_id(id).await {
+    let conversation = match store.conversation_by_id(ConversationId(id)).await {
         Ok(Some(c)) => c,
         Ok(None) => return text(StatusCode::NOT_FOUND, "no such conversation"),
         Err(e) => return internal("read the conversation", e),
     };
     let messages = match store
-        .messages(&conversation, query.after, TRANSCRIPT_PAGE)
+        .messages(&conversation, MessageId(query.after), TRANSCRIPT_PAGE)
         .await
     {
         Ok(messages) => messages,
@@ -610,12 +612,12 @@ pub async fn edit_note(
         );
     }
     let store = &admin.app.store;
-    let note = match store.note(id).await {
+    let note = match store.note(NoteId(id)).await {
         Ok(Some(note)) => note,
         Ok(None) => return text(StatusCode::NOT_FOUND, "no such note"),
         Err(e) => return internal("read the note", e),
     };
-    match store.update_note(id, text_value).await {
+    match store.update_note(NoteId(id), text_value).await {
         Ok(true) => {
             tracing::info!(note = id, "admin: note edited");
             see_other(&format!(
@@ -636,12 +638,12 @@ pub async fn delete_note(
 ) -> Response {
     form_caller!(admin, headers, &field(&body, "csrf"));
     let store = &admin.app.store;
-    let note = match store.note(id).await {
+    let note = match store.note(NoteId(id)).await {
         Ok(Some(note)) => note,
         Ok(None) => return text(StatusCode::NOT_FOUND, "no such note"),
         Err(e) => return internal("read the note", e),
     };
-    match store.delete_note(id).await {
+    match store.delete_note(NoteId(id)).await {
         Ok(_) => {
             tracing::info!(note = id, "admin: note deleted");
             see_other(&format!(
@@ -705,10 +707,10 @@ pub async fn inbox(
     Query(query): Query<StatusQuery>,
 ) -> Response {
     let caller = page_caller!(admin, headers);
-    let status = match query.status.as_deref() {
-        None => "failed",
-        Some(s @ ("pending" | "leased" | "failed" | "done" | "retried")) => s,
-        Some(_) => {
+    let status = match query.status.as_deref().map(str::parse::<InboxStatus>) {
+        None => InboxStatus::Failed,
+        Some(Ok(status)) => status,
+        Some(Err(_)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 "status is one of pending, leased, failed, done, retried",
@@ -736,7 +738,7 @@ pub async fn inbox(
             Some(n) => format!("{name} ({n})"),
             None => name.to_string(),
         };
-        if name == status {
+        if name == status.as_str() {
             let _ = write!(body, "<b>{label}</b> · ");
         } else {
             let _ = write!(
@@ -752,7 +754,7 @@ pub async fn inbox(
             (None, Some(owner)) => format!("<code>{}</code>", esc(owner)),
             (None, None) => String::new(),
         };
-        let action = if event.status == "failed" {
+        let action = if event.status == InboxStatus::Failed {
             format!(
                 r#"<form method="post" action="/admin/inbox/{}/retry">{}<button type="submit">Retry</button></form>"#,
                 event.id,
@@ -793,11 +795,11 @@ pub async fn retry(
     body: Bytes,
 ) -> Response {
     form_caller!(admin, headers, &field(&body, "csrf"));
-    match admin.app.store.retry_event(id).await {
+    match admin.app.store.retry_event(EventId(id)).await {
         Ok(Some(new_id)) => {
             tracing::info!(
                 event = id,
-                retry = new_id,
+                retry = %new_id,
                 "admin: failed event queued again"
             );
             admin.app.bus.wake();

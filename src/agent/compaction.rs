@@ -20,7 +20,9 @@ use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
 use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventContext;
-use crate::store::{Compaction, ContextMessages, Message, NewCompaction, NewMessage, Role};
+use crate::store::{
+    Compaction, ContextMessages, EventId, Message, NewCompaction, NewMessage, Role,
+};
 use crate::tools::ToolContext;
 
 /// The instruction of the memory flush before a compaction.
@@ -63,12 +65,12 @@ pub struct ArchivedFile {
 impl From<&Message> for ArchivedMessage {
     fn from(m: &Message) -> Self {
         Self {
-            id: m.id,
-            event_id: m.event_id,
+            id: m.id.0,
+            event_id: m.event_id.map(|e| e.0),
             role: m.role,
             text: m.text.clone(),
             meta: m.meta.clone(),
-            created_at: m.created_at,
+            created_at: m.created_at.0,
             attachments: m
                 .attachments
                 .iter()
@@ -161,7 +163,7 @@ fn segment(text: &str) -> String {
 /// Which rows to compact: the index (into `window.messages`) of the first row to keep, or
 /// `None` when nothing can be compacted. The kept tail is at most `keep_tokens` and starts at a
 /// user message (a turn boundary); rows of the current event are never compacted.
-pub fn plan(window: &ContextMessages, current_event: i64, keep_tokens: usize) -> Option<usize> {
+pub fn plan(window: &ContextMessages, current_event: EventId, keep_tokens: usize) -> Option<usize> {
     let rows = context::row_tokens(window, current_event);
     let mut kept = 0usize;
     let mut keep_from = rows.last().map(|(i, _)| i + 1)?;
@@ -287,7 +289,7 @@ impl Core {
         let old = context::pair_tools(old);
         let old_tokens: usize = old.iter().map(message_tokens).sum();
         info!(
-            %conversation, first_id, last_id, rows = rows.len(), tokens = old_tokens,
+            %conversation, %first_id, %last_id, rows = rows.len(), tokens = old_tokens,
             "compacting the older part of the conversation"
         );
 
@@ -302,7 +304,7 @@ impl Core {
         let answer = self.call(&setup.models, &flush, deadline, stats).await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
-            event_id: event.event_id,
+            event_id: event.event_id.0,
             step: 0,
             conversation: conversation.clone(),
             user_id: event.payload.user.id.clone(),
@@ -389,7 +391,7 @@ impl Core {
             lines.push_str(&line);
             lines.push('\n');
         }
-        let key = archive_key(conversation, first_id, last_id);
+        let key = archive_key(conversation, first_id.0, last_id.0);
         self.blobs
             .put(&key, Bytes::from(lines), "application/x-ndjson")
             .await
@@ -436,16 +438,17 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{MessageId, UnixMs};
 
     fn row(id: i64, event: i64, role: Role, chars: usize) -> Message {
         Message {
-            id,
-            event_id: Some(event),
+            id: MessageId(id),
+            event_id: Some(EventId(event)),
             role,
             text: "x".repeat(chars),
             meta: None,
             attachments: Vec::new(),
-            created_at: 0,
+            created_at: UnixMs(0),
         }
     }
 
@@ -463,11 +466,11 @@ mod tests {
             messages,
         };
         // 450 tokens hold two turns (2 × 2 × 104).
-        assert_eq!(plan(&window, 6, 450), Some(6));
+        assert_eq!(plan(&window, EventId(6), 450), Some(6));
         // Everything fits: nothing to do.
-        assert_eq!(plan(&window, 6, 10_000), None);
+        assert_eq!(plan(&window, EventId(6), 10_000), None);
         // Nothing fits: everything before the current event is compacted.
-        assert_eq!(plan(&window, 6, 10), Some(10));
+        assert_eq!(plan(&window, EventId(6), 10), Some(10));
     }
 
     #[test]

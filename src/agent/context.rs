@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
-use crate::store::{ContextMessages, Message, Note, Role};
+use crate::store::{ContextMessages, EventId, Message, Note, Role};
 use crate::tools::ToolRegistry;
 
 /// Longest note text put into the context (longer notes are cut; `memory_search` has them whole).
@@ -332,7 +332,7 @@ pub fn pair_tools(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
 
 /// The transcript part of the context: the summary, then the rows after it. Rows of the
 /// current event (its user message, steps of an earlier attempt) are left out.
-pub fn transcript(window: &ContextMessages, current_event: i64) -> Vec<ChatMessage> {
+pub fn transcript(window: &ContextMessages, current_event: EventId) -> Vec<ChatMessage> {
     let mut messages = Vec::with_capacity(window.messages.len() + 1);
     if let Some((summary, _)) = &window.summary {
         messages.push(summary_message(&summary.text));
@@ -349,7 +349,7 @@ pub fn transcript(window: &ContextMessages, current_event: i64) -> Vec<ChatMessa
 
 /// Rows of the current window the model reads (for compaction planning): same filter as
 /// [`transcript`], with each row's estimated tokens.
-pub fn row_tokens(window: &ContextMessages, current_event: i64) -> Vec<(usize, usize)> {
+pub fn row_tokens(window: &ContextMessages, current_event: EventId) -> Vec<(usize, usize)> {
     window
         .messages
         .iter()
@@ -407,18 +407,18 @@ pub fn new_message(prompt: &str, files: &[(String, String, i64)]) -> ChatMessage
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Compaction;
+    use crate::store::{Compaction, CompactionId, MessageId, UnixMs};
     use serde_json::json;
 
     fn row(id: i64, event: i64, role: Role, text: &str, meta: Option<Value>) -> Message {
         Message {
-            id,
-            event_id: Some(event),
+            id: MessageId(id),
+            event_id: Some(EventId(event)),
             role,
             text: text.into(),
             meta: meta.map(|m| m.to_string()),
             attachments: Vec::new(),
-            created_at: 0,
+            created_at: UnixMs(0),
         }
     }
 
@@ -474,13 +474,13 @@ mod tests {
             summary: Some((
                 row(1, 1, Role::Summary, "they like tea", None),
                 Compaction {
-                    id: 1,
-                    summary_message_id: 1,
-                    first_message_id: 0,
-                    last_message_id: 0,
+                    id: CompactionId(1),
+                    summary_message_id: MessageId(1),
+                    first_message_id: MessageId(0),
+                    last_message_id: MessageId(0),
                     message_count: 0,
                     archive_key: "k".into(),
-                    created_at: 0,
+                    created_at: UnixMs(0),
                 },
             )),
             messages: vec![
@@ -498,7 +498,7 @@ mod tests {
                 ),
             ],
         };
-        let messages = transcript(&window, 3);
+        let messages = transcript(&window, EventId(3));
         assert_eq!(
             texts(&messages),
             vec![
@@ -535,7 +535,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            texts(&transcript(&window, 99)),
+            texts(&transcript(&window, EventId(99))),
             vec![(ChatRole::User, "question|next".to_string())]
         );
     }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::commands::MAX_NOTE_CHARS;
 use crate::profile::Profiles;
-use crate::store::{NewNote, Store};
+use crate::store::{NewNote, NoteId, Store};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
 const SEARCH_LIMIT: i64 = 10;
@@ -174,7 +174,10 @@ impl Tool for MemoryForget {
         .ok_or_else(|| ToolError::InvalidInput("`id` (a note number) is required".into()))?;
         let deleted = self
             .store
-            .forget(&self.profiles.memory_channel(&context.conversation), id)
+            .forget(
+                &self.profiles.memory_channel(&context.conversation),
+                NoteId(id),
+            )
             .await
             .map_err(store_error)?;
         Ok(ToolOutput::text(if deleted {

@@ -665,7 +665,7 @@ impl Core {
         collected: &mut Collected,
     ) -> Result<Vec<Part>, TurnError> {
         let tool_context = ToolContext {
-            event_id: event.event_id,
+            event_id: event.event_id.0,
             step,
             conversation: event.conversation.clone(),
             user_id: event.payload.user.id.clone(),

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use ecdysis_chat::ConversationRef;
 
-use crate::store::{ContextMessages, Role, Store, StoreError};
+use crate::store::{ContextMessages, MessageId, Role, Store, StoreError};
 
 /// Conversations kept.
 const CAPACITY: usize = 128;
@@ -21,7 +21,7 @@ const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 struct Entry {
     window: ContextMessages,
-    last_id: i64,
+    last_id: MessageId,
     used: u64,
     bytes: usize,
 }
@@ -102,7 +102,7 @@ impl Windows {
             .into_iter()
             .chain(window.summary.as_ref().map(|(m, _)| m.id))
             .max()
-            .unwrap_or(0);
+            .unwrap_or_default();
         let bytes = size(&window);
         let mut entries = self.lock();
         entries.clock += 1;

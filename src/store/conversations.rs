@@ -1,10 +1,37 @@
 //! Conversations: the (platform, workspace, channel, thread) every event, message and usage row
 //! belongs to, and the cache of their ids.
 
+use async_trait::async_trait;
 use ecdysis_chat::{ChannelRef, ConversationRef};
+use serde::Serialize;
 
-use super::db::{Columns, Tx, on_reader, on_tx};
-use super::{Result, SqlStore};
+use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::{ConversationId, Result, SqlStore, UnixMs};
+
+/// A conversation with its activity, for the admin pages and exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConversationInfo {
+    pub id: ConversationId,
+    pub conversation: ConversationRef,
+    pub messages: i64,
+    /// When its newest message was written; `None` without messages.
+    pub last_message_at: Option<UnixMs>,
+    pub created_at: UnixMs,
+}
+
+/// The conversations the store knows, for the admin pages and exports.
+#[async_trait]
+pub trait Conversations: Send + Sync {
+    /// Conversations, most recently active first: every one, or those of one channel.
+    async fn conversations(
+        &self,
+        channel: Option<&ChannelRef>,
+        limit: i64,
+    ) -> Result<Vec<ConversationInfo>>;
+
+    /// A conversation by its id.
+    async fn conversation_by_id(&self, id: ConversationId) -> Result<Option<ConversationRef>>;
+}
 
 /// Conversation ids by reference and back. Rows of `conversations` never change once written,
 /// so caching them is safe; the cache is bounded and simply starts over when full.
@@ -15,8 +42,8 @@ pub(crate) struct ConversationCache {
 
 #[derive(Default)]
 struct ConversationMaps {
-    ids: std::collections::HashMap<(String, String, String, String), i64>,
-    refs: std::collections::HashMap<i64, ConversationRef>,
+    ids: std::collections::HashMap<(String, String, String, String), ConversationId>,
+    refs: std::collections::HashMap<ConversationId, ConversationRef>,
 }
 
 fn conversation_key(c: &ConversationRef) -> (String, String, String, String) {
@@ -31,18 +58,18 @@ fn conversation_key(c: &ConversationRef) -> (String, String, String, String) {
 impl ConversationCache {
     const MAX: usize = 10_000;
 
-    pub(crate) fn id(&self, c: &ConversationRef) -> Option<i64> {
+    pub(crate) fn id(&self, c: &ConversationRef) -> Option<ConversationId> {
         let maps = self.maps.lock().ok()?;
         maps.ids.get(&conversation_key(c)).copied()
     }
 
-    pub(crate) fn conversation(&self, id: i64) -> Option<ConversationRef> {
+    pub(crate) fn conversation(&self, id: ConversationId) -> Option<ConversationRef> {
         let maps = self.maps.lock().ok()?;
         maps.refs.get(&id).cloned()
     }
 
     /// Remember a committed conversation row.
-    pub(crate) fn insert(&self, c: &ConversationRef, id: i64) {
+    pub(crate) fn insert(&self, c: &ConversationRef, id: ConversationId) {
         if let Ok(mut maps) = self.maps.lock() {
             if maps.ids.len() >= Self::MAX {
                 maps.ids.clear();
@@ -78,7 +105,7 @@ pub(crate) fn channel_from_row(row: &impl Columns) -> Result<ChannelRef> {
 
 /// The conversation's id, created if new. On Postgres this locks the conversation's row until
 /// the transaction ends (see [`super::dialect::locks_conversations`]).
-pub(crate) async fn upsert(tx: &mut Tx, c: &ConversationRef) -> Result<i64> {
+pub(crate) async fn upsert(tx: &mut Tx, c: &ConversationRef) -> Result<ConversationId> {
     let now = tx.now;
     on_tx!(tx, |conn| {
         sqlx::query(
@@ -101,11 +128,14 @@ pub(crate) async fn upsert(tx: &mut Tx, c: &ConversationRef) -> Result<i64> {
 
 impl SqlStore {
     /// The id of a conversation that has rows; `None` when it has none.
-    pub(crate) async fn conversation_id(&self, c: &ConversationRef) -> Result<Option<i64>> {
+    pub(crate) async fn conversation_id(
+        &self,
+        c: &ConversationRef,
+    ) -> Result<Option<ConversationId>> {
         if let Some(id) = self.conversations.id(c) {
             return Ok(Some(id));
         }
-        let id: Option<i64> = on_reader!(&self.db, |pool| {
+        let id: Option<ConversationId> = on_reader!(&self.db, |pool| {
             sqlx::query(
                 "SELECT id FROM conversations
                  WHERE platform = $1 AND workspace = $2 AND channel = $3 AND thread = $4",
@@ -126,7 +156,7 @@ impl SqlStore {
     }
 
     /// The conversation a committed row points at.
-    pub(crate) async fn conversation_ref(&self, id: i64) -> Result<ConversationRef> {
+    pub(crate) async fn conversation_ref(&self, id: ConversationId) -> Result<ConversationRef> {
         if let Some(c) = self.conversations.conversation(id) {
             return Ok(c);
         }
@@ -143,9 +173,46 @@ impl SqlStore {
         self.conversations.insert(&c, id);
         Ok(c)
     }
+}
+
+#[async_trait]
+impl Conversations for SqlStore {
+    async fn conversations(
+        &self,
+        channel: Option<&ChannelRef>,
+        limit: i64,
+    ) -> Result<Vec<ConversationInfo>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT c.id, c.platform, c.workspace, c.channel, c.thread, c.created_at,
+                        COUNT(m.id) AS messages, MAX(m.created_at) AS last_message_at
+                 FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+                 WHERE CAST($1 AS TEXT) IS NULL
+                    OR (c.platform = $1 AND c.workspace = $2 AND c.channel = $3)
+                 GROUP BY c.id
+                 ORDER BY COALESCE(MAX(m.created_at), c.created_at) DESC, c.id DESC
+                 LIMIT $4",
+            )
+            .bind(channel.map(|c| c.platform.as_str()))
+            .bind(channel.map(|c| c.workspace.as_str()))
+            .bind(channel.map(|c| c.channel.as_str()))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(ConversationInfo {
+                    id: row.col("id")?,
+                    conversation: conversation_from_row(row)?,
+                    messages: row.col("messages")?,
+                    last_message_at: row.col("last_message_at")?,
+                    created_at: row.col("created_at")?,
+                })
+            })
+        })
+    }
 
     /// A conversation by its id (the admin pages' links); `None` for an unknown id.
-    pub(crate) async fn find_conversation(&self, id: i64) -> Result<Option<ConversationRef>> {
+    async fn conversation_by_id(&self, id: ConversationId) -> Result<Option<ConversationRef>> {
         on_reader!(&self.db, |pool| {
             sqlx::query(
                 "SELECT platform, workspace, channel, thread FROM conversations WHERE id = $1",

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
 
 use super::clock::Clock;
+use super::ids::UnixMs;
 use super::{Result, StoreError, migrate};
 
 /// The open database and the clock its writes are timed by.
@@ -45,8 +46,8 @@ pub(crate) enum Pools {
 /// A transaction on either backend, with the time the write it belongs to started.
 pub(crate) struct Tx {
     pub(crate) conn: TxConn,
-    /// Milliseconds since the Unix epoch, read once per transaction.
-    pub(crate) now: i64,
+    /// The store's clock, read once per transaction.
+    pub(crate) now: UnixMs,
 }
 
 pub(crate) enum TxConn {
@@ -260,7 +261,7 @@ impl Db {
         };
         Ok(Tx {
             conn,
-            now: self.clock.now(),
+            now: UnixMs(self.clock.now()),
         })
     }
 

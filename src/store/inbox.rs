@@ -1,24 +1,167 @@
 //! The inbox: events as adapters hand them in, claimed by workers with a lease, one
 //! conversation at a time in arrival order, and finished with their transcript rows and replies.
 
-use super::conversations::upsert;
-use super::db::{Columns, Tx, on_reader, on_tx};
+use async_trait::async_trait;
+use ecdysis_chat::ConversationRef;
+use serde::Serialize;
+
+use super::conversations::{conversation_from_row, upsert};
+use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::dialect::{self, CLAIM_EVENT};
 use super::transcript::insert_message;
 use super::{
-    ClaimedEvent, Completion, InboxCounts, Inserted, NewEvent, NewMessage, OutboxItem, Result,
-    Role, SqlStore,
+    ConversationId, EventId, InboxStatus, NewArtifact, NewMessage, NewReply, OutboxItem, ReplyId,
+    Result, Role, SqlStore, StoreError, UnixMs,
 };
+
+/// An event to put into the inbox, with the user's message for the transcript.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub platform_event_id: String,
+    pub conversation: ConversationRef,
+    pub user_id: String,
+    /// The event as JSON (see `bus::EventPayload`).
+    pub payload: String,
+    /// What the transcript shows for the user's message.
+    pub text: String,
+    /// Attachments already written to the blob store, linked to the user's message.
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// The result of putting an event into the inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    pub event_id: EventId,
+    /// The (conversation, platform event id) was there already; nothing was written.
+    pub duplicate: bool,
+}
+
+/// An event claimed by a worker, with its lease.
+#[derive(Clone, Debug)]
+pub struct ClaimedEvent {
+    pub id: EventId,
+    pub conversation_id: ConversationId,
+    pub conversation: ConversationRef,
+    pub payload: String,
+    /// How many times this event was claimed, this claim included.
+    pub attempts: i32,
+    pub received_at: UnixMs,
+}
+
+/// What finishing an event writes, in one transaction: transcript rows, replies, and the final
+/// state: `done`, or `failed` with `error` (the replies then tell the user what went wrong).
+#[derive(Clone, Debug, Default)]
+pub struct Completion {
+    pub messages: Vec<NewMessage>,
+    pub replies: Vec<NewReply>,
+    pub error: Option<String>,
+    /// When set, the replies are written already claimed for delivery until then, so the worker
+    /// that produced them can deliver them at once without another claim.
+    pub reply_lease_until: Option<UnixMs>,
+}
+
+/// Counts of the inbox by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboxCounts {
+    pub pending: i64,
+    pub leased: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+/// An inbox row as the admin pages show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InboxEvent {
+    pub id: EventId,
+    pub conversation: ConversationRef,
+    pub platform_event_id: String,
+    pub status: InboxStatus,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub received_at: UnixMs,
+    pub finished_at: Option<UnixMs>,
+    /// The user's message as the transcript shows it.
+    pub text: Option<String>,
+}
+
+/// Events in, claimed, finished: the durable queue every adapter feeds.
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    /// Put an event into the inbox together with the user's transcript message, in one
+    /// transaction; a (conversation, platform event id) seen before writes nothing.
+    async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
+
+    /// Claim the oldest claimable event: the head of its conversation (no earlier unfinished
+    /// event there), pending or with an expired lease, and due. The claim lasts until
+    /// `lease_until`.
+    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>>;
+
+    /// Extend a lease this owner holds; false when the lease was lost.
+    async fn renew_lease(
+        &self,
+        event_id: EventId,
+        owner: &str,
+        lease_until: UnixMs,
+    ) -> Result<bool>;
+
+    /// Release every lease `owner` holds (graceful shutdown): the events become pending again.
+    async fn release_leases(&self, owner: &str) -> Result<u64>;
+
+    /// Make every leased event pending again (single-instance start-up after a crash).
+    async fn release_all_leases(&self) -> Result<u64>;
+
+    /// Finish an event: transcript rows, outbox rows and the done mark in one transaction.
+    /// Returns the outbox rows written (for delivery), or `None` (and writes nothing) when
+    /// `owner` no longer holds the event's lease.
+    async fn complete_event(
+        &self,
+        event_id: EventId,
+        owner: &str,
+        done: &Completion,
+    ) -> Result<Option<Vec<OutboxItem>>>;
+
+    /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
+    async fn fail_event(
+        &self,
+        event_id: EventId,
+        owner: &str,
+        error: &str,
+        retry_at: Option<UnixMs>,
+    ) -> Result<()>;
+
+    /// Events not yet done or failed (the queue depth).
+    async fn open_event_count(&self) -> Result<i64>;
+
+    /// Counts of the inbox by state.
+    async fn inbox_counts(&self) -> Result<InboxCounts>;
+
+    /// Inbox events in one state, newest first (the admin pages).
+    async fn inbox_events(&self, status: InboxStatus, limit: i64) -> Result<Vec<InboxEvent>>;
+
+    /// Run a failed event again: a copy of it is queued as a new event (at the end of its
+    /// conversation, so its replies get new idempotency keys and are really posted) and the
+    /// failed one is marked `retried`. Returns the new event's id; `None` when the event is
+    /// not failed.
+    async fn retry_event(&self, id: EventId) -> Result<Option<EventId>>;
+
+    /// The newest event time per platform (`received_at`).
+    async fn last_event_at(&self) -> Result<Vec<(String, UnixMs)>>;
+}
 
 /// Put the event and its user message in; `known` is the conversation's id when the cache
 /// knows it and the backend needs no lock. Returns the result and the conversation's id.
-async fn insert_event(tx: &mut Tx, e: &NewEvent, known: Option<i64>) -> Result<(Inserted, i64)> {
+async fn insert_event(
+    tx: &mut Tx,
+    e: &NewEvent,
+    known: Option<ConversationId>,
+) -> Result<(Inserted, ConversationId)> {
     let conversation_id = match known {
         Some(id) => id,
         None => upsert(tx, &e.conversation).await?,
     };
     let now = tx.now;
-    let inserted: Option<i64> = on_tx!(tx, |c| {
+    let inserted: Option<EventId> = on_tx!(tx, |c| {
         sqlx::query(
             "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
                                 available_at, received_at)
@@ -38,7 +181,7 @@ async fn insert_event(tx: &mut Tx, e: &NewEvent, known: Option<i64>) -> Result<(
     });
     let Some(event_id) = inserted else {
         // A platform retry: the stored event's id, nothing written.
-        let existing: i64 = on_tx!(tx, |c| {
+        let existing: EventId = on_tx!(tx, |c| {
             sqlx::query(
                 "SELECT id FROM inbox WHERE conversation_id = $1 AND platform_event_id = $2",
             )
@@ -72,12 +215,12 @@ async fn insert_event(tx: &mut Tx, e: &NewEvent, known: Option<i64>) -> Result<(
 /// `owner` no longer holds the event's lease (nothing is written then).
 async fn complete_event(
     tx: &mut Tx,
-    event_id: i64,
+    event_id: EventId,
     owner: &str,
     done: &Completion,
-) -> Result<Option<(i64, Vec<(i64, i32, usize)>)>> {
+) -> Result<Option<(ConversationId, Vec<(ReplyId, i32, usize)>)>> {
     let now = tx.now;
-    let finished: Option<i64> = on_tx!(tx, |c| {
+    let finished: Option<ConversationId> = on_tx!(tx, |c| {
         sqlx::query(
             "UPDATE inbox
              SET status = CASE WHEN CAST($1 AS TEXT) IS NULL THEN 'done' ELSE 'failed' END,
@@ -120,7 +263,7 @@ async fn complete_event(
             .bind(now)
             .fetch_optional(c)
             .await?
-            .map(|row| Ok::<_, super::StoreError>((row.col("id")?, row.col("attempts")?)))
+            .map(|row| Ok::<_, StoreError>((row.col("id")?, row.col("attempts")?)))
             .transpose()?
         });
         if let Some((id, attempts)) = row {
@@ -130,8 +273,9 @@ async fn complete_event(
     Ok(Some((conversation_id, written)))
 }
 
-impl SqlStore {
-    pub(crate) async fn insert_event_row(&self, event: &NewEvent) -> Result<Inserted> {
+#[async_trait]
+impl Inbox for SqlStore {
+    async fn insert_event(&self, event: &NewEvent) -> Result<Inserted> {
         let known = if dialect::locks_conversations(&self.db) {
             None
         } else {
@@ -148,11 +292,7 @@ impl SqlStore {
         Ok(inserted)
     }
 
-    pub(crate) async fn claim_event_row(
-        &self,
-        owner: &str,
-        lease_until: i64,
-    ) -> Result<Option<ClaimedEvent>> {
+    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>> {
         let claimed = self
             .db
             .write((owner.to_string(), lease_until), |tx, (owner, until)| {
@@ -166,12 +306,12 @@ impl SqlStore {
                             .fetch_optional(c)
                             .await?
                             .map(|row| {
-                                Ok::<_, super::StoreError>((
-                                    row.col::<i64>("id")?,
-                                    row.col::<i64>("conversation_id")?,
+                                Ok::<_, StoreError>((
+                                    row.col::<EventId>("id")?,
+                                    row.col::<ConversationId>("conversation_id")?,
                                     row.col::<String>("payload")?,
                                     row.col::<i32>("attempts")?,
-                                    row.col::<i64>("received_at")?,
+                                    row.col::<UnixMs>("received_at")?,
                                 ))
                             })
                             .transpose()
@@ -192,11 +332,11 @@ impl SqlStore {
         }))
     }
 
-    pub(crate) async fn renew_lease_row(
+    async fn renew_lease(
         &self,
-        event_id: i64,
+        event_id: EventId,
         owner: &str,
-        lease_until: i64,
+        lease_until: UnixMs,
     ) -> Result<bool> {
         self.db
             .write(
@@ -222,42 +362,17 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn release_leases_of(&self, owner: Option<&str>) -> Result<u64> {
-        self.db
-            .write(owner.map(str::to_string), |tx, owner| {
-                Box::pin(async move {
-                    let released = on_tx!(tx, |c| {
-                        sqlx::query(
-                            "UPDATE inbox SET status = 'pending', lease_owner = NULL,
-                                              lease_until = NULL
-                             WHERE status = 'leased'
-                               AND (CAST($1 AS TEXT) IS NULL OR lease_owner = $1)",
-                        )
-                        .bind(owner)
-                        .execute(c)
-                        .await?
-                        .rows_affected()
-                    });
-                    if owner.is_none() {
-                        // Nothing else runs: replies claimed by the last run may go at once.
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "UPDATE outbox SET lease_until = NULL WHERE status = 'pending'",
-                            )
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                        });
-                    }
-                    Ok(released)
-                })
-            })
-            .await
+    async fn release_leases(&self, owner: &str) -> Result<u64> {
+        self.release_leases_of(Some(owner)).await
     }
 
-    pub(crate) async fn complete_event_row(
+    async fn release_all_leases(&self) -> Result<u64> {
+        self.release_leases_of(None).await
+    }
+
+    async fn complete_event(
         &self,
-        event_id: i64,
+        event_id: EventId,
         owner: &str,
         done: &Completion,
     ) -> Result<Option<Vec<OutboxItem>>> {
@@ -287,12 +402,12 @@ impl SqlStore {
         ))
     }
 
-    pub(crate) async fn fail_event_row(
+    async fn fail_event(
         &self,
-        event_id: i64,
+        event_id: EventId,
         owner: &str,
         error: &str,
-        retry_at: Option<i64>,
+        retry_at: Option<UnixMs>,
     ) -> Result<()> {
         self.db
             .write(
@@ -327,7 +442,7 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn open_events(&self) -> Result<i64> {
+    async fn open_event_count(&self) -> Result<i64> {
         on_reader!(&self.db, |pool| {
             sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE status IN ('pending', 'leased')")
                 .fetch_one(pool)
@@ -336,12 +451,12 @@ impl SqlStore {
         })
     }
 
-    pub(crate) async fn count_inbox(&self) -> Result<InboxCounts> {
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
         let counts: Vec<(String, i64)> = on_reader!(&self.db, |pool| {
-            let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM inbox GROUP BY status")
+            let found = sqlx::query("SELECT status, COUNT(*) AS n FROM inbox GROUP BY status")
                 .fetch_all(pool)
                 .await?;
-            super::db::rows(&rows, |row| Ok((row.col("status")?, row.col("n")?)))?
+            rows(&found, |row| Ok((row.col("status")?, row.col("n")?)))?
         });
         let mut by_status = InboxCounts::default();
         for (status, n) in counts {
@@ -354,5 +469,146 @@ impl SqlStore {
             }
         }
         Ok(by_status)
+    }
+
+    async fn inbox_events(&self, status: InboxStatus, limit: i64) -> Result<Vec<InboxEvent>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT i.id, i.platform_event_id, i.status, i.attempts, i.error, i.lease_owner,
+                        i.received_at, i.finished_at, c.platform, c.workspace, c.channel,
+                        c.thread,
+                        (SELECT m.text FROM messages m
+                         WHERE m.conversation_id = i.conversation_id AND m.event_id = i.id
+                           AND m.role = 'user'
+                         ORDER BY m.id LIMIT 1) AS text
+                 FROM inbox i JOIN conversations c ON c.id = i.conversation_id
+                 WHERE i.status = $1
+                 ORDER BY i.id DESC
+                 LIMIT $2",
+            )
+            .bind(status.as_str())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(InboxEvent {
+                    id: row.col("id")?,
+                    conversation: conversation_from_row(row)?,
+                    platform_event_id: row.col("platform_event_id")?,
+                    status: InboxStatus::parse(&row.col::<String>("status")?)?,
+                    attempts: row.col("attempts")?,
+                    error: row.col("error")?,
+                    lease_owner: row.col("lease_owner")?,
+                    received_at: row.col("received_at")?,
+                    finished_at: row.col("finished_at")?,
+                    text: row.col("text")?,
+                })
+            })
+        })
+    }
+
+    async fn retry_event(&self, id: EventId) -> Result<Option<EventId>> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        self.db
+            .write((id, suffix), |tx, (id, suffix)| {
+                Box::pin(async move {
+                    let now = tx.now;
+                    // Marked first: of two concurrent retries, only one finds it failed.
+                    let old = on_tx!(tx, |c| {
+                        sqlx::query(
+                            "UPDATE inbox SET status = 'retried' WHERE id = $1 AND status = 'failed'
+                             RETURNING platform, platform_event_id, conversation_id, payload",
+                        )
+                        .bind(*id)
+                        .fetch_optional(c)
+                        .await?
+                        .map(|row| {
+                            Ok::<_, StoreError>((
+                                row.col::<String>("platform")?,
+                                row.col::<String>("platform_event_id")?,
+                                row.col::<ConversationId>("conversation_id")?,
+                                row.col::<String>("payload")?,
+                            ))
+                        })
+                        .transpose()?
+                    });
+                    let Some((platform, original, conversation_id, payload)) = old else {
+                        return Ok(None);
+                    };
+                    // A copy at the end of its conversation, under a new platform event id.
+                    let new_id: EventId = on_tx!(tx, |c| {
+                        sqlx::query(
+                            "INSERT INTO inbox (platform, platform_event_id, conversation_id,
+                                                payload, available_at, received_at)
+                             VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+                        )
+                        .bind(&platform)
+                        .bind(format!("{original}#retry-{suffix}"))
+                        .bind(conversation_id)
+                        .bind(&payload)
+                        .bind(now)
+                        .fetch_one(c)
+                        .await?
+                        .col("id")?
+                    });
+                    on_tx!(tx, |c| {
+                        sqlx::query("UPDATE inbox SET error = $1 WHERE id = $2")
+                            .bind(format!("retried as event {new_id}"))
+                            .bind(*id)
+                            .execute(c)
+                            .await?
+                            .rows_affected()
+                    });
+                    Ok(Some(new_id))
+                })
+            })
+            .await
+    }
+
+    async fn last_event_at(&self) -> Result<Vec<(String, UnixMs)>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT platform, MAX(received_at) AS at FROM inbox
+                 GROUP BY platform ORDER BY platform",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| Ok((row.col("platform")?, row.col("at")?)))
+        })
+    }
+}
+
+impl SqlStore {
+    async fn release_leases_of(&self, owner: Option<&str>) -> Result<u64> {
+        self.db
+            .write(owner.map(str::to_string), |tx, owner| {
+                Box::pin(async move {
+                    let released = on_tx!(tx, |c| {
+                        sqlx::query(
+                            "UPDATE inbox SET status = 'pending', lease_owner = NULL,
+                                              lease_until = NULL
+                             WHERE status = 'leased'
+                               AND (CAST($1 AS TEXT) IS NULL OR lease_owner = $1)",
+                        )
+                        .bind(owner)
+                        .execute(c)
+                        .await?
+                        .rows_affected()
+                    });
+                    if owner.is_none() {
+                        // Nothing else runs: replies claimed by the last run may go at once.
+                        on_tx!(tx, |c| {
+                            sqlx::query(
+                                "UPDATE outbox SET lease_until = NULL WHERE status = 'pending'",
+                            )
+                            .execute(c)
+                            .await?
+                            .rows_affected()
+                        });
+                    }
+                    Ok(released)
+                })
+            })
+            .await
     }
 }

@@ -1,8 +1,65 @@
 //! Installations (OAuth installs of a chat app, one per platform and workspace, the bot token
 //! sealed by the caller) and the single-use OAuth `state`s of the install flow.
 
+use async_trait::async_trait;
+
 use super::db::{Columns, on_reader, on_tx, rows};
-use super::{Result, SqlStore, StoredInstallation};
+use super::{Result, SqlStore, UnixMs};
+
+/// An OAuth install of a chat app in one workspace (Slack team), with its bot token encrypted
+/// by the caller (see `crate::slack_installations`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredInstallation {
+    pub platform: String,
+    pub team_id: String,
+    pub team_name: String,
+    pub bot_user_id: String,
+    pub app_id: String,
+    pub scopes: String,
+    pub installed_by: String,
+    /// The encrypted bot token; never the token itself.
+    pub token_ciphertext: String,
+    pub installed_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+impl std::fmt::Debug for StoredInstallation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredInstallation")
+            .field("platform", &self.platform)
+            .field("team_id", &self.team_id)
+            .field("team_name", &self.team_name)
+            .field("bot_user_id", &self.bot_user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs of chat apps in workspaces, and the OAuth flow's `state`s.
+#[async_trait]
+pub trait Installations: Send + Sync {
+    /// Store an installation, replacing the workspace's earlier one (a re-install).
+    async fn save_installation(&self, installation: &StoredInstallation) -> Result<()>;
+
+    /// The installation of a workspace on a platform.
+    async fn installation(
+        &self,
+        platform: &str,
+        team_id: &str,
+    ) -> Result<Option<StoredInstallation>>;
+
+    /// Delete a workspace's installation; false when there was none.
+    async fn remove_installation(&self, platform: &str, team_id: &str) -> Result<bool>;
+
+    /// Every installation, by platform and team; the token stays sealed.
+    async fn installations(&self) -> Result<Vec<StoredInstallation>>;
+
+    /// Remember an OAuth `state` until `expires_at` (expired states are cleared on the way).
+    async fn put_oauth_state(&self, state: &str, expires_at: UnixMs) -> Result<()>;
+
+    /// Use up an OAuth `state`: true when it existed and had not expired at `now`. It is gone
+    /// afterwards either way, so a state works once.
+    async fn take_oauth_state(&self, state: &str, now: UnixMs) -> Result<bool>;
+}
 
 const COLUMNS: &str = "platform, team_id, team_name, bot_user_id, app_id, scopes, installed_by,
                        token_ciphertext, installed_at, updated_at";
@@ -22,8 +79,9 @@ fn installation_from_row(row: &impl Columns) -> Result<StoredInstallation> {
     })
 }
 
-impl SqlStore {
-    pub(crate) async fn save_installation_row(&self, i: &StoredInstallation) -> Result<()> {
+#[async_trait]
+impl Installations for SqlStore {
+    async fn save_installation(&self, i: &StoredInstallation) -> Result<()> {
         self.db
             .write(i.clone(), |tx, i| {
                 Box::pin(async move {
@@ -61,7 +119,7 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn installation_row(
+    async fn installation(
         &self,
         platform: &str,
         team_id: &str,
@@ -80,7 +138,7 @@ impl SqlStore {
         })
     }
 
-    pub(crate) async fn all_installations(&self) -> Result<Vec<StoredInstallation>> {
+    async fn installations(&self) -> Result<Vec<StoredInstallation>> {
         on_reader!(&self.db, |pool| {
             let found = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM installations ORDER BY platform, team_id"
@@ -91,11 +149,7 @@ impl SqlStore {
         })
     }
 
-    pub(crate) async fn remove_installation_row(
-        &self,
-        platform: &str,
-        team_id: &str,
-    ) -> Result<bool> {
+    async fn remove_installation(&self, platform: &str, team_id: &str) -> Result<bool> {
         self.db
             .write(
                 (platform.to_string(), team_id.to_string()),
@@ -118,7 +172,7 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn put_oauth_state_row(&self, state: &str, expires_at: i64) -> Result<()> {
+    async fn put_oauth_state(&self, state: &str, expires_at: UnixMs) -> Result<()> {
         self.db
             .write(
                 (state.to_string(), expires_at),
@@ -150,8 +204,8 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn take_oauth_state_row(&self, state: &str, now: i64) -> Result<bool> {
-        let expires_at: Option<i64> = self
+    async fn take_oauth_state(&self, state: &str, now: UnixMs) -> Result<bool> {
+        let expires_at: Option<UnixMs> = self
             .db
             .write(state.to_string(), |tx, state| {
                 Box::pin(async move {

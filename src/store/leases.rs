@@ -2,12 +2,40 @@
 //! `discord-gateway`, …), renews it well before it runs out, and another takes it over once it
 //! has expired. Postgres times them by the database's clock (see [`super::dialect::TRY_LEAD`]).
 
+use async_trait::async_trait;
+use serde::Serialize;
+
 use super::db::{Columns, on_reader, on_tx, rows};
 use super::dialect::TRY_LEAD;
-use super::{LeaseInfo, Result, SqlStore};
+use super::{Result, SqlStore, UnixMs};
 
-impl SqlStore {
-    pub(crate) async fn lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool> {
+/// A named leader lease (see [`Leases::try_lead`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    pub name: String,
+    pub owner: String,
+    pub lease_until: UnixMs,
+    pub acquired_at: UnixMs,
+}
+
+/// Named leader leases, for work only one instance may do at a time.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Take, keep or renew the named leader lease for `owner`, for `ttl_ms` from now (the
+    /// database's clock on Postgres, so machines with skewed clocks agree). True when `owner`
+    /// holds it now: it was free, expired, or already `owner`'s.
+    async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool>;
+
+    /// Give the named lease up if `owner` holds it (another instance may take it at once).
+    async fn release_lead(&self, name: &str, owner: &str) -> Result<()>;
+
+    /// Every leader lease, held or expired, by name.
+    async fn leases(&self) -> Result<Vec<LeaseInfo>>;
+}
+
+#[async_trait]
+impl Leases for SqlStore {
+    async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool> {
         let skew = self.clock.offset();
         self.db
             .write(
@@ -33,7 +61,7 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn unlead(&self, name: &str, owner: &str) -> Result<()> {
+    async fn release_lead(&self, name: &str, owner: &str) -> Result<()> {
         self.db
             .write(
                 (name.to_string(), owner.to_string()),
@@ -54,7 +82,7 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn all_leases(&self) -> Result<Vec<LeaseInfo>> {
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
         on_reader!(&self.db, |pool| {
             let found = sqlx::query(
                 "SELECT name, owner, lease_until, acquired_at FROM leases ORDER BY name",

@@ -2,12 +2,103 @@
 //! SQLite, a `tsvector` on Postgres; see [`super::dialect::RECALL`]). Every write is one
 //! transaction.
 
+use async_trait::async_trait;
 use ecdysis_chat::ChannelRef;
+use serde::{Deserialize, Serialize};
 
 use super::conversations::channel_from_row;
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::dialect::{RECALL, text_query};
-use super::{ChannelNotes, ImportedNote, NewNote, Note, Result, SqlStore, StoredNote};
+use super::{NoteId, Result, SqlStore, UnixMs};
+
+/// A memory note.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub id: NoteId,
+    pub text: String,
+    pub created_by: String,
+    pub created_at: UnixMs,
+}
+
+/// A note to remember.
+#[derive(Clone, Debug)]
+pub struct NewNote {
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    /// Makes the write idempotent: the same source never stores a second note.
+    pub source: Option<String>,
+}
+
+/// A memory note with everything an export needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNote {
+    pub id: NoteId,
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    pub source: Option<String>,
+    pub created_at: UnixMs,
+}
+
+/// How many notes a channel has (the admin memory page).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelNotes {
+    pub channel: ChannelRef,
+    pub notes: i64,
+    pub last_at: UnixMs,
+}
+
+/// A note to import: kept with its original time; `source` makes the import idempotent.
+#[derive(Clone, Debug)]
+pub struct ImportedNote {
+    pub channel: ChannelRef,
+    pub text: String,
+    pub created_by: String,
+    pub source: String,
+    pub created_at: UnixMs,
+}
+
+/// What channels asked the agent to remember, always scoped to one channel (except the admin
+/// pages, which see every channel's notes).
+#[async_trait]
+pub trait Memory: Send + Sync {
+    /// Store a note (one transaction); with a `source` seen before, returns the earlier note's
+    /// id.
+    async fn remember(&self, note: &NewNote) -> Result<NoteId>;
+
+    /// Notes of this channel matching any word of `query`, best first.
+    async fn recall(&self, channel: &ChannelRef, query: &str, limit: i64) -> Result<Vec<Note>>;
+
+    /// Delete a note of this channel; false when the channel has no such note.
+    async fn forget(&self, channel: &ChannelRef, id: NoteId) -> Result<bool>;
+
+    /// The channel's newest notes.
+    async fn notes(&self, channel: &ChannelRef, limit: i64) -> Result<Vec<Note>>;
+
+    /// How many notes the channel has.
+    async fn note_count(&self, channel: &ChannelRef) -> Result<i64>;
+
+    /// Channels that have notes, with their count and newest note time.
+    async fn note_channels(&self) -> Result<Vec<ChannelNotes>>;
+
+    /// One note by id, with its channel.
+    async fn note(&self, id: NoteId) -> Result<Option<StoredNote>>;
+
+    /// Every note of a channel, oldest first, with sources (exports).
+    async fn channel_notes(&self, channel: &ChannelRef) -> Result<Vec<StoredNote>>;
+
+    /// Change a note's text (search follows); false when there is no such note.
+    async fn update_note(&self, id: NoteId, text: &str) -> Result<bool>;
+
+    /// Delete a note by id; false when there is no such note.
+    async fn delete_note(&self, id: NoteId) -> Result<bool>;
+
+    /// Import a note; nothing is written when the channel has a note with the same text and
+    /// time (the original, or an earlier import) or one with the same `source`. Returns the
+    /// note's id and whether it was written now.
+    async fn import_note(&self, note: &ImportedNote) -> Result<(NoteId, bool)>;
+}
 
 fn note_from_row(row: &impl Columns) -> Result<Note> {
     Ok(Note {
@@ -37,9 +128,9 @@ async fn insert_note(
     text: &str,
     created_by: &str,
     source: Option<&str>,
-    created_at: i64,
-) -> Result<(i64, bool)> {
-    let inserted: Option<i64> = on_tx!(tx, |c| {
+    created_at: UnixMs,
+) -> Result<(NoteId, bool)> {
+    let inserted: Option<NoteId> = on_tx!(tx, |c| {
         sqlx::query(
             "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
                                        created_at)
@@ -72,9 +163,9 @@ async fn insert_note(
     Ok((existing, false))
 }
 
-async fn import_note(tx: &mut Tx, note: &ImportedNote) -> Result<(i64, bool)> {
+async fn import_note_in(tx: &mut Tx, note: &ImportedNote) -> Result<(NoteId, bool)> {
     // The same note (an earlier import, or the note this export came from) is kept.
-    let same: Option<i64> = on_tx!(tx, |c| {
+    let same: Option<NoteId> = on_tx!(tx, |c| {
         sqlx::query(
             "SELECT id FROM memory_notes
              WHERE platform = $1 AND workspace = $2 AND channel = $3 AND text = $4
@@ -105,8 +196,9 @@ async fn import_note(tx: &mut Tx, note: &ImportedNote) -> Result<(i64, bool)> {
     .await
 }
 
-impl SqlStore {
-    pub(crate) async fn remember_note(&self, note: &NewNote) -> Result<i64> {
+#[async_trait]
+impl Memory for SqlStore {
+    async fn remember(&self, note: &NewNote) -> Result<NoteId> {
         let (id, _) = self
             .db
             .write(note.clone(), |tx, note| {
@@ -127,12 +219,7 @@ impl SqlStore {
         Ok(id)
     }
 
-    pub(crate) async fn recall_notes(
-        &self,
-        channel: &ChannelRef,
-        query: &str,
-        limit: i64,
-    ) -> Result<Vec<Note>> {
+    async fn recall(&self, channel: &ChannelRef, query: &str, limit: i64) -> Result<Vec<Note>> {
         let Some(query) = text_query(&self.db, query) else {
             return Ok(Vec::new());
         };
@@ -149,12 +236,125 @@ impl SqlStore {
         })
     }
 
+    async fn forget(&self, channel: &ChannelRef, id: NoteId) -> Result<bool> {
+        self.delete_note_of(Some(channel), id).await
+    }
+
+    async fn delete_note(&self, id: NoteId) -> Result<bool> {
+        self.delete_note_of(None, id).await
+    }
+
+    async fn notes(&self, channel: &ChannelRef, limit: i64) -> Result<Vec<Note>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT id, text, created_by, created_at FROM memory_notes
+                 WHERE platform = $1 AND workspace = $2 AND channel = $3
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind(&channel.platform)
+            .bind(&channel.workspace)
+            .bind(&channel.channel)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, note_from_row)
+        })
+    }
+
+    async fn note_count(&self, channel: &ChannelRef) -> Result<i64> {
+        on_reader!(&self.db, |pool| {
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM memory_notes
+                 WHERE platform = $1 AND workspace = $2 AND channel = $3",
+            )
+            .bind(&channel.platform)
+            .bind(&channel.workspace)
+            .bind(&channel.channel)
+            .fetch_one(pool)
+            .await?
+            .col("n")
+        })
+    }
+
+    async fn note_channels(&self) -> Result<Vec<ChannelNotes>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT platform, workspace, channel, COUNT(*) AS notes,
+                        MAX(created_at) AS last_at
+                 FROM memory_notes GROUP BY platform, workspace, channel
+                 ORDER BY MAX(created_at) DESC",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(ChannelNotes {
+                    channel: channel_from_row(row)?,
+                    notes: row.col("notes")?,
+                    last_at: row.col("last_at")?,
+                })
+            })
+        })
+    }
+
+    async fn note(&self, id: NoteId) -> Result<Option<StoredNote>> {
+        on_reader!(&self.db, |pool| {
+            sqlx::query(
+                "SELECT id, platform, workspace, channel, text, created_by, source, created_at
+                 FROM memory_notes WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(stored_note_from_row)
+            .transpose()
+        })
+    }
+
+    async fn channel_notes(&self, channel: &ChannelRef) -> Result<Vec<StoredNote>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT id, platform, workspace, channel, text, created_by, source, created_at
+                 FROM memory_notes WHERE platform = $1 AND workspace = $2 AND channel = $3
+                 ORDER BY id",
+            )
+            .bind(&channel.platform)
+            .bind(&channel.workspace)
+            .bind(&channel.channel)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, stored_note_from_row)
+        })
+    }
+
+    async fn update_note(&self, id: NoteId, text: &str) -> Result<bool> {
+        self.db
+            .write((id, text.to_string()), |tx, (id, text)| {
+                Box::pin(async move {
+                    let done = on_tx!(tx, |c| {
+                        sqlx::query("UPDATE memory_notes SET text = $1 WHERE id = $2")
+                            .bind(text)
+                            .bind(*id)
+                            .execute(c)
+                            .await?
+                            .rows_affected()
+                    });
+                    Ok(done == 1)
+                })
+            })
+            .await
+    }
+
+    async fn import_note(&self, note: &ImportedNote) -> Result<(NoteId, bool)> {
+        self.db
+            .write(note.clone(), |tx, note| Box::pin(import_note_in(tx, note)))
+            .await
+    }
+}
+
+impl SqlStore {
     /// Delete a note; with a channel, only a note of that channel.
-    pub(crate) async fn delete_note_of(
-        &self,
-        channel: Option<&ChannelRef>,
-        id: i64,
-    ) -> Result<bool> {
+    async fn delete_note_of(&self, channel: Option<&ChannelRef>, id: NoteId) -> Result<bool> {
         self.db
             .write((channel.cloned(), id), |tx, (channel, id)| {
                 Box::pin(async move {
@@ -176,113 +376,6 @@ impl SqlStore {
                     Ok(done == 1)
                 })
             })
-            .await
-    }
-
-    pub(crate) async fn newest_notes(&self, channel: &ChannelRef, limit: i64) -> Result<Vec<Note>> {
-        on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, text, created_by, created_at FROM memory_notes
-                 WHERE platform = $1 AND workspace = $2 AND channel = $3
-                 ORDER BY id DESC LIMIT $4",
-            )
-            .bind(&channel.platform)
-            .bind(&channel.workspace)
-            .bind(&channel.channel)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, note_from_row)
-        })
-    }
-
-    pub(crate) async fn count_notes(&self, channel: &ChannelRef) -> Result<i64> {
-        on_reader!(&self.db, |pool| {
-            sqlx::query(
-                "SELECT COUNT(*) AS n FROM memory_notes
-                 WHERE platform = $1 AND workspace = $2 AND channel = $3",
-            )
-            .bind(&channel.platform)
-            .bind(&channel.workspace)
-            .bind(&channel.channel)
-            .fetch_one(pool)
-            .await?
-            .col("n")
-        })
-    }
-
-    pub(crate) async fn channels_with_notes(&self) -> Result<Vec<ChannelNotes>> {
-        on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT platform, workspace, channel, COUNT(*) AS notes,
-                        MAX(created_at) AS last_at
-                 FROM memory_notes GROUP BY platform, workspace, channel
-                 ORDER BY MAX(created_at) DESC",
-            )
-            .fetch_all(pool)
-            .await?;
-            rows(&found, |row| {
-                Ok(ChannelNotes {
-                    channel: channel_from_row(row)?,
-                    notes: row.col("notes")?,
-                    last_at: row.col("last_at")?,
-                })
-            })
-        })
-    }
-
-    pub(crate) async fn find_note(&self, id: i64) -> Result<Option<StoredNote>> {
-        on_reader!(&self.db, |pool| {
-            sqlx::query(
-                "SELECT id, platform, workspace, channel, text, created_by, source, created_at
-                 FROM memory_notes WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .as_ref()
-            .map(stored_note_from_row)
-            .transpose()
-        })
-    }
-
-    pub(crate) async fn all_notes(&self, channel: &ChannelRef) -> Result<Vec<StoredNote>> {
-        on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, platform, workspace, channel, text, created_by, source, created_at
-                 FROM memory_notes WHERE platform = $1 AND workspace = $2 AND channel = $3
-                 ORDER BY id",
-            )
-            .bind(&channel.platform)
-            .bind(&channel.workspace)
-            .bind(&channel.channel)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, stored_note_from_row)
-        })
-    }
-
-    pub(crate) async fn edit_note(&self, id: i64, text: &str) -> Result<bool> {
-        self.db
-            .write((id, text.to_string()), |tx, (id, text)| {
-                Box::pin(async move {
-                    let done = on_tx!(tx, |c| {
-                        sqlx::query("UPDATE memory_notes SET text = $1 WHERE id = $2")
-                            .bind(text)
-                            .bind(*id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                    });
-                    Ok(done == 1)
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn import_note_row(&self, note: &ImportedNote) -> Result<(i64, bool)> {
-        self.db
-            .write(note.clone(), |tx, note| Box::pin(import_note(tx, note)))
             .await
     }
 }

@@ -48,7 +48,9 @@ mod tests {
     use ecdysis_chat::ConversationRef;
 
     use super::super::db::testing::open_at;
-    use super::super::{Clock, Inserted, NewEvent, SqlStore, Store};
+    use super::super::{
+        Clock, EventId, Inbox, Inserted, MessageId, NewEvent, SqlStore, Transcript,
+    };
 
     fn event(channel: &str, id: &str) -> NewEvent {
         NewEvent {
@@ -99,7 +101,7 @@ mod tests {
         assert_eq!(
             again,
             Inserted {
-                event_id: 41,
+                event_id: EventId(41),
                 duplicate: true
             }
         );
@@ -109,11 +111,15 @@ mod tests {
             .unwrap();
         assert!(!other.duplicate);
         let messages = store
-            .messages(&ConversationRef::new("web", "local", "colA", None), 0, 10)
+            .messages(
+                &ConversationRef::new("web", "local", "colA", None),
+                MessageId(0),
+                10,
+            )
             .await
             .unwrap();
         assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].event_id, Some(41));
+        assert_eq!(messages[0].event_id, Some(EventId(41)));
         store.db.close().await;
     }
 

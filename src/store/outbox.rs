@@ -1,15 +1,65 @@
 //! The outbox: replies waiting for delivery, claimed with a lease; each carries an idempotency
 //! key, so a re-run never posts twice.
 
+use async_trait::async_trait;
+use ecdysis_chat::ConversationRef;
+
 use super::db::{Columns, on_tx, rows};
 use super::dialect::CLAIM_REPLIES;
-use super::{OutboxItem, Result, SqlStore};
+use super::{ConversationId, EventId, ReplyId, Result, SqlStore, UnixMs};
 
-impl SqlStore {
-    pub(crate) async fn claim_outbox(
+/// A reply to deliver through the outbox.
+#[derive(Clone, Debug)]
+pub struct NewReply {
+    /// Unique forever: a second insert with the same key is ignored, so a re-run never posts
+    /// twice.
+    pub idempotency_key: String,
+    /// Text, artifact ids and the adapter's route, as JSON (see `bus::ReplyPayload`).
+    pub payload: String,
+}
+
+/// An outbox row waiting for delivery (claimed with a lease).
+#[derive(Clone, Debug)]
+pub struct OutboxItem {
+    pub id: ReplyId,
+    pub idempotency_key: String,
+    pub event_id: EventId,
+    pub conversation: ConversationRef,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// Replies on their way out. They are written with the event's completion (see
+/// [`super::Inbox::complete_event`]), claimed here, and marked sent or failed.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Claim undelivered replies, oldest first: of one event when `event_id` is given (the
+    /// worker delivering what it just produced), else of any event (the retry sweep).
+    async fn claim_replies(
         &self,
-        event_id: Option<i64>,
-        lease_until: i64,
+        event_id: Option<EventId>,
+        lease_until: UnixMs,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>>;
+
+    /// Mark a reply delivered.
+    async fn mark_reply_sent(&self, id: ReplyId, platform_message_id: Option<&str>) -> Result<()>;
+
+    /// Record a failed delivery: retry at `retry_at`, or give up when `None`.
+    async fn mark_reply_failed(
+        &self,
+        id: ReplyId,
+        error: &str,
+        retry_at: Option<UnixMs>,
+    ) -> Result<()>;
+}
+
+#[async_trait]
+impl Outbox for SqlStore {
+    async fn claim_replies(
+        &self,
+        event_id: Option<EventId>,
+        lease_until: UnixMs,
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         let claimed = self
@@ -29,10 +79,10 @@ impl SqlStore {
                                 .await?;
                             rows(&found, |row| {
                                 Ok((
-                                    row.col::<i64>("id")?,
+                                    row.col::<ReplyId>("id")?,
                                     row.col::<String>("idempotency_key")?,
-                                    row.col::<i64>("event_id")?,
-                                    row.col::<i64>("conversation_id")?,
+                                    row.col::<EventId>("event_id")?,
+                                    row.col::<ConversationId>("conversation_id")?,
                                     row.col::<String>("payload")?,
                                     row.col::<i32>("attempts")?,
                                 ))
@@ -57,11 +107,7 @@ impl SqlStore {
         Ok(items)
     }
 
-    pub(crate) async fn reply_sent(
-        &self,
-        id: i64,
-        platform_message_id: Option<&str>,
-    ) -> Result<()> {
+    async fn mark_reply_sent(&self, id: ReplyId, platform_message_id: Option<&str>) -> Result<()> {
         self.db
             .write(
                 (id, platform_message_id.map(str::to_string)),
@@ -89,11 +135,11 @@ impl SqlStore {
             .await
     }
 
-    pub(crate) async fn reply_failed(
+    async fn mark_reply_failed(
         &self,
-        id: i64,
+        id: ReplyId,
         error: &str,
-        retry_at: Option<i64>,
+        retry_at: Option<UnixMs>,
     ) -> Result<()> {
         self.db
             .write(

@@ -1,15 +1,150 @@
-//! The transcript: messages of a conversation with their attachments (artifacts), and
-//! compaction, which replaces older turns by a summary for the agent.
+//! The transcript: messages of a conversation in order, with their attachments (artifacts).
 
-use ecdysis_chat::{ChannelRef, ConversationRef};
+use async_trait::async_trait;
+use ecdysis_chat::ConversationRef;
+use serde::{Deserialize, Serialize};
 
 use super::conversations::upsert;
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::dialect::ATTACHMENTS;
-use super::{
-    Artifact, Compaction, CompactionStats, ContextMessages, Message, NewArtifact, NewCompaction,
-    NewMessage, Result, Role, SqlStore,
-};
+use super::{ConversationId, EventId, MessageId, Result, SqlStore, StoreError, UnixMs};
+
+/// A transcript role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    /// A tool call or result inside an agent turn.
+    Tool,
+    /// A compaction summary that stands for older turns.
+    Summary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+            Role::Summary => "summary",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            "summary" => Role::Summary,
+            other => return Err(StoreError::Corrupt(format!("unknown role `{other}`"))),
+        })
+    }
+}
+
+/// An artifact whose blob is already stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewArtifact {
+    /// Public id (a UUID), used in `/api/artifacts/{id}`.
+    pub id: String,
+    pub blob_key: String,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+}
+
+/// An artifact row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    pub id: String,
+    pub conversation_id: ConversationId,
+    pub message_id: Option<MessageId>,
+    pub blob_key: String,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+    pub created_at: UnixMs,
+}
+
+/// A message to add to the transcript.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub role: Role,
+    pub text: String,
+    /// Structured detail (tool call arguments and results, model, …) as JSON; `None` for plain
+    /// text.
+    pub meta: Option<String>,
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// A transcript message with its attachments.
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub event_id: Option<EventId>,
+    pub role: Role,
+    pub text: String,
+    pub meta: Option<String>,
+    pub attachments: Vec<Artifact>,
+    pub created_at: UnixMs,
+}
+
+/// A transcript message to import, with its original time. `import_key` is unique: importing
+/// the same message again writes nothing.
+#[derive(Clone, Debug)]
+pub struct ImportedMessage {
+    pub import_key: String,
+    pub role: Role,
+    pub text: String,
+    pub meta: Option<String>,
+    pub created_at: UnixMs,
+    /// Artifacts of the message (by their original public id; one already there is kept).
+    pub attachments: Vec<NewArtifact>,
+}
+
+/// A conversation's messages and their files. An event's own rows (the user's message, the
+/// answer) are written with the event (see [`super::Inbox`]); these are the rest.
+#[async_trait]
+pub trait Transcript: Send + Sync {
+    /// The conversation's messages in order, after message `after` (0 for all), at most `limit`.
+    async fn messages(
+        &self,
+        conversation: &ConversationRef,
+        after: MessageId,
+        limit: i64,
+    ) -> Result<Vec<Message>>;
+
+    /// The last `limit` messages of the conversation, in order.
+    async fn recent_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<Vec<Message>>;
+
+    /// Append messages to a conversation outside an event's completion (agent tool steps).
+    async fn append_messages(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<EventId>,
+        messages: &[NewMessage],
+    ) -> Result<Vec<MessageId>>;
+
+    /// Number of messages in a conversation.
+    async fn message_count(&self, conversation: &ConversationRef) -> Result<i64>;
+
+    /// One artifact by its public id.
+    async fn artifact(&self, id: &str) -> Result<Option<Artifact>>;
+
+    /// Import a transcript message into a conversation (created if new); nothing is written
+    /// when the conversation has a message with the same role, text and time (the original, or
+    /// an earlier import) or one with the same `import_key`. Returns the message's id and
+    /// whether it was written now.
+    async fn import_message(
+        &self,
+        conversation: &ConversationRef,
+        message: &ImportedMessage,
+    ) -> Result<(MessageId, bool)>;
+}
 
 pub(crate) fn message_from_row(row: &impl Columns) -> Result<Message> {
     Ok(Message {
@@ -36,27 +171,15 @@ pub(crate) fn artifact_from_row(row: &impl Columns) -> Result<Artifact> {
     })
 }
 
-pub(crate) fn compaction_from_row(row: &impl Columns) -> Result<Compaction> {
-    Ok(Compaction {
-        id: row.col("id")?,
-        summary_message_id: row.col("summary_message_id")?,
-        first_message_id: row.col("first_message_id")?,
-        last_message_id: row.col("last_message_id")?,
-        message_count: row.col("message_count")?,
-        archive_key: row.col("archive_key")?,
-        created_at: row.col("created_at")?,
-    })
-}
-
 /// Add a message and its attachments; returns its id.
 pub(crate) async fn insert_message(
     tx: &mut Tx,
-    conversation_id: i64,
-    event_id: Option<i64>,
+    conversation_id: ConversationId,
+    event_id: Option<EventId>,
     message: &NewMessage,
-) -> Result<i64> {
+) -> Result<MessageId> {
     let now = tx.now;
-    let id: i64 = on_tx!(tx, |c| {
+    let id: MessageId = on_tx!(tx, |c| {
         sqlx::query(
             "INSERT INTO messages (conversation_id, event_id, role, text, meta, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -81,10 +204,10 @@ pub(crate) async fn insert_message(
 /// whose id is there already is kept (imports); otherwise a second one is an error.
 pub(crate) async fn insert_artifact(
     tx: &mut Tx,
-    conversation_id: i64,
-    message_id: i64,
+    conversation_id: ConversationId,
+    message_id: MessageId,
     a: &NewArtifact,
-    created_at: i64,
+    created_at: UnixMs,
     keep_existing: bool,
 ) -> Result<()> {
     on_tx!(tx, |c| {
@@ -110,81 +233,188 @@ pub(crate) async fn insert_artifact(
     Ok(())
 }
 
-async fn compact(
+async fn import_message_in(
     tx: &mut Tx,
     conversation: &ConversationRef,
-    compaction: &NewCompaction,
-) -> Result<Compaction> {
+    message: &ImportedMessage,
+) -> Result<(MessageId, bool)> {
     let conversation_id = upsert(tx, conversation).await?;
-    let now = tx.now;
-    // The range (not summaries) is compacted, tool detail moved out (the archive has it), and
-    // every earlier summary is replaced by the new one.
-    let compacted = on_tx!(tx, |c| {
+    // The same message (an earlier import, or the message this export came from) is kept.
+    let same: Option<MessageId> = on_tx!(tx, |c| {
         sqlx::query(
-            "UPDATE messages
-             SET compacted = TRUE, meta = CASE WHEN role = 'tool' THEN NULL ELSE meta END
-             WHERE conversation_id = $1 AND id BETWEEN $2 AND $3
-               AND NOT compacted AND role <> 'summary'",
+            "SELECT id FROM messages
+             WHERE conversation_id = $1 AND created_at = $2 AND role = $3 AND text = $4
+             ORDER BY id LIMIT 1",
         )
         .bind(conversation_id)
-        .bind(compaction.first_message_id)
-        .bind(compaction.last_message_id)
-        .execute(c)
+        .bind(message.created_at)
+        .bind(message.role.as_str())
+        .bind(&message.text)
+        .fetch_optional(c)
         .await?
-        .rows_affected()
+        .map(|row| row.col("id"))
+        .transpose()?
     });
-    let compacted = i64::try_from(compacted).unwrap_or(i64::MAX);
-    on_tx!(tx, |c| {
+    if let Some(id) = same {
+        return Ok((id, false));
+    }
+    let inserted: Option<MessageId> = on_tx!(tx, |c| {
         sqlx::query(
-            "UPDATE messages SET compacted = TRUE
-             WHERE conversation_id = $1 AND role = 'summary' AND NOT compacted",
+            "INSERT INTO messages (conversation_id, role, text, meta, created_at, import_key)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (import_key) WHERE import_key IS NOT NULL DO NOTHING
+             RETURNING id",
         )
         .bind(conversation_id)
-        .execute(c)
+        .bind(message.role.as_str())
+        .bind(&message.text)
+        .bind(&message.meta)
+        .bind(message.created_at)
+        .bind(&message.import_key)
+        .fetch_optional(c)
         .await?
-        .rows_affected()
+        .map(|row| row.col("id"))
+        .transpose()?
     });
-    let meta = serde_json::json!({
-        "archive_key": compaction.archive_key,
-        "first_message_id": compaction.first_message_id,
-        "last_message_id": compaction.last_message_id,
-        "message_count": compacted,
-    });
-    let summary = NewMessage {
-        role: Role::Summary,
-        text: compaction.summary.clone(),
-        meta: Some(meta.to_string()),
-        attachments: Vec::new(),
+    let Some(id) = inserted else {
+        let id = on_tx!(tx, |c| {
+            sqlx::query("SELECT id FROM messages WHERE import_key = $1")
+                .bind(&message.import_key)
+                .fetch_one(c)
+                .await?
+                .col("id")?
+        });
+        return Ok((id, false));
     };
-    let summary_id = insert_message(tx, conversation_id, compaction.event_id, &summary).await?;
-    on_tx!(tx, |c| {
-        compaction_from_row(
-            &sqlx::query(
-                "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
-                                          last_message_id, message_count, archive_key,
-                                          created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 RETURNING id, summary_message_id, first_message_id, last_message_id,
-                           message_count, archive_key, created_at",
+    for a in &message.attachments {
+        insert_artifact(tx, conversation_id, id, a, message.created_at, true).await?;
+    }
+    Ok((id, true))
+}
+
+#[async_trait]
+impl Transcript for SqlStore {
+    async fn messages(
+        &self,
+        conversation: &ConversationRef,
+        after: MessageId,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let messages = on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT id, event_id, role, text, meta, created_at FROM messages
+                 WHERE conversation_id = $1 AND id > $2 ORDER BY id LIMIT $3",
             )
             .bind(conversation_id)
-            .bind(summary_id)
-            .bind(compaction.first_message_id)
-            .bind(compaction.last_message_id)
-            .bind(compacted)
-            .bind(&compaction.archive_key)
-            .bind(now)
-            .fetch_one(c)
-            .await?,
-        )
-    })
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, message_from_row)?
+        });
+        self.with_attachments(conversation_id, messages).await
+    }
+
+    async fn recent_messages(
+        &self,
+        conversation: &ConversationRef,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let mut messages = on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT id, event_id, role, text, meta, created_at FROM messages
+                 WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(conversation_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, message_from_row)?
+        });
+        messages.reverse();
+        self.with_attachments(conversation_id, messages).await
+    }
+
+    async fn append_messages(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<EventId>,
+        messages: &[NewMessage],
+    ) -> Result<Vec<MessageId>> {
+        self.db
+            .write(
+                (conversation.clone(), event_id, messages.to_vec()),
+                |tx, (conversation, event_id, messages)| {
+                    Box::pin(async move {
+                        let conversation_id = upsert(tx, conversation).await?;
+                        let mut ids = Vec::with_capacity(messages.len());
+                        for message in messages {
+                            ids.push(
+                                insert_message(tx, conversation_id, *event_id, message).await?,
+                            );
+                        }
+                        Ok(ids)
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn message_count(&self, conversation: &ConversationRef) -> Result<i64> {
+        let Some(conversation_id) = self.conversation_id(conversation).await? else {
+            return Ok(0);
+        };
+        on_reader!(&self.db, |pool| {
+            sqlx::query("SELECT COUNT(*) AS n FROM messages WHERE conversation_id = $1")
+                .bind(conversation_id)
+                .fetch_one(pool)
+                .await?
+                .col("n")
+        })
+    }
+
+    async fn artifact(&self, id: &str) -> Result<Option<Artifact>> {
+        on_reader!(&self.db, |pool| {
+            sqlx::query(
+                "SELECT id, conversation_id, message_id, blob_key, name, mime, size, created_at
+                 FROM artifacts WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(artifact_from_row)
+            .transpose()
+        })
+    }
+
+    async fn import_message(
+        &self,
+        conversation: &ConversationRef,
+        message: &ImportedMessage,
+    ) -> Result<(MessageId, bool)> {
+        self.db
+            .write(
+                (conversation.clone(), message.clone()),
+                |tx, (conversation, message)| {
+                    Box::pin(import_message_in(tx, conversation, message))
+                },
+            )
+            .await
+    }
 }
 
 impl SqlStore {
     /// Attach artifacts, in the order they were written, to messages (ordered by id).
-    async fn with_attachments(
+    pub(crate) async fn with_attachments(
         &self,
-        conversation_id: i64,
+        conversation_id: ConversationId,
         mut messages: Vec<Message>,
     ) -> Result<Vec<Message>> {
         let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
@@ -209,222 +439,5 @@ impl SqlStore {
             }
         }
         Ok(messages)
-    }
-
-    pub(crate) async fn messages_after(
-        &self,
-        conversation: &ConversationRef,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Message>> {
-        let Some(conversation_id) = self.conversation_id(conversation).await? else {
-            return Ok(Vec::new());
-        };
-        let messages = on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, event_id, role, text, meta, created_at FROM messages
-                 WHERE conversation_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            )
-            .bind(conversation_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, message_from_row)?
-        });
-        self.with_attachments(conversation_id, messages).await
-    }
-
-    pub(crate) async fn latest_messages(
-        &self,
-        conversation: &ConversationRef,
-        limit: i64,
-    ) -> Result<Vec<Message>> {
-        let Some(conversation_id) = self.conversation_id(conversation).await? else {
-            return Ok(Vec::new());
-        };
-        let mut messages = on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, event_id, role, text, meta, created_at FROM messages
-                 WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2",
-            )
-            .bind(conversation_id)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, message_from_row)?
-        });
-        messages.reverse();
-        self.with_attachments(conversation_id, messages).await
-    }
-
-    pub(crate) async fn append(
-        &self,
-        conversation: &ConversationRef,
-        event_id: Option<i64>,
-        messages: &[NewMessage],
-    ) -> Result<Vec<i64>> {
-        self.db
-            .write(
-                (conversation.clone(), event_id, messages.to_vec()),
-                |tx, (conversation, event_id, messages)| {
-                    Box::pin(async move {
-                        let conversation_id = upsert(tx, conversation).await?;
-                        let mut ids = Vec::with_capacity(messages.len());
-                        for message in messages {
-                            ids.push(
-                                insert_message(tx, conversation_id, *event_id, message).await?,
-                            );
-                        }
-                        Ok(ids)
-                    })
-                },
-            )
-            .await
-    }
-
-    pub(crate) async fn count_messages(&self, conversation: &ConversationRef) -> Result<i64> {
-        let Some(conversation_id) = self.conversation_id(conversation).await? else {
-            return Ok(0);
-        };
-        on_reader!(&self.db, |pool| {
-            sqlx::query("SELECT COUNT(*) AS n FROM messages WHERE conversation_id = $1")
-                .bind(conversation_id)
-                .fetch_one(pool)
-                .await?
-                .col("n")
-        })
-    }
-
-    pub(crate) async fn find_artifact(&self, id: &str) -> Result<Option<Artifact>> {
-        on_reader!(&self.db, |pool| {
-            sqlx::query(
-                "SELECT id, conversation_id, message_id, blob_key, name, mime, size, created_at
-                 FROM artifacts WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .as_ref()
-            .map(artifact_from_row)
-            .transpose()
-        })
-    }
-
-    pub(crate) async fn context(
-        &self,
-        conversation: &ConversationRef,
-        limit: i64,
-    ) -> Result<ContextMessages> {
-        let Some(conversation_id) = self.conversation_id(conversation).await? else {
-            return Ok(ContextMessages::default());
-        };
-        let latest = on_reader!(&self.db, |pool| {
-            sqlx::query(
-                "SELECT id, summary_message_id, first_message_id, last_message_id,
-                        message_count, archive_key, created_at
-                 FROM compactions WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1",
-            )
-            .bind(conversation_id)
-            .fetch_optional(pool)
-            .await?
-            .as_ref()
-            .map(compaction_from_row)
-            .transpose()?
-        });
-        let summary = match latest {
-            Some(compaction) => {
-                let message = on_reader!(&self.db, |pool| {
-                    message_from_row(
-                        &sqlx::query(
-                            "SELECT id, event_id, role, text, meta, created_at
-                             FROM messages WHERE id = $1",
-                        )
-                        .bind(compaction.summary_message_id)
-                        .fetch_one(pool)
-                        .await?,
-                    )?
-                });
-                Some((message, compaction))
-            }
-            None => None,
-        };
-        let after = summary
-            .as_ref()
-            .map(|(_, c)| c.last_message_id)
-            .unwrap_or(0);
-        let mut messages = on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, event_id, role, text, meta, created_at FROM messages
-                 WHERE conversation_id = $1 AND id > $2 AND NOT compacted AND role <> 'summary'
-                 ORDER BY id DESC LIMIT $3",
-            )
-            .bind(conversation_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, message_from_row)?
-        });
-        messages.reverse();
-        let messages = self.with_attachments(conversation_id, messages).await?;
-        Ok(ContextMessages { summary, messages })
-    }
-
-    pub(crate) async fn compact_messages(
-        &self,
-        conversation: &ConversationRef,
-        compaction: &NewCompaction,
-    ) -> Result<Compaction> {
-        self.db
-            .write(
-                (conversation.clone(), compaction.clone()),
-                |tx, (conversation, compaction)| Box::pin(compact(tx, conversation, compaction)),
-            )
-            .await
-    }
-
-    pub(crate) async fn conversation_compactions(
-        &self,
-        conversation: &ConversationRef,
-    ) -> Result<Vec<Compaction>> {
-        let Some(conversation_id) = self.conversation_id(conversation).await? else {
-            return Ok(Vec::new());
-        };
-        on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT id, summary_message_id, first_message_id, last_message_id,
-                        message_count, archive_key, created_at
-                 FROM compactions WHERE conversation_id = $1 ORDER BY id",
-            )
-            .bind(conversation_id)
-            .fetch_all(pool)
-            .await?;
-            rows(&found, compaction_from_row)
-        })
-    }
-
-    pub(crate) async fn channel_compactions(
-        &self,
-        channel: &ChannelRef,
-    ) -> Result<CompactionStats> {
-        on_reader!(&self.db, |pool| {
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(k.message_count), 0) AS BIGINT) AS messages,
-                        MAX(k.created_at) AS last_at
-                 FROM compactions k JOIN conversations c ON c.id = k.conversation_id
-                 WHERE c.platform = $1 AND c.workspace = $2 AND c.channel = $3",
-            )
-            .bind(&channel.platform)
-            .bind(&channel.workspace)
-            .bind(&channel.channel)
-            .fetch_one(pool)
-            .await?;
-            Ok(CompactionStats {
-                count: row.col("n")?,
-                messages: row.col("messages")?,
-                last_at: row.col("last_at")?,
-            })
-        })
     }
 }

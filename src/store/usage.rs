@@ -1,12 +1,68 @@
 //! LLM usage: one row per model call, summed per channel and model for `/status` and the admin
 //! pages.
 
+use async_trait::async_trait;
 use ecdysis_chat::{ChannelRef, ConversationRef};
+use serde::Serialize;
 
 use super::conversations::{channel_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::transcript::insert_message;
-use super::{ChannelUsage, ModelUsage, NewMessage, Result, SqlStore, Usage};
+use super::{ConversationId, EventId, NewMessage, Result, SqlStore};
+
+/// One LLM call's token usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+/// Usage totals of one model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelUsage {
+    pub model: String,
+    pub calls: i64,
+    pub usage: Usage,
+}
+
+/// Usage totals of one channel and model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelUsage {
+    pub channel: ChannelRef,
+    pub model: String,
+    pub calls: i64,
+    pub usage: Usage,
+}
+
+/// What the model calls cost, in tokens, per conversation.
+#[async_trait]
+pub trait UsageLog: Send + Sync {
+    /// Record one LLM call's usage for a conversation.
+    async fn record_usage(
+        &self,
+        conversation: &ConversationRef,
+        model: &str,
+        usage: &Usage,
+    ) -> Result<()>;
+
+    /// What one agent turn produced besides its answer, in one transaction: its tool rows (in
+    /// order) and the usage of each of its model calls (model, usage).
+    async fn record_turn(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<EventId>,
+        messages: &[NewMessage],
+        usage: &[(String, Usage)],
+    ) -> Result<()>;
+
+    /// Usage totals of every conversation of a channel, per model.
+    async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>>;
+
+    /// Usage totals per channel and model, the heaviest channel first.
+    async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>>;
+}
 
 /// The token sums a usage query reads.
 fn usage_from_row(row: &impl Columns) -> Result<Usage> {
@@ -18,7 +74,12 @@ fn usage_from_row(row: &impl Columns) -> Result<Usage> {
     })
 }
 
-async fn insert_usage(tx: &mut Tx, conversation_id: i64, model: &str, usage: &Usage) -> Result<()> {
+async fn insert_usage(
+    tx: &mut Tx,
+    conversation_id: ConversationId,
+    model: &str,
+    usage: &Usage,
+) -> Result<()> {
     let now = tx.now;
     on_tx!(tx, |c| {
         sqlx::query(
@@ -41,10 +102,10 @@ async fn insert_usage(tx: &mut Tx, conversation_id: i64, model: &str, usage: &Us
 }
 
 /// An agent turn's tool rows and the usage of its model calls.
-async fn record_turn(
+async fn record_turn_in(
     tx: &mut Tx,
     conversation: &ConversationRef,
-    event_id: Option<i64>,
+    event_id: Option<EventId>,
     messages: &[NewMessage],
     usage: &[(String, Usage)],
 ) -> Result<()> {
@@ -58,11 +119,22 @@ async fn record_turn(
     Ok(())
 }
 
-impl SqlStore {
-    pub(crate) async fn turn(
+#[async_trait]
+impl UsageLog for SqlStore {
+    async fn record_usage(
         &self,
         conversation: &ConversationRef,
-        event_id: Option<i64>,
+        model: &str,
+        usage: &Usage,
+    ) -> Result<()> {
+        let usage = [(model.to_string(), usage.clone())];
+        self.record_turn(conversation, None, &[], &usage).await
+    }
+
+    async fn record_turn(
+        &self,
+        conversation: &ConversationRef,
+        event_id: Option<EventId>,
         messages: &[NewMessage],
         usage: &[(String, Usage)],
     ) -> Result<()> {
@@ -78,13 +150,13 @@ impl SqlStore {
                     usage.to_vec(),
                 ),
                 |tx, (conversation, event_id, messages, usage)| {
-                    Box::pin(record_turn(tx, conversation, *event_id, messages, usage))
+                    Box::pin(record_turn_in(tx, conversation, *event_id, messages, usage))
                 },
             )
             .await
     }
 
-    pub(crate) async fn usage_of_channel(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {
+    async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {
         on_reader!(&self.db, |pool| {
             let found = sqlx::query(
                 "SELECT u.model, COUNT(*) AS calls,
@@ -112,7 +184,7 @@ impl SqlStore {
         })
     }
 
-    pub(crate) async fn usage_per_channel(&self) -> Result<Vec<ChannelUsage>> {
+    async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>> {
         on_reader!(&self.db, |pool| {
             let found = sqlx::query(
                 "SELECT c.platform, c.workspace, c.channel, u.model, COUNT(*) AS calls,

@@ -173,13 +173,13 @@ impl Harness {
             text,
         );
         let accepted = self.app.bus.submit(event).await.unwrap();
-        let id: i64 = accepted.event_id.parse().unwrap();
+        let id: ecdysis::store::EventId = accepted.event_id.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let messages = self
                 .app
                 .store
-                .messages(conversation, 0, 100_000)
+                .messages(conversation, ecdysis::store::MessageId(0), 100_000)
                 .await
                 .unwrap();
             if let Some(answer) = messages
@@ -193,7 +193,7 @@ impl Harness {
                             .is_none_or(|meta| !meta.contains("\"buttons\""))
                 })
             {
-                return (id, answer.text.clone());
+                return (id.0, answer.text.clone());
             }
             assert!(Instant::now() < deadline, "no answer to event {id}");
             tokio::time::sleep(Duration::from_millis(5)).await;

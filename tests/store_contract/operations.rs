@@ -106,11 +106,14 @@ pub async fn admin(store: &dyn Store) {
         store.conversation_by_id(only_b[0].id).await.unwrap(),
         Some(b.clone())
     );
-    assert_eq!(store.conversation_by_id(-1).await.unwrap(), None);
+    assert_eq!(
+        store.conversation_by_id(ConversationId(-1)).await.unwrap(),
+        None
+    );
     assert_eq!(store.conversations(None, 1).await.unwrap().len(), 1);
 
     // The inbox by state, with the user's text; a failed event can be retried once.
-    let failed = store.inbox_events("failed", 100).await.unwrap();
+    let failed = store.inbox_events(InboxStatus::Failed, 100).await.unwrap();
     let row = failed.iter().find(|e| e.id == failing).unwrap();
     assert_eq!(row.conversation, b);
     assert_eq!(row.platform_event_id, "Ev-ops-2");
@@ -118,7 +121,7 @@ pub async fn admin(store: &dyn Store) {
     assert_eq!(row.text.as_deref(), Some("this one fails"));
     assert!(
         store
-            .inbox_events("done", 100)
+            .inbox_events(InboxStatus::Done, 100)
             .await
             .unwrap()
             .iter()
@@ -131,7 +134,7 @@ pub async fn admin(store: &dyn Store) {
     assert_eq!(store.retry_event(again).await.unwrap(), None, "not failed");
     assert!(
         !store
-            .inbox_events("failed", 100)
+            .inbox_events(InboxStatus::Failed, 100)
             .await
             .unwrap()
             .iter()
@@ -146,7 +149,11 @@ pub async fn admin(store: &dyn Store) {
     complete(store, &rerun, "w").await;
     assert_nothing_claimable(store, "after the retry").await;
     let platforms = store.last_event_at().await.unwrap();
-    assert!(platforms.iter().any(|(p, at)| p == "test" && *at > 0));
+    assert!(
+        platforms
+            .iter()
+            .any(|(p, at)| p == "test" && *at > UnixMs(0))
+    );
 
     // Notes: by channel, by id, edited (search follows) and deleted.
     let ops = channel("test", "W1", "ops-notes");
@@ -172,7 +179,7 @@ pub async fn admin(store: &dyn Store) {
             .await
             .unwrap()
     );
-    assert!(!store.update_note(-5, "nothing").await.unwrap());
+    assert!(!store.update_note(NoteId(-5), "nothing").await.unwrap());
     assert_eq!(store.recall(&ops, "fridays", 5).await.unwrap().len(), 1);
     assert!(store.recall(&ops, "mondays", 5).await.unwrap().is_empty());
     assert!(store.delete_note(id).await.unwrap());
@@ -213,7 +220,7 @@ pub async fn imports(store: &dyn Store) {
         text: "imported knowledge".into(),
         created_by: "U9".into(),
         source: "event:77".into(),
-        created_at: 1_000,
+        created_at: UnixMs(1_000),
     };
     let (id, written) = store.import_note(&note).await.unwrap();
     assert!(written);
@@ -223,16 +230,16 @@ pub async fn imports(store: &dyn Store) {
     assert_eq!(store.import_note(&renamed).await.unwrap(), (id, false));
     let notes = store.channel_notes(&ch).await.unwrap();
     assert_eq!(notes.len(), 1);
-    assert_eq!(notes[0].created_at, 1_000);
+    assert_eq!(notes[0].created_at, UnixMs(1_000));
     assert_eq!(store.recall(&ch, "knowledge", 5).await.unwrap().len(), 1);
 
     let c = ConversationRef::new("test", "W1", "imported", Some("th".into()));
     let message = |key: &str, role: Role, text: &str, at: i64| ImportedMessage {
+        created_at: UnixMs(at),
         import_key: key.into(),
         role,
         text: text.into(),
         meta: None,
-        created_at: at,
         attachments: Vec::new(),
     };
     let mut first = message("k:1", Role::User, "old question", 2_000);
@@ -259,7 +266,7 @@ pub async fn imports(store: &dyn Store) {
     // Nor a message the conversation already has from its own history.
     let original = conv("imported-own", None);
     insert(store, &new_event(&original, "Ev-own", "said here first")).await;
-    let own = store.messages(&original, 0, 10).await.unwrap();
+    let own = store.messages(&original, MessageId(0), 10).await.unwrap();
     let copy = ImportedMessage {
         import_key: "k:own".into(),
         role: Role::User,
@@ -274,9 +281,9 @@ pub async fn imports(store: &dyn Store) {
     );
     let claimed = claim_some(store, "w").await;
     complete(store, &claimed, "w").await;
-    let messages = store.messages(&c, 0, 100).await.unwrap();
+    let messages = store.messages(&c, MessageId(0), 100).await.unwrap();
     assert_eq!(messages.len(), 4);
-    assert_eq!(messages[0].created_at, 2_000);
+    assert_eq!(messages[0].created_at, UnixMs(2_000));
     assert_eq!(messages[0].attachments.len(), 1);
     assert_eq!(messages[0].attachments[0].id, "import-art-1");
 
@@ -286,7 +293,7 @@ pub async fn imports(store: &dyn Store) {
         last_message_id: m2,
         message_count: 2,
         archive_key: "transcripts/imported/1.jsonl".into(),
-        created_at: 2_002,
+        created_at: UnixMs(2_002),
     };
     assert!(store.import_compaction(&c, &compaction).await.unwrap());
     assert!(!store.import_compaction(&c, &compaction).await.unwrap());

@@ -309,9 +309,9 @@ fn stored_bytes(dir: &std::path::Path) -> String {
     all
 }
 
-/// A model gateway that quotes the API key in its error bodies (401, 500, and a 500 whose
+/// A model gateway that quotes the API key in its error bodies (401, 500, and a 502 whose
 /// key sits where a short snippet would be cut): the user gets a short, clear message, and
-/// neither the chat replies, nor anything stored, nor the debug log holds either key.
+/// neither the chat replies, nor anything stored, nor the debug log (JSON) holds either key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_echoing_the_api_key_leaks_it_nowhere() {
     let llm = FakeLlm::start().await.unwrap();
@@ -319,6 +319,8 @@ async fn a_gateway_echoing_the_api_key_leaks_it_nowhere() {
     let (anthropic_url, openai_url) = (llm.anthropic_base_url(), llm.openai_base_url());
     let env = [
         ("RUST_LOG", "debug"),
+        // JSON lines, where a secret would show JSON-escaped (the other test reads text).
+        ("ECDYSIS_LOG_FORMAT", "json"),
         ("ECDYSIS_MODEL", "anthropic/claude-test"),
         ("ANTHROPIC_API_KEY", ECHOED_KEY),
         ("ANTHROPIC_BASE_URL", anthropic_url.as_str()),
@@ -373,7 +375,10 @@ async fn a_gateway_echoing_the_api_key_leaks_it_nowhere() {
     let mut server = server;
     assert!(server.terminate().success());
     let log = server.log();
-    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(
+        log.contains(r#""level":"DEBUG""#),
+        "the log is JSON at debug level"
+    );
     assert!(
         log.contains("the model API answered with an error"),
         "the log keeps the (masked) body"

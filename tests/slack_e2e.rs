@@ -890,8 +890,11 @@ async fn only_allowed_workspaces_install_and_are_answered() {
         ("SLACK_CLIENT_SECRET", "client-secret"),
         ("ECDYSIS_SECRET_KEY", "a test key for sealing tokens"),
         ("ECDYSIS_SLACK_ALLOWED_TEAMS", "T1, T2"),
+        // Socket Mode too, beside the HTTP routes.
+        ("SLACK_APP_TOKEN", "xapp-1-test"),
     ])
     .await;
+    assert!(env.slack.wait_socket_connections(1, WAIT).await);
     assert!(
         !env.server.log().contains("any Slack workspace may install"),
         "no warning when the list is set"
@@ -969,7 +972,8 @@ async fn only_allowed_workspaces_install_and_are_answered() {
     assert_eq!(r.status(), 200, "{}", env.server.log());
     assert!(store.installation("slack", "T2").await.unwrap().is_some());
 
-    // The stranger's events, slash commands and button presses are acknowledged and ignored.
+    // The stranger's events, slash commands and button presses (over HTTP and Socket Mode) are
+    // acknowledged and ignored.
     let before = events_stored(store.as_ref()).await;
     let event = callback(
         "T9",
@@ -1028,6 +1032,38 @@ async fn only_allowed_workspaces_install_and_are_answered() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    // The same over Socket Mode: acknowledged, and the command told why.
+    let envelope = env
+        .slack
+        .send_envelope(
+            "events_api",
+            callback(
+                "T9",
+                "EvStrangerSocket",
+                mention("C9", "1700000050.000300", "hi"),
+            ),
+        )
+        .unwrap();
+    assert!(env.slack.wait_ack(&envelope, WAIT).await.is_some());
+    let envelope = env
+        .slack
+        .send_envelope(
+            "slash_commands",
+            json!({
+                "team_id": "T9", "channel_id": "C9", "user_id": "U9", "command": "/ecdysis",
+                "text": "ask something", "response_url": env.slack.response_url("sock9"),
+                "trigger_id": "trigger-sock9",
+            }),
+        )
+        .unwrap();
+    let ack = env.slack.wait_ack(&envelope, WAIT).await.unwrap();
+    assert!(
+        ack["payload"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not allowed"),
+        "{ack}"
+    );
     settle().await;
     assert_eq!(
         events_stored(store.as_ref()).await,

@@ -141,6 +141,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     route: serde_json::Value::Null,
                 },
                 attempt: 1,
+                live: ecdysis::live::Live::off(),
             };
             let before = fake.request_count();
             let outcome = agent.run_turn(&event, &text).await.expect("turn");

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
     Accepted, Addressed, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event,
-    EventKind, EventSink, Reply, SubmitError, UserRef,
+    EventKind, EventSink, LiveHandle, Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::blob::BlobStore;
 use crate::config::BusConfig;
+use crate::live::{Live, LiveRun, LiveTarget, reply_key};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::store::{
@@ -76,6 +77,9 @@ struct ReplyPayload {
     buttons: Vec<Button>,
     #[serde(default)]
     route: serde_json::Value,
+    /// The live message this reply finishes (see [`crate::live`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    live: Option<LiveHandle>,
 }
 
 /// The event a handler works on.
@@ -86,6 +90,8 @@ pub struct EventContext {
     pub payload: EventPayload,
     /// 1 on the first attempt.
     pub attempt: i32,
+    /// Where the answer is shown while it is written (off when the adapter cannot).
+    pub live: Live,
 }
 
 /// What a handler answers: text and files for the conversation.
@@ -238,6 +244,7 @@ impl Bus {
                 attachments: outgoing.attachments,
                 buttons: outgoing.buttons,
                 route: route.clone(),
+                live: None,
             })
             .await?;
         Ok(())
@@ -365,11 +372,12 @@ impl Bus {
                 return;
             }
         };
-        let context = EventContext {
+        let mut context = EventContext {
             event_id: claimed.id,
             conversation: claimed.conversation.clone(),
             payload,
             attempt: claimed.attempts,
+            live: Live::off(),
         };
         let adapter = self.adapter(&context.conversation.platform);
         if let Some(adapter) = &adapter
@@ -380,18 +388,44 @@ impl Bus {
                 .await;
         }
 
+        let live_run = match &adapter {
+            Some(adapter) => {
+                LiveRun::start(
+                    adapter.clone(),
+                    self.inner.store.clone(),
+                    self.inner.redactor.clone(),
+                    LiveTarget {
+                        event_id: context.event_id,
+                        conversation: &context.conversation,
+                        route: &context.payload.route,
+                        attempt: context.attempt,
+                    },
+                )
+                .await
+            }
+            None => None,
+        };
+        if let Some(run) = &live_run {
+            context.live = run.live();
+        }
+
         let renewer = self.renew_lease_while_running(claimed.id);
         let handler = self.inner.handler.clone();
         let task_context = context.clone();
         let outcome = tokio::spawn(async move { handler.handle(&task_context).await }).await;
         renewer.abort();
+        // The live messages this run (or an earlier one) started; the replies finish them.
+        let live = match live_run {
+            Some(run) => run.finish().await,
+            None => Default::default(),
+        };
 
         let result = match outcome {
             Ok(result) => result,
             Err(join) => Err(anyhow::anyhow!("the handler panicked: {join}")),
         };
         let completion = match result {
-            Ok(outgoing) => self.completion(&context, outgoing, None).await,
+            Ok(outgoing) => self.completion(&context, outgoing, None, live).await,
             Err(e) if (context.attempt as u32) < self.inner.config.max_attempts => {
                 let delay = backoff_ms(context.attempt);
                 warn!(error = %e, attempt = context.attempt, delay_ms = delay, "event failed; will retry");
@@ -416,7 +450,7 @@ impl Bus {
                 let apology = Outgoing::text(format!(
                     "Sorry, I could not handle that: {e}. The error is logged."
                 ));
-                self.completion(&context, vec![apology], Some(format!("{e:#}")))
+                self.completion(&context, vec![apology], Some(format!("{e:#}")), live)
                     .await
             }
         };
@@ -496,12 +530,15 @@ impl Bus {
     }
 
     /// Store reply files in the blob store (before the rows that point to them) and build the
-    /// completion: one assistant message and one outbox reply per piece of text.
+    /// completion: one assistant message and one outbox reply per piece of text. Reply `n`
+    /// finishes live message `n` when the answer was shown while written; a live message with
+    /// no reply left gets an empty reply that removes it.
     async fn completion(
         &self,
         context: &EventContext,
         outgoing: Vec<Outgoing>,
         error: Option<String>,
+        mut live: std::collections::BTreeMap<usize, LiveHandle>,
     ) -> anyhow::Result<Completion> {
         let limit = self
             .adapter(&context.conversation.platform)
@@ -536,13 +573,27 @@ impl Bus {
                         Vec::new()
                     },
                     route: context.payload.route.clone(),
+                    live: live.remove(&completion.replies.len()),
                 };
                 let n = completion.replies.len();
                 completion.replies.push(NewReply {
-                    idempotency_key: format!("{}:{n}", context.event_id),
+                    idempotency_key: reply_key(context.event_id, n),
                     payload: serde_json::to_string(&payload)?,
                 });
             }
+        }
+        for (n, handle) in live {
+            let payload = ReplyPayload {
+                text: String::new(),
+                attachments: Vec::new(),
+                buttons: Vec::new(),
+                route: context.payload.route.clone(),
+                live: Some(handle),
+            };
+            completion.replies.push(NewReply {
+                idempotency_key: reply_key(context.event_id, n),
+                payload: serde_json::to_string(&payload)?,
+            });
         }
         Ok(completion)
     }
@@ -647,6 +698,7 @@ impl Bus {
             attachments,
             buttons: payload.buttons,
             route: payload.route,
+            live: payload.live,
         };
         let delivered = adapter.deliver(&reply).await?;
         debug!(reply = %item.id, "delivered");
@@ -802,6 +854,7 @@ impl Bus {
                 attachments: Vec::new(),
                 buttons: Vec::new(),
                 route: event.route.clone(),
+                live: None,
             };
             if let Err(e) = adapter.deliver(&reply).await {
                 warn!(error = %e, "cannot confirm a button press");

@@ -20,6 +20,7 @@ pub mod instance_lock;
 pub mod leader;
 pub mod mcp;
 pub mod listener;
+pub mod live;
 pub mod metrics;
 pub mod redact;
 pub mod private_files;

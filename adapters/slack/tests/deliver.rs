@@ -24,6 +24,7 @@ fn reply(key: &str, route: &Route) -> Reply {
         attachments: Vec::new(),
         buttons: Vec::new(),
         route: route.to_value(),
+        live: None,
     }
 }
 

@@ -15,6 +15,7 @@ use ecdysis_chat::ConversationRef;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::live::Live;
 use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
@@ -301,7 +302,9 @@ impl Core {
             ToolChoice::Auto,
             self.config.max_output_tokens,
         );
-        let answer = self.call(&setup.models, &flush, deadline, stats).await?;
+        let answer = self
+            .call(&setup.models, &flush, deadline, stats, &Live::off())
+            .await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
             event_id: event.event_id.0,
@@ -368,7 +371,7 @@ impl Core {
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
         let summary = self
-            .call(&setup.models, &ask, deadline, stats)
+            .call(&setup.models, &ask, deadline, stats, &Live::off())
             .await?
             .text();
         let summary = summary.trim();

@@ -3,6 +3,7 @@
 //! Slack (native streams, edit mode, off) and to Discord (post, then edits), with tool lines;
 //! the finished message equals the non-streamed answer; bad streams end in a clear error; and
 //! a SIGKILL in the middle of a streamed answer leaves exactly one finished answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -44,7 +45,9 @@ async fn start(dir: &std::path::Path, env: &[(&str, String)]) -> Server {
 fn answer() -> String {
     let mut text = String::from("Here is what I found about the sky:\n\n");
     for i in 1..=12 {
-        text.push_str(&format!("- point {i}: the sky scatters blue light more than red\n"));
+        text.push_str(&format!(
+            "- point {i}: the sky scatters blue light more than red\n"
+        ));
     }
     text.push_str("\n```\necho done\n```\nThat is all.");
     text
@@ -62,7 +65,9 @@ async fn events(server: &Server, conversation: &str) -> SseReader {
 }
 
 fn is_reply_to(event: &Received, event_id: &str) -> bool {
-    event.event == "message" && event.data["role"] == "assistant" && event.data["event_id"] == event_id
+    event.event == "message"
+        && event.data["role"] == "assistant"
+        && event.data["event_id"] == event_id
 }
 
 async fn web_answer_streams(wire: Wire) {
@@ -89,7 +94,10 @@ async fn web_answer_streams(wire: Wire) {
         .iter()
         .position(|e| e.event == "message" && e.data["role"] == "user")
         .expect("the user message event");
-    let first_delta = seen.iter().position(|e| e.event == "delta").expect("deltas");
+    let first_delta = seen
+        .iter()
+        .position(|e| e.event == "delta")
+        .expect("deltas");
     assert!(user < first_delta, "{seen:#?}");
     // The tool line, before the answer's text.
     let progress = mine("progress");
@@ -105,7 +113,10 @@ async fn web_answer_streams(wire: Wire) {
     assert!(deltas.len() >= 5, "{} deltas: {deltas:#?}", deltas.len());
     let expected = answer();
     for pair in deltas.windows(2) {
-        assert!(pair[1].starts_with(&pair[0]) && pair[1].len() > pair[0].len(), "{pair:?}");
+        assert!(
+            pair[1].starts_with(&pair[0]) && pair[1].len() > pair[0].len(),
+            "{pair:?}"
+        );
     }
     for delta in &deltas {
         assert!(expected.starts_with(delta.as_str()), "{delta:?}");
@@ -181,10 +192,17 @@ async fn malformed_stream_is_a_clear_error(wire: Wire) {
     let seen = live
         .until(Duration::from_secs(30), |e| is_reply_to(e, &event_id))
         .await;
-    let text = seen.last().unwrap().data["text"].as_str().unwrap().to_string();
+    let text = seen.last().unwrap().data["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(text.contains("could not be read"), "{text}");
     assert!(!text.contains("The half answer"), "{text}");
-    assert_eq!(fake.request_count(), 1, "a malformed answer is not asked again");
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "a malformed answer is not asked again"
+    );
     let replies = server.wait_replies_to("broken", &event_id, 1).await;
     assert_eq!(replies.len(), 1);
 }

@@ -15,6 +15,7 @@ pub mod memory_tools;
 pub mod progress;
 pub mod provider;
 pub mod retry;
+pub mod web_search;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -26,15 +27,15 @@ use base64::Engine;
 use ecdysis_chat::{Attachment, ConversationRef};
 use tracing::{debug, info, warn};
 
-use crate::blob::BlobStore;
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Agent;
 use crate::config::{AgentConfig, Config, ModelSpec};
-use crate::profile::{Profile, Profiles};
-use crate::store::{NewMessage, Role, Store, StoreError, Usage};
-use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::engine::commands::Agent;
+use crate::engine::live::Live;
+use crate::engine::profile::{Profile, Profiles};
+use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
-use crate::live::Live;
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
     StopReason, SystemBlock, TextSink, ToolChoice, ToolDef,

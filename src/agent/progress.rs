@@ -75,10 +75,16 @@ mod tests {
             "running `pytest -q tests/` in the sandbox"
         );
         assert_eq!(
-            line("browser_screenshot", &json!({"url": "https://example.com/"})),
+            line(
+                "browser_screenshot",
+                &json!({"url": "https://example.com/"})
+            ),
             "taking a screenshot of https://example.com/"
         );
-        assert_eq!(line("memory_search", &json!({"query": "x"})), "searching memory");
+        assert_eq!(
+            line("memory_search", &json!({"query": "x"})),
+            "searching memory"
+        );
         assert_eq!(line("time__now", &json!({})), "calling `now` on time");
         let long = line("run_command", &json!({"command": "x".repeat(200)}));
         assert!(long.chars().count() < 120, "{long}");

@@ -550,7 +550,11 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         .map(str::to_string);
     let (input, read, write) = usage(&shared, &body, prefix);
     let output_tokens = (text.chars().count() / 4 + 1) as i64;
-    let stop_reason = if calls.is_empty() { "end_turn" } else { "tool_use" };
+    let stop_reason = if calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
     if streaming.on {
         let mut events = vec![anthropic_event(json!({
             "type": "message_start",
@@ -663,7 +667,11 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         .map(str::to_string);
     let (input, read, _) = usage(&shared, &body, prefix);
     let completion_tokens = (text.chars().count() / 4 + 1) as i64;
-    let finish_reason = if calls.is_empty() { "stop" } else { "tool_calls" };
+    let finish_reason = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
     let usage_json = json!({
         "prompt_tokens": input + read,
         "completion_tokens": completion_tokens,
@@ -678,7 +686,10 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
             }))
         };
-        let mut events = vec![chunk(json!({ "role": "assistant", "content": "" }), Value::Null)];
+        let mut events = vec![chunk(
+            json!({ "role": "assistant", "content": "" }),
+            Value::Null,
+        )];
         for piece in pieces(&text, 4) {
             events.push(chunk(json!({ "content": piece }), Value::Null));
         }

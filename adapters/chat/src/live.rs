@@ -131,7 +131,10 @@ mod tests {
         let short = view.render(45);
         assert!(short.chars().count() <= 45, "{short}");
         assert!(short.starts_with("Checking."));
-        assert!(short.contains("running `ls`"), "the newest line stays: {short}");
+        assert!(
+            short.contains("running `ls`"),
+            "the newest line stays: {short}"
+        );
         assert_eq!(view.render(5), "Check");
     }
 

@@ -12,7 +12,7 @@ use super::{
     ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError,
     StopReason, TextSink, ToolChoice, post_json,
 };
-use crate::store::Usage;
+use crate::storage::store::Usage;
 
 /// Where Anthropic's API lives unless `ANTHROPIC_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -80,7 +80,11 @@ impl ChatApi for AnthropicApi {
         let mut body = request_body(model, request);
         body["stream"] = json!(true);
         let mut answer = StreamAnswer::default();
-        match post_stream(self.post(), &body, timeout, |event| answer.read(event, sink)).await? {
+        match post_stream(self.post(), &body, timeout, |event| {
+            answer.read(event, sink)
+        })
+        .await?
+        {
             Streamed::Events => parse_response(&answer.finish()?),
             Streamed::Json(whole) => {
                 let response = parse_response(&whole)?;

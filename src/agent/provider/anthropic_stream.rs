@@ -67,7 +67,10 @@ impl StreamAnswer {
             "content_block_delta" => {
                 let delta = data.get("delta").unwrap_or(&Value::Null);
                 let texted = &mut self.texted;
-                match (self.blocks.get_mut(&index), delta.get("type").and_then(Value::as_str)) {
+                match (
+                    self.blocks.get_mut(&index),
+                    delta.get("type").and_then(Value::as_str),
+                ) {
                     (Some(Block::Text(text)), Some("text_delta")) => {
                         let piece = delta.get("text").and_then(Value::as_str).unwrap_or("");
                         text.push_str(piece);
@@ -153,7 +156,9 @@ impl StreamAnswer {
                             ))
                         })?
                     };
-                    content.push(json!({ "type": "tool_use", "id": id, "name": name, "input": input }));
+                    content.push(
+                        json!({ "type": "tool_use", "id": id, "name": name, "input": input }),
+                    );
                 }
                 Block::Other => {}
             }
@@ -257,7 +262,10 @@ mod tests {
                 &sink,
             )
             .unwrap_err();
-        assert!(matches!(overloaded, ProviderError::Status { status: 529, .. }));
+        assert!(matches!(
+            overloaded,
+            ProviderError::Status { status: 529, .. }
+        ));
         assert!(overloaded.to_string().contains("Overloaded"));
 
         let mut answer = StreamAnswer::default();

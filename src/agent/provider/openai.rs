@@ -13,7 +13,7 @@ use super::{
     ChatApi, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError, StopReason,
     TextSink, ToolChoice, post_json,
 };
-use crate::store::Usage;
+use crate::storage::store::Usage;
 
 /// Where OpenAI's API lives unless `OPENAI_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -86,7 +86,11 @@ impl ChatApi for OpenAiApi {
         body["stream"] = json!(true);
         body["stream_options"] = json!({ "include_usage": true });
         let mut answer = StreamAnswer::default();
-        match post_stream(self.post(), &body, timeout, |event| answer.read(event, sink)).await? {
+        match post_stream(self.post(), &body, timeout, |event| {
+            answer.read(event, sink)
+        })
+        .await?
+        {
             Streamed::Events => parse_response(&answer.finish()?),
             Streamed::Json(whole) => {
                 let response = parse_response(&whole)?;

@@ -66,7 +66,10 @@ impl StreamAnswer {
                 .flatten()
                 .enumerate()
             {
-                let index = call.get("index").and_then(Value::as_u64).unwrap_or(n as u64);
+                let index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(n as u64);
                 let entry = self.calls.entry(index).or_default();
                 if let Some(id) = call.get("id").and_then(Value::as_str) {
                     entry.id = Some(id.to_string());
@@ -74,8 +77,7 @@ impl StreamAnswer {
                 if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
                     entry.name.push_str(name);
                 }
-                if let Some(arguments) =
-                    call.pointer("/function/arguments").and_then(Value::as_str)
+                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
                 {
                     entry.arguments.push_str(arguments);
                 }
@@ -128,8 +130,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::agent::provider::openai::parse_response;
     use crate::agent::provider::StopReason;
+    use crate::agent::provider::openai::parse_response;
 
     #[derive(Default)]
     struct Collect(Mutex<String>);
@@ -190,7 +192,10 @@ mod tests {
         let sink = Collect::default();
         let mut answer = StreamAnswer::default();
         answer
-            .read(&data(json!({"choices": [{"delta": {"content": "Half an"}}]})), &sink)
+            .read(
+                &data(json!({"choices": [{"delta": {"content": "Half an"}}]})),
+                &sink,
+            )
             .unwrap();
         let early = answer.finish().unwrap_err();
         assert!(early.retryable(), "{early}");
@@ -207,7 +212,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(bad, ProviderError::Malformed(_)), "{bad}");
         let failed = answer
-            .read(&data(json!({"error": {"message": "model overloaded"}})), &sink)
+            .read(
+                &data(json!({"error": {"message": "model overloaded"}})),
+                &sink,
+            )
             .unwrap_err();
         assert!(failed.to_string().contains("model overloaded"), "{failed}");
     }

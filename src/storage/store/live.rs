@@ -15,8 +15,7 @@ use super::{EventId, Result, SqlStore};
 pub trait LiveMessages: Send + Sync {
     /// Store (or replace) the handle of piece `piece` of the answer to `event_id`. Written
     /// before the message is first updated; nothing is written for an unknown event.
-    async fn save_live_message(&self, event_id: EventId, piece: usize, handle: &str)
-    -> Result<()>;
+    async fn save_live_message(&self, event_id: EventId, piece: usize, handle: &str) -> Result<()>;
 
     /// The stored handles of an event's live messages: (piece, handle), by piece.
     async fn live_messages(&self, event_id: EventId) -> Result<Vec<(usize, String)>>;
@@ -28,12 +27,7 @@ fn live_key(event_id: EventId, piece: usize) -> String {
 
 #[async_trait]
 impl LiveMessages for SqlStore {
-    async fn save_live_message(
-        &self,
-        event_id: EventId,
-        piece: usize,
-        handle: &str,
-    ) -> Result<()> {
+    async fn save_live_message(&self, event_id: EventId, piece: usize, handle: &str) -> Result<()> {
         self.db
             .write(
                 (event_id, live_key(event_id, piece), handle.to_string()),

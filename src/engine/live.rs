@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::redact::Redactor;
-use crate::store::{EventId, Store};
+use crate::storage::store::{EventId, Store};
 
 /// The longest one platform call of a live reply may take before the live view is given up
 /// (the final reply is still delivered through the outbox).
@@ -54,7 +54,12 @@ impl Draft {
     /// The text to show: the step being received stops before its last, possibly unfinished
     /// word, so a secret is never shown half-written (the redactor masks whole values only).
     fn visible_text(&self) -> String {
-        let step = match self.step.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+        let step = match self
+            .step
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+        {
             _ if self.step.ends_with(char::is_whitespace) => self.step.as_str(),
             Some((at, _)) => &self.step[..at],
             None => "",
@@ -64,7 +69,12 @@ impl Draft {
 
     fn joined(&self, step: &str) -> String {
         let mut out = String::new();
-        for part in self.steps.iter().map(String::as_str).chain(std::iter::once(step)) {
+        for part in self
+            .steps
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(step))
+        {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -430,12 +440,15 @@ mod tests {
         live.text("The answer.");
         assert_eq!(rx.borrow().text(), "Let me look.\n\nThe answer.");
         live.text(" The key is sk-12");
-        assert_eq!(rx.borrow().visible_text(), "Let me look.\n\nThe answer. The key is");
+        assert_eq!(
+            rx.borrow().visible_text(),
+            "Let me look.\n\nThe answer. The key is"
+        );
         live.text("34 ");
         assert!(rx.borrow().visible_text().ends_with("is sk-1234 "));
         let id = live.progress("searching memory");
         live.progress_done(id);
-        assert_eq!(rx.borrow().progress[0].done, true);
+        assert!(rx.borrow().progress[0].done);
         Live::off().text("nothing happens");
     }
 }

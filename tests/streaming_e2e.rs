@@ -254,3 +254,286 @@ async fn early_eof_is_retried_anthropic() {
 async fn early_eof_is_retried_openai() {
     early_eof_is_retried(Wire::OpenAi).await;
 }
+
+// --- Slack -----------------------------------------------------------------------------------
+
+mod slack {
+    use std::time::{Duration, Instant};
+
+    use super::common::server::Server;
+    use ecdysis_slack::signature::sign;
+    use ecdysis_testkit::llm::{FakeLlm, Reply as Llm};
+    use ecdysis_testkit::slack::{Call, FakeSlack};
+    use serde_json::{Value, json};
+
+    const SECRET: &str = "test-signing-secret";
+    const CHANNEL: &str = "C1";
+
+    pub struct Env {
+        pub slack: FakeSlack,
+        pub llm: FakeLlm,
+        pub server: Server,
+        _dir: tempfile::TempDir,
+    }
+
+    pub async fn start(mode: Option<&str>) -> Env {
+        let slack = FakeSlack::start().await.unwrap();
+        let llm = FakeLlm::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let api = slack.api_url();
+        let llm_url = llm.anthropic_base_url();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("SLACK_SIGNING_SECRET", SECRET),
+            ("SLACK_BOT_TOKEN", "xoxb-test"),
+            ("SLACK_API_URL", &api),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("ANTHROPIC_BASE_URL", &llm_url),
+            ("ECDYSIS_SANDBOX", "off"),
+        ];
+        if let Some(mode) = mode {
+            env.push(("ECDYSIS_SLACK_STREAMING", mode));
+        }
+        let server = Server::start(dir.path(), &env).await;
+        Env {
+            slack,
+            llm,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// A long plain answer (its mrkdwn is itself), in many deltas.
+    pub fn answer() -> String {
+        (1..=8)
+            .map(|i| format!("Reason {i}: air scatters short blue waves more than long red ones."))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Mention the bot in a channel message `ts`; the answer goes into that thread.
+    pub async fn mention(server: &Server, event_id: &str, ts: &str, text: &str) {
+        let body = json!({
+            "token": "t", "team_id": "T1", "api_app_id": "AFAKE", "type": "event_callback",
+            "event_id": event_id, "event_time": 1,
+            "authorizations": [{"team_id": "T1", "user_id": "UBOT", "is_bot": true}],
+            "event": {
+                "type": "app_mention", "user": "U1", "text": format!("<@UBOT> {text}"),
+                "ts": ts, "channel": CHANNEL, "event_ts": ts,
+            },
+        })
+        .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let response = reqwest::Client::new()
+            .post(format!("{}/slack/events", server.base))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", now.to_string())
+            .header("x-slack-signature", sign(SECRET, now, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    /// Wait until the thread holds a finished (not streaming) message with `text`.
+    pub async fn finished(env: &Env, thread: &str, text: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let messages = env.slack.thread_messages(CHANNEL, thread);
+            if messages
+                .iter()
+                .any(|m| m["text"] == text && m["streaming"] != true)
+            {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no finished answer in the thread: {messages:#?}\n{}",
+                env.server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn streamed_text(calls: &[Call]) -> String {
+        calls
+            .iter()
+            .flat_map(|c| {
+                let mut texts: Vec<String> = c
+                    .arg("markdown_text")
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect();
+                texts.extend(
+                    c.args["chunks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|chunk| chunk["type"] == "markdown_text")
+                        .filter_map(|chunk| chunk["text"].as_str().map(str::to_string)),
+                );
+                texts
+            })
+            .collect()
+    }
+
+    pub fn script(llm: &FakeLlm, pace: Duration) {
+        llm.push(Llm::tool("memory_search", json!({ "query": "sky" })).paced(pace));
+        llm.push(Llm::text(answer()).paced(pace));
+    }
+}
+
+#[tokio::test]
+async fn slack_native_stream_with_tool_lines() {
+    let env = slack::start(None).await;
+    slack::script(&env.llm, Duration::from_millis(10));
+    let thread = "1700000000.000100";
+    slack::mention(&env.server, "Ev1", thread, "why is the sky blue?").await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    // One stream, in the thread, for the user who asked.
+    let starts = env.slack.calls_to("chat.startStream");
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].arg("thread_ts"), Some(thread));
+    assert_eq!(starts[0].arg("recipient_team_id"), Some("T1"));
+    assert_eq!(starts[0].arg("recipient_user_id"), Some("U1"));
+    let appends = env.slack.calls_to("chat.appendStream");
+    assert!(appends.len() >= 2, "{} appends", appends.len());
+    let stops = env.slack.calls_to("chat.stopStream");
+    assert_eq!(stops.len(), 1);
+    assert!(starts[0].at <= appends[0].at && appends.last().unwrap().at <= stops[0].at);
+    // The text arrived in order: start + appends + stop make the answer exactly.
+    let mut calls = starts.clone();
+    calls.extend(appends.iter().cloned());
+    calls.extend(stops.iter().cloned());
+    assert_eq!(slack::streamed_text(&calls), slack::answer());
+    // The tool showed as a task line, finished by the end.
+    let tasks = &messages[0]["tasks"];
+    assert_eq!(tasks["tool_1"]["title"], "searching memory", "{tasks}");
+    assert_eq!(tasks["tool_1"]["status"], "complete", "{tasks}");
+    // The finished message carries the reply's key (the duplicate check finds it).
+    assert_eq!(messages[0]["metadata"]["event_type"], "ecdysis_reply");
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+}
+
+#[tokio::test]
+async fn slack_edit_mode_updates_about_once_a_second() {
+    let env = slack::start(Some("edit")).await;
+    // About five seconds of answer.
+    slack::script(&env.llm, Duration::from_millis(40));
+    let started = std::time::Instant::now();
+    let thread = "1700000000.000200";
+    slack::mention(&env.server, "Ev2", thread, "why is the sky blue?").await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let posts = env.slack.calls_to("chat.postMessage");
+    assert_eq!(posts.len(), 1, "one message, then edits");
+    assert!(
+        posts[0]
+            .arg("text")
+            .unwrap_or_default()
+            .contains("searching memory"),
+        "{:?}",
+        posts[0].args
+    );
+    let updates = env.slack.calls_to("chat.update");
+    assert!(
+        updates.len() >= 3,
+        "{} updates in {:?}: {:#?}\n{}",
+        updates.len(),
+        started.elapsed(),
+        updates
+            .iter()
+            .map(|u| u.at - posts[0].at)
+            .collect::<Vec<_>>(),
+        env.server.log()
+    );
+    // Live edits (all but the final one) at least ~1 s apart, counting from the post.
+    let mut times = vec![posts[0].at];
+    times.extend(updates[..updates.len() - 1].iter().map(|c| c.at));
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(900), "edits {gap:?} apart");
+    }
+    // Each live edit shows a beginning of the answer.
+    for update in &updates[..updates.len() - 1] {
+        let text = update.arg("text").unwrap_or_default();
+        let answer_part = text.split("\n\n_").next().unwrap_or_default();
+        assert!(slack::answer().starts_with(answer_part), "{text:?}");
+    }
+    assert!(env.slack.calls_to("chat.startStream").is_empty());
+}
+
+#[tokio::test]
+async fn slack_off_posts_once() {
+    let env = slack::start(Some("off")).await;
+    slack::script(&env.llm, Duration::from_millis(2));
+    let thread = "1700000000.000300";
+    slack::mention(&env.server, "Ev3", thread, "why is the sky blue?").await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(env.slack.calls_to("chat.postMessage").len(), 1);
+    assert!(env.slack.calls_to("chat.update").is_empty());
+    assert!(env.slack.calls_to("chat.startStream").is_empty());
+    // The model was not asked to stream either.
+    assert!(
+        env.llm
+            .requests()
+            .iter()
+            .all(|r| r.body.get("stream").is_none())
+    );
+}
+
+#[tokio::test]
+async fn slack_refusing_a_stream_midway_still_delivers_the_answer_once() {
+    let env = slack::start(None).await;
+    env.slack
+        .fail_next("chat.appendStream", 1, "internal_error");
+    slack::script(&env.llm, Duration::from_millis(10));
+    let thread = "1700000000.000400";
+    slack::mention(&env.server, "Ev4", thread, "why is the sky blue?").await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert_eq!(
+        env.slack.calls_to("chat.appendStream").len(),
+        1,
+        "no appends after the refusal"
+    );
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+}
+
+/// SIGKILL while the answer streams: after the restart the event runs again and the same
+/// message is finished; the thread holds exactly one answer.
+#[tokio::test]
+async fn slack_sigkill_mid_stream_finishes_the_same_message() {
+    let mut env = slack::start(None).await;
+    env.llm
+        .set_default(Llm::text(slack::answer()).paced(Duration::from_millis(40)));
+    let thread = "1700000000.000500";
+    slack::mention(&env.server, "Ev5", thread, "why is the sky blue?").await;
+    let appends = env
+        .slack
+        .wait_calls("chat.appendStream", 2, Duration::from_secs(30))
+        .await;
+    assert!(appends.len() >= 2, "the answer did not stream");
+    let half = env.slack.thread_messages("C1", thread);
+    assert_eq!(half.len(), 1);
+    assert_eq!(half[0]["streaming"], true);
+    assert_ne!(half[0]["text"], slack::answer().as_str());
+
+    env.llm
+        .set_default(Llm::text(slack::answer()).paced(Duration::from_millis(2)));
+    env.server = env.server.restart().await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1, "exactly one answer: {messages:#?}");
+    assert_eq!(
+        messages[0]["ts"], half[0]["ts"],
+        "the same message was finished"
+    );
+    assert_eq!(env.slack.calls_to("chat.startStream").len(), 1);
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+}

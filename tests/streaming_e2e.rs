@@ -537,3 +537,168 @@ async fn slack_sigkill_mid_stream_finishes_the_same_message() {
     assert_eq!(env.slack.calls_to("chat.startStream").len(), 1);
     assert!(env.slack.calls_to("chat.postMessage").is_empty());
 }
+
+// --- Discord ---------------------------------------------------------------------------------
+
+mod discord {
+    use std::time::{Duration, Instant};
+
+    use super::common::server::Server;
+    use ecdysis_testkit::discord::{FakeDiscord, Posted, TOKEN};
+    use ecdysis_testkit::llm::FakeLlm;
+
+    pub struct Env {
+        pub discord: FakeDiscord,
+        pub llm: FakeLlm,
+        pub server: Server,
+        _dir: tempfile::TempDir,
+    }
+
+    pub async fn start() -> Env {
+        let discord = FakeDiscord::start().await.unwrap();
+        let llm = FakeLlm::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let api = discord.url();
+        let llm_url = llm.anthropic_base_url();
+        let env: Vec<(&str, &str)> = vec![
+            ("DISCORD_TOKEN", TOKEN),
+            ("DISCORD_API_URL", &api),
+            (
+                "DISCORD_APPLICATION_ID",
+                ecdysis_testkit::discord::APPLICATION_ID,
+            ),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("ANTHROPIC_BASE_URL", &llm_url),
+            ("ECDYSIS_SANDBOX", "off"),
+        ];
+        let server = Server::start(dir.path(), &env).await;
+        assert!(discord.wait_identified(1).await, "{}", server.log());
+        Env {
+            discord,
+            llm,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// Wait until the messages `check` picks are there.
+    pub async fn wait_for(env: &Env, what: &str, check: impl Fn(&[Posted]) -> bool) -> Vec<Posted> {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let posted = env.discord.posted();
+            if check(&posted) {
+                return posted;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {posted:#?}\n{}",
+                env.server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// A long answer with a code block: more than 2,000 characters, so it takes two messages.
+fn long_answer() -> String {
+    let mut text = String::from("The script:\n```python\n");
+    for i in 0..70 {
+        text.push_str(&format!("print('line {i} of the long example')\n"));
+    }
+    text.push_str("```\nRun it with python3.");
+    text
+}
+
+#[tokio::test]
+async fn discord_posts_then_edits_and_splits_without_breaking_code() {
+    let env = discord::start().await;
+    let answer = long_answer();
+    assert!(answer.chars().count() > 2_000);
+    // About four seconds of answer.
+    env.llm.push(
+        Llm::tool("memory_search", json!({ "query": "python" })).paced(Duration::from_millis(20)),
+    );
+    env.llm
+        .push(Llm::text(answer.clone()).paced(Duration::from_millis(6)));
+    env.discord.say_in_dm("write me a long script");
+    let pieces = ecdysis_chat::split_text(&answer, ecdysis_discord::MAX_MESSAGE_CHARS);
+    assert_eq!(pieces.len(), 2);
+    let posted = discord::wait_for(&env, "the answer in two finished messages", |posted| {
+        let mine: Vec<_> = posted.iter().filter(|p| p.via == "message").collect();
+        mine.len() == 2 && mine[0].content == pieces[0] && mine[1].content == pieces[1]
+    })
+    .await;
+    let mine: Vec<_> = posted.iter().filter(|p| p.via == "message").collect();
+    for message in &mine {
+        assert_eq!(message.channel, ecdysis_testkit::discord::DM_CHANNEL_ID);
+        assert_eq!(
+            message.content.matches("```").count() % 2,
+            0,
+            "{}",
+            message.content
+        );
+        assert!(message.content.chars().count() <= 2_000);
+    }
+    // The first message was posted early and edited as the answer grew, never faster than
+    // about once a second (the final edit aside).
+    let edits: Vec<_> = env
+        .discord
+        .edits()
+        .into_iter()
+        .filter(|e| e.message_id == mine[0].id)
+        .collect();
+    assert!(edits.len() >= 2, "{edits:#?}");
+    for pair in edits[..edits.len() - 1].windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(900), "edits {gap:?} apart");
+    }
+    // The tool line showed while the model worked.
+    let first_post = env
+        .discord
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/messages"))
+        .expect("a post");
+    assert!(
+        first_post.json["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("searching memory"),
+        "{:?}",
+        first_post.json
+    );
+}
+
+#[tokio::test]
+async fn discord_slash_command_streams_into_its_deferred_response() {
+    let env = discord::start().await;
+    env.llm
+        .push(Llm::text(slack::answer()).paced(Duration::from_millis(25)));
+    let (_, token) = env.discord.slash(
+        ecdysis_testkit::discord::CHANNEL_ID,
+        "ask",
+        json!([{ "name": "question", "type": 3, "value": "why is the sky blue?" }]),
+    );
+    let answer = slack::answer();
+    discord::wait_for(&env, "the finished response", |posted| {
+        posted.iter().any(|p| {
+            p.via == "original" && p.token.as_deref() == Some(token.as_str()) && p.content == answer
+        })
+    })
+    .await;
+    let edits = env
+        .discord
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains(&token))
+        .count();
+    assert!(edits >= 3, "the deferred response grew in {edits} edits");
+    assert!(
+        env.discord
+            .posted()
+            .iter()
+            .all(|p| p.via != "followup" && p.via != "message"),
+        "one response, no extra messages"
+    );
+}

@@ -201,6 +201,8 @@ struct Inner {
     counter: u64,
     /// Stable prefixes seen, for the simulated prompt cache.
     cached: Vec<String>,
+    /// When each streamed answer sent its first text.
+    first_text_at: Vec<std::time::Instant>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -280,6 +282,11 @@ impl FakeLlm {
 
     pub fn request_count(&self) -> usize {
         lock(&self.shared).requests.len()
+    }
+
+    /// When each streamed answer sent its first text event, in order.
+    pub fn first_text_times(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared).first_text_at.clone()
     }
 
     /// The last request, if any.
@@ -436,24 +443,37 @@ fn pieces(text: &str, size: usize) -> Vec<String> {
         .collect()
 }
 
-/// A `text/event-stream` response sending `events` (already framed) with the pacing asked.
-fn event_stream(events: Vec<String>, streaming: Streaming) -> Response {
+/// A `text/event-stream` response sending `events` (already framed) with the pacing asked;
+/// the time event number `first_text` goes out is recorded.
+fn event_stream(
+    events: Vec<String>,
+    streaming: Streaming,
+    first_text: Option<(usize, Shared)>,
+) -> Response {
     let mut events = events;
     if let Some(cut) = streaming.cut {
         events.truncate(cut);
     }
     let every = streaming.every;
     let stream = futures_util::stream::unfold(
-        (events.into_iter(), true),
-        move |(mut events, first)| async move {
-            let event = events.next()?;
-            if !first && !every.is_zero() {
-                tokio::time::sleep(every).await;
+        (events.into_iter().enumerate(), true),
+        move |(mut events, first)| {
+            let first_text = first_text.clone();
+            async move {
+                let (n, event) = events.next()?;
+                if !first && !every.is_zero() {
+                    tokio::time::sleep(every).await;
+                }
+                if let Some((at, shared)) = first_text
+                    && at == n
+                {
+                    lock(&shared).first_text_at.push(std::time::Instant::now());
+                }
+                Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                    (events, false),
+                ))
             }
-            Some((
-                Ok::<_, std::convert::Infallible>(Bytes::from(event)),
-                (events, false),
-            ))
         },
     );
     (
@@ -532,7 +552,7 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         } => return error_response(Api::Anthropic, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Sse(body) => return event_stream(vec![body], Streaming::default()),
+        Reply::Sse(body) => return event_stream(vec![body], Streaming::default(), None),
         Reply::Delayed(..)
         | Reply::Computed(_)
         | Reply::Paced(..)
@@ -610,7 +630,9 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
             "usage": { "output_tokens": output_tokens },
         })));
         events.push(anthropic_event(json!({ "type": "message_stop" })));
-        return event_stream(events, streaming);
+        // message_start, content_block_start, ping, then the first text.
+        let first_text = (!text.is_empty()).then(|| (3, shared.clone()));
+        return event_stream(events, streaming, first_text);
     }
     let mut content = Vec::new();
     if !text.is_empty() {
@@ -650,7 +672,7 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         } => return error_response(Api::OpenAi, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Sse(body) => return event_stream(vec![body], Streaming::default()),
+        Reply::Sse(body) => return event_stream(vec![body], Streaming::default(), None),
         Reply::Delayed(..)
         | Reply::Computed(_)
         | Reply::Paced(..)
@@ -716,7 +738,8 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
             })));
         }
         events.push("data: [DONE]\n\n".to_string());
-        return event_stream(events, streaming);
+        let first_text = (!text.is_empty()).then(|| (1, shared.clone()));
+        return event_stream(events, streaming, first_text);
     }
     let tool_calls: Vec<Value> = calls
         .iter()

@@ -54,7 +54,9 @@ fn answer(tokens: usize) -> String {
     while text.chars().count() < tokens * 4 {
         text.push_str("sky ");
     }
-    text.chars().take(tokens * 4).collect()
+    let text: String = text.chars().take(tokens * 4).collect();
+    // The agent trims its answers.
+    text.trim_end().to_string()
 }
 
 struct Serve {
@@ -204,6 +206,7 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 #[tokio::main]
 async fn main() {
     let runs = arg("--runs", 20);
+    let skip_latency = std::env::args().any(|a| a == "--calls-only");
     let token_ms = arg("--token-ms", 10);
     let llm = FakeLlm::start().await.unwrap();
     let slack = FakeSlack::start().await.unwrap();
@@ -221,7 +224,10 @@ async fn main() {
         ("SLACK_API_URL", slack.api_url()),
         ("DISCORD_TOKEN", fake_discord::TOKEN.to_string()),
         ("DISCORD_API_URL", discord.url()),
-        ("DISCORD_APPLICATION_ID", fake_discord::APPLICATION_ID.to_string()),
+        (
+            "DISCORD_APPLICATION_ID",
+            fake_discord::APPLICATION_ID.to_string(),
+        ),
     ]);
     let main = serve(&env).await;
     let mut edit_env = model.clone();
@@ -230,11 +236,17 @@ async fn main() {
         ("ECDYSIS_SLACK_STREAMING", "edit".to_string()),
     ]);
     let edit = serve(&edit_env).await;
-    assert!(discord.wait_identified(1).await, "the gateway did not connect");
+    assert!(
+        discord.wait_identified(1).await,
+        "the gateway did not connect"
+    );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "live replies: {runs} answers per platform, load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     // First token → first visible text: short answers, 5 ms a token.
@@ -243,7 +255,7 @@ async fn main() {
     let mut native = Vec::new();
     let mut edited = Vec::new();
     let mut dc = Vec::new();
-    for n in 0..runs {
+    for n in 0..if skip_latency { 0 } else { runs } {
         llm.set_default(short());
         let seen = web_first_delta(&main.base, &format!("bench{n}"), "hello").await;
         let first = *llm.first_text_times().last().unwrap();
@@ -288,7 +300,11 @@ async fn main() {
                 .find(|r| {
                     r.method == "POST"
                         && r.path.ends_with("/messages")
-                        && !r.json["content"].as_str().unwrap_or_default().trim().is_empty()
+                        && !r.json["content"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim()
+                            .is_empty()
                 })
                 .map(|r| r.at)
         })
@@ -312,15 +328,23 @@ async fn main() {
         "calls for one 1,000-token answer at {token_ms} ms a token ({:.1} s of streaming):",
         1_000.0 * token_ms as f64 / 1000.0
     );
-    for (name, server, fake) in [("slack native", &main, &slack), ("slack edit", &edit, &slack_edit)] {
+    for (name, server, fake) in [
+        ("slack native", &main, &slack),
+        ("slack edit", &edit, &slack_edit),
+    ] {
         llm.set_default(Reply::text(long.clone()).paced(pace));
         let before = fake.calls().len();
         let ts = mention(&server.base, 10_000 + runs).await;
+        // Past Slack's message size the answer continues in a second message.
+        let pieces = ecdysis_chat::split_text(&long, ecdysis_slack::MAX_TEXT_CHARS);
         until(Duration::from_secs(60), || {
-            fake.thread_messages("C1", &ts)
+            let messages = fake.thread_messages("C1", &ts);
+            let texts: Vec<&str> = messages
                 .iter()
-                .any(|m| m["text"] == long.as_str() && m["streaming"] != true)
-                .then_some(())
+                .filter(|m| m["streaming"] != true)
+                .filter_map(|m| m["text"].as_str())
+                .collect();
+            (texts == pieces).then_some(())
         })
         .await;
         let calls: Vec<String> = fake.calls()[before..]
@@ -328,28 +352,38 @@ async fn main() {
             .filter(|c| c.method.starts_with("chat."))
             .map(|c| c.method.clone())
             .collect();
-        println!("  {name:<14} {} calls ({})", calls.len(), summary(&calls));
+        println!(
+            "  {name:<14} {} calls in {} messages ({})",
+            calls.len(),
+            pieces.len(),
+            summary(&calls)
+        );
     }
     llm.set_default(Reply::text(long.clone()).paced(pace));
     let before = discord.requests().len();
+    let posted_before = discord.posted().len();
     discord.say_in_dm("the long one");
+    let pieces = ecdysis_chat::split_text(&long, ecdysis_discord::MAX_MESSAGE_CHARS);
     until(Duration::from_secs(60), || {
-        discord
-            .posted()
+        let texts: Vec<String> = discord.posted()[posted_before..]
             .iter()
-            .filter(|p| p.content.len() > 100)
-            .count()
-            .ge(&2)
-            .then_some(())
+            .map(|p| p.content.clone())
+            .collect();
+        (texts == pieces).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let calls: Vec<String> = discord.requests()[before..]
         .iter()
         .filter(|r| r.path.contains("/messages"))
         .map(|r| format!("{} messages", r.method))
         .collect();
-    println!("  {:<14} {} calls ({})", "discord", calls.len(), summary(&calls));
+    println!(
+        "  {:<14} {} calls in {} messages ({})",
+        "discord",
+        calls.len(),
+        pieces.len(),
+        summary(&calls)
+    );
 }
 
 fn summary(calls: &[String]) -> String {

@@ -146,6 +146,47 @@ async fn contract(store: &dyn Store) {
     operations::admin(store).await;
     operations::imports(store).await;
     installations(store).await;
+    live_messages(store).await;
+}
+
+/// Live messages: stored by event and piece, replaced in place, never delivered as replies.
+async fn live_messages(store: &dyn Store) {
+    let c = conv("live", None);
+    let e = insert(store, &new_event(&c, "Ev-live", "live")).await;
+    assert!(store.live_messages(e).await.unwrap().is_empty());
+    store
+        .save_live_message(e, 1, r#"{"ts":"2"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1","mode":"edit"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_messages(e).await.unwrap(),
+        vec![
+            (0, r#"{"ts":"1","mode":"edit"}"#.to_string()),
+            (1, r#"{"ts":"2"}"#.to_string())
+        ]
+    );
+    assert!(
+        store
+            .claim_replies(Some(e), far(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live message is not a reply to deliver"
+    );
+    // Another event's messages are its own; an unknown event gets nothing written.
+    let other = insert(store, &new_event(&c, "Ev-live-2", "live 2")).await;
+    assert!(store.live_messages(other).await.unwrap().is_empty());
+    let unknown = EventId(other.0 + 1_000_000);
+    store.save_live_message(unknown, 0, "{}").await.unwrap();
+    assert!(store.live_messages(unknown).await.unwrap().is_empty());
 }
 
 async fn insert_and_duplicate(store: &dyn Store) {

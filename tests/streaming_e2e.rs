@@ -359,6 +359,35 @@ mod slack {
         }
     }
 
+    /// `/ecdysis ask <question>` in channel `C9`, answered in that channel.
+    pub async fn slash_ask(env: &Env, question: &str) {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", "verification-token")
+            .append_pair("team_id", "T1")
+            .append_pair("channel_id", "C9")
+            .append_pair("user_id", "U1")
+            .append_pair("command", "/ecdysis")
+            .append_pair("text", &format!("ask {question}"))
+            .append_pair("api_app_id", "AFAKE")
+            .append_pair("response_url", &env.slack.response_url("cmd1"))
+            .append_pair("trigger_id", "trigger-cmd1")
+            .finish();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let response = reqwest::Client::new()
+            .post(format!("{}/slack/commands", env.server.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", now.to_string())
+            .header("x-slack-signature", sign(SECRET, now, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
     pub fn streamed_text(calls: &[Call]) -> String {
         calls
             .iter()
@@ -466,6 +495,35 @@ async fn slack_edit_mode_updates_about_once_a_second() {
         assert!(slack::answer().starts_with(answer_part), "{text:?}");
     }
     assert!(env.slack.calls_to("chat.startStream").is_empty());
+}
+
+/// A slash command has no thread to stream in: its answer is posted in the channel and
+/// edited as it grows (native mode falls back to edits), not sent through `response_url`.
+#[tokio::test]
+async fn slack_slash_command_streams_by_edits() {
+    let env = slack::start(None).await;
+    env.llm
+        .push(Llm::text(slack::answer()).paced(Duration::from_millis(25)));
+    slack::slash_ask(&env, "why is the sky blue?").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let updates = env.slack.calls_to("chat.update");
+        if updates
+            .last()
+            .is_some_and(|u| u.arg("text") == Some(slack::answer().as_str()))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", env.server.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let posts = env.slack.calls_to("chat.postMessage");
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].arg("channel"), Some("C9"));
+    assert!(posts[0].args.get("thread_ts").is_none());
+    assert!(env.slack.calls_to("chat.update").len() >= 2);
+    assert!(env.slack.calls_to("chat.startStream").is_empty());
+    assert!(env.slack.calls_to("response_url").is_empty());
 }
 
 #[tokio::test]
@@ -700,5 +758,77 @@ async fn discord_slash_command_streams_into_its_deferred_response() {
             .iter()
             .all(|p| p.via != "followup" && p.via != "message"),
         "one response, no extra messages"
+    );
+}
+
+// --- Terminal --------------------------------------------------------------------------------
+
+/// `ecdysis chat` prints the answer as it arrives (the first words long before the last), the
+/// tool line on a line of its own, and the answer once.
+#[tokio::test]
+async fn terminal_prints_as_it_arrives() {
+    use std::io::{Read, Write};
+
+    let fake = FakeLlm::start().await.unwrap();
+    let pace = Duration::from_millis(20);
+    fake.push(Llm::tool("memory_search", json!({ "query": "sky" })).paced(pace));
+    fake.push(Llm::text(slack::answer()).paced(pace));
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecdysis"))
+        .arg("chat")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
+        .env("ECDYSIS_SANDBOX", "off")
+        .env("ECDYSIS_MODEL", "anthropic/claude-test")
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("ANTHROPIC_BASE_URL", fake.anthropic_base_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"why is the sky blue?\n")
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read on a thread, noting when each piece of output arrived.
+    let reader = std::thread::spawn(move || {
+        let mut pieces: Vec<(std::time::Instant, String)> = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            pieces.push((
+                std::time::Instant::now(),
+                String::from_utf8_lossy(&buffer[..n]).into_owned(),
+            ));
+        }
+        pieces
+    });
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let pieces = reader.join().unwrap();
+    let output: String = pieces.iter().map(|(_, p)| p.as_str()).collect();
+    let answer = slack::answer();
+    assert_eq!(output.matches(answer.as_str()).count(), 1, "{output}");
+    assert!(output.contains("… searching memory\n"), "{output}");
+    let first = pieces
+        .iter()
+        .find(|(_, p)| p.contains("Reason"))
+        .map(|(at, _)| *at)
+        .expect("the answer printed");
+    let last = pieces.last().unwrap().0;
+    assert!(
+        last - first > Duration::from_millis(500),
+        "the answer printed all at once ({:?})",
+        last - first
     );
 }

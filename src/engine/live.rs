@@ -445,7 +445,7 @@ mod tests {
             "Let me look.\n\nThe answer. The key is"
         );
         live.text("34 ");
-        assert!(rx.borrow().visible_text().ends_with("is sk-1234 "));
+        assert!(rx.borrow().visible_text().ends_with("is sk-1234"));
         let id = live.progress("searching memory");
         live.progress_done(id);
         assert!(rx.borrow().progress[0].done);

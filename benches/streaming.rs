@@ -91,18 +91,18 @@ async fn serve(env: &[(&str, String)]) -> Serve {
     for (k, v) in env {
         command.env(k, v);
     }
-    let child = command.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    // Killed and reaped when dropped, also when it never gets ready.
+    let serve = Serve {
+        child: command.spawn().unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+        if let Ok(r) = reqwest::get(format!("{}/readyz", serve.base)).await
             && r.status() == 200
         {
-            return Serve {
-                child,
-                base,
-                _dir: dir,
-            };
+            return serve;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

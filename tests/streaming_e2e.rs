@@ -832,3 +832,119 @@ async fn terminal_prints_as_it_arrives() {
         last - first
     );
 }
+
+// --- The web chat page -----------------------------------------------------------------------
+
+/// Chromium, or `None` (skip) on a laptop without it; in CI its absence fails.
+fn chromium() -> Option<std::path::PathBuf> {
+    match ecdysis::browser::find_chromium(&ecdysis::config::BrowserSettings {
+        chromium: std::env::var_os("ECDYSIS_CHROMIUM").map(std::path::PathBuf::from),
+        ..ecdysis::config::BrowserSettings::default()
+    }) {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("Chromium is missing: .ci/run must install it (apt-get install chromium)")
+        }
+        None => {
+            eprintln!("skipping: no Chromium on PATH (apt-get install chromium)");
+            None
+        }
+    }
+}
+
+/// The page renders an answer's Markdown (code block, list, table, link) as elements, and HTML
+/// written by the model or a user only as text: no element of it reaches the DOM.
+#[tokio::test]
+async fn web_page_renders_markdown_and_never_html() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let fake = FakeLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &model_env(&fake, Wire::Anthropic)).await;
+    let markdown = "**Steps** for [the docs](https://example.com/docs):\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```\nlet x = \"<b>not bold</b>\";\n```\nBeware <img src=x onerror=\"document.title='pwned'\"> and <script>document.title='pwned'</script>.";
+    fake.push(Llm::text(markdown));
+    server
+        .ask("md", "show me <b>my</b> <img src=y onerror=alert(1)>")
+        .await;
+    let dom = rendered_log(&chromium, &format!("{}/#md", server.base)).await;
+    assert!(dom.contains("<strong>Steps</strong>"), "{dom}");
+    assert!(
+        dom.contains(r#"<a href="https://example.com/docs" rel="noopener noreferrer" target="_blank">the docs</a>"#),
+        "{dom}"
+    );
+    assert!(dom.contains("<li>one</li><li>two</li>"), "{dom}");
+    assert!(
+        dom.contains("<th>a</th>") && dom.contains("<td>2</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<pre><code>let x = \"&lt;b&gt;not bold&lt;/b&gt;\";</code></pre>"),
+        "{dom}"
+    );
+    // The HTML is text, in the answer and in the user's message.
+    assert!(dom.contains("&lt;img src=x onerror="), "{dom}");
+    assert!(dom.contains("&lt;script&gt;"), "{dom}");
+    assert!(dom.contains("&lt;b&gt;my&lt;/b&gt;"), "{dom}");
+    assert!(
+        !dom.contains("<img src=\"x\"") && !dom.contains("<img src=\"y\""),
+        "{dom}"
+    );
+    assert!(!dom.contains("pwned</title>"), "{dom}");
+    assert!(!dom.contains("<script"), "{dom}");
+}
+
+/// Open `url` in a headless Chromium and return the chat log's HTML once an answer shows.
+async fn rendered_log(chromium: &std::path::Path, url: &str) -> String {
+    use futures_util::StreamExt;
+    use std::io::BufRead;
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let ws = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.split_once("DevTools listening on ")
+                    .map(|(_, url)| url.trim().to_string())
+            })
+    })
+    .await
+    .unwrap()
+    .expect("Chromium's DevTools address");
+    let (browser, mut handler) = chromiumoxide::Browser::connect(ws).await.unwrap();
+    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let page = browser.new_page(url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let html = loop {
+        let html: String = page
+            .evaluate("document.getElementById('log').innerHTML")
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        if html.contains("msg assistant") || std::time::Instant::now() > deadline {
+            break html;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    driver.abort();
+    let _ = child.kill();
+    let _ = child.wait();
+    html
+}

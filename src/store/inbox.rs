@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
-use super::dialect::{self, CLAIM_EVENT};
+use super::dialect::{self, CLAIM_EVENTS, LOCK_CONVERSATION};
 use super::transcript::insert_message;
 use super::{
     ConversationId, EventId, InboxStatus, NewArtifact, NewMessage, NewReply, OutboxItem, ReplyId,
@@ -92,12 +92,68 @@ pub trait Inbox: Send + Sync {
     /// transaction; a (conversation, platform event id) seen before writes nothing.
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
 
-    /// Claim the oldest claimable event: the head of its conversation (no earlier unfinished
-    /// event there), pending or with an expired lease, and due. The claim lasts until
-    /// `lease_until`.
-    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>>;
+    /// Claim up to `limit` events, oldest first: each the head of its conversation (no earlier
+    /// unfinished event there), pending or with an expired lease, and due; so no two are of
+    /// one conversation. The claims last until `lease_until`.
+    async fn claim_events(
+        &self,
+        owner: &str,
+        lease_until: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>>;
 
-    /// Extend a lease this owner holds; false when the lease was lost.
+    /// Claim the oldest claimable event (see [`Inbox::claim_events`]).
+    async fn claim_events(
+        &self,
+        owner: &str,
+        lease_until: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let claimed = self
+            .db
+            .write(
+                (owner.to_string(), lease_until, limit),
+                |tx, (owner, until, limit)| {
+                    Box::pin(async move {
+                        let now = tx.now;
+                        on_tx!(tx, CLAIM_EVENTS, |c, sql| {
+                            let found = sqlx::query(sql)
+                                .bind(owner)
+                                .bind(*until)
+                                .bind(now)
+                                .bind(*limit)
+                                .fetch_all(c)
+                                .await?;
+                            rows(&found, |row| {
+                                Ok((
+                                    row.col::<EventId>("id")?,
+                                    row.col::<ConversationId>("conversation_id")?,
+                                    row.col::<String>("payload")?,
+                                    row.col::<i32>("attempts")?,
+                                    row.col::<UnixMs>("received_at")?,
+                                ))
+                            })
+                        })
+                    })
+                },
+            )
+            .await?;
+        let mut events = Vec::with_capacity(claimed.len());
+        for (id, conversation_id, payload, attempts, received_at) in claimed {
+            events.push(ClaimedEvent {
+                id,
+                conversation_id,
+                conversation: self.conversation_ref(conversation_id).await?,
+                payload,
+                attempts,
+                received_at,
+            });
+        }
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
     async fn renew_lease(
         &self,
         event_id: EventId,
@@ -116,7 +172,7 @@ pub trait Inbox: Send + Sync {
     /// `owner` no longer holds the event's lease.
     async fn complete_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
     ) -> Result<Option<Vec<OutboxItem>>>;
@@ -124,7 +180,7 @@ pub trait Inbox: Send + Sync {
     /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
     async fn fail_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
@@ -147,6 +203,43 @@ pub trait Inbox: Send + Sync {
 
     /// The newest event time per platform (`received_at`).
     async fn last_event_at(&self) -> Result<Vec<(String, UnixMs)>>;
+}
+
+/// A new unfinished event of a conversation: its head unless it has one (which is older).
+async fn add_to_head(tx: &mut Tx, conversation_id: ConversationId, event_id: EventId) -> Result<()> {
+    on_tx!(tx, |c| {
+        sqlx::query("UPDATE conversations SET head_id = COALESCE(head_id, $2) WHERE id = $1")
+            .bind(conversation_id)
+            .bind(event_id)
+            .execute(c)
+            .await?
+            .rows_affected()
+    });
+    Ok(())
+}
+
+/// An event of the conversation finished: its head is now its oldest unfinished event, if any.
+async fn advance_head(tx: &mut Tx, conversation_id: ConversationId) -> Result<()> {
+    on_tx!(tx, LOCK_CONVERSATION, |c, sql| {
+        sqlx::query(sql)
+            .bind(conversation_id)
+            .fetch_optional(c)
+            .await?
+            .is_some()
+    });
+    on_tx!(tx, |c| {
+        sqlx::query(
+            "UPDATE conversations SET head_id = (
+                 SELECT MIN(i.id) FROM inbox i
+                 WHERE i.conversation_id = $1 AND i.status IN ('pending', 'leased'))
+             WHERE id = $1",
+        )
+        .bind(conversation_id)
+        .execute(c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
 }
 
 /// Put the event and its user message in; `known` is the conversation's id when the cache
@@ -197,6 +290,7 @@ async fn insert_event(
         };
         return Ok((duplicate, conversation_id));
     };
+    add_to_head(tx, conversation_id, event_id).await?;
     let message = NewMessage {
         role: Role::User,
         text: e.text.clone(),
@@ -241,6 +335,7 @@ async fn complete_event(
     let Some(conversation_id) = finished else {
         return Ok(None);
     };
+    advance_head(tx, conversation_id).await?;
     for message in &done.messages {
         insert_message(tx, conversation_id, Some(event_id), message).await?;
     }
@@ -283,9 +378,11 @@ impl Inbox for SqlStore {
         };
         let (inserted, conversation_id) = self
             .db
-            .write((event.clone(), known), |tx, (e, known)| {
-                Box::pin(insert_event(tx, e, *known))
-            })
+            .write_to(
+                &event.conversation,
+                (event.clone(), known),
+                |tx, (e, known)| Box::pin(insert_event(tx, e, *known)),
+            )
             .await?;
         self.conversations
             .insert(&event.conversation, conversation_id);
@@ -372,13 +469,15 @@ impl Inbox for SqlStore {
 
     async fn complete_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
     ) -> Result<Option<Vec<OutboxItem>>> {
+        let event_id = event.id;
         let written = self
             .db
-            .write(
+            .write_to(
+                &event.conversation,
                 (event_id, owner.to_string(), done.clone()),
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
             )
@@ -404,18 +503,25 @@ impl Inbox for SqlStore {
 
     async fn fail_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
     ) -> Result<()> {
         self.db
-            .write(
-                (event_id, owner.to_string(), error.to_string(), retry_at),
-                |tx, (id, owner, error, retry_at)| {
+            .write_to(
+                &event.conversation,
+                (
+                    event.id,
+                    event.conversation_id,
+                    owner.to_string(),
+                    error.to_string(),
+                    retry_at,
+                ),
+                |tx, (id, conversation_id, owner, error, retry_at)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, |c| {
+                        let changed = on_tx!(tx, |c| {
                             sqlx::query(
                                 "UPDATE inbox
                                  SET status = CASE WHEN CAST($1 AS BIGINT) IS NULL
@@ -435,6 +541,9 @@ impl Inbox for SqlStore {
                             .await?
                             .rows_affected()
                         });
+                        if changed == 1 && retry_at.is_none() {
+                            advance_head(tx, *conversation_id).await?;
+                        }
                         Ok(())
                     })
                 },
@@ -551,6 +660,7 @@ impl Inbox for SqlStore {
                         .await?
                         .col("id")?
                     });
+                    add_to_head(tx, conversation_id, new_id).await?;
                     on_tx!(tx, |c| {
                         sqlx::query("UPDATE inbox SET error = $1 WHERE id = $2")
                             .bind(format!("retried as event {new_id}"))

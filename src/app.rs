@@ -96,6 +96,7 @@ impl App {
         let wants_approvals =
             config.sandbox.require_approval || config.mcp.iter().any(|m| m.approval.any());
         let approvals = wants_approvals.then(|| {
+
             Approvals::new(
                 config.agent.turn_timeout,
                 config.sandbox.allow_users.clone(),

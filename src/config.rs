@@ -787,6 +787,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// Largest accepted web chat request body.
     pub web_max_body_bytes: usize,
+    /// `[[mcp]]` servers, in file order.
+    pub mcp: Vec<crate::mcp::McpServerConfig>,
+    /// `[[profile]]` entries, in file order.
+    pub profiles: Vec<crate::profile::Profile>,
     /// `ECDYSIS_PUBLIC_URL`'s origin (`https://chat.example.com`): the name browsers use for
     /// this server besides its loopback names and listen address.
     pub public_url: Option<String>,
@@ -794,10 +798,6 @@ pub struct Config {
     pub web_header_timeout: Duration,
     /// Connections served at once (`web.max_connections`).
     pub web_max_connections: usize,
-    /// `[[mcp]]` servers, in file order.
-    pub mcp: Vec<crate::mcp::McpServerConfig>,
-    /// `[[profile]]` entries, in file order.
-    pub profiles: Vec<crate::profile::Profile>,
 }
 
 impl Config {
@@ -937,6 +937,9 @@ impl Config {
         };
         let web_max_body_bytes =
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
+        let mcp = crate::mcp::config::validate(file.mcp)?;
+        let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
+        let profiles = crate::profile::validate(file.profile, &server_names)?;
         let public_url = file
             .public_url
             .filter(|u| !u.trim().is_empty())
@@ -949,9 +952,6 @@ impl Config {
         )? as u64);
         let web_max_connections =
             positive("web.max_connections", file.web.max_connections, 1024)? as usize;
-        let mcp = crate::mcp::config::validate(file.mcp)?;
-        let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
-        let profiles = crate::profile::validate(file.profile, &server_names)?;
         Ok(Self {
             listen,
             data_dir,
@@ -974,11 +974,11 @@ impl Config {
             agent,
             bus,
             web_max_body_bytes,
+            mcp,
+            profiles,
             public_url,
             web_header_timeout,
             web_max_connections,
-            mcp,
-            profiles,
         })
     }
 

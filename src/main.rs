@@ -155,7 +155,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log to standard error, every line passed through the redactor (text and JSON alike).
 /// Whether the command opens the database (and so may create it).
 fn opens_storage(command: &Command) -> bool {
     matches!(
@@ -169,6 +168,7 @@ fn opens_storage(command: &Command) -> bool {
     )
 }
 
+/// Log to standard error, every line passed through the redactor (text and JSON alike).
 fn init_logging(redactor: Redactor, format: LogFormat, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };

@@ -24,7 +24,7 @@ use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
 
 use super::clock::Clock;
 use super::ids::UnixMs;
-use super::writer::Writer;
+use super::writer::{Admission, Writer};
 use super::{Result, StoreError, migrate};
 
 /// Writes SQLite commits at once, at most (its single writer).
@@ -283,7 +283,7 @@ impl Db {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        self.writer.write(None, args, f).await
+        self.writer.write(Admission::Wait, None, args, f).await
     }
 
     /// [`Db::write`] for a write that adds to `conversation` (on Postgres it locks the
@@ -298,15 +298,38 @@ impl Db {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        let key = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            conversation.platform,
-            conversation.workspace,
-            conversation.channel,
-            conversation.thread.as_deref().unwrap_or("")
-        );
-        self.writer.write(Some(key), args, f).await
+        let key = lock_key(conversation);
+        self.writer.write(Admission::Wait, Some(key), args, f).await
     }
+
+    /// [`Db::write_to`] for new work from outside (an event to accept): refused at once with
+    /// [`StoreError::Busy`] when the write queue is nearly full, instead of waiting.
+    pub(crate) async fn accept_to<A, R>(
+        &self,
+        conversation: &ConversationRef,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let key = lock_key(conversation);
+        self.writer
+            .write(Admission::Refuse, Some(key), args, f)
+            .await
+    }
+}
+
+/// The order a batch takes conversation locks in (see [`super::writer`]).
+fn lock_key(conversation: &ConversationRef) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        conversation.platform,
+        conversation.workspace,
+        conversation.channel,
+        conversation.thread.as_deref().unwrap_or("")
+    )
 }
 
 impl Pools {

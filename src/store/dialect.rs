@@ -8,8 +8,9 @@
 //! - **Attachment order**: SQLite's implicit `rowid` against the `seq` column Postgres needs.
 //! - **Leader leases**: Postgres takes the time from the database's clock, so instances on
 //!   machines with skewed clocks agree; SQLite has a single machine.
-//! - **Conversation locking**: Postgres locks a conversation's row when adding to it or
-//!   moving its head ([`locks_conversations`], [`LOCK_CONVERSATION`]).
+//! - **Conversation locking** is not a text but a rule, [`locks_conversations`]. (Each
+//!   conversation's head, its oldest unfinished event, is kept by triggers in each backend's
+//!   migration 0006.)
 
 use super::db::{Db, Pools};
 
@@ -31,6 +32,7 @@ pub(crate) fn locks_conversations(db: &Db) -> bool {
 /// Claim up to `$4` events, oldest first: each the head of its conversation (its oldest
 /// unfinished event, see `conversations.head_id`), pending or with an expired lease, and due.
 /// `$1` owner, `$2` lease until, `$3` now. The walk visits only conversations that have work.
+/// Postgres skips heads another transaction has locked (another instance claiming them).
 pub(crate) const CLAIM_EVENTS: Sql = Sql {
     sqlite: "UPDATE inbox
              SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = attempts + 1
@@ -54,14 +56,6 @@ pub(crate) const CLAIM_EVENTS: Sql = Sql {
                    LIMIT $4
                    FOR UPDATE OF i SKIP LOCKED)
                RETURNING id, conversation_id, payload, attempts, received_at",
-};
-
-/// Lock a conversation's row (`$1`) before reading which of its events is the head, so an
-/// event another transaction is adding is seen once that transaction commits (Postgres; SQLite's
-/// single writer needs no lock).
-pub(crate) const LOCK_CONVERSATION: Sql = Sql {
-    sqlite: "SELECT id FROM conversations WHERE id = $1",
-    postgres: "SELECT id FROM conversations WHERE id = $1 FOR UPDATE",
 };
 
 /// Claim undelivered replies, oldest first. `$1` lease until, `$2` now, `$3` event id or NULL,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
-use super::dialect::{self, CLAIM_EVENTS, LOCK_CONVERSATION};
+use super::dialect::{self, CLAIM_EVENTS};
 use super::transcript::insert_message;
 use super::{
     ConversationId, EventId, InboxStatus, NewArtifact, NewMessage, NewReply, OutboxItem, ReplyId,
@@ -89,7 +89,9 @@ pub struct InboxEvent {
 #[async_trait]
 pub trait Inbox: Send + Sync {
     /// Put an event into the inbox together with the user's transcript message, in one
-    /// transaction; a (conversation, platform event id) seen before writes nothing.
+    /// transaction; a (conversation, platform event id) seen before writes nothing. Returns
+    /// once the commit is durable (the platform may be acknowledged then), or
+    /// [`StoreError::Busy`] at once when too many writes are waiting.
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
 
     /// Claim up to `limit` events, oldest first: each the head of its conversation (no earlier
@@ -102,58 +104,7 @@ pub trait Inbox: Send + Sync {
         limit: usize,
     ) -> Result<Vec<ClaimedEvent>>;
 
-    /// Claim the oldest claimable event (see [`Inbox::claim_events`]).
-    async fn claim_events(
-        &self,
-        owner: &str,
-        lease_until: UnixMs,
-        limit: usize,
-    ) -> Result<Vec<ClaimedEvent>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let claimed = self
-            .db
-            .write(
-                (owner.to_string(), lease_until, limit),
-                |tx, (owner, until, limit)| {
-                    Box::pin(async move {
-                        let now = tx.now;
-                        on_tx!(tx, CLAIM_EVENTS, |c, sql| {
-                            let found = sqlx::query(sql)
-                                .bind(owner)
-                                .bind(*until)
-                                .bind(now)
-                                .bind(*limit)
-                                .fetch_all(c)
-                                .await?;
-                            rows(&found, |row| {
-                                Ok((
-                                    row.col::<EventId>("id")?,
-                                    row.col::<ConversationId>("conversation_id")?,
-                                    row.col::<String>("payload")?,
-                                    row.col::<i32>("attempts")?,
-                                    row.col::<UnixMs>("received_at")?,
-                                ))
-                            })
-                        })
-                    })
-                },
-            )
-            .await?;
-        let mut events = Vec::with_capacity(claimed.len());
-        for (id, conversation_id, payload, attempts, received_at) in claimed {
-            events.push(ClaimedEvent {
-                id,
-                conversation_id,
-                conversation: self.conversation_ref(conversation_id).await?,
-                payload,
-                attempts,
-                received_at,
-            });
-        }
-        events.sort_by_key(|e| e.id);
-        Ok(events)
-    }
-
+    /// Extend a lease this owner holds; false when the lease was lost.
     async fn renew_lease(
         &self,
         event_id: EventId,
@@ -178,13 +129,14 @@ pub trait Inbox: Send + Sync {
     ) -> Result<Option<Vec<OutboxItem>>>;
 
     /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
+    /// False (and nothing written) when `owner` no longer holds the event's lease.
     async fn fail_event(
         &self,
         event: &ClaimedEvent,
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Events not yet done or failed (the queue depth).
     async fn open_event_count(&self) -> Result<i64>;
@@ -203,43 +155,6 @@ pub trait Inbox: Send + Sync {
 
     /// The newest event time per platform (`received_at`).
     async fn last_event_at(&self) -> Result<Vec<(String, UnixMs)>>;
-}
-
-/// A new unfinished event of a conversation: its head unless it has one (which is older).
-async fn add_to_head(tx: &mut Tx, conversation_id: ConversationId, event_id: EventId) -> Result<()> {
-    on_tx!(tx, |c| {
-        sqlx::query("UPDATE conversations SET head_id = COALESCE(head_id, $2) WHERE id = $1")
-            .bind(conversation_id)
-            .bind(event_id)
-            .execute(c)
-            .await?
-            .rows_affected()
-    });
-    Ok(())
-}
-
-/// An event of the conversation finished: its head is now its oldest unfinished event, if any.
-async fn advance_head(tx: &mut Tx, conversation_id: ConversationId) -> Result<()> {
-    on_tx!(tx, LOCK_CONVERSATION, |c, sql| {
-        sqlx::query(sql)
-            .bind(conversation_id)
-            .fetch_optional(c)
-            .await?
-            .is_some()
-    });
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "UPDATE conversations SET head_id = (
-                 SELECT MIN(i.id) FROM inbox i
-                 WHERE i.conversation_id = $1 AND i.status IN ('pending', 'leased'))
-             WHERE id = $1",
-        )
-        .bind(conversation_id)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
-    Ok(())
 }
 
 /// Put the event and its user message in; `known` is the conversation's id when the cache
@@ -290,7 +205,6 @@ async fn insert_event(
         };
         return Ok((duplicate, conversation_id));
     };
-    add_to_head(tx, conversation_id, event_id).await?;
     let message = NewMessage {
         role: Role::User,
         text: e.text.clone(),
@@ -312,7 +226,7 @@ async fn complete_event(
     event_id: EventId,
     owner: &str,
     done: &Completion,
-) -> Result<Option<(ConversationId, Vec<(ReplyId, i32, usize)>)>> {
+) -> Result<Option<Vec<(ReplyId, i32, usize)>>> {
     let now = tx.now;
     let finished: Option<ConversationId> = on_tx!(tx, |c| {
         sqlx::query(
@@ -335,7 +249,6 @@ async fn complete_event(
     let Some(conversation_id) = finished else {
         return Ok(None);
     };
-    advance_head(tx, conversation_id).await?;
     for message in &done.messages {
         insert_message(tx, conversation_id, Some(event_id), message).await?;
     }
@@ -365,7 +278,7 @@ async fn complete_event(
             written.push((id, attempts, n));
         }
     }
-    Ok(Some((conversation_id, written)))
+    Ok(Some(written))
 }
 
 #[async_trait]
@@ -378,7 +291,7 @@ impl Inbox for SqlStore {
         };
         let (inserted, conversation_id) = self
             .db
-            .write_to(
+            .accept_to(
                 &event.conversation,
                 (event.clone(), known),
                 |tx, (e, known)| Box::pin(insert_event(tx, e, *known)),
@@ -389,21 +302,33 @@ impl Inbox for SqlStore {
         Ok(inserted)
     }
 
-    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>> {
+    async fn claim_events(
+        &self,
+        owner: &str,
+        lease_until: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let claimed = self
             .db
-            .write((owner.to_string(), lease_until), |tx, (owner, until)| {
-                Box::pin(async move {
-                    let now = tx.now;
-                    on_tx!(tx, CLAIM_EVENT, |c, sql| {
-                        sqlx::query(sql)
-                            .bind(owner)
-                            .bind(*until)
-                            .bind(now)
-                            .fetch_optional(c)
-                            .await?
-                            .map(|row| {
-                                Ok::<_, StoreError>((
+            .write(
+                (owner.to_string(), lease_until, limit),
+                |tx, (owner, until, limit)| {
+                    Box::pin(async move {
+                        let now = tx.now;
+                        on_tx!(tx, CLAIM_EVENTS, |c, sql| {
+                            let found = sqlx::query(sql)
+                                .bind(owner)
+                                .bind(*until)
+                                .bind(now)
+                                .bind(*limit)
+                                .fetch_all(c)
+                                .await?;
+                            rows(&found, |row| {
+                                Ok((
                                     row.col::<EventId>("id")?,
                                     row.col::<ConversationId>("conversation_id")?,
                                     row.col::<String>("payload")?,
@@ -411,22 +336,24 @@ impl Inbox for SqlStore {
                                     row.col::<UnixMs>("received_at")?,
                                 ))
                             })
-                            .transpose()
+                        })
                     })
-                })
-            })
+                },
+            )
             .await?;
-        let Some((id, conversation_id, payload, attempts, received_at)) = claimed else {
-            return Ok(None);
-        };
-        Ok(Some(ClaimedEvent {
-            id,
-            conversation_id,
-            conversation: self.conversation_ref(conversation_id).await?,
-            payload,
-            attempts,
-            received_at,
-        }))
+        let mut events = Vec::with_capacity(claimed.len());
+        for (id, conversation_id, payload, attempts, received_at) in claimed {
+            events.push(ClaimedEvent {
+                id,
+                conversation_id,
+                conversation: self.conversation_ref(conversation_id).await?,
+                payload,
+                attempts,
+                received_at,
+            });
+        }
+        events.sort_by_key(|e| e.id);
+        Ok(events)
     }
 
     async fn renew_lease(
@@ -482,10 +409,10 @@ impl Inbox for SqlStore {
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
             )
             .await?;
-        let Some((conversation_id, written)) = written else {
+        let Some(written) = written else {
             return Ok(None);
         };
-        let conversation = self.conversation_ref(conversation_id).await?;
+        let conversation = &event.conversation;
         Ok(Some(
             written
                 .into_iter()
@@ -507,18 +434,12 @@ impl Inbox for SqlStore {
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.db
             .write_to(
                 &event.conversation,
-                (
-                    event.id,
-                    event.conversation_id,
-                    owner.to_string(),
-                    error.to_string(),
-                    retry_at,
-                ),
-                |tx, (id, conversation_id, owner, error, retry_at)| {
+                (event.id, owner.to_string(), error.to_string(), retry_at),
+                |tx, (id, owner, error, retry_at)| {
                     Box::pin(async move {
                         let now = tx.now;
                         let changed = on_tx!(tx, |c| {
@@ -541,10 +462,7 @@ impl Inbox for SqlStore {
                             .await?
                             .rows_affected()
                         });
-                        if changed == 1 && retry_at.is_none() {
-                            advance_head(tx, *conversation_id).await?;
-                        }
-                        Ok(())
+                        Ok(changed == 1)
                     })
                 },
             )
@@ -660,7 +578,6 @@ impl Inbox for SqlStore {
                         .await?
                         .col("id")?
                     });
-                    add_to_head(tx, conversation_id, new_id).await?;
                     on_tx!(tx, |c| {
                         sqlx::query("UPDATE inbox SET error = $1 WHERE id = $2")
                             .bind(format!("retried as event {new_id}"))

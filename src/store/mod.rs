@@ -62,6 +62,9 @@ pub enum StoreError {
     Commit(Arc<sqlx::Error>),
     #[error("the store is closed")]
     Closed,
+    /// Too many writes are waiting; new work is refused until the queue drains.
+    #[error("the store is busy: too many writes are waiting")]
+    Busy,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

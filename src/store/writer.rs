@@ -20,8 +20,21 @@ use super::db::{Pools, Tx, WriteFn};
 use super::ids::UnixMs;
 use super::{Clock, Result, StoreError};
 
-/// Writes waiting for a writer; a full queue makes callers wait (back-pressure).
+/// Writes waiting for a writer. Internal writes (claims, completions, deliveries) wait for room;
+/// new events are refused once fewer than [`RESERVED`] places are left (back-pressure: the
+/// platform gets a "busy" answer at once instead of a wait with no bound), so the work that
+/// drains the queue always finds room.
 const QUEUE: usize = 4096;
+const RESERVED: usize = 1024;
+
+/// What a write does when the queue is (nearly) full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Wait for room (the store's own work, bounded by its callers).
+    Wait,
+    /// Refuse with [`StoreError::Busy`] (new work from outside).
+    Refuse,
+}
 
 /// One write waiting in the queue, its arguments and its caller's answer inside.
 trait Job: Send {
@@ -99,6 +112,7 @@ impl Writer {
     /// Queue a write and wait until it is committed (or failed).
     pub(crate) async fn write<A, R>(
         &self,
+        admission: Admission,
         key: Option<String>,
         args: A,
         f: impl WriteFn<A, R>,
@@ -115,10 +129,19 @@ impl Writer {
             result: None,
             reply,
         };
-        self.queue
-            .send(Box::new(job))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let job: Box<dyn Job> = Box::new(job);
+        match admission {
+            Admission::Wait => self.queue.send(job).await.map_err(|_| StoreError::Closed)?,
+            Admission::Refuse => {
+                if self.queue.capacity() <= RESERVED {
+                    return Err(StoreError::Busy);
+                }
+                self.queue.try_send(job).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+                })?;
+            }
+        }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }

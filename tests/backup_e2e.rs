@@ -2,6 +2,7 @@
 //! database (notes, two conversations, an artifact, a compaction with its archive) moves into a
 //! fresh Postgres schema with another blob directory, nothing changed; a second import adds
 //! nothing; an export of the copy says the same as the original.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -9,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
-use ecdysis::backup::Line;
-use ecdysis::blob::{BlobStore, LocalBlobStore};
-use ecdysis::store::{
+use ecdysis::storage::backup::Line;
+use ecdysis::storage::blob::{BlobStore, LocalBlobStore};
+use ecdysis::storage::store::{
     self, Completion, MessageId, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Role,
     Store, UnixMs,
 };
@@ -86,9 +87,10 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
                 .await
                 .unwrap();
             let claimed = store
-                .claim_event("w", UnixMs::now().plus(60_000))
+                .claim_events("w", UnixMs::now().plus(60_000), 1)
                 .await
                 .unwrap()
+                .pop()
                 .unwrap();
             assert_eq!(claimed.id, inserted.event_id);
             let mut attachments = Vec::new();
@@ -111,7 +113,7 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
             }
             store
                 .complete_event(
-                    claimed.id,
+                    &claimed,
                     "w",
                     &Completion {
                         messages: vec![NewMessage {

@@ -1,6 +1,7 @@
 //! One storage contract for both backends: every case is a test of its own, run once on SQLite
 //! (a temp file) and once on PostgreSQL (a fresh schema), so one failure hides no other. The
 //! store's clock is injected: leases and retries fall due by moving it, not by sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 #[path = "store_contract/operations.rs"]
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ecdysis::store::{
+use ecdysis::storage::store::{
     self, ClaimedEvent, Clock, CompactionStats, Completion, ConversationId, EventId, InboxCounts,
     InboxStatus, MessageId, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote,
     NewReply, NoteId, Role, Store, StoredInstallation, UnixMs, Usage,

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::Bus;
 use super::payload::{EventPayload, StoredFile, store_file};
-use crate::store::{NewEvent, StoreError};
+use crate::storage::store::{NewEvent, StoreError};
 
 /// Largest file accepted from an adapter.
 const MAX_ATTACHMENT_BYTES: usize = 50 * 1024 * 1024;

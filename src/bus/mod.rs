@@ -30,11 +30,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 pub use payload::{EventPayload, StoredFile, read_file};
 
-use crate::blob::BlobStore;
 use crate::config::BusConfig;
-use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::store::{EventId, NewMessage, Role, Store};
+use crate::server::metrics::Metrics;
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{EventId, NewMessage, Role, Store};
 
 /// The event a handler works on.
 #[derive(Clone, Debug)]

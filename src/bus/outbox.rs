@@ -8,7 +8,7 @@ use tracing::{debug, error, warn};
 
 use super::payload::ReplyPayload;
 use super::{Bus, backoff_ms};
-use crate::store::{OutboxItem, UnixMs};
+use crate::storage::store::{OutboxItem, UnixMs};
 
 /// How long a claimed reply is held before the sweep may retry it.
 pub(super) const REPLY_LEASE_MS: i64 = 60_000;

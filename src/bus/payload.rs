@@ -5,8 +5,8 @@ use bytes::Bytes;
 use ecdysis_chat::{Attachment, Button, ConversationRef, EventKind, UserRef};
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{BlobError, BlobStore};
-use crate::store::NewArtifact;
+use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::store::NewArtifact;
 
 /// A file stored in the blob store, as events and replies refer to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +118,6 @@ mod tests {
         assert_eq!(safe_segment("plot 1.png"), "plot_1.png");
         assert_eq!(safe_segment("../.."), "_");
         assert_eq!(safe_segment(""), "file");
-        assert!(crate::blob::validate_key(&format!("a/{}", safe_segment("..."))).is_ok());
+        assert!(crate::storage::blob::validate_key(&format!("a/{}", safe_segment("..."))).is_ok());
     }
 }

@@ -14,7 +14,7 @@ use tracing::{Instrument, error, info_span, warn};
 use super::outbox::REPLY_LEASE_MS;
 use super::payload::{EventPayload, ReplyPayload, StoredFile, store_file};
 use super::{Bus, EventContext, Outgoing, backoff_ms};
-use crate::store::{ClaimedEvent, Completion, NewMessage, NewReply, Role, UnixMs};
+use crate::storage::store::{ClaimedEvent, Completion, NewMessage, NewReply, Role, UnixMs};
 
 /// How often an idle dispatcher looks for work nobody woke it for (expired leases, retries).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -64,6 +64,9 @@ pub struct EventPayload {
     pub attachments: Vec<StoredFile>,
     #[serde(default)]
     pub route: serde_json::Value,
+    /// Set on the events scheduled jobs fire (see [`crate::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<crate::schedule::Fired>,
 }
 
 /// A reply as the outbox stores it.
@@ -249,6 +252,30 @@ impl Bus {
             outgoing.text = text;
         }
         outgoing
+    }
+
+    /// The route for posting into the place of `route` later, unprompted (a reminder); see
+    /// [`ChatAdapter::later_route`]. Unchanged when no adapter of `platform` runs here.
+    pub fn later_route(
+        &self,
+        platform: &str,
+        route: &serde_json::Value,
+        now_ms: i64,
+    ) -> serde_json::Value {
+        match self.adapter(platform) {
+            Some(adapter) => adapter.later_route(route, now_ms),
+            None => route.clone(),
+        }
+    }
+
+    /// A user's time zone as their platform reports it (see [`ChatAdapter::user_timezone`]).
+    pub async fn user_timezone(
+        &self,
+        platform: &str,
+        user_id: &str,
+        route: &serde_json::Value,
+    ) -> Option<String> {
+        self.adapter(platform)?.user_timezone(user_id, route).await
     }
 
     fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
@@ -751,6 +778,7 @@ impl EventSink for Bus {
             text: event.text.clone(),
             attachments: files.clone(),
             route: event.route.clone(),
+            scheduled: None,
         };
         let new = NewEvent {
             platform_event_id: event.platform_event_id,

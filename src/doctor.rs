@@ -336,11 +336,7 @@ async fn check_mcp(config: &Config, report: &mut Report) {
             crate::mcp::Health::Up { .. } => report.ok("mcp", status.line()),
             crate::mcp::Health::Starting if !settled => report.fail(
                 "mcp",
-                format!(
-                    "{}: no answer within {} s",
-                    status.line(),
-                    MCP_WAIT.as_secs()
-                ),
+                format!("{}: no answer within {} s", status.line(), MCP_WAIT.as_secs()),
                 "check that the server speaks MCP on stdout (stdio) or at its URL",
             ),
             _ => report.fail(
@@ -372,11 +368,7 @@ fn check_profiles(config: &Config, report: &mut Report) {
             (!usable).then(|| crate::agent::provider::key_env(model.provider))
         });
         match missing {
-            Some(env) => report.fail(
-                "profiles",
-                line,
-                &format!("set {env} for this profile's model"),
-            ),
+            Some(env) => report.fail("profiles", line, &format!("set {env} for this profile's model")),
             None => report.ok("profiles", line),
         }
     }

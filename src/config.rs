@@ -41,7 +41,7 @@ enum Kind {
 }
 
 /// Every key that can come from the environment: (key path in the file, env names in order of
-/// preference, kind). The names follow each ecosystem's convention (DESIGN.md §3).
+/// preference, kind). The names follow each ecosystem's convention.
 const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("listen", &["ECDYSIS_LISTEN"], Kind::Str),
     ("data_dir", &["ECDYSIS_DATA_DIR"], Kind::Str),
@@ -337,7 +337,7 @@ struct FileConfig {
     mcp: Vec<crate::mcp::config::McpFile>,
     /// `[[profile]]`: per-channel agent profiles.
     #[serde(default)]
-    profile: Vec<crate::profile::ProfileFile>,
+    profile: Vec<crate::engine::profile::ProfileFile>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -901,7 +901,7 @@ pub struct Config {
     /// `[[mcp]]` servers, in file order.
     pub mcp: Vec<crate::mcp::McpServerConfig>,
     /// `[[profile]]` entries, in file order.
-    pub profiles: Vec<crate::profile::Profile>,
+    pub profiles: Vec<crate::engine::profile::Profile>,
     /// `ECDYSIS_PUBLIC_URL`'s origin (`https://chat.example.com`): the name browsers use for
     /// this server besides its loopback names and listen address.
     pub public_url: Option<String>,
@@ -942,6 +942,10 @@ impl Config {
     }
 
     /// The embedded defaults, with everything stored under `data_dir` (used by tests and benches).
+    #[allow(
+        clippy::expect_used,
+        reason = "the embedded defaults are valid by construction (tests::embedded_defaults)"
+    )]
     pub fn embedded(data_dir: &Path) -> Self {
         let env = |name: &str| match name {
             "ECDYSIS_DATA_DIR" => Some(data_dir.display().to_string()),
@@ -1054,7 +1058,7 @@ impl Config {
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
         let mcp = crate::mcp::config::validate(file.mcp)?;
         let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
-        let profiles = crate::profile::validate(file.profile, &server_names)?;
+        let profiles = crate::engine::profile::validate(file.profile, &server_names)?;
         let public_url = file
             .public_url
             .filter(|u| !u.trim().is_empty())

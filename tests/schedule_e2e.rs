@@ -3,14 +3,17 @@
 //! schedule until `unschedule`; bad input stores nothing; SIGKILL before or during a due window
 //! loses and repeats nothing; a job due while the server was down fires once within the grace
 //! period and is skipped with a note past it; two instances on one Postgres fire each due time
-//! once. Both backends where the issue asks for it.
+//! once; heartbeats post only news; the model schedules through its tools; admins list and
+//! cancel jobs. Both backends where the issue asks for it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::server::Server;
-use serde_json::Value;
+use ecdysis_testkit::llm::{FakeLlm, Reply};
+use serde_json::{Value, json};
 
 /// The number after `job #` in a confirmation.
 fn job_id(confirmation: &str) -> i64 {
@@ -516,4 +519,116 @@ async fn two_instances_on_postgres_fire_each_due_time_once() {
         .map(|m| m["event_id"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(beat_events.len(), count(&beat_messages, "⏰ pg beat"));
+}
+
+/// An `ask:` job runs its prompt through the model when due: a heartbeat answering
+/// NOTHING_TO_REPORT posts nothing, one with news posts it, and both count as model usage. The
+/// model schedules a reminder with `schedule_create`. Admins see the jobs and cancel one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_model_tools_and_admin() {
+    let llm = FakeLlm::start().await.unwrap();
+    llm.when("quiet check", Reply::Text("NOTHING_TO_REPORT".into()));
+    llm.when("news check", Reply::Text("The build is red.".into()));
+    llm.when(
+        "remind me in 2 seconds to stretch",
+        Reply::tool(
+            "schedule_create",
+            json!({ "when": "in 2 seconds", "text": "stretch" }),
+        ),
+    );
+    llm.when("OK, job #", Reply::Text("I will remind you.".into()));
+    let mut env = base_env();
+    let base_url = llm.anthropic_base_url();
+    env.extend([
+        ("ECDYSIS_MODEL", "anthropic/claude-test".to_string()),
+        ("ANTHROPIC_API_KEY", "test-anthropic-key".to_string()),
+        ("ANTHROPIC_BASE_URL", base_url),
+        (
+            "ECDYSIS_ADMIN_TOKEN",
+            "admin-token-for-schedules".to_string(),
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &env).await;
+
+    let quiet = server
+        .ask("hb", "/remind in 2 seconds ask: quiet check")
+        .await;
+    assert!(quiet.contains("I will run “quiet check”"), "{quiet}");
+    server
+        .ask("hb", "/remind in 3 seconds ask: news check")
+        .await;
+    let (messages, _) = wait_posts(
+        &server,
+        "hb",
+        "The build is red.",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    // The quiet heartbeat ran first (it was due first) and posted nothing.
+    let prompts: Vec<String> = llm
+        .requests()
+        .iter()
+        .map(|r| r.last_message_text())
+        .collect();
+    let quiet_prompt = prompts
+        .iter()
+        .find(|p| p.contains("quiet check"))
+        .expect("the quiet heartbeat reached the model");
+    assert!(quiet_prompt.contains("NOTHING_TO_REPORT"), "{quiet_prompt}");
+    assert!(
+        !texts(&messages)
+            .iter()
+            .any(|t| t.contains("NOTHING_TO_REPORT")),
+        "{:#?}",
+        texts(&messages)
+    );
+    let status = server.ask("hb", "/status").await;
+    assert!(status.contains("claude-test: 2 calls"), "{status}");
+
+    // The model's tool: a reminder in the conversation it was asked in.
+    let answer = server
+        .ask("tooling", "remind me in 2 seconds to stretch")
+        .await;
+    assert_eq!(answer, "I will remind you.");
+    wait_posts(&server, "tooling", "⏰ stretch", 1, Duration::from_secs(10)).await;
+
+    // Admin: the jobs page lists every job; cancelling one stops it.
+    let later = server
+        .ask("hb", "/remind tomorrow at 9:00 admin target")
+        .await;
+    let id = job_id(&later);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http
+        .get(format!("{}/admin/schedules", server.base))
+        .bearer_auth("admin-token-for-schedules")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("admin target") && html.contains("quiet check"),
+        "{html}"
+    );
+    let cancelled = http
+        .post(format!("{}/admin/schedules/{id}/cancel", server.base))
+        .bearer_auth("admin-token-for-schedules")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 303);
+    let listed = server.ask("hb", "/schedules").await;
+    assert!(listed.starts_with("No scheduled jobs"), "{listed}");
+    let again = http
+        .post(format!("{}/admin/schedules/{id}/cancel", server.base))
+        .bearer_auth("admin-token-for-schedules")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
 }

@@ -2,7 +2,7 @@
 //! input stores nothing.
 
 use crate::bus::EventContext;
-use crate::store::{JobKind, ScheduleId};
+use crate::storage::store::{JobKind, ScheduleId};
 
 use super::when::{self, PHRASES};
 use super::{JobRequest, Scheduler};

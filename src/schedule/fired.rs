@@ -7,8 +7,8 @@ use jiff::tz::TimeZone;
 use super::spec::{self, show_instant};
 use super::{Fired, FiredAction, NOTHING_TO_REPORT};
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Agent;
-use crate::store::{JobStatus, Store};
+use crate::engine::commands::Agent;
+use crate::storage::store::{JobStatus, Store};
 
 /// The replies of a fired job's event.
 pub async fn handle(

@@ -1,6 +1,6 @@
 //! Scheduled work: reminders, recurring jobs and heartbeats.
 //!
-//! Jobs live in the database ([`crate::store::Schedules`]). One instance scans them (directly on
+//! Jobs live in the database ([`crate::storage::store::Schedules`]). One instance scans them (directly on
 //! SQLite, under the `scheduler` leader lease on Postgres, see [`scanner`]) with one timer for
 //! the next due time. A due job becomes an inbox event whose platform event id is
 //! `schedule:<job id>:<due time>`, so each due time is processed exactly once across restarts,
@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::bus::Bus;
 use crate::config::ScheduleSettings;
-use crate::store::{
+use crate::storage::store::{
     Clock, Created, JobKind, NewSchedule, Schedule, ScheduleId, Store, StoreError, UnixMs,
 };
 use spec::{Spec, show_instant};

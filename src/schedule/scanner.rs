@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 use super::spec::{self, Spec, show_instant};
 use super::{Fired, FiredAction, Scheduler, show_span};
 use crate::bus::EventPayload;
-use crate::leader::{LeaderHandle, Leadership, Term, instance_id};
-use crate::store::{JobKind, NewEvent, Schedule, Step, StepKind, StoreError, UnixMs};
+use crate::platforms::leader::{LeaderHandle, Leadership, Term, instance_id};
+use crate::storage::store::{JobKind, NewEvent, Schedule, Step, StepKind, StoreError, UnixMs};
 
 /// The lease that lets one instance scan (Postgres).
 pub const SCHEDULER_LEASE: &str = "scheduler";

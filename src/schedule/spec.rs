@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use crate::store::UnixMs;
+use crate::storage::store::UnixMs;
 
 /// How a job repeats.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::when::{self, PHRASES};
 use super::{JobRequest, Scheduler};
-use crate::store::{JobKind, ScheduleId};
-use crate::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::storage::store::{JobKind, ScheduleId};
 
 /// Register the three tools.
 pub fn register(registry: &mut ToolRegistry, scheduler: &Arc<Scheduler>) {

@@ -8,7 +8,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 
 use super::spec::{Spec, SpecError, parse_cron};
-use crate::store::UnixMs;
+use crate::storage::store::UnixMs;
 
 /// The phrases `remind` understands, for help and error replies.
 pub const PHRASES: &str = "`in 10 seconds`, `in 5 minutes`, `at 14:30`, `tomorrow at 9:00`, \

@@ -74,7 +74,7 @@ pub async fn list(scheduler: &Scheduler, event: &EventContext) -> anyhow::Result
         if jobs.len() == 1 { "" } else { "s" }
     );
     for job in &jobs {
-        out.push_str("\n");
+        out.push('\n');
         out.push_str(&Scheduler::describe(job));
     }
     out.push_str("\nCancel one with `/unschedule <id>`.");

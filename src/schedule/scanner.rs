@@ -173,10 +173,19 @@ impl Scheduler {
         if let Some(bus) = self.bus() {
             bus.wake();
         }
-        if let Some((id, e)) = failures.into_iter().next() {
-            return Err(StoreError::Corrupt(format!("job {id}: {e}")));
+        let count = failures.len();
+        let mut first = None;
+        for (id, e) in failures {
+            error!(job = %id, error = %e, "cannot fire the job; it stays due");
+            first.get_or_insert(e);
         }
-        Ok(full)
+        match first {
+            Some(e) => {
+                warn!(count, "some due jobs could not be fired");
+                Err(e)
+            }
+            None => Ok(full),
+        }
     }
 
     /// Fire one due job (or skip it with a note) and move it on.

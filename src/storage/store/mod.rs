@@ -26,6 +26,7 @@ mod outbox;
 mod schedules;
 mod transcript;
 mod usage;
+mod writer;
 
 pub use clock::Clock;
 pub use compaction::{
@@ -60,6 +61,14 @@ pub enum StoreError {
     Open { url: String, problem: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transaction a write was batched into did not commit; the write was not made.
+    #[error("the write was not committed: {0}")]
+    Commit(Arc<sqlx::Error>),
+    #[error("the store is closed")]
+    Closed,
+    /// Too many writes are waiting; new work is refused until the queue drains.
+    #[error("the store is busy: too many writes are waiting")]
+    Busy,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -38,6 +38,7 @@ mod route;
 mod routes;
 pub mod signature;
 mod socket_mode;
+mod timezones;
 
 pub use api::AuthInfo;
 pub use deliver::{MAX_FILE_BYTES, MAX_TEXT_CHARS};
@@ -221,6 +222,8 @@ struct Inner {
     delivery: deliver::Bookkeeping,
     /// The native streams this process has open.
     streams: live::Streams,
+    /// Users' time zones (`users.info`).
+    timezones: timezones::Timezones,
     /// Plain HTTP: user-file downloads and `response_url` posts.
     http: reqwest::Client,
 }
@@ -256,6 +259,7 @@ impl Slack {
                 health: health::Health::new(mode),
                 delivery: deliver::Bookkeeping::default(),
                 streams: live::Streams::default(),
+                timezones: timezones::Timezones::default(),
                 http,
             }),
         })

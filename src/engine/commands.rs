@@ -340,21 +340,7 @@ impl Commands {
             ))]);
         }
         match feature {
-            Some(feature) => {
-                // The same line the agent's tool shows while it runs.
-                let url = args.split_whitespace().next();
-                let (tool, input) = match name {
-                    "run" => ("run_command", serde_json::json!({ "command": args })),
-                    "record" => ("browser_record", serde_json::json!({ "url": url })),
-                    _ => ("browser_screenshot", serde_json::json!({ "url": url })),
-                };
-                let line = event
-                    .live
-                    .progress(crate::agent::progress::line(tool, &input));
-                let outcome = feature.run(event, args).await;
-                event.live.progress_done(line);
-                outcome
-            }
+            Some(feature) => feature.run(event, args).await,
             None => Ok(vec![Outgoing::text(format!(
                 "`/{name}` is not enabled on this server yet. {how}"
             ))]),

@@ -566,8 +566,8 @@ impl Core {
         let window = self.windows.get(self.store.as_ref(), conversation);
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
-        stats.prefix_tokens =
-            context::estimate_tokens(&setup.stable) + context::tools_tokens(&setup.tool_defs);
+        let tools_tokens = context::tools_tokens(&setup.tool_defs);
+        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
         let system = context::system_blocks(setup.stable.clone(), &notes);
         let files: Vec<(String, String, i64)> = event
             .payload
@@ -582,7 +582,7 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&setup.tool_defs)
+            + tools_tokens
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let transcript = context::fit(context::transcript(&window, event.event_id), allowance);

@@ -119,6 +119,7 @@ fn new_event(event: &Event, files: &[StoredFile]) -> Result<NewEvent, SubmitErro
         text: event.text.clone(),
         attachments: files.to_vec(),
         route: event.route.clone(),
+        scheduled: None,
     };
     let payload = serde_json::to_string(&payload)
         .map_err(|e| SubmitError::Internal(format!("cannot encode the event: {e}")))?;

@@ -204,6 +204,30 @@ impl Bus {
         outgoing
     }
 
+    /// The route for posting into the place of `route` later, unprompted (a reminder); see
+    /// [`ChatAdapter::later_route`]. Unchanged when no adapter of `platform` runs here.
+    pub fn later_route(
+        &self,
+        platform: &str,
+        route: &serde_json::Value,
+        now_ms: i64,
+    ) -> serde_json::Value {
+        match self.adapter(platform) {
+            Some(adapter) => adapter.later_route(route, now_ms),
+            None => route.clone(),
+        }
+    }
+
+    /// A user's time zone as their platform reports it (see [`ChatAdapter::user_timezone`]).
+    pub async fn user_timezone(
+        &self,
+        platform: &str,
+        user_id: &str,
+        route: &serde_json::Value,
+    ) -> Option<String> {
+        self.adapter(platform)?.user_timezone(user_id, route).await
+    }
+
     fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
         self.inner
             .adapters

@@ -41,6 +41,9 @@ pub struct EventPayload {
     pub attachments: Vec<StoredFile>,
     #[serde(default)]
     pub route: serde_json::Value,
+    /// Set on the events scheduled jobs fire (see [`crate::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<crate::schedule::Fired>,
 }
 
 /// A reply as the outbox stores it.

@@ -29,6 +29,7 @@ pub(crate) fn sqlite() -> Migrator {
         // Rebuilds `inbox` with foreign keys off, in a transaction of its own.
         (5, "event key", "0005_event_key.sql", true),
         (6, "conversation heads", "0006_conversation_heads.sql", false),
+        (10, "schedules", "0010_schedules.sql", false),
     )
 }
 
@@ -40,6 +41,7 @@ pub(crate) fn postgres() -> Migrator {
         (4, "leases", "0004_leases.sql", false),
         (5, "event key", "0005_event_key.sql", false),
         (6, "conversation heads", "0006_conversation_heads.sql", false),
+        (10, "schedules", "0010_schedules.sql", false),
     )
 }
 

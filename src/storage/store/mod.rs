@@ -23,6 +23,7 @@ mod leases;
 mod memory;
 mod migrate;
 mod outbox;
+mod schedules;
 mod transcript;
 mod usage;
 mod writer;
@@ -33,14 +34,17 @@ pub use compaction::{
 };
 pub use conversations::{ConversationInfo, Conversations};
 pub use ids::{
-    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, UnixMs,
-    UnknownStatus,
+    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, ScheduleId,
+    UnixMs, UnknownStatus,
 };
 pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
+pub use schedules::{
+    Created, JobKind, JobStatus, NewSchedule, Schedule, Schedules, Step, StepKind,
+};
 pub use transcript::{
     Artifact, ImportedMessage, Message, NewArtifact, NewMessage, Role, Transcript,
 };
@@ -91,6 +95,7 @@ pub trait Store:
     + Leases
     + Installations
     + Conversations
+    + Schedules
     + Send
     + Sync
     + 'static

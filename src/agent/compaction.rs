@@ -140,24 +140,9 @@ pub fn archive_key(conversation: &ConversationRef, first: i64, last: i64) -> Str
     )
 }
 
-/// A blob key segment from an id: safe characters only, never empty or dots only.
+/// A blob key segment from an id.
 fn segment(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
-    if cleaned.chars().all(|c| c == '.') {
-        format!("_{cleaned}_")
-    } else {
-        cleaned
-    }
+    crate::storage::blob::segment(text, 80)
 }
 
 /// Which rows to compact: the index (into `window.messages`) of the first row to keep, or

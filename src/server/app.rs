@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
+use crate::server::admin;
 use crate::server::metrics::Metrics;
 use crate::storage::blob::{self, BlobStore};
 use crate::storage::store::{self, Role, Store};
@@ -197,8 +198,15 @@ impl App {
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
-        let browser = match crate::server::admin::router(self, logins) {
-            Some(admin) => web.router().merge(admin),
+        let browser = match &self.config.admin_token {
+            Some(token) => web.router().merge(admin::router(
+                self.admin_parts(),
+                admin::AdminAccess {
+                    token: token.clone(),
+                    https: guard.public_https(),
+                    logins,
+                },
+            )),
             None => web.router(),
         };
         let browser = browser.layer(axum::middleware::from_fn_with_state(
@@ -215,6 +223,17 @@ impl App {
             None => router,
         };
         router.layer(axum::middleware::from_fn(request_timeout))
+    }
+
+    /// What the admin pages read and act on.
+    fn admin_parts(&self) -> admin::AdminParts {
+        admin::AdminParts {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            bus: self.bus.clone(),
+            profiles: self.config.profiles.clone().into(),
+            mcp: self.mcp.clone(),
+        }
     }
 
     /// Refuse to serve the web chat to the network without a token.
@@ -391,7 +410,7 @@ impl WebBackend for TranscriptView {
                     .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
                     .and_then(|meta| serde_json::from_value(meta["buttons"].clone()).ok())
                     .unwrap_or_default(),
-                created_at: ecdysis_web::rfc3339_utc(m.created_at.0),
+                created_at: ecdysis_chat::time::rfc3339_utc(m.created_at.0),
             })
             .collect())
     }

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod allow;
+pub mod backoff;
 mod command;
+pub mod request;
 mod text;
+pub mod time;
 
 pub use allow::AllowList;
 pub use command::{Command, CommandName};

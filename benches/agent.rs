@@ -140,6 +140,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     text: text.clone(),
                     attachments: Vec::new(),
                     route: serde_json::Value::Null,
+                    scheduled: None,
                 },
                 attempt: 1,
             };

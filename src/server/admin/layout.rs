@@ -75,12 +75,13 @@ button{font:inherit;padding:.2em .8em;cursor:pointer}
 ";
 
 /// The navigation: `(path, label)`.
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("/admin", "Overview"),
     ("/admin/conversations", "Conversations"),
     ("/admin/memory", "Memory"),
     ("/admin/usage", "Usage"),
     ("/admin/inbox", "Inbox"),
+    ("/admin/schedules", "Schedules"),
     ("/admin/workspaces", "Workspaces"),
     ("/admin/installations", "Installations"),
 ];

@@ -1,7 +1,7 @@
 //! The admin UI at `/admin`: server-rendered pages (no scripts, no build step) over the store,
 //! the blob store and the bus — adapters and their health, conversations with transcripts and
-//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), sandbox
-//! workspaces and installations.
+//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), scheduled
+//! jobs (cancel one), sandbox workspaces and installations.
 //!
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
@@ -20,6 +20,7 @@ use ecdysis_web::limiter::LoginLimiter;
 use crate::bus::Bus;
 use crate::engine::profile::Profile;
 use crate::mcp::McpHub;
+use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
 use crate::storage::store::Store;
 
@@ -45,6 +46,8 @@ pub struct AdminParts {
     pub profiles: Arc<[Profile]>,
     /// The MCP servers and their state.
     pub mcp: McpHub,
+    /// Scheduled jobs (cancelling one).
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// How admin access works here.
@@ -90,6 +93,11 @@ pub fn router(parts: AdminParts, access: AdminAccess) -> Router {
         .route("/admin/usage", get(pages::usage::show))
         .route("/admin/inbox", get(pages::inbox::show))
         .route("/admin/inbox/{id}/retry", post(pages::inbox::retry))
+        .route("/admin/schedules", get(pages::schedules::list))
+        .route(
+            "/admin/schedules/{id}/cancel",
+            post(pages::schedules::cancel),
+        )
         .route("/admin/workspaces", get(pages::stored::workspaces))
         .route("/admin/installations", get(pages::stored::installations))
         .route("/admin/artifacts/{id}", get(pages::conversations::artifact))

@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod login;
 pub mod memory;
 pub mod overview;
+pub mod schedules;
 pub mod stored;
 pub mod usage;
 

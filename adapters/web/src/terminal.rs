@@ -1,7 +1,7 @@
 //! The terminal chat (`ecdysis chat`): lines from stdin become events of the conversation
 //! `local:terminal`; replies are printed as they are delivered.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +19,19 @@ pub fn conversation() -> ConversationRef {
     ConversationRef::new("local", "local", "terminal", None)
 }
 
+/// Where the terminal's replies are written (stdout, or a buffer in tests).
+type Output = Box<dyn Write + Send>;
+
+/// Idempotency keys remembered, so a reply delivered again is not printed twice.
+const REMEMBERED_KEYS: usize = 1024;
+
 /// Prints replies to stdout and tracks which typed lines still wait for an answer.
 pub struct TerminalAdapter {
     waiting: Mutex<HashSet<u64>>,
     answered: Notify,
+    output: Mutex<Option<Output>>,
+    /// The most recent idempotency keys printed (oldest first).
+    printed: Mutex<VecDeque<String>>,
 }
 
 impl Default for TerminalAdapter {
@@ -36,7 +45,33 @@ impl TerminalAdapter {
         Self {
             waiting: Mutex::new(HashSet::new()),
             answered: Notify::new(),
+            output: Mutex::new(None),
+            printed: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Write replies to `output` instead of stdout.
+    pub fn with_output(output: impl Write + Send + 'static) -> Self {
+        let adapter = Self::new();
+        if let Ok(mut slot) = adapter.output.lock() {
+            *slot = Some(Box::new(output));
+        }
+        adapter
+    }
+
+    /// Whether `key` was printed already; remembers it otherwise.
+    fn seen(&self, key: &str) -> bool {
+        let Ok(mut printed) = self.printed.lock() else {
+            return false;
+        };
+        if printed.iter().any(|k| k == key) {
+            return true;
+        }
+        if printed.len() == REMEMBERED_KEYS {
+            printed.pop_front();
+        }
+        printed.push_back(key.to_string());
+        false
     }
 
     fn waiting_count(&self) -> usize {
@@ -58,7 +93,10 @@ impl ChatAdapter for TerminalAdapter {
     }
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
-        let mut out = std::io::stdout().lock();
+        if self.seen(&reply.idempotency_key) {
+            self.mark_answered(reply);
+            return Ok(Delivered::default());
+        }
         let mut text = reply.text.clone();
         for file in &reply.attachments {
             text.push_str(&format!(
@@ -68,15 +106,43 @@ impl ChatAdapter for TerminalAdapter {
                 file.bytes.len()
             ));
         }
-        writeln!(out, "{text}").map_err(|e| DeliveryError::Retryable(e.to_string()))?;
-        let _ = out.flush();
+        if !reply.buttons.is_empty() {
+            let labels: Vec<&str> = reply.buttons.iter().map(|b| b.label.as_str()).collect();
+            text.push_str(&format!("\n[buttons: {}]", labels.join(" | ")));
+        }
+        let written = match self.output.lock() {
+            Ok(mut slot) => match slot.as_mut() {
+                Some(out) => writeln!(out, "{text}").and_then(|()| out.flush()),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{text}").and_then(|()| out.flush())
+                }
+            },
+            Err(_) => Err(std::io::Error::other(
+                "the terminal output lock is poisoned",
+            )),
+        };
+        if let Err(e) = written {
+            // Not printed: forget the key so a retry prints it.
+            if let Ok(mut printed) = self.printed.lock() {
+                printed.retain(|k| k != &reply.idempotency_key);
+            }
+            return Err(DeliveryError::Retryable(e.to_string()));
+        }
+        self.mark_answered(reply);
+        Ok(Delivered::default())
+    }
+}
+
+impl TerminalAdapter {
+    /// The typed line `reply` answers no longer waits.
+    fn mark_answered(&self, reply: &Reply) {
         if let Some(seq) = reply.route.get("seq").and_then(|s| s.as_u64())
             && let Ok(mut waiting) = self.waiting.lock()
         {
             waiting.remove(&seq);
         }
         self.answered.notify_waiters();
-        Ok(Delivered::default())
     }
 }
 

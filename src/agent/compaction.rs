@@ -334,10 +334,7 @@ impl Core {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                        meta: Some(
-                            serde_json::to_string(&row)
-                                .map_err(|e| TurnError::Internal(e.to_string()))?,
-                        ),
+                        meta: Some(serde_json::to_string(&row)?),
                         attachments: Vec::new(),
                     }],
                 )
@@ -371,8 +368,7 @@ impl Core {
         archived.extend(rows.iter());
         let mut lines = String::new();
         for row in archived {
-            let line = serde_json::to_string(&ArchivedMessage::from(row))
-                .map_err(|e| TurnError::Internal(e.to_string()))?;
+            let line = serde_json::to_string(&ArchivedMessage::from(row))?;
             lines.push_str(&line);
             lines.push('\n');
         }
@@ -380,7 +376,7 @@ impl Core {
         self.blobs
             .put(&key, Bytes::from(lines), "application/x-ndjson")
             .await
-            .map_err(|e| TurnError::Internal(format!("cannot archive the transcript: {e}")))?;
+            .map_err(TurnError::Archive)?;
         let compaction = self
             .store
             .compact(

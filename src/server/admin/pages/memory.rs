@@ -100,11 +100,7 @@ pub async fn edit(
         ));
     }
     let store = &admin.parts.store;
-    let note = store
-        .note(NoteId(id))
-        .await
-        .cannot("read the note")?
-        .ok_or(AdminError::NotFound("no such note"))?;
+    let note = find_note(&admin, id).await?;
     if !store
         .update_note(NoteId(id), text)
         .await
@@ -116,18 +112,26 @@ pub async fn edit(
     Ok(see_other(&format!("{}#n{id}", notes_url(&note.channel))))
 }
 
+/// The note an action is about, or 404.
+async fn find_note(admin: &Admin, id: i64) -> Result<crate::storage::store::Note, AdminError> {
+    admin
+        .parts
+        .store
+        .note(NoteId(id))
+        .await
+        .cannot("read the note")?
+        .ok_or(AdminError::NotFound("no such note"))
+}
+
 pub async fn delete(
     State(admin): State<Admin>,
     Path(id): Path<i64>,
     _: FormPost,
 ) -> Result<Response, AdminError> {
-    let store = &admin.parts.store;
-    let note = store
-        .note(NoteId(id))
-        .await
-        .cannot("read the note")?
-        .ok_or(AdminError::NotFound("no such note"))?;
-    store
+    let note = find_note(&admin, id).await?;
+    admin
+        .parts
+        .store
         .delete_note(NoteId(id))
         .await
         .cannot("delete the note")?;

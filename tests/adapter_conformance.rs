@@ -241,6 +241,7 @@ impl Platform for SlackPlatform {
             attachments: Vec::new(),
             buttons: Vec::new(),
             route: route.to_value(),
+            live: None,
         }
     }
 
@@ -345,6 +346,7 @@ impl Platform for DiscordPlatform {
             attachments: Vec::new(),
             buttons: Vec::new(),
             route: json!({ "channel_id": DISCORD_CHANNEL }),
+            live: None,
         }
     }
 
@@ -430,6 +432,7 @@ impl Platform for TerminalPlatform {
             attachments: Vec::new(),
             buttons: Vec::new(),
             route: json!({ "seq": 1 }),
+            live: None,
         }
     }
 
@@ -565,6 +568,7 @@ async fn web_conforms() {
             style: ButtonStyle::Primary,
         }],
         route: Value::Null,
+        live: None,
     };
     adapter.deliver(&reply).await.expect("never fails");
     next_update(&mut room).await;

@@ -11,9 +11,9 @@ use crate::bus::{EventContext, Handler, Outgoing};
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
+use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{NewNote, NoteId, Store};
-use crate::schedule::Scheduler;
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]

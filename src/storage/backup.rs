@@ -515,9 +515,7 @@ pub async fn import(
                 // An import restores what was there: the per-channel cap does not apply.
                 match store.create_schedule(&job, i64::MAX).await? {
                     Created::Stored(_) => summary.schedules += 1,
-                    Created::Duplicate | Created::OverCap { .. } => {
-                        summary.schedules_existing += 1
-                    }
+                    Created::Duplicate | Created::OverCap { .. } => summary.schedules_existing += 1,
                 }
             }
         }

@@ -20,6 +20,7 @@ mod ids;
 mod inbox;
 mod installations;
 mod leases;
+mod live;
 mod memory;
 mod migrate;
 mod outbox;
@@ -40,6 +41,7 @@ pub use ids::{
 pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
+pub use live::LiveMessages;
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
 pub use schedules::{
@@ -93,6 +95,7 @@ pub trait Store:
     + Memory
     + UsageLog
     + Leases
+    + LiveMessages
     + Installations
     + Conversations
     + Schedules

@@ -233,6 +233,7 @@ impl Platform for SlackPlatform {
             response_url: None,
             via: ecdysis_slack::Via::Message,
             received_ms: ecdysis_chat::time::now_ms(),
+            user: Some("U1".into()),
         };
         Reply {
             idempotency_key: key.into(),

@@ -113,7 +113,10 @@ pub async fn edit(
 }
 
 /// The note an action is about, or 404.
-async fn find_note(admin: &Admin, id: i64) -> Result<crate::storage::store::Note, AdminError> {
+async fn find_note(
+    admin: &Admin,
+    id: i64,
+) -> Result<crate::storage::store::StoredNote, AdminError> {
     admin
         .parts
         .store

@@ -481,17 +481,46 @@ async fn terminal_conforms() {
 
 // --- Web --------------------------------------------------------------------------------------
 
-/// The web chat's read side, empty: the suite only watches the live updates.
-struct NoTranscript;
+/// The web chat's read side: the transcript the core writes (here, the test writes it the way
+/// the core's outbox does, before delivering).
+#[derive(Default)]
+struct Transcript(Mutex<Vec<(String, ecdysis_web::WebMessage)>>);
+
+impl Transcript {
+    /// Store an assistant message in a conversation, as the core does before delivery.
+    fn store(&self, room: &str, text: &str) {
+        let mut rows = self.0.lock().unwrap();
+        let id = rows.len() as i64 + 1;
+        rows.push((
+            room.to_string(),
+            ecdysis_web::WebMessage {
+                id,
+                event_id: None,
+                role: "assistant".into(),
+                text: text.into(),
+                attachments: Vec::new(),
+                buttons: Vec::new(),
+                created_at: ecdysis_chat::time::rfc3339_utc(ecdysis_chat::time::now_ms()),
+            },
+        ));
+    }
+}
 
 #[async_trait]
-impl ecdysis_web::WebBackend for NoTranscript {
+impl ecdysis_web::WebBackend for Transcript {
     async fn messages(
         &self,
-        _: &ConversationRef,
-        _: i64,
+        conversation: &ConversationRef,
+        after: i64,
     ) -> Result<Vec<ecdysis_web::WebMessage>, String> {
-        Ok(Vec::new())
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(room, m)| *room == conversation.channel && m.id > after)
+            .map(|(_, m)| m.clone())
+            .collect())
     }
     async fn file(&self, _: &str) -> Result<Option<ecdysis_web::WebFile>, String> {
         Ok(None)
@@ -500,14 +529,19 @@ impl ecdysis_web::WebBackend for NoTranscript {
 
 const WEB_ROOM: &str = "conformance-room";
 
-/// The first `update` event on an open page's live-update stream, within a bounded wait.
-async fn next_update(stream: &mut reqwest::Response) -> String {
+/// What an open page's live-update stream shows until `text` arrives in a `message` event,
+/// within a bounded wait.
+async fn wait_message(stream: &mut reqwest::Response, text: &str) -> String {
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !seen.contains("event: update") {
+    while !seen
+        .split("event: message")
+        .skip(1)
+        .any(|event| event.contains(text))
+    {
         let chunk = tokio::time::timeout_at(deadline, stream.chunk())
             .await
-            .expect("an update within 20 s")
+            .expect("the message within 20 s")
             .unwrap()
             .expect("the stream stays open");
         seen.push_str(&String::from_utf8_lossy(&chunk));
@@ -515,15 +549,16 @@ async fn next_update(stream: &mut reqwest::Response) -> String {
     seen
 }
 
-/// The web chat's adapter only tells the open pages of a conversation to re-read the
-/// transcript, which the core writes (once per idempotency key: the outbox's job, checked in
-/// the end-to-end tests). So for web the suite checks the place, that text up to the declared
-/// limit and files or buttons are accepted, and that delivery never fails.
+/// The web chat's adapter tells the open pages of a conversation to read what the core stored
+/// (once per idempotency key: the outbox's job). So for web the suite checks that a reply shows
+/// on its own conversation's page only, once even when delivered twice, that text up to the
+/// declared limit, files and buttons are accepted, and that delivery never fails.
 #[tokio::test]
 async fn web_conforms() {
+    let transcript = Arc::new(Transcript::default());
     let (chat, adapter) = ecdysis_web::WebChat::new(
         Arc::new(Sink),
-        Arc::new(NoTranscript),
+        transcript.clone(),
         ecdysis_web::WebSettings {
             token: None,
             max_body_bytes: 64 * 1024,
@@ -571,12 +606,29 @@ async fn web_conforms() {
         route: Value::Null,
         live: None,
     };
+    transcript.store(WEB_ROOM, "the answer for this room");
     adapter.deliver(&reply).await.expect("never fails");
-    next_update(&mut room).await;
+    let seen = wait_message(&mut room, "the answer for this room").await;
+    assert_eq!(seen.matches("event: message").count(), 1, "{seen}");
 
-    // Another conversation's page gets the update of its own reply.
+    // Another conversation's page shows its own reply, and not the first room's.
+    transcript.store("another-room", "the answer for the other room");
     reply.conversation = ecdysis_web::conversation_ref("another-room");
     reply.idempotency_key = "c:2".into();
     adapter.deliver(&reply).await.expect("never fails");
-    next_update(&mut other).await;
+    let seen = wait_message(&mut other, "the answer for the other room").await;
+    assert!(!seen.contains("the answer for this room"), "{seen}");
+
+    // The same key again: the page re-reads the transcript, where the message is once.
+    reply.conversation = ecdysis_web::conversation_ref(WEB_ROOM);
+    reply.idempotency_key = "c:1".into();
+    adapter.deliver(&reply).await.expect("never fails");
+    transcript.store(WEB_ROOM, "the next answer");
+    reply.idempotency_key = "c:3".into();
+    adapter.deliver(&reply).await.expect("never fails");
+    let seen = wait_message(&mut room, "the next answer").await;
+    assert!(
+        !seen.contains("the answer for this room"),
+        "shown once: {seen}"
+    );
 }

@@ -60,6 +60,10 @@ pub enum TurnError {
     /// Storage failed: the bus retries the event.
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot encode a transcript row: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot archive the transcript: {0}")]
+    Archive(#[source] crate::storage::blob::BlobError),
     #[error("{0}")]
     Internal(String),
 }
@@ -439,7 +443,9 @@ impl Core {
                 warn!(error = %e, "the model could not answer");
                 self.failure_text(&e, stats.steps, &setup.models)
             }
-            Ok(Err(TurnError::Internal(e))) => {
+            Ok(Err(
+                e @ (TurnError::Internal(_) | TurnError::Encode(_) | TurnError::Archive(_)),
+            )) => {
                 warn!(error = %e, "the turn failed");
                 format!("Sorry, something went wrong while answering: {e}.")
             }
@@ -772,7 +778,7 @@ impl Core {
 }
 
 fn json_text(row: &ToolRow) -> Result<String, TurnError> {
-    serde_json::to_string(row).map_err(|e| TurnError::Internal(e.to_string()))
+    Ok(serde_json::to_string(row)?)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -694,7 +694,10 @@ async fn a_full_queue_answers_503_and_stores_nothing() {
         server.say("full", &format!("/ask question {n}")).await;
     }
     let refused = server
-        .post("full", json!({ "text": "/remember one too many", "user": "u" }))
+        .post(
+            "full",
+            json!({ "text": "/remember one too many", "user": "u" }),
+        )
         .await;
     assert_eq!(refused.status(), 503);
     assert_eq!(
@@ -713,5 +716,8 @@ async fn a_full_queue_answers_503_and_stores_nothing() {
         .map(|m| m["text"].as_str().unwrap())
         .collect();
     assert_eq!(users.len(), 3, "{users:?}");
-    assert!(users.iter().all(|t| t.starts_with("/ask question")), "{users:?}");
+    assert!(
+        users.iter().all(|t| t.starts_with("/ask question")),
+        "{users:?}"
+    );
 }

@@ -265,7 +265,10 @@ mod tests {
             .execute(&write)
             .await
             .unwrap();
-        let read = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+        let read = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
         let pools = Pools::Sqlite { write, read };
         let writer = Writer::start(pools.clone(), Arc::new(Clock::default()), 1, 64);
         (writer, pools)
@@ -355,7 +358,10 @@ mod tests {
             .collect();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while writer.queue.capacity() > RESERVED {
-            assert!(tokio::time::Instant::now() < deadline, "the queue never filled");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
             tokio::task::yield_now().await;
         }
         let refused = writer

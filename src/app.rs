@@ -52,6 +52,8 @@ pub struct App {
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
     /// starts with `serve` ([`crate::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
+    /// The spend limits (and the usage metrics), checked before every model call.
+    pub budgets: Arc<crate::guard::Budgets>,
 }
 
 impl App {
@@ -117,9 +119,20 @@ impl App {
         };
         // MCP servers connect in the background: start-up and /readyz never wait for them.
         let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone());
+        let metrics = Arc::new(Metrics::new());
+        let budgets = Arc::new(crate::guard::Budgets::new(
+            config.guards.budget.clone(),
+            store.clone(),
+            Some(metrics.usage.clone()),
+        ));
         let commands = commands
             .with_profiles(crate::profile::Profiles::new(config.profiles.clone()))
-            .with_mcp(mcp.clone());
+            .with_mcp(mcp.clone())
+            .with_budgets(budgets.clone())
+            .with_pair(Arc::new(crate::guard::PairCommand::new(
+                config.guards.access.clone(),
+                store.clone(),
+            )));
         let mut commands = customize(commands);
         // The agent is built last, so it offers every tool registered before it: by the features
         // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
@@ -129,9 +142,8 @@ impl App {
                 LlmAgent::from_config(&config, store.clone(), blobs.clone(), commands.tools())?
         {
             info!(model = %agent.describe(), "the agent answers free text and /ask");
-            commands = commands.with_agent(Arc::new(agent));
+            commands = commands.with_agent(Arc::new(agent.with_budgets(budgets.clone())));
         }
-        let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(
             store.clone(),
             blobs.clone(),
@@ -143,6 +155,13 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        bus.set_gate(Arc::new(crate::guard::IntakeGate::new(
+            config.guards.access.clone(),
+            config.guards.rate,
+            crate::profile::Profiles::new(config.profiles.clone()),
+            store.clone(),
+            metrics.clone(),
+        )));
         let discord = crate::discord::open(&config, &bus)?;
         let slack = crate::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
@@ -156,6 +175,7 @@ impl App {
             mcp,
             discord,
             slack,
+            budgets,
         })
     }
 

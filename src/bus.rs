@@ -119,6 +119,23 @@ pub trait ActionHandler: Send + Sync + 'static {
     async fn handle(&self, event: &Event) -> Option<Outgoing>;
 }
 
+/// What the guard rails (see `crate::guard`) decide about an event before it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    /// Store it and let it run.
+    Admit,
+    /// Acknowledge it and do nothing.
+    Ignore,
+    /// Acknowledge it, run nothing, and answer with this (a refusal, a pairing code).
+    Answer(Outgoing),
+}
+
+/// Decides at intake whether an event may run (access policy, pairing, rate limits).
+#[async_trait]
+pub trait Gate: Send + Sync + 'static {
+    async fn admit(&self, event: &Event) -> Admission;
+}
+
 /// The bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -131,6 +148,7 @@ struct Inner {
     handler: Arc<dyn Handler>,
     adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
     actions: RwLock<Option<Arc<dyn ActionHandler>>>,
+    gate: RwLock<Option<Arc<dyn Gate>>>,
     config: BusConfig,
     owner: String,
     wake: Notify,
@@ -175,6 +193,7 @@ impl Bus {
                 handler,
                 adapters: RwLock::new(HashMap::new()),
                 actions: RwLock::new(None),
+                gate: RwLock::new(None),
                 config,
                 owner,
                 wake: Notify::new(),
@@ -198,6 +217,13 @@ impl Bus {
     pub fn set_action_handler(&self, handler: Arc<dyn ActionHandler>) {
         if let Ok(mut actions) = self.inner.actions.write() {
             *actions = Some(handler);
+        }
+    }
+
+    /// Let `gate` decide about every event that is for the bot before it is stored.
+    pub fn set_gate(&self, gate: Arc<dyn Gate>) {
+        if let Ok(mut slot) = self.inner.gate.write() {
+            *slot = Some(gate);
         }
     }
 
@@ -715,7 +741,7 @@ impl EventSink for Bus {
         if let Some(accepted) = self.handle_action(&event).await {
             return Ok(accepted);
         }
-        if !self.is_for_the_bot(&event).await? {
+        if !self.is_for_the_bot(&event).await? || !self.admitted(&event).await {
             return Ok(Accepted {
                 event_id: String::new(),
                 duplicate: false,
@@ -812,6 +838,58 @@ impl Bus {
             duplicate: false,
             ignored: false,
         })
+    }
+
+    /// Ask the gate (if any) about an event; answer it at once when the gate says so (stored in
+    /// the transcript, delivered in the background so the platform's ack is not held up).
+    async fn admitted(&self, event: &Event) -> bool {
+        let gate = self.inner.gate.read().ok().and_then(|g| g.clone());
+        let Some(gate) = gate else {
+            return true;
+        };
+        let answer = match gate.admit(event).await {
+            Admission::Admit => return true,
+            Admission::Ignore => return false,
+            Admission::Answer(answer) => self.redacted(answer),
+        };
+        let bus = self.clone();
+        let conversation = event.conversation.clone();
+        let route = event.route.clone();
+        let key = format!("gate:{}", event.platform_event_id);
+        tokio::spawn(async move {
+            let stored = bus
+                .inner
+                .store
+                .append_messages(
+                    &conversation,
+                    None,
+                    &[NewMessage {
+                        role: Role::Assistant,
+                        text: answer.text.clone(),
+                        meta: None,
+                        attachments: Vec::new(),
+                    }],
+                )
+                .await;
+            if let Err(e) = stored {
+                warn!(error = %e, "cannot store a guard rail's answer");
+            }
+            let Some(adapter) = bus.adapter(&conversation.platform) else {
+                return;
+            };
+            let reply = Reply {
+                idempotency_key: key,
+                conversation,
+                text: answer.text,
+                attachments: Vec::new(),
+                buttons: Vec::new(),
+                route,
+            };
+            if let Err(e) = adapter.deliver(&reply).await {
+                warn!(error = %e, "cannot deliver a guard rail's answer");
+            }
+        });
+        false
     }
 
     /// Mention gating: direct messages and mentions are answered, thread replies only where the

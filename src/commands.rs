@@ -57,6 +57,10 @@ pub struct Commands {
     profiles: Profiles,
     /// The MCP servers, for `/status`.
     mcp: Option<McpHub>,
+    /// `/pair` (DM pairing approvals).
+    pair: Option<Arc<dyn Feature>>,
+    /// The spend limits, for `/status`.
+    budgets: Option<Arc<crate::guard::Budgets>>,
 }
 
 impl Commands {
@@ -72,7 +76,21 @@ impl Commands {
             tools: ToolRegistry::new(),
             profiles: Profiles::default(),
             mcp: None,
+            pair: None,
+            budgets: None,
         }
+    }
+
+    /// `/pair`: admins approve DM pairing codes.
+    pub fn with_pair(mut self, feature: Arc<dyn Feature>) -> Self {
+        self.pair = Some(feature);
+        self
+    }
+
+    /// Show the budgets' use and limits in `/status`.
+    pub fn with_budgets(mut self, budgets: Arc<crate::guard::Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// The profiles in force (see [`crate::profile`]).
@@ -263,6 +281,24 @@ impl Commands {
                 ecdysis_web::rfc3339_utc(last.0),
             ));
         }
+        if let Some(budgets) = &self.budgets
+            && budgets.any()
+        {
+            let now = crate::store::now_ms();
+            let spends = budgets
+                .spend(&event.conversation, &event.payload.user.id, &[], now)
+                .await?;
+            out.push_str("\nBudgets:");
+            for spend in spends {
+                out.push_str(&format!(
+                    "\n  {}: {} ({:.0} %), resets {}",
+                    spend.kind.label(),
+                    spend.describe(),
+                    spend.share() * 100.0,
+                    spend.reset_text(now)
+                ));
+            }
+        }
         if usage.is_empty() {
             out.push_str("\nModel usage in this channel: none yet");
         } else {
@@ -339,6 +375,7 @@ pub fn help_text() -> String {
         ("screenshot <url>", "post a screenshot of a web page"),
         ("record <url>", "post a short video of a web page"),
         ("status", "what runs here and what this channel used"),
+        ("pair <code>", "approve a DM pairing code (bot admins)"),
         ("help", "this text"),
     ];
     let mut out = String::from(
@@ -413,6 +450,12 @@ impl Handler for Commands {
             CommandName::Memory => self.memory(event).await?,
             CommandName::Status => self.status(event).await?,
             CommandName::Help => help_text(),
+            CommandName::Pair => {
+                return match &self.pair {
+                    Some(pair) => pair.run(event, args).await,
+                    None => Ok(vec![Outgoing::text("DM pairing is not set up on this server.")]),
+                };
+            }
             CommandName::Unknown(word) => {
                 format!("Unknown command `/{word}`.\n{}", help_text())
             }

@@ -277,6 +277,56 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_WEB_MAX_CONNECTIONS"],
         Kind::Int,
     ),
+    ("timezone", &["ECDYSIS_TIMEZONE"], Kind::Str),
+    ("access.allow_users", &["ECDYSIS_ALLOW_USERS"], Kind::List),
+    ("access.allow_channels", &["ECDYSIS_ALLOW_CHANNELS"], Kind::List),
+    ("access.admin_users", &["ECDYSIS_ADMIN_USERS"], Kind::List),
+    ("access.dm_policy", &["ECDYSIS_DM_POLICY"], Kind::Str),
+    (
+        "access.pairing_code_minutes",
+        &["ECDYSIS_PAIRING_CODE_MINUTES"],
+        Kind::Int,
+    ),
+    (
+        "budget.channel_daily_tokens",
+        &["ECDYSIS_BUDGET_CHANNEL_DAILY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.channel_daily_usd",
+        &["ECDYSIS_BUDGET_CHANNEL_DAILY_USD"],
+        Kind::Str,
+    ),
+    (
+        "budget.user_daily_tokens",
+        &["ECDYSIS_BUDGET_USER_DAILY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.user_daily_usd",
+        &["ECDYSIS_BUDGET_USER_DAILY_USD"],
+        Kind::Str,
+    ),
+    (
+        "budget.workspace_monthly_tokens",
+        &["ECDYSIS_BUDGET_WORKSPACE_MONTHLY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.workspace_monthly_usd",
+        &["ECDYSIS_BUDGET_WORKSPACE_MONTHLY_USD"],
+        Kind::Str,
+    ),
+    (
+        "rate.user_per_minute",
+        &["ECDYSIS_RATE_USER_PER_MINUTE"],
+        Kind::Int,
+    ),
+    (
+        "rate.channel_per_minute",
+        &["ECDYSIS_RATE_CHANNEL_PER_MINUTE"],
+        Kind::Int,
+    ),
 ];
 
 /// The file's shape. Every field is optional; unknown keys are an error that names them.
@@ -322,6 +372,17 @@ struct FileConfig {
     /// `[[profile]]`: per-channel agent profiles.
     #[serde(default)]
     profile: Vec<crate::profile::ProfileFile>,
+    /// IANA time zone of calendar days (budgets).
+    timezone: Option<String>,
+    /// `[access]`, `[budget]`, `[rate]`, `[prices."<model>"]`: the guard rails.
+    #[serde(default)]
+    access: crate::guard::settings::AccessFile,
+    #[serde(default)]
+    budget: crate::guard::settings::BudgetFile,
+    #[serde(default)]
+    rate: crate::guard::settings::RateFile,
+    #[serde(default)]
+    prices: std::collections::BTreeMap<String, crate::guard::prices::Price>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -798,6 +859,8 @@ pub struct Config {
     pub web_header_timeout: Duration,
     /// Connections served at once (`web.max_connections`).
     pub web_max_connections: usize,
+    /// Access policy, budgets and rate limits.
+    pub guards: crate::guard::GuardSettings,
 }
 
 impl Config {
@@ -952,6 +1015,13 @@ impl Config {
         )? as u64);
         let web_max_connections =
             positive("web.max_connections", file.web.max_connections, 1024)? as usize;
+        let guards = crate::guard::settings::validate(
+            file.access,
+            file.budget,
+            file.rate,
+            file.prices,
+            file.timezone,
+        )?;
         Ok(Self {
             listen,
             data_dir,
@@ -979,6 +1049,7 @@ impl Config {
             public_url,
             web_header_timeout,
             web_max_connections,
+            guards,
         })
     }
 

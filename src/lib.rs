@@ -16,6 +16,7 @@ pub mod config;
 pub mod connections;
 pub mod discord;
 pub mod doctor;
+pub mod guard;
 pub mod instance_lock;
 pub mod leader;
 pub mod mcp;

@@ -57,6 +57,9 @@ pub enum TurnError {
     /// Storage failed: the bus retries the event.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A budget is used up: the user gets its reply, and no model is called.
+    #[error(transparent)]
+    OverBudget(#[from] crate::guard::Exceeded),
     #[error("{0}")]
     Internal(String),
 }
@@ -219,6 +222,8 @@ struct Core {
     compacting: Mutex<HashSet<ConversationRef>>,
     /// Each conversation's recent rows, kept between turns.
     windows: window::Windows,
+    /// Spend limits checked before every model call, and the usage metrics.
+    budgets: Option<Arc<crate::guard::Budgets>>,
 }
 
 impl LlmAgent {
@@ -328,8 +333,18 @@ impl LlmAgent {
                 policy,
                 compacting: Mutex::new(HashSet::new()),
                 windows: window::Windows::new(CONTEXT_ROWS),
+                budgets: None,
             }),
         }
+    }
+
+    /// Check `budgets` before every model call (turns and compactions), count usage in them.
+    /// Call before the agent is shared.
+    pub fn with_budgets(mut self, budgets: Arc<crate::guard::Budgets>) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.budgets = Some(budgets);
+        }
+        self
     }
 
     /// The name of the profile in force in a conversation (for `/status`).
@@ -436,6 +451,14 @@ impl Core {
                 warn!(error = %e, "the model could not answer");
                 self.failure_text(&e, stats.steps, &setup.models)
             }
+            Ok(Err(TurnError::OverBudget(e))) => {
+                info!(conversation = %event.conversation, budget = ?e.kind, "over budget: no model call");
+                if stats.steps > 0 {
+                    format!("{e}\n\n(I stopped after {} tool step(s); their results are saved.)", stats.steps)
+                } else {
+                    e.text
+                }
+            }
             Ok(Err(TurnError::Internal(e))) => {
                 warn!(error = %e, "the turn failed");
                 format!("Sorry, something went wrong while answering: {e}.")
@@ -458,10 +481,24 @@ impl Core {
             .record_turn(
                 &event.conversation,
                 Some(event.event_id),
+                &event.payload.user.id,
                 &collected.rows,
                 &stats.usage,
             )
             .await?;
+        let mut text = text;
+        if let Some(budgets) = &self.budgets
+            && let Some(warning) = budgets
+                .after_turn(
+                    &event.conversation,
+                    &event.payload.user.id,
+                    &stats.usage,
+                    Instant::now(),
+                )
+                .await
+        {
+            text = format!("{text}\n\n_{warning}_");
+        }
         stats.total = started.elapsed();
         debug!(
             total_ms = stats.total.as_millis() as u64,
@@ -514,14 +551,26 @@ impl Core {
         )
     }
 
-    /// One model call with retries and fallbacks; its usage joins the turn's.
+    /// One model call with retries and fallbacks, for `event`'s user and conversation, after
+    /// the budget check; its usage joins the turn's.
     async fn call(
         &self,
+        event: &EventContext,
         models: &ModelSet,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
     ) -> Result<ChatResponse, TurnError> {
+        if let Some(budgets) = &self.budgets {
+            match budgets
+                .check(&event.conversation, &event.payload.user.id, &stats.usage)
+                .await
+            {
+                Ok(()) => {}
+                Err(crate::guard::BudgetError::Exceeded(e)) => return Err(e.into()),
+                Err(crate::guard::BudgetError::Store(e)) => return Err(e.into()),
+            }
+        }
         stats.model_calls += 1;
         let started = Instant::now();
         let result = retry::call(&models.models, request, &self.policy, deadline).await;
@@ -606,7 +655,9 @@ impl Core {
             if last_step {
                 request.tool_choice = ToolChoice::None;
             }
-            let response = self.call(&setup.models, &request, deadline, stats).await?;
+            let response = self
+                .call(event, &setup.models, &request, deadline, stats)
+                .await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod access;
 mod clock;
 mod compaction;
 mod conversations;
@@ -26,6 +27,7 @@ mod outbox;
 mod transcript;
 mod usage;
 
+pub use access::{AccessLog, Approval, NewPairing, PairedUser, PairingCode};
 pub use clock::Clock;
 pub use compaction::{
     Compaction, CompactionStats, Compactions, ContextMessages, ImportedCompaction, NewCompaction,
@@ -43,7 +45,7 @@ pub use outbox::{NewReply, Outbox, OutboxItem};
 pub use transcript::{
     Artifact, ImportedMessage, Message, NewArtifact, NewMessage, Role, Transcript,
 };
-pub use usage::{ChannelUsage, ModelUsage, Usage, UsageLog};
+pub use usage::{ChannelUsage, ModelUsage, Usage, UsageLog, UsageScope};
 
 /// What went wrong in storage.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,7 @@ pub trait Store:
     + Compactions
     + Memory
     + UsageLog
+    + AccessLog
     + Leases
     + Installations
     + Conversations

@@ -17,13 +17,15 @@ pub enum CommandName {
     Memory,
     Status,
     Help,
+    /// Approve a DM pairing code (admins).
+    Pair,
     /// A word that is not a command; the core answers with the help text.
     Unknown(String),
 }
 
 impl CommandName {
     /// Every known command, in the order help lists them.
-    pub const ALL: [CommandName; 10] = [
+    pub const ALL: [CommandName; 11] = [
         CommandName::Ask,
         CommandName::Remember,
         CommandName::Recall,
@@ -33,6 +35,7 @@ impl CommandName {
         CommandName::Screenshot,
         CommandName::Record,
         CommandName::Status,
+        CommandName::Pair,
         CommandName::Help,
     ];
 
@@ -48,6 +51,7 @@ impl CommandName {
             "memory" => Self::Memory,
             "status" => Self::Status,
             "help" => Self::Help,
+            "pair" => Self::Pair,
             _ => Self::Unknown(word.to_string()),
         }
     }
@@ -64,6 +68,7 @@ impl CommandName {
             Self::Memory => "memory",
             Self::Status => "status",
             Self::Help => "help",
+            Self::Pair => "pair",
             Self::Unknown(word) => word,
         }
     }

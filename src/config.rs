@@ -41,7 +41,7 @@ enum Kind {
 }
 
 /// Every key that can come from the environment: (key path in the file, env names in order of
-/// preference, kind). The names follow each ecosystem's convention (DESIGN.md §3).
+/// preference, kind). The names follow each ecosystem's convention.
 const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("listen", &["ECDYSIS_LISTEN"], Kind::Str),
     ("data_dir", &["ECDYSIS_DATA_DIR"], Kind::Str),
@@ -371,18 +371,18 @@ struct FileConfig {
     mcp: Vec<crate::mcp::config::McpFile>,
     /// `[[profile]]`: per-channel agent profiles.
     #[serde(default)]
-    profile: Vec<crate::profile::ProfileFile>,
+    profile: Vec<crate::engine::profile::ProfileFile>,
     /// IANA time zone of calendar days (budgets).
     timezone: Option<String>,
     /// `[access]`, `[budget]`, `[rate]`, `[prices."<model>"]`: the guard rails.
     #[serde(default)]
-    access: crate::guard::settings::AccessFile,
+    access: crate::engine::guard::settings::AccessFile,
     #[serde(default)]
-    budget: crate::guard::settings::BudgetFile,
+    budget: crate::engine::guard::settings::BudgetFile,
     #[serde(default)]
-    rate: crate::guard::settings::RateFile,
+    rate: crate::engine::guard::settings::RateFile,
     #[serde(default)]
-    prices: std::collections::BTreeMap<String, crate::guard::prices::Price>,
+    prices: std::collections::BTreeMap<String, crate::engine::guard::prices::Price>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -643,7 +643,10 @@ fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>,
     let key = "web_search.provider";
     let needs = |value: Option<String>, env: &str, name: &str| {
         value.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-            ConfigError::value(key, format!("`{name}` needs {env} (the provider's API key)"))
+            ConfigError::value(
+                key,
+                format!("`{name}` needs {env} (the provider's API key)"),
+            )
         })
     };
     let (provider, default_base) = match text.trim() {
@@ -660,7 +663,9 @@ fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>,
             "https://api.tavily.com".to_string(),
         ),
         other => match other.strip_prefix("searxng:") {
-            Some(url) if !url.trim().is_empty() => (SearchProvider::Searxng, url.trim().to_string()),
+            Some(url) if !url.trim().is_empty() => {
+                (SearchProvider::Searxng, url.trim().to_string())
+            }
             _ => {
                 return Err(ConfigError::value(
                     key,
@@ -851,7 +856,7 @@ pub struct Config {
     /// `[[mcp]]` servers, in file order.
     pub mcp: Vec<crate::mcp::McpServerConfig>,
     /// `[[profile]]` entries, in file order.
-    pub profiles: Vec<crate::profile::Profile>,
+    pub profiles: Vec<crate::engine::profile::Profile>,
     /// `ECDYSIS_PUBLIC_URL`'s origin (`https://chat.example.com`): the name browsers use for
     /// this server besides its loopback names and listen address.
     pub public_url: Option<String>,
@@ -860,7 +865,7 @@ pub struct Config {
     /// Connections served at once (`web.max_connections`).
     pub web_max_connections: usize,
     /// Access policy, budgets and rate limits.
-    pub guards: crate::guard::GuardSettings,
+    pub guards: crate::engine::guard::GuardSettings,
 }
 
 impl Config {
@@ -890,6 +895,10 @@ impl Config {
     }
 
     /// The embedded defaults, with everything stored under `data_dir` (used by tests and benches).
+    #[allow(
+        clippy::expect_used,
+        reason = "the embedded defaults are valid by construction (tests::embedded_defaults)"
+    )]
     pub fn embedded(data_dir: &Path) -> Self {
         let env = |name: &str| match name {
             "ECDYSIS_DATA_DIR" => Some(data_dir.display().to_string()),
@@ -1002,7 +1011,7 @@ impl Config {
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
         let mcp = crate::mcp::config::validate(file.mcp)?;
         let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
-        let profiles = crate::profile::validate(file.profile, &server_names)?;
+        let profiles = crate::engine::profile::validate(file.profile, &server_names)?;
         let public_url = file
             .public_url
             .filter(|u| !u.trim().is_empty())
@@ -1015,7 +1024,7 @@ impl Config {
         )? as u64);
         let web_max_connections =
             positive("web.max_connections", file.web.max_connections, 1024)? as usize;
-        let guards = crate::guard::settings::validate(
+        let guards = crate::engine::guard::settings::validate(
             file.access,
             file.budget,
             file.rate,
@@ -1792,8 +1801,11 @@ memory = "profile"
             assert!(e.contains(key), "{file}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
-        let e = load(Some("[[mcp]]\nname = \"x\"\ncommand = \"a\"\ncwd = \"/\"\n"), &[])
-            .unwrap_err();
+        let e = load(
+            Some("[[mcp]]\nname = \"x\"\ncommand = \"a\"\ncwd = \"/\"\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("cwd"), "{e}");
     }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::server::Server;
-use ecdysis::guard::Budgets;
-use ecdysis::guard::settings::{BudgetSettings, Limit};
-use ecdysis::store::{Approval, Clock, NewPairing, Store, Usage};
+use ecdysis::engine::guard::Budgets;
+use ecdysis::engine::guard::settings::{BudgetSettings, Limit};
+use ecdysis::storage::store::{Approval, Clock, NewPairing, Store, Usage};
 use ecdysis_chat::ConversationRef;
 use ecdysis_slack::signature::sign;
 use ecdysis_testkit::llm::{FakeLlm, Reply};
@@ -367,7 +367,7 @@ async fn a_flooding_user_is_cut_off_and_others_still_run() {
 
 async fn sqlite_store(dir: &std::path::Path, clock: Arc<Clock>) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join("guards.db").display());
-    ecdysis::store::open_with_clock(&url, clock).await.unwrap()
+    ecdysis::storage::store::open_with_clock(&url, clock).await.unwrap()
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod context;
 pub mod memory_tools;
 pub mod provider;
 pub mod retry;
+pub mod web_search;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -25,13 +26,13 @@ use base64::Engine;
 use ecdysis_chat::{Attachment, ConversationRef};
 use tracing::{debug, info, warn};
 
-use crate::blob::BlobStore;
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Agent;
 use crate::config::{AgentConfig, Config, ModelSpec};
-use crate::profile::{Profile, Profiles};
-use crate::store::{NewMessage, Role, Store, StoreError, Usage};
-use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::engine::commands::Agent;
+use crate::engine::profile::{Profile, Profiles};
+use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
@@ -59,7 +60,7 @@ pub enum TurnError {
     Store(#[from] StoreError),
     /// A budget is used up: the user gets its reply, and no model is called.
     #[error(transparent)]
-    OverBudget(#[from] crate::guard::Exceeded),
+    OverBudget(#[from] crate::engine::guard::Exceeded),
     #[error("{0}")]
     Internal(String),
 }
@@ -223,7 +224,7 @@ struct Core {
     /// Each conversation's recent rows, kept between turns.
     windows: window::Windows,
     /// Spend limits checked before every model call, and the usage metrics.
-    budgets: Option<Arc<crate::guard::Budgets>>,
+    budgets: Option<Arc<crate::engine::guard::Budgets>>,
 }
 
 impl LlmAgent {
@@ -340,7 +341,7 @@ impl LlmAgent {
 
     /// Check `budgets` before every model call (turns and compactions), count usage in them.
     /// Call before the agent is shared.
-    pub fn with_budgets(mut self, budgets: Arc<crate::guard::Budgets>) -> Self {
+    pub fn with_budgets(mut self, budgets: Arc<crate::engine::guard::Budgets>) -> Self {
         if let Some(core) = Arc::get_mut(&mut self.core) {
             core.budgets = Some(budgets);
         }
@@ -567,8 +568,8 @@ impl Core {
                 .await
             {
                 Ok(()) => {}
-                Err(crate::guard::BudgetError::Exceeded(e)) => return Err(e.into()),
-                Err(crate::guard::BudgetError::Store(e)) => return Err(e.into()),
+                Err(crate::engine::guard::BudgetError::Exceeded(e)) => return Err(e.into()),
+                Err(crate::engine::guard::BudgetError::Store(e)) => return Err(e.into()),
             }
         }
         stats.model_calls += 1;

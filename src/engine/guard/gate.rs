@@ -15,9 +15,9 @@ use super::pairing;
 use super::rate::Buckets;
 use super::settings::{AccessSettings, RateSettings};
 use crate::bus::{Admission, Gate, Outgoing};
-use crate::metrics::{Metrics, ReasonLabels};
-use crate::profile::Profiles;
-use crate::store::{NewPairing, Store};
+use crate::server::metrics::{Metrics, ReasonLabels};
+use crate::engine::profile::Profiles;
+use crate::storage::store::{NewPairing, Store};
 
 /// How often a refused user hears about it.
 const REFUSAL_QUIET: Duration = Duration::from_secs(3600);
@@ -173,7 +173,7 @@ impl IntakeGate {
             return Admission::Ignore;
         }
         info!(platform = %code.platform, user = %code.user_id, code = %code.code, "pairing requested; an admin approves it with /pair or in /admin");
-        let minutes = (code.expires_at.0 - crate::store::now_ms()).max(60_000) / 60_000;
+        let minutes = (code.expires_at.0 - crate::storage::store::now_ms()).max(60_000) / 60_000;
         Admission::Answer(Outgoing::text(format!(
             "Hi! I don't know you yet, so I can't answer here. To be let in, ask an admin of this bot to run `/pair {}` (or approve it in the admin pages). The code is valid for {minutes} minute{}.",
             code.code,

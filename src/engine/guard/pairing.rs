@@ -8,8 +8,8 @@ use rand::Rng;
 
 use super::settings::AccessSettings;
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Feature;
-use crate::store::{Approval, PairingCode, Store};
+use crate::engine::commands::Feature;
+use crate::storage::store::{Approval, PairingCode, Store};
 
 /// Letters and digits that cannot be mistaken for one another (no 0/O, 1/I/L).
 const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";

@@ -7,12 +7,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use ecdysis_chat::{CommandName, EventKind};
 
-use crate::blob::BlobStore;
 use crate::bus::{EventContext, Handler, Outgoing};
+use crate::engine::profile::Profiles;
+use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
-use crate::profile::Profiles;
-use crate::store::{NewNote, NoteId, Store};
-use crate::tools::{Tool, ToolRegistry, ToolSource};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{NewNote, NoteId, Store};
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]
@@ -60,7 +60,7 @@ pub struct Commands {
     /// `/pair` (DM pairing approvals).
     pair: Option<Arc<dyn Feature>>,
     /// The spend limits, for `/status`.
-    budgets: Option<Arc<crate::guard::Budgets>>,
+    budgets: Option<Arc<crate::engine::guard::Budgets>>,
 }
 
 impl Commands {
@@ -88,12 +88,12 @@ impl Commands {
     }
 
     /// Show the budgets' use and limits in `/status`.
-    pub fn with_budgets(mut self, budgets: Arc<crate::guard::Budgets>) -> Self {
+    pub fn with_budgets(mut self, budgets: Arc<crate::engine::guard::Budgets>) -> Self {
         self.budgets = Some(budgets);
         self
     }
 
-    /// The profiles in force (see [`crate::profile`]).
+    /// The profiles in force (see [`crate::engine::profile`]).
     pub fn with_profiles(mut self, profiles: Profiles) -> Self {
         self.profiles = profiles;
         self
@@ -284,7 +284,7 @@ impl Commands {
         if let Some(budgets) = &self.budgets
             && budgets.any()
         {
-            let now = crate::store::now_ms();
+            let now = crate::storage::store::now_ms();
             let spends = budgets
                 .spend(&event.conversation, &event.payload.user.id, &[], now)
                 .await?;

@@ -17,8 +17,8 @@ use tracing::warn;
 
 use super::prices::{PriceTable, total_tokens};
 use super::settings::{BudgetSettings, Limit};
-use crate::metrics::UsageMetrics;
-use crate::store::{Store, StoreError, UnixMs, Usage, UsageScope};
+use crate::server::metrics::UsageMetrics;
+use crate::storage::store::{Store, StoreError, UnixMs, Usage, UsageScope};
 
 /// How long cached sums are trusted before the database is read again.
 const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -279,7 +279,7 @@ impl Budgets {
         if !self.settings.any() {
             return Ok(());
         }
-        let now = crate::store::now_ms();
+        let now = crate::storage::store::now_ms();
         for spend in self.spend(conversation, user_id, pending, now).await? {
             if let Some((is_tokens, limit)) = spend.exceeded() {
                 let (limit_text, used_text) = if is_tokens {
@@ -349,7 +349,7 @@ impl Budgets {
             return;
         }
         let (tokens, nanos) = self.sum(calls);
-        let now = crate::store::now_ms();
+        let now = crate::storage::store::now_ms();
         let mut cache = self.lock();
         for (kind, _, scope) in self.applicable(conversation, user_id) {
             let (start, _) = self.period(kind, now);
@@ -369,7 +369,7 @@ impl Budgets {
         if !self.settings.any() {
             return None;
         }
-        let now = crate::store::now_ms();
+        let now = crate::storage::store::now_ms();
         let spends = match self.spend(conversation, user_id, &[], now).await {
             Ok(spends) => spends,
             Err(e) => {

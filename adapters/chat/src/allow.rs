@@ -31,6 +31,11 @@ impl AllowList {
         }
     }
 
+    /// The entries, as configured.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+
     /// True when no entry is configured (everyone is allowed).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -1,7 +1,7 @@
 //! The admin UI at `/admin`: server-rendered pages (no scripts, no build step) over the store,
 //! the blob store and the bus — adapters and their health, conversations with transcripts and
-//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), sandbox
-//! workspaces and installations.
+//! artifacts, memory notes (edit, delete), usage, the access policy and budgets (approve DM
+//! pairing codes), the inbox (retry a failed event), sandbox workspaces and installations.
 //!
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
@@ -66,6 +66,12 @@ pub fn router(app: &App, logins: Arc<LoginLimiter>) -> Option<Router> {
             .route("/admin/notes/{id}", post(pages::edit_note))
             .route("/admin/notes/{id}/delete", post(pages::delete_note))
             .route("/admin/usage", get(pages::usage))
+            .route("/admin/access", get(pages::access::access))
+            .route(
+                "/admin/pairings/{code}/approve",
+                post(pages::access::approve),
+            )
+            .route("/admin/paired/unpair", post(pages::access::unpair))
             .route("/admin/inbox", get(pages::inbox))
             .route("/admin/inbox/{id}/retry", post(pages::retry))
             .route("/admin/workspaces", get(pages::workspaces))

@@ -919,3 +919,8 @@ mod tests {
         assert_eq!(channel_text(&c), "web:local:team:a");
     }
 }
+
+// --- access and budgets ----------------------------------------------------------------------
+
+#[path = "access.rs"]
+pub mod access;

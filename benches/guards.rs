@@ -2,6 +2,7 @@
 //! budget check before a model call, per event, on SQLite. Prints percentiles.
 //!
 //! `cargo bench --bench guards`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,10 @@ fn report(name: &str, mut samples: Vec<Duration>) {
         samples.len(),
         percentile(&samples, 0.5).as_secs_f64() * 1e6,
         percentile(&samples, 0.99).as_secs_f64() * 1e6,
-        samples.last().map(|d| d.as_secs_f64() * 1e6).unwrap_or_default(),
+        samples
+            .last()
+            .map(|d| d.as_secs_f64() * 1e6)
+            .unwrap_or_default(),
     );
 }
 
@@ -95,8 +99,7 @@ async fn main() {
     }
 
     let event = |n: usize| {
-        let conversation =
-            ConversationRef::new("slack", "T1", format!("C{}", n % CHANNELS), None);
+        let conversation = ConversationRef::new("slack", "T1", format!("C{}", n % CHANNELS), None);
         let mut e = Event::from_text(
             format!("Ev{n}"),
             conversation,

@@ -279,7 +279,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ),
     ("timezone", &["ECDYSIS_TIMEZONE"], Kind::Str),
     ("access.allow_users", &["ECDYSIS_ALLOW_USERS"], Kind::List),
-    ("access.allow_channels", &["ECDYSIS_ALLOW_CHANNELS"], Kind::List),
+    (
+        "access.allow_channels",
+        &["ECDYSIS_ALLOW_CHANNELS"],
+        Kind::List,
+    ),
     ("access.admin_users", &["ECDYSIS_ADMIN_USERS"], Kind::List),
     ("access.dm_policy", &["ECDYSIS_DM_POLICY"], Kind::Str),
     (

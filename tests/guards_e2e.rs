@@ -2,6 +2,7 @@
 //! (access policy, DM pairing with `/pair`), the web chat (budgets, rate limits, `/status`,
 //! `/metrics`), and the store and budget code directly where time has to move (code expiry,
 //! the 80 % warning).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -112,7 +113,13 @@ async fn slack_command(env: &Env, user: &str, channel: &str, text: &str, id: &st
         .append_pair("response_url", &env.slack.response_url(id))
         .append_pair("trigger_id", &format!("trigger-{id}"))
         .finish();
-    let r = post_signed(env, "/slack/commands", &body, "application/x-www-form-urlencoded").await;
+    let r = post_signed(
+        env,
+        "/slack/commands",
+        &body,
+        "application/x-www-form-urlencoded",
+    )
+    .await;
     assert_eq!(r.status(), 200, "{}", env.server.log());
     let deadline = Instant::now() + WAIT;
     loop {
@@ -124,7 +131,11 @@ async fn slack_command(env: &Env, user: &str, channel: &str, text: &str, id: &st
         {
             return call.args;
         }
-        assert!(Instant::now() < deadline, "no response for {id}:\n{}", env.server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no response for {id}:\n{}",
+            env.server.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -168,7 +179,15 @@ async fn strangers_get_one_refusal_and_nothing_runs() {
     slack_event(&env, "EvS1", "U2", "C1", "1700000001.000100", "hello?").await;
     let refusal = wait_posts(&env, "C1", 1).await.remove(0);
     assert!(refusal.contains("not set up to answer you"), "{refusal}");
-    slack_event(&env, "EvS2", "U2", "C1", "1700000002.000100", "hello again?").await;
+    slack_event(
+        &env,
+        "EvS2",
+        "U2",
+        "C1",
+        "1700000002.000100",
+        "hello again?",
+    )
+    .await;
     // An allowed user in a channel not on the list.
     slack_event(&env, "EvS3", "U1", "C2", "1700000003.000100", "over here").await;
     let refusal = wait_posts(&env, "C2", 1).await.remove(0);
@@ -178,7 +197,11 @@ async fn strangers_get_one_refusal_and_nothing_runs() {
     slack_event(&env, "EvS4", "U1", "C1", "1700000004.000100", "what is it?").await;
     let posts = wait_posts(&env, "C1", 2).await;
     assert!(posts[1].contains("42"), "{posts:#?}");
-    assert_eq!(env.llm.request_count(), 1, "only the allowed message reached the model");
+    assert_eq!(
+        env.llm.request_count(),
+        1,
+        "only the allowed message reached the model"
+    );
     // A retry of the stranger's event, and another message within the hour: still one refusal.
     slack_event(&env, "EvS5", "U2", "C1", "1700000005.000100", "anyone?").await;
     slack_event(&env, "EvS6", "U1", "C1", "1700000006.000100", "and now?").await;
@@ -221,13 +244,36 @@ async fn dm_pairing_with_admin_approval() {
     slack_event(&env, "EvP2", "U5", "D5", "1700000011.000100", "hello??").await;
     // A non-admin cannot approve.
     let denied = slack_command(&env, "U1", "C1", &format!("pair {code}"), "r1").await;
-    assert!(denied["text"].as_str().unwrap().contains("Only the bot's admins"), "{denied}");
+    assert!(
+        denied["text"]
+            .as_str()
+            .unwrap()
+            .contains("Only the bot's admins"),
+        "{denied}"
+    );
     // The admin lists and approves it.
     let listed = slack_command(&env, "UADMIN", "C1", "pair", "r2").await;
     assert!(listed["text"].as_str().unwrap().contains(&code), "{listed}");
-    let approved = slack_command(&env, "UADMIN", "C1", &format!("pair {}", code.to_lowercase()), "r3").await;
-    assert!(approved["text"].as_str().unwrap().contains("Paired slack:U5"), "{approved}");
-    assert_eq!(env.llm.request_count(), 0, "nothing of U5 ran before the approval");
+    let approved = slack_command(
+        &env,
+        "UADMIN",
+        "C1",
+        &format!("pair {}", code.to_lowercase()),
+        "r3",
+    )
+    .await;
+    assert!(
+        approved["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paired slack:U5"),
+        "{approved}"
+    );
+    assert_eq!(
+        env.llm.request_count(),
+        0,
+        "nothing of U5 ran before the approval"
+    );
     // Now U5's DMs are answered.
     slack_event(&env, "EvP3", "U5", "D5", "1700000012.000100", "am I in?").await;
     let posts = wait_posts(&env, "D5", 2).await;
@@ -236,7 +282,10 @@ async fn dm_pairing_with_admin_approval() {
     assert_eq!(env.llm.request_count(), 1);
     // Approving twice changes nothing.
     let again = slack_command(&env, "UADMIN", "C1", &format!("pair {code}"), "r4").await;
-    assert!(again["text"].as_str().unwrap().contains("already approved"), "{again}");
+    assert!(
+        again["text"].as_str().unwrap().contains("already approved"),
+        "{again}"
+    );
 }
 
 /// Assistant messages of a web conversation.
@@ -273,7 +322,10 @@ async fn budget_used_up_in_one_channel_while_another_works() {
     .await;
     let first = server.ask("busy", "first question").await;
     assert!(first.contains("42"), "{first}");
-    assert!(first.contains("Heads-up") && first.contains("daily"), "{first}");
+    assert!(
+        first.contains("Heads-up") && first.contains("daily"),
+        "{first}"
+    );
     let refused = server.ask("busy", "second question").await;
     assert!(
         refused.contains("used up the daily model budget of 100 tokens")
@@ -287,11 +339,15 @@ async fn budget_used_up_in_one_channel_while_another_works() {
     assert!(other.contains("42"), "{other}");
     assert_eq!(llm.request_count(), 2);
     // Memory commands need no model and still work.
-    let saved = server.ask("busy", "/remember budgets reset at midnight").await;
+    let saved = server
+        .ask("busy", "/remember budgets reset at midnight")
+        .await;
     assert!(saved.contains("Remembered"), "{saved}");
     let status = server.ask("busy", "/status").await;
     assert!(
-        status.contains("Budgets:") && status.contains("channel today") && status.contains("/ 100 tokens"),
+        status.contains("Budgets:")
+            && status.contains("channel today")
+            && status.contains("/ 100 tokens"),
         "{status}"
     );
     let metrics = reqwest::get(format!("{}/metrics", server.base))
@@ -339,11 +395,18 @@ async fn a_flooding_user_is_cut_off_and_others_still_run() {
         accepted.push(post("mallory", format!("/remember flood {n}")).await);
     }
     // A burst of three went in; the rest were turned away (no event id).
-    assert_eq!(accepted.iter().filter(|id| !id.is_empty()).count(), 3, "{accepted:?}");
+    assert_eq!(
+        accepted.iter().filter(|id| !id.is_empty()).count(),
+        3,
+        "{accepted:?}"
+    );
     let alice = post("alice", "/remember still here".into()).await;
     assert!(!alice.is_empty(), "another user's bucket is her own");
     let reply = server.wait_replies_to("flood", &alice, 1).await.remove(0);
-    assert!(reply["text"].as_str().unwrap().contains("Remembered"), "{reply}");
+    assert!(
+        reply["text"].as_str().unwrap().contains("Remembered"),
+        "{reply}"
+    );
     for id in accepted.iter().filter(|id| !id.is_empty()) {
         server.wait_replies_to("flood", id, 1).await;
     }
@@ -356,7 +419,10 @@ async fn a_flooding_user_is_cut_off_and_others_still_run() {
         texts = assistant_texts(&server, "flood").await;
     }
     assert_eq!(
-        texts.iter().filter(|t| t.contains("faster than I can take")).count(),
+        texts
+            .iter()
+            .filter(|t| t.contains("faster than I can take"))
+            .count(),
         1,
         "one notice for the flood: {texts:#?}"
     );
@@ -367,7 +433,9 @@ async fn a_flooding_user_is_cut_off_and_others_still_run() {
 
 async fn sqlite_store(dir: &std::path::Path, clock: Arc<Clock>) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join("guards.db").display());
-    ecdysis::storage::store::open_with_clock(&url, clock).await.unwrap()
+    ecdysis::storage::store::open_with_clock(&url, clock)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -386,12 +454,18 @@ async fn pairing_codes_expire() {
     };
     let code = store.pairing_code(&new("AAAA-BBBB")).await.unwrap();
     // While it is valid the user keeps the same code.
-    assert_eq!(store.pairing_code(&new("CCCC-DDDD")).await.unwrap().code, code.code);
+    assert_eq!(
+        store.pairing_code(&new("CCCC-DDDD")).await.unwrap().code,
+        code.code
+    );
     assert_eq!(store.pending_pairings().await.unwrap().len(), 1);
     clock.advance(61_000);
     assert!(store.pending_pairings().await.unwrap().is_empty());
     assert!(matches!(
-        store.approve_pairing("AAAA-BBBB", "discord:1").await.unwrap(),
+        store
+            .approve_pairing("AAAA-BBBB", "discord:1")
+            .await
+            .unwrap(),
         Approval::Expired(_)
     ));
     assert!(!store.is_paired("discord", "42").await.unwrap());
@@ -399,11 +473,17 @@ async fn pairing_codes_expire() {
     let fresh = store.pairing_code(&new("CCCC-DDDD")).await.unwrap();
     assert_eq!(fresh.code, "CCCC-DDDD");
     assert!(matches!(
-        store.approve_pairing("cccc-dddd", "discord:1").await.unwrap(),
+        store
+            .approve_pairing("cccc-dddd", "discord:1")
+            .await
+            .unwrap(),
         Approval::Approved(_)
     ));
     assert!(store.is_paired("discord", "42").await.unwrap());
-    assert_eq!(store.approve_pairing("ZZZZ-ZZZZ", "x").await.unwrap(), Approval::Unknown);
+    assert_eq!(
+        store.approve_pairing("ZZZZ-ZZZZ", "x").await.unwrap(),
+        Approval::Unknown
+    );
     assert!(store.unpair("discord", "42").await.unwrap());
     assert!(!store.is_paired("discord", "42").await.unwrap());
 }
@@ -440,7 +520,12 @@ async fn budgets_count_cache_tokens_warn_once_and_scope_per_user() {
         .record_turn(&general, None, "U1", &[], &first)
         .await
         .unwrap();
-    assert_eq!(budgets.after_turn(&general, "U1", &first, Instant::now()).await, None);
+    assert_eq!(
+        budgets
+            .after_turn(&general, "U1", &first, Instant::now())
+            .await,
+        None
+    );
     // 850 tokens (cache writes count too): 85 %, one warning.
     let second = [(model.clone(), call(100, 0, 250))];
     store
@@ -451,7 +536,10 @@ async fn budgets_count_cache_tokens_warn_once_and_scope_per_user() {
         .after_turn(&general, "U1", &second, Instant::now())
         .await
         .expect("a warning at 85 %");
-    assert!(warning.contains("85 %") && warning.contains("850 / 1,000 tokens"), "{warning}");
+    assert!(
+        warning.contains("85 %") && warning.contains("850 / 1,000 tokens"),
+        "{warning}"
+    );
     // Pending calls of a running turn count before they are stored.
     let err = budgets
         .check(&general, "U1", &[(model.clone(), call(200, 0, 0))])
@@ -465,17 +553,95 @@ async fn budgets_count_cache_tokens_warn_once_and_scope_per_user() {
         .await
         .unwrap();
     assert_eq!(
-        budgets.after_turn(&general, "U1", &third, Instant::now()).await,
+        budgets
+            .after_turn(&general, "U1", &third, Instant::now())
+            .await,
         None,
         "the warning comes once"
     );
     // The user's USD budget: 860 tokens of Sonnet cost far less than a cent; a big call does not.
-    let big = [(model.clone(), call(0, 0, 0)), (model.clone(), Usage { output_tokens: 700, ..Usage::default() })];
+    let big = [
+        (model.clone(), call(0, 0, 0)),
+        (
+            model.clone(),
+            Usage {
+                output_tokens: 700,
+                ..Usage::default()
+            },
+        ),
+    ];
     let elsewhere = ConversationRef::new("slack", "T1", "C2", None);
-    store.record_turn(&elsewhere, None, "U1", &[], &big).await.unwrap();
+    store
+        .record_turn(&elsewhere, None, "U1", &[], &big)
+        .await
+        .unwrap();
     budgets.counted(&elsewhere, "U1", &big, Instant::now());
-    let err = budgets.check(&elsewhere, "U1", &[]).await.unwrap_err().to_string();
-    assert!(err.contains("You have used up the daily model budget of $0.01"), "{err}");
+    let err = budgets
+        .check(&elsewhere, "U1", &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("You have used up the daily model budget of $0.01"),
+        "{err}"
+    );
     // Another user in that channel is not limited by U1's spending.
     budgets.check(&elsewhere, "U2", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn slack_429_storm_every_reply_once_after_the_wait() {
+    let env = start(&[]).await;
+    // The first three posts are refused with HTTP 429 and `Retry-After: 1`.
+    env.slack.rate_limit_next("chat.postMessage", 3, 1);
+    for n in 1..=3 {
+        slack_event(
+            &env,
+            &format!("EvR{n}"),
+            "U1",
+            &format!("C{n}"),
+            &format!("17000001{n}0.000100"),
+            "rate me",
+        )
+        .await;
+    }
+    let deadline = Instant::now() + WAIT;
+    let calls = loop {
+        let calls = env.slack.calls_to("chat.postMessage");
+        let delivered = calls.iter().skip(3).count();
+        if delivered >= 3 {
+            break calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} posts: {calls:#?}\n{}",
+            calls.len(),
+            env.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (refused, delivered) = calls.split_at(3);
+    for n in 1..=3 {
+        let channel = format!("C{n}");
+        let ok: Vec<_> = delivered
+            .iter()
+            .filter(|c| c.arg("channel") == Some(channel.as_str()))
+            .collect();
+        assert_eq!(ok.len(), 1, "{channel}: {delivered:#?}");
+        assert!(ok[0].arg("text").unwrap_or_default().contains("42"));
+        // Tried again no sooner than Slack said.
+        if let Some(first) = refused
+            .iter()
+            .find(|c| c.arg("channel") == Some(channel.as_str()))
+        {
+            assert!(
+                ok[0].at.duration_since(first.at) >= Duration::from_secs(1),
+                "{channel}: retried after {:?}",
+                ok[0].at.duration_since(first.at)
+            );
+        }
+    }
+    // Nothing more comes later (each reply once).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.slack.calls_to("chat.postMessage").len(), 6);
 }

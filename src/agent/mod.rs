@@ -455,7 +455,10 @@ impl Core {
             Ok(Err(TurnError::OverBudget(e))) => {
                 info!(conversation = %event.conversation, budget = ?e.kind, "over budget: no model call");
                 if stats.steps > 0 {
-                    format!("{e}\n\n(I stopped after {} tool step(s); their results are saved.)", stats.steps)
+                    format!(
+                        "{e}\n\n(I stopped after {} tool step(s); their results are saved.)",
+                        stats.steps
+                    )
                 } else {
                     e.text
                 }

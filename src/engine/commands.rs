@@ -453,7 +453,9 @@ impl Handler for Commands {
             CommandName::Pair => {
                 return match &self.pair {
                     Some(pair) => pair.run(event, args).await,
-                    None => Ok(vec![Outgoing::text("DM pairing is not set up on this server.")]),
+                    None => Ok(vec![Outgoing::text(
+                        "DM pairing is not set up on this server.",
+                    )]),
                 };
             }
             CommandName::Unknown(word) => {

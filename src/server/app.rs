@@ -125,7 +125,9 @@ impl App {
             Some(metrics.usage.clone()),
         ));
         let commands = commands
-            .with_profiles(crate::engine::profile::Profiles::new(config.profiles.clone()))
+            .with_profiles(crate::engine::profile::Profiles::new(
+                config.profiles.clone(),
+            ))
             .with_mcp(mcp.clone())
             .with_budgets(budgets.clone())
             .with_pair(Arc::new(crate::engine::guard::PairCommand::new(

@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -62,7 +62,13 @@ pub struct UsageMetrics {
 
 impl UsageMetrics {
     /// Count one model call.
-    pub fn add(&self, model: &str, channel: &str, usage: &crate::storage::store::Usage, cost_usd: f64) {
+    pub fn add(
+        &self,
+        model: &str,
+        channel: &str,
+        usage: &crate::storage::store::Usage,
+        cost_usd: f64,
+    ) {
         for (kind, n) in [
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),

@@ -145,7 +145,12 @@ mod tests {
         assert!(!channels.allows_channel(&ConversationRef::new("slack", "T2", "C1", None)));
         assert!(channels.allows_channel(&ConversationRef::new("discord", "g", "1", None)));
         // A web conversation cannot name itself into a Slack workspace.
-        assert!(!channels.allows_channel(&ConversationRef::new("web", "local", "slack:T1:*", None)));
+        assert!(!channels.allows_channel(&ConversationRef::new(
+            "web",
+            "local",
+            "slack:T1:*",
+            None
+        )));
     }
 
     #[test]

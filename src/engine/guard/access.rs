@@ -119,16 +119,28 @@ mod tests {
     fn channels_and_users_are_both_checked() {
         let s = settings(&["slack:U1"], &["slack:C1"], &["slack:UADMIN"]);
         let none = AllowList::default();
-        assert_eq!(decide(&s, &none, &slack("C1"), "U1", || false), Verdict::Allowed);
-        assert_eq!(decide(&s, &none, &slack("C1"), "U2", || false), Verdict::UserRefused);
+        assert_eq!(
+            decide(&s, &none, &slack("C1"), "U1", || false),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            decide(&s, &none, &slack("C1"), "U2", || false),
+            Verdict::UserRefused
+        );
         assert_eq!(
             decide(&s, &none, &slack("C2"), "U1", || false),
             Verdict::ChannelRefused
         );
-        assert_eq!(decide(&s, &none, &slack("C2"), "UADMIN", || false), Verdict::Admin);
+        assert_eq!(
+            decide(&s, &none, &slack("C2"), "UADMIN", || false),
+            Verdict::Admin
+        );
         // A profile's own list narrows further.
         let profile = AllowList::new(["slack:U9"]);
-        assert_eq!(decide(&s, &profile, &slack("C1"), "U1", || false), Verdict::UserRefused);
+        assert_eq!(
+            decide(&s, &profile, &slack("C1"), "U1", || false),
+            Verdict::UserRefused
+        );
     }
 
     #[test]
@@ -136,18 +148,30 @@ mod tests {
         let mut s = settings(&[], &["slack:C1"], &[]);
         let none = AllowList::default();
         // Slack DMs are open by default, whatever the channel list says.
-        assert_eq!(decide(&s, &none, &slack("D1"), "U7", || false), Verdict::Allowed);
+        assert_eq!(
+            decide(&s, &none, &slack("D1"), "U7", || false),
+            Verdict::Allowed
+        );
         // Discord DMs need pairing by default.
         assert_eq!(
             decide(&s, &none, &discord_dm(), "42", || false),
             Verdict::NeedsPairing
         );
-        assert_eq!(decide(&s, &none, &discord_dm(), "42", || true), Verdict::Allowed);
+        assert_eq!(
+            decide(&s, &none, &discord_dm(), "42", || true),
+            Verdict::Allowed
+        );
         s.dm_slack = DmPolicy::Closed;
-        assert_eq!(decide(&s, &none, &slack("D1"), "U7", || true), Verdict::DmClosed);
+        assert_eq!(
+            decide(&s, &none, &slack("D1"), "U7", || true),
+            Verdict::DmClosed
+        );
         // A user named on the allow list needs no pairing; `*` names nobody.
         let s = settings(&["discord:42", "*"], &[], &[]);
-        assert_eq!(decide(&s, &none, &discord_dm(), "42", || false), Verdict::Allowed);
+        assert_eq!(
+            decide(&s, &none, &discord_dm(), "42", || false),
+            Verdict::Allowed
+        );
         assert_eq!(
             decide(&s, &none, &discord_dm(), "43", || false),
             Verdict::NeedsPairing

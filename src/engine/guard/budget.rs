@@ -410,12 +410,14 @@ impl Budgets {
 
     /// Tokens and cost of some calls.
     fn sum(&self, calls: &[(String, Usage)]) -> (i64, i64) {
-        calls.iter().fold((0, 0), |(tokens, nanos), (model, usage)| {
-            (
-                tokens + total_tokens(usage),
-                nanos + self.settings.prices.nanos(model, usage),
-            )
-        })
+        calls
+            .iter()
+            .fold((0, 0), |(tokens, nanos), (model, usage)| {
+                (
+                    tokens + total_tokens(usage),
+                    nanos + self.settings.prices.nanos(model, usage),
+                )
+            })
     }
 
     /// Tokens and cost of a scope since `start`: cached, or read from the database.
@@ -461,7 +463,10 @@ impl Budgets {
             return;
         };
         let channel = conversation.channel_ref();
-        let channel = format!("{}:{}:{}", channel.platform, channel.workspace, channel.channel);
+        let channel = format!(
+            "{}:{}:{}",
+            channel.platform, channel.workspace, channel.channel
+        );
         for (model, usage) in calls {
             metrics.add(
                 model,
@@ -482,7 +487,10 @@ fn scope_key(kind: BudgetKind, conversation: &ConversationRef, user_id: &str) ->
         ),
         BudgetKind::UserDaily => format!("user:{}:{user_id}", conversation.platform),
         BudgetKind::WorkspaceMonthly => {
-            format!("workspace:{}:{}", conversation.platform, conversation.workspace)
+            format!(
+                "workspace:{}:{}",
+                conversation.platform, conversation.workspace
+            )
         }
     }
 }
@@ -560,7 +568,9 @@ mod tests {
     #[test]
     fn periods_follow_the_time_zone() {
         // 2026-03-10 23:30 UTC is already 2026-03-11 in Berlin.
-        let now = Timestamp::from_second(1_773_185_400).unwrap().as_millisecond();
+        let now = Timestamp::from_second(1_773_185_400)
+            .unwrap()
+            .as_millisecond();
         let (start, next) = period(&TimeZone::UTC, BudgetKind::ChannelDaily, now);
         assert_eq!(next - start, 86_400_000);
         assert_eq!(start, 1_773_100_800_000);

@@ -15,8 +15,8 @@ use super::pairing;
 use super::rate::Buckets;
 use super::settings::{AccessSettings, RateSettings};
 use crate::bus::{Admission, Gate, Outgoing};
-use crate::server::metrics::{Metrics, ReasonLabels};
 use crate::engine::profile::Profiles;
+use crate::server::metrics::{Metrics, ReasonLabels};
 use crate::storage::store::{NewPairing, Store};
 
 /// How often a refused user hears about it.
@@ -141,7 +141,9 @@ impl IntakeGate {
             Verdict::DmClosed => {
                 "Sorry, I don't take direct messages here. Mention me in a channel I'm in instead."
             }
-            _ => "Sorry, I'm not set up to answer you. Ask an admin of this bot if you need access.",
+            _ => {
+                "Sorry, I'm not set up to answer you. Ask an admin of this bot if you need access."
+            }
         };
         Admission::Answer(Outgoing::text(text))
     }
@@ -167,7 +169,12 @@ impl IntakeGate {
             }
         };
         if !self
-            .notice(&conversation.platform, &event.user.id, "pairing", REFUSAL_QUIET)
+            .notice(
+                &conversation.platform,
+                &event.user.id,
+                "pairing",
+                REFUSAL_QUIET,
+            )
             .await
         {
             return Admission::Ignore;
@@ -193,19 +200,30 @@ impl IntakeGate {
         {
             self.refused("rate_user");
             let text = "You're sending messages faster than I can take them, so I skipped this one. Please wait a little and send it again.";
-            return Some(if self.notice(platform, &event.user.id, "rate", RATE_QUIET).await {
-                Admission::Answer(Outgoing::text(text))
-            } else {
-                Admission::Ignore
-            });
+            return Some(
+                if self
+                    .notice(platform, &event.user.id, "rate", RATE_QUIET)
+                    .await
+                {
+                    Admission::Answer(Outgoing::text(text))
+                } else {
+                    Admission::Ignore
+                },
+            );
         }
         if let Some(channels) = &self.channels {
             let channel = format!("{}:{}", conversation.workspace, conversation.channel);
-            if channels.take(&format!("{platform}:{channel}"), now).is_err() {
+            if channels
+                .take(&format!("{platform}:{channel}"), now)
+                .is_err()
+            {
                 self.refused("rate_channel");
                 let text = "This channel is sending me more messages than I can take, so I skipped some. Please slow down and send again in a little while.";
                 return Some(
-                    if self.notice(platform, &channel, "rate_channel", RATE_QUIET).await {
+                    if self
+                        .notice(platform, &channel, "rate_channel", RATE_QUIET)
+                        .await
+                    {
                         Admission::Answer(Outgoing::text(text))
                     } else {
                         Admission::Ignore
@@ -228,12 +246,21 @@ impl Gate for IntakeGate {
         // asks then, and the answer is looked up before (it needs the database).
         let platform = conversation.platform.as_str();
         let named = !self.access.named_users.is_empty()
-            && self.access.named_users.allows_user(platform, &event.user.id);
+            && self
+                .access
+                .named_users
+                .allows_user(platform, &event.user.id);
         let needs_paired = !named
             && super::access::is_dm(conversation)
             && self.access.dm_policy(platform) == super::DmPolicy::Pairing;
         let paired = needs_paired && self.is_paired(&conversation.platform, &event.user.id).await;
-        match decide(&self.access, profile_users, conversation, &event.user.id, || paired) {
+        match decide(
+            &self.access,
+            profile_users,
+            conversation,
+            &event.user.id,
+            || paired,
+        ) {
             Verdict::Admin => Admission::Admit,
             Verdict::Allowed => self.limit(event).await.unwrap_or(Admission::Admit),
             Verdict::NeedsPairing => self.pair(event).await,

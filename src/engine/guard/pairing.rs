@@ -89,10 +89,7 @@ impl Feature for PairCommand {
         let text = match self.store.approve_pairing(&code, &admin).await? {
             Approval::Approved(p) => {
                 tracing::info!(user = %describe(&p), by = %admin, "pairing approved");
-                format!(
-                    "Paired {}. They can write to me in DMs now.",
-                    describe(&p)
-                )
+                format!("Paired {}. They can write to me in DMs now.", describe(&p))
             }
             Approval::AlreadyApproved(p) => format!(
                 "{} was already approved (by {}).",
@@ -119,7 +116,10 @@ mod tests {
         let code = new_code();
         assert_eq!(code.len(), 9);
         assert_eq!(&code[4..5], "-");
-        assert!(code.chars().all(|c| c == '-' || ALPHABET.contains(&(c as u8))));
+        assert!(
+            code.chars()
+                .all(|c| c == '-' || ALPHABET.contains(&(c as u8)))
+        );
         assert_eq!(normalize(" k7qh3mxp "), "K7QH-3MXP");
         assert_eq!(normalize("K7QH-3MXP"), "K7QH-3MXP");
         assert_ne!(new_code(), new_code());

@@ -37,11 +37,18 @@ impl Price {
     /// What `usage` costs, in nano-USD (integers add up without rounding drift).
     pub fn nanos(&self, usage: &Usage) -> i64 {
         // USD per million tokens = 1,000 nano-USD per token.
-        let per_token = |usd_per_million: f64, tokens: i64| usd_per_million * 1_000.0 * tokens as f64;
+        let per_token =
+            |usd_per_million: f64, tokens: i64| usd_per_million * 1_000.0 * tokens as f64;
         let total = per_token(self.input, usage.input_tokens)
             + per_token(self.output, usage.output_tokens)
-            + per_token(self.cache_read.unwrap_or(self.input), usage.cache_read_tokens)
-            + per_token(self.cache_write.unwrap_or(self.input), usage.cache_write_tokens);
+            + per_token(
+                self.cache_read.unwrap_or(self.input),
+                usage.cache_read_tokens,
+            )
+            + per_token(
+                self.cache_write.unwrap_or(self.input),
+                usage.cache_write_tokens,
+            );
         total.round() as i64
     }
 }
@@ -49,13 +56,34 @@ impl Price {
 /// The built-in prices (USD per million tokens: input, output, cache read, cache write), as
 /// the providers list them. OpenAI does not charge cache writes apart from input.
 const BUILT_IN: &[(&str, Price)] = &[
-    ("anthropic/claude-opus-4-5", Price::new(5.0, 25.0, 0.5, 6.25)),
-    ("anthropic/claude-opus-4-1", Price::new(15.0, 75.0, 1.5, 18.75)),
-    ("anthropic/claude-opus-4", Price::new(15.0, 75.0, 1.5, 18.75)),
-    ("anthropic/claude-sonnet-4", Price::new(3.0, 15.0, 0.3, 3.75)),
-    ("anthropic/claude-3-7-sonnet", Price::new(3.0, 15.0, 0.3, 3.75)),
-    ("anthropic/claude-haiku-4-5", Price::new(1.0, 5.0, 0.1, 1.25)),
-    ("anthropic/claude-3-5-haiku", Price::new(0.8, 4.0, 0.08, 1.0)),
+    (
+        "anthropic/claude-opus-4-5",
+        Price::new(5.0, 25.0, 0.5, 6.25),
+    ),
+    (
+        "anthropic/claude-opus-4-1",
+        Price::new(15.0, 75.0, 1.5, 18.75),
+    ),
+    (
+        "anthropic/claude-opus-4",
+        Price::new(15.0, 75.0, 1.5, 18.75),
+    ),
+    (
+        "anthropic/claude-sonnet-4",
+        Price::new(3.0, 15.0, 0.3, 3.75),
+    ),
+    (
+        "anthropic/claude-3-7-sonnet",
+        Price::new(3.0, 15.0, 0.3, 3.75),
+    ),
+    (
+        "anthropic/claude-haiku-4-5",
+        Price::new(1.0, 5.0, 0.1, 1.25),
+    ),
+    (
+        "anthropic/claude-3-5-haiku",
+        Price::new(0.8, 4.0, 0.08, 1.0),
+    ),
     ("openai/gpt-5", Price::new(1.25, 10.0, 0.125, 1.25)),
     ("openai/gpt-5-mini", Price::new(0.25, 2.0, 0.025, 0.25)),
     ("openai/gpt-5-nano", Price::new(0.05, 0.4, 0.005, 0.05)),
@@ -182,7 +210,10 @@ mod tests {
         );
         let table = PriceTable::with_overrides(file).unwrap();
         // Cache reads cost input's price when the entry names none.
-        assert_eq!(table.nanos("openai/llama3", &usage(0, 0, 2_000_000, 0)), 1_000_000_000);
+        assert_eq!(
+            table.nanos("openai/llama3", &usage(0, 0, 2_000_000, 0)),
+            1_000_000_000
+        );
         let mut bad = BTreeMap::new();
         bad.insert(
             "llama3".to_string(),

@@ -82,7 +82,10 @@ mod tests {
             assert!(buckets.take("alice", t0).is_ok());
         }
         let wait = buckets.take("alice", t0).unwrap_err();
-        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         // Bob's bucket is his own.
         assert!(buckets.take("bob", t0).is_ok());
         // One message per 20 s comes back.

@@ -236,11 +236,9 @@ fn access_settings(file: AccessFile) -> Result<AccessSettings, ConfigError> {
         .as_deref()
         .map(|p| DmPolicy::parse("access.dm_policy", p))
         .transpose()?;
-    let platform = |key: &str, own: Option<String>, default: DmPolicy| {
-        match own {
-            Some(text) => DmPolicy::parse(key, &text),
-            None => Ok(all.unwrap_or(default)),
-        }
+    let platform = |key: &str, own: Option<String>, default: DmPolicy| match own {
+        Some(text) => DmPolicy::parse(key, &text),
+        None => Ok(all.unwrap_or(default)),
     };
     let minutes = match file.pairing_code_minutes {
         None => 60,
@@ -257,7 +255,11 @@ fn access_settings(file: AccessFile) -> Result<AccessSettings, ConfigError> {
         allow_users: AllowList::new(users),
         allow_channels: AllowList::new(channels),
         admin_users: AllowList::new(admins.into_iter().filter(|a| a.trim() != "*")),
-        dm_slack: platform("access.dm_policy_slack", file.dm_policy_slack, defaults.dm_slack)?,
+        dm_slack: platform(
+            "access.dm_policy_slack",
+            file.dm_policy_slack,
+            defaults.dm_slack,
+        )?,
         dm_discord: platform(
             "access.dm_policy_discord",
             file.dm_policy_discord,
@@ -374,17 +376,24 @@ mod tests {
         };
         let e = access_settings(bad_policy).unwrap_err().to_string();
         assert!(e.contains("access.dm_policy") && e.contains("maybe"), "{e}");
-        let e = usd("budget.channel_daily_usd", Some(Number::Text("lots".into())))
-            .unwrap_err()
-            .to_string();
+        let e = usd(
+            "budget.channel_daily_usd",
+            Some(Number::Text("lots".into())),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("budget.channel_daily_usd"), "{e}");
         assert_eq!(
             usd("k", Some(Number::Text("$2.50".into()))).unwrap(),
             Some(2_500_000_000)
         );
-        let e = budget_settings(BudgetFile::default(), BTreeMap::new(), Some("Mars/Base".into()))
-            .unwrap_err()
-            .to_string();
+        let e = budget_settings(
+            BudgetFile::default(),
+            BTreeMap::new(),
+            Some("Mars/Base".into()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("timezone"), "{e}");
         assert!(per_minute("rate.user_per_minute", Some(-1)).is_err());
         assert_eq!(per_minute("k", Some(0)).unwrap(), None);

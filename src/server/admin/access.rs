@@ -32,7 +32,10 @@ fn list(list: &AllowList, empty: &str) -> String {
 fn limit(l: &Limit) -> String {
     let mut parts = Vec::new();
     if let Some(tokens) = l.tokens {
-        parts.push(format!("{} tokens", crate::engine::guard::budget::thousands(tokens)));
+        parts.push(format!(
+            "{} tokens",
+            crate::engine::guard::budget::thousands(tokens)
+        ));
     }
     if let Some(nanos) = l.nanos {
         parts.push(crate::engine::guard::budget::usd(nanos));
@@ -65,8 +68,16 @@ pub async fn access(State(admin): State<Admin>, headers: HeaderMap) -> Response 
         a.dm_slack.as_str(),
         a.dm_discord.as_str(),
         a.pairing_code_ttl.as_secs() / 60,
-        guards.rate.user_per_minute.map(|n| n.to_string()).unwrap_or_else(|| "no limit".into()),
-        guards.rate.channel_per_minute.map(|n| n.to_string()).unwrap_or_else(|| "no limit".into()),
+        guards
+            .rate
+            .user_per_minute
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "no limit".into()),
+        guards
+            .rate
+            .channel_per_minute
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "no limit".into()),
     );
     body.push_str("<h2>Pairing codes waiting</h2><table><tr><th>code</th><th>user</th><th>DM</th><th>asked</th><th>expires</th><th></th></tr>");
     for p in &pending {
@@ -142,7 +153,10 @@ pub async fn access(State(admin): State<Admin>, headers: HeaderMap) -> Response 
                 let _ = write!(
                     body,
                     "<tr><td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td></tr>",
-                    esc(&format!("{}:{}:{}", channel.platform, channel.workspace, channel.channel)),
+                    esc(&format!(
+                        "{}:{}:{}",
+                        channel.platform, channel.workspace, channel.channel
+                    )),
                     esc(&spend.describe()),
                     spend.share() * 100.0,
                     esc(&spend.reset_text(now)),
@@ -161,7 +175,12 @@ pub async fn approve(
     body: Bytes,
 ) -> Response {
     form_caller!(admin, headers, &field(&body, "csrf"));
-    match admin.app.store.approve_pairing(&normalize(&code), "admin").await {
+    match admin
+        .app
+        .store
+        .approve_pairing(&normalize(&code), "admin")
+        .await
+    {
         Ok(Approval::Approved(p)) => {
             tracing::info!(user = %describe(&p), "admin: pairing approved");
             see_other("/admin/access")

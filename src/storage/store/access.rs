@@ -64,8 +64,13 @@ pub enum Approval {
 pub trait AccessLog: Send + Sync {
     /// Whether `user` should be told about `kind` (`refused`, `pairing`, `rate`) now: true, and
     /// the time noted, when they were not told within `quiet_ms`; false otherwise.
-    async fn note_notice(&self, platform: &str, user_id: &str, kind: &str, quiet_ms: i64)
-    -> Result<bool>;
+    async fn note_notice(
+        &self,
+        platform: &str,
+        user_id: &str,
+        kind: &str,
+        quiet_ms: i64,
+    ) -> Result<bool>;
 
     /// The user's pending, unexpired pairing code, or `new` stored as their code.
     async fn pairing_code(&self, new: &NewPairing) -> Result<PairingCode>;

@@ -190,9 +190,11 @@ impl Harness {
     }
 
     /// The edited original response of the interaction with `token`.
+    /// The finished response of an interaction (while a command runs, its live tool line
+    /// shows there first).
     async fn original(&self, token: &str) -> Posted {
         self.posted_where(&format!("editing {token}"), |p| {
-            p.via == "original" && p.token.as_deref() == Some(token)
+            p.via == "original" && p.token.as_deref() == Some(token) && !p.content.contains("_⏳ ")
         })
         .await
     }

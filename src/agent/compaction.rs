@@ -19,6 +19,7 @@ use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
 use crate::bus::EventContext;
+use crate::engine::live::Live;
 use crate::engine::tools::ToolContext;
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::store::{
@@ -316,7 +317,7 @@ impl Core {
             self.config.max_output_tokens,
         );
         let answer = self
-            .call(event, &setup.models, &flush, deadline, stats)
+            .call(event, &setup.models, &flush, deadline, stats, &Live::off())
             .await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
@@ -384,7 +385,7 @@ impl Core {
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
         let summary = self
-            .call(event, &setup.models, &ask, deadline, stats)
+            .call(event, &setup.models, &ask, deadline, stats, &Live::off())
             .await?
             .text();
         let summary = summary.trim();

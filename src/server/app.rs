@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
+use crate::schedule::Scheduler;
 use crate::server::metrics::Metrics;
 use crate::storage::blob::{self, BlobStore};
 use crate::storage::store::{self, Role, Store};
@@ -54,6 +55,8 @@ pub struct App {
     pub slack: Option<ecdysis_slack::Slack>,
     /// The spend limits (and the usage metrics), checked before every model call.
     pub budgets: Arc<crate::engine::guard::Budgets>,
+    /// Scheduled jobs; their scanner starts with `serve` and `chat` ([`Scheduler::start`]).
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl App {
@@ -75,7 +78,13 @@ impl App {
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
         let browser = BrowserService::from_config(&config).context("browser")?;
-        let mut commands = Commands::new(store.clone(), blobs.clone());
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            config.schedule.clone(),
+            &config.timezone,
+        ));
+        let mut commands =
+            Commands::new(store.clone(), blobs.clone()).with_scheduler(scheduler.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
@@ -163,6 +172,7 @@ impl App {
             store.clone(),
             metrics.clone(),
         )));
+        scheduler.attach(&bus);
         let discord = crate::platforms::discord::open(&config, &bus)?;
         let slack = crate::platforms::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
@@ -177,7 +187,14 @@ impl App {
             discord,
             slack,
             budgets,
+            scheduler,
         })
+    }
+
+    /// Start firing scheduled jobs (under the `scheduler` lease with Postgres).
+    pub fn start_scheduler(&self) -> crate::schedule::scanner::Running {
+        self.scheduler
+            .start(Duration::from_secs(self.config.bus.leader_lease_seconds))
     }
 
     /// The HTTP routes: web chat + operations.
@@ -267,6 +284,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     let workers = app.bus.start().await?;
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
     let connections = crate::platforms::connections::Connections::start(&app).await?;
+    let scheduler = app.start_scheduler();
     info!(
         %address,
         storage = app.store.backend(),
@@ -282,6 +300,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     crate::server::listener::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down: finishing running events");
     connections.stop().await;
+    scheduler.stop().await;
     stop(workers).await;
     if let Some(browser) = &app.browser {
         browser.shutdown().await;

@@ -16,6 +16,12 @@ pub enum CommandName {
     Forget,
     Memory,
     Status,
+    /// Schedule a reminder, a recurring post or a heartbeat prompt.
+    Remind,
+    /// List the channel's scheduled jobs.
+    Schedules,
+    /// Cancel a scheduled job.
+    Unschedule,
     Help,
     /// Approve a DM pairing code (admins).
     Pair,
@@ -25,7 +31,7 @@ pub enum CommandName {
 
 impl CommandName {
     /// Every known command, in the order help lists them.
-    pub const ALL: [CommandName; 11] = [
+    pub const ALL: [CommandName; 14] = [
         CommandName::Ask,
         CommandName::Remember,
         CommandName::Recall,
@@ -34,6 +40,9 @@ impl CommandName {
         CommandName::Run,
         CommandName::Screenshot,
         CommandName::Record,
+        CommandName::Remind,
+        CommandName::Schedules,
+        CommandName::Unschedule,
         CommandName::Status,
         CommandName::Pair,
         CommandName::Help,
@@ -50,6 +59,9 @@ impl CommandName {
             "forget" => Self::Forget,
             "memory" => Self::Memory,
             "status" => Self::Status,
+            "remind" => Self::Remind,
+            "schedules" => Self::Schedules,
+            "unschedule" => Self::Unschedule,
             "help" => Self::Help,
             "pair" => Self::Pair,
             _ => Self::Unknown(word.to_string()),
@@ -67,6 +79,9 @@ impl CommandName {
             Self::Forget => "forget",
             Self::Memory => "memory",
             Self::Status => "status",
+            Self::Remind => "remind",
+            Self::Schedules => "schedules",
+            Self::Unschedule => "unschedule",
             Self::Help => "help",
             Self::Pair => "pair",
             Self::Unknown(word) => word,

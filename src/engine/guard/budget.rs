@@ -130,7 +130,7 @@ impl Spend {
     pub fn reset_text(&self, now_ms: i64) -> String {
         let at = Timestamp::from_millisecond(self.resets_at)
             .map(|t| {
-                let zoned = t.to_zoned_datetime(self.timezone.clone());
+                let zoned = t.to_zoned(self.timezone.clone());
                 let name = self.timezone.iana_name().unwrap_or("UTC");
                 if self.kind == BudgetKind::WorkspaceMonthly {
                     format!("{} {name}", zoned.strftime("%Y-%m-%d %H:%M"))
@@ -498,7 +498,7 @@ fn scope_key(kind: BudgetKind, conversation: &ConversationRef, user_id: &str) ->
 /// (start, next start) of the calendar day or month containing `now_ms` in `tz`.
 fn period(tz: &TimeZone, kind: BudgetKind, now_ms: i64) -> (i64, i64) {
     let compute = || -> Result<(i64, i64), jiff::Error> {
-        let now = Timestamp::from_millisecond(now_ms)?.to_zoned_datetime(tz.clone());
+        let now = Timestamp::from_millisecond(now_ms)?.to_zoned(tz.clone());
         let (start, next) = match kind {
             BudgetKind::ChannelDaily | BudgetKind::UserDaily => {
                 let start = now.start_of_day()?;

@@ -80,6 +80,7 @@ impl Bus {
                 attachments: Vec::new(),
                 buttons: Vec::new(),
                 route,
+                live: None,
             };
             if let Err(e) = adapter.deliver(&reply).await {
                 warn!(error = %e, "cannot deliver a guard rail's answer");

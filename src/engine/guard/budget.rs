@@ -168,11 +168,14 @@ struct Cached {
     fetched: Instant,
 }
 
+/// Cached sums by (scope, period start).
+type Cache = HashMap<(UsageScope, i64), Cached>;
+
 /// The budgets, their cache and the usage metrics.
 pub struct Budgets {
     settings: BudgetSettings,
     store: Arc<dyn Store>,
-    cache: Mutex<HashMap<(UsageScope, i64), Cached>>,
+    cache: Mutex<Cache>,
     metrics: Option<UsageMetrics>,
 }
 
@@ -454,7 +457,7 @@ impl Budgets {
         Ok((tokens, nanos))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UsageScope, i64), Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -530,7 +533,7 @@ pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -28,6 +28,11 @@ const PAIRED_TTL: Duration = Duration::from_secs(30);
 /// Remembered notices and pairings before the table is cleared.
 const MAX_REMEMBERED: usize = 50_000;
 
+/// (platform, user or channel id, kind of notice) → when it was given.
+type Notices = HashMap<(String, String, &'static str), Instant>;
+/// (platform, user id) → when the database said the user is paired.
+type Paired = HashMap<(String, String), Instant>;
+
 /// The access policy, pairing and rate limits at intake.
 pub struct IntakeGate {
     access: AccessSettings,
@@ -38,9 +43,9 @@ pub struct IntakeGate {
     channels: Option<Buckets>,
     /// Notices given lately (platform, id, kind) → when: spares the database a write for
     /// every message of a flood.
-    noticed: Mutex<HashMap<(String, String, &'static str), Instant>>,
+    noticed: Mutex<Notices>,
     /// Users found paired lately.
-    paired: Mutex<HashMap<(String, String), Instant>>,
+    paired: Mutex<Paired>,
 }
 
 impl IntakeGate {

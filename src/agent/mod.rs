@@ -63,6 +63,10 @@ pub enum TurnError {
     /// A budget is used up: the user gets its reply, and no model is called.
     #[error(transparent)]
     OverBudget(#[from] crate::engine::guard::Exceeded),
+    #[error("cannot encode a transcript row: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot archive the transcript: {0}")]
+    Archive(#[source] crate::storage::blob::BlobError),
     #[error("{0}")]
     Internal(String),
 }
@@ -465,7 +469,9 @@ impl Core {
                     e.text
                 }
             }
-            Ok(Err(TurnError::Internal(e))) => {
+            Ok(Err(
+                e @ (TurnError::Internal(_) | TurnError::Encode(_) | TurnError::Archive(_)),
+            )) => {
                 warn!(error = %e, "the turn failed");
                 format!("Sorry, something went wrong while answering: {e}.")
             }
@@ -617,8 +623,8 @@ impl Core {
         let window = self.windows.get(self.store.as_ref(), conversation);
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
-        stats.prefix_tokens =
-            context::estimate_tokens(&setup.stable) + context::tools_tokens(&setup.tool_defs);
+        let tools_tokens = context::tools_tokens(&setup.tool_defs);
+        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
         let system = context::system_blocks(setup.stable.clone(), &notes);
         let files: Vec<(String, String, i64)> = event
             .payload
@@ -633,7 +639,7 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&setup.tool_defs)
+            + tools_tokens
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let transcript = context::fit(context::transcript(&window, event.event_id), allowance);
@@ -823,7 +829,7 @@ impl Core {
 }
 
 fn json_text(row: &ToolRow) -> Result<String, TurnError> {
-    serde_json::to_string(row).map_err(|e| TurnError::Internal(e.to_string()))
+    Ok(serde_json::to_string(row)?)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -268,7 +268,6 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         Kind::Int,
     ),
     ("public_url", &["ECDYSIS_PUBLIC_URL"], Kind::Str),
-    ("timezone", &["ECDYSIS_TIMEZONE"], Kind::Str),
     ("schedule.grace", &["ECDYSIS_SCHEDULE_GRACE"], Kind::Str),
     (
         "schedule.max_jobs_per_channel",
@@ -288,6 +287,60 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     (
         "web.max_connections",
         &["ECDYSIS_WEB_MAX_CONNECTIONS"],
+        Kind::Int,
+    ),
+    ("timezone", &["ECDYSIS_TIMEZONE"], Kind::Str),
+    ("access.allow_users", &["ECDYSIS_ALLOW_USERS"], Kind::List),
+    (
+        "access.allow_channels",
+        &["ECDYSIS_ALLOW_CHANNELS"],
+        Kind::List,
+    ),
+    ("access.admin_users", &["ECDYSIS_ADMIN_USERS"], Kind::List),
+    ("access.dm_policy", &["ECDYSIS_DM_POLICY"], Kind::Str),
+    (
+        "access.pairing_code_minutes",
+        &["ECDYSIS_PAIRING_CODE_MINUTES"],
+        Kind::Int,
+    ),
+    (
+        "budget.channel_daily_tokens",
+        &["ECDYSIS_BUDGET_CHANNEL_DAILY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.channel_daily_usd",
+        &["ECDYSIS_BUDGET_CHANNEL_DAILY_USD"],
+        Kind::Str,
+    ),
+    (
+        "budget.user_daily_tokens",
+        &["ECDYSIS_BUDGET_USER_DAILY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.user_daily_usd",
+        &["ECDYSIS_BUDGET_USER_DAILY_USD"],
+        Kind::Str,
+    ),
+    (
+        "budget.workspace_monthly_tokens",
+        &["ECDYSIS_BUDGET_WORKSPACE_MONTHLY_TOKENS"],
+        Kind::Int,
+    ),
+    (
+        "budget.workspace_monthly_usd",
+        &["ECDYSIS_BUDGET_WORKSPACE_MONTHLY_USD"],
+        Kind::Str,
+    ),
+    (
+        "rate.user_per_minute",
+        &["ECDYSIS_RATE_USER_PER_MINUTE"],
+        Kind::Int,
+    ),
+    (
+        "rate.channel_per_minute",
+        &["ECDYSIS_RATE_CHANNEL_PER_MINUTE"],
         Kind::Int,
     ),
 ];
@@ -339,6 +392,15 @@ struct FileConfig {
     /// `[[profile]]`: per-channel agent profiles.
     #[serde(default)]
     profile: Vec<crate::engine::profile::ProfileFile>,
+    /// `[access]`, `[budget]`, `[rate]`, `[prices."<model>"]`: the guard rails.
+    #[serde(default)]
+    access: crate::engine::guard::settings::AccessFile,
+    #[serde(default)]
+    budget: crate::engine::guard::settings::BudgetFile,
+    #[serde(default)]
+    rate: crate::engine::guard::settings::RateFile,
+    #[serde(default)]
+    prices: std::collections::BTreeMap<String, crate::engine::guard::prices::Price>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -912,6 +974,8 @@ pub struct Config {
     pub web_header_timeout: Duration,
     /// Connections served at once (`web.max_connections`).
     pub web_max_connections: usize,
+    /// Access policy, budgets and rate limits.
+    pub guards: crate::engine::guard::GuardSettings,
     /// `ECDYSIS_TIMEZONE`: the IANA time zone used when a user's own is unknown (`UTC`).
     pub timezone: String,
     /// Scheduled jobs (`[schedule]`).
@@ -1082,6 +1146,13 @@ impl Config {
         )? as u64);
         let web_max_connections =
             positive("web.max_connections", file.web.max_connections, 1024)? as usize;
+        let guards = crate::engine::guard::settings::validate(
+            file.access,
+            file.budget,
+            file.rate,
+            file.prices,
+            file.timezone.clone(),
+        )?;
         let timezone = match file.timezone.map(|t| t.trim().to_string()) {
             None => "UTC".to_string(),
             Some(t) if t.is_empty() => "UTC".to_string(),
@@ -1119,6 +1190,7 @@ impl Config {
             public_url,
             web_header_timeout,
             web_max_connections,
+            guards,
             timezone,
             schedule,
         })

@@ -146,3 +146,42 @@ async fn a_gateway_waiting_for_its_url_shuts_down_at_once() {
     assert_eq!(fake.connections(), 0);
     running.server.abort();
 }
+
+/// A gateway that keeps the socket open but stops acknowledging heartbeats (a "zombie"
+/// connection) is left for a new one (resumed) within two heartbeat intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_is_replaced_within_two_heartbeats() {
+    let interval = Duration::from_millis(1_000);
+    let fake = FakeDiscord::start_with_heartbeat(interval).await.unwrap();
+    let running = serve(&fake).await;
+    let gateway =
+        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
+            .await
+            .unwrap()
+            .expect("a token starts the gateway");
+    assert!(fake.wait_identified(1).await, "the bot never identified");
+    // Let a heartbeat be acknowledged, then fall silent with the socket left open.
+    let acked = fake
+        .wait_until(Duration::from_secs(10), |f| {
+            (f.heartbeats() >= 1).then_some(())
+        })
+        .await;
+    assert!(acked.is_some(), "no heartbeat");
+    let before = fake.connections();
+    fake.silence_gateway();
+    let silenced = Instant::now();
+    let back = fake
+        .wait_until(Duration::from_secs(15), |f| {
+            (f.connections() > before).then_some(())
+        })
+        .await;
+    let took = silenced.elapsed();
+    assert!(back.is_some(), "the bot kept the zombie connection");
+    // Two intervals, with room for a loaded machine.
+    assert!(
+        took <= 2 * interval + Duration::from_millis(1_500),
+        "the zombie was noticed after {took:?}"
+    );
+    gateway.shutdown().await;
+    running.server.abort();
+}

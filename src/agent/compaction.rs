@@ -199,11 +199,25 @@ impl Core {
         // The usage of the flush and summary calls, whatever the outcome.
         if let Err(e) = self
             .store
-            .record_turn(&conversation, Some(event.event_id), &[], &stats.usage)
+            .record_turn(
+                &conversation,
+                Some(event.event_id),
+                &event.payload.user.id,
+                &[],
+                &stats.usage,
+            )
             .await
             && result.is_ok()
         {
             result = Err(e.into());
+        }
+        if let Some(budgets) = &self.budgets {
+            budgets.counted(
+                &conversation,
+                &event.payload.user.id,
+                &stats.usage,
+                Instant::now(),
+            );
         }
         self.lock_compacting().remove(&conversation);
         match result {
@@ -288,7 +302,7 @@ impl Core {
             self.config.max_output_tokens,
         );
         let answer = self
-            .call(&setup.models, &flush, deadline, stats, &Live::off())
+            .call(event, &setup.models, &flush, deadline, stats, &Live::off())
             .await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
@@ -353,7 +367,7 @@ impl Core {
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
         let summary = self
-            .call(&setup.models, &ask, deadline, stats, &Live::off())
+            .call(event, &setup.models, &ask, deadline, stats, &Live::off())
             .await?
             .text();
         let summary = summary.trim();

@@ -60,6 +60,9 @@ pub enum TurnError {
     /// Storage failed: the bus retries the event.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A budget is used up: the user gets its reply, and no model is called.
+    #[error(transparent)]
+    OverBudget(#[from] crate::engine::guard::Exceeded),
     #[error("cannot encode a transcript row: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("cannot archive the transcript: {0}")]
@@ -226,6 +229,8 @@ struct Core {
     compacting: Mutex<HashSet<ConversationRef>>,
     /// Each conversation's recent rows, kept between turns.
     windows: window::Windows,
+    /// Spend limits checked before every model call, and the usage metrics.
+    budgets: Option<Arc<crate::engine::guard::Budgets>>,
 }
 
 impl LlmAgent {
@@ -335,8 +340,18 @@ impl LlmAgent {
                 policy,
                 compacting: Mutex::new(HashSet::new()),
                 windows: window::Windows::new(CONTEXT_ROWS),
+                budgets: None,
             }),
         }
+    }
+
+    /// Check `budgets` before every model call (turns and compactions), count usage in them.
+    /// Call before the agent is shared.
+    pub fn with_budgets(mut self, budgets: Arc<crate::engine::guard::Budgets>) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.budgets = Some(budgets);
+        }
+        self
     }
 
     /// The name of the profile in force in a conversation (for `/status`).
@@ -443,6 +458,17 @@ impl Core {
                 warn!(error = %e, "the model could not answer");
                 self.failure_text(&e, stats.steps, &setup.models)
             }
+            Ok(Err(TurnError::OverBudget(e))) => {
+                info!(conversation = %event.conversation, budget = ?e.kind, "over budget: no model call");
+                if stats.steps > 0 {
+                    format!(
+                        "{e}\n\n(I stopped after {} tool step(s); their results are saved.)",
+                        stats.steps
+                    )
+                } else {
+                    e.text
+                }
+            }
             Ok(Err(
                 e @ (TurnError::Internal(_) | TurnError::Encode(_) | TurnError::Archive(_)),
             )) => {
@@ -467,10 +493,24 @@ impl Core {
             .record_turn(
                 &event.conversation,
                 Some(event.event_id),
+                &event.payload.user.id,
                 &collected.rows,
                 &stats.usage,
             )
             .await?;
+        let mut text = text;
+        if let Some(budgets) = &self.budgets
+            && let Some(warning) = budgets
+                .after_turn(
+                    &event.conversation,
+                    &event.payload.user.id,
+                    &stats.usage,
+                    Instant::now(),
+                )
+                .await
+        {
+            text = format!("{text}\n\n_{warning}_");
+        }
         stats.total = started.elapsed();
         debug!(
             total_ms = stats.total.as_millis() as u64,
@@ -523,16 +563,27 @@ impl Core {
         )
     }
 
-    /// One model call with retries and fallbacks; its usage joins the turn's. With a live
-    /// view, the answer streams into it.
+    /// One model call with retries and fallbacks, for `event`'s user and conversation, after
+    /// the budget check; its usage joins the turn's. With a live view, the answer streams into it.
     async fn call(
         &self,
+        event: &EventContext,
         models: &ModelSet,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
         live: &Live,
     ) -> Result<ChatResponse, TurnError> {
+        if let Some(budgets) = &self.budgets {
+            match budgets
+                .check(&event.conversation, &event.payload.user.id, &stats.usage)
+                .await
+            {
+                Ok(()) => {}
+                Err(crate::engine::guard::BudgetError::Exceeded(e)) => return Err(e.into()),
+                Err(crate::engine::guard::BudgetError::Store(e)) => return Err(e.into()),
+            }
+        }
         stats.model_calls += 1;
         let started = Instant::now();
         let sink = live.is_on().then_some(live as &dyn TextSink);
@@ -620,7 +671,7 @@ impl Core {
                 request.tool_choice = ToolChoice::None;
             }
             let response = self
-                .call(&setup.models, &request, deadline, stats, &event.live)
+                .call(event, &setup.models, &request, deadline, stats, &event.live)
                 .await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {

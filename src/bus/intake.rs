@@ -22,7 +22,7 @@ impl EventSink for Bus {
         if let Some(accepted) = self.handle_action(&event).await {
             return Ok(accepted);
         }
-        if !self.is_for_the_bot(&event).await? {
+        if !self.is_for_the_bot(&event).await? || !self.admitted(&event).await {
             return Ok(Accepted {
                 event_id: String::new(),
                 duplicate: false,

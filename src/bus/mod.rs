@@ -12,6 +12,7 @@
 //! - [`worker`]: claiming and processing events;
 //! - [`outbox`]: delivering replies and retrying them.
 
+mod gate;
 mod intake;
 mod outbox;
 mod payload;
@@ -28,6 +29,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
+pub use gate::{Admission, Gate};
 pub use payload::{EventPayload, StoredFile, read_file};
 
 use crate::config::BusConfig;
@@ -91,6 +93,7 @@ struct Inner {
     handler: Arc<dyn Handler>,
     adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
     actions: RwLock<Option<Arc<dyn ActionHandler>>>,
+    gate: RwLock<Option<Arc<dyn Gate>>>,
     config: BusConfig,
     owner: String,
     wake: Notify,
@@ -130,6 +133,7 @@ impl Bus {
                 handler,
                 adapters: RwLock::new(HashMap::new()),
                 actions: RwLock::new(None),
+                gate: RwLock::new(None),
                 config,
                 owner,
                 wake: Notify::new(),

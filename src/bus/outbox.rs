@@ -29,6 +29,21 @@ impl Bus {
                 self.inner.metrics.replies_sent.inc();
                 store.mark_reply_sent(item.id, message_id.as_deref()).await
             }
+            Err(DeliveryError::RateLimited {
+                retry_after,
+                detail,
+            }) => {
+                // The platform named the time: wait exactly that (plus a little), however
+                // often; the reply is neither dropped nor posted twice.
+                self.inner.metrics.reply_failures.inc();
+                let delay = i64::try_from(retry_after.as_millis())
+                    .unwrap_or(i64::MAX / 2)
+                    .saturating_add(50);
+                warn!(reply = %item.id, error = %detail, delay_ms = delay, "rate limited by the platform; will retry then");
+                store
+                    .mark_reply_failed(item.id, &detail, Some(UnixMs::now().plus(delay)))
+                    .await
+            }
             Err(DeliveryError::Retryable(e)) if item.attempts < MAX_DELIVERY_ATTEMPTS => {
                 self.inner.metrics.reply_failures.inc();
                 let delay = backoff_ms(item.attempts);

@@ -58,6 +58,10 @@ pub struct Commands {
     profiles: Profiles,
     /// The MCP servers, for `/status`.
     mcp: Option<McpHub>,
+    /// `/pair` (DM pairing approvals).
+    pair: Option<Arc<dyn Feature>>,
+    /// The spend limits, for `/status`.
+    budgets: Option<Arc<crate::engine::guard::Budgets>>,
     /// Scheduled jobs (`remind`, `schedules`, `unschedule`, fired jobs).
     scheduler: Option<Arc<Scheduler>>,
 }
@@ -75,8 +79,22 @@ impl Commands {
             tools: ToolRegistry::new(),
             profiles: Profiles::default(),
             mcp: None,
+            pair: None,
+            budgets: None,
             scheduler: None,
         }
+    }
+
+    /// `/pair`: admins approve DM pairing codes.
+    pub fn with_pair(mut self, feature: Arc<dyn Feature>) -> Self {
+        self.pair = Some(feature);
+        self
+    }
+
+    /// Show the budgets' use and limits in `/status`.
+    pub fn with_budgets(mut self, budgets: Arc<crate::engine::guard::Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// Take `remind`, `schedules` and `unschedule`, run fired jobs, and offer the model the
@@ -290,6 +308,24 @@ impl Commands {
                 ecdysis_chat::time::rfc3339_utc(last.0),
             ));
         }
+        if let Some(budgets) = &self.budgets
+            && budgets.any()
+        {
+            let now = crate::storage::store::now_ms();
+            let spends = budgets
+                .spend(&event.conversation, &event.payload.user.id, &[], now)
+                .await?;
+            out.push_str("\nBudgets:");
+            for spend in spends {
+                out.push_str(&format!(
+                    "\n  {}: {} ({:.0} %), resets {}",
+                    spend.kind.label(),
+                    spend.describe(),
+                    spend.share() * 100.0,
+                    spend.reset_text(now)
+                ));
+            }
+        }
         if usage.is_empty() {
             out.push_str("\nModel usage in this channel: none yet");
         } else {
@@ -375,6 +411,7 @@ pub fn help_text() -> String {
         ("schedules", "list this channel's scheduled jobs"),
         ("unschedule <id>", "cancel a scheduled job"),
         ("status", "what runs here and what this channel used"),
+        ("pair <code>", "approve a DM pairing code (bot admins)"),
         ("help", "this text"),
     ];
     let mut out = String::from(
@@ -472,6 +509,14 @@ impl Handler for Commands {
                 None => NO_SCHEDULER_TEXT.into(),
             },
             CommandName::Help => help_text(),
+            CommandName::Pair => {
+                return match &self.pair {
+                    Some(pair) => pair.run(event, args).await,
+                    None => Ok(vec![Outgoing::text(
+                        "DM pairing is not set up on this server.",
+                    )]),
+                };
+            }
             CommandName::Unknown(word) => {
                 format!("Unknown command `/{word}`.\n{}", help_text())
             }

@@ -8,3 +8,4 @@ pub mod commands;
 pub mod live;
 pub mod profile;
 pub mod tools;
+pub mod guard;

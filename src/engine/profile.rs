@@ -35,6 +35,9 @@ pub struct ProfileFile {
     pub sandbox: Option<bool>,
     pub browser: Option<bool>,
     pub memory: Option<String>,
+    /// Who may talk to the bot in the profile's channels (`platform:id`, `platform:*`, `*`),
+    /// on top of `ECDYSIS_ALLOW_USERS`.
+    pub allow_users: Option<Vec<String>>,
 }
 
 /// Where a channel pattern applies: `*`, `platform:*`, `platform:workspace:*`, `platform:id`
@@ -180,6 +183,8 @@ pub struct Profile {
     pub sandbox: bool,
     pub browser: bool,
     pub memory: MemoryScope,
+    /// `None`: everyone `ECDYSIS_ALLOW_USERS` lets in.
+    pub allow_users: Option<ecdysis_chat::AllowList>,
 }
 
 impl Profile {
@@ -196,6 +201,7 @@ impl Profile {
             sandbox: true,
             browser: true,
             memory: MemoryScope::Channel,
+            allow_users: None,
         }
     }
 
@@ -443,6 +449,10 @@ pub fn validate(
             sandbox: file.sandbox.unwrap_or(true),
             browser: file.browser.unwrap_or(true),
             memory,
+            allow_users: file
+                .allow_users
+                .map(ecdysis_chat::AllowList::new)
+                .filter(|list| !list.is_empty()),
             name,
         });
     }

@@ -54,6 +54,8 @@ pub struct App {
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
     /// starts with `serve` ([`crate::platforms::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
+    /// The spend limits (and the usage metrics), checked before every model call.
+    pub budgets: Arc<crate::engine::guard::Budgets>,
     /// The web chat's routes; its adapter is registered with the bus when the app opens.
     pub web: WebChat,
     /// Failed logins per client, shared by `/login`, `/admin/login` and bearer checks.
@@ -130,11 +132,22 @@ impl App {
         };
         // MCP servers connect in the background: start-up and /readyz never wait for them.
         let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone());
+        let metrics = Arc::new(Metrics::new());
+        let budgets = Arc::new(crate::engine::guard::Budgets::new(
+            config.guards.budget.clone(),
+            store.clone(),
+            Some(metrics.usage.clone()),
+        ));
         let commands = commands
             .with_profiles(crate::engine::profile::Profiles::new(
                 config.profiles.clone(),
             ))
-            .with_mcp(mcp.clone());
+            .with_mcp(mcp.clone())
+            .with_budgets(budgets.clone())
+            .with_pair(Arc::new(crate::engine::guard::PairCommand::new(
+                config.guards.access.clone(),
+                store.clone(),
+            )));
         let mut commands = customize(commands);
         // The agent is built last, so it offers every tool registered before it: by the features
         // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
@@ -144,9 +157,8 @@ impl App {
                 LlmAgent::from_config(&config, store.clone(), blobs.clone(), commands.tools())?
         {
             info!(model = %agent.describe(), "the agent answers free text and /ask");
-            commands = commands.with_agent(Arc::new(agent));
+            commands = commands.with_agent(Arc::new(agent.with_budgets(budgets.clone())));
         }
-        let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(
             store.clone(),
             blobs.clone(),
@@ -158,6 +170,13 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        bus.set_gate(Arc::new(crate::engine::guard::IntakeGate::new(
+            config.guards.access.clone(),
+            config.guards.rate,
+            crate::engine::profile::Profiles::new(config.profiles.clone()),
+            store.clone(),
+            metrics.clone(),
+        )));
         scheduler.attach(&bus);
         let logins = Arc::new(LoginLimiter::default());
         let (web, web_adapter) = WebChat::new(
@@ -190,6 +209,7 @@ impl App {
             mcp,
             discord,
             slack,
+            budgets,
             web,
             logins,
             scheduler,
@@ -259,6 +279,8 @@ impl App {
             profiles: self.config.profiles.clone().into(),
             mcp: self.mcp.clone(),
             scheduler: self.scheduler.clone(),
+            guards: self.config.guards.clone(),
+            budgets: self.budgets.clone(),
         }
     }
 

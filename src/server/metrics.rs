@@ -1,9 +1,11 @@
 //! Prometheus metrics of the bus and the server, rendered as text for `GET /metrics`.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -22,6 +24,72 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     /// Events accepted and not yet finished.
     pub queue_depth: Gauge<i64, AtomicI64>,
+    /// Model tokens and cost by model and channel.
+    pub usage: UsageMetrics,
+    /// Events the guard rails turned away, by reason.
+    pub refused: Family<ReasonLabels, Counter>,
+}
+
+/// Labels of the model usage counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabels {
+    pub model: String,
+    pub channel: String,
+    /// `input`, `output`, `cache_read` or `cache_write`.
+    pub kind: String,
+}
+
+/// Labels of the cost counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub model: String,
+    pub channel: String,
+}
+
+/// Labels of the refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Model tokens by kind (cache reads and writes apart, so a cache that stopped hitting shows)
+/// and cost in USD, by model and channel. Cheap to clone (the families are shared).
+#[derive(Clone, Debug, Default)]
+pub struct UsageMetrics {
+    tokens: Family<UsageLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+}
+
+impl UsageMetrics {
+    /// Count one model call.
+    pub fn add(
+        &self,
+        model: &str,
+        channel: &str,
+        usage: &crate::storage::store::Usage,
+        cost_usd: f64,
+    ) {
+        for (kind, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&UsageLabels {
+                    model: model.to_string(),
+                    channel: channel.to_string(),
+                    kind: kind.to_string(),
+                })
+                .inc_by(n.max(0) as u64);
+        }
+        self.cost
+            .get_or_create(&CostLabels {
+                model: model.to_string(),
+                channel: channel.to_string(),
+            })
+            .inc_by(cost_usd.max(0.0));
+    }
 }
 
 impl Metrics {
@@ -80,8 +148,27 @@ impl Metrics {
             "Events accepted and not yet finished",
             queue_depth.clone(),
         );
+        let usage = UsageMetrics::default();
+        registry.register(
+            "llm_tokens",
+            "Model tokens as the providers report them, by model, channel and kind (input, output, cache_read, cache_write)",
+            usage.tokens.clone(),
+        );
+        registry.register(
+            "llm_cost_usd",
+            "Model cost in USD from the price table, by model and channel",
+            usage.cost.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "events_refused",
+            "Events the guard rails turned away, by reason (user, channel, dm, pairing, rate)",
+            refused.clone(),
+        );
         Self {
             registry,
+            usage,
+            refused,
             events_received,
             events_duplicate,
             events_processed,

@@ -113,6 +113,8 @@ struct Gateway {
     resumes: u32,
     heartbeats: u32,
     connections: u32,
+    /// A zombie: the socket stays open, but heartbeats get no ACK.
+    silent: bool,
 }
 
 #[derive(Default)]
@@ -171,6 +173,11 @@ impl Inner {
 
 impl FakeDiscord {
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with_heartbeat(Duration::from_secs(5)).await
+    }
+
+    /// A fake whose HELLO asks for heartbeats every `interval`.
+    pub async fn start_with_heartbeat(interval: Duration) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address: SocketAddr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -178,7 +185,7 @@ impl FakeDiscord {
             changed: Notify::new(),
             next_id: AtomicU64::new(1_200_000_000_000_000_000),
             base: format!("http://{address}"),
-            heartbeat_ms: 5_000,
+            heartbeat_ms: interval.as_millis() as u64,
         });
         let router = Router::new()
             .route("/gateway", get(gateway))
@@ -331,6 +338,17 @@ impl FakeDiscord {
                 return check(self);
             }
         }
+    }
+
+    /// Turn the open gateway connection into a zombie: it stays open, but its heartbeats are
+    /// no longer acknowledged, until the client connects again.
+    pub fn silence_gateway(&self) {
+        self.inner.data().gateway.silent = true;
+    }
+
+    /// Heartbeats received (acknowledged or not).
+    pub fn heartbeats(&self) -> u32 {
+        self.inner.data().gateway.heartbeats
     }
 
     /// Wait for the `n`th IDENTIFY (n from 1).
@@ -938,6 +956,8 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket) {
             let _ = old.send(Out::Drop);
         }
         d.gateway.connections += 1;
+        // A new connection is a live one again.
+        d.gateway.silent = false;
     }
     let hello = json!({ "op": 10, "d": { "heartbeat_interval": inner.heartbeat_ms } }).to_string();
     if socket.send(WsMessage::Text(hello.into())).await.is_err() {
@@ -979,7 +999,9 @@ fn handle_op(inner: &Inner, out: &mpsc::UnboundedSender<Out>, frame: &Value) {
     match frame["op"].as_u64() {
         Some(1) => {
             d.gateway.heartbeats += 1;
-            let _ = out.send(Out::Text(json!({ "op": 11 }).to_string()));
+            if !d.gateway.silent {
+                let _ = out.send(Out::Text(json!({ "op": 11 }).to_string()));
+            }
         }
         Some(2) => {
             d.gateway.identifies += 1;

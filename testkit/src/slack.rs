@@ -73,6 +73,8 @@ struct State_ {
     files: HashMap<String, Bytes>,
     /// Fail the next N calls of a method with this error.
     failures: HashMap<String, (usize, String)>,
+    /// Method → (calls left to answer with HTTP 429, the `Retry-After` seconds).
+    rate_limits: HashMap<String, (usize, u64)>,
     /// `users.info`'s `tz` per user.
     timezones: HashMap<String, String>,
     socket: SocketState,
@@ -224,6 +226,15 @@ impl FakeSlack {
             .lock()
             .failures
             .insert(method.to_string(), (times, error.to_string()));
+    }
+
+    /// Answer the next `times` calls of `method` with HTTP 429 and `Retry-After: seconds`
+    /// (Slack's rate limit answer), as a storm of them would.
+    pub fn rate_limit_next(&self, method: &str, times: usize, retry_after_seconds: u64) {
+        self.shared
+            .lock()
+            .rate_limits
+            .insert(method.to_string(), (times, retry_after_seconds));
     }
 
     /// Every recorded call.
@@ -426,6 +437,18 @@ async fn api(
     shared.record(call);
     {
         let mut state = shared.lock();
+        if let Some((times, seconds)) = state.rate_limits.get_mut(&method)
+            && *times > 0
+        {
+            *times -= 1;
+            let seconds = *seconds;
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", seconds.to_string())],
+                axum::Json(json!({ "ok": false, "error": "ratelimited" })),
+            )
+                .into_response();
+        }
         if let Some((times, error)) = state.failures.get_mut(&method)
             && *times > 0
         {

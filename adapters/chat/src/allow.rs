@@ -3,7 +3,8 @@
 //! received the event, never from text a client sent.
 //!
 //! An entry is `platform:id` (`slack:U012AB`, `web:alice`), for channels also
-//! `platform:workspace:channel` (`slack:T012AB:C345CD`). The event's identity is built as
+//! `platform:workspace:channel` (`slack:T012AB:C345CD`); `*` is everyone, `platform:*` everyone
+//! on that platform, and for channels `platform:workspace:*` every channel of a workspace. The event's identity is built as
 //! `<conversation.platform>:<user id>`, so a web user who calls themselves `slack:U012AB` is
 //! `web:slack:U012AB` and matches no Slack entry. A bare entry without a platform (`U012AB`,
 //! `C345CD`) matches that id on the platforms whose ids the platform itself vouches for; it never
@@ -30,6 +31,11 @@ impl AllowList {
         }
     }
 
+    /// The entries, as configured.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+
     /// True when no entry is configured (everyone is allowed).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -42,8 +48,10 @@ impl AllowList {
             return true;
         }
         let scoped = format!("{platform}:{user_id}");
+        let whole_platform = format!("{platform}:*");
         self.entries.iter().any(|entry| {
             entry == "*"
+                || *entry == whole_platform
                 || *entry == scoped
                 || (bare(entry) && platform != SELF_NAMED_PLATFORM && entry == user_id)
         })
@@ -61,8 +69,12 @@ impl AllowList {
         // The short form only for channel ids without `:`, so that no channel name can spell
         // another channel's full form.
         let short = bare(channel).then(|| format!("{platform}:{channel}"));
+        let whole_platform = format!("{platform}:*");
+        let whole_workspace = format!("{platform}:{}:*", conversation.workspace);
         self.entries.iter().any(|entry| {
             entry == "*"
+                || *entry == whole_platform
+                || *entry == whole_workspace
                 || *entry == full
                 || short.as_ref() == Some(entry)
                 || (bare(entry) && platform != SELF_NAMED_PLATFORM && entry == channel)
@@ -119,6 +131,26 @@ mod tests {
         // `local:ops` would spell `web:local:ops` in the short form: not accepted.
         assert!(!channels.allows_channel(&web("local:ops")));
         assert!(!channels.allows_channel(&web("general:x")));
+    }
+
+    #[test]
+    fn platform_and_workspace_wildcards() {
+        let users = AllowList::new(["slack:*", "discord:42"]);
+        assert!(users.allows_user("slack", "U9"));
+        assert!(users.allows_user("discord", "42"));
+        assert!(!users.allows_user("discord", "43"));
+        assert!(!users.allows_user("web", "slack:*"));
+        let channels = AllowList::new(["slack:T1:*", "discord:*"]);
+        assert!(channels.allows_channel(&ConversationRef::new("slack", "T1", "C1", None)));
+        assert!(!channels.allows_channel(&ConversationRef::new("slack", "T2", "C1", None)));
+        assert!(channels.allows_channel(&ConversationRef::new("discord", "g", "1", None)));
+        // A web conversation cannot name itself into a Slack workspace.
+        assert!(!channels.allows_channel(&ConversationRef::new(
+            "web",
+            "local",
+            "slack:T1:*",
+            None
+        )));
     }
 
     #[test]

@@ -23,13 +23,15 @@ pub enum CommandName {
     /// Cancel a scheduled job.
     Unschedule,
     Help,
+    /// Approve a DM pairing code (admins).
+    Pair,
     /// A word that is not a command; the core answers with the help text.
     Unknown(String),
 }
 
 impl CommandName {
     /// Every known command, in the order help lists them.
-    pub const ALL: [CommandName; 13] = [
+    pub const ALL: [CommandName; 14] = [
         CommandName::Ask,
         CommandName::Remember,
         CommandName::Recall,
@@ -42,6 +44,7 @@ impl CommandName {
         CommandName::Schedules,
         CommandName::Unschedule,
         CommandName::Status,
+        CommandName::Pair,
         CommandName::Help,
     ];
 
@@ -60,6 +63,7 @@ impl CommandName {
             "schedules" => Self::Schedules,
             "unschedule" => Self::Unschedule,
             "help" => Self::Help,
+            "pair" => Self::Pair,
             _ => Self::Unknown(word.to_string()),
         }
     }
@@ -79,6 +83,7 @@ impl CommandName {
             Self::Schedules => "schedules",
             Self::Unschedule => "unschedule",
             Self::Help => "help",
+            Self::Pair => "pair",
             Self::Unknown(word) => word,
         }
     }

@@ -248,10 +248,17 @@ impl Default for Limits {
 }
 
 /// Why a delivery failed. `Retryable` errors are tried again later; `Permanent` ones are recorded.
+/// `RateLimited`: the platform said to wait (Slack `Retry-After`, Discord `retry_after`); the
+/// reply is tried again then, however often that happens.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("temporary delivery failure: {0}")]
     Retryable(String),
+    #[error("rate limited by the platform ({detail}); retrying in {} ms", retry_after.as_millis())]
+    RateLimited {
+        retry_after: std::time::Duration,
+        detail: String,
+    },
     #[error("delivery failed: {0}")]
     Permanent(String),
 }

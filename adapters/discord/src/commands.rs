@@ -129,6 +129,14 @@ pub fn spec(name: &CommandName) -> (&'static str, &'static [OptionSpec]) {
     const RUN: &[OptionSpec] = &[main_text("command", "The shell command to run")];
     const REMEMBER: &[OptionSpec] = &[main_text("text", "The note to save")];
     const RECALL: &[OptionSpec] = &[main_text("query", "Words to look for")];
+    const PAIR: &[OptionSpec] = &[OptionSpec {
+        name: "code",
+        kind: OptionKind::Text,
+        required: false,
+        positional: true,
+        description: "The pairing code to approve (none: list the codes waiting)",
+        choices: &[],
+    }];
     const FORGET: &[OptionSpec] = &[OptionSpec {
         name: "id",
         kind: OptionKind::Integer,
@@ -163,6 +171,7 @@ pub fn spec(name: &CommandName) -> (&'static str, &'static [OptionSpec]) {
         CommandName::Memory => ("List this channel's notes", &[]),
         CommandName::Status => ("Show the bot's status", &[]),
         CommandName::Help => ("Show what the bot can do", &[]),
+        CommandName::Pair => ("Approve a DM pairing code (bot admins)", PAIR),
         CommandName::Unknown(_) => ("", &[]),
     }
 }

@@ -418,10 +418,19 @@ pub(crate) fn status(error: &serenity::Error) -> Option<u16> {
     }
 }
 
+/// How long to wait after a 429 that reached us. serenity's own rate limiter keeps Discord's
+/// per-route buckets and the global limit and retries 429s itself; a 429 gets here only from a
+/// proxy (`DISCORD_API_URL`, limiter off), whose answer serenity does not pass on.
+const PROXY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Rate limits, server errors and network trouble are retried; other refusals are final.
 pub(crate) fn classify(error: serenity::Error) -> DeliveryError {
     match status(&error) {
-        Some(429) | Some(500..) | None => DeliveryError::Retryable(error.to_string()),
+        Some(429) => DeliveryError::RateLimited {
+            retry_after: PROXY_RETRY_AFTER,
+            detail: error.to_string(),
+        },
+        Some(500..) | None => DeliveryError::Retryable(error.to_string()),
         Some(_) => DeliveryError::Permanent(error.to_string()),
     }
 }

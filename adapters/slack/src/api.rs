@@ -33,6 +33,9 @@ pub struct AuthInfo {
 pub(crate) enum CallError {
     #[error("{0}")]
     Retryable(String),
+    /// HTTP 429: Slack's `Retry-After`, when it sent one.
+    #[error("{0}")]
+    RateLimited(String, Option<std::time::Duration>),
     #[error("{0}")]
     Permanent(String),
 }
@@ -57,8 +60,8 @@ impl CallError {
             SlackClientError::HttpError(http) => {
                 Self::Retryable(format!("{method}: HTTP {}", http.status_code))
             }
-            SlackClientError::RateLimitError(_) => {
-                Self::Retryable(format!("{method}: rate limited"))
+            SlackClientError::RateLimitError(limit) => {
+                Self::RateLimited(format!("{method}: ratelimited"), limit.retry_after)
             }
             other => Self::Retryable(format!("{method}: {other}")),
         }
@@ -67,7 +70,9 @@ impl CallError {
     /// The Slack error code (`channel_not_found`, …) when Slack answered with one.
     pub(crate) fn is_code(&self, code: &str) -> bool {
         match self {
-            Self::Retryable(m) | Self::Permanent(m) => m.ends_with(&format!(": {code}")),
+            Self::Retryable(m) | Self::Permanent(m) | Self::RateLimited(m, _) => {
+                m.ends_with(&format!(": {code}"))
+            }
         }
     }
 }

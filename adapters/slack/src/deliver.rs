@@ -76,6 +76,12 @@ impl From<CallError> for DeliveryError {
         match e {
             CallError::Retryable(m) => DeliveryError::Retryable(m),
             CallError::Permanent(m) => DeliveryError::Permanent(m),
+            // Slack's rate tiers allow about one message a second per channel: without a
+            // `Retry-After`, wait that long.
+            CallError::RateLimited(detail, after) => DeliveryError::RateLimited {
+                retry_after: after.unwrap_or(std::time::Duration::from_secs(1)),
+                detail,
+            },
         }
     }
 }

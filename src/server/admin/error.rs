@@ -30,6 +30,9 @@ pub enum AdminError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(&'static str),
+    /// Something that existed and has expired (a pairing code).
+    #[error("{0}")]
+    Gone(&'static str),
     /// The request body could not be read (too large, cut off).
     #[error(transparent)]
     Body(#[from] BytesRejection),
@@ -54,6 +57,7 @@ impl IntoResponse for AdminError {
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Gone(_) => StatusCode::GONE,
             AdminError::Internal { what, source } => {
                 tracing::error!(error = %source, "admin: cannot {what}");
                 return plain_text(
@@ -99,6 +103,7 @@ mod tests {
                 StatusCode::BAD_REQUEST,
             ),
             (AdminError::Conflict("not failed"), StatusCode::CONFLICT),
+            (AdminError::Gone("expired"), StatusCode::GONE),
         ];
         for (error, status) in cases {
             assert_eq!(error.into_response().status(), status);

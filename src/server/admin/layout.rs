@@ -75,11 +75,12 @@ button{font:inherit;padding:.2em .8em;cursor:pointer}
 ";
 
 /// The navigation: `(path, label)`.
-const NAV: [(&str, &str); 8] = [
+const NAV: [(&str, &str); 9] = [
     ("/admin", "Overview"),
     ("/admin/conversations", "Conversations"),
     ("/admin/memory", "Memory"),
     ("/admin/usage", "Usage"),
+    ("/admin/access", "Access"),
     ("/admin/inbox", "Inbox"),
     ("/admin/schedules", "Schedules"),
     ("/admin/workspaces", "Workspaces"),

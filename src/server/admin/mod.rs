@@ -1,7 +1,8 @@
 //! The admin UI at `/admin`: server-rendered pages (no scripts, no build step) over the store,
 //! the blob store and the bus — adapters and their health, conversations with transcripts and
-//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), scheduled
-//! jobs (cancel one), sandbox workspaces and installations.
+//! artifacts, memory notes (edit, delete), usage, the access policy and budgets (approve DM
+//! pairing codes), the inbox (retry a failed event), scheduled jobs (cancel one), sandbox
+//! workspaces and installations.
 //!
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use ecdysis_web::limiter::LoginLimiter;
 
 use crate::bus::Bus;
+use crate::engine::guard::{Budgets, GuardSettings};
 use crate::engine::profile::Profile;
 use crate::mcp::McpHub;
 use crate::schedule::Scheduler;
@@ -48,6 +50,10 @@ pub struct AdminParts {
     pub mcp: McpHub,
     /// Scheduled jobs (cancelling one).
     pub scheduler: Arc<Scheduler>,
+    /// The guard rails in force (access policy, budgets, rate limits).
+    pub guards: GuardSettings,
+    /// Spending against the budgets.
+    pub budgets: Arc<Budgets>,
 }
 
 /// How admin access works here.
@@ -91,6 +97,12 @@ pub fn router(parts: AdminParts, access: AdminAccess) -> Router {
         .route("/admin/notes/{id}", post(pages::memory::edit))
         .route("/admin/notes/{id}/delete", post(pages::memory::delete))
         .route("/admin/usage", get(pages::usage::show))
+        .route("/admin/access", get(pages::access::show))
+        .route(
+            "/admin/pairings/{code}/approve",
+            post(pages::access::approve),
+        )
+        .route("/admin/paired/unpair", post(pages::access::unpair))
         .route("/admin/inbox", get(pages::inbox::show))
         .route("/admin/inbox/{id}/retry", post(pages::inbox::retry))
         .route("/admin/schedules", get(pages::schedules::list))

@@ -30,6 +30,7 @@ pub(crate) fn sqlite() -> Migrator {
         (5, "event key", "0005_event_key.sql", true),
         (6, "conversation heads", "0006_conversation_heads.sql", false),
         (10, "schedules", "0010_schedules.sql", false),
+        (12, "guards", "0012_guards.sql", false),
     )
 }
 
@@ -42,6 +43,7 @@ pub(crate) fn postgres() -> Migrator {
         (5, "event key", "0005_event_key.sql", false),
         (6, "conversation heads", "0006_conversation_heads.sql", false),
         (10, "schedules", "0010_schedules.sql", false),
+        (12, "guards", "0012_guards.sql", false),
     )
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod access;
 mod clock;
 mod compaction;
 mod conversations;
@@ -29,6 +30,7 @@ mod transcript;
 mod usage;
 mod writer;
 
+pub use access::{AccessLog, Approval, NewPairing, PairedUser, PairingCode};
 pub use clock::Clock;
 pub use compaction::{
     Compaction, CompactionStats, Compactions, ContextMessages, ImportedCompaction, NewCompaction,
@@ -50,7 +52,7 @@ pub use schedules::{
 pub use transcript::{
     Artifact, ImportedMessage, Message, NewArtifact, NewMessage, Role, Transcript,
 };
-pub use usage::{ChannelUsage, ModelUsage, Usage, UsageLog};
+pub use usage::{ChannelUsage, ModelUsage, Usage, UsageLog, UsageScope};
 
 /// What went wrong in storage.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,7 @@ pub trait Store:
     + Compactions
     + Memory
     + UsageLog
+    + AccessLog
     + Leases
     + LiveMessages
     + Installations

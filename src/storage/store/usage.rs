@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::conversations::{channel_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::transcript::insert_message;
-use super::{ConversationId, EventId, NewMessage, Result, SqlStore};
+use super::{ConversationId, EventId, NewMessage, Result, SqlStore, UnixMs};
 
 /// One LLM call's token usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,6 +36,14 @@ pub struct ChannelUsage {
     pub usage: Usage,
 }
 
+/// Whose usage a budget counts: a channel, a user on a platform, or a workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UsageScope {
+    Channel(ChannelRef),
+    User { platform: String, user_id: String },
+    Workspace { platform: String, workspace: String },
+}
+
 /// What the model calls cost, in tokens, per conversation.
 #[async_trait]
 pub trait UsageLog: Send + Sync {
@@ -48,14 +56,19 @@ pub trait UsageLog: Send + Sync {
     ) -> Result<()>;
 
     /// What one agent turn produced besides its answer, in one transaction: its tool rows (in
-    /// order) and the usage of each of its model calls (model, usage).
+    /// order) and the usage of each of its model calls (model, usage), counted for `user_id`
+    /// (whose message the turn answered; empty for work nobody asked for).
     async fn record_turn(
         &self,
         conversation: &ConversationRef,
         event_id: Option<EventId>,
+        user_id: &str,
         messages: &[NewMessage],
         usage: &[(String, Usage)],
     ) -> Result<()>;
+
+    /// Usage totals per model of a channel, a user or a workspace since `since`.
+    async fn usage_since(&self, scope: &UsageScope, since: UnixMs) -> Result<Vec<ModelUsage>>;
 
     /// Usage totals of every conversation of a channel, per model.
     async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>>;
@@ -63,6 +76,12 @@ pub trait UsageLog: Send + Sync {
     /// Usage totals per channel and model, the heaviest channel first.
     async fn usage_by_channel(&self) -> Result<Vec<ChannelUsage>>;
 }
+
+/// The token sums of a usage query, as [`usage_from_row`] reads them.
+const SUMS: &str = "CAST(COALESCE(SUM(u.input_tokens), 0) AS BIGINT) AS input_tokens,
+                    CAST(COALESCE(SUM(u.output_tokens), 0) AS BIGINT) AS output_tokens,
+                    CAST(COALESCE(SUM(u.cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens,
+                    CAST(COALESCE(SUM(u.cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens";
 
 /// The token sums a usage query reads.
 fn usage_from_row(row: &impl Columns) -> Result<Usage> {
@@ -77,6 +96,7 @@ fn usage_from_row(row: &impl Columns) -> Result<Usage> {
 async fn insert_usage(
     tx: &mut Tx,
     conversation_id: ConversationId,
+    user_id: &str,
     model: &str,
     usage: &Usage,
 ) -> Result<()> {
@@ -84,8 +104,8 @@ async fn insert_usage(
     on_tx!(tx, |c| {
         sqlx::query(
             "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
-                                    cache_read_tokens, cache_write_tokens, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                    cache_read_tokens, cache_write_tokens, created_at, user_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(conversation_id)
         .bind(model)
@@ -94,6 +114,7 @@ async fn insert_usage(
         .bind(usage.cache_read_tokens)
         .bind(usage.cache_write_tokens)
         .bind(now)
+        .bind(user_id)
         .execute(c)
         .await?
         .rows_affected()
@@ -106,6 +127,7 @@ async fn record_turn_in(
     tx: &mut Tx,
     conversation: &ConversationRef,
     event_id: Option<EventId>,
+    user_id: &str,
     messages: &[NewMessage],
     usage: &[(String, Usage)],
 ) -> Result<()> {
@@ -114,7 +136,7 @@ async fn record_turn_in(
         insert_message(tx, conversation_id, event_id, message).await?;
     }
     for (model, usage) in usage {
-        insert_usage(tx, conversation_id, model, usage).await?;
+        insert_usage(tx, conversation_id, user_id, model, usage).await?;
     }
     Ok(())
 }
@@ -128,13 +150,14 @@ impl UsageLog for SqlStore {
         usage: &Usage,
     ) -> Result<()> {
         let usage = [(model.to_string(), usage.clone())];
-        self.record_turn(conversation, None, &[], &usage).await
+        self.record_turn(conversation, None, "", &[], &usage).await
     }
 
     async fn record_turn(
         &self,
         conversation: &ConversationRef,
         event_id: Option<EventId>,
+        user_id: &str,
         messages: &[NewMessage],
         usage: &[(String, Usage)],
     ) -> Result<()> {
@@ -147,14 +170,64 @@ impl UsageLog for SqlStore {
                 (
                     conversation.clone(),
                     event_id,
+                    user_id.to_string(),
                     messages.to_vec(),
                     usage.to_vec(),
                 ),
-                |tx, (conversation, event_id, messages, usage)| {
-                    Box::pin(record_turn_in(tx, conversation, *event_id, messages, usage))
+                |tx, (conversation, event_id, user_id, messages, usage)| {
+                    Box::pin(record_turn_in(
+                        tx,
+                        conversation,
+                        *event_id,
+                        user_id,
+                        messages,
+                        usage,
+                    ))
                 },
             )
             .await
+    }
+
+    async fn usage_since(&self, scope: &UsageScope, since: UnixMs) -> Result<Vec<ModelUsage>> {
+        // Each scope narrows by its own columns (channel, user or workspace) and by time.
+        let (filter, binds): (&str, Vec<&str>) = match scope {
+            UsageScope::Channel(channel) => (
+                "c.platform = $1 AND c.workspace = $2 AND c.channel = $3",
+                vec![&channel.platform, &channel.workspace, &channel.channel],
+            ),
+            UsageScope::User { platform, user_id } => (
+                "c.platform = $1 AND u.user_id = $2",
+                vec![platform, user_id],
+            ),
+            UsageScope::Workspace {
+                platform,
+                workspace,
+            } => (
+                "c.platform = $1 AND c.workspace = $2",
+                vec![platform, workspace],
+            ),
+        };
+        let time = format!("${}", binds.len() + 1);
+        let sql = format!(
+            "SELECT u.model, COUNT(*) AS calls, {SUMS}
+             FROM llm_usage u JOIN conversations c ON c.id = u.conversation_id
+             WHERE {filter} AND u.created_at >= {time}
+             GROUP BY u.model ORDER BY u.model"
+        );
+        on_reader!(&self.db, |pool| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for bind in &binds {
+                query = query.bind(*bind);
+            }
+            let found = query.bind(since).fetch_all(pool).await?;
+            rows(&found, |row| {
+                Ok(ModelUsage {
+                    model: row.col("model")?,
+                    calls: row.col("calls")?,
+                    usage: usage_from_row(row)?,
+                })
+            })
+        })
     }
 
     async fn channel_usage(&self, channel: &ChannelRef) -> Result<Vec<ModelUsage>> {

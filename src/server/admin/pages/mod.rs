@@ -5,6 +5,7 @@ use maud::{Markup, html};
 
 use super::layout::query_value;
 
+pub mod access;
 pub mod conversations;
 pub mod inbox;
 pub mod login;

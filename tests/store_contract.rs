@@ -1008,7 +1008,10 @@ async fn record_turn(store: &Fixture) {
     let c = conv("turn", Some("t"));
     let e = insert(store, &new_event(&c, "Ev-turn-1", "use the tools")).await;
     // Nothing to record writes nothing.
-    store.record_turn(&c, Some(e), "U1", &[], &[]).await.unwrap();
+    store
+        .record_turn(&c, Some(e), "U1", &[], &[])
+        .await
+        .unwrap();
     assert_eq!(store.message_count(&c).await.unwrap(), 1);
     let usage = |n| Usage {
         input_tokens: n,

@@ -5,7 +5,7 @@
 
 pub mod approvals;
 pub mod commands;
+pub mod guard;
 pub mod live;
 pub mod profile;
 pub mod tools;
-pub mod guard;

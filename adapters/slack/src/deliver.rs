@@ -403,7 +403,10 @@ mod tests {
         let b = Bookkeeping::default();
         assert!(!b.begin("1:0"));
         assert!(b.begin("1:0"));
-        assert!(b.begin("1:0"), "a key stays attempted: a retry looks for the first post");
+        assert!(
+            b.begin("1:0"),
+            "a key stays attempted: a retry looks for the first post"
+        );
         assert!(!b.begin("1:1"));
     }
 }

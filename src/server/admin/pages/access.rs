@@ -52,11 +52,7 @@ fn per_minute(limit: Option<u32>) -> String {
 /// Today's spending of the channels that used the most, against the per-channel budget.
 async fn channels_today(admin: &Admin) -> Result<Markup, AdminError> {
     let parts = &admin.parts;
-    let rows = parts
-        .store
-        .usage_by_channel()
-        .await
-        .cannot("read usage")?;
+    let rows = parts.store.usage_by_channel().await.cannot("read usage")?;
     let mut seen = Vec::new();
     for row in rows {
         if !seen.contains(&row.channel) {
@@ -108,10 +104,7 @@ async fn channels_today(admin: &Admin) -> Result<Markup, AdminError> {
 pub async fn show(State(admin): State<Admin>, viewer: Viewer) -> Result<HtmlPage, AdminError> {
     let parts = &admin.parts;
     let store = &parts.store;
-    let pending = store
-        .pending_pairings()
-        .await
-        .cannot("read the pairings")?;
+    let pending = store.pending_pairings().await.cannot("read the pairings")?;
     let paired = store.paired_users().await.cannot("read the pairings")?;
     let a = &parts.guards.access;
     let b = &parts.guards.budget;

@@ -143,6 +143,12 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        // Files events refer to are fetched by the workers, after the acknowledgement.
+        bus.set_file_intake(Arc::new(crate::media::Intake::new(
+            store.clone(),
+            blobs.clone(),
+            sandbox.clone(),
+        )));
         let discord = crate::discord::open(&config, &bus)?;
         let slack = crate::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
@@ -185,6 +191,7 @@ impl App {
             WebSettings {
                 token,
                 max_body_bytes: self.config.web_max_body_bytes,
+                max_upload_bytes: self.config.web_upload_max_bytes,
                 logins: logins.clone(),
                 https: guard.public_https(),
             },

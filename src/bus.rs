@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
     Accepted, Addressed, Attachment, Button, ChatAdapter, ConversationRef, DeliveryError, Event,
-    EventKind, EventSink, Reply, SubmitError, UserRef,
+    EventKind, EventSink, RemoteFile, Reply, SubmitError, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -62,6 +62,10 @@ pub struct EventPayload {
     pub text: String,
     #[serde(default)]
     pub attachments: Vec<StoredFile>,
+    /// Files still on the platform, fetched by the worker before the handler runs (their
+    /// stored copies are then in `attachments`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_files: Vec<RemoteFile>,
     #[serde(default)]
     pub route: serde_json::Value,
 }
@@ -119,6 +123,18 @@ pub trait ActionHandler: Send + Sync + 'static {
     async fn handle(&self, event: &Event) -> Option<Outgoing>;
 }
 
+/// Makes an event's files ready before its handler runs: fetches what the event only referred
+/// to (through the adapter it came from), keeps the files as artifacts. Errors are retried like
+/// the handler's.
+#[async_trait]
+pub trait FileIntake: Send + Sync + 'static {
+    async fn prepare(
+        &self,
+        adapter: Option<Arc<dyn ChatAdapter>>,
+        event: &mut EventContext,
+    ) -> anyhow::Result<()>;
+}
+
 /// The bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -131,6 +147,7 @@ struct Inner {
     handler: Arc<dyn Handler>,
     adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
     actions: RwLock<Option<Arc<dyn ActionHandler>>>,
+    files: RwLock<Option<Arc<dyn FileIntake>>>,
     config: BusConfig,
     owner: String,
     wake: Notify,
@@ -175,6 +192,7 @@ impl Bus {
                 handler,
                 adapters: RwLock::new(HashMap::new()),
                 actions: RwLock::new(None),
+                files: RwLock::new(None),
                 config,
                 owner,
                 wake: Notify::new(),
@@ -198,6 +216,13 @@ impl Bus {
     pub fn set_action_handler(&self, handler: Arc<dyn ActionHandler>) {
         if let Ok(mut actions) = self.inner.actions.write() {
             *actions = Some(handler);
+        }
+    }
+
+    /// Make events' files ready with `intake` before their handler runs.
+    pub fn set_file_intake(&self, intake: Arc<dyn FileIntake>) {
+        if let Ok(mut files) = self.inner.files.write() {
+            *files = Some(intake);
         }
     }
 
@@ -382,8 +407,15 @@ impl Bus {
 
         let renewer = self.renew_lease_while_running(claimed.id);
         let handler = self.inner.handler.clone();
-        let task_context = context.clone();
-        let outcome = tokio::spawn(async move { handler.handle(&task_context).await }).await;
+        let mut task_context = context.clone();
+        let intake = self.inner.files.read().ok().and_then(|f| f.clone());
+        let outcome = tokio::spawn(async move {
+            if let Some(intake) = intake {
+                intake.prepare(adapter, &mut task_context).await?;
+            }
+            handler.handle(&task_context).await
+        })
+        .await;
         renewer.abort();
 
         let result = match outcome {
@@ -553,12 +585,7 @@ impl Bus {
         attachment: &Attachment,
     ) -> anyhow::Result<StoredFile> {
         let artifact_id = uuid::Uuid::new_v4().to_string();
-        let blob_key = format!(
-            "artifacts/{}/{}/{}",
-            safe_segment(&conversation.platform),
-            artifact_id,
-            safe_segment(&attachment.name)
-        );
+        let blob_key = artifact_key(&conversation.platform, &artifact_id, &attachment.name);
         self.inner
             .blobs
             .put(&blob_key, attachment.bytes.clone(), &attachment.mime)
@@ -695,6 +722,7 @@ impl EventSink for Bus {
         if matches!(event.kind, EventKind::Message)
             && event.text.trim().is_empty()
             && event.attachments.is_empty()
+            && event.remote_files.is_empty()
         {
             return Err(SubmitError::Invalid("the message is empty".into()));
         }
@@ -750,6 +778,7 @@ impl EventSink for Bus {
             kind: event.kind.clone(),
             text: event.text.clone(),
             attachments: files.clone(),
+            remote_files: event.remote_files.clone(),
             route: event.route.clone(),
         };
         let new = NewEvent {
@@ -849,6 +878,16 @@ fn backoff_ms(attempt: i32) -> i64 {
     let base = 1000i64 << attempt.clamp(0, 9);
     let jitter = rand::random_range(0..=base / 4);
     (base + jitter).min(300_000)
+}
+
+/// The blob key of an artifact (a file received or sent in a conversation of `platform`).
+pub(crate) fn artifact_key(platform: &str, artifact_id: &str, name: &str) -> String {
+    format!(
+        "artifacts/{}/{}/{}",
+        safe_segment(platform),
+        artifact_id,
+        safe_segment(name)
+    )
 }
 
 /// A path segment safe for blob keys.

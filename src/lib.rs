@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod instance_lock;
 pub mod leader;
 pub mod mcp;
+pub mod media;
 pub mod listener;
 pub mod metrics;
 pub mod redact;

@@ -20,6 +20,7 @@ mod ids;
 mod inbox;
 mod installations;
 mod leases;
+mod media;
 mod memory;
 mod migrate;
 mod outbox;
@@ -38,6 +39,7 @@ pub use ids::{
 pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
+pub use media::{EventFile, Extract, Media};
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
 pub use transcript::{
@@ -82,6 +84,7 @@ pub trait Store:
     + Leases
     + Installations
     + Conversations
+    + Media
     + Send
     + Sync
     + 'static

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod allow;
 mod command;
+mod files;
 mod text;
 
 pub use allow::AllowList;
 pub use command::{Command, CommandName};
+pub use files::{FetchError, RemoteFile};
 pub use text::split_text;
 
 /// Where a message lives: platform, workspace (Slack team, Discord guild), channel and thread.
@@ -140,8 +142,11 @@ pub struct Event {
     pub addressed: Addressed,
     /// The text as the user wrote it (for commands: the arguments).
     pub text: String,
-    /// Files the user attached, already downloaded (and size-capped) by the adapter.
+    /// Files the user attached whose bytes the adapter already has (web uploads).
     pub attachments: Vec<Attachment>,
+    /// Files the user attached that are still on the platform: the core fetches them after the
+    /// event is acknowledged (see [`ChatAdapter::fetch_file`]).
+    pub remote_files: Vec<RemoteFile>,
     /// Whatever the adapter needs later to answer this event (a `response_url`, an interaction
     /// token, the message `ts`). Opaque to the core; copied onto every [`Reply`].
     pub route: serde_json::Value,
@@ -173,6 +178,7 @@ impl Event {
             addressed: Addressed::Direct,
             text,
             attachments: Vec::new(),
+            remote_files: Vec::new(),
             route: serde_json::Value::Null,
         }
     }
@@ -268,6 +274,17 @@ pub trait ChatAdapter: Send + Sync + 'static {
 
     /// Post a reply into the conversation it belongs to.
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError>;
+
+    /// Download a file an event of `conversation` referred to (see [`Event::remote_files`]),
+    /// with the platform's credentials sent only to the platform's own hosts, and at most the
+    /// adapter's size limit. Called by the core's workers, after the acknowledgement.
+    async fn fetch_file(
+        &self,
+        _conversation: &ConversationRef,
+        _file: &RemoteFile,
+    ) -> Result<Bytes, FetchError> {
+        Err(FetchError::Unsupported)
+    }
 }
 
 /// The answer of the core to an accepted event.

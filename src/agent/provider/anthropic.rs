@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::{
-    ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError,
-    StopReason, ToolChoice, post_json,
+    ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, DocumentData, ImageData, Part,
+    ProviderError, StopReason, ToolChoice, post_json,
 };
 use crate::store::Usage;
 
@@ -76,6 +76,18 @@ fn image_block(image: &ImageData) -> Value {
     })
 }
 
+/// A PDF as a `document` block (the model reads its pages); other documents as their text.
+fn document_block(document: &DocumentData) -> Value {
+    match &document.base64 {
+        Some(data) if document.mime == "application/pdf" => json!({
+            "type": "document",
+            "source": { "type": "base64", "media_type": "application/pdf", "data": data },
+            "title": document.name,
+        }),
+        _ => json!({ "type": "text", "text": non_empty(&document.text) }),
+    }
+}
+
 fn content_blocks(message: &ChatMessage) -> Vec<Value> {
     let mut blocks = Vec::with_capacity(message.parts.len());
     // Tool results must come first in a user message.
@@ -103,6 +115,7 @@ fn content_blocks(message: &ChatMessage) -> Vec<Value> {
                 blocks.push(json!({ "type": "text", "text": text }));
             }
             Part::Image(image) => blocks.push(image_block(image)),
+            Part::Document(document) => blocks.push(document_block(document)),
             Part::ToolUse { id, name, input } => blocks.push(json!({
                 "type": "tool_use", "id": id, "name": name, "input": input,
             })),

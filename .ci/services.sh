@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# The real services the tests use (DESIGN.md §5), on loopback only, and the env that names them.
+# The real services the tests use, on loopback only, and the env that names them.
 #
 #   source .ci/services.sh     # in your shell: installs what is missing (root), starts
 #                              # PostgreSQL and the S3 server, exports ECDYSIS_TEST_* and AWS_*

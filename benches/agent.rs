@@ -6,6 +6,7 @@
 //! turn 50 of a conversation, and the size of the system prompt + tool definitions (every tool
 //! this machine enables: memory, and `run_command` / browser tools when available).
 //! Run: `cargo bench --bench agent` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,11 +15,11 @@ use std::time::Duration;
 
 use ecdysis::agent::LlmAgent;
 use ecdysis::agent::compaction::{FLUSH_PROMPT, SUMMARY_PROMPT};
-use ecdysis::app::App;
 use ecdysis::bus::{EventContext, EventPayload};
 use ecdysis::config::Config;
-use ecdysis::store::{NewEvent, NewMessage, Role};
-use ecdysis::tools::ToolRegistry;
+use ecdysis::engine::tools::ToolRegistry;
+use ecdysis::server::app::App;
+use ecdysis::storage::store::{NewEvent, NewMessage, Role};
 use ecdysis_chat::{ConversationRef, EventKind, UserRef};
 use ecdysis_testkit::llm::{FakeLlm, Reply};
 use serde_json::json;

@@ -8,6 +8,7 @@
 //!
 //! `cargo bench --bench browser` (needs Chromium and ffmpeg; skips without Chromium);
 //! `BENCH_INTERACTIVE_ONLY=1` runs only the interactive part.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,14 +4,15 @@
 //! RSS, and for a real `ecdysis serve` process: start-up time to `/readyz` 200 and idle RSS.
 //! Run: `cargo bench --bench bus` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres);
 //! `cargo bench --bench bus -- quick` for the SQLite throughput alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ecdysis::app::App;
 use ecdysis::config::Config;
+use ecdysis::server::app::App;
 use ecdysis_chat::{
     ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply, UserRef,
 };
@@ -209,7 +210,7 @@ async fn store_round_trip() {
     let started = Instant::now();
     for i in 0..n {
         app.store
-            .remember(&ecdysis::store::NewNote {
+            .remember(&ecdysis::storage::store::NewNote {
                 channel: channel.clone(),
                 text: format!("note {i}"),
                 created_by: "u".into(),

@@ -5,12 +5,13 @@
 //! (thread start, typing and the model's answer included), INTERACTION_CREATE (`/remember`) →
 //! deferral and → edit of the response, each p50/p99/max; and the process's RSS.
 //! Run: `cargo bench --bench discord` (`-- quick` for fewer messages).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ecdysis::app::App;
 use ecdysis::config::Config;
+use ecdysis::server::app::App;
 use ecdysis_testkit::discord::{APPLICATION_ID, CHANNEL_ID, FakeDiscord, TOKEN};
 use ecdysis_testkit::llm::FakeLlm;
 use serde_json::json;
@@ -74,7 +75,7 @@ async fn main() {
     let config = Config::load_with(None, &|name| env.get(name).cloned()).expect("config");
     let app = App::open(config).await.expect("app");
     let workers = app.bus.start().await.expect("workers");
-    let gateway = ecdysis::discord::start(&app.config, app.discord.as_ref())
+    let gateway = ecdysis::platforms::discord::start(&app.config, app.discord.as_ref())
         .await
         .expect("gateway");
     assert!(fake.wait_identified(1).await, "the bot did not identify");

@@ -11,6 +11,7 @@
 //! Latency is the inbox's `finished_at - received_at` of every event (accepted → reply stored),
 //! read from Postgres after the run. Needs ECDYSIS_TEST_POSTGRES_URL (`source .ci/services.sh`).
 //! Run: `cargo bench --bench instances` (`-- quick` for fewer events).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

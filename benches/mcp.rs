@@ -10,14 +10,15 @@
 //!    `initialize`: ready must not wait for them.
 //!
 //! Run: `cargo bench --bench mcp` (needs `pip install mcp`; prints the load average).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ecdysis::app::App;
 use ecdysis::config::Config;
+use ecdysis::engine::tools::{ToolContext, ToolSource};
 use ecdysis::mcp::{Health, McpHub};
-use ecdysis::tools::{ToolContext, ToolSource};
+use ecdysis::server::app::App;
 use ecdysis_chat::ConversationRef;
 use serde_json::json;
 

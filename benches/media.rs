@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use ecdysis::app::App;
+use ecdysis::server::app::App;
 use ecdysis::config::Config;
 use ecdysis::media::image::{ImageLimits, prepare};
 use ecdysis_slack::signature::sign;

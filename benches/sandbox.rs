@@ -4,6 +4,7 @@
 //! snapshot + restore of a 50 MB workspace on the local blob store (and S3 when
 //! ECDYSIS_TEST_S3_ENDPOINT is set).
 //! Run: `cargo bench --bench sandbox` (needs bwrap; as root the sandbox uses per-channel uids).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -12,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ecdysis::app::App;
-use ecdysis::blob::{BlobStore, LocalBlobStore, S3BlobStore};
 use ecdysis::config::{Config, S3Config, SandboxBackend};
 use ecdysis::sandbox::{Workspaces, channel_key};
+use ecdysis::server::app::App;
+use ecdysis::storage::blob::{BlobStore, LocalBlobStore, S3BlobStore};
 use ecdysis_chat::{
     ChannelRef, ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply,
     UserRef,

@@ -6,6 +6,7 @@
 //! RSS. Requests are sent open-loop (each at its scheduled time, not after the previous one
 //! returned), so a slow server cannot hide its queueing.
 //! Run: `cargo bench --bench slack` (`-- --rate 200 --seconds 10` to change the load).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::sync::Arc;

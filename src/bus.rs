@@ -22,11 +22,11 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::blob::BlobStore;
 use crate::config::BusConfig;
-use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::store::{
+use crate::server::metrics::Metrics;
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{
     ClaimedEvent, Completion, EventId, NewArtifact, NewEvent, NewMessage, NewReply, OutboxItem,
     Role, Store, UnixMs,
 };
@@ -928,7 +928,7 @@ mod tests {
         assert_eq!(safe_segment("plot 1.png"), "plot_1.png");
         assert_eq!(safe_segment("../.."), "_");
         assert_eq!(safe_segment(""), "file");
-        assert!(crate::blob::validate_key(&format!("a/{}", safe_segment("..."))).is_ok());
+        assert!(crate::storage::blob::validate_key(&format!("a/{}", safe_segment("..."))).is_ok());
     }
 
     #[test]

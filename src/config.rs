@@ -41,7 +41,7 @@ enum Kind {
 }
 
 /// Every key that can come from the environment: (key path in the file, env names in order of
-/// preference, kind). The names follow each ecosystem's convention (DESIGN.md §3).
+/// preference, kind). The names follow each ecosystem's convention.
 const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("listen", &["ECDYSIS_LISTEN"], Kind::Str),
     ("data_dir", &["ECDYSIS_DATA_DIR"], Kind::Str),
@@ -343,7 +343,7 @@ struct FileConfig {
     mcp: Vec<crate::mcp::config::McpFile>,
     /// `[[profile]]`: per-channel agent profiles.
     #[serde(default)]
-    profile: Vec<crate::profile::ProfileFile>,
+    profile: Vec<crate::engine::profile::ProfileFile>,
     /// `[media]`: files users send (transcription, how long images stay in context).
     #[serde(default)]
     media: crate::media::settings::MediaFile,
@@ -610,7 +610,10 @@ fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>,
     let key = "web_search.provider";
     let needs = |value: Option<String>, env: &str, name: &str| {
         value.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-            ConfigError::value(key, format!("`{name}` needs {env} (the provider's API key)"))
+            ConfigError::value(
+                key,
+                format!("`{name}` needs {env} (the provider's API key)"),
+            )
         })
     };
     let (provider, default_base) = match text.trim() {
@@ -627,7 +630,9 @@ fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>,
             "https://api.tavily.com".to_string(),
         ),
         other => match other.strip_prefix("searxng:") {
-            Some(url) if !url.trim().is_empty() => (SearchProvider::Searxng, url.trim().to_string()),
+            Some(url) if !url.trim().is_empty() => {
+                (SearchProvider::Searxng, url.trim().to_string())
+            }
             _ => {
                 return Err(ConfigError::value(
                     key,
@@ -823,7 +828,7 @@ pub struct Config {
     /// `[[mcp]]` servers, in file order.
     pub mcp: Vec<crate::mcp::McpServerConfig>,
     /// `[[profile]]` entries, in file order.
-    pub profiles: Vec<crate::profile::Profile>,
+    pub profiles: Vec<crate::engine::profile::Profile>,
     /// `ECDYSIS_PUBLIC_URL`'s origin (`https://chat.example.com`): the name browsers use for
     /// this server besides its loopback names and listen address.
     pub public_url: Option<String>,
@@ -860,6 +865,10 @@ impl Config {
     }
 
     /// The embedded defaults, with everything stored under `data_dir` (used by tests and benches).
+    #[allow(
+        clippy::expect_used,
+        reason = "the embedded defaults are valid by construction (tests::embedded_defaults)"
+    )]
     pub fn embedded(data_dir: &Path) -> Self {
         let env = |name: &str| match name {
             "ECDYSIS_DATA_DIR" => Some(data_dir.display().to_string()),
@@ -975,7 +984,7 @@ impl Config {
         let media = crate::media::settings::validate(file.media, file.models, &openai)?;
         let mcp = crate::mcp::config::validate(file.mcp)?;
         let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
-        let profiles = crate::profile::validate(file.profile, &server_names)?;
+        let profiles = crate::engine::profile::validate(file.profile, &server_names)?;
         let public_url = file
             .public_url
             .filter(|u| !u.trim().is_empty())
@@ -1759,8 +1768,11 @@ memory = "profile"
             assert!(e.contains(key), "{file}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
-        let e = load(Some("[[mcp]]\nname = \"x\"\ncommand = \"a\"\ncwd = \"/\"\n"), &[])
-            .unwrap_err();
+        let e = load(
+            Some("[[mcp]]\nname = \"x\"\ncommand = \"a\"\ncwd = \"/\"\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("cwd"), "{e}");
     }
 

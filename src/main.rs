@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ecdysis::app::{self, App};
 use ecdysis::config::{Config, LogFormat};
 use ecdysis::redact::{MakeRedactingWriter, Redactor};
+use ecdysis::server::app::{self, App};
 use ecdysis_chat::EventSink;
 use ecdysis_web::terminal::{self, TerminalAdapter};
 
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     // The SQLite file is private (0600) before anything opens it; `doctor` reports a
     // database it cannot prepare on its own line.
     if opens_storage(&cli.command)
-        && let Err(e) = ecdysis::private_files::prepare_database(&config.database_url)
+        && let Err(e) = ecdysis::storage::private_files::prepare_database(&config.database_url)
         && !matches!(cli.command, Command::Doctor)
     {
         eprintln!("ecdysis: cannot prepare the database file: {e}");
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
             Command::Slack(SlackCommand::Manifest {
                 url,
                 native_commands,
-            }) => ecdysis::slack::manifest(&config, &url, native_commands)
+            }) => ecdysis::platforms::slack::manifest(&config, &url, native_commands)
                 .map(|manifest| println!("{manifest}")),
         }
         .map(|()| ExitCode::SUCCESS)
@@ -184,13 +184,13 @@ fn init_logging(redactor: Redactor, format: LogFormat, quiet: bool) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     // SQLite mode is single-instance: a second `serve` or `chat` on the file stops here.
-    let _instance = ecdysis::instance_lock::acquire(&config.database_url)?;
+    let _instance = ecdysis::server::instance_lock::acquire(&config.database_url)?;
     let app = App::open(config).await?;
     app::serve(app).await
 }
 
 async fn chat(config: Config) -> anyhow::Result<()> {
-    let _instance = ecdysis::instance_lock::acquire(&config.database_url)?;
+    let _instance = ecdysis::server::instance_lock::acquire(&config.database_url)?;
     let app = App::open(config).await?;
     let adapter = Arc::new(TerminalAdapter::new());
     app.bus.register_adapter(adapter.clone());
@@ -203,7 +203,10 @@ async fn chat(config: Config) -> anyhow::Result<()> {
 }
 
 async fn discord_register(config: Config, guild: Option<u64>) -> anyhow::Result<()> {
-    println!("{}", ecdysis::discord::register(&config, guild).await?);
+    println!(
+        "{}",
+        ecdysis::platforms::discord::register(&config, guild).await?
+    );
     Ok(())
 }
 
@@ -213,9 +216,9 @@ async fn export(
     out: Option<PathBuf>,
     files: bool,
 ) -> anyhow::Result<()> {
-    let channel = ecdysis::backup::parse_channel(channel)?;
-    let store = ecdysis::store::open(&config.database_url).await?;
-    let blobs = ecdysis::blob::open(&config).await?;
+    let channel = ecdysis::storage::backup::parse_channel(channel)?;
+    let store = ecdysis::storage::store::open(&config.database_url).await?;
+    let blobs = ecdysis::storage::blob::open(&config).await?;
     let summary = match &out {
         Some(path) => {
             // An export holds a channel's memory: readable by this user alone (0600).
@@ -228,13 +231,25 @@ async fn export(
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             let mut writer = tokio::io::BufWriter::new(file);
-            ecdysis::backup::export(store.as_ref(), blobs.as_ref(), &channel, files, &mut writer)
-                .await?
+            ecdysis::storage::backup::export(
+                store.as_ref(),
+                blobs.as_ref(),
+                &channel,
+                files,
+                &mut writer,
+            )
+            .await?
         }
         None => {
             let mut writer = tokio::io::BufWriter::new(tokio::io::stdout());
-            ecdysis::backup::export(store.as_ref(), blobs.as_ref(), &channel, files, &mut writer)
-                .await?
+            ecdysis::storage::backup::export(
+                store.as_ref(),
+                blobs.as_ref(),
+                &channel,
+                files,
+                &mut writer,
+            )
+            .await?
         }
     };
     eprintln!("exported {summary}");
@@ -242,19 +257,23 @@ async fn export(
 }
 
 async fn import(config: Config, input: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = ecdysis::store::open(&config.database_url).await?;
-    let blobs = ecdysis::blob::open(&config).await?;
+    let store = ecdysis::storage::store::open(&config.database_url).await?;
+    let blobs = ecdysis::storage::blob::open(&config).await?;
     let summary = match &input {
         Some(path) => {
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            ecdysis::backup::import(&store, blobs.as_ref(), &mut tokio::io::BufReader::new(file))
-                .await?
+            ecdysis::storage::backup::import(
+                &store,
+                blobs.as_ref(),
+                &mut tokio::io::BufReader::new(file),
+            )
+            .await?
         }
         None => {
             let mut reader = tokio::io::BufReader::new(tokio::io::stdin());
-            ecdysis::backup::import(&store, blobs.as_ref(), &mut reader).await?
+            ecdysis::storage::backup::import(&store, blobs.as_ref(), &mut reader).await?
         }
     };
     eprintln!("imported {summary}");
@@ -262,7 +281,7 @@ async fn import(config: Config, input: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let store = ecdysis::store::open(&config.database_url).await?;
+    let store = ecdysis::storage::store::open(&config.database_url).await?;
     println!(
         "migrations applied ({}: {})",
         store.backend(),
@@ -272,7 +291,7 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 }
 
 async fn doctor(config: Config) -> anyhow::Result<ExitCode> {
-    let report = ecdysis::doctor::run(&config).await;
+    let report = ecdysis::server::doctor::run(&config).await;
     for line in &report.lines {
         println!("{line}");
     }

@@ -4,7 +4,7 @@
 //! values) and masks them, plus the passwords of any URL (`scheme://user:password@host`,
 //! `?password=…`), in log lines, chat replies, `ecdysis doctor` and error output.
 //!
-//! The process has one: [`global`]. `main` and [`crate::app::App`] register their
+//! The process has one: [`global`]. `main` and [`crate::server::app::App`] register their
 //! configuration's secrets with it ([`Redactor::add_config`]); the log writer
 //! ([`MakeRedactingWriter`]), the bus (every reply before the outbox stores it), the model
 //! providers (error bodies) and `doctor` run their text through it. Secrets learnt later are

@@ -4,6 +4,7 @@
 //! delete; retry of a failed event).
 //!
 //! Chromium is needed for the browser part: in CI (env `CI`) its absence fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

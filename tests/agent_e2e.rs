@@ -2,6 +2,7 @@
 //! the real bus, commands, agent, provider clients, storage and (for the web chat) HTTP routes.
 //! Both wire formats; tool use; context assembly; retries and failures; compaction; restarts
 //! of a real `ecdysis serve` process on SQLite and Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -12,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ecdysis::agent::compaction::{SUMMARY_PROMPT, read_archive};
-use ecdysis::app::App;
 use ecdysis::bus::Workers;
-use ecdysis::commands::Commands;
 use ecdysis::config::Config;
-use ecdysis::store::{EventId, MessageId, Role};
-use ecdysis::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use ecdysis::engine::commands::Commands;
+use ecdysis::engine::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use ecdysis::server::app::App;
+use ecdysis::storage::store::{EventId, MessageId, Role};
 use ecdysis_chat::{
     Attachment, ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply,
     UserRef,
@@ -792,14 +793,14 @@ async fn without_a_key_free_text_says_what_to_set_and_commands_work() {
 #[tokio::test]
 async fn memory_save_is_idempotent_per_event_and_step() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ecdysis::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+    let store = ecdysis::storage::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
         .await
         .unwrap();
-    let mut tools = ecdysis::tools::ToolRegistry::new();
+    let mut tools = ecdysis::engine::tools::ToolRegistry::new();
     ecdysis::agent::memory_tools::register(
         &mut tools,
         store.clone(),
-        ecdysis::profile::Profiles::default(),
+        ecdysis::engine::profile::Profiles::default(),
     );
     let save = tools.get("memory_save").unwrap();
     let context = |step| ToolContext {

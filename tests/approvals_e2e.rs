@@ -1,6 +1,7 @@
 //! Approvals end to end: with `sandbox.require_approval`, the model's `run_command` posts a
 //! prompt with Approve / Deny buttons into the conversation and waits; a button press from the
 //! web chat answers it without queueing behind the waiting event.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! database (notes, two conversations, an artifact, a compaction with its archive) moves into a
 //! fresh Postgres schema with another blob directory, nothing changed; a second import adds
 //! nothing; an export of the copy says the same as the original.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -9,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
-use ecdysis::backup::Line;
-use ecdysis::blob::{BlobStore, LocalBlobStore};
-use ecdysis::store::{
+use ecdysis::storage::backup::Line;
+use ecdysis::storage::blob::{BlobStore, LocalBlobStore};
+use ecdysis::storage::store::{
     self, Completion, MessageId, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote, Role,
     Store, UnixMs,
 };

@@ -1,5 +1,6 @@
 //! One contract for every blob store backend: the local directory store and the S3 store (run
 //! against the real S3 server that `.ci/run` starts; skipped on a laptop without it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
-use ecdysis::blob::{BlobError, BlobStore, LocalBlobStore, S3BlobStore};
 use ecdysis::config::S3Config;
+use ecdysis::storage::blob::{BlobError, BlobStore, LocalBlobStore, S3BlobStore};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 

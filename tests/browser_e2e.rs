@@ -4,6 +4,7 @@
 //! cookies, and `/screenshot` + `/record` through the web chat of a real `serve` process.
 //!
 //! In CI (env `CI` set) a missing Chromium or ffmpeg fails the tests; on a laptop they skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -1327,9 +1328,9 @@ async fn discord_screenshot_and_record_post_files_in_the_thread() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let config = ecdysis::config::Config::load_with(None, &|name| env.get(name).cloned()).unwrap();
-    let app = ecdysis::app::App::open(config).await.unwrap();
+    let app = ecdysis::server::app::App::open(config).await.unwrap();
     let workers = app.bus.start().await.unwrap();
-    let gateway = ecdysis::discord::start(&app.config, app.discord.as_ref())
+    let gateway = ecdysis::platforms::discord::start(&app.config, app.discord.as_ref())
         .await
         .unwrap()
         .expect("a token starts the gateway");

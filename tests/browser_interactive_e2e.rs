@@ -9,6 +9,7 @@
 //! show me" ends with the PNG in the same thread.
 //!
 //! In CI (env `CI` set) a missing Chromium or ffmpeg fails the tests; on a laptop they skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -26,10 +27,10 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use ecdysis::app::App;
 use ecdysis::bus::Workers;
 use ecdysis::config::{BrowserSettings, Config};
-use ecdysis::tools::{ToolContext, ToolError};
+use ecdysis::engine::tools::{ToolContext, ToolError};
+use ecdysis::server::app::App;
 use ecdysis_chat::{
     ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply, UserRef,
 };
@@ -901,13 +902,13 @@ async fn serve_search() -> (String, SearchState) {
     (format!("http://{addr}"), state)
 }
 
-fn search_tool(env: &[(&str, &str)]) -> Arc<dyn ecdysis::tools::Tool> {
+fn search_tool(env: &[(&str, &str)]) -> Arc<dyn ecdysis::engine::tools::Tool> {
     let vars: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let config = Config::load_with(None, &|name| vars.get(name).cloned()).unwrap();
-    Arc::new(ecdysis::web_search::tool(config.web_search.as_ref()).expect("configured"))
+    Arc::new(ecdysis::agent::web_search::tool(config.web_search.as_ref()).expect("configured"))
 }
 
 fn tool_context() -> ToolContext {

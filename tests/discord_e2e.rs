@@ -1,6 +1,7 @@
 //! The Discord adapter end to end, against the fake Discord of testkit (REST + gateway
 //! websocket on 127.0.0.1): serenity's real gateway and HTTP code, the real bus, commands,
 //! storage and HTTP routes. Free text is answered by the fake LLM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -9,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use ecdysis::app::App;
 use ecdysis::bus::{EventContext, Outgoing, Workers};
-use ecdysis::commands::{Commands, Feature};
 use ecdysis::config::Config;
+use ecdysis::engine::commands::{Commands, Feature};
+use ecdysis::server::app::App;
 use ecdysis_chat::{Attachment, Button, ButtonStyle, ChannelRef, ConversationRef};
 use ecdysis_discord::GatewayHandle;
 use ecdysis_testkit::discord::{
@@ -138,7 +139,7 @@ impl Harness {
             let _ = axum::serve(listener, router).await;
         });
         let workers = app.bus.start().await.unwrap();
-        let gateway = ecdysis::discord::start(&app.config, app.discord.as_ref())
+        let gateway = ecdysis::platforms::discord::start(&app.config, app.discord.as_ref())
             .await
             .unwrap();
         assert!(gateway.is_some(), "a token starts the gateway");
@@ -306,7 +307,7 @@ async fn a_mention_starts_a_thread_and_the_thread_continues_the_conversation() {
     let messages = h
         .app
         .store
-        .messages(&conversation, ecdysis::store::MessageId(0), 50)
+        .messages(&conversation, ecdysis::storage::store::MessageId(0), 50)
         .await
         .unwrap();
     assert_eq!(
@@ -536,7 +537,7 @@ async fn user_attachments_are_downloaded_for_the_agent() {
     let messages = h
         .app
         .store
-        .messages(&conversation, ecdysis::store::MessageId(0), 10)
+        .messages(&conversation, ecdysis::storage::store::MessageId(0), 10)
         .await
         .unwrap();
     let question = &messages[0];

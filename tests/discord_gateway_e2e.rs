@@ -2,12 +2,13 @@
 //! its `GET /api/v10/gateway/bot` fails, the bot stays offline and retries with backoff (serenity
 //! alone would fall back to Discord's own `wss://gateway.discord.gg`); `/readyz` shows the
 //! gateway down; once the API recovers, the bot connects to the gateway the API names.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ecdysis::app::App;
 use ecdysis::config::Config;
+use ecdysis::server::app::App;
 use ecdysis_testkit::discord::{APPLICATION_ID, FakeDiscord, TOKEN};
 use serde_json::Value;
 
@@ -65,10 +66,11 @@ async fn a_failing_gateway_call_keeps_the_bot_offline_until_the_configured_api_a
     let fake = FakeDiscord::start().await.unwrap();
     fake.start_outage("gateway", 500);
     let running = serve(&fake).await;
-    let gateway = ecdysis::discord::start(&running.app.config, running.app.discord.as_ref())
-        .await
-        .unwrap()
-        .expect("a token starts the gateway");
+    let gateway =
+        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
+            .await
+            .unwrap()
+            .expect("a token starts the gateway");
 
     // Retried with backoff against the configured API: three calls take about 1.5 s.
     let asked = fake
@@ -115,10 +117,11 @@ async fn a_gateway_waiting_for_its_url_shuts_down_at_once() {
     let fake = FakeDiscord::start().await.unwrap();
     fake.start_outage("gateway", 503);
     let running = serve(&fake).await;
-    let gateway = ecdysis::discord::start(&running.app.config, running.app.discord.as_ref())
-        .await
-        .unwrap()
-        .expect("a token starts the gateway");
+    let gateway =
+        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
+            .await
+            .unwrap()
+            .expect("a token starts the gateway");
     let asked = fake
         .wait_until(Duration::from_secs(20), |f| {
             (f.requests_to("/gateway/bot") >= 2).then_some(())

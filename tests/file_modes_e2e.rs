@@ -7,6 +7,7 @@
 //!
 //! Storing a file goes through `/run` (its `out/` file and the workspace snapshot are blobs), so
 //! bubblewrap is needed: missing in CI is a failure, on a laptop a skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -212,6 +213,6 @@ fn a_readable_database_of_an_older_version_is_made_private() {
 fn the_generated_secret_key_is_private() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("data/secret.key");
-    ecdysis::secret_box::SecretBox::from_key_file(&key).unwrap();
+    ecdysis::storage::secret_box::SecretBox::from_key_file(&key).unwrap();
     assert_eq!(mode(&key), 0o600);
 }

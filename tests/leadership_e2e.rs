@@ -6,6 +6,7 @@
 //! - The `Leadership` helper in-process, each contender on its own runtime (dropping a runtime
 //!   is a crash: no release runs): never two leaders, fail-over after a crash within one time to
 //!   live plus one retry interval, hand-over after a clean stop at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::server::Server;
-use ecdysis::leader::{Leadership, Term};
+use ecdysis::platforms::leader::{Leadership, Term};
 use ecdysis_testkit::slack::FakeSlack;
 use serde_json::json;
 
@@ -162,7 +163,7 @@ fn contender(url: String, owner: &str, log: Arc<Log>) -> mpsc::Sender<Order> {
             .build()
             .unwrap();
         let handle = runtime.block_on(async {
-            let store = ecdysis::store::open(&url).await.unwrap();
+            let store = ecdysis::storage::store::open(&url).await.unwrap();
             let me = owner.clone();
             Leadership::new(
                 store,

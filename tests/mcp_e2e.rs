@@ -3,6 +3,7 @@
 //! The fake LLM calls the tools; the tests check what reaches the model and the user, crashes
 //! and restarts, time limits, new tools after `list_changed`, and a server that cannot start.
 //! Without the Python servers the tests skip on a laptop and fail in CI.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

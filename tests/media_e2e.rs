@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ecdysis::app::App;
+use ecdysis::server::app::App;
 use ecdysis::bus::Workers;
 use ecdysis::config::Config;
 use ecdysis_chat::ConversationRef;
@@ -369,10 +369,10 @@ async fn image_within_limits_and_corrupt_note(api: Api) {
     let messages = h
         .app
         .store
-        .messages(&conversation, ecdysis::store::MessageId(0), 10)
+        .messages(&conversation, ecdysis::storage::store::MessageId(0), 10)
         .await
         .unwrap();
-    let question = messages.iter().find(|m| m.role == ecdysis::store::Role::User).unwrap();
+    let question = messages.iter().find(|m| m.role == ecdysis::storage::store::Role::User).unwrap();
     let mut names: Vec<&str> = question.attachments.iter().map(|a| a.name.as_str()).collect();
     names.sort();
     assert_eq!(names, vec!["broken.png", "photo.jpg"]);

@@ -2,6 +2,7 @@
 //! any event, one conversation at a time, in order), and the death of one (SIGKILL) loses
 //! nothing — its leases expire and the other finishes its work. SQLite mode is single-instance
 //! and says so when a second process starts on the same file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! model (and so the wire format), the tools the model is offered (MCP tools included: a server
 //! listing 200 tools offers only the allowed ones), shared memory, `/status` and `/run`. The
 //! assertions read the fake LLM's recorded requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

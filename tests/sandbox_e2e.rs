@@ -3,6 +3,7 @@
 //! the model's `run_command`), and the isolation matrix against the backend directly.
 //!
 //! Needs `bwrap` (Debian `bubblewrap`): missing in CI is a failure, on a laptop a skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! Against the bubblewrap backend directly, and once through `/run` of a real server. Needs
 //! `bwrap`; the cgroup parts need a cgroup ecdysis may write (root here, and in CI), else
 //! they are skipped with a note (and fail in CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

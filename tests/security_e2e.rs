@@ -4,6 +4,7 @@
 //! Slack (signed and forged requests, Socket Mode, a slash command), the admin pages (good and
 //! bad logins), the operational routes and error paths; then neither the process's log nor
 //! any response body, nor `ecdysis doctor`'s output, contains any secret value.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End to end against a real `ecdysis serve` process: memory scoping and persistence on SQLite
 //! and Postgres, crash safety under SIGKILL, duplicates, bad input, configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The Slack adapter end to end: a real `ecdysis serve` process, the in-process fake Slack
 //! (testkit) behind `SLACK_API_URL`, the fake LLM, and requests signed like Slack signs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::server::Server;
-use ecdysis::store::Store;
+use ecdysis::storage::store::Store;
 use ecdysis_slack::signature::sign;
 use ecdysis_testkit::llm::{FakeLlm, Reply};
 use ecdysis_testkit::slack::{FakeSlack, Grant};
@@ -179,7 +180,7 @@ async fn command_response(env: &Env, response_id: &str) -> Value {
 /// Open the server's SQLite database from the test (WAL: reading beside it is fine).
 async fn open_store(env: &Env) -> std::sync::Arc<dyn Store> {
     let path = env.server.data_dir.join("data").join("ecdysis.db");
-    ecdysis::store::open(&format!("sqlite://{}", path.display()))
+    ecdysis::storage::store::open(&format!("sqlite://{}", path.display()))
         .await
         .unwrap()
 }
@@ -259,7 +260,7 @@ async fn bad_signatures_are_refused_and_nothing_is_stored() {
     let counts = open_store(&env).await.inbox_counts().await.unwrap();
     assert_eq!(
         counts,
-        ecdysis::store::InboxCounts::default(),
+        ecdysis::storage::store::InboxCounts::default(),
         "nothing was stored"
     );
     assert!(env.slack.calls_to("chat.postMessage").is_empty());
@@ -575,7 +576,10 @@ async fn oauth_install_stores_the_team_and_uses_its_token() {
     assert_eq!(r.status(), 400);
     // An expired state.
     store
-        .put_oauth_state("expired-state", ecdysis::store::UnixMs::now().plus(-1))
+        .put_oauth_state(
+            "expired-state",
+            ecdysis::storage::store::UnixMs::now().plus(-1),
+        )
         .await
         .unwrap();
     let r = client

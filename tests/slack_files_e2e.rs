@@ -1,5 +1,6 @@
 //! Slack files and buttons end to end, in process: an app whose agent answers with a PNG, with
 //! buttons, or with what it received, behind the real Slack routes and the fake Slack.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ecdysis::app::App;
 use ecdysis::bus::{EventContext, Outgoing, Workers};
-use ecdysis::commands::Agent;
 use ecdysis::config::Config;
+use ecdysis::engine::commands::Agent;
+use ecdysis::server::app::App;
 use ecdysis_chat::{Attachment, Button, ButtonStyle};
 use ecdysis_slack::signature::sign;
 use ecdysis_testkit::slack::FakeSlack;
@@ -23,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Answers by keyword: a picture, buttons, or a description of what arrived.
 struct ScriptedAgent {
     png: Vec<u8>,
-    blobs: Arc<dyn ecdysis::blob::BlobStore>,
+    blobs: Arc<dyn ecdysis::storage::blob::BlobStore>,
 }
 
 #[async_trait]
@@ -106,7 +107,7 @@ impl Harness {
         let config = config(dir.path(), &slack.api_url());
         let png = png();
         // The agent reads what users attached from the same blob store as the app.
-        let blobs = ecdysis::blob::open(&config).await.unwrap();
+        let blobs = ecdysis::storage::blob::open(&config).await.unwrap();
         let app = App::open_with(config, move |commands| {
             commands.with_agent(Arc::new(ScriptedAgent { png, blobs }))
         })

@@ -1,4 +1,5 @@
 //! One storage contract for both backends: SQLite (a temp file) and PostgreSQL (a fresh schema).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 #[path = "store_contract/operations.rs"]
@@ -8,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ecdysis::store::{
+use ecdysis::storage::store::{
     self, ClaimedEvent, CompactionStats, Completion, ConversationId, EventId, InboxCounts,
     InboxStatus, MessageId, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote,
     NewReply, NoteId, Role, Store, StoredInstallation, UnixMs, Usage,

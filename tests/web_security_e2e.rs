@@ -13,6 +13,7 @@
 //! - Slow request heads: hundreds of connections that never finish their headers are closed
 //!   after the time limit, no more than the connection cap are held at once, and the server
 //!   answers normally afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! (`mkdir -p $(printf '\xff')/pwned && chmod 0777 ... && ln -s /some/host/dir
 //! $(printf '\xef\xbf\xbd')`); the restore is the real one a new machine or another instance
 //! runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -15,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ecdysis::blob::{BlobStore, LocalBlobStore};
 use ecdysis::sandbox::{Prepared, Snapshot, WorkspaceError, Workspaces, channel_key};
+use ecdysis::storage::blob::{BlobStore, LocalBlobStore};
 use ecdysis_chat::ChannelRef;
 
 /// A directory of the host outside every workspace: mode 0700, one file.

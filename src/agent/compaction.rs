@@ -18,12 +18,12 @@ use tracing::{info, warn};
 use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
-use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventContext;
-use crate::store::{
+use crate::engine::tools::ToolContext;
+use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::store::{
     Compaction, ContextMessages, EventId, Message, NewCompaction, NewMessage, Role,
 };
-use crate::tools::ToolContext;
 
 /// The instruction of the memory flush before a compaction.
 pub const FLUSH_PROMPT: &str = "[Compaction] The conversation above is about to be shortened \
@@ -438,7 +438,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MessageId, UnixMs};
+    use crate::storage::store::{MessageId, UnixMs};
 
     fn row(id: i64, event: i64, role: Role, chars: usize) -> Message {
         Message {
@@ -481,8 +481,8 @@ mod tests {
             key,
             "transcripts/slack/T_1/C_1/1700.5/000000000003-000000000042.jsonl"
         );
-        assert!(crate::blob::validate_key(&key).is_ok());
+        assert!(crate::storage::blob::validate_key(&key).is_ok());
         let c = ConversationRef::new("web", "local", "..", None);
-        assert!(crate::blob::validate_key(&archive_key(&c, 1, 2)).is_ok());
+        assert!(crate::storage::blob::validate_key(&archive_key(&c, 1, 2)).is_ok());
     }
 }

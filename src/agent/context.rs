@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
-use crate::store::{ContextMessages, EventId, Message, MessageId, Note, Role};
-use crate::tools::ToolRegistry;
+use crate::engine::tools::ToolRegistry;
+use crate::storage::store::{ContextMessages, EventId, Message, MessageId, Note, Role};
 
 /// Longest note text put into the context (longer notes are cut; `memory_search` has them whole).
 const NOTE_CHARS: usize = 600;
@@ -437,7 +437,7 @@ pub fn new_message(prompt: &str, files: Vec<Part>) -> ChatMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Compaction, CompactionId, UnixMs};
+    use crate::storage::store::{Compaction, CompactionId, UnixMs};
     use serde_json::json;
 
     fn row(id: i64, event: i64, role: Role, text: &str, meta: Option<Value>) -> Message {
@@ -575,14 +575,14 @@ mod tests {
     async fn system_prompt_is_stable_and_names_place_and_tools() {
         let c = ConversationRef::new("slack", "T1", "C42", Some("1700.1".into()));
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        let store = crate::storage::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
             .await
             .unwrap();
         let mut tools = ToolRegistry::new();
         crate::agent::memory_tools::register(
             &mut tools,
             store,
-            crate::profile::Profiles::default(),
+            crate::engine::profile::Profiles::default(),
         );
         let a = system_prompt(&c, &tools, None);
         assert_eq!(a, system_prompt(&c, &tools, None));

@@ -1,16 +1,16 @@
 //! The memory tools (`memory_search`, `memory_save`, `memory_forget`): the model's access to
 //! the channel's notes. Every call is scoped to the channel of the conversation it runs for, or
-//! to its profile's shared notes (`memory = "profile"`, see [`crate::profile`]).
+//! to its profile's shared notes (`memory = "profile"`, see [`crate::engine::profile`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::commands::MAX_NOTE_CHARS;
-use crate::profile::Profiles;
-use crate::store::{NewNote, NoteId, Store};
-use crate::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::engine::commands::MAX_NOTE_CHARS;
+use crate::engine::profile::Profiles;
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::storage::store::{NewNote, NoteId, Store};
 
 const SEARCH_LIMIT: i64 = 10;
 
@@ -38,7 +38,7 @@ fn string_field<'a>(input: &'a Value, field: &str) -> Result<&'a str, ToolError>
         })
 }
 
-fn store_error(e: crate::store::StoreError) -> ToolError {
+fn store_error(e: crate::storage::store::StoreError) -> ToolError {
     ToolError::Failed(format!("the memory store failed: {e}"))
 }
 

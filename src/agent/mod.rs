@@ -14,6 +14,7 @@ pub mod context;
 pub mod memory_tools;
 pub mod provider;
 pub mod retry;
+pub mod web_search;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -25,14 +26,14 @@ use base64::Engine;
 use ecdysis_chat::{Attachment, ConversationRef};
 use tracing::{debug, info, warn};
 
-use crate::blob::BlobStore;
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Agent;
 use crate::config::{AgentConfig, Config, ModelSpec};
 use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
-use crate::profile::{Profile, Profiles};
-use crate::store::{NewMessage, Role, Store, StoreError, Usage};
-use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::engine::commands::Agent;
+use crate::engine::profile::{Profile, Profiles};
+use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
@@ -684,8 +685,8 @@ impl Core {
     /// (see [`Reader::earlier`]).
     async fn earlier_files(
         &self,
-        window: &crate::store::ContextMessages,
-        current: crate::store::EventId,
+        window: &crate::storage::store::ContextMessages,
+        current: crate::storage::store::EventId,
         vision: bool,
     ) -> context::FileParts {
         let mut parts = context::FileParts::new();

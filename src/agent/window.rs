@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use ecdysis_chat::ConversationRef;
 
-use crate::store::{ContextMessages, MessageId, Role, Store, StoreError};
+use crate::storage::store::{ContextMessages, MessageId, Role, Store, StoreError};
 
 /// Conversations kept.
 const CAPACITY: usize = 128;
@@ -141,7 +141,7 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewCompaction, NewMessage};
+    use crate::storage::store::{NewCompaction, NewMessage};
 
     fn row(role: Role, text: &str) -> NewMessage {
         NewMessage {
@@ -159,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn the_view_follows_new_rows_and_compactions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        let store = crate::storage::store::open(&format!("sqlite://{}/t.db", dir.path().display()))
             .await
             .unwrap();
         let c = ConversationRef::new("test", "W", "C", None);

@@ -11,7 +11,7 @@ use super::record::{RecordRequest, VideoFormat};
 use super::screenshot::ScreenshotRequest;
 use super::{BrowserService, WaitFor, channel_key};
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Feature;
+use crate::engine::commands::Feature;
 
 pub const SCREENSHOT_USAGE: &str = "Usage: `/screenshot <url> [full_page] [width=1280] [height=800] [scale=1] [selector=<css>] [wait=networkidle|selector:<css>|500ms] [format=png|jpeg|webp]`";
 pub const RECORD_USAGE: &str = "Usage: `/record <url> [seconds=5] [scroll] [gif] [width=1280] [height=720] [wait=networkidle|selector:<css>|500ms]`";

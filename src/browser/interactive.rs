@@ -15,7 +15,7 @@ use super::actions::{Action, MAX_WAIT, Outcome};
 use super::frames::{self, SessionVideo};
 use super::session::{Session, SessionGuard, Sessions, session_key};
 use super::{BrowserError, channel_key};
-use crate::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput};
 
 /// Map a browser error to a tool error the model can act on.
 pub(crate) fn tool_error(e: BrowserError) -> ToolError {

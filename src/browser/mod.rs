@@ -42,8 +42,8 @@ use tracing::{info, warn};
 
 use crate::config::{BrowserSettings, Config};
 
-use launch::close_running;
 pub use identity::{Isolation, RunAs};
+use launch::close_running;
 pub use launch::{
     CHROMIUM_FLAGS, NO_SANDBOX, PROFILE_PREFIX, find_chromium, find_executable, probe,
 };
@@ -602,7 +602,10 @@ impl BrowserService {
 impl Inner {
     /// Whether Chromium's own sandbox is known to start here (`None`: not tried yet).
     fn known_sandbox(&self) -> Option<bool> {
-        self.isolation.lock().ok().and_then(|i| i.map(|i| i.sandbox))
+        self.isolation
+            .lock()
+            .ok()
+            .and_then(|i| i.map(|i| i.sandbox))
     }
 
     fn set_isolation(&self, isolation: Isolation) {

@@ -17,7 +17,7 @@ use super::record::{RecordRequest, VideoFormat};
 use super::screenshot::{Screenshot, ScreenshotRequest, capture_png};
 use super::session::{Sessions, session_key};
 use super::{BrowserError, BrowserService, Viewport, WaitFor, channel_key};
-use crate::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput, ToolRegistry};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput, ToolRegistry};
 
 /// Longest side of the copy the model sees (what vision models take without resizing).
 pub const MODEL_IMAGE_SIDE: u32 = 1568;

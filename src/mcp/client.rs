@@ -110,7 +110,7 @@ pub struct Server {
     pub config: McpServerConfig,
     state: Mutex<State>,
     /// The approval gate, for tools that need one.
-    pub(super) approvals: Option<Arc<crate::approvals::Approvals>>,
+    pub(super) approvals: Option<Arc<crate::engine::approvals::Approvals>>,
     http: Option<reqwest_mcp::Client>,
 }
 
@@ -137,7 +137,7 @@ impl ClientHandler for Handler {
 impl Server {
     pub fn new(
         config: McpServerConfig,
-        approvals: Option<Arc<crate::approvals::Approvals>>,
+        approvals: Option<Arc<crate::engine::approvals::Approvals>>,
     ) -> Result<Arc<Self>, String> {
         let http = match &config.transport {
             Transport::Http { .. } => Some(http_client()?),

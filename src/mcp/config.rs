@@ -11,7 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::ConfigError;
-use crate::profile::{ChannelPattern, channel_patterns};
+use crate::engine::profile::{ChannelPattern, channel_patterns};
 
 /// How long one tool call may take unless `timeout_seconds` says otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,10 +1,10 @@
-//! MCP servers as tools (`[[mcp]]` in `ecdysis.toml`, DESIGN.md §7 "Tools beyond the box").
+//! MCP servers as tools (`[[mcp]]` in `ecdysis.toml`).
 //!
 //! [`McpHub`] starts one background task per configured server ([`client`]): nothing waits for
 //! a server, so a slow or broken one never delays start-up or `/readyz`, and a dead one is
 //! restarted with backoff. Each listed tool is offered to the model as `<server>__<tool>`
 //! ([`tools`]) in the channels the server's `channels` name; profiles narrow that further (see
-//! [`crate::profile`]). `/status`, `ecdysis doctor` and the admin page show which server is down
+//! [`crate::engine::profile`]). `/status`, `ecdysis doctor` and the admin page show which server is down
 //! and why.
 
 pub mod client;
@@ -22,8 +22,8 @@ use tracing::{info, warn};
 pub use client::{Health, ServerStatus};
 pub use config::McpServerConfig;
 
-use crate::approvals::Approvals;
-use crate::tools::{SourcedTool, ToolSource};
+use crate::engine::approvals::Approvals;
+use crate::engine::tools::{SourcedTool, ToolSource};
 use client::Server;
 
 /// Every configured MCP server; cheap to clone.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::client::Server;
-use crate::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput};
 
 /// The longest tool name the model APIs accept.
 pub const MAX_NAME_CHARS: usize = 64;

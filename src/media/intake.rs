@@ -15,10 +15,10 @@ use bytes::Bytes;
 use ecdysis_chat::{ChatAdapter, CommandName, EventKind, FetchError, RemoteFile};
 use tracing::{info, warn};
 
-use crate::blob::BlobStore;
+use crate::storage::blob::BlobStore;
 use crate::bus::{EventContext, FileIntake, StoredFile, artifact_key};
 use crate::sandbox::Runner;
-use crate::store::{EventFile, NewArtifact, Store};
+use crate::storage::store::{EventFile, NewArtifact, Store};
 
 /// How long one download may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);

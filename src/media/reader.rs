@@ -21,8 +21,8 @@ use super::kind::{Kind, classify};
 use super::settings::MediaSettings;
 use super::transcribe::Transcriber;
 use crate::agent::provider::{DocumentData, ImageData, Part};
-use crate::blob::BlobStore;
-use crate::store::{Artifact, Extract, Store};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{Artifact, Extract, Store};
 
 /// PDFs up to this size also go as documents where the provider reads them (Anthropic takes
 /// 32 MB requests and 100 pages).

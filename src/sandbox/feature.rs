@@ -10,7 +10,7 @@ use ecdysis_chat::Attachment;
 use super::runner::{RunReport, Runner, SnapshotOutcome};
 use super::{Ended, Limits};
 use crate::bus::{EventContext, Outgoing};
-use crate::commands::Feature;
+use crate::engine::commands::Feature;
 
 /// The `/run` command.
 pub struct RunFeature {

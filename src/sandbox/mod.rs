@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::{info, warn};
 
-use crate::blob::BlobStore;
 use crate::config::{Config, SandboxBackend, SandboxSettings};
-use crate::tools::ToolContext;
+use crate::engine::tools::ToolContext;
+use crate::storage::blob::BlobStore;
 
 mod archive;
 pub mod cgroup;

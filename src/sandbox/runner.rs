@@ -296,8 +296,8 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::LocalBlobStore;
     use crate::sandbox::{Ended, WorkspaceRef};
+    use crate::storage::blob::LocalBlobStore;
     use async_trait::async_trait;
     use std::time::Duration;
 

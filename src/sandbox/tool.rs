@@ -12,7 +12,7 @@ use tracing::info;
 use super::ApprovalGate;
 use super::feature::{clean_output, notes, status_line};
 use super::runner::Runner;
-use crate::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput};
 
 /// Characters of output the model reads (the start and the end of longer output).
 const MODEL_OUTPUT_CHARS: usize = 16_000;
@@ -168,11 +168,11 @@ fn head_and_tail(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::LocalBlobStore;
     use crate::config::SandboxSettings;
     use crate::sandbox::{
         Ended, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, Workspaces,
     };
+    use crate::storage::blob::LocalBlobStore;
     use ecdysis_chat::ConversationRef;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};

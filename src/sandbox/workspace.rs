@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::archive::{pack, unpack, walk};
-use crate::blob::{BlobError, BlobStore};
-use crate::store::now_ms;
+use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::store::now_ms;
 
 /// A channel's workspace as backends see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -618,7 +618,7 @@ pub fn mime_for(name: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::LocalBlobStore;
+    use crate::storage::blob::LocalBlobStore;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn channel(platform: &str, channel: &str) -> ChannelRef {
@@ -636,7 +636,9 @@ mod tests {
         let c = channel_key(&channel("slack", "C1_.._x"));
         assert!(a.starts_with("slack-T1-C1-"), "{a}");
         for key in [&a, &b, &c] {
-            assert!(crate::blob::validate_key(&format!("workspaces/{key}.tar.zst")).is_ok());
+            assert!(
+                crate::storage::blob::validate_key(&format!("workspaces/{key}.tar.zst")).is_ok()
+            );
             assert!(!key.contains('/') && !key.starts_with('.'));
         }
         assert_ne!(b, c, "sanitising alike must not collide");

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ecdysis::app::App;
 use ecdysis::bus::Workers;
 use ecdysis::config::Config;
-use ecdysis::store::Role;
+use ecdysis::server::app::App;
+use ecdysis::storage::store::Role;
 use ecdysis_chat::{
     ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Reply, UserRef,
 };
@@ -173,13 +173,13 @@ impl Harness {
             text,
         );
         let accepted = self.app.bus.submit(event).await.unwrap();
-        let id: ecdysis::store::EventId = accepted.event_id.parse().unwrap();
+        let id: ecdysis::storage::store::EventId = accepted.event_id.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let messages = self
                 .app
                 .store
-                .messages(conversation, ecdysis::store::MessageId(0), 100_000)
+                .messages(conversation, ecdysis::storage::store::MessageId(0), 100_000)
                 .await
                 .unwrap();
             if let Some(answer) = messages

@@ -2,7 +2,7 @@
 //! instances), the admin pages (conversations, inbox, notes, usage) and backups (import).
 
 use super::*;
-use ecdysis::store::{ImportedCompaction, ImportedMessage, ImportedNote};
+use ecdysis::storage::store::{ImportedCompaction, ImportedMessage, ImportedNote};
 
 /// Leader leases: one owner at a time, renewable, released, taken over once expired.
 pub async fn leases(store: &dyn Store) {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The command words of DESIGN.md §3. The same words on Slack (`/ecdysis <cmd>`), Discord (native
+/// The command words. The same words on Slack (`/ecdysis <cmd>`), Discord (native
 /// slash commands) and the web and terminal chats (a leading `/`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

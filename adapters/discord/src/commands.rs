@@ -152,7 +152,7 @@ pub fn spec(name: &CommandName) -> (&'static str, &'static [OptionSpec]) {
     }
 }
 
-/// The slash command definitions of every command of DESIGN.md §3.
+/// The slash command definitions of every chat command.
 pub fn definitions() -> Vec<CreateCommand> {
     CommandName::ALL
         .iter()

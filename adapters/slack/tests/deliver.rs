@@ -1,6 +1,7 @@
 //! Delivery against the fake Slack: a reply that may have been posted before a crash is looked
 //! up by its idempotency key instead of posted again; a gone `response_url` falls back to the
 //! channel; failures are sorted into retryable and permanent.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

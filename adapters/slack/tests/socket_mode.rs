@@ -1,5 +1,6 @@
 //! Socket Mode against the fake Slack, with a recording sink: acknowledgements follow the
 //! core's answer, and the watchdog replaces a socket that went silent while looking open.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
 

@@ -10,7 +10,7 @@ use super::{
     ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, DocumentData, ImageData, Part,
     ProviderError, StopReason, ToolChoice, post_json,
 };
-use crate::store::Usage;
+use crate::storage::store::Usage;
 
 /// Where Anthropic's API lives unless `ANTHROPIC_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";

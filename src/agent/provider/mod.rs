@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::{Config, ModelSpec, Provider, ProviderKeys};
-use crate::store::Usage;
+use crate::storage::store::Usage;
 
 pub mod anthropic;
 pub mod openai;

@@ -11,7 +11,7 @@ use super::{
     ChatApi, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError, StopReason,
     ToolChoice, post_json,
 };
-use crate::store::Usage;
+use crate::storage::store::Usage;
 
 /// Where OpenAI's API lives unless `OPENAI_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";

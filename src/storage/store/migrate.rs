@@ -13,7 +13,7 @@ macro_rules! migrations {
                 $version,
                 $description.into(),
                 MigrationType::Simple,
-                include_str!(concat!("../../migrations/", $dir, "/", $file)).into_sql_str(),
+                include_str!(concat!("../../../migrations/", $dir, "/", $file)).into_sql_str(),
                 $no_tx,
             ),
         )*])

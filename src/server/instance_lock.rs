@@ -45,7 +45,7 @@ pub fn acquire(database_url: &str) -> Result<Option<InstanceLock>, InstanceLockE
     if !database_url.starts_with("sqlite:") {
         return Ok(None);
     }
-    let Some(db) = crate::store::sqlite_path(database_url) else {
+    let Some(db) = crate::storage::store::sqlite_path(database_url) else {
         return Ok(None);
     };
     let name = db.as_os_str().to_string_lossy();

@@ -18,8 +18,8 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::blob::BlobStore;
-use crate::store::{
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{
     ImportedCompaction, ImportedMessage, ImportedNote, MessageId, NewArtifact, NoteId, Role, Store,
     UnixMs,
 };
@@ -37,9 +37,9 @@ pub enum BackupError {
     #[error("`{0}` is not a channel: use platform:workspace:channel (e.g. slack:T012:C345)")]
     Channel(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::storage::store::StoreError),
     #[error(transparent)]
-    Blob(#[from] crate::blob::BlobError),
+    Blob(#[from] crate::storage::blob::BlobError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("line {line}: {problem}")]

@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::html::{bytes, csrf_field, esc, maybe_time, page, query_value, time};
 use super::{Admin, html_page, internal, now_secs, security_headers, see_other, text};
 use crate::sandbox::Snapshot;
-use crate::store::{
+use crate::storage::store::{
     ConversationId, EventId, InboxStatus, Message, MessageId, NoteId, Role, now_ms,
 };
 
@@ -271,7 +271,7 @@ pub async fn overview(State(admin): State<Admin>, headers: HeaderMap) -> Respons
 }
 
 /// The agent profiles with the channels they claim, and the MCP servers with their state.
-fn profiles_section(app: &crate::app::App) -> String {
+fn profiles_section(app: &crate::server::app::App) -> String {
     let mut body = String::from(
         "<h2>Profiles</h2><table><tr><th>profile</th><th>channels</th><th>settings</th></tr>",
     );

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ecdysis_slack::{Installation, Installations};
 
-use crate::secret_box::SecretBox;
-use crate::store::{Store, StoredInstallation, UnixMs};
+use crate::storage::secret_box::SecretBox;
+use crate::storage::store::{Store, StoredInstallation, UnixMs};
 
 const PLATFORM: &str = "slack";
 

@@ -20,16 +20,16 @@ use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
 use tracing::{info, warn};
 
 use crate::agent::LlmAgent;
-use crate::approvals::Approvals;
-use crate::blob::{self, BlobStore};
 use crate::browser::BrowserService;
 use crate::browser::feature::{RecordFeature, ScreenshotFeature};
 use crate::bus::{Bus, Workers};
-use crate::commands::{Agent, Commands};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::engine::approvals::Approvals;
+use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
-use crate::store::{self, Role, Store};
+use crate::server::metrics::Metrics;
+use crate::storage::blob::{self, BlobStore};
+use crate::storage::store::{self, Role, Store};
 
 /// Everything `serve` and `chat` run on.
 #[derive(Clone)]
@@ -47,10 +47,10 @@ pub struct App {
     /// The MCP servers (`[[mcp]]`), connecting in the background; stopped by [`serve`].
     pub mcp: crate::mcp::McpHub,
     /// The Discord adapter, when `DISCORD_TOKEN` or `DISCORD_PUBLIC_KEY` is set; its gateway
-    /// starts with `serve` ([`crate::discord::start`]).
+    /// starts with `serve` ([`crate::platforms::discord::start`]).
     pub discord: Option<ecdysis_discord::Discord>,
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
-    /// starts with `serve` ([`crate::slack::start`]).
+    /// starts with `serve` ([`crate::platforms::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
 }
 
@@ -88,7 +88,7 @@ impl App {
                 "no Chromium found (ECDYSIS_CHROMIUM, ECDYSIS_BROWSER_CDP_URL or `chromium` on PATH): /screenshot and /record are off"
             ),
         }
-        if let Some(search) = crate::web_search::tool(config.web_search.as_ref()) {
+        if let Some(search) = crate::agent::web_search::tool(config.web_search.as_ref()) {
             info!("web_search is on");
             commands = commands.with_tool(Arc::new(search));
         }
@@ -96,7 +96,6 @@ impl App {
         let wants_approvals =
             config.sandbox.require_approval || config.mcp.iter().any(|m| m.approval.any());
         let approvals = wants_approvals.then(|| {
-
             Approvals::new(
                 config.agent.turn_timeout,
                 config.sandbox.allow_users.clone(),
@@ -118,7 +117,9 @@ impl App {
         // MCP servers connect in the background: start-up and /readyz never wait for them.
         let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone());
         let commands = commands
-            .with_profiles(crate::profile::Profiles::new(config.profiles.clone()))
+            .with_profiles(crate::engine::profile::Profiles::new(
+                config.profiles.clone(),
+            ))
             .with_mcp(mcp.clone());
         let mut commands = customize(commands);
         // The agent is built last, so it offers every tool registered before it: by the features
@@ -149,8 +150,8 @@ impl App {
             blobs.clone(),
             sandbox.clone(),
         )));
-        let discord = crate::discord::open(&config, &bus)?;
-        let slack = crate::slack::open(&config, &bus, store.clone())?;
+        let discord = crate::platforms::discord::open(&config, &bus)?;
+        let slack = crate::platforms::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -203,7 +204,7 @@ impl App {
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
-        let browser = match crate::admin::router(self, logins) {
+        let browser = match crate::server::admin::router(self, logins) {
             Some(admin) => web.router().merge(admin),
             None => web.router(),
         };
@@ -247,12 +248,12 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
             "no ECDYSIS_PUBLIC_URL: the web chat and /admin answer to any host name (the admin token guards them); set it to refuse other names"
         );
     }
-    let listener = crate::listener::bind(app.config.listen)
+    let listener = crate::server::listener::bind(app.config.listen)
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
-    let connections = crate::connections::Connections::start(&app).await?;
+    let connections = crate::platforms::connections::Connections::start(&app).await?;
     info!(
         %address,
         storage = app.store.backend(),
@@ -260,12 +261,12 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         ready_ms = started.elapsed().as_millis() as u64,
         "ecdysis is listening; web chat at http://{address}/"
     );
-    let limits = crate::listener::Limits {
+    let limits = crate::server::listener::Limits {
         header_timeout: app.config.web_header_timeout,
         max_connections: app.config.web_max_connections,
         drain: Duration::from_secs(10),
     };
-    crate::listener::serve(listener, router, limits, shutdown_signal()).await;
+    crate::server::listener::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down: finishing running events");
     connections.stop().await;
     stop(workers).await;

@@ -14,7 +14,7 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, ModelSpec};
-use crate::tools::{BROWSER_TOOLS, SANDBOX_TOOLS, builtin_tools};
+use crate::engine::tools::{BROWSER_TOOLS, SANDBOX_TOOLS, builtin_tools};
 
 /// The name of the profile in force where no `[[profile]]` claims the channel.
 pub const DEFAULT_PROFILE: &str = "default";

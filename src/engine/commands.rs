@@ -7,12 +7,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use ecdysis_chat::{CommandName, EventKind};
 
-use crate::blob::BlobStore;
 use crate::bus::{EventContext, Handler, Outgoing};
+use crate::engine::profile::Profiles;
+use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
-use crate::profile::Profiles;
-use crate::store::{NewNote, NoteId, Store};
-use crate::tools::{Tool, ToolRegistry, ToolSource};
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{NewNote, NoteId, Store};
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]
@@ -75,7 +75,7 @@ impl Commands {
         }
     }
 
-    /// The profiles in force (see [`crate::profile`]).
+    /// The profiles in force (see [`crate::engine::profile`]).
     pub fn with_profiles(mut self, profiles: Profiles) -> Self {
         self.profiles = profiles;
         self

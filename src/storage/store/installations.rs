@@ -7,7 +7,7 @@ use super::db::{Columns, on_reader, on_tx, rows};
 use super::{Result, SqlStore, UnixMs};
 
 /// An OAuth install of a chat app in one workspace (Slack team), with its bot token encrypted
-/// by the caller (see `crate::slack_installations`).
+/// by the caller (see `crate::platforms::slack_installations`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredInstallation {
     pub platform: String,

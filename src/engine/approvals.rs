@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::bus::{ActionHandler, Bus, Outgoing};
+use crate::engine::tools::ToolContext;
 use crate::sandbox::ApprovalGate;
-use crate::store::EventId;
-use crate::tools::ToolContext;
+use crate::storage::store::EventId;
 
 const APPROVE: &str = "approval:approve";
 const DENY: &str = "approval:deny";

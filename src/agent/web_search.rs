@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::config::{SearchProvider, WebSearchSettings};
-use crate::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput};
 
 /// Results returned when the model does not say how many.
 pub const DEFAULT_COUNT: usize = 5;

@@ -60,17 +60,17 @@ pub(crate) enum TxConn {
 macro_rules! on_reader {
     ($db:expr, |$c:ident| $body:expr) => {
         match &$db.pools {
-            $crate::store::db::Pools::Sqlite { read: $c, .. } => $body,
-            $crate::store::db::Pools::Postgres { pool: $c } => $body,
+            $crate::storage::store::db::Pools::Sqlite { read: $c, .. } => $body,
+            $crate::storage::store::db::Pools::Postgres { pool: $c } => $body,
         }
     };
     ($db:expr, $pair:expr, |$c:ident, $sql:ident| $body:expr) => {
         match &$db.pools {
-            $crate::store::db::Pools::Sqlite { read: $c, .. } => {
+            $crate::storage::store::db::Pools::Sqlite { read: $c, .. } => {
                 let $sql = $pair.sqlite;
                 $body
             }
-            $crate::store::db::Pools::Postgres { pool: $c } => {
+            $crate::storage::store::db::Pools::Postgres { pool: $c } => {
                 let $sql = $pair.postgres;
                 $body
             }
@@ -83,11 +83,11 @@ macro_rules! on_reader {
 macro_rules! on_tx {
     ($tx:expr, |$c:ident| $body:expr) => {
         match &mut $tx.conn {
-            $crate::store::db::TxConn::Sqlite(t) => {
+            $crate::storage::store::db::TxConn::Sqlite(t) => {
                 let $c = &mut **t;
                 $body
             }
-            $crate::store::db::TxConn::Postgres(t) => {
+            $crate::storage::store::db::TxConn::Postgres(t) => {
                 let $c = &mut **t;
                 $body
             }
@@ -95,12 +95,12 @@ macro_rules! on_tx {
     };
     ($tx:expr, $pair:expr, |$c:ident, $sql:ident| $body:expr) => {
         match &mut $tx.conn {
-            $crate::store::db::TxConn::Sqlite(t) => {
+            $crate::storage::store::db::TxConn::Sqlite(t) => {
                 let $c = &mut **t;
                 let $sql = $pair.sqlite;
                 $body
             }
-            $crate::store::db::TxConn::Postgres(t) => {
+            $crate::storage::store::db::TxConn::Postgres(t) => {
                 let $c = &mut **t;
                 let $sql = $pair.postgres;
                 $body

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::store::Store;
+use crate::storage::store::Store;
 
 /// How long a stopped task may take to finish before it is aborted.
 const TASK_GRACE: Duration = Duration::from_secs(5);

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 
 use ecdysis_web::limiter::LoginLimiter;
 
-use crate::app::App;
+use crate::server::app::App;
 
 pub mod auth;
 mod html;
@@ -77,7 +77,7 @@ pub fn router(app: &App, logins: Arc<LoginLimiter>) -> Option<Router> {
 }
 
 fn now_secs() -> i64 {
-    crate::store::now_ms() / 1000
+    crate::storage::store::now_ms() / 1000
 }
 
 impl Admin {

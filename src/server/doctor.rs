@@ -34,7 +34,7 @@ pub async fn run(config: &Config) -> Report {
         failed: false,
     };
     let db_url = redact(&config.database_url);
-    let store = match crate::store::open(&config.database_url).await {
+    let store = match crate::storage::store::open(&config.database_url).await {
         Ok(store) => match store.ping().await {
             Ok(()) => {
                 report.ok("database", format!("{} ({db_url})", store.backend()));
@@ -53,7 +53,7 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     check_instances(config, store.as_deref(), &mut report).await;
-    match crate::blob::open(config).await {
+    match crate::storage::blob::open(config).await {
         Ok(blobs) => match blobs.ping().await {
             Ok(()) => report.ok("blobs", blobs.describe()),
             Err(e) => report.fail(
@@ -119,14 +119,14 @@ fn database_fix(problem: &str) -> &'static str {
 /// the gateway/socket leases.
 async fn check_instances(
     config: &Config,
-    store: Option<&dyn crate::store::Store>,
+    store: Option<&dyn crate::storage::store::Store>,
     report: &mut Report,
 ) {
     let Some(store) = store else { return };
     if store.backend() == "sqlite" {
-        match crate::instance_lock::acquire(&config.database_url) {
+        match crate::server::instance_lock::acquire(&config.database_url) {
             Ok(_) => report.ok("instances", "SQLite: one instance at a time; none is running now"),
-            Err(crate::instance_lock::InstanceLockError::Busy { holder, .. }) => report.ok(
+            Err(crate::server::instance_lock::InstanceLockError::Busy { holder, .. }) => report.ok(
                 "instances",
                 format!("SQLite: one instance at a time; one is running{holder}"),
             ),
@@ -140,7 +140,7 @@ async fn check_instances(
     }
     match store.leases().await {
         Ok(leases) => {
-            let now = crate::store::UnixMs::now();
+            let now = crate::storage::store::UnixMs::now();
             let held: Vec<String> = leases
                 .iter()
                 .filter(|l| l.lease_until > now)
@@ -186,7 +186,7 @@ fn check_admin(config: &Config, report: &mut Report) {
 
 /// The key line: where the key that encrypts stored tokens comes from.
 fn check_secret_key(config: &Config, report: &mut Report) {
-    match crate::secret_box::SecretBox::from_config(config) {
+    match crate::storage::secret_box::SecretBox::from_config(config) {
         Ok(_) if config.secret_key.is_some() => report.ok(
             "token key",
             "tokens in the database are encrypted with ECDYSIS_SECRET_KEY",
@@ -208,14 +208,14 @@ fn check_secret_key(config: &Config, report: &mut Report) {
 
 /// The Slack line: `auth.test` with the bot token.
 async fn check_slack(config: &Config, report: &mut Report) {
-    match crate::slack::auth_test(config).await {
+    match crate::platforms::slack::auth_test(config).await {
         Some(Ok(detail)) => report.ok("slack", detail),
         Some(Err(e)) => report.fail(
             "slack",
             e,
             "check SLACK_BOT_TOKEN (xoxb-…, from OAuth & Permissions) and SLACK_API_URL",
         ),
-        None if crate::slack::configured(config) => report.ok(
+        None if crate::platforms::slack::configured(config) => report.ok(
             "slack",
             "no SLACK_BOT_TOKEN: tokens come from workspaces installed at /slack/install",
         ),
@@ -228,7 +228,7 @@ async fn check_slack(config: &Config, report: &mut Report) {
 
 /// The Discord line: `GET /users/@me` with the bot token.
 async fn check_discord(config: &Config, report: &mut Report) {
-    let settings = crate::discord::settings(config);
+    let settings = crate::platforms::discord::settings(config);
     if settings.token.is_none() {
         match settings.public_key {
             Some(_) => report.ok(
@@ -336,7 +336,11 @@ async fn check_mcp(config: &Config, report: &mut Report) {
             crate::mcp::Health::Up { .. } => report.ok("mcp", status.line()),
             crate::mcp::Health::Starting if !settled => report.fail(
                 "mcp",
-                format!("{}: no answer within {} s", status.line(), MCP_WAIT.as_secs()),
+                format!(
+                    "{}: no answer within {} s",
+                    status.line(),
+                    MCP_WAIT.as_secs()
+                ),
                 "check that the server speaks MCP on stdout (stdio) or at its URL",
             ),
             _ => report.fail(
@@ -368,7 +372,11 @@ fn check_profiles(config: &Config, report: &mut Report) {
             (!usable).then(|| crate::agent::provider::key_env(model.provider))
         });
         match missing {
-            Some(env) => report.fail("profiles", line, &format!("set {env} for this profile's model")),
+            Some(env) => report.fail(
+                "profiles",
+                line,
+                &format!("set {env} for this profile's model"),
+            ),
             None => report.ok("profiles", line),
         }
     }

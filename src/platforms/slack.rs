@@ -10,9 +10,9 @@ use ecdysis_slack::{Slack, SlackSettings, SocketMode};
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::secret_box::SecretBox;
-use crate::slack_installations::SlackInstallations;
-use crate::store::Store;
+use crate::platforms::slack_installations::SlackInstallations;
+use crate::storage::secret_box::SecretBox;
+use crate::storage::store::Store;
 
 fn set(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())

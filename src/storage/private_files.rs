@@ -2,7 +2,7 @@
 //! mode 0600 before SQLite opens it (SQLite gives its `-wal`, `-shm` and `-journal` files the
 //! database file's mode), and one left readable by others (by an older version, or by a
 //! `doctor` run) is made private again. The blob directory and the secret key take care of
-//! themselves ([`crate::blob::local`], [`crate::secret_box`]). No process-wide umask is set:
+//! themselves ([`crate::storage::blob::local`], [`crate::storage::secret_box`]). No process-wide umask is set:
 //! the sandbox's workspaces must stay reachable for their own users.
 
 use std::fs::OpenOptions;

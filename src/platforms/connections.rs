@@ -2,7 +2,7 @@
 //! and Slack Socket Mode (two holders would each receive every event).
 //!
 //! With SQLite (one instance by construction) they start directly. With Postgres (any number
-//! of instances) each runs under a leader lease ([`crate::leader`]): one instance holds it, and
+//! of instances) each runs under a leader lease ([`crate::platforms::leader`]): one instance holds it, and
 //! when that instance dies another takes over within `ECDYSIS_LEADER_LEASE_SECONDS` (plus a
 //! third of it). HTTP transports (Slack Events API, Discord HTTP interactions) need no lease:
 //! every instance serves them.
@@ -13,8 +13,8 @@ use ecdysis_discord::GatewayHandle;
 use ecdysis_slack::SocketMode;
 use tracing::error;
 
-use crate::app::App;
-use crate::leader::{LeaderHandle, Leadership, Term, instance_id};
+use crate::platforms::leader::{LeaderHandle, Leadership, Term, instance_id};
+use crate::server::app::App;
 
 /// The lease that guards the Discord gateway.
 pub const DISCORD_GATEWAY: &str = "discord-gateway";
@@ -32,8 +32,9 @@ impl Connections {
     /// Start what the configuration asks for.
     pub async fn start(app: &App) -> anyhow::Result<Self> {
         if app.store.backend() != "postgres" {
-            let gateway = crate::discord::start(&app.config, app.discord.as_ref()).await?;
-            let socket = crate::slack::start(app.slack.as_ref());
+            let gateway =
+                crate::platforms::discord::start(&app.config, app.discord.as_ref()).await?;
+            let socket = crate::platforms::slack::start(app.slack.as_ref());
             return Ok(Self {
                 gateway,
                 socket,
@@ -49,7 +50,7 @@ impl Connections {
             leaders.push(lease.spawn(move |mut term: Term| {
                 let (config, discord) = (config.clone(), discord.clone());
                 async move {
-                    match crate::discord::start(&config, discord.as_ref()).await {
+                    match crate::platforms::discord::start(&config, discord.as_ref()).await {
                         Ok(Some(gateway)) => {
                             term.lost().await;
                             gateway.shutdown().await;
@@ -67,7 +68,7 @@ impl Connections {
             leaders.push(lease.spawn(move |mut term: Term| {
                 let slack = slack.clone();
                 async move {
-                    match crate::slack::start(Some(&slack)) {
+                    match crate::platforms::slack::start(Some(&slack)) {
                         Some(socket) => {
                             term.lost().await;
                             socket.stop().await;

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use ecdysis::server::app::App;
 use ecdysis::config::Config;
 use ecdysis::media::image::{ImageLimits, prepare};
+use ecdysis::server::app::App;
 use ecdysis_slack::signature::sign;
 use ecdysis_testkit::slack::FakeSlack;
 use serde_json::json;
@@ -98,7 +98,10 @@ async fn bench_acks(events: u64, rate: u64) {
     let slack = FakeSlack::start().await.expect("fake Slack");
     let dir = tempfile::tempdir().expect("tempdir");
     let vars: HashMap<String, String> = [
-        ("ECDYSIS_DATA_DIR", dir.path().join("data").display().to_string()),
+        (
+            "ECDYSIS_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
         ("ECDYSIS_SANDBOX", "off".into()),
         ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
         ("SLACK_SIGNING_SECRET", SECRET.into()),

@@ -571,14 +571,21 @@ async fn voice_messages_are_transcribed_and_quoted_in_the_thread() {
     ])
     .await;
     let voice = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/media/voice-message.ogg"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/media/voice-message.ogg"),
     )
     .unwrap();
     let url = h.fake.add_attachment("voice-message.ogg", voice.clone());
     let id = h.fake.next_id();
     // A voice message: no text, one Ogg/Opus attachment (flag 8192).
     let mut m = fake::with_attachment(
-        fake::message(&id, DM_CHANNEL_ID, None, fake::user(USER_ID, "ann", false), ""),
+        fake::message(
+            &id,
+            DM_CHANNEL_ID,
+            None,
+            fake::user(USER_ID, "ann", false),
+            "",
+        ),
         "7",
         "voice-message.ogg",
         &url,
@@ -591,10 +598,15 @@ async fn voice_messages_are_transcribed_and_quoted_in_the_thread() {
     h.fake.dispatch("MESSAGE_CREATE", m);
     let quote = h
         .posted_where("quoting the transcript", |p| {
-            p.content.contains("> Remind the team about the demo on Friday.")
+            p.content
+                .contains("> Remind the team about the demo on Friday.")
         })
         .await;
-    assert!(quote.content.contains("voice-message.ogg"), "{}", quote.content);
+    assert!(
+        quote.content.contains("voice-message.ogg"),
+        "{}",
+        quote.content
+    );
     let calls = transcriber.transcriptions();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].file.as_ref(), voice.as_slice());

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ecdysis::server::app::App;
 use ecdysis::bus::Workers;
 use ecdysis::config::Config;
+use ecdysis::server::app::App;
 use ecdysis_chat::ConversationRef;
 use ecdysis_slack::signature::sign;
 use ecdysis_testkit::llm::{Api, FakeLlm, Recorded};
@@ -25,8 +25,12 @@ const BOT_TOKEN: &str = "xoxb-media";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/media").join(name))
-        .unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/media")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// A photo-like JPEG (a gradient with some texture).
@@ -71,7 +75,10 @@ impl Harness {
         let llm = FakeLlm::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut vars: HashMap<String, String> = [
-            ("ECDYSIS_DATA_DIR", dir.path().join("data").display().to_string()),
+            (
+                "ECDYSIS_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
             ("ECDYSIS_SANDBOX", "off".into()),
             ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
             ("SLACK_SIGNING_SECRET", SECRET.into()),
@@ -186,7 +193,11 @@ impl Harness {
             assert!(
                 Instant::now() < deadline,
                 "no model request with {needle:?}; requests: {:#?}",
-                self.llm.requests().iter().map(|r| &r.raw).collect::<Vec<_>>()
+                self.llm
+                    .requests()
+                    .iter()
+                    .map(|r| &r.raw)
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -343,7 +354,11 @@ async fn image_within_limits_and_corrupt_note(api: Api) {
     let request = h.request_with("what is in the photo?").await;
     let message = last_user_message(&request);
     let found = images(&message);
-    assert_eq!(found.len(), 1, "one image (the corrupt one is a note): {message}");
+    assert_eq!(
+        found.len(),
+        1,
+        "one image (the corrupt one is a note): {message}"
+    );
     let (mime, bytes) = &found[0];
     assert_eq!(mime, "image/jpeg");
     let decoded = image::load_from_memory(bytes).unwrap();
@@ -354,7 +369,9 @@ async fn image_within_limits_and_corrupt_note(api: Api) {
     assert!(w > 1000, "scaled, not shrunk to nothing: {w}×{h_}");
     let text = text_of(&message);
     assert!(
-        text.contains(&format!("[image `photo.jpg`, 4000×3000 scaled to {w}×{h_}]")),
+        text.contains(&format!(
+            "[image `photo.jpg`, 4000×3000 scaled to {w}×{h_}]"
+        )),
         "{text}"
     );
     assert!(
@@ -372,12 +389,24 @@ async fn image_within_limits_and_corrupt_note(api: Api) {
         .messages(&conversation, ecdysis::storage::store::MessageId(0), 10)
         .await
         .unwrap();
-    let question = messages.iter().find(|m| m.role == ecdysis::storage::store::Role::User).unwrap();
-    let mut names: Vec<&str> = question.attachments.iter().map(|a| a.name.as_str()).collect();
+    let question = messages
+        .iter()
+        .find(|m| m.role == ecdysis::storage::store::Role::User)
+        .unwrap();
+    let mut names: Vec<&str> = question
+        .attachments
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["broken.png", "photo.jpg"]);
     assert_eq!(
-        question.attachments.iter().find(|a| a.name == "photo.jpg").unwrap().size,
+        question
+            .attachments
+            .iter()
+            .find(|a| a.name == "photo.jpg")
+            .unwrap()
+            .size,
         photo.len() as i64
     );
     // Downloaded with the bot token.
@@ -451,7 +480,8 @@ async fn pdfs_and_text_files_reach_both_wire_formats() {
         assert!(text.contains("row 00000:"), "{text}");
         assert!(!text.contains("row 02999:"), "the big file is cut: {text}");
         assert!(
-            text.contains("[the rest of `data.csv` (") && text.contains("was left out: over the 32 KB limit for inline text]"),
+            text.contains("[the rest of `data.csv` (")
+                && text.contains("was left out: over the 32 KB limit for inline text]"),
             "{text}"
         );
         h.slack_post(1).await;
@@ -524,7 +554,8 @@ async fn without_transcription_audio_gets_a_clear_note() {
     let request = h.request_with("listen").await;
     let text = text_of(&last_user_message(&request));
     assert!(
-        text.contains("[audio `clip.ogg` (") && text.contains("transcription is off (ECDYSIS_TRANSCRIBE is not set)"),
+        text.contains("[audio `clip.ogg` (")
+            && text.contains("transcription is off (ECDYSIS_TRANSCRIBE is not set)"),
         "{text}"
     );
     h.slack_post(1).await;
@@ -580,7 +611,10 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
     let message = last_user_message(&request);
     let found = images(&message);
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].1, photo, "an image within the limits goes as it came");
+    assert_eq!(
+        found[0].1, photo,
+        "an image within the limits goes as it came"
+    );
     assert!(text_of(&message).contains("buy milk"));
     h.web_answers("uploads", 1).await;
     let messages = h.web_messages("uploads").await;
@@ -589,12 +623,16 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
     assert_eq!(attachments.len(), 2);
     assert_eq!(attachments[0]["name"], "cat.jpg");
     assert_eq!(attachments[0]["mime"], "image/jpeg");
-    let served = reqwest::get(format!("{}{}", h.base, attachments[0]["url"].as_str().unwrap()))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let served = reqwest::get(format!(
+        "{}{}",
+        h.base,
+        attachments[0]["url"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
     assert_eq!(served.as_ref(), photo.as_slice());
 
     // 50 MB: refused before anything is stored.
@@ -604,7 +642,11 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
         .upload(
             "too-big",
             "huge",
-            &[("huge.bin", "application/octet-stream", vec![7u8; 50 * 1024 * 1024])],
+            &[(
+                "huge.bin",
+                "application/octet-stream",
+                vec![7u8; 50 * 1024 * 1024],
+            )],
         )
         .await;
     assert_eq!(r.status(), 413);
@@ -636,7 +678,11 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
 async fn images_stay_for_a_bounded_number_of_turns_then_become_a_reference() {
     let h = Harness::start(Api::Anthropic, &[("ECDYSIS_MEDIA_IMAGE_TURNS", "1")], None).await;
     let r = h
-        .upload("turns", "first: look", &[("chart.png", "image/png", photo_png())])
+        .upload(
+            "turns",
+            "first: look",
+            &[("chart.png", "image/png", photo_png())],
+        )
         .await;
     assert_eq!(r.status(), 202);
     h.web_answers("turns", 1).await;
@@ -673,14 +719,19 @@ async fn a_model_without_vision_gets_a_note_instead_of_the_image() {
     )
     .await;
     let r = h
-        .upload("blind", "describe it", &[("cat.jpg", "image/jpeg", photo(100, 80))])
+        .upload(
+            "blind",
+            "describe it",
+            &[("cat.jpg", "image/jpeg", photo(100, 80))],
+        )
         .await;
     assert_eq!(r.status(), 202);
     let request = h.request_with("describe it").await;
     let message = last_user_message(&request);
     assert!(images(&message).is_empty(), "{message}");
     assert!(
-        text_of(&message).contains("[image `cat.jpg` is attached, but this model cannot see images"),
+        text_of(&message)
+            .contains("[image `cat.jpg` is attached, but this model cannot see images"),
         "{message}"
     );
     h.stop().await;

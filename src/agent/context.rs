@@ -35,9 +35,11 @@ pub fn message_tokens(message: &ChatMessage) -> usize {
                 // Providers bill images by size; a typical screenshot is ~1,500 tokens.
                 Part::Image(_) => 1_500,
                 // A PDF read as pages costs more than its text; its text is the floor.
-                Part::Document(d) => {
-                    estimate_tokens(&d.text).max(if d.base64.is_some() { d.pages * 1_000 } else { 0 })
-                }
+                Part::Document(d) => estimate_tokens(&d.text).max(if d.base64.is_some() {
+                    d.pages * 1_000
+                } else {
+                    0
+                }),
                 Part::ToolUse { name, input, .. } => {
                     estimate_tokens(name) + estimate_tokens(&input.to_string()) + 8
                 }

@@ -28,10 +28,10 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{EventContext, Outgoing};
 use crate::config::{AgentConfig, Config, ModelSpec};
-use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
 use crate::engine::commands::Agent;
 use crate::engine::profile::{Profile, Profiles};
 use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};

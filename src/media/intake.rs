@@ -15,9 +15,9 @@ use bytes::Bytes;
 use ecdysis_chat::{ChatAdapter, CommandName, EventKind, FetchError, RemoteFile};
 use tracing::{info, warn};
 
-use crate::storage::blob::BlobStore;
 use crate::bus::{EventContext, FileIntake, StoredFile, artifact_key};
 use crate::sandbox::Runner;
+use crate::storage::blob::BlobStore;
 use crate::storage::store::{EventFile, NewArtifact, Store};
 
 /// How long one download may take.
@@ -141,7 +141,9 @@ impl Intake {
         for file in &event.payload.attachments {
             match self.blobs.get(&file.blob_key).await {
                 Ok(Some(bytes)) => files.push((file.name.clone(), bytes)),
-                Ok(None) => warn!(file = %file.name, "a received file is missing from the blob store"),
+                Ok(None) => {
+                    warn!(file = %file.name, "a received file is missing from the blob store")
+                }
                 Err(e) => warn!(file = %file.name, error = %e, "cannot read a received file"),
             }
         }
@@ -207,9 +209,8 @@ impl FileIntake for Intake {
                 event.payload.text.push_str(&note);
             }
         }
-        if event.attempt == 1 || !event.payload.remote_files.is_empty() {
-            self.place_in_sandbox(event).await;
-        }
+        // Writing the same files again on a re-run replaces them with themselves.
+        self.place_in_sandbox(event).await;
         Ok(())
     }
 }

@@ -17,13 +17,88 @@ pub enum Kind {
 /// Extensions of text-like files (source code and data) platforms often label
 /// `application/octet-stream`.
 const TEXT_EXTENSIONS: &[&str] = &[
-    "txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "ndjson", "yaml", "yml",
-    "toml", "ini", "cfg", "conf", "env", "xml", "html", "htm", "css", "scss", "js", "mjs", "cjs",
-    "ts", "tsx", "jsx", "rs", "py", "rb", "go", "java", "kt", "kts", "scala", "c", "h", "cc",
-    "cpp", "hpp", "cs", "swift", "m", "php", "pl", "lua", "r", "sql", "sh", "bash", "zsh", "fish",
-    "ps1", "bat", "dockerfile", "makefile", "gradle", "properties", "log", "diff", "patch", "tex",
-    "svg", "graphql", "proto", "vue", "svelte", "ex", "exs", "erl", "hs", "ml", "clj", "dart",
-    "zig", "nim", "tf", "hcl", "nix", "lock", "gitignore", "editorconfig",
+    "txt",
+    "md",
+    "markdown",
+    "rst",
+    "csv",
+    "tsv",
+    "json",
+    "jsonl",
+    "ndjson",
+    "yaml",
+    "yml",
+    "toml",
+    "ini",
+    "cfg",
+    "conf",
+    "env",
+    "xml",
+    "html",
+    "htm",
+    "css",
+    "scss",
+    "js",
+    "mjs",
+    "cjs",
+    "ts",
+    "tsx",
+    "jsx",
+    "rs",
+    "py",
+    "rb",
+    "go",
+    "java",
+    "kt",
+    "kts",
+    "scala",
+    "c",
+    "h",
+    "cc",
+    "cpp",
+    "hpp",
+    "cs",
+    "swift",
+    "m",
+    "php",
+    "pl",
+    "lua",
+    "r",
+    "sql",
+    "sh",
+    "bash",
+    "zsh",
+    "fish",
+    "ps1",
+    "bat",
+    "dockerfile",
+    "makefile",
+    "gradle",
+    "properties",
+    "log",
+    "diff",
+    "patch",
+    "tex",
+    "svg",
+    "graphql",
+    "proto",
+    "vue",
+    "svelte",
+    "ex",
+    "exs",
+    "erl",
+    "hs",
+    "ml",
+    "clj",
+    "dart",
+    "zig",
+    "nim",
+    "tf",
+    "hcl",
+    "nix",
+    "lock",
+    "gitignore",
+    "editorconfig",
 ];
 
 const AUDIO_EXTENSIONS: &[&str] = &[
@@ -139,7 +214,10 @@ mod tests {
     fn bytes_win_over_labels() {
         let png = b"\x89PNG\r\n\x1a\n....";
         assert_eq!(classify("a.txt", "text/plain", png), Kind::Image);
-        assert_eq!(classify("x", "application/octet-stream", b"%PDF-1.7\n"), Kind::Pdf);
+        assert_eq!(
+            classify("x", "application/octet-stream", b"%PDF-1.7\n"),
+            Kind::Pdf
+        );
         assert_eq!(classify("a.webp", "", b"RIFF\0\0\0\0WEBPVP8 "), Kind::Image);
         assert_eq!(image_mime(b"GIF89a..."), Some("image/gif"));
     }
@@ -147,13 +225,28 @@ mod tests {
     #[test]
     fn labels_and_names() {
         assert_eq!(classify("broken.png", "image/png", b"garbage"), Kind::Image);
-        assert_eq!(classify("voice-message.ogg", "audio/ogg", b"OggS"), Kind::Audio);
-        assert_eq!(classify("clip.m4a", "application/octet-stream", b"\0\0\0 ftyp"), Kind::Audio);
+        assert_eq!(
+            classify("voice-message.ogg", "audio/ogg", b"OggS"),
+            Kind::Audio
+        );
+        assert_eq!(
+            classify("clip.m4a", "application/octet-stream", b"\0\0\0 ftyp"),
+            Kind::Audio
+        );
         assert_eq!(classify("notes.md", "text/markdown", b"# hi"), Kind::Text);
         assert_eq!(classify("data.json", "application/json", b"{}"), Kind::Text);
-        assert_eq!(classify("main.rs", "application/octet-stream", b"fn main() {}"), Kind::Text);
-        assert_eq!(classify("blob.bin", "application/octet-stream", &[0, 1, 2, 3]), Kind::Other);
-        assert_eq!(classify("a.zip", "application/zip", b"PK\x03\x04"), Kind::Other);
+        assert_eq!(
+            classify("main.rs", "application/octet-stream", b"fn main() {}"),
+            Kind::Text
+        );
+        assert_eq!(
+            classify("blob.bin", "application/octet-stream", &[0, 1, 2, 3]),
+            Kind::Other
+        );
+        assert_eq!(
+            classify("a.zip", "application/zip", b"PK\x03\x04"),
+            Kind::Other
+        );
         assert_eq!(classify("x.svg", "image/svg+xml", b"<svg/>"), Kind::Text);
     }
 

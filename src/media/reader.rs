@@ -206,7 +206,11 @@ impl Reader {
     }
 
     /// The scaled image: kept from an earlier turn, or made now (and kept).
-    async fn model_image(&self, file: &FileRef, bytes: Bytes) -> Result<(ImageData, String), String> {
+    async fn model_image(
+        &self,
+        file: &FileRef,
+        bytes: Bytes,
+    ) -> Result<(ImageData, String), String> {
         let label = |w: u64, h: u64, ow: u64, oh: u64| {
             if (w, h) == (ow, oh) {
                 format!("[image `{}`, {w}×{h}]", file.name)
@@ -223,13 +227,23 @@ impl Reader {
                 .as_deref()
                 .and_then(|d| serde_json::from_str(d).ok())
                 .unwrap_or_default();
-            let n = |k: &str| detail.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let n = |k: &str| {
+                detail
+                    .get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            };
             return Ok((
                 ImageData {
                     mime: mime.clone(),
                     base64: base64::engine::general_purpose::STANDARD.encode(&scaled),
                 },
-                label(n("width"), n("height"), n("original_width"), n("original_height")),
+                label(
+                    n("width"),
+                    n("height"),
+                    n("original_width"),
+                    n("original_height"),
+                ),
             ));
         }
         let limits = self.limits;
@@ -315,8 +329,7 @@ impl Reader {
         read.parts.push(Part::Document(DocumentData {
             name: file.name.clone(),
             mime: "application/pdf".into(),
-            base64: as_document
-                .then(|| base64::engine::general_purpose::STANDARD.encode(&bytes)),
+            base64: as_document.then(|| base64::engine::general_purpose::STANDARD.encode(&bytes)),
             text: body,
             pages,
         }));
@@ -393,7 +406,8 @@ impl Reader {
         if let Ok(Some(kept)) = self.store.extract(&file.artifact_id, "transcript").await
             && let Some(text) = kept.text
         {
-            read.parts.push(Part::Text(transcript_text(&file.name, &text)));
+            read.parts
+                .push(Part::Text(transcript_text(&file.name, &text)));
             return;
         }
         let Some(transcriber) = &self.transcriber else {
@@ -428,7 +442,8 @@ impl Reader {
                 if let Err(e) = kept {
                     warn!(file = %file.name, error = %e, "cannot keep a transcript");
                 }
-                read.parts.push(Part::Text(transcript_text(&file.name, &text)));
+                read.parts
+                    .push(Part::Text(transcript_text(&file.name, &text)));
                 read.heard.push((file.name.clone(), text));
             }
             Err(e) => {

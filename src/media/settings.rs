@@ -173,7 +173,10 @@ mod tests {
 
     use crate::config::Config;
 
-    fn load(vars: &[(&str, &str)], toml: Option<&str>) -> Result<Config, crate::config::ConfigError> {
+    fn load(
+        vars: &[(&str, &str)],
+        toml: Option<&str>,
+    ) -> Result<Config, crate::config::ConfigError> {
         let vars: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -210,7 +213,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(c.media.transcribe.unwrap().base_url, "http://127.0.0.1:7/v1");
+        assert_eq!(
+            c.media.transcribe.unwrap().base_url,
+            "http://127.0.0.1:7/v1"
+        );
         assert!(load(&[], None).unwrap().media.transcribe.is_none());
         assert!(load(&[("ECDYSIS_TRANSCRIBE", "anthropic/x")], None).is_err());
         assert!(load(&[("ECDYSIS_TRANSCRIBE", "whisper")], None).is_err());

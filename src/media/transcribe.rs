@@ -42,7 +42,10 @@ impl Transcriber {
 
     /// `provider/model`, for notes.
     pub fn describe(&self) -> String {
-        format!("openai/{} at {}", self.settings.model, self.settings.base_url)
+        format!(
+            "openai/{} at {}",
+            self.settings.model, self.settings.base_url
+        )
     }
 
     /// The transcript of one file.
@@ -103,7 +106,10 @@ impl Transcriber {
 
 /// Whisper servers tell formats by the file name's extension: make sure there is one.
 fn upload_name(name: &str, mime: &str) -> String {
-    if name.rsplit_once('.').is_some_and(|(_, ext)| !ext.is_empty()) {
+    if name
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| !ext.is_empty())
+    {
         return name.to_string();
     }
     let ext = match mime.split(';').next().unwrap_or_default().trim() {
@@ -124,7 +130,10 @@ mod tests {
 
     #[test]
     fn upload_names_have_an_extension() {
-        assert_eq!(upload_name("voice-message.ogg", "audio/ogg"), "voice-message.ogg");
+        assert_eq!(
+            upload_name("voice-message.ogg", "audio/ogg"),
+            "voice-message.ogg"
+        );
         assert_eq!(upload_name("clip", "audio/mp4"), "clip.m4a");
         assert_eq!(upload_name("x", "audio/ogg; codecs=opus"), "x.ogg");
     }

@@ -86,7 +86,14 @@ mod tests {
         std::fs::create_dir(&outside).unwrap();
         std::fs::remove_dir_all(ws.join("inbox")).unwrap();
         std::os::unix::fs::symlink(&outside, ws.join("inbox")).unwrap();
-        assert!(write(&ws, vec![("b.txt".into(), Bytes::from_static(b"x"))], 1 << 20).is_err());
+        assert!(
+            write(
+                &ws,
+                vec![("b.txt".into(), Bytes::from_static(b"x"))],
+                1 << 20
+            )
+            .is_err()
+        );
         assert!(!outside.join("b.txt").exists());
         // Over the room left: skipped.
         std::fs::remove_file(ws.join("inbox")).unwrap();

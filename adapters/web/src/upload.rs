@@ -48,10 +48,7 @@ pub(crate) async fn parse(content_type: &str, body: Bytes) -> Result<Upload, Upl
                 if upload.files.len() >= MAX_FILES {
                     return Err(UploadError::TooManyFiles);
                 }
-                let named = field
-                    .file_name()
-                    .map(clean_name)
-                    .filter(|n| !n.is_empty());
+                let named = field.file_name().map(clean_name).filter(|n| !n.is_empty());
                 let file_name = named
                     .clone()
                     .unwrap_or_else(|| format!("file-{}", upload.files.len() + 1));
@@ -163,7 +160,12 @@ mod tests {
         let (ct, b) = body(&[
             ("text", None, None, b"look at this"),
             ("user", None, None, b"ann"),
-            ("file", Some("C:\\pics\\a.png"), Some("image/png"), b"\x89PNG"),
+            (
+                "file",
+                Some("C:\\pics\\a.png"),
+                Some("image/png"),
+                b"\x89PNG",
+            ),
             ("file", Some("notes.md"), None, b"# hi"),
         ]);
         let u = parse(&ct, b).await.unwrap();
@@ -183,7 +185,9 @@ mod tests {
             UploadError::UnknownField("evil".into())
         );
         assert_eq!(
-            parse("multipart/form-data", Bytes::new()).await.unwrap_err(),
+            parse("multipart/form-data", Bytes::new())
+                .await
+                .unwrap_err(),
             UploadError::NoBoundary
         );
         let (ct, _) = body(&[]);

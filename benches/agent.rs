@@ -141,6 +141,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     attachments: Vec::new(),
                     remote_files: Vec::new(),
                     route: serde_json::Value::Null,
+                    scheduled: None,
                 },
                 attempt: 1,
             };

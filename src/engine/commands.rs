@@ -11,6 +11,7 @@ use crate::bus::{EventContext, Handler, Outgoing};
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
+use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{NewNote, NoteId, Store};
 
@@ -57,6 +58,8 @@ pub struct Commands {
     profiles: Profiles,
     /// The MCP servers, for `/status`.
     mcp: Option<McpHub>,
+    /// Scheduled jobs (`remind`, `schedules`, `unschedule`, fired jobs).
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 impl Commands {
@@ -72,7 +75,16 @@ impl Commands {
             tools: ToolRegistry::new(),
             profiles: Profiles::default(),
             mcp: None,
+            scheduler: None,
         }
+    }
+
+    /// Take `remind`, `schedules` and `unschedule`, run fired jobs, and offer the model the
+    /// scheduling tools.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> Self {
+        crate::schedule::tools::register(&mut self.tools, &scheduler);
+        self.scheduler = Some(scheduler);
+        self
     }
 
     /// The profiles in force (see [`crate::engine::profile`]).
@@ -249,6 +261,21 @@ impl Commands {
         );
         let profile = self.profiles.for_conversation(&event.conversation);
         out.push_str(&format!("\nProfile: {}", profile.describe()));
+        if let Some(scheduler) = &self.scheduler {
+            let jobs = scheduler.channel_jobs(&channel).await?;
+            out.push_str(&format!(
+                "\nScheduled jobs in this channel: {}{}",
+                jobs.len(),
+                if jobs.is_empty() {
+                    ""
+                } else {
+                    " (`/schedules` lists them)"
+                }
+            ));
+            for job in jobs.iter().take(5) {
+                out.push_str(&format!("\n  {}", Scheduler::describe(job)));
+            }
+        }
         if let Some(mcp) = &self.mcp {
             for server in mcp.status() {
                 out.push_str(&format!("\nMCP {}", server.line()));
@@ -327,6 +354,9 @@ To chat, set ANTHROPIC_API_KEY (or OPENAI_API_KEY; optionally ECDYSIS_MODEL=anth
 openai/<model>, and ANTHROPIC_BASE_URL / OPENAI_BASE_URL for a gateway) and restart. \
 Type /help for the commands that work without a model.";
 
+/// The reply to the scheduling commands where no scheduler runs.
+const NO_SCHEDULER_TEXT: &str = "Scheduled jobs are not available here.";
+
 /// The help text: the same commands on every platform.
 pub fn help_text() -> String {
     let lines = [
@@ -338,6 +368,12 @@ pub fn help_text() -> String {
         ("run <command>", "run a command in this channel's sandbox"),
         ("screenshot <url>", "post a screenshot of a web page"),
         ("record <url>", "post a short video of a web page"),
+        (
+            "remind <when> <what>",
+            "post something later or on a schedule (`in 10 minutes`, `every weekday at 9:00`, …)",
+        ),
+        ("schedules", "list this channel's scheduled jobs"),
+        ("unschedule <id>", "cancel a scheduled job"),
         ("status", "what runs here and what this channel used"),
         ("help", "this text"),
     ];
@@ -363,6 +399,15 @@ fn format_uptime(seconds: u64) -> String {
 impl Handler for Commands {
     async fn handle(&self, event: &EventContext) -> anyhow::Result<Vec<Outgoing>> {
         let args = event.payload.text.as_str();
+        if let Some(fired) = &event.payload.scheduled {
+            return crate::schedule::fired::handle(
+                self.store.as_ref(),
+                self.agent.as_deref(),
+                event,
+                fired,
+            )
+            .await;
+        }
         let command = match &event.payload.kind {
             EventKind::Message => return self.free_text(event, args).await,
             EventKind::Action { .. } => {
@@ -412,6 +457,20 @@ impl Handler for Commands {
             CommandName::Forget => self.forget(event, args).await?,
             CommandName::Memory => self.memory(event).await?,
             CommandName::Status => self.status(event).await?,
+            CommandName::Remind => match &self.scheduler {
+                Some(scheduler) => crate::schedule::commands::remind(scheduler, event, args).await,
+                None => NO_SCHEDULER_TEXT.into(),
+            },
+            CommandName::Schedules => match &self.scheduler {
+                Some(scheduler) => crate::schedule::commands::list(scheduler, event).await?,
+                None => NO_SCHEDULER_TEXT.into(),
+            },
+            CommandName::Unschedule => match &self.scheduler {
+                Some(scheduler) => {
+                    crate::schedule::commands::unschedule(scheduler, event, args).await?
+                }
+                None => NO_SCHEDULER_TEXT.into(),
+            },
             CommandName::Help => help_text(),
             CommandName::Unknown(word) => {
                 format!("Unknown command `/{word}`.\n{}", help_text())

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
+use crate::schedule::Scheduler;
 use crate::server::metrics::Metrics;
 use crate::storage::blob::{self, BlobStore};
 use crate::storage::store::{self, Role, Store};
@@ -52,6 +53,8 @@ pub struct App {
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
     /// starts with `serve` ([`crate::platforms::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
+    /// Scheduled jobs; their scanner starts with `serve` and `chat` ([`Scheduler::start`]).
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl App {
@@ -73,7 +76,13 @@ impl App {
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
         let browser = BrowserService::from_config(&config).context("browser")?;
-        let mut commands = Commands::new(store.clone(), blobs.clone());
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            config.schedule.clone(),
+            &config.timezone,
+        ));
+        let mut commands =
+            Commands::new(store.clone(), blobs.clone()).with_scheduler(scheduler.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
@@ -144,6 +153,7 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        scheduler.attach(&bus);
         // Files events refer to are fetched by the workers, after the acknowledgement.
         bus.set_file_intake(Arc::new(crate::media::Intake::new(
             store.clone(),
@@ -163,7 +173,14 @@ impl App {
             mcp,
             discord,
             slack,
+            scheduler,
         })
+    }
+
+    /// Start firing scheduled jobs (under the `scheduler` lease with Postgres).
+    pub fn start_scheduler(&self) -> crate::schedule::scanner::Running {
+        self.scheduler
+            .start(Duration::from_secs(self.config.bus.leader_lease_seconds))
     }
 
     /// The HTTP routes: web chat + operations.
@@ -254,6 +271,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     let workers = app.bus.start().await?;
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
     let connections = crate::platforms::connections::Connections::start(&app).await?;
+    let scheduler = app.start_scheduler();
     info!(
         %address,
         storage = app.store.backend(),
@@ -269,6 +287,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     crate::server::listener::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down: finishing running events");
     connections.stop().await;
+    scheduler.stop().await;
     stop(workers).await;
     if let Some(browser) = &app.browser {
         browser.shutdown().await;

@@ -1,5 +1,5 @@
 //! A fake Slack on 127.0.0.1: the Web API methods ecdysis calls (`auth.test`,
-//! `chat.postMessage`, `reactions.add`, `conversations.replies`/`history`, the files v2 upload,
+//! `chat.postMessage`, `reactions.add`, `users.info`, `conversations.replies`/`history`, the files v2 upload,
 //! `oauth.v2.access`, `apps.connections.open`), `response_url`s, user-file downloads, and a
 //! Socket Mode websocket the test drives (hello, envelopes, acks, forced disconnects, silence).
 //! Every call is recorded with its `Authorization` header for assertions.
@@ -73,6 +73,8 @@ struct State_ {
     download_delay: Duration,
     /// Fail the next N calls of a method with this error.
     failures: HashMap<String, (usize, String)>,
+    /// `users.info`'s `tz` per user.
+    timezones: HashMap<String, String>,
     socket: SocketState,
 }
 
@@ -211,6 +213,14 @@ impl FakeSlack {
             state.tokens.push(grant.bot_token.clone());
         }
         state.grants.insert(code.to_string(), grant);
+    }
+
+    /// Give a user a time zone (`users.info`'s `tz`).
+    pub fn set_user_timezone(&self, user: &str, tz: &str) {
+        self.shared
+            .lock()
+            .timezones
+            .insert(user.to_string(), tz.to_string());
     }
 
     /// Answer the next `times` calls of `method` with `{"ok": false, "error": error}`.
@@ -483,6 +493,17 @@ async fn api(
             ok(json!({ "channel": channel, "ts": ts, "message": message }))
         }
         "reactions.add" => ok(json!({})),
+        "users.info" => {
+            let user = args.get("user").and_then(Value::as_str).unwrap_or("");
+            if user.is_empty() {
+                return slack_error("user_not_found");
+            }
+            let mut info = json!({ "id": user, "team_id": "T0FAKE", "name": user });
+            if let Some(tz) = shared.lock().timezones.get(user) {
+                info["tz"] = json!(tz);
+            }
+            ok(json!({ "user": info }))
+        }
         "conversations.replies" | "conversations.history" => {
             let channel = args.get("channel").and_then(Value::as_str).unwrap_or("");
             let thread = args.get("ts").and_then(Value::as_str);

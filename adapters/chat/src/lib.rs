@@ -285,6 +285,19 @@ pub trait ChatAdapter: Send + Sync + 'static {
     ) -> Result<Bytes, FetchError> {
         Err(FetchError::Unsupported)
     }
+
+    /// The route of a message the bot posts later on its own (a reminder) into the place the
+    /// event of `route` came from: one-time parts (a slash command's response URL, an
+    /// interaction token, the triggering message) dropped. `now_ms` is when it is posted.
+    fn later_route(&self, route: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+        let _ = now_ms;
+        route.clone()
+    }
+
+    /// A user's IANA time zone, when the platform knows it (Slack's `users.info`).
+    async fn user_timezone(&self, _user_id: &str, _route: &serde_json::Value) -> Option<String> {
+        None
+    }
 }
 
 /// The answer of the core to an accepted event.

@@ -151,4 +151,16 @@ impl ChatAdapter for DiscordAdapter {
         }
         crate::deliver::deliver(&self.shared, &route, reply).await
     }
+
+    /// A message posted later into the channel, DM or thread of `route`, as a plain message
+    /// (an interaction's token expires after 15 minutes).
+    fn later_route(&self, route: &serde_json::Value, _now_ms: i64) -> serde_json::Value {
+        match Route::from_value(route) {
+            Some(mut route) => {
+                route.interaction = None;
+                route.to_value()
+            }
+            None => route.clone(),
+        }
+    }
 }

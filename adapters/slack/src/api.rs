@@ -202,6 +202,21 @@ impl Api {
         Ok(posted.ts.to_string())
     }
 
+    /// A user's IANA time zone (`users.info`'s `tz`), when Slack has one.
+    pub(crate) async fn user_timezone(
+        &self,
+        bot_token: &str,
+        user: &str,
+    ) -> Result<Option<String>, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let info = session
+            .users_info(&SlackApiUsersInfoRequest::new(user.into()))
+            .await
+            .map_err(|e| CallError::from_client("users.info", e))?;
+        Ok(info.user.tz.filter(|tz| !tz.is_empty()))
+    }
+
     /// `reactions.add`.
     pub(crate) async fn add_reaction(
         &self,

@@ -157,6 +157,37 @@ impl ChatAdapter for Slack {
         }
         result
     }
+
+    /// A message posted later into the channel or thread of `route`: by `chat.postMessage`
+    /// (a slash command's `response_url` expires), without the 👀 reaction.
+    fn later_route(&self, route: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+        let Some(mut route) = Route::from_value(route) else {
+            return route.clone();
+        };
+        route.via = Via::Message;
+        route.response_url = None;
+        route.message_ts = None;
+        route.received_ms = now_ms;
+        route.to_value()
+    }
+
+    async fn user_timezone(&self, user_id: &str, route: &serde_json::Value) -> Option<String> {
+        let team = Route::from_value(route)?.team;
+        if let Some(cached) = self.inner.timezones.get(&team, user_id) {
+            return cached;
+        }
+        let token = self.token(&team).await.ok()?;
+        match self.inner.api.user_timezone(&token, user_id).await {
+            Ok(tz) => {
+                self.inner.timezones.put(&team, user_id, tz.clone());
+                tz
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the user's time zone");
+                None
+            }
+        }
+    }
 }
 
 impl Slack {

@@ -37,6 +37,7 @@ mod route;
 mod routes;
 pub mod signature;
 mod socket_mode;
+mod timezones;
 
 pub use api::AuthInfo;
 pub use deliver::{MAX_FILE_BYTES, MAX_TEXT_CHARS};
@@ -198,6 +199,8 @@ struct Inner {
     verifier: signature::Verifier,
     health: health::Health,
     delivery: deliver::Bookkeeping,
+    /// Users' time zones (`users.info`).
+    timezones: timezones::Timezones,
     /// Plain HTTP: user-file downloads (after the ack) and `response_url` posts.
     http: reqwest::Client,
 }
@@ -232,6 +235,7 @@ impl Slack {
                 verifier,
                 health: health::Health::new(mode),
                 delivery: deliver::Bookkeeping::default(),
+                timezones: timezones::Timezones::default(),
                 http,
             }),
         })

@@ -24,8 +24,10 @@ mod media;
 mod memory;
 mod migrate;
 mod outbox;
+mod schedules;
 mod transcript;
 mod usage;
+mod writer;
 
 pub use clock::Clock;
 pub use compaction::{
@@ -33,8 +35,8 @@ pub use compaction::{
 };
 pub use conversations::{ConversationInfo, Conversations};
 pub use ids::{
-    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, UnixMs,
-    UnknownStatus,
+    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, ScheduleId,
+    UnixMs, UnknownStatus,
 };
 pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
 pub use installations::{Installations, StoredInstallation};
@@ -42,6 +44,9 @@ pub use leases::{LeaseInfo, Leases};
 pub use media::{EventFile, Extract, Media};
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
+pub use schedules::{
+    Created, JobKind, JobStatus, NewSchedule, Schedule, Schedules, Step, StepKind,
+};
 pub use transcript::{
     Artifact, ImportedMessage, Message, NewArtifact, NewMessage, Role, Transcript,
 };
@@ -58,6 +63,14 @@ pub enum StoreError {
     Open { url: String, problem: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transaction a write was batched into did not commit; the write was not made.
+    #[error("the write was not committed: {0}")]
+    Commit(Arc<sqlx::Error>),
+    #[error("the store is closed")]
+    Closed,
+    /// Too many writes are waiting; new work is refused until the queue drains.
+    #[error("the store is busy: too many writes are waiting")]
+    Busy,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -85,6 +98,7 @@ pub trait Store:
     + Installations
     + Conversations
     + Media
+    + Schedules
     + Send
     + Sync
     + 'static

@@ -144,6 +144,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     scheduled: None,
                 },
                 attempt: 1,
+                live: ecdysis::engine::live::Live::off(),
             };
             let before = fake.request_count();
             let outcome = agent.run_turn(&event, &text).await.expect("turn");

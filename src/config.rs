@@ -84,6 +84,7 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_SLACK_ALLOWED_TEAMS"],
         Kind::List,
     ),
+    ("slack.streaming", &["ECDYSIS_SLACK_STREAMING"], Kind::Str),
     ("discord.token", &["DISCORD_TOKEN"], Kind::Str),
     (
         "discord.application_id",
@@ -398,6 +399,8 @@ pub struct SlackConfig {
     pub api_url: Option<String>,
     /// Workspaces (team ids) that may install the app and talk to it; empty: any.
     pub allowed_teams: Option<Vec<String>>,
+    /// How answers show while written: `native` (Slack's streams), `edit` or `off`.
+    pub streaming: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1020,6 +1023,14 @@ impl Config {
                 ));
             }
         };
+        if let Some(mode) = file.slack.streaming.as_deref()
+            && !matches!(mode, "native" | "edit" | "off")
+        {
+            return Err(ConfigError::value(
+                "slack.streaming",
+                format!("`{mode}` is not `native`, `edit` or `off`"),
+            ));
+        }
         let anthropic = checked_provider("anthropic.base_url", file.anthropic)?;
         let openai = checked_provider("openai.base_url", file.openai)?;
         let model = match file.model {

@@ -37,6 +37,8 @@ async fn start(extra: &[(&str, &str)]) -> Env {
         ("SLACK_SIGNING_SECRET", SECRET),
         ("SLACK_BOT_TOKEN", BOT_TOKEN),
         ("SLACK_API_URL", &api),
+        // These tests check the final message; live replies have tests/streaming_e2e.rs.
+        ("ECDYSIS_SLACK_STREAMING", "off"),
         ("ECDYSIS_MODEL", "anthropic/claude-test"),
         ("ANTHROPIC_API_KEY", "test-key"),
         ("ANTHROPIC_BASE_URL", &llm_url),
@@ -691,6 +693,7 @@ async fn socket_mode_events_are_acknowledged_answered_and_survive_a_disconnect()
             ("SLACK_APP_TOKEN", "xapp-1-test"),
             ("SLACK_BOT_TOKEN", BOT_TOKEN),
             ("SLACK_API_URL", &api),
+            ("ECDYSIS_SLACK_STREAMING", "off"),
             ("ECDYSIS_MODEL", "anthropic/claude-test"),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("ANTHROPIC_BASE_URL", &llm_url),

@@ -1454,6 +1454,46 @@ async fn installations(store: &Fixture) {
     );
 }
 
+/// Live messages: stored by event and piece, replaced in place, never delivered as replies.
+async fn live_messages(store: &Fixture) {
+    let c = conv("live", None);
+    let e = insert(store, &new_event(&c, "Ev-live", "live")).await;
+    assert!(store.live_messages(e).await.unwrap().is_empty());
+    store
+        .save_live_message(e, 1, r#"{"ts":"2"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1","mode":"edit"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_messages(e).await.unwrap(),
+        vec![
+            (0, r#"{"ts":"1","mode":"edit"}"#.to_string()),
+            (1, r#"{"ts":"2"}"#.to_string())
+        ]
+    );
+    assert!(
+        store
+            .claim_replies(Some(e), store.far(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live message is not a reply to deliver"
+    );
+    // Another event's messages are its own; an unknown event gets nothing written.
+    let other = insert(store, &new_event(&c, "Ev-live-2", "live 2")).await;
+    assert!(store.live_messages(other).await.unwrap().is_empty());
+    let unknown = EventId(other.0 + 1_000_000);
+    store.save_live_message(unknown, 0, "{}").await.unwrap();
+    assert!(store.live_messages(unknown).await.unwrap().is_empty());
+}
+
 /// Several instances (stores) with several workers each drain many conversations: every event is
 /// claimed exactly once, one worker at a time per conversation, in arrival order.
 async fn concurrent_claims(store: &Fixture) {
@@ -1663,6 +1703,7 @@ contract!(
     compaction,
     record_turn,
     installations,
+    live_messages,
     reopen_keeps_data,
     concurrent_claims,
     lease_race,

@@ -19,6 +19,7 @@ use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
 use crate::bus::EventContext;
+use crate::engine::live::Live;
 use crate::engine::tools::ToolContext;
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::store::{
@@ -140,24 +141,9 @@ pub fn archive_key(conversation: &ConversationRef, first: i64, last: i64) -> Str
     )
 }
 
-/// A blob key segment from an id: safe characters only, never empty or dots only.
+/// A blob key segment from an id.
 fn segment(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
-    if cleaned.chars().all(|c| c == '.') {
-        format!("_{cleaned}_")
-    } else {
-        cleaned
-    }
+    crate::storage::blob::segment(text, 80)
 }
 
 /// Which rows to compact: the index (into `window.messages`) of the first row to keep, or
@@ -301,7 +287,9 @@ impl Core {
             ToolChoice::Auto,
             self.config.max_output_tokens,
         );
-        let answer = self.call(&setup.models, &flush, deadline, stats).await?;
+        let answer = self
+            .call(&setup.models, &flush, deadline, stats, &Live::off())
+            .await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
             event_id: event.event_id.0,
@@ -349,10 +337,7 @@ impl Core {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                        meta: Some(
-                            serde_json::to_string(&row)
-                                .map_err(|e| TurnError::Internal(e.to_string()))?,
-                        ),
+                        meta: Some(serde_json::to_string(&row)?),
                         attachments: Vec::new(),
                     }],
                 )
@@ -368,7 +353,7 @@ impl Core {
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
         let summary = self
-            .call(&setup.models, &ask, deadline, stats)
+            .call(&setup.models, &ask, deadline, stats, &Live::off())
             .await?
             .text();
         let summary = summary.trim();
@@ -386,8 +371,7 @@ impl Core {
         archived.extend(rows.iter());
         let mut lines = String::new();
         for row in archived {
-            let line = serde_json::to_string(&ArchivedMessage::from(row))
-                .map_err(|e| TurnError::Internal(e.to_string()))?;
+            let line = serde_json::to_string(&ArchivedMessage::from(row))?;
             lines.push_str(&line);
             lines.push('\n');
         }
@@ -395,7 +379,7 @@ impl Core {
         self.blobs
             .put(&key, Bytes::from(lines), "application/x-ndjson")
             .await
-            .map_err(|e| TurnError::Internal(format!("cannot archive the transcript: {e}")))?;
+            .map_err(TurnError::Archive)?;
         let compaction = self
             .store
             .compact(

@@ -12,6 +12,7 @@
 pub mod compaction;
 pub mod context;
 pub mod memory_tools;
+pub mod progress;
 pub mod provider;
 pub mod retry;
 pub mod web_search;
@@ -29,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::bus::{EventContext, Outgoing};
 use crate::config::{AgentConfig, Config, ModelSpec};
 use crate::engine::commands::Agent;
+use crate::engine::live::Live;
 use crate::engine::profile::{Profile, Profiles};
 use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
 use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
@@ -37,7 +39,7 @@ use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
-    StopReason, SystemBlock, ToolChoice, ToolDef,
+    StopReason, SystemBlock, TextSink, ToolChoice, ToolDef,
 };
 use retry::{CallError, RetryPolicy};
 
@@ -59,6 +61,10 @@ pub enum TurnError {
     /// Storage failed: the bus retries the event.
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot encode a transcript row: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot archive the transcript: {0}")]
+    Archive(#[source] crate::storage::blob::BlobError),
     #[error("{0}")]
     Internal(String),
 }
@@ -466,7 +472,9 @@ impl Core {
                 warn!(error = %e, "the model could not answer");
                 self.failure_text(&e, stats.steps, &setup.models)
             }
-            Ok(Err(TurnError::Internal(e))) => {
+            Ok(Err(
+                e @ (TurnError::Internal(_) | TurnError::Encode(_) | TurnError::Archive(_)),
+            )) => {
                 warn!(error = %e, "the turn failed");
                 format!("Sorry, something went wrong while answering: {e}.")
             }
@@ -549,17 +557,21 @@ impl Core {
         )
     }
 
-    /// One model call with retries and fallbacks; its usage joins the turn's.
+    /// One model call with retries and fallbacks; its usage joins the turn's. With a live
+    /// view, the answer streams into it.
     async fn call(
         &self,
         models: &ModelSet,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
+        live: &Live,
     ) -> Result<ChatResponse, TurnError> {
         stats.model_calls += 1;
         let started = Instant::now();
-        let result = retry::call(&models.models, request, &self.policy, deadline).await;
+        let sink = live.is_on().then_some(live as &dyn TextSink);
+        let result = retry::call(&models.models, request, &self.policy, deadline, sink).await;
+        live.end_step();
         stats.model_time += started.elapsed();
         let answered = result?;
         let model = &models.models[answered.model_index];
@@ -599,6 +611,7 @@ impl Core {
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
         let vision = setup.models.vision;
+        let tools_tokens = context::tools_tokens(&setup.tool_defs);
         let files: Vec<FileRef> = event
             .payload
             .attachments
@@ -610,8 +623,7 @@ impl Core {
             self.earlier_files(&window, event.event_id, vision)
         );
         collected.heard = read.heard;
-        stats.prefix_tokens =
-            context::estimate_tokens(&setup.stable) + context::tools_tokens(&setup.tool_defs);
+        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
         let system = context::system_blocks(setup.stable.clone(), &notes);
         let new_message = context::new_message(prompt, read.parts);
 
@@ -620,7 +632,7 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&setup.tool_defs)
+            + tools_tokens
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let transcript = context::fit(
@@ -654,7 +666,9 @@ impl Core {
             if last_step {
                 request.tool_choice = ToolChoice::None;
             }
-            let response = self.call(&setup.models, &request, deadline, stats).await?;
+            let response = self
+                .call(&setup.models, &request, deadline, stats, &event.live)
+                .await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));
@@ -757,9 +771,11 @@ impl Core {
             });
             let result = match tools.get(name) {
                 Some(tool) => {
+                    let line = event.live.progress(progress::line(name, input));
                     let started = Instant::now();
                     let result = tool.call(&tool_context, input.clone()).await;
                     *tool_time += started.elapsed();
+                    event.live.progress_done(line);
                     result
                 }
                 None => Err(ToolError::InvalidInput(format!(
@@ -836,7 +852,7 @@ impl Core {
 }
 
 fn json_text(row: &ToolRow) -> Result<String, TurnError> {
-    serde_json::to_string(row).map_err(|e| TurnError::Internal(e.to_string()))
+    Ok(serde_json::to_string(row)?)
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -846,6 +862,16 @@ fn truncate(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max).collect();
     out.push_str("… (cut)");
     out
+}
+
+impl TextSink for Live {
+    fn text(&self, delta: &str) {
+        Live::text(self, delta);
+    }
+
+    fn restart(&self) {
+        self.restart_step();
+    }
 }
 
 #[async_trait]

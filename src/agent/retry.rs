@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use ecdysis_chat::backoff::Backoff;
 use tracing::{info, warn};
 
-use super::provider::{ChatRequest, ChatResponse, Model, ProviderError};
+use super::provider::{ChatRequest, ChatResponse, Model, ProviderError, TextSink};
 
 /// How hard to try one model.
 #[derive(Clone, Copy, Debug)]
@@ -36,12 +37,9 @@ impl RetryPolicy {
         if let Some(after) = retry_after {
             return after.min(self.max_delay);
         }
-        let full = self
-            .base_delay
-            .saturating_mul(1u32 << retry.min(16))
-            .min(self.max_delay);
-        let half = full / 2;
-        half + full.mul_f64(rand::random_range(0.0..=0.5))
+        Backoff::new(self.base_delay, self.max_delay)
+            .with_jitter()
+            .delay(retry.saturating_add(1))
     }
 }
 
@@ -67,12 +65,15 @@ pub enum CallError {
     OutOfTime { last: String },
 }
 
-/// Try `models` in order (the first is the configured model, the rest its fallbacks).
+/// Try `models` in order (the first is the configured model, the rest its fallbacks). With a
+/// `sink` the answer is streamed into it; the text of a failed attempt is taken back
+/// ([`TextSink::restart`]) before the next one.
 pub async fn call(
     models: &[Model],
     request: &ChatRequest,
     policy: &RetryPolicy,
     deadline: Instant,
+    sink: Option<&dyn TextSink>,
 ) -> Result<Answered, CallError> {
     let started = Instant::now();
     let mut last: Option<CallError> = None;
@@ -91,7 +92,16 @@ pub async fn call(
                 });
             }
             let timeout = policy.request_timeout.min(remaining);
-            match model.api.complete(&model.spec.name, request, timeout).await {
+            let attempt = match sink {
+                Some(sink) => {
+                    model
+                        .api
+                        .stream(&model.spec.name, request, timeout, sink)
+                        .await
+                }
+                None => model.api.complete(&model.spec.name, request, timeout).await,
+            };
+            match attempt {
                 Ok(response) => {
                     return Ok(Answered {
                         model_index: index,
@@ -100,6 +110,9 @@ pub async fn call(
                     });
                 }
                 Err(error) => {
+                    if let Some(sink) = sink {
+                        sink.restart();
+                    }
                     let attempts = retry + 1;
                     let retryable = error.retryable();
                     let fallback = error.try_fallback();

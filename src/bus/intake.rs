@@ -160,6 +160,7 @@ impl Bus {
                 attachments: Vec::new(),
                 buttons: Vec::new(),
                 route: event.route.clone(),
+                live: None,
             };
             if let Err(e) = adapter.deliver(&reply).await {
                 warn!(error = %e, "cannot confirm a button press");

@@ -45,6 +45,8 @@ pub struct EventContext {
     pub payload: EventPayload,
     /// 1 on the first attempt.
     pub attempt: i32,
+    /// Where the answer is shown while it is written (off when the adapter cannot).
+    pub live: crate::engine::live::Live,
 }
 
 /// What a handler answers: text and files for the conversation.
@@ -213,6 +215,7 @@ impl Bus {
                 attachments: outgoing.attachments,
                 buttons: outgoing.buttons,
                 route: route.clone(),
+                live: None,
             })
             .await?;
         Ok(())

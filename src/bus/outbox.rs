@@ -75,6 +75,7 @@ impl Bus {
             attachments,
             buttons: payload.buttons,
             route: payload.route,
+            live: payload.live,
         };
         let delivered = adapter.deliver(&reply).await?;
         debug!(reply = %item.id, "delivered");

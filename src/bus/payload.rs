@@ -60,6 +60,9 @@ pub(crate) struct ReplyPayload {
     pub(crate) buttons: Vec<Button>,
     #[serde(default)]
     pub(crate) route: serde_json::Value,
+    /// The live message this reply finishes (see [`crate::engine::live`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) live: Option<ecdysis_chat::LiveHandle>,
 }
 
 /// Store a file under a new artifact id in the blob store.

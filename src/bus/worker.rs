@@ -14,6 +14,7 @@ use tracing::{Instrument, error, info_span, warn};
 use super::outbox::REPLY_LEASE_MS;
 use super::payload::{EventPayload, ReplyPayload, StoredFile, store_file};
 use super::{Bus, EventContext, Outgoing, backoff_ms};
+use crate::engine::live::{Live, LiveRun, LiveTarget, reply_key};
 use crate::storage::store::{ClaimedEvent, Completion, NewMessage, NewReply, Role, UnixMs};
 
 /// How often an idle dispatcher looks for work nobody woke it for (expired leases, retries).
@@ -107,11 +108,12 @@ impl Bus {
                 return;
             }
         };
-        let context = EventContext {
+        let mut context = EventContext {
             event_id: claimed.id,
             conversation: claimed.conversation.clone(),
             payload,
             attempt: claimed.attempts,
+            live: Live::off(),
         };
         let adapter = self.adapter(&context.conversation.platform);
         if let Some(adapter) = &adapter
@@ -120,6 +122,27 @@ impl Bus {
             adapter
                 .working(&context.conversation, &context.payload.route)
                 .await;
+        }
+
+        let live_run = match &adapter {
+            Some(adapter) => {
+                LiveRun::start(
+                    adapter.clone(),
+                    self.inner.store.clone(),
+                    self.inner.redactor.clone(),
+                    LiveTarget {
+                        event_id: context.event_id,
+                        conversation: &context.conversation,
+                        route: &context.payload.route,
+                        attempt: context.attempt,
+                    },
+                )
+                .await
+            }
+            None => None,
+        };
+        if let Some(run) = &live_run {
+            context.live = run.live();
         }
 
         let handler = self.inner.handler.clone();
@@ -135,9 +158,14 @@ impl Bus {
             Ok(result) => result,
             Err(join) => Err(anyhow::anyhow!("the handler panicked: {join}")),
         };
+        // The live messages this run (or an earlier one) started; the replies finish them.
+        let live = match live_run {
+            Some(run) => run.finish().await,
+            None => Default::default(),
+        };
         let max_attempts = i32::try_from(self.inner.config.max_attempts).unwrap_or(i32::MAX);
         let completion = match result {
-            Ok(outgoing) => self.completion(&context, outgoing, None).await,
+            Ok(outgoing) => self.completion(&context, outgoing, None, live).await,
             Err(e) if context.attempt < max_attempts => {
                 let delay = backoff_ms(context.attempt);
                 warn!(error = %e, attempt = context.attempt, delay_ms = delay, "event failed; will retry");
@@ -152,7 +180,7 @@ impl Bus {
                 let apology = Outgoing::text(format!(
                     "Sorry, I could not handle that: {e}. The error is logged."
                 ));
-                self.completion(&context, vec![apology], Some(format!("{e:#}")))
+                self.completion(&context, vec![apology], Some(format!("{e:#}")), live)
                     .await
             }
         };
@@ -259,12 +287,15 @@ impl Bus {
     }
 
     /// Store reply files in the blob store (before the rows that point to them) and build the
-    /// completion: one assistant message and one outbox reply per piece of text.
+    /// completion: one assistant message and one outbox reply per piece of text. Reply `n`
+    /// finishes live message `n` when the answer was shown while written; a live message with
+    /// no reply left gets an empty reply that removes it.
     async fn completion(
         &self,
         context: &EventContext,
         outgoing: Vec<Outgoing>,
         error: Option<String>,
+        mut live: std::collections::BTreeMap<usize, ecdysis_chat::LiveHandle>,
     ) -> anyhow::Result<Completion> {
         let limit = self
             .adapter(&context.conversation.platform)
@@ -302,13 +333,27 @@ impl Bus {
                         Vec::new()
                     },
                     route: context.payload.route.clone(),
+                    live: live.remove(&completion.replies.len()),
                 };
                 let n = completion.replies.len();
                 completion.replies.push(NewReply {
-                    idempotency_key: format!("{}:{n}", context.event_id),
+                    idempotency_key: reply_key(context.event_id, n),
                     payload: serde_json::to_string(&payload)?,
                 });
             }
+        }
+        for (n, handle) in live {
+            let payload = ReplyPayload {
+                text: String::new(),
+                attachments: Vec::new(),
+                buttons: Vec::new(),
+                route: context.payload.route.clone(),
+                live: Some(handle),
+            };
+            completion.replies.push(NewReply {
+                idempotency_key: reply_key(context.event_id, n),
+                payload: serde_json::to_string(&payload)?,
+            });
         }
         Ok(completion)
     }

@@ -274,8 +274,7 @@ fn read_every(
 fn read_span(words: &mut Words) -> Result<i64, WhenError> {
     let mut total: i64 = 0;
     let mut parts = 0;
-    loop {
-        let Some(word) = words.peek() else { break };
+    while let Some(word) = words.peek() {
         // `90s`, `2h`: number and unit in one word.
         let (count, unit) = match split_number(&word) {
             Some((n, unit)) if !unit.is_empty() => (n, unit.to_string()),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
     ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, FetchError, Limits,
-    RemoteFile, Reply,
+    LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
 use serenity::http::Http;
 
@@ -150,6 +150,34 @@ impl ChatAdapter for DiscordAdapter {
             self.shared.acks.wait(&interaction.id, ACK_WAIT).await;
         }
         crate::deliver::deliver(&self.shared, &route, reply).await
+    }
+
+    fn live(&self, route: &serde_json::Value) -> Option<LiveSettings> {
+        Route::from_value(route).map(|_| crate::live::settings())
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        let route = Route::from_value(&message.route)
+            .ok_or_else(|| DeliveryError::Permanent("the reply has no Discord route".into()))?;
+        if let Some(interaction) = &route.interaction {
+            self.shared.acks.wait(&interaction.id, ACK_WAIT).await;
+        }
+        crate::live::start(&self.shared, message, view).await
+    }
+
+    async fn update_live(
+        &self,
+        _message: &LiveMessage,
+        handle: &LiveHandle,
+        _shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        crate::live::update(&self.shared, handle, view).await?;
+        Ok(None)
     }
 
     /// A message posted later into the channel, DM or thread of `route`, as a plain message

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ecdysis_chat::{
     Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, FetchError,
-    Limits, RemoteFile, Reply,
+    Limits, LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
 use slack_morphism::prelude::*;
 
@@ -35,7 +35,7 @@ const SECTION_CHARS: usize = 3_000;
 
 /// Which replies may have been attempted already, and since when this process runs.
 pub(crate) struct Bookkeeping {
-    started_ms: i64,
+    pub(crate) started_ms: i64,
     attempted: Mutex<HashSet<String>>,
 }
 
@@ -61,15 +61,9 @@ impl Bookkeeping {
         }
         !keys.insert(key.to_string())
     }
-
-    fn done(&self, key: &str) {
-        if let Ok(mut keys) = self.attempted.lock() {
-            keys.remove(key);
-        }
-    }
 }
 
-fn retryable(e: SlackError) -> DeliveryError {
+pub(crate) fn retryable(e: SlackError) -> DeliveryError {
     match e {
         SlackError::NoToken(_) | SlackError::Config { .. } => {
             DeliveryError::Permanent(e.to_string())
@@ -150,12 +144,32 @@ impl ChatAdapter for Slack {
         let route = Route::from_value(&reply.route).ok_or_else(|| {
             DeliveryError::Permanent("the reply has no Slack route (channel, thread)".into())
         })?;
+        // A key seen before in this process (failed, or delivered and asked for again) is
+        // looked up in the thread before anything is posted.
         let again = self.inner.delivery.begin(&reply.idempotency_key);
-        let result = self.deliver_once(reply, &route, again).await;
-        if result.is_ok() {
-            self.inner.delivery.done(&reply.idempotency_key);
-        }
-        result
+        self.deliver_once(reply, &route, again).await
+    }
+
+    fn live(&self, route: &serde_json::Value) -> Option<LiveSettings> {
+        self.live_settings(route)
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        self.start_live_message(message, view).await
+    }
+
+    async fn update_live(
+        &self,
+        message: &LiveMessage,
+        handle: &LiveHandle,
+        shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        self.update_live_message(message, handle, shown, view).await
     }
 
     /// A message posted later into the channel or thread of `route`: by `chat.postMessage`
@@ -198,8 +212,15 @@ impl Slack {
         attempted_before: bool,
     ) -> Result<Delivered, DeliveryError> {
         let text = mrkdwn::from_markdown(&reply.text);
-        let has_text = !text.trim().is_empty() || !reply.buttons.is_empty();
+        let mut has_text = !text.trim().is_empty() || !reply.buttons.is_empty();
         let mut message_id = None;
+        // The answer was shown while written: that message becomes the reply.
+        if let Some(live) = &reply.live
+            && let Some(ts) = self.finish_live(reply, route, live).await?
+        {
+            message_id = Some(ts);
+            has_text = false;
+        }
         if has_text {
             let via_response_url = route.via == Via::ResponseUrl && route.response_url.is_some();
             let posted = if via_response_url {
@@ -296,7 +317,12 @@ impl Slack {
         Ok(false)
     }
 
-    async fn already_posted(&self, token: &str, route: &Route, key: &str) -> Option<String> {
+    pub(crate) async fn already_posted(
+        &self,
+        token: &str,
+        route: &Route,
+        key: &str,
+    ) -> Option<String> {
         // Without a thread, only messages since the triggering one can be ours.
         let oldest = route.message_ts.as_deref();
         match self
@@ -323,7 +349,7 @@ impl Slack {
 
 /// Block Kit for a reply with buttons: the text in sections, then one actions block. `None`
 /// for plain text (Slack renders `text` as mrkdwn by itself).
-fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
+pub(crate) fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
     if buttons.is_empty() {
         return None;
     }

@@ -30,6 +30,7 @@ mod files;
 mod health;
 mod inbound;
 mod interactivity;
+mod live;
 pub mod manifest;
 pub mod mrkdwn;
 mod oauth;
@@ -149,6 +150,21 @@ pub struct SlackSettings {
     /// Largest user file downloaded and handed to the agent (after the acknowledgement).
     pub max_download_bytes: u64,
     pub socket: SocketSettings,
+    /// How answers show while they are written (`ECDYSIS_SLACK_STREAMING`).
+    pub streaming: Streaming,
+}
+
+/// How answers show in Slack while they are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Streaming {
+    /// Slack's streaming messages (`chat.startStream` / `appendStream` / `stopStream`) in
+    /// threads, with a task line per tool; elsewhere (a DM's root, slash commands) as `Edit`.
+    #[default]
+    Native,
+    /// A message posted at the first text, then `chat.update` about once a second.
+    Edit,
+    /// One message when the answer is done.
+    Off,
 }
 
 impl std::fmt::Debug for SlackSettings {
@@ -162,6 +178,7 @@ impl std::fmt::Debug for SlackSettings {
             .field("client_secret", &set(&self.client_secret))
             .field("api_url", &self.api_url)
             .field("allowed_teams", &self.allowed_teams)
+            .field("streaming", &self.streaming)
             .finish()
     }
 }
@@ -178,6 +195,7 @@ impl Default for SlackSettings {
             allowed_teams: Vec::new(),
             max_download_bytes: 20 * 1024 * 1024,
             socket: SocketSettings::default(),
+            streaming: Streaming::default(),
         }
     }
 }
@@ -199,6 +217,8 @@ struct Inner {
     verifier: signature::Verifier,
     health: health::Health,
     delivery: deliver::Bookkeeping,
+    /// The native streams this process has open.
+    streams: live::Streams,
     /// Users' time zones (`users.info`).
     timezones: timezones::Timezones,
     /// Plain HTTP: user-file downloads (after the ack) and `response_url` posts.
@@ -235,6 +255,7 @@ impl Slack {
                 verifier,
                 health: health::Health::new(mode),
                 delivery: deliver::Bookkeeping::default(),
+                streams: live::Streams::default(),
                 timezones: timezones::Timezones::default(),
                 http,
             }),
@@ -282,10 +303,4 @@ pub async fn auth_test(api_url: &str, bot_token: &str) -> Result<AuthInfo, Slack
     api::Api::new(api_url)?.auth_test(bot_token).await
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use ecdysis_chat::time::now_ms;

@@ -10,11 +10,15 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Entries kept before the cache starts over.
 const MAX_ENTRIES: usize = 10_000;
 
-/// Time zones by (team, user): the zone (`None`: Slack has none for the user) and when it was
-/// looked up.
+/// (team, user).
+type Key = (String, String);
+/// The zone (`None`: Slack has none for the user) and when it was looked up.
+type Entry = (Option<String>, Instant);
+
+/// Time zones by (team, user).
 #[derive(Default)]
 pub(crate) struct Timezones {
-    entries: Mutex<HashMap<(String, String), (Option<String>, Instant)>>,
+    entries: Mutex<HashMap<Key, Entry>>,
 }
 
 impl Timezones {

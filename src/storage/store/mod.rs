@@ -21,6 +21,7 @@ mod inbox;
 mod installations;
 mod leases;
 mod media;
+mod live;
 mod memory;
 mod migrate;
 mod outbox;
@@ -42,6 +43,7 @@ pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Insert
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
 pub use media::{EventFile, Extract, Media};
+pub use live::LiveMessages;
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
 pub use schedules::{
@@ -95,6 +97,7 @@ pub trait Store:
     + Memory
     + UsageLog
     + Leases
+    + LiveMessages
     + Installations
     + Conversations
     + Media

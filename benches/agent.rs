@@ -139,6 +139,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     kind: EventKind::Message,
                     text: text.clone(),
                     attachments: Vec::new(),
+                    remote_files: Vec::new(),
                     route: serde_json::Value::Null,
                     scheduled: None,
                 },

@@ -343,6 +343,28 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_RATE_CHANNEL_PER_MINUTE"],
         Kind::Int,
     ),
+    ("web.upload_max_mb", &["ECDYSIS_UPLOAD_MAX_MB"], Kind::Int),
+    ("media.transcribe", &["ECDYSIS_TRANSCRIBE"], Kind::Str),
+    (
+        "media.transcribe_base_url",
+        &["ECDYSIS_TRANSCRIBE_BASE_URL"],
+        Kind::Str,
+    ),
+    (
+        "media.transcribe_api_key",
+        &["ECDYSIS_TRANSCRIBE_API_KEY"],
+        Kind::Str,
+    ),
+    (
+        "media.image_turns",
+        &["ECDYSIS_MEDIA_IMAGE_TURNS"],
+        Kind::Int,
+    ),
+    (
+        "media.inline_text_kb",
+        &["ECDYSIS_MEDIA_INLINE_TEXT_KB"],
+        Kind::Int,
+    ),
 ];
 
 /// The file's shape. Every field is optional; unknown keys are an error that names them.
@@ -401,6 +423,12 @@ struct FileConfig {
     rate: crate::engine::guard::settings::RateFile,
     #[serde(default)]
     prices: std::collections::BTreeMap<String, crate::engine::guard::prices::Price>,
+    /// `[media]`: files users send (transcription, how long images stay in context).
+    #[serde(default)]
+    media: crate::media::settings::MediaFile,
+    /// `[models."<provider>/<model>"]`: what a model can do (`vision = false`).
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, crate::media::settings::ModelFile>,
 }
 
 /// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
@@ -801,6 +829,7 @@ fn web_search_settings(file: WebSearchFile) -> Result<Option<WebSearchSettings>,
 #[serde(deny_unknown_fields)]
 struct WebFile {
     max_body_bytes: Option<i64>,
+    upload_max_mb: Option<i64>,
     header_timeout_seconds: Option<i64>,
     max_connections: Option<i64>,
 }
@@ -963,6 +992,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// Largest accepted web chat request body.
     pub web_max_body_bytes: usize,
+    /// Largest web chat upload (`multipart/form-data`, the whole body; `ECDYSIS_UPLOAD_MAX_MB`).
+    pub web_upload_max_bytes: usize,
+    /// Files users send (`[media]`) and what each model can do (`[models."…"]`).
+    pub media: crate::media::settings::MediaSettings,
     /// `[[mcp]]` servers, in file order.
     pub mcp: Vec<crate::mcp::McpServerConfig>,
     /// `[[profile]]` entries, in file order.
@@ -1131,6 +1164,9 @@ impl Config {
         };
         let web_max_body_bytes =
             positive("web.max_body_bytes", file.web.max_body_bytes, 64 * 1024)? as usize;
+        let web_upload_max_bytes =
+            positive("web.upload_max_mb", file.web.upload_max_mb, 20)? as usize * 1024 * 1024;
+        let media = crate::media::settings::validate(file.media, file.models, &openai)?;
         let mcp = crate::mcp::config::validate(file.mcp)?;
         let server_names: Vec<String> = mcp.iter().map(|m| m.name.clone()).collect();
         let profiles = crate::engine::profile::validate(file.profile, &server_names)?;
@@ -1185,6 +1221,8 @@ impl Config {
             agent,
             bus,
             web_max_body_bytes,
+            web_upload_max_bytes,
+            media,
             mcp,
             profiles,
             public_url,

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod engine;
 pub mod mcp;
+pub mod media;
 pub mod platforms;
 pub mod redact;
 pub mod sandbox;

@@ -245,6 +245,7 @@ fn config_secrets(config: &Config) -> Vec<String> {
         &config.secret_key,
         &config.s3.secret_access_key,
         &config.s3.session_token,
+        &config.media.transcribe_api_key(),
     ]
     .into_iter()
     .flatten()

@@ -562,6 +562,7 @@ async fn web_conforms() {
         ecdysis_web::WebSettings {
             token: None,
             max_body_bytes: 64 * 1024,
+            max_upload_bytes: 1024 * 1024,
             logins: Arc::new(ecdysis_web::limiter::LoginLimiter::default()),
             https: false,
         },

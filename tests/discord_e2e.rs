@@ -78,7 +78,7 @@ impl Feature for Ask {
 struct Harness {
     app: App,
     fake: FakeDiscord,
-    _llm: FakeLlm,
+    llm: FakeLlm,
     key: InteractionKey,
     shot: Arc<Shot>,
     workers: Option<Workers>,
@@ -147,7 +147,7 @@ impl Harness {
         Self {
             app,
             fake,
-            _llm: llm,
+            llm,
             key,
             shot,
             workers: Some(workers),
@@ -546,10 +546,85 @@ async fn user_attachments_are_downloaded_for_the_agent() {
     assert_eq!(question.attachments.len(), 1, "{question:#?}");
     assert_eq!(question.attachments[0].name, "notes.txt");
     assert_eq!(question.attachments[0].size, 10);
+    // The model read the text file and a note about the one left out.
+    let request = h
+        .llm
+        .requests()
+        .into_iter()
+        .find(|r| r.raw.contains("what is in here?"))
+        .expect("the model was asked");
+    let asked = request.last_message_text();
+    assert!(asked.contains("hello file"), "{asked}");
     assert!(
-        question.text.contains("huge.bin was not downloaded"),
-        "the oversized file is named: {}",
-        question.text
+        asked.contains("[file `huge.bin` was not attached: it is larger than 25 MB]"),
+        "the oversized file is named: {asked}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn voice_messages_are_transcribed_and_quoted_in_the_thread() {
+    let transcriber = FakeLlm::start().await.unwrap();
+    transcriber.set_transcript("Remind the team about the demo on Friday.");
+    let base = transcriber.openai_base_url();
+    let h = Harness::start_with(&[
+        ("ECDYSIS_TRANSCRIBE", "openai/whisper-1"),
+        ("ECDYSIS_TRANSCRIBE_BASE_URL", &base),
+    ])
+    .await;
+    let voice = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/media/voice-message.ogg"),
+    )
+    .unwrap();
+    let url = h.fake.add_attachment("voice-message.ogg", voice.clone());
+    let id = h.fake.next_id();
+    // A voice message: no text, one Ogg/Opus attachment (flag 8192).
+    let mut m = fake::with_attachment(
+        fake::message(
+            &id,
+            DM_CHANNEL_ID,
+            None,
+            fake::user(USER_ID, "ann", false),
+            "",
+        ),
+        "7",
+        "voice-message.ogg",
+        &url,
+        voice.len() as u64,
+        "audio/ogg",
+    );
+    m["flags"] = serde_json::json!(8192);
+    m["attachments"][0]["duration_secs"] = serde_json::json!(3.2);
+    m["attachments"][0]["waveform"] = serde_json::json!("AAAA");
+    h.fake.dispatch("MESSAGE_CREATE", m);
+    let quote = h
+        .posted_where("quoting the transcript", |p| {
+            p.content
+                .contains("> Remind the team about the demo on Friday.")
+        })
+        .await;
+    assert!(
+        quote.content.contains("voice-message.ogg"),
+        "{}",
+        quote.content
+    );
+    let calls = transcriber.transcriptions();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].file.as_ref(), voice.as_slice());
+    assert_eq!(calls[0].model.as_deref(), Some("whisper-1"));
+    let request = h
+        .llm
+        .requests()
+        .into_iter()
+        .find(|r| r.raw.contains("Remind the team"))
+        .expect("the model read the transcript");
+    assert!(
+        request
+            .last_message_text()
+            .contains("[audio `voice-message.ogg`, transcript]"),
+        "{}",
+        request.raw
     );
     h.stop().await;
 }

@@ -352,6 +352,7 @@ async fn press(h: &Harness, conversation: &ConversationRef, n: usize, index: usi
         addressed: ecdysis_chat::Addressed::Direct,
         text: String::new(),
         attachments: Vec::new(),
+        remote_files: Vec::new(),
         route: Value::Null,
     };
     ecdysis_chat::EventSink::submit(&h.app.bus, event)

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
 use crate::engine::tools::ToolRegistry;
-use crate::storage::store::{ContextMessages, EventId, Message, Note, Role};
+use crate::storage::store::{ContextMessages, EventId, Message, MessageId, Note, Role};
 
 /// Longest note text put into the context (longer notes are cut; `memory_search` has them whole).
 const NOTE_CHARS: usize = 600;
@@ -34,6 +34,12 @@ pub fn message_tokens(message: &ChatMessage) -> usize {
                 Part::Text(text) => estimate_tokens(text),
                 // Providers bill images by size; a typical screenshot is ~1,500 tokens.
                 Part::Image(_) => 1_500,
+                // A PDF read as pages costs more than its text; its text is the floor.
+                Part::Document(d) => estimate_tokens(&d.text).max(if d.base64.is_some() {
+                    d.pages * 1_000
+                } else {
+                    0
+                }),
                 Part::ToolUse { name, input, .. } => {
                     estimate_tokens(name) + estimate_tokens(&input.to_string()) + 8
                 }
@@ -327,9 +333,22 @@ pub fn pair_tools(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
     out
 }
 
+/// What the model reads of earlier messages' files (images still shown, documents' text,
+/// transcripts, references), by message id.
+pub type FileParts = std::collections::HashMap<MessageId, Vec<Part>>;
+
 /// The transcript part of the context: the summary, then the rows after it. Rows of the
 /// current event (its user message, steps of an earlier attempt) are left out.
 pub fn transcript(window: &ContextMessages, current_event: EventId) -> Vec<ChatMessage> {
+    transcript_with_files(window, current_event, &FileParts::new())
+}
+
+/// [`transcript`], with the parts of the files of earlier user messages after their text.
+pub fn transcript_with_files(
+    window: &ContextMessages,
+    current_event: EventId,
+    files: &FileParts,
+) -> Vec<ChatMessage> {
     let mut messages = Vec::with_capacity(window.messages.len() + 1);
     if let Some((summary, _)) = &window.summary {
         messages.push(summary_message(&summary.text));
@@ -339,7 +358,13 @@ pub fn transcript(window: &ContextMessages, current_event: EventId) -> Vec<ChatM
             .messages
             .iter()
             .filter(|m| m.event_id != Some(current_event))
-            .filter_map(row_message),
+            .filter_map(|row| {
+                let mut message = row_message(row)?;
+                if let Some(parts) = files.get(&row.id) {
+                    message.parts.extend(parts.iter().cloned());
+                }
+                Some(message)
+            }),
     );
     pair_tools(messages)
 }
@@ -389,22 +414,29 @@ pub struct Fitted {
     pub tokens: usize,
 }
 
-/// The new message: the text, and the names of files that came with it.
-pub fn new_message(prompt: &str, files: &[(String, String, i64)]) -> ChatMessage {
+/// The new message: the text, then what the model reads of the files that came with it.
+pub fn new_message(prompt: &str, files: Vec<Part>) -> ChatMessage {
     let mut text = prompt.trim().to_string();
-    for (name, mime, size) in files {
-        text.push_str(&format!("\n[attached file: {name} ({mime}, {size} bytes)]"));
-    }
     if text.is_empty() {
-        text = "(empty message)".into();
+        text = if files.is_empty() {
+            "(empty message)".into()
+        } else {
+            "(the message has only the files below)".into()
+        };
     }
-    ChatMessage::user_text(text)
+    let mut parts = Vec::with_capacity(files.len() + 1);
+    parts.push(Part::Text(text));
+    parts.extend(files);
+    ChatMessage {
+        role: ChatRole::User,
+        parts,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::store::{Compaction, CompactionId, MessageId, UnixMs};
+    use crate::storage::store::{Compaction, CompactionId, UnixMs};
     use serde_json::json;
 
     fn row(id: i64, event: i64, role: Role, text: &str, meta: Option<Value>) -> Message {
@@ -431,6 +463,7 @@ mod tests {
                         Part::ToolUse { name, .. } => format!("use:{name}"),
                         Part::ToolResult { text, .. } => format!("result:{text}"),
                         Part::Image(_) => "image".into(),
+                        Part::Document(d) => format!("document:{}", d.name),
                     })
                     .collect::<Vec<_>>()
                     .join("|");

@@ -33,6 +33,7 @@ use crate::engine::commands::Agent;
 use crate::engine::live::Live;
 use crate::engine::profile::{Profile, Profiles};
 use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
@@ -123,6 +124,8 @@ struct Collected {
     rows: Vec<NewMessage>,
     /// The turn's setup for a compaction, when the conversation is over budget.
     compact: Option<TurnSetup>,
+    /// Audio transcribed this turn (file name, transcript), quoted back to the user.
+    heard: Vec<(String, String)>,
 }
 
 /// The models one profile answers with: the first answers, the rest are fallbacks.
@@ -132,6 +135,8 @@ struct ModelSet {
     models: Vec<Model>,
     /// Set when the model's provider has no credentials: the reply to give.
     missing_key: Option<String>,
+    /// Whether the model reads images (`vision = false` in its `[models."…"]` entry: no).
+    vision: bool,
 }
 
 impl ModelSet {
@@ -167,6 +172,7 @@ impl ModelSet {
             spec: spec.clone(),
             models,
             missing_key,
+            vision: config.media.vision(spec),
         }
     }
 
@@ -231,6 +237,8 @@ struct Core {
     windows: window::Windows,
     /// Spend limits checked before every model call, and the usage metrics.
     budgets: Option<Arc<crate::engine::guard::Budgets>>,
+    /// What the model reads of the files users send.
+    media: Arc<Reader>,
 }
 
 impl LlmAgent {
@@ -281,14 +289,26 @@ impl LlmAgent {
             }
             profile_models.insert(profile.name.clone(), Arc::new(set));
         }
+        let transcriber = config
+            .media
+            .transcribe
+            .clone()
+            .map(|settings| Transcriber::new(http.clone(), settings));
+        let media = Arc::new(Reader::new(
+            store.clone(),
+            blobs.clone(),
+            transcriber,
+            config.media.clone(),
+            tools.get("run_command").is_some(),
+        ));
         Ok(Some(Self::assemble(
             models,
             profile_models,
             profiles,
             config.agent.clone(),
-            store,
-            blobs,
+            (store, blobs),
             tools,
+            media,
         )))
     }
 
@@ -306,15 +326,23 @@ impl LlmAgent {
             spec,
             models,
             missing_key,
+            vision: true,
         });
+        let media = Arc::new(Reader::new(
+            store.clone(),
+            blobs.clone(),
+            None,
+            MediaSettings::default(),
+            false,
+        ));
         Self::assemble(
             models,
             HashMap::new(),
             Profiles::default(),
             config,
-            store,
-            blobs,
+            (store, blobs),
             tools,
+            media,
         )
     }
 
@@ -323,9 +351,9 @@ impl LlmAgent {
         profile_models: HashMap<String, Arc<ModelSet>>,
         profiles: Profiles,
         config: AgentConfig,
-        store: Arc<dyn Store>,
-        blobs: Arc<dyn BlobStore>,
+        (store, blobs): (Arc<dyn Store>, Arc<dyn BlobStore>),
         tools: ToolRegistry,
+        media: Arc<Reader>,
     ) -> Self {
         let policy = RetryPolicy::new(config.max_retries, config.request_timeout);
         Self {
@@ -341,6 +369,7 @@ impl LlmAgent {
                 compacting: Mutex::new(HashSet::new()),
                 windows: window::Windows::new(CONTEXT_ROWS),
                 budgets: None,
+                media,
             }),
         }
     }
@@ -520,11 +549,16 @@ impl Core {
             prompt_tokens = stats.prompt_tokens,
             "turn finished"
         );
-        let outgoing = vec![Outgoing {
+        let mut outgoing = Vec::with_capacity(2);
+        // What was heard in voice messages, quoted before the answer.
+        if let Some(quote) = crate::media::heard_quote(&collected.heard) {
+            outgoing.push(Outgoing::text(quote));
+        }
+        outgoing.push(Outgoing {
             text,
             attachments: collected.attachments,
             ..Outgoing::default()
-        }];
+        });
         Ok((TurnOutcome { outgoing, stats }, collected.compact))
     }
 
@@ -620,19 +654,29 @@ impl Core {
                 Ok(Vec::new())
             }
         };
+        if !event.payload.remote_files.is_empty() {
+            // Its files were attached to its message after the cached view may have read it.
+            self.windows.invalidate(conversation);
+        }
         let window = self.windows.get(self.store.as_ref(), conversation);
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
+        let vision = setup.models.vision;
         let tools_tokens = context::tools_tokens(&setup.tool_defs);
-        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
-        let system = context::system_blocks(setup.stable.clone(), &notes);
-        let files: Vec<(String, String, i64)> = event
+        let files: Vec<FileRef> = event
             .payload
             .attachments
             .iter()
-            .map(|f| (f.name.clone(), f.mime.clone(), f.size))
+            .map(FileRef::from)
             .collect();
-        let new_message = context::new_message(prompt, &files);
+        let (read, earlier) = tokio::join!(
+            self.media.current(&files, vision),
+            self.earlier_files(&window, event.event_id, vision)
+        );
+        collected.heard = read.heard;
+        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
+        let system = context::system_blocks(setup.stable.clone(), &notes);
+        let new_message = context::new_message(prompt, read.parts);
 
         // What the transcript may take: the budget minus everything else in the request.
         let fixed = system
@@ -642,7 +686,10 @@ impl Core {
             + tools_tokens
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
-        let transcript = context::fit(context::transcript(&window, event.event_id), allowance);
+        let transcript = context::fit(
+            context::transcript_with_files(&window, event.event_id, &earlier),
+            allowance,
+        );
         if transcript.before > allowance
             && compaction::plan(&window, event.event_id, compaction::keep_tokens(allowance))
                 .is_some()
@@ -697,6 +744,33 @@ impl Core {
                 parts: results,
             });
         }
+    }
+
+    /// What the model reads of the files of earlier user messages in the window, newest first
+    /// (see [`Reader::earlier`]).
+    async fn earlier_files(
+        &self,
+        window: &crate::storage::store::ContextMessages,
+        current: crate::storage::store::EventId,
+        vision: bool,
+    ) -> context::FileParts {
+        let mut parts = context::FileParts::new();
+        let mut turns_ago = 0;
+        for row in window.messages.iter().rev() {
+            if row.role != Role::User || row.event_id == Some(current) {
+                continue;
+            }
+            turns_ago += 1;
+            if row.attachments.is_empty() {
+                continue;
+            }
+            let files: Vec<FileRef> = row.attachments.iter().map(FileRef::from).collect();
+            let read = self.media.earlier(&files, turns_ago, vision).await;
+            if !read.is_empty() {
+                parts.insert(row.id, read);
+            }
+        }
+        parts
     }
 
     fn final_text(&self, response: &ChatResponse, stopped_with_calls: bool) -> String {

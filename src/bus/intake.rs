@@ -81,6 +81,7 @@ fn check(event: &Event) -> Result<(), SubmitError> {
     if matches!(event.kind, EventKind::Message)
         && event.text.trim().is_empty()
         && event.attachments.is_empty()
+        && event.remote_files.is_empty()
     {
         return Err(SubmitError::Invalid("the message is empty".into()));
     }
@@ -118,6 +119,7 @@ fn new_event(event: &Event, files: &[StoredFile]) -> Result<NewEvent, SubmitErro
         kind: event.kind.clone(),
         text: event.text.clone(),
         attachments: files.to_vec(),
+        remote_files: event.remote_files.clone(),
         route: event.route.clone(),
         scheduled: None,
     };

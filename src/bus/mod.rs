@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 pub use gate::{Admission, Gate};
+pub(crate) use payload::artifact_key;
 pub use payload::{EventPayload, StoredFile, read_file};
 
 use crate::config::BusConfig;
@@ -81,6 +82,18 @@ pub trait ActionHandler: Send + Sync + 'static {
     async fn handle(&self, event: &Event) -> Option<Outgoing>;
 }
 
+/// Makes an event's files ready before its handler runs: fetches what the event only referred
+/// to (through the adapter it came from), keeps the files as artifacts. Errors are retried like
+/// the handler's.
+#[async_trait]
+pub trait FileIntake: Send + Sync + 'static {
+    async fn prepare(
+        &self,
+        adapter: Option<Arc<dyn ChatAdapter>>,
+        event: &mut EventContext,
+    ) -> anyhow::Result<()>;
+}
+
 /// The bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -94,6 +107,7 @@ struct Inner {
     adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
     actions: RwLock<Option<Arc<dyn ActionHandler>>>,
     gate: RwLock<Option<Arc<dyn Gate>>>,
+    files: RwLock<Option<Arc<dyn FileIntake>>>,
     config: BusConfig,
     owner: String,
     wake: Notify,
@@ -134,6 +148,7 @@ impl Bus {
                 adapters: RwLock::new(HashMap::new()),
                 actions: RwLock::new(None),
                 gate: RwLock::new(None),
+                files: RwLock::new(None),
                 config,
                 owner,
                 wake: Notify::new(),
@@ -150,6 +165,13 @@ impl Bus {
         let platform = adapter.platform().to_string();
         if let Ok(mut adapters) = self.inner.adapters.write() {
             adapters.insert(platform, adapter);
+        }
+    }
+
+    /// Make events' files ready with `intake` before their handler runs.
+    pub fn set_file_intake(&self, intake: Arc<dyn FileIntake>) {
+        if let Ok(mut files) = self.inner.files.write() {
+            *files = Some(intake);
         }
     }
 

@@ -39,6 +39,10 @@ pub struct EventPayload {
     pub text: String,
     #[serde(default)]
     pub attachments: Vec<StoredFile>,
+    /// Files still on the platform, fetched by the worker before the handler runs (their
+    /// stored copies are then in `attachments`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_files: Vec<ecdysis_chat::RemoteFile>,
     #[serde(default)]
     pub route: serde_json::Value,
     /// Set on the events scheduled jobs fire (see [`crate::schedule`]).
@@ -68,12 +72,7 @@ pub(crate) async fn store_file(
     attachment: &Attachment,
 ) -> Result<StoredFile, BlobError> {
     let artifact_id = uuid::Uuid::new_v4().to_string();
-    let blob_key = format!(
-        "artifacts/{}/{}/{}",
-        safe_segment(&conversation.platform),
-        artifact_id,
-        safe_segment(&attachment.name)
-    );
+    let blob_key = artifact_key(&conversation.platform, &artifact_id, &attachment.name);
     blobs
         .put(&blob_key, attachment.bytes.clone(), &attachment.mime)
         .await?;
@@ -95,6 +94,16 @@ pub async fn read_file(blobs: &dyn BlobStore, file: &StoredFile) -> anyhow::Resu
 }
 
 /// A path segment safe for blob keys.
+/// The blob key of an artifact (a file received or sent in a conversation of `platform`).
+pub(crate) fn artifact_key(platform: &str, artifact_id: &str, name: &str) -> String {
+    format!(
+        "artifacts/{}/{}/{}",
+        safe_segment(platform),
+        artifact_id,
+        safe_segment(name)
+    )
+}
+
 fn safe_segment(text: &str) -> String {
     let cleaned: String = text
         .chars()

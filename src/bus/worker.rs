@@ -146,8 +146,14 @@ impl Bus {
         }
 
         let handler = self.inner.handler.clone();
-        let task_context = context.clone();
-        let running = tokio::spawn(async move { handler.handle(&task_context).await });
+        let mut task_context = context.clone();
+        let intake = self.inner.files.read().ok().and_then(|f| f.clone());
+        let running = tokio::spawn(async move {
+            if let Some(intake) = intake {
+                intake.prepare(adapter, &mut task_context).await?;
+            }
+            handler.handle(&task_context).await
+        });
         let result = match self.renewing_lease(&claimed, running).await {
             Ok(result) => result,
             Err(join) => Err(anyhow::anyhow!("the handler panicked: {join}")),

@@ -22,6 +22,7 @@ use crate::storage::blob::BlobStore;
 mod archive;
 pub mod cgroup;
 mod feature;
+mod inbox;
 mod landlock;
 pub mod namespace;
 mod runner;
@@ -31,6 +32,7 @@ pub mod usage;
 mod workspace;
 
 pub use feature::{RunFeature, inline_limit, render_report};
+pub use inbox::safe_name as inbox_name;
 pub use namespace::Namespace;
 pub use runner::{RunError, RunReport, Runner, SnapshotOutcome};
 pub use tool::RunCommandTool;

@@ -237,6 +237,41 @@ impl Runner {
         })
     }
 
+    /// Put files users sent into the channel's workspace under `inbox/` (a file of the same
+    /// name is replaced), then save the workspace, between runs of the channel. Files that
+    /// would take the workspace past its size limit are left out. Returns the paths written
+    /// (as the sandbox sees them: `/workspace/inbox/<name>`).
+    pub async fn place_inbox(
+        &self,
+        channel: &ChannelRef,
+        files: Vec<(String, bytes::Bytes)>,
+    ) -> Result<Vec<String>, RunError> {
+        let key = channel_key(channel);
+        let lock = self.channel_lock(&key);
+        let _channel = lock.lock().await;
+        self.workspaces.prepare(&key).await?;
+        let dir = self.workspaces.reference(&key).dir;
+        let room = self
+            .limits
+            .workspace_bytes
+            .saturating_sub(self.workspaces.scan(&key).await?.bytes);
+        let written = tokio::task::spawn_blocking(move || super::inbox::write(&dir, files, room))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|written| written)
+            .map_err(|source| WorkspaceError::Io {
+                what: format!("writing files into the workspace {key}"),
+                source,
+            })?;
+        if !written.is_empty() {
+            let after = self.workspaces.scan(&key).await?;
+            if let SnapshotOutcome::Failed(e) = self.save(&key, &after).await {
+                warn!(key, error = %e, "received files are in the workspace but not saved yet");
+            }
+        }
+        Ok(written)
+    }
+
     async fn save(&self, key: &str, after: &Scan) -> SnapshotOutcome {
         if !self.workspaces.changed(key, after).await {
             return SnapshotOutcome::Unchanged;

@@ -288,6 +288,7 @@ impl Scheduler {
             kind: EventKind::Message,
             text,
             attachments: Vec::new(),
+            remote_files: Vec::new(),
             route,
             scheduled: Some(Fired {
                 job: job.id,

@@ -178,6 +178,12 @@ impl App {
             metrics.clone(),
         )));
         scheduler.attach(&bus);
+        // Files events refer to are fetched by the workers, after the acknowledgement.
+        bus.set_file_intake(Arc::new(crate::media::Intake::new(
+            store.clone(),
+            blobs.clone(),
+            sandbox.clone(),
+        )));
         let logins = Arc::new(LoginLimiter::default());
         let (web, web_adapter) = WebChat::new(
             Arc::new(bus.clone()) as Arc<dyn EventSink>,
@@ -188,6 +194,7 @@ impl App {
             WebSettings {
                 token: config.admin_token.clone(),
                 max_body_bytes: config.web_max_body_bytes,
+                max_upload_bytes: config.web_upload_max_bytes,
                 logins: logins.clone(),
                 https: config
                     .public_url

@@ -1,5 +1,6 @@
-//! A fake LLM server: the Anthropic Messages API (`POST /v1/messages`) and OpenAI chat
-//! completions (`POST /v1/chat/completions`) on 127.0.0.1, playing scripted replies (text, tool
+//! A fake LLM server: the Anthropic Messages API (`POST /v1/messages`), OpenAI chat
+//! completions (`POST /v1/chat/completions`) and audio transcriptions
+//! (`POST /v1/audio/transcriptions`, multipart) on 127.0.0.1, playing scripted replies (text, tool
 //! calls, error statuses with `retry-after`, malformed bodies, delays) and recording every
 //! request for assertions.
 //!
@@ -201,8 +202,22 @@ struct Inner {
     counter: u64,
     /// Stable prefixes seen, for the simulated prompt cache.
     cached: Vec<String>,
+    /// What `/v1/audio/transcriptions` answers, and what it was sent.
+    transcript: Option<String>,
+    transcriptions: Vec<Transcription>,
     /// When each streamed answer sent its first text.
     first_text_at: Vec<std::time::Instant>,
+}
+
+/// A request to `/v1/audio/transcriptions`.
+#[derive(Clone, Debug)]
+pub struct Transcription {
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    pub model: Option<String>,
+    pub file_name: Option<String>,
+    pub content_type: Option<String>,
+    pub file: Bytes,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -225,6 +240,7 @@ impl FakeLlm {
         let router = Router::new()
             .route("/v1/messages", post(anthropic))
             .route("/v1/chat/completions", post(openai))
+            .route("/v1/audio/transcriptions", post(transcribe))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -292,6 +308,68 @@ impl FakeLlm {
     /// The last request, if any.
     pub fn last_request(&self) -> Option<Recorded> {
         lock(&self.shared).requests.last().cloned()
+    }
+
+    /// What `/v1/audio/transcriptions` answers (`{"text": …}`); until set it answers 500.
+    pub fn set_transcript(&self, text: &str) {
+        lock(&self.shared).transcript = Some(text.to_string());
+    }
+
+    /// Every transcription request so far.
+    pub fn transcriptions(&self) -> Vec<Transcription> {
+        lock(&self.shared).transcriptions.clone()
+    }
+}
+
+/// `POST /v1/audio/transcriptions`: OpenAI's multipart form (`file`, `model`, …).
+async fn transcribe(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let mut call = Transcription {
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        model: None,
+        file_name: None,
+        content_type: None,
+        file: Bytes::new(),
+    };
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        };
+        match field.name().unwrap_or_default() {
+            "model" => call.model = field.text().await.ok(),
+            "file" => {
+                call.file_name = field.file_name().map(str::to_string);
+                call.content_type = field.content_type().map(str::to_string);
+                call.file = field.bytes().await.unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    let transcript = {
+        let mut inner = lock(&shared);
+        inner.transcriptions.push(call);
+        inner.transcript.clone()
+    };
+    match transcript {
+        Some(text) => axum::Json(json!({ "text": text })).into_response(),
+        None => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({ "error": { "message": "no transcript scripted" } })),
+        )
+            .into_response(),
     }
 }
 

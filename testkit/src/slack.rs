@@ -71,6 +71,8 @@ struct State_ {
     /// Tokens the API accepts; empty accepts any.
     tokens: Vec<String>,
     files: HashMap<String, Bytes>,
+    /// How long a file download waits before answering (a slow file server).
+    download_delay: Duration,
     /// Fail the next N calls of a method with this error.
     failures: HashMap<String, (usize, String)>,
     /// Method → (calls left to answer with HTTP 429, the `Retry-After` seconds).
@@ -196,6 +198,11 @@ impl FakeSlack {
             .files
             .insert(name.to_string(), bytes.into());
         format!("{}/files/{name}", self.shared.base)
+    }
+
+    /// Make file downloads answer only after `delay` (a slow file server).
+    pub fn set_download_delay(&self, delay: Duration) {
+        self.shared.lock().download_delay = delay;
     }
 
     /// Accept only these bot tokens (any token is accepted until this is called).
@@ -704,11 +711,26 @@ async fn download(
         content_type: None,
         at: Instant::now(),
     });
-    if authorization.is_none() {
-        return StatusCode::UNAUTHORIZED.into_response();
+    let bearer = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let (delay, file) = {
+        let state = shared.lock();
+        // Files need a bot token (one of the accepted ones, once a list is set).
+        let allowed = bearer
+            .as_ref()
+            .is_some_and(|t| state.tokens.is_empty() || state.tokens.contains(t));
+        if !allowed {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        (state.download_delay, state.files.get(&name).cloned())
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    match shared.lock().files.get(&name) {
-        Some(bytes) => bytes.clone().into_response(),
+    match file {
+        Some(bytes) => bytes.into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod allow;
 pub mod backoff;
 mod command;
+mod files;
 mod live;
 pub mod request;
 mod text;
@@ -19,6 +20,7 @@ pub mod time;
 
 pub use allow::AllowList;
 pub use command::{Command, CommandName};
+pub use files::{FetchError, RemoteFile};
 pub use live::{LiveHandle, LiveMessage, LiveSettings, LiveView, Progress};
 pub use text::split_text;
 
@@ -145,8 +147,11 @@ pub struct Event {
     pub addressed: Addressed,
     /// The text as the user wrote it (for commands: the arguments).
     pub text: String,
-    /// Files the user attached, already downloaded (and size-capped) by the adapter.
+    /// Files the user attached whose bytes the adapter already has (web uploads).
     pub attachments: Vec<Attachment>,
+    /// Files the user attached that are still on the platform: the core fetches them after the
+    /// event is acknowledged (see [`ChatAdapter::fetch_file`]).
+    pub remote_files: Vec<RemoteFile>,
     /// Whatever the adapter needs later to answer this event (a `response_url`, an interaction
     /// token, the message `ts`). Opaque to the core; copied onto every [`Reply`].
     pub route: serde_json::Value,
@@ -178,6 +183,7 @@ impl Event {
             addressed: Addressed::Direct,
             text,
             attachments: Vec::new(),
+            remote_files: Vec::new(),
             route: serde_json::Value::Null,
         }
     }
@@ -284,6 +290,17 @@ pub trait ChatAdapter: Send + Sync + 'static {
 
     /// Post a reply into the conversation it belongs to (finishing [`Reply::live`] when set).
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError>;
+
+    /// Download a file an event of `conversation` referred to (see [`Event::remote_files`]),
+    /// with the platform's credentials sent only to the platform's own hosts, and at most the
+    /// adapter's size limit. Called by the core's workers, after the acknowledgement.
+    async fn fetch_file(
+        &self,
+        _conversation: &ConversationRef,
+        _file: &RemoteFile,
+    ) -> Result<Bytes, FetchError> {
+        Err(FetchError::Unsupported)
+    }
 
     /// Whether replies to an event with this route are shown while they are written, and how
     /// often a live message may change. `None` (the default): one final message.

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ecdysis_chat::{
-    ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, Limits, LiveHandle,
-    LiveMessage, LiveSettings, LiveView, Reply,
+    ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, FetchError, Limits,
+    LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
 use serenity::http::Http;
 
@@ -60,7 +61,7 @@ impl Discord {
         Ok(Self {
             shared: Arc::new(Shared {
                 channels: Channels::new(http.clone()),
-                downloader: Downloader::new(settings.max_inbound_file_bytes),
+                downloader: Downloader::new(settings.max_inbound_file_bytes, &settings.api_url),
                 typing: Typing::default(),
                 outbox: Outbox::default(),
                 acks: Acks::default(),
@@ -132,6 +133,14 @@ impl ChatAdapter for DiscordAdapter {
             // and a typing indicator in it, without holding up the agent.
             crate::deliver::start_working(self.shared.clone(), route);
         }
+    }
+
+    async fn fetch_file(
+        &self,
+        _conversation: &ConversationRef,
+        file: &RemoteFile,
+    ) -> Result<Bytes, FetchError> {
+        self.shared.downloader.fetch(file).await
     }
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {

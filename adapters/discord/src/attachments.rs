@@ -1,84 +1,134 @@
-//! Files users attach: downloaded (size-capped) and handed to the agent with the event.
+//! Files users attach: referred to when the message is submitted, downloaded later by the
+//! core's worker (through [`ecdysis_chat::ChatAdapter::fetch_file`]) from Discord's CDN (or the
+//! configured API host, a proxy or a test fake), size-capped. No token is sent: Discord's
+//! attachment URLs are signed.
 
 use std::time::Duration;
 
-use ecdysis_chat::Attachment;
+use bytes::Bytes;
+use ecdysis_chat::{FetchError, RemoteFile};
 use serenity::model::channel::Attachment as DiscordAttachment;
-use tracing::warn;
+use url::Url;
+
+/// Hosts Discord serves attachments from.
+const CDN_HOSTS: &[&str] = &["cdn.discordapp.com", "media.discordapp.net"];
 
 pub(crate) struct Downloader {
     client: reqwest::Client,
     max_bytes: u64,
+    /// The host of `DISCORD_API_URL` when it is not Discord's own (a proxy or a test fake).
+    api_host: Option<String>,
 }
 
-/// What came of an event's files: the ones downloaded, and a note for each one left out.
-#[derive(Default)]
-pub(crate) struct Downloaded {
-    pub files: Vec<Attachment>,
-    pub notes: Vec<String>,
+/// A message's attachments as the event carries them.
+pub(crate) fn remote_files(attachments: &[DiscordAttachment]) -> Vec<RemoteFile> {
+    attachments
+        .iter()
+        .map(|a| RemoteFile {
+            id: Some(a.id.get().to_string()),
+            name: a.filename.clone(),
+            mime: a
+                .content_type
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size: Some(u64::from(a.size)),
+            url: a.url.clone(),
+        })
+        .collect()
 }
 
 impl Downloader {
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(max_bytes: u64, api_url: &str) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self { client, max_bytes }
-    }
-
-    pub async fn download_all(&self, attachments: &[DiscordAttachment]) -> Downloaded {
-        let mut out = Downloaded::default();
-        for attachment in attachments {
-            match self.download(attachment).await {
-                Ok(file) => out.files.push(file),
-                Err(why) => {
-                    warn!(file = %attachment.filename, %why, "attachment not downloaded");
-                    out.notes.push(format!(
-                        "[attached file {} was not downloaded: {why}]",
-                        attachment.filename
-                    ));
-                }
-            }
+        let api_host = Url::parse(api_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .filter(|h| h != "discord.com");
+        Self {
+            client,
+            max_bytes,
+            api_host,
         }
-        out
     }
 
-    async fn download(&self, attachment: &DiscordAttachment) -> Result<Attachment, String> {
+    /// Download one attachment.
+    pub async fn fetch(&self, file: &RemoteFile) -> Result<Bytes, FetchError> {
         let limit = self.max_bytes;
-        if u64::from(attachment.size) > limit {
-            return Err(too_big(u64::from(attachment.size), limit));
+        if file.size.is_some_and(|size| size > limit) {
+            return Err(FetchError::TooLarge { limit });
         }
+        let url = self.trusted(&file.url)?;
         let mut response = self
             .client
-            .get(&attachment.url)
+            .get(url)
             .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("download failed ({e})"))?;
-        let mut bytes = Vec::with_capacity(attachment.size as usize);
+            .map_err(|e| FetchError::Temporary(e.without_url().to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let why = format!("HTTP {status}");
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                FetchError::Temporary(why)
+            } else {
+                FetchError::Permanent(why)
+            });
+        }
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Err(FetchError::TooLarge { limit });
+        }
+        let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("download failed ({e})"))?
+            .map_err(|e| FetchError::Temporary(e.without_url().to_string()))?
         {
             if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(too_big((bytes.len() + chunk.len()) as u64, limit));
+                return Err(FetchError::TooLarge { limit });
             }
             bytes.extend_from_slice(&chunk);
         }
-        let mime = attachment
-            .content_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".into());
-        Ok(Attachment::new(&attachment.filename, mime, bytes))
+        Ok(Bytes::from(bytes))
+    }
+
+    fn trusted(&self, url: &str) -> Result<Url, FetchError> {
+        let foreign = |host: &str| FetchError::ForeignHost {
+            platform: "Discord".into(),
+            host: host.to_string(),
+        };
+        let parsed = Url::parse(url).map_err(|_| foreign("an unreadable URL"))?;
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let on_cdn = parsed.scheme() == "https" && CDN_HOSTS.contains(&host.as_str());
+        let on_api = self.api_host.as_deref() == Some(host.as_str());
+        if on_cdn || on_api {
+            Ok(parsed)
+        } else {
+            Err(foreign(&host))
+        }
     }
 }
 
-fn too_big(size: u64, limit: u64) -> String {
-    format!(
-        "it is larger ({:.1} MB) than the {:.1} MB limit",
-        size as f64 / 1_048_576.0,
-        limit as f64 / 1_048_576.0
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_cdn_or_the_api_host() {
+        let d = Downloader::new(1 << 20, "https://discord.com");
+        assert!(
+            d.trusted("https://cdn.discordapp.com/attachments/1/2/a.png?ex=1")
+                .is_ok()
+        );
+        assert!(d.trusted("http://cdn.discordapp.com/a.png").is_err());
+        assert!(d.trusted("https://evil.example/a.png").is_err());
+        assert!(d.trusted("http://127.0.0.1:9/a.png").is_err());
+        let d = Downloader::new(1 << 20, "http://127.0.0.1:9");
+        assert!(d.trusted("http://127.0.0.1:9/attachments/a.png").is_ok());
+        assert!(d.trusted("http://127.0.0.2:9/a.png").is_err());
+    }
 }

@@ -191,20 +191,14 @@ async fn process_message(shared: &Shared, message: &Message) {
         .and_then(|g| shared.channels.upload_limit(g.get()));
     let mut event = translate::message_event(message, bot, place, limit);
     let wanted = !matches!(event.addressed, Addressed::Ambient);
-    if wanted && !message.attachments.is_empty() {
-        let downloaded = shared.downloader.download_all(&message.attachments).await;
-        event.attachments = downloaded.files;
-        for note in downloaded.notes {
-            if !event.text.is_empty() {
-                event.text.push('\n');
-            }
-            event.text.push_str(&note);
-        }
+    if wanted {
+        // Only references here: the core fetches the bytes after the event is stored.
+        event.remote_files = crate::attachments::remote_files(&message.attachments);
     }
     if wanted
         && matches!(event.kind, EventKind::Message)
         && event.text.trim().is_empty()
-        && event.attachments.is_empty()
+        && event.remote_files.is_empty()
     {
         // A bare mention: say what the bot can do.
         event.kind = EventKind::Command(Command {

@@ -239,6 +239,7 @@ fn common_event(common: Common<'_>, place: Option<Place>, kind: EventKind, text:
         addressed: Addressed::Direct,
         text,
         attachments: Vec::new(),
+        remote_files: Vec::new(),
         route: route.to_value(),
     }
 }

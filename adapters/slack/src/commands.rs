@@ -94,6 +94,7 @@ impl SlashCommand {
             kind: EventKind::Command(command),
             addressed: Addressed::Direct,
             attachments: Vec::new(),
+            remote_files: Vec::new(),
             route: route.to_value(),
         }
     }

@@ -14,9 +14,10 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ecdysis_chat::{
-    Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, Limits,
-    LiveHandle, LiveMessage, LiveSettings, LiveView, Reply,
+    Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, FetchError,
+    Limits, LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
 use slack_morphism::prelude::*;
 
@@ -126,6 +127,23 @@ impl ChatAdapter for Slack {
         {
             tracing::debug!(error = %e, "cannot add the 👀 reaction");
         }
+    }
+
+    async fn fetch_file(
+        &self,
+        conversation: &ConversationRef,
+        file: &RemoteFile,
+    ) -> Result<Bytes, FetchError> {
+        let token = self
+            .token(&conversation.workspace)
+            .await
+            .map_err(|e| FetchError::Permanent(e.to_string()))?;
+        let api_host = self.inner.api.host();
+        let limits = crate::files::Limits {
+            max_bytes: self.inner.settings.max_download_bytes,
+            api_host: api_host.as_deref(),
+        };
+        crate::files::fetch(&self.inner.http, &token, file, &limits).await
     }
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {

@@ -72,7 +72,11 @@ pub(crate) struct Inner {
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct FileRef {
     #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
     #[serde(default)]
     pub mimetype: Option<String>,
     #[serde(default)]
@@ -92,7 +96,7 @@ pub(crate) struct RevokedTokens {
 /// What a callback means for the adapter.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A user's message: download `files`, then submit.
+    /// A user's message: submit it with references to its `files` (fetched after the ack).
     Message {
         event: Box<Event>,
         files: Vec<FileRef>,

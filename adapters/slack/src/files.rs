@@ -1,136 +1,127 @@
-//! Files users attach to their messages: downloaded with the bot token, size-capped and within
-//! a time budget (Slack wants its acknowledgement within 3 s), and handed to the agent.
+//! Files users attach to their messages: referred to when the event is acknowledged, and
+//! downloaded later (by the core's worker, through [`ecdysis_chat::ChatAdapter::fetch_file`])
+//! with the bot token, which is sent to Slack's own hosts only, within a size cap.
 
-use std::time::Duration;
-
-use ecdysis_chat::Attachment;
-use tokio::time::Instant;
+use bytes::Bytes;
+use ecdysis_chat::{FetchError, RemoteFile};
 use url::Url;
 
 use crate::events::FileRef;
 
-/// The downloaded files and, for those left out, a line for the agent saying why.
-#[derive(Debug, Default)]
-pub(crate) struct Downloaded {
-    pub attachments: Vec<Attachment>,
-    pub notes: Vec<String>,
-}
-
-/// What a download may use.
-pub(crate) struct Limits<'a> {
-    pub max_bytes: u64,
-    pub budget: Duration,
-    /// The host of `SLACK_API_URL`: besides `*.slack.com`, the only host the token is sent to.
-    pub api_host: Option<&'a str>,
-}
-
-/// Download the files of one message.
-pub(crate) async fn download(
-    client: &reqwest::Client,
-    token: &str,
-    files: &[FileRef],
-    limits: &Limits<'_>,
-) -> Downloaded {
-    let mut out = Downloaded::default();
-    let deadline = Instant::now() + limits.budget;
+/// A message's files as the event carries them, and a note for each one that cannot be
+/// fetched at all (no URL).
+pub(crate) fn remote_files(files: &[FileRef]) -> (Vec<RemoteFile>, Vec<String>) {
+    let mut out = Vec::with_capacity(files.len());
+    let mut notes = Vec::new();
     for file in files {
-        let name = file.name.clone().unwrap_or_else(|| "file".into());
+        let name = file
+            .name
+            .clone()
+            .or_else(|| file.title.clone())
+            .unwrap_or_else(|| "file".into());
         let Some(url) = file
             .url_private_download
             .as_deref()
             .or(file.url_private.as_deref())
         else {
-            out.notes.push(format!(
+            notes.push(format!(
                 "[file `{name}` could not be read: Slack gave no download URL]"
             ));
             continue;
         };
-        if file.size.is_some_and(|size| size > limits.max_bytes) {
-            out.notes.push(too_large(&name, limits.max_bytes));
-            continue;
-        }
-        let Some(url) = trusted(url, limits.api_host) else {
-            out.notes.push(format!(
-                "[file `{name}` was not downloaded: its URL is not on Slack]"
-            ));
-            continue;
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, fetch(client, token, url, limits.max_bytes)).await {
-            Ok(Ok(bytes)) => out.attachments.push(Attachment::new(
-                name,
-                file.mimetype
-                    .clone()
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                bytes,
-            )),
-            Ok(Err(Fetch::TooLarge)) => out.notes.push(too_large(&name, limits.max_bytes)),
-            Ok(Err(Fetch::Failed(why))) => {
-                tracing::warn!(file = %name, error = %why, "cannot download a Slack file");
-                out.notes
-                    .push(format!("[file `{name}` could not be downloaded]"));
-            }
-            Err(_) => out.notes.push(format!(
-                "[file `{name}` was not downloaded in time; send it again or a smaller one]"
-            )),
-        }
+        out.push(RemoteFile {
+            id: file.id.clone(),
+            name,
+            mime: file
+                .mimetype
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size: file.size,
+            url: url.to_string(),
+        });
     }
-    out
+    (out, notes)
 }
 
-fn too_large(name: &str, max: u64) -> String {
-    format!(
-        "[file `{name}` was not attached: it is larger than {} MB]",
-        max / 1024 / 1024
-    )
+/// What a download may use.
+pub(crate) struct Limits<'a> {
+    pub max_bytes: u64,
+    /// The host of `SLACK_API_URL`: besides `*.slack.com`, the only host the token is sent to.
+    pub api_host: Option<&'a str>,
 }
 
-/// The URL when the bot token may be sent there: `*.slack.com` over https, or the API's own
-/// host (a self-hosted gateway or a test fake).
-fn trusted(url: &str, api_host: Option<&str>) -> Option<Url> {
-    let parsed = Url::parse(url).ok()?;
-    let host = parsed.host_str()?;
-    let on_slack =
-        parsed.scheme() == "https" && (host == "slack.com" || host.ends_with(".slack.com"));
-    let on_api = api_host.is_some_and(|api| api == host);
-    (on_slack || on_api).then_some(parsed)
-}
-
-enum Fetch {
-    TooLarge,
-    Failed(String),
-}
-
-async fn fetch(
+/// Download one file with the bot token. A URL off Slack is refused before any request.
+pub(crate) async fn fetch(
     client: &reqwest::Client,
     token: &str,
-    url: Url,
-    max: u64,
-) -> Result<Vec<u8>, Fetch> {
+    file: &RemoteFile,
+    limits: &Limits<'_>,
+) -> Result<Bytes, FetchError> {
+    if file.size.is_some_and(|size| size > limits.max_bytes) {
+        return Err(FetchError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let url = trusted(&file.url, limits.api_host)?;
     let mut response = client
         .get(url)
         .bearer_auth(token)
         .send()
         .await
-        .map_err(|e| Fetch::Failed(e.without_url().to_string()))?;
-    if !response.status().is_success() {
-        return Err(Fetch::Failed(format!("HTTP {}", response.status())));
+        .map_err(|e| FetchError::Temporary(e.without_url().to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        let why = format!("HTTP {status}");
+        return Err(
+            if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                FetchError::Temporary(why)
+            } else {
+                FetchError::Permanent(why)
+            },
+        );
     }
-    if response.content_length().is_some_and(|len| len > max) {
-        return Err(Fetch::TooLarge);
+    if response
+        .content_length()
+        .is_some_and(|len| len > limits.max_bytes)
+    {
+        return Err(FetchError::TooLarge {
+            limit: limits.max_bytes,
+        });
     }
     let mut bytes = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| Fetch::Failed(e.without_url().to_string()))?
+        .map_err(|e| FetchError::Temporary(e.without_url().to_string()))?
     {
-        if bytes.len() as u64 + chunk.len() as u64 > max {
-            return Err(Fetch::TooLarge);
+        if bytes.len() as u64 + chunk.len() as u64 > limits.max_bytes {
+            return Err(FetchError::TooLarge {
+                limit: limits.max_bytes,
+            });
         }
         bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes)
+    Ok(Bytes::from(bytes))
+}
+
+/// The URL when the bot token may be sent there: `*.slack.com` over https, or the API's own
+/// host (a self-hosted gateway or a test fake).
+fn trusted(url: &str, api_host: Option<&str>) -> Result<Url, FetchError> {
+    let foreign = |host: &str| FetchError::ForeignHost {
+        platform: "Slack".into(),
+        host: host.to_string(),
+    };
+    let parsed = Url::parse(url).map_err(|_| foreign("an unreadable URL"))?;
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    let on_slack =
+        parsed.scheme() == "https" && (host == "slack.com" || host.ends_with(".slack.com"));
+    let on_api = api_host.is_some_and(|api| api == host);
+    if on_slack || on_api {
+        Ok(parsed)
+    } else {
+        Err(foreign(&host))
+    }
 }
 
 #[cfg(test)]
@@ -144,12 +135,32 @@ mod tests {
                 "https://files.slack.com/files-pri/T1-F1/download/a.png",
                 None
             )
-            .is_some()
+            .is_ok()
         );
-        assert!(trusted("http://files.slack.com/x", None).is_none());
-        assert!(trusted("https://evil.example/x", None).is_none());
-        assert!(trusted("https://slack.com.evil.example/x", None).is_none());
-        assert!(trusted("http://127.0.0.1:9/files/a.png", Some("127.0.0.1")).is_some());
-        assert!(trusted("http://127.0.0.2:9/files/a.png", Some("127.0.0.1")).is_none());
+        assert!(trusted("http://files.slack.com/x", None).is_err());
+        assert!(trusted("https://evil.example/x", None).is_err());
+        assert!(trusted("https://slack.com.evil.example/x", None).is_err());
+        assert!(trusted("http://127.0.0.1:9/files/a.png", Some("127.0.0.1")).is_ok());
+        assert!(trusted("http://127.0.0.2:9/files/a.png", Some("127.0.0.1")).is_err());
+        assert!(matches!(
+            trusted("https://evil.example/x", None),
+            Err(FetchError::ForeignHost { host, .. }) if host == "evil.example"
+        ));
+    }
+
+    #[test]
+    fn files_without_a_url_get_a_note() {
+        let files: Vec<FileRef> = serde_json::from_value(serde_json::json!([
+            {"id": "F1", "name": "a.png", "mimetype": "image/png", "size": 3,
+             "url_private_download": "https://files.slack.com/a.png"},
+            {"id": "F2", "name": "b.txt"},
+        ]))
+        .unwrap();
+        let (remote, notes) = remote_files(&files);
+        assert_eq!(remote.len(), 1);
+        assert_eq!(remote[0].id.as_deref(), Some("F1"));
+        assert_eq!(remote[0].mime, "image/png");
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("b.txt"));
     }
 }

@@ -1,4 +1,5 @@
-//! Handing translated Slack input to the core: file downloads, `EventSink::submit`, uninstalls.
+//! Handing translated Slack input to the core: `EventSink::submit` (with file references),
+//! uninstalls.
 //! Shared by the HTTP routes and Socket Mode; `Ok` means "acknowledge to Slack now".
 
 use ecdysis_chat::{Event, SubmitError};
@@ -59,38 +60,17 @@ impl Slack {
                 ))),
             },
             Inbound::Message { mut event, files } => {
-                if !files.is_empty() {
-                    self.attach_files(&mut event, &files).await;
+                // Only references here: the bytes are fetched by the core after the ack.
+                let (remote, notes) = files::remote_files(&files);
+                event.remote_files = remote;
+                for note in notes {
+                    if !event.text.is_empty() {
+                        event.text.push('\n');
+                    }
+                    event.text.push_str(&note);
                 }
                 self.submit(*event).await
             }
-        }
-    }
-
-    async fn attach_files(&self, event: &mut Event, refs: &[crate::events::FileRef]) {
-        let token = match self.token(&event.conversation.workspace).await {
-            Ok(token) => token,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot download the message's files");
-                event
-                    .text
-                    .push_str("\n[the attached files could not be downloaded]");
-                return;
-            }
-        };
-        let api_host = self.inner.api.host();
-        let limits = files::Limits {
-            max_bytes: self.inner.settings.max_download_bytes,
-            budget: self.inner.settings.download_budget,
-            api_host: api_host.as_deref(),
-        };
-        let downloaded = files::download(&self.inner.http, &token, refs, &limits).await;
-        event.attachments.extend(downloaded.attachments);
-        for note in downloaded.notes {
-            if !event.text.is_empty() {
-                event.text.push('\n');
-            }
-            event.text.push_str(&note);
         }
     }
 

@@ -138,6 +138,7 @@ impl Interaction {
             addressed: Addressed::Direct,
             text: value,
             attachments: Vec::new(),
+            remote_files: Vec::new(),
             route: route.to_value(),
         })
     }

@@ -147,10 +147,8 @@ pub struct SlackSettings {
     /// `ECDYSIS_SLACK_ALLOWED_TEAMS`: the workspaces (team ids) that may install the app and
     /// talk to it; empty lets any workspace in.
     pub allowed_teams: Vec<String>,
-    /// Largest user file downloaded and handed to the agent.
+    /// Largest user file downloaded and handed to the agent (after the acknowledgement).
     pub max_download_bytes: u64,
-    /// How long downloads of a message's files may take in total (Slack wants its ack in 3 s).
-    pub download_budget: Duration,
     pub socket: SocketSettings,
     /// How answers show while they are written (`ECDYSIS_SLACK_STREAMING`).
     pub streaming: Streaming,
@@ -196,7 +194,6 @@ impl Default for SlackSettings {
             api_url: DEFAULT_API_URL.to_string(),
             allowed_teams: Vec::new(),
             max_download_bytes: 20 * 1024 * 1024,
-            download_budget: Duration::from_millis(2_000),
             socket: SocketSettings::default(),
             streaming: Streaming::default(),
         }
@@ -224,7 +221,7 @@ struct Inner {
     streams: live::Streams,
     /// Users' time zones (`users.info`).
     timezones: timezones::Timezones,
-    /// Plain HTTP: user-file downloads and `response_url` posts.
+    /// Plain HTTP: user-file downloads (after the ack) and `response_url` posts.
     http: reqwest::Client,
 }
 

@@ -18,6 +18,7 @@ pub mod limiter;
 mod routes;
 pub mod session;
 pub mod terminal;
+mod upload;
 
 pub use routes::{WebAdapter, WebChat, WebSettings, conversation_ref};
 

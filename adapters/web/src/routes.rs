@@ -40,6 +40,8 @@ pub struct WebSettings {
     pub token: Option<String>,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest `multipart/form-data` message (text and files) accepted; larger ones get 413.
+    pub max_upload_bytes: usize,
     /// Failed logins per client, shared with the admin login and the bearer check.
     pub logins: Arc<LoginLimiter>,
     /// The server is reached over https (`ECDYSIS_PUBLIC_URL`): session cookies are `Secure`.
@@ -223,11 +225,16 @@ impl WebChat {
     /// [`crate::guard::guard`] (host and origin checks).
     pub fn router(self) -> Router {
         let limit = self.settings.max_body_bytes;
+        // Uploads may be larger; a JSON body is held to `limit` in the handler.
+        let upload_limit = self.settings.max_upload_bytes.max(limit);
         Router::new()
             .route("/", get(page))
             .route("/login", get(login_page).post(login))
             .route("/logout", post(logout))
-            .route("/api/chat/{conversation}", post(send_message))
+            .route(
+                "/api/chat/{conversation}",
+                post(send_message).layer(DefaultBodyLimit::max(upload_limit)),
+            )
             .route("/api/chat/{conversation}/messages", get(list_messages))
             .route("/api/chat/{conversation}/events", get(live_updates))
             .route("/api/chat/{conversation}/actions", post(press_button))
@@ -262,7 +269,22 @@ fn accepted_content_type(headers: &HeaderMap) -> bool {
 fn unsupported_type() -> Response {
     error(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "send `content-type: application/json`",
+        "send `content-type: application/json` or `multipart/form-data`",
+    )
+}
+
+fn is_multipart(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence
+        .eq_ignore_ascii_case("multipart/form-data")
+        .then_some(value)
+}
+
+fn too_large(limit: usize, what: &str) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{what} is larger than {} KiB", limit / 1024),
     )
 }
 
@@ -376,16 +398,34 @@ async fn send_message(
             "conversation names are 1-100 characters of A-Z a-z 0-9 - _ . :",
         );
     }
-    let body: SendBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected JSON {{\"text\": \"...\", \"user\": \"...\"}}: {e}"),
-            );
+    let (body, files) = match is_multipart(&headers) {
+        Some(content_type) => match crate::upload::parse(content_type, body).await {
+            Ok(upload) => (
+                SendBody {
+                    text: upload.text,
+                    user: upload.user,
+                    id: upload.id,
+                },
+                upload.files,
+            ),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => {
+            if body.len() > chat.settings.max_body_bytes {
+                return too_large(chat.settings.max_body_bytes, "a JSON message");
+            }
+            match serde_json::from_slice::<SendBody>(&body) {
+                Ok(body) => (body, Vec::new()),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("expected JSON {{\"text\": \"...\", \"user\": \"...\"}}: {e}"),
+                    );
+                }
+            }
         }
     };
-    if body.text.trim().is_empty() {
+    if body.text.trim().is_empty() && files.is_empty() {
         return error(StatusCode::BAD_REQUEST, "text is empty");
     }
     let id = match body.id {
@@ -395,12 +435,13 @@ async fn send_message(
         Some(id) => id,
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
-    let event = Event::from_text(
+    let mut event = Event::from_text(
         format!("{conversation}:{id}"),
         conversation_ref(&conversation),
         web_user(body.user),
         body.text,
     );
+    event.attachments = files;
     match chat.sink.submit(event).await {
         Ok(accepted) => {
             if !accepted.duplicate && !accepted.ignored {

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use super::anthropic_stream::StreamAnswer;
 use super::sse::{Streamed, post_stream};
 use super::{
-    ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError,
-    StopReason, TextSink, ToolChoice, post_json,
+    ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, DocumentData, ImageData, Part,
+    ProviderError, StopReason, TextSink, ToolChoice, post_json,
 };
 use crate::storage::store::Usage;
 
@@ -106,6 +106,18 @@ fn image_block(image: &ImageData) -> Value {
     })
 }
 
+/// A PDF as a `document` block (the model reads its pages); other documents as their text.
+fn document_block(document: &DocumentData) -> Value {
+    match &document.base64 {
+        Some(data) if document.mime == "application/pdf" => json!({
+            "type": "document",
+            "source": { "type": "base64", "media_type": "application/pdf", "data": data },
+            "title": document.name,
+        }),
+        _ => json!({ "type": "text", "text": non_empty(&document.text) }),
+    }
+}
+
 fn content_blocks(message: &ChatMessage) -> Vec<Value> {
     let mut blocks = Vec::with_capacity(message.parts.len());
     // Tool results must come first in a user message.
@@ -133,6 +145,7 @@ fn content_blocks(message: &ChatMessage) -> Vec<Value> {
                 blocks.push(json!({ "type": "text", "text": text }));
             }
             Part::Image(image) => blocks.push(image_block(image)),
+            Part::Document(document) => blocks.push(document_block(document)),
             Part::ToolUse { id, name, input } => blocks.push(json!({
                 "type": "tool_use", "id": id, "name": name, "input": input,
             })),

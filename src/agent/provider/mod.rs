@@ -39,11 +39,28 @@ pub struct ImageData {
     pub base64: String,
 }
 
+/// A document a user sent: its text for every model, and the file itself for providers that
+/// read documents (Anthropic `document` blocks for PDFs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocumentData {
+    pub name: String,
+    pub mime: String,
+    /// The file, base64 encoded, when it should go as a document block where the provider
+    /// takes one.
+    pub base64: Option<String>,
+    /// The text (with a line about what was left out), for everything else.
+    pub text: String,
+    /// Pages, when known (for the token estimate).
+    pub pages: usize,
+}
+
 /// One piece of a message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Part {
     Text(String),
     Image(ImageData),
+    /// A document (user messages only).
+    Document(DocumentData),
     /// The model asks to run a tool (assistant messages only).
     ToolUse {
         id: String,

@@ -112,6 +112,34 @@ fn image_part(image: &ImageData) -> Value {
     })
 }
 
+/// A piece of a user message.
+enum Item<'a> {
+    Text(&'a str),
+    Image(&'a ImageData),
+}
+
+/// A user message of pieces in order: plain text when it is only text, else a list of parts.
+fn user_items(items: &[Item<'_>]) -> Value {
+    if items.iter().all(|i| matches!(i, Item::Text(_))) {
+        let texts: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Text(t) => Some(*t),
+                Item::Image(_) => None,
+            })
+            .collect();
+        return json!({ "role": "user", "content": texts.join("\n\n") });
+    }
+    let content: Vec<Value> = items
+        .iter()
+        .map(|i| match i {
+            Item::Text(t) => json!({ "type": "text", "text": t }),
+            Item::Image(image) => image_part(image),
+        })
+        .collect();
+    json!({ "role": "user", "content": content })
+}
+
 /// A user message: plain text when it is only text, else a list of parts.
 fn user_message(texts: &[&str], images: &[&ImageData]) -> Value {
     if images.is_empty() {
@@ -203,24 +231,21 @@ pub fn request_body(model: &str, request: &ChatRequest) -> Value {
                         &tool_images,
                     ));
                 }
-                let texts: Vec<&str> = message
+                // The user's own parts, in order: text, documents (as their text), images.
+                let items: Vec<Item> = message
                     .parts
                     .iter()
                     .filter_map(|p| match p {
-                        Part::Text(t) if !t.trim().is_empty() => Some(t.as_str()),
+                        Part::Text(t) if !t.trim().is_empty() => Some(Item::Text(t.as_str())),
+                        Part::Document(d) if !d.text.trim().is_empty() => {
+                            Some(Item::Text(d.text.as_str()))
+                        }
+                        Part::Image(i) => Some(Item::Image(i)),
                         _ => None,
                     })
                     .collect();
-                let images: Vec<&ImageData> = message
-                    .parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Image(i) => Some(i),
-                        _ => None,
-                    })
-                    .collect();
-                if !texts.is_empty() || !images.is_empty() {
-                    messages.push(user_message(&texts, &images));
+                if !items.is_empty() {
+                    messages.push(user_items(&items));
                 }
             }
         }

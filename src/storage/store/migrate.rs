@@ -31,6 +31,7 @@ pub(crate) fn sqlite() -> Migrator {
         (6, "conversation heads", "0006_conversation_heads.sql", false),
         (10, "schedules", "0010_schedules.sql", false),
         (12, "guards", "0012_guards.sql", false),
+        (14, "media", "0014_media.sql", false),
     )
 }
 
@@ -44,6 +45,7 @@ pub(crate) fn postgres() -> Migrator {
         (6, "conversation heads", "0006_conversation_heads.sql", false),
         (10, "schedules", "0010_schedules.sql", false),
         (12, "guards", "0012_guards.sql", false),
+        (14, "media", "0014_media.sql", false),
     )
 }
 

@@ -22,6 +22,7 @@ mod inbox;
 mod installations;
 mod leases;
 mod live;
+mod media;
 mod memory;
 mod migrate;
 mod outbox;
@@ -44,6 +45,7 @@ pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Insert
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
 pub use live::LiveMessages;
+pub use media::{EventFile, Extract, Media};
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
 pub use schedules::{
@@ -101,6 +103,7 @@ pub trait Store:
     + LiveMessages
     + Installations
     + Conversations
+    + Media
     + Schedules
     + Send
     + Sync

@@ -205,11 +205,12 @@ pub(crate) async fn insert_message(
 pub(crate) async fn insert_artifact(
     tx: &mut Tx,
     conversation_id: ConversationId,
-    message_id: MessageId,
+    message_id: impl Into<Option<MessageId>>,
     a: &NewArtifact,
     created_at: UnixMs,
     keep_existing: bool,
 ) -> Result<()> {
+    let message_id: Option<MessageId> = message_id.into();
     on_tx!(tx, |c| {
         sqlx::query(
             "INSERT INTO artifacts (id, conversation_id, message_id, blob_key, name, mime, size,

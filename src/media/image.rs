@@ -1,0 +1,255 @@
+//! Images users send, made ready for the model: decoded (PNG, JPEG, GIF's first frame, WebP),
+//! scaled down to the providers' limits and re-encoded when they are over them. An image that
+//! already fits is passed on as it came (after checking that it decodes).
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
+use image::{DynamicImage, ImageEncoder, ImageFormat, ImageReader};
+
+use super::kind::image_mime;
+
+/// What an image sent to the model must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Longest side in pixels (Anthropic scales anything longer than 1568 px down itself).
+    pub max_side: u32,
+    /// Pixels in all (about 1.15 megapixels is what Anthropic reads without scaling).
+    pub max_pixels: u64,
+    /// Encoded bytes (5 MB per image on Anthropic, counted before base64: keep well under).
+    pub max_bytes: usize,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 1568,
+            max_pixels: 1_150_000,
+            max_bytes: 3_750_000,
+        }
+    }
+}
+
+/// The largest image decoded at all (a decompression bomb guard): sides and allocation.
+const MAX_DECODE_SIDE: u32 = 16_384;
+const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// An image ready for the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelImage {
+    pub bytes: Bytes,
+    pub mime: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// The size it arrived in.
+    pub original: (u32, u32),
+}
+
+/// Why an image cannot be shown to the model.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    #[error("it is not a PNG, JPEG, GIF or WebP image")]
+    Unsupported,
+    #[error("it could not be decoded ({0})")]
+    Unreadable(String),
+    #[error("it is too large to decode ({width}×{height} pixels)")]
+    TooLarge { width: u32, height: u32 },
+    #[error("it could not be encoded ({0})")]
+    Encode(String),
+}
+
+/// Make an image ready for the model. CPU-bound: call it from `spawn_blocking`.
+pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageError> {
+    let mime = image_mime(bytes).ok_or(ImageError::Unsupported)?;
+    let format = match mime {
+        "image/png" => ImageFormat::Png,
+        "image/jpeg" => ImageFormat::Jpeg,
+        "image/gif" => ImageFormat::Gif,
+        _ => ImageFormat::WebP,
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(MAX_DECODE_SIDE);
+    decode_limits.max_image_height = Some(MAX_DECODE_SIDE);
+    decode_limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(decode_limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => {
+            let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+                .into_dimensions()
+                .unwrap_or((0, 0));
+            ImageError::TooLarge { width, height }
+        }
+        other => ImageError::Unreadable(other.to_string()),
+    })?;
+    let original = (img.width(), img.height());
+    let (width, height) = fitted_size(original.0, original.1, limits);
+    // A GIF is always re-encoded: the model gets its first frame, as a PNG.
+    if (width, height) == original && bytes.len() <= limits.max_bytes && format != ImageFormat::Gif
+    {
+        return Ok(ModelImage {
+            bytes: Bytes::copy_from_slice(bytes),
+            mime,
+            width,
+            height,
+            original,
+        });
+    }
+    let scaled = if (width, height) == original {
+        img
+    } else {
+        img.thumbnail_exact(width, height)
+    };
+    let (bytes, mime) = encode(&scaled, limits.max_bytes)?;
+    Ok(ModelImage {
+        bytes: Bytes::from(bytes),
+        mime,
+        width: scaled.width(),
+        height: scaled.height(),
+        original,
+    })
+}
+
+/// The size an image of `w`×`h` is scaled to: within the side and pixel limits, aspect kept.
+pub fn fitted_size(w: u32, h: u32, limits: ImageLimits) -> (u32, u32) {
+    let (w, h) = (w.max(1), h.max(1));
+    let by_side = f64::from(limits.max_side) / f64::from(w.max(h));
+    let by_pixels = (limits.max_pixels as f64 / (f64::from(w) * f64::from(h))).sqrt();
+    let scale = by_side.min(by_pixels);
+    if scale >= 1.0 {
+        return (w, h);
+    }
+    let nw = ((f64::from(w) * scale).floor() as u32).max(1);
+    let nh = ((f64::from(h) * scale).floor() as u32).max(1);
+    (nw, nh)
+}
+
+/// PNG when the image has transparency and the PNG fits; JPEG otherwise (quality falling until
+/// it fits).
+fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str), ImageError> {
+    let err = |e: image::ImageError| ImageError::Encode(e.to_string());
+    if img.color().has_alpha() {
+        let rgba = img.to_rgba8();
+        let mut out = Vec::new();
+        PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
+            .write_image(
+                rgba.as_raw(),
+                rgba.width(),
+                rgba.height(),
+                image::ExtendedColorType::Rgba8,
+            )
+            .map_err(err)?;
+        if out.len() <= max_bytes {
+            return Ok((out, "image/png"));
+        }
+    }
+    let rgb = img.to_rgb8();
+    for quality in [85u8, 70, 55, 40] {
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, quality)
+            .write_image(
+                rgb.as_raw(),
+                rgb.width(),
+                rgb.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(err)?;
+        if out.len() <= max_bytes {
+            return Ok((out, "image/jpeg"));
+        }
+    }
+    Err(ImageError::Encode(format!(
+        "it does not fit in {max_bytes} bytes even as a low-quality JPEG"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage, Rgba, RgbaImage};
+
+    fn encoded(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn small_images_pass_as_they_are() {
+        let png = encoded(
+            DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([1, 2, 3]))),
+            ImageFormat::Png,
+        );
+        let m = prepare(&png, ImageLimits::default()).unwrap();
+        assert_eq!((m.width, m.height, m.mime), (40, 30, "image/png"));
+        assert_eq!(m.bytes.as_ref(), png.as_slice());
+    }
+
+    #[test]
+    fn large_photos_are_scaled_within_every_limit() {
+        let jpeg = encoded(
+            DynamicImage::ImageRgb8(RgbImage::from_fn(4000, 3000, |x, y| {
+                Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+            })),
+            ImageFormat::Jpeg,
+        );
+        let limits = ImageLimits::default();
+        let m = prepare(&jpeg, limits).unwrap();
+        assert_eq!(m.original, (4000, 3000));
+        assert!(m.width.max(m.height) <= limits.max_side);
+        assert!(u64::from(m.width) * u64::from(m.height) <= limits.max_pixels);
+        assert!(m.bytes.len() <= limits.max_bytes);
+        assert_eq!(m.mime, "image/jpeg");
+        let back = image::load_from_memory(&m.bytes).unwrap();
+        assert_eq!((back.width(), back.height()), (m.width, m.height));
+        // The aspect ratio is kept.
+        let ratio = f64::from(m.width) / f64::from(m.height);
+        assert!((ratio - 4.0 / 3.0).abs() < 0.01, "{ratio}");
+    }
+
+    #[test]
+    fn gifs_become_their_first_frame_and_transparency_stays_png() {
+        let gif = encoded(
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(10, 10, Rgba([9, 9, 9, 255]))),
+            ImageFormat::Gif,
+        );
+        let m = prepare(&gif, ImageLimits::default()).unwrap();
+        assert_eq!((m.width, m.height), (10, 10));
+        assert_ne!(m.mime, "image/gif");
+        let webp = encoded(
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(3000, 100, Rgba([9, 9, 9, 10]))),
+            ImageFormat::WebP,
+        );
+        let m = prepare(&webp, ImageLimits::default()).unwrap();
+        assert_eq!(m.mime, "image/png");
+        assert_eq!(m.width, 1568);
+    }
+
+    #[test]
+    fn broken_images_are_clear_errors() {
+        let mut png = encoded(
+            DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, Rgb([1, 2, 3]))),
+            ImageFormat::Png,
+        );
+        png.truncate(60);
+        assert!(matches!(
+            prepare(&png, ImageLimits::default()),
+            Err(ImageError::Unreadable(_))
+        ));
+        assert_eq!(
+            prepare(b"not an image", ImageLimits::default()),
+            Err(ImageError::Unsupported)
+        );
+    }
+
+    #[test]
+    fn sizes_fit_side_and_pixels() {
+        let l = ImageLimits::default();
+        assert_eq!(fitted_size(100, 100, l), (100, 100));
+        let (w, h) = fitted_size(3000, 1000, l);
+        assert!(w <= 1568 && u64::from(w) * u64::from(h) <= l.max_pixels);
+        assert_eq!(fitted_size(0, 0, l), (1, 1));
+    }
+}

@@ -52,6 +52,10 @@ pub struct App {
     /// The Slack adapter, when `SLACK_SIGNING_SECRET` or `SLACK_APP_TOKEN` is set; Socket Mode
     /// starts with `serve` ([`crate::platforms::slack::start`]).
     pub slack: Option<ecdysis_slack::Slack>,
+    /// Memory search: full text, and meaning too when `ECDYSIS_EMBEDDINGS` is set.
+    pub memory: crate::embeddings::MemorySearch,
+    /// The embedding worker (with embeddings on); [`serve`] runs it.
+    pub indexer: Option<Arc<crate::embeddings::Indexer>>,
 }
 
 impl App {
@@ -73,7 +77,14 @@ impl App {
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
         let browser = BrowserService::from_config(&config).context("browser")?;
-        let mut commands = Commands::new(store.clone(), blobs.clone());
+        let (memory, indexer) = crate::embeddings::setup(&config, store.clone())
+            .await
+            .context("semantic memory (ECDYSIS_EMBEDDINGS)")?;
+        if let Some(model) = memory.model() {
+            info!(model, "semantic memory is on: memory is searched by words and meaning");
+        }
+        let mut commands =
+            Commands::new(store.clone(), blobs.clone()).with_memory(memory.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
@@ -126,8 +137,13 @@ impl App {
         // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
         // keeps it.
         if !commands.has_agent()
-            && let Some(agent) =
-                LlmAgent::from_config(&config, store.clone(), blobs.clone(), commands.tools())?
+            && let Some(agent) = LlmAgent::from_config_with_memory(
+                &config,
+                store.clone(),
+                blobs.clone(),
+                commands.tools(),
+                memory.clone(),
+            )?
         {
             info!(model = %agent.describe(), "the agent answers free text and /ask");
             commands = commands.with_agent(Arc::new(agent));
@@ -157,6 +173,8 @@ impl App {
             mcp,
             discord,
             slack,
+            memory,
+            indexer,
         })
     }
 
@@ -245,6 +263,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
+    let indexing = app.indexer.clone().map(|indexer| indexer.start());
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
     let connections = crate::platforms::connections::Connections::start(&app).await?;
     info!(
@@ -263,6 +282,9 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     info!("shutting down: finishing running events");
     connections.stop().await;
     stop(workers).await;
+    if let Some(indexing) = indexing {
+        indexing.stop().await;
+    }
     if let Some(browser) = &app.browser {
         browser.shutdown().await;
     }

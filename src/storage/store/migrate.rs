@@ -28,6 +28,7 @@ pub(crate) fn sqlite() -> Migrator {
         (4, "leases", "0004_leases.sql", false),
         // Rebuilds `inbox` with foreign keys off, in a transaction of its own.
         (5, "event key", "0005_event_key.sql", true),
+        (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }
 
@@ -38,6 +39,7 @@ pub(crate) fn postgres() -> Migrator {
         (3, "installations", "0003_installations.sql", false),
         (4, "leases", "0004_leases.sql", false),
         (5, "event key", "0005_event_key.sql", false),
+        (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }
 

@@ -16,6 +16,7 @@ mod compaction;
 mod conversations;
 mod db;
 mod dialect;
+mod embeddings;
 mod ids;
 mod inbox;
 mod installations;
@@ -31,6 +32,10 @@ pub use compaction::{
     Compaction, CompactionStats, Compactions, ContextMessages, ImportedCompaction, NewCompaction,
 };
 pub use conversations::{ConversationInfo, Conversations};
+pub use embeddings::{
+    ChannelVector, ChunkKind, CompactionSource, EmbedJob, IndexStatus, ItemKind, ItemRef,
+    ItemSource, MemoryItem, NewChunk, SemanticIndex, VectorState, decode_vector, encode_vector,
+};
 pub use ids::{
     CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, UnixMs,
     UnknownStatus,
@@ -78,6 +83,7 @@ pub trait Store:
     + Transcript
     + Compactions
     + Memory
+    + SemanticIndex
     + UsageLog
     + Leases
     + Installations

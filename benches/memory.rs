@@ -316,7 +316,10 @@ async fn main() {
         .collect();
     let rss_before = rss_mb();
     let started = Instant::now();
-    search.search(&channel("c0"), "first query loads the channel", 10).await.unwrap();
+    search
+        .search(&channel("c0"), "first query loads the channel", 10)
+        .await
+        .unwrap();
     let cold = started.elapsed();
     let (p50, p99, max) = recall_latency(&search, &queries, true).await;
     println!(
@@ -336,7 +339,10 @@ async fn main() {
     let channels = ((1_000.0 * scale) as usize).max(10);
     let url = format!("sqlite://{}/many.db", tmp.path().display());
     drop(store::open(&url).await.unwrap());
-    eprintln!("writing {} notes across {channels} channels…", channels * 1_000);
+    eprintln!(
+        "writing {} notes across {channels} channels…",
+        channels * 1_000
+    );
     fill(&url, &model, channels, 1_000, &mut rng).await;
     let store: Arc<dyn Store> = store::open(&url).await.unwrap();
     let search = MemorySearch::hybrid(store.clone(), embedder.clone(), 0.0, 512 << 20, None);
@@ -357,7 +363,9 @@ async fn main() {
         queries.len()
     );
     let (p50, p99, max) = recall_latency(&search, &queries, false).await;
-    println!("  same queries again (cache warm where it fits): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
+    println!(
+        "  same queries again (cache warm where it fits): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
+    );
     println!(
         "vector cache: {:.1} MB held (budget 512 MB; process RSS grew {:.0} MB)",
         search.cache_bytes() as f64 / 1048576.0,

@@ -222,7 +222,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_EMBEDDINGS_BASE_URL"],
         Kind::Str,
     ),
-    ("embeddings.api_key", &["ECDYSIS_EMBEDDINGS_API_KEY"], Kind::Str),
+    (
+        "embeddings.api_key",
+        &["ECDYSIS_EMBEDDINGS_API_KEY"],
+        Kind::Str,
+    ),
     (
         "embeddings.batch_size",
         &["ECDYSIS_EMBEDDINGS_BATCH_SIZE"],

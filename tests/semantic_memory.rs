@@ -52,18 +52,20 @@ fn fake_vector(text: &str) -> Vec<f32> {
         .filter(|w| w.len() > 2)
         .map(str::to_lowercase)
     {
-        let slot = match CONCEPTS.iter().position(|c| c.contains(&word.as_str())) {
-            Some(concept) => concept,
-            None => {
+        // A concept weighs more than any other word: meaning dominates.
+        let (slot, weight) = match CONCEPTS.iter().position(|c| c.contains(&word.as_str())) {
+            Some(concept) => (concept, 3.0),
+            None => (
                 CONCEPTS.len()
                     + (word
                         .bytes()
                         .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
                         as usize)
-                        % (DIM - CONCEPTS.len())
-            }
+                        % (DIM - CONCEPTS.len()),
+                1.0,
+            ),
         };
-        v[slot] += 1.0;
+        v[slot] += weight;
     }
     ecdysis::embeddings::normalize(&mut v);
     v
@@ -323,7 +325,11 @@ async fn failing_embedder_keeps_rows_queued(s: &Setup) {
         .search(&channel("fail"), "freeze", 10)
         .await
         .unwrap();
-    assert_eq!(ids(&found), vec![(ItemKind::Note, id.0)], "full text still works");
+    assert_eq!(
+        ids(&found),
+        vec![(ItemKind::Note, id.0)],
+        "full text still works"
+    );
     let status = s.store.index_status(s.embedder.model()).await.unwrap();
     assert_eq!((status.waiting, status.failing), (1, 1));
     assert!(status.last_error.unwrap().contains("500"));

@@ -24,7 +24,12 @@ fn labelled_set() -> Vec<(String, String, String)> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
             let mut parts = l.split('\t');
-            let mut next = || parts.next().expect("three tab-separated fields").to_string();
+            let mut next = || {
+                parts
+                    .next()
+                    .expect("three tab-separated fields")
+                    .to_string()
+            };
             (next(), next(), next())
         })
         .collect()
@@ -117,7 +122,10 @@ async fn hybrid_recall_beats_full_text_on_the_labelled_set() {
         hybrid_recall >= text_recall + 0.3,
         "hybrid {hybrid_recall:.3} does not beat full text {text_recall:.3} by a wide margin"
     );
-    assert!(hybrid_recall >= 0.8, "hybrid recall@5 is {hybrid_recall:.3}");
+    assert!(
+        hybrid_recall >= 0.8,
+        "hybrid recall@5 is {hybrid_recall:.3}"
+    );
 }
 
 /// Through a real server: `/remember` is found by words at once and by `/recall` in other

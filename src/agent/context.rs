@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
-use crate::engine::tools::ToolRegistry;
 use crate::embeddings::Recalled;
+use crate::engine::tools::ToolRegistry;
 use crate::storage::store::{ContextMessages, EventId, Message, Role};
 
 /// Longest note text put into the context (longer notes are cut; `memory_search` has them whole).
@@ -155,7 +155,11 @@ pub fn notes_block(found: &[Recalled]) -> String {
     if !notes.is_empty() {
         out.push_str("Saved notes of this channel that may be relevant:");
         for note in notes {
-            out.push_str(&format!("\n#{} {}", note.item.item.id, clip(&note.item.text)));
+            out.push_str(&format!(
+                "\n#{} {}",
+                note.item.item.id,
+                clip(&note.item.text)
+            ));
         }
     }
     let history: Vec<&Recalled> = found.iter().filter(|r| r.note_id().is_none()).collect();
@@ -165,7 +169,10 @@ pub fn notes_block(found: &[Recalled]) -> String {
         }
         out.push_str("Earlier conversation in this channel that may be relevant:");
         for passage in history {
-            out.push_str(&format!("\n- {}", clip(&passage.item.text).replace('\n', " / ")));
+            out.push_str(&format!(
+                "\n- {}",
+                clip(&passage.item.text).replace('\n', " / ")
+            ));
         }
     }
     out

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use crate::embeddings::MemorySearch as Search;
 use crate::engine::commands::MAX_NOTE_CHARS;
 use crate::engine::profile::Profiles;
-use crate::embeddings::MemorySearch as Search;
 use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
 
@@ -98,10 +98,13 @@ impl Tool for MemorySearch {
         let mut out = String::new();
         for hit in found {
             match &hit.item.source {
-                ItemSource::Note { .. } => out.push_str(&format!("#{} {}\n", hit.item.item.id, hit.item.text)),
-                ItemSource::Summary => {
-                    out.push_str(&format!("(summary of earlier conversation) {}\n", hit.item.text))
+                ItemSource::Note { .. } => {
+                    out.push_str(&format!("#{} {}\n", hit.item.item.id, hit.item.text))
                 }
+                ItemSource::Summary => out.push_str(&format!(
+                    "(summary of earlier conversation) {}\n",
+                    hit.item.text
+                )),
                 ItemSource::Transcript => {
                     out.push_str(&format!("(earlier conversation) {}\n", hit.item.text))
                 }

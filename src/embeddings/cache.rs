@@ -229,7 +229,9 @@ impl VectorCache {
             }
             if skipped > 0 {
                 warn!(
-                    ?channel, model, skipped,
+                    ?channel,
+                    model,
+                    skipped,
                     "vectors of another dimension than the channel's are ignored; `ecdysis memory reindex` makes them again"
                 );
             }
@@ -238,7 +240,12 @@ impl VectorCache {
                 // Too big to keep: scan it from the store this time.
                 drop(current);
                 self.lock().remove(&key);
-                debug!(?channel, bytes, budget = self.budget, "channel vectors exceed the cache budget; scanning from the store");
+                debug!(
+                    ?channel,
+                    bytes,
+                    budget = self.budget,
+                    "channel vectors exceed the cache budget; scanning from the store"
+                );
                 return self
                     .scan_store(store, channel, model, query, k, min, state)
                     .await;
@@ -350,6 +357,9 @@ mod tests {
         assert_eq!(best(heap).len(), 2, "0.6 and 0.0 are below the floor");
         let mut heap = BinaryHeap::new();
         scan(&[1.0, 0.0, 0.0], 2, &items, &data, 10, 0.0, &mut heap);
-        assert!(heap.is_empty(), "a query of another dimension matches nothing");
+        assert!(
+            heap.is_empty(),
+            "a query of another dimension matches nothing"
+        );
     }
 }

@@ -77,7 +77,10 @@ fn positive(key: &str, value: Option<i64>, default: i64) -> Result<i64, ConfigEr
     match value {
         None => Ok(default),
         Some(v) if v > 0 => Ok(v),
-        Some(v) => Err(ConfigError::value(key, format!("{v} must be greater than 0"))),
+        Some(v) => Err(ConfigError::value(
+            key,
+            format!("{v} must be greater than 0"),
+        )),
     }
 }
 
@@ -92,7 +95,10 @@ fn similarity(value: Option<&toml::Value>) -> Result<f32, ConfigError> {
             .parse::<f64>()
             .map_err(|_| ConfigError::value(key, format!("`{s}` is not a number")))?,
         Some(other) => {
-            return Err(ConfigError::value(key, format!("{other:?} is not a number")));
+            return Err(ConfigError::value(
+                key,
+                format!("{other:?} is not a number"),
+            ));
         }
     };
     if !(-1.0..=1.0).contains(&number) {

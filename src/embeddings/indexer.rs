@@ -92,7 +92,10 @@ impl Indexer {
     pub async fn queue_missing(&self) -> Result<i64> {
         let queued = self.store.queue_missing(self.model()).await?;
         if queued > 0 {
-            info!(model = self.model(), queued, "memory rows queued for embedding");
+            info!(
+                model = self.model(),
+                queued, "memory rows queued for embedding"
+            );
         }
         Ok(queued)
     }
@@ -118,7 +121,11 @@ impl Indexer {
         }
         let jobs = self
             .store
-            .claim_embed_jobs(&self.owner, self.batch as i64, self.lease.as_millis() as i64)
+            .claim_embed_jobs(
+                &self.owner,
+                self.batch as i64,
+                self.lease.as_millis() as i64,
+            )
             .await?;
         if jobs.is_empty() {
             return Ok(pass);
@@ -130,7 +137,11 @@ impl Indexer {
                 pass.embedded = self.store.store_vectors(self.model(), &done).await?;
                 self.embedded
                     .fetch_add(pass.embedded as u64, Ordering::Relaxed);
-                debug!(model = self.model(), embedded = pass.embedded, "memory rows embedded");
+                debug!(
+                    model = self.model(),
+                    embedded = pass.embedded,
+                    "memory rows embedded"
+                );
             }
             Err(error) => {
                 let attempts = jobs.iter().map(|j| j.attempts).max().unwrap_or(1);

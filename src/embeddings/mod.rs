@@ -63,7 +63,9 @@ pub fn check_vectors(
             vectors.len()
         )));
     }
-    let dim = expected.or_else(|| vectors.first().map(Vec::len)).unwrap_or(0);
+    let dim = expected
+        .or_else(|| vectors.first().map(Vec::len))
+        .unwrap_or(0);
     for (i, v) in vectors.iter().enumerate() {
         if v.is_empty() || v.len() != dim {
             return Err(EmbedError::BadAnswer(format!(

@@ -257,10 +257,7 @@ impl MemorySearch {
             if words.trim().is_empty() {
                 return Ok::<_, crate::storage::store::StoreError>((Vec::new(), Vec::new()));
             }
-            let notes = self
-                .store
-                .recall(channel, words, CANDIDATES as i64)
-                .await?;
+            let notes = self.store.recall(channel, words, CANDIDATES as i64).await?;
             let chunks = self
                 .store
                 .recall_chunks(channel, words, CANDIDATES as i64)
@@ -296,7 +293,11 @@ impl MemorySearch {
         {
             Ok(Ok(mut v)) if v.len() == 1 => v.remove(0),
             Ok(Ok(v)) => {
-                warn!(model, vectors = v.len(), "the embedder answered a query with the wrong number of vectors; searching by full text only");
+                warn!(
+                    model,
+                    vectors = v.len(),
+                    "the embedder answered a query with the wrong number of vectors; searching by full text only"
+                );
                 return Ok(Vec::new());
             }
             Ok(Err(error)) => {
@@ -390,7 +391,11 @@ mod tests {
             10,
         );
         let order: Vec<i64> = fused.iter().map(|r| r.item.item.id).collect();
-        assert_eq!(order, vec![2, 3], "the same text is kept once, the newer copy");
+        assert_eq!(
+            order,
+            vec![2, 3],
+            "the same text is kept once, the newer copy"
+        );
     }
 
     #[test]

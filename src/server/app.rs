@@ -81,10 +81,12 @@ impl App {
             .await
             .context("semantic memory (ECDYSIS_EMBEDDINGS)")?;
         if let Some(model) = memory.model() {
-            info!(model, "semantic memory is on: memory is searched by words and meaning");
+            info!(
+                model,
+                "semantic memory is on: memory is searched by words and meaning"
+            );
         }
-        let mut commands =
-            Commands::new(store.clone(), blobs.clone()).with_memory(memory.clone());
+        let mut commands = Commands::new(store.clone(), blobs.clone()).with_memory(memory.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");

@@ -37,7 +37,9 @@ impl ItemKind {
         match text {
             "note" => Ok(ItemKind::Note),
             "chunk" => Ok(ItemKind::Chunk),
-            other => Err(StoreError::Corrupt(format!("unknown memory item kind `{other}`"))),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown memory item kind `{other}`"
+            ))),
         }
     }
 }
@@ -191,8 +193,11 @@ pub trait SemanticIndex: Send + Sync {
     ) -> Result<Vec<ChannelVector>>;
 
     /// The channel's notes and chunks among `items` (others are left out), in no order.
-    async fn memory_items(&self, channel: &ChannelRef, items: &[ItemRef])
-    -> Result<Vec<MemoryItem>>;
+    async fn memory_items(
+        &self,
+        channel: &ChannelRef,
+        items: &[ItemRef],
+    ) -> Result<Vec<MemoryItem>>;
 
     /// Chunks of the channel matching any word of `query`, best first.
     async fn recall_chunks(

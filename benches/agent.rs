@@ -140,8 +140,10 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                     text: text.clone(),
                     attachments: Vec::new(),
                     route: serde_json::Value::Null,
+                    scheduled: None,
                 },
                 attempt: 1,
+                live: ecdysis::engine::live::Live::off(),
             };
             let before = fake.request_count();
             let outcome = agent.run_turn(&event, &text).await.expect("turn");

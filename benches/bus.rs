@@ -1,10 +1,17 @@
 //! Bus benchmark: events through the durable bus with the deterministic commands.
 //!
-//! Prints events/s at full speed, accept→reply-stored latency (p50/p99) at a fixed rate, peak
-//! RSS, and for a real `ecdysis serve` process: start-up time to `/readyz` 200 and idle RSS.
+//! The main part drives real `ecdysis serve` processes over HTTP (see [`serve`]): `/remember`
+//! events across 100 conversations on SQLite, on Postgres, and on Postgres with two instances;
+//! events/s end to end, accept and accept→reply latency, RSS. Then the bus in-process (no HTTP):
+//! events/s at full speed, accept→reply-stored latency at a fixed rate, one store round trip,
+//! and start-up time to `/readyz`.
 //! Run: `cargo bench --bench bus` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres);
-//! `cargo bench --bench bus -- quick` for the SQLite throughput alone.
+//! `cargo bench --bench bus -- serve` for the HTTP part alone, `-- quick` for the SQLite part
+//! alone, `-- in-process` for the in-process part.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
+
+#[path = "bus/serve.rs"]
+mod serve;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -296,28 +303,40 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // `cargo bench --bench bus -- quick` runs only the SQLite throughput part.
-    if std::env::args().any(|a| a == "quick") {
-        runtime.block_on(async {
+    let args: Vec<String> = std::env::args().collect();
+    let only = |part: &str| args.iter().any(|a| a == part);
+    let everything = !only("quick") && !only("serve") && !only("in-process");
+    let postgres = std::env::var("ECDYSIS_TEST_POSTGRES_URL").ok();
+    runtime.block_on(async {
+        if everything || only("serve") {
+            serve::bench("sqlite", None, 1, 30_000).await;
+            if let Some(base) = &postgres {
+                let url = fresh_schema(base).await;
+                serve::bench("postgres", Some(&url), 1, 20_000).await;
+                let url = fresh_schema(base).await;
+                serve::bench("postgres, 2 instances", Some(&url), 2, 20_000).await;
+            }
+        }
+        if only("quick") {
             store_round_trip().await;
             throughput("sqlite", None, 5_000, 100).await;
-        });
-        return;
-    }
-    runtime.block_on(async {
-        serve_process().await;
-        throughput("sqlite", None, 20_000, 100).await;
-        latency_at_rate("sqlite", None, 500, 10).await;
-        if let Ok(url) = std::env::var("ECDYSIS_TEST_POSTGRES_URL") {
-            let url = fresh_schema(&url).await;
-            throughput("postgres", Some(&url), 10_000, 100).await;
-            let url2 = fresh_schema(&std::env::var("ECDYSIS_TEST_POSTGRES_URL").unwrap()).await;
-            latency_at_rate("postgres", Some(&url2), 500, 10).await;
         }
-        println!(
-            "bench process peak RSS: {:.1} MB",
-            rss_kb("self", "VmHWM:") as f64 / 1024.0
-        );
+        if everything || only("in-process") {
+            serve_process().await;
+            store_round_trip().await;
+            throughput("sqlite in-process", None, 20_000, 100).await;
+            latency_at_rate("sqlite in-process", None, 500, 10).await;
+            if let Some(base) = &postgres {
+                let url = fresh_schema(base).await;
+                throughput("postgres in-process", Some(&url), 10_000, 100).await;
+                let url = fresh_schema(base).await;
+                latency_at_rate("postgres in-process", Some(&url), 500, 10).await;
+            }
+            println!(
+                "bench process peak RSS: {:.1} MB",
+                rss_kb("self", "VmHWM:") as f64 / 1024.0
+            );
+        }
     });
 }
 

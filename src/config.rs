@@ -84,6 +84,7 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_SLACK_ALLOWED_TEAMS"],
         Kind::List,
     ),
+    ("slack.streaming", &["ECDYSIS_SLACK_STREAMING"], Kind::Str),
     ("discord.token", &["DISCORD_TOKEN"], Kind::Str),
     (
         "discord.application_id",
@@ -303,6 +304,18 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         Kind::Int,
     ),
     ("public_url", &["ECDYSIS_PUBLIC_URL"], Kind::Str),
+    ("timezone", &["ECDYSIS_TIMEZONE"], Kind::Str),
+    ("schedule.grace", &["ECDYSIS_SCHEDULE_GRACE"], Kind::Str),
+    (
+        "schedule.max_jobs_per_channel",
+        &["ECDYSIS_SCHEDULE_MAX_JOBS"],
+        Kind::Int,
+    ),
+    (
+        "schedule.min_interval",
+        &["ECDYSIS_SCHEDULE_MIN_INTERVAL"],
+        Kind::Str,
+    ),
     (
         "web.header_timeout_seconds",
         &["ECDYSIS_WEB_HEADER_TIMEOUT_SECONDS"],
@@ -354,6 +367,10 @@ struct FileConfig {
     bus: BusFile,
     #[serde(default)]
     web: WebFile,
+    /// IANA time zone for clock times and calendar days when a user's own is unknown.
+    timezone: Option<String>,
+    #[serde(default)]
+    schedule: ScheduleFile,
     /// `[[mcp]]`: MCP servers whose tools the model may call.
     #[serde(default)]
     mcp: Vec<crate::mcp::config::McpFile>,
@@ -392,6 +409,8 @@ pub struct SlackConfig {
     pub api_url: Option<String>,
     /// Workspaces (team ids) that may install the app and talk to it; empty: any.
     pub allowed_teams: Option<Vec<String>>,
+    /// How answers show while written: `native` (Slack's streams), `edit` or `off`.
+    pub streaming: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -579,6 +598,96 @@ struct BusFile {
     lease_seconds: Option<i64>,
     max_attempts: Option<i64>,
     leader_lease_seconds: Option<i64>,
+}
+
+/// `[schedule]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    grace: Option<DurationText>,
+    max_jobs_per_channel: Option<i64>,
+    min_interval: Option<DurationText>,
+}
+
+/// A duration in a file: seconds as a number, or text such as `90s`, `30m`, `1h`, `2d`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Seconds(i64),
+    Text(String),
+}
+
+/// Scheduled jobs (`remind`, `schedules`, the schedule tools).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleSettings {
+    /// A job due while the server was down runs on start if it is at most this late; later
+    /// ones are skipped with a note (`ECDYSIS_SCHEDULE_GRACE`).
+    pub grace: Duration,
+    /// Active jobs one channel may have (`ECDYSIS_SCHEDULE_MAX_JOBS`).
+    pub max_jobs_per_channel: usize,
+    /// The shortest time between two runs of a recurring job (`ECDYSIS_SCHEDULE_MIN_INTERVAL`).
+    pub min_interval: Duration,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3600),
+            max_jobs_per_channel: 50,
+            min_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Read a duration: whole seconds (`3600`) or a number with a unit (`90s`, `30m`, `1h`, `2d`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..digits].parse().ok()?;
+    let unit = match text[digits..].trim() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit).map(Duration::from_secs)
+}
+
+fn duration_setting(
+    key: &str,
+    value: Option<DurationText>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(DurationText::Seconds(s)) if s >= 0 => Ok(Duration::from_secs(s as u64)),
+        Some(DurationText::Seconds(s)) => {
+            Err(ConfigError::value(key, format!("{s} must not be negative")))
+        }
+        Some(DurationText::Text(text)) => parse_duration(&text).ok_or_else(|| {
+            ConfigError::value(
+                key,
+                format!("`{text}` is not a duration such as 3600, 90s, 30m, 1h or 2d"),
+            )
+        }),
+    }
+}
+
+fn schedule_settings(file: ScheduleFile) -> Result<ScheduleSettings, ConfigError> {
+    let d = ScheduleSettings::default();
+    Ok(ScheduleSettings {
+        grace: duration_setting("schedule.grace", file.grace, d.grace)?,
+        max_jobs_per_channel: positive(
+            "schedule.max_jobs_per_channel",
+            file.max_jobs_per_channel,
+            d.max_jobs_per_channel as i64,
+        )? as usize,
+        min_interval: duration_setting("schedule.min_interval", file.min_interval, d.min_interval)?
+            .max(Duration::from_secs(1)),
+    })
 }
 
 /// `[web_search]` as written in the file.
@@ -843,6 +952,10 @@ pub struct Config {
     pub web_header_timeout: Duration,
     /// Connections served at once (`web.max_connections`).
     pub web_max_connections: usize,
+    /// `ECDYSIS_TIMEZONE`: the IANA time zone used when a user's own is unknown (`UTC`).
+    pub timezone: String,
+    /// Scheduled jobs (`[schedule]`).
+    pub schedule: ScheduleSettings,
 }
 
 impl Config {
@@ -917,6 +1030,14 @@ impl Config {
                 ));
             }
         };
+        if let Some(mode) = file.slack.streaming.as_deref()
+            && !matches!(mode, "native" | "edit" | "off")
+        {
+            return Err(ConfigError::value(
+                "slack.streaming",
+                format!("`{mode}` is not `native`, `edit` or `off`"),
+            ));
+        }
         let anthropic = checked_provider("anthropic.base_url", file.anthropic)?;
         let openai = checked_provider("openai.base_url", file.openai)?;
         let model = match file.model {
@@ -1002,6 +1123,16 @@ impl Config {
         )? as u64);
         let web_max_connections =
             positive("web.max_connections", file.web.max_connections, 1024)? as usize;
+        let timezone = match file.timezone.map(|t| t.trim().to_string()) {
+            None => "UTC".to_string(),
+            Some(t) if t.is_empty() => "UTC".to_string(),
+            Some(t) => {
+                crate::schedule::spec::time_zone(&t)
+                    .map_err(|e| ConfigError::value("timezone", e.to_string()))?;
+                t
+            }
+        };
+        let schedule = schedule_settings(file.schedule)?;
         Ok(Self {
             listen,
             data_dir,
@@ -1030,6 +1161,8 @@ impl Config {
             public_url,
             web_header_timeout,
             web_max_connections,
+            timezone,
+            schedule,
         })
     }
 

@@ -13,5 +13,6 @@ pub mod mcp;
 pub mod platforms;
 pub mod redact;
 pub mod sandbox;
+pub mod schedule;
 pub mod server;
 pub mod storage;

@@ -207,9 +207,11 @@ async fn chat(config: Config) -> anyhow::Result<()> {
     let adapter = Arc::new(TerminalAdapter::new());
     app.bus.register_adapter(adapter.clone());
     let workers = app.bus.start().await?;
+    let scheduler = app.start_scheduler();
     let input = tokio::io::BufReader::new(tokio::io::stdin());
     let sink: Arc<dyn EventSink> = Arc::new(app.bus.clone());
     terminal::run(sink, adapter, input, Duration::from_secs(600)).await?;
+    scheduler.stop().await;
     app::stop(workers).await;
     Ok(())
 }

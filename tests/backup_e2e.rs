@@ -87,9 +87,10 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
                 .await
                 .unwrap();
             let claimed = store
-                .claim_event("w", UnixMs::now().plus(60_000))
+                .claim_events("w", UnixMs::now().plus(60_000), 1)
                 .await
                 .unwrap()
+                .pop()
                 .unwrap();
             assert_eq!(claimed.id, inserted.event_id);
             let mut attachments = Vec::new();
@@ -112,7 +113,7 @@ async fn populate(store: &dyn Store, blobs: &dyn BlobStore) {
             }
             store
                 .complete_event(
-                    claimed.id,
+                    &claimed,
                     "w",
                     &Completion {
                         messages: vec![NewMessage {

@@ -1132,6 +1132,8 @@ async fn find_me_a_route_and_show_me_through_slack() {
             ("SLACK_SIGNING_SECRET", "demo-secret"),
             ("SLACK_BOT_TOKEN", "xoxb-demo"),
             ("SLACK_API_URL", &api),
+            // The demo checks the final message and its files; live replies have their own test.
+            ("ECDYSIS_SLACK_STREAMING", "off"),
             ("ECDYSIS_MODEL", "anthropic/claude-test"),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("ANTHROPIC_BASE_URL", &llm_url),

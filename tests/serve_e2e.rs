@@ -534,3 +534,141 @@ fn terminal_chat_uses_the_same_commands_and_storage() {
     assert!(second.contains("#1 tea at five"), "{second}");
     assert!(second.contains("/remember <text>"), "{second}");
 }
+
+/// Many clients post at once; `serve` is killed with SIGKILL while they do. Every event that
+/// got its 202 is in the database afterwards, with the user's message: the answer was sent only
+/// after the commit was on disk (SQLite `synchronous = FULL`; the Postgres commit).
+async fn sigkill_under_load_keeps_every_accepted_event(env: &[(&str, &str)]) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), env).await;
+    let accepted: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let failed_after_kill = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (client, base) = (client.clone(), server.base.clone());
+        let (accepted, count) = (accepted.clone(), count.clone());
+        let (killed, failed_after_kill) = (killed.clone(), failed_after_kill.clone());
+        clients.push(tokio::spawn(async move {
+            for n in 0.. {
+                let conversation = format!("load{}", (c * 7 + n) % 20);
+                let text = format!("/remember client {c} item {n}");
+                let sent = client
+                    .post(format!("{base}/api/chat/{conversation}"))
+                    .json(&json!({ "text": text, "user": "loader" }))
+                    .send()
+                    .await;
+                let body: Option<serde_json::Value> = match sent {
+                    Ok(r) if r.status() == 202 => r.json().await.ok(),
+                    Ok(r) => panic!("unexpected answer {}", r.status()),
+                    Err(_) => None,
+                };
+                match body {
+                    Some(body) => {
+                        let id = body["event_id"].as_str().unwrap().to_string();
+                        accepted.lock().unwrap().push((id, text));
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None => {
+                        // The server is gone: this client is done.
+                        assert!(
+                            killed.load(Ordering::SeqCst),
+                            "a request failed before the kill"
+                        );
+                        failed_after_kill.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    // Kill once a good number of events is in, while all sixteen clients keep posting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few events accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    server.kill();
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        failed_after_kill.load(Ordering::SeqCst),
+        16,
+        "every client was still posting when the server died"
+    );
+    let accepted = accepted.lock().unwrap().clone();
+    eprintln!("{} events accepted before the kill", accepted.len());
+
+    // Every accepted event is stored, with the user's message.
+    let url = env
+        .iter()
+        .find(|(k, _)| *k == "DATABASE_URL")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| format!("sqlite://{}/data/ecdysis.db", dir.path().display()));
+    let store = ecdysis::storage::store::open(&url).await.unwrap();
+    let mut by_conversation: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for (id, text) in &accepted {
+        let conversation = text_conversation(text);
+        by_conversation
+            .entry(conversation)
+            .or_default()
+            .push(id.clone());
+    }
+    let mut found = 0;
+    for (conversation, ids) in &by_conversation {
+        let conversation = ecdysis_chat::ConversationRef::new("web", "local", conversation, None);
+        let messages = store
+            .messages(
+                &conversation,
+                ecdysis::storage::store::MessageId(0),
+                100_000,
+            )
+            .await
+            .unwrap();
+        for id in ids {
+            let user = messages.iter().find(|m| {
+                m.role == ecdysis::storage::store::Role::User
+                    && m.event_id.map(|e| e.to_string()).as_deref() == Some(id.as_str())
+            });
+            assert!(
+                user.is_some(),
+                "accepted event {id} in {conversation} is lost"
+            );
+            found += 1;
+        }
+    }
+    assert_eq!(found, accepted.len());
+}
+
+/// The conversation a load message went to (`/remember client C item N` → `load{(C*7+N)%20}`).
+fn text_conversation(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let c: usize = words[2].parse().unwrap();
+    let n: usize = words[4].parse().unwrap();
+    format!("load{}", (c * 7 + n) % 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_keeps_every_accepted_event_sqlite() {
+    sigkill_under_load_keeps_every_accepted_event(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_keeps_every_accepted_event_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let url = common::fresh_postgres(&url).await;
+    sigkill_under_load_keeps_every_accepted_event(&[("DATABASE_URL", &url)]).await;
+}

@@ -37,6 +37,8 @@ async fn start(extra: &[(&str, &str)]) -> Env {
         ("SLACK_SIGNING_SECRET", SECRET),
         ("SLACK_BOT_TOKEN", BOT_TOKEN),
         ("SLACK_API_URL", &api),
+        // These tests check the final message; live replies have tests/streaming_e2e.rs.
+        ("ECDYSIS_SLACK_STREAMING", "off"),
         ("ECDYSIS_MODEL", "anthropic/claude-test"),
         ("ANTHROPIC_API_KEY", "test-key"),
         ("ANTHROPIC_BASE_URL", &llm_url),
@@ -691,6 +693,7 @@ async fn socket_mode_events_are_acknowledged_answered_and_survive_a_disconnect()
             ("SLACK_APP_TOKEN", "xapp-1-test"),
             ("SLACK_BOT_TOKEN", BOT_TOKEN),
             ("SLACK_API_URL", &api),
+            ("ECDYSIS_SLACK_STREAMING", "off"),
             ("ECDYSIS_MODEL", "anthropic/claude-test"),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("ANTHROPIC_BASE_URL", &llm_url),
@@ -1084,4 +1087,55 @@ async fn only_allowed_workspaces_install_and_are_answered() {
     let posts = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
     assert_eq!(posts[0].bearer(), Some(BOT_TOKEN));
     assert_eq!(env.llm.request_count(), 1);
+}
+
+/// `/ecdysis remind …` reads clock times in the user's Slack time zone (`users.info`), names
+/// the instant in it, and posts the reminder into the channel with `chat.postMessage` when it
+/// is due (the command's `response_url` is for the confirmation only).
+#[tokio::test]
+async fn remind_uses_the_users_time_zone_and_posts_into_the_channel() {
+    let env = start(&[]).await;
+    env.slack.set_user_timezone("U1", "America/New_York");
+    let sent = Instant::now();
+    let r = post_command(&env, "/ecdysis", "remind in 2 seconds stand-up", "s1").await;
+    assert_eq!(r.status(), 200);
+    let confirmation = command_response(&env, "s1").await["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        confirmation.contains("(America/New_York)")
+            && (confirmation.contains(" EST") || confirmation.contains(" EDT")),
+        "{confirmation}"
+    );
+    assert_eq!(env.slack.calls_to("users.info").len(), 1);
+    let posted = env.slack.wait_calls("chat.postMessage", 1, WAIT).await;
+    let reminder = &posted[0];
+    assert_eq!(reminder.arg("channel"), Some("C9"));
+    assert!(
+        reminder
+            .arg("text")
+            .unwrap_or_default()
+            .contains("stand-up"),
+        "{:?}",
+        reminder.args
+    );
+    let after = reminder.at.duration_since(sent);
+    assert!(
+        after >= Duration::from_secs(2) && after <= Duration::from_millis(3_500),
+        "posted {after:?} after the command"
+    );
+    assert_eq!(
+        env.slack.calls_to("response_url").len(),
+        1,
+        "the reminder did not go through the expired response_url"
+    );
+    // The time zone is cached: a second command asks Slack no more.
+    post_command(&env, "/ecdysis", "remind tomorrow at 9:00 coffee", "s2").await;
+    let second = command_response(&env, "s2").await["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(second.contains("09:00 E"), "{second}");
+    assert_eq!(env.slack.calls_to("users.info").len(), 1);
 }

@@ -1,4 +1,6 @@
-//! One storage contract for both backends: SQLite (a temp file) and PostgreSQL (a fresh schema).
+//! One storage contract for both backends: every case is a test of its own, run once on SQLite
+//! (a temp file) and once on PostgreSQL (a fresh schema), so one failure hides no other. The
+//! store's clock is injected: leases and retries fall due by moving it, not by sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 mod common;
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ecdysis::storage::store::{
-    self, ClaimedEvent, CompactionStats, Completion, ConversationId, EventId, InboxCounts,
+    self, ClaimedEvent, Clock, CompactionStats, Completion, ConversationId, EventId, InboxCounts,
     InboxStatus, MessageId, ModelUsage, NewArtifact, NewCompaction, NewEvent, NewMessage, NewNote,
     NewReply, NoteId, Role, Store, StoredInstallation, UnixMs, Usage,
 };
@@ -68,34 +70,118 @@ fn reply(key: &str) -> NewReply {
     }
 }
 
-fn far() -> UnixMs {
-    UnixMs::now().plus(60_000)
+/// One case's store: a fresh database (SQLite file or Postgres schema) and the clock the store
+/// times its rows and leases by, which a case moves ahead instead of sleeping.
+struct Fixture {
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+    url: String,
+    /// Keeps the SQLite file; the Postgres schema is dropped by [`Fixture::finish`].
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<PgSchema>,
 }
 
-fn past() -> UnixMs {
-    UnixMs::now().plus(-1_000)
+impl std::ops::Deref for Fixture {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref()
+    }
 }
 
-async fn insert(store: &dyn Store, event: &NewEvent) -> EventId {
+impl Fixture {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir);
+        let clock = Arc::new(Clock::default());
+        let store = store::open_with_clock(&url, clock.clone()).await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        Self {
+            store,
+            clock,
+            url,
+            _dir: Some(dir),
+            schema: None,
+        }
+    }
+
+    /// `None` (the case is skipped) without the test server, outside CI.
+    async fn postgres() -> Option<Self> {
+        let schema = PgSchema::create().await?;
+        let url = schema.url();
+        let clock = Arc::new(Clock::default());
+        let store = store::open_with_clock(&url, clock.clone()).await.unwrap();
+        assert_eq!(store.backend(), "postgres");
+        Some(Self {
+            store,
+            clock,
+            url,
+            _dir: None,
+            schema: Some(schema),
+        })
+    }
+
+    /// Another store on the same database (another instance), on the same clock.
+    async fn another(&self) -> Arc<dyn Store> {
+        store::open_with_clock(&self.url, self.clock.clone())
+            .await
+            .unwrap()
+    }
+
+    async fn finish(self) {
+        if let Some(schema) = self.schema {
+            schema.drop().await;
+        }
+    }
+
+    /// Now, by the store's clock.
+    fn now(&self) -> UnixMs {
+        UnixMs(self.clock.now())
+    }
+
+    /// A lease that outlives the case.
+    fn far(&self) -> UnixMs {
+        self.now().plus(60_000)
+    }
+
+    /// A time already past.
+    fn past(&self) -> UnixMs {
+        self.now().plus(-1_000)
+    }
+
+    /// Move the store's clock ahead (leases and retries fall due without waiting).
+    fn advance(&self, ms: i64) {
+        self.clock.advance(ms);
+    }
+
+    /// Claim at most one event until `until`.
+    async fn claim_one(&self, owner: &str, until: UnixMs) -> Option<ClaimedEvent> {
+        let mut claimed = self.store.claim_events(owner, until, 1).await.unwrap();
+        assert!(claimed.len() <= 1, "asked for one, got {claimed:?}");
+        claimed.pop()
+    }
+}
+
+async fn insert(store: &Fixture, event: &NewEvent) -> EventId {
     let inserted = store.insert_event(event).await.unwrap();
     assert!(!inserted.duplicate, "{} is new", event.platform_event_id);
     inserted.event_id
 }
 
-async fn claim(store: &dyn Store, owner: &str) -> Option<ClaimedEvent> {
-    store.claim_event(owner, far()).await.unwrap()
+async fn claim(store: &Fixture, owner: &str) -> Option<ClaimedEvent> {
+    store.claim_one(owner, store.far()).await
 }
 
-async fn claim_some(store: &dyn Store, owner: &str) -> ClaimedEvent {
+async fn claim_some(store: &Fixture, owner: &str) -> ClaimedEvent {
     claim(store, owner)
         .await
         .unwrap_or_else(|| panic!("{owner}: expected a claimable event"))
 }
 
-async fn complete(store: &dyn Store, event: &ClaimedEvent, owner: &str) {
+async fn complete(store: &Fixture, event: &ClaimedEvent, owner: &str) {
     assert!(
         store
-            .complete_event(event.id, owner, &Completion::default())
+            .complete_event(event, owner, &Completion::default())
             .await
             .unwrap()
             .is_some(),
@@ -104,9 +190,9 @@ async fn complete(store: &dyn Store, event: &ClaimedEvent, owner: &str) {
     );
 }
 
-/// Every inbox helper starts and ends with nothing claimable.
-async fn assert_nothing_claimable(store: &dyn Store, when: &str) {
-    let claimed = store.claim_event("probe", far()).await.unwrap();
+/// Every inbox case starts and ends with nothing claimable.
+async fn assert_nothing_claimable(store: &Fixture, when: &str) {
+    let claimed = store.claim_one("probe", store.far()).await;
     assert!(
         claimed.is_none(),
         "{when}: nothing should be claimable, got {claimed:?}"
@@ -119,36 +205,15 @@ fn ids(items: &[store::OutboxItem]) -> Vec<&str> {
 
 // --- the contract ----------------------------------------------------------------------------
 
-/// The contract every backend keeps. `store` must start empty.
-async fn contract(store: &dyn Store) {
+/// A new store is empty and answers.
+async fn empty_store(store: &Fixture) {
     store.ping().await.unwrap();
     assert_eq!(store.open_event_count().await.unwrap(), 0);
     assert_eq!(store.inbox_counts().await.unwrap(), InboxCounts::default());
     assert_nothing_claimable(store, "empty store").await;
-
-    insert_and_duplicate(store).await;
-    event_key_is_per_conversation(store).await;
-    claim_order(store).await;
-    expired_lease(store).await;
-    renew_and_release(store).await;
-    complete_writes(store).await;
-    preclaimed_replies(store).await;
-    outbox(store).await;
-    fail_event(store).await;
-    complete_with_error(store).await;
-    counts(store).await;
-    transcript(store).await;
-    memory(store).await;
-    usage(store).await;
-    compaction(store).await;
-    record_turn(store).await;
-    operations::leases(store).await;
-    operations::admin(store).await;
-    operations::imports(store).await;
-    installations(store).await;
 }
 
-async fn insert_and_duplicate(store: &dyn Store) {
+async fn insert_and_duplicate(store: &Fixture) {
     let c = conv("dup", Some("1700000000.000100"));
     let mut event = new_event(&c, "Ev-dup", "hello there");
     event.attachments = vec![artifact("00000000-0000-4000-8000-0000000000a1", "in.png")];
@@ -222,7 +287,7 @@ async fn insert_and_duplicate(store: &dyn Store) {
 /// Issue 19, finding 7: the dedupe key is (conversation, platform event id), not one joined
 /// string. The web chat's ids read `{conversation}:{client id}`, so `colA` with id `colB:1` and
 /// `colA:colB` with id `1` both read `colA:colB:1`: two events, not a retry.
-async fn event_key_is_per_conversation(store: &dyn Store) {
+async fn event_key_is_per_conversation(store: &Fixture) {
     let col_a = ConversationRef::new("web", "local", "colA", None);
     let col_a_b = ConversationRef::new("web", "local", "colA:colB", None);
     let first = insert(store, &new_event(&col_a, "colA:colB:1", "first")).await;
@@ -261,7 +326,7 @@ async fn event_key_is_per_conversation(store: &dyn Store) {
     assert_nothing_claimable(store, "after event_key_is_per_conversation").await;
 }
 
-async fn claim_order(store: &dyn Store) {
+async fn claim_order(store: &Fixture) {
     let conv_a = conv("order-a", Some("t1"));
     let conv_b = conv("order-b", None);
     let a1 = insert(store, &new_event(&conv_a, "Ev-a1", "a1")).await;
@@ -294,10 +359,10 @@ async fn claim_order(store: &dyn Store) {
     assert_nothing_claimable(store, "after claim_order").await;
 }
 
-async fn expired_lease(store: &dyn Store) {
+async fn expired_lease(store: &Fixture) {
     let c = conv("expired", None);
     let e = insert(store, &new_event(&c, "Ev-exp", "expire me")).await;
-    let old = store.claim_event("old", past()).await.unwrap().unwrap();
+    let old = store.claim_one("old", store.past()).await.unwrap();
     assert_eq!((old.id, old.attempts), (e, 1));
 
     let new = claim_some(store, "new").await;
@@ -308,7 +373,7 @@ async fn expired_lease(store: &dyn Store) {
     );
 
     // The old owner lost the event: it can neither renew, complete nor fail it.
-    assert!(!store.renew_lease(e, "old", far()).await.unwrap());
+    assert!(!store.renew_lease(e, "old", store.far()).await.unwrap());
     let done = Completion {
         messages: vec![message(Role::Assistant, "stale answer")],
         replies: vec![reply("exp:stale")],
@@ -317,7 +382,7 @@ async fn expired_lease(store: &dyn Store) {
     };
     assert!(
         store
-            .complete_event(e, "old", &done)
+            .complete_event(&old, "old", &done)
             .await
             .unwrap()
             .is_none()
@@ -325,25 +390,25 @@ async fn expired_lease(store: &dyn Store) {
     assert_eq!(store.message_count(&c).await.unwrap(), 1);
     assert!(
         store
-            .claim_replies(Some(e), far(), 10)
+            .claim_replies(Some(e), store.far(), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    store.fail_event(e, "old", "stale", None).await.unwrap();
+    assert!(!store.fail_event(&old, "old", "stale", None).await.unwrap());
     assert_eq!(store.inbox_counts().await.unwrap().leased, 1);
-    assert!(store.renew_lease(e, "new", far()).await.unwrap());
+    assert!(store.renew_lease(e, "new", store.far()).await.unwrap());
 
     assert!(
         store
-            .complete_event(e, "new", &Completion::default())
+            .complete_event(&new, "new", &Completion::default())
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .complete_event(e, "new", &Completion::default())
+            .complete_event(&new, "new", &Completion::default())
             .await
             .unwrap()
             .is_none(),
@@ -352,19 +417,24 @@ async fn expired_lease(store: &dyn Store) {
     assert_nothing_claimable(store, "after expired_lease").await;
 }
 
-async fn renew_and_release(store: &dyn Store) {
+async fn renew_and_release(store: &Fixture) {
     let r = insert(store, &new_event(&conv("release-r", None), "Ev-r", "r")).await;
     let s = insert(store, &new_event(&conv("release-s", None), "Ev-s", "s")).await;
 
     let claimed = claim_some(store, "w1").await;
     assert_eq!(claimed.id, r);
-    assert!(store.renew_lease(r, "w1", far().plus(1_000)).await.unwrap());
-    assert!(!store.renew_lease(r, "w2", far()).await.unwrap());
+    assert!(
+        store
+            .renew_lease(r, "w1", store.far().plus(1_000))
+            .await
+            .unwrap()
+    );
+    assert!(!store.renew_lease(r, "w2", store.far()).await.unwrap());
     // A renewed lease that is short expires again: renew_lease really moves lease_until.
-    assert!(store.renew_lease(r, "w1", past()).await.unwrap());
+    assert!(store.renew_lease(r, "w1", store.past()).await.unwrap());
     let again = claim_some(store, "w2").await;
     assert_eq!((again.id, again.attempts), (r, 2));
-    assert!(!store.renew_lease(r, "w1", far()).await.unwrap());
+    assert!(!store.renew_lease(r, "w1", store.far()).await.unwrap());
 
     let s_claim = claim_some(store, "w3").await;
     assert_eq!(s_claim.id, s);
@@ -373,7 +443,7 @@ async fn renew_and_release(store: &dyn Store) {
     // Graceful shutdown of w2: only its lease goes.
     assert_eq!(store.release_leases("w2").await.unwrap(), 1);
     assert_eq!(store.release_leases("w2").await.unwrap(), 0);
-    assert!(!store.renew_lease(r, "w2", far()).await.unwrap());
+    assert!(!store.renew_lease(r, "w2", store.far()).await.unwrap());
     let r3 = claim_some(store, "w4").await;
     assert_eq!((r3.id, r3.attempts), (r, 3));
     assert!(claim(store, "w5").await.is_none());
@@ -382,20 +452,20 @@ async fn renew_and_release(store: &dyn Store) {
     assert_eq!(store.release_all_leases().await.unwrap(), 2);
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!((counts.pending, counts.leased), (2, 0));
-    assert!(!store.renew_lease(r, "w4", far()).await.unwrap());
+    assert!(!store.renew_lease(r, "w4", store.far()).await.unwrap());
     let x = claim_some(store, "x").await;
     let y = claim_some(store, "y").await;
     assert_eq!((x.id, x.attempts), (r, 4));
     assert_eq!((y.id, y.attempts), (s, 2));
     complete(store, &x, "x").await;
     complete(store, &y, "y").await;
-    assert!(!store.renew_lease(r, "x", far()).await.unwrap());
+    assert!(!store.renew_lease(r, "x", store.far()).await.unwrap());
     assert_eq!(store.release_leases("x").await.unwrap(), 0);
     assert_eq!(store.release_all_leases().await.unwrap(), 0);
     assert_nothing_claimable(store, "after renew_and_release").await;
 }
 
-async fn complete_writes(store: &dyn Store) {
+async fn complete_writes(store: &Fixture) {
     let c = conv("complete", Some("th"));
     let e = insert(store, &new_event(&c, "Ev-c1", "draw me a cat")).await;
     let claimed = claim_some(store, "w").await;
@@ -423,7 +493,13 @@ async fn complete_writes(store: &dyn Store) {
         error: None,
         reply_lease_until: None,
     };
-    assert!(store.complete_event(e, "w", &done).await.unwrap().is_some());
+    assert!(
+        store
+            .complete_event(&claimed, "w", &done)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let messages = store.messages(&c, MessageId(0), 100).await.unwrap();
     let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
@@ -457,7 +533,7 @@ async fn complete_writes(store: &dyn Store) {
     assert_eq!(store.artifact("no-such-artifact").await.unwrap(), None);
 
     // The replies are in the outbox, oldest first.
-    let items = store.claim_replies(Some(e), far(), 10).await.unwrap();
+    let items = store.claim_replies(Some(e), store.far(), 10).await.unwrap();
     assert_eq!(ids(&items), ["c1:0", "c1:1"]);
     for item in &items {
         assert_eq!(item.event_id, e);
@@ -481,12 +557,15 @@ async fn complete_writes(store: &dyn Store) {
     };
     assert!(
         store
-            .complete_event(e2, "w", &done2)
+            .complete_event(&claimed2, "w", &done2)
             .await
             .unwrap()
             .is_some()
     );
-    let items2 = store.claim_replies(Some(e2), far(), 10).await.unwrap();
+    let items2 = store
+        .claim_replies(Some(e2), store.far(), 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&items2), ["c2:0"]);
     assert_eq!(store.message_count(&c).await.unwrap(), 5);
 
@@ -495,7 +574,7 @@ async fn complete_writes(store: &dyn Store) {
     }
     assert!(
         store
-            .claim_replies(None, past(), 100)
+            .claim_replies(None, store.past(), 100)
             .await
             .unwrap()
             .is_empty()
@@ -505,7 +584,7 @@ async fn complete_writes(store: &dyn Store) {
 
 /// A completion may write its replies already claimed for delivery: they come back from
 /// `complete_event` and the sweep does not see them until that claim expires.
-async fn preclaimed_replies(store: &dyn Store) {
+async fn preclaimed_replies(store: &Fixture) {
     let c = conv("preclaimed", None);
     let e = insert(store, &new_event(&c, "Ev-pre", "hi")).await;
     let claimed = claim_some(store, "w").await;
@@ -514,9 +593,13 @@ async fn preclaimed_replies(store: &dyn Store) {
         messages: vec![message(Role::Assistant, "hello")],
         replies: vec![reply("pre:0"), reply("pre:1")],
         error: None,
-        reply_lease_until: Some(far()),
+        reply_lease_until: Some(store.far()),
     };
-    let written = store.complete_event(e, "w", &done).await.unwrap().unwrap();
+    let written = store
+        .complete_event(&claimed, "w", &done)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ids(&written), ["pre:0", "pre:1"]);
     assert!(
         written
@@ -526,7 +609,7 @@ async fn preclaimed_replies(store: &dyn Store) {
     assert_eq!(written[0].conversation, c);
     assert!(
         store
-            .claim_replies(None, far(), 10)
+            .claim_replies(None, store.far(), 10)
             .await
             .unwrap()
             .is_empty(),
@@ -537,21 +620,22 @@ async fn preclaimed_replies(store: &dyn Store) {
     }
     // Written again (a re-run): the idempotency keys hold, nothing new to deliver.
     let e2 = insert(store, &new_event(&c, "Ev-pre2", "again")).await;
-    claim_some(store, "w").await;
+    let claimed2 = claim_some(store, "w").await;
+    assert_eq!(claimed2.id, e2);
     let again = Completion {
         replies: vec![reply("pre:0")],
-        reply_lease_until: Some(far()),
+        reply_lease_until: Some(store.far()),
         ..Completion::default()
     };
     let written = store
-        .complete_event(e2, "w", &again)
+        .complete_event(&claimed2, "w", &again)
         .await
         .unwrap()
         .unwrap();
     assert!(written.is_empty(), "an existing key was written twice");
 }
 
-async fn outbox(store: &dyn Store) {
+async fn outbox(store: &Fixture) {
     let c = conv("outbox", None);
     let o1 = insert(store, &new_event(&c, "Ev-o1", "o1")).await;
     let claimed = claim_some(store, "w").await;
@@ -563,7 +647,7 @@ async fn outbox(store: &dyn Store) {
     };
     assert!(
         store
-            .complete_event(claimed.id, "w", &done)
+            .complete_event(&claimed, "w", &done)
             .await
             .unwrap()
             .is_some()
@@ -579,14 +663,17 @@ async fn outbox(store: &dyn Store) {
     };
     assert!(
         store
-            .complete_event(o2, "w", &done)
+            .complete_event(&claimed, "w", &done)
             .await
             .unwrap()
             .is_some()
     );
 
     // The event filter.
-    let mine = store.claim_replies(Some(o2), far(), 10).await.unwrap();
+    let mine = store
+        .claim_replies(Some(o2), store.far(), 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&mine), ["o2:0"]);
     store
         .mark_reply_sent(mine[0].id, Some("pm-o2"))
@@ -594,21 +681,21 @@ async fn outbox(store: &dyn Store) {
         .unwrap();
 
     // Oldest first, at most `limit`; a leased reply is not claimed again.
-    let batch = store.claim_replies(None, far(), 2).await.unwrap();
+    let batch = store.claim_replies(None, store.far(), 2).await.unwrap();
     assert_eq!(ids(&batch), ["o1:0", "o1:1"]);
     assert!(batch.iter().all(|i| i.event_id == o1 && i.attempts == 1));
-    let rest = store.claim_replies(None, far(), 10).await.unwrap();
+    let rest = store.claim_replies(None, store.far(), 10).await.unwrap();
     assert_eq!(ids(&rest), ["o1:2"]);
     assert!(
         store
-            .claim_replies(None, far(), 10)
+            .claim_replies(None, store.far(), 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .claim_replies(Some(o1), far(), 10)
+            .claim_replies(Some(o1), store.far(), 10)
             .await
             .unwrap()
             .is_empty()
@@ -616,10 +703,13 @@ async fn outbox(store: &dyn Store) {
 
     // Start-up: reply leases go too; an expired reply lease is claimable again.
     store.release_all_leases().await.unwrap();
-    let all = store.claim_replies(None, past(), 10).await.unwrap();
+    let all = store.claim_replies(None, store.past(), 10).await.unwrap();
     assert_eq!(ids(&all), ["o1:0", "o1:1", "o1:2"]);
     assert!(all.iter().all(|i| i.attempts == 2));
-    let all = store.claim_replies(Some(o1), far(), 10).await.unwrap();
+    let all = store
+        .claim_replies(Some(o1), store.far(), 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&all), ["o1:0", "o1:1", "o1:2"]);
     assert!(all.iter().all(|i| i.attempts == 3));
     let (k0, k1, k2) = (all[0].id, all[1].id, all[2].id);
@@ -628,20 +718,20 @@ async fn outbox(store: &dyn Store) {
     store.mark_reply_sent(k0, Some("pm-1")).await.unwrap();
     // Failed with a retry that is due: claimable again.
     store
-        .mark_reply_failed(k1, "rate limited", Some(past()))
+        .mark_reply_failed(k1, "rate limited", Some(store.past()))
         .await
         .unwrap();
-    let retried = store.claim_replies(None, far(), 10).await.unwrap();
+    let retried = store.claim_replies(None, store.far(), 10).await.unwrap();
     assert_eq!(ids(&retried), ["o1:1"]);
     assert_eq!(retried[0].attempts, 4);
     // Failed with a retry later: not before then.
     store
-        .mark_reply_failed(k1, "rate limited", Some(far()))
+        .mark_reply_failed(k1, "rate limited", Some(store.far()))
         .await
         .unwrap();
     assert!(
         store
-            .claim_replies(None, past(), 10)
+            .claim_replies(None, store.past(), 10)
             .await
             .unwrap()
             .is_empty()
@@ -652,7 +742,7 @@ async fn outbox(store: &dyn Store) {
     store.release_all_leases().await.unwrap();
     assert!(
         store
-            .claim_replies(None, past(), 10)
+            .claim_replies(None, store.past(), 10)
             .await
             .unwrap()
             .is_empty()
@@ -660,7 +750,7 @@ async fn outbox(store: &dyn Store) {
     assert_nothing_claimable(store, "after outbox").await;
 }
 
-async fn fail_event(store: &dyn Store) {
+async fn fail_event(store: &Fixture) {
     let conv_f = conv("fail-f", None);
     let conv_g = conv("fail-g", None);
     let f1 = insert(store, &new_event(&conv_f, "Ev-f1", "f1")).await;
@@ -671,16 +761,21 @@ async fn fail_event(store: &dyn Store) {
     let claimed = claim_some(store, "w").await;
     assert_eq!(claimed.id, f1);
     // A worker that does not hold the lease changes nothing.
-    store.fail_event(f1, "other", "nope", None).await.unwrap();
+    assert!(
+        !store
+            .fail_event(&claimed, "other", "nope", None)
+            .await
+            .unwrap()
+    );
     assert_eq!(store.inbox_counts().await.unwrap().failed, before.failed);
 
     // Retry later: pending again, not claimable before retry_at, and F2 still waits behind it.
-    let retry_at = UnixMs::now().plus(700);
+    let retry_at = store.now().plus(700);
     store
-        .fail_event(f1, "w", "transient", Some(retry_at))
+        .fail_event(&claimed, "w", "transient", Some(retry_at))
         .await
         .unwrap();
-    assert!(!store.renew_lease(f1, "w", far()).await.unwrap());
+    assert!(!store.renew_lease(f1, "w", store.far()).await.unwrap());
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!((counts.pending, counts.leased), (3, 0));
     assert_eq!(store.open_event_count().await.unwrap(), 3);
@@ -689,14 +784,17 @@ async fn fail_event(store: &dyn Store) {
     complete(store, &g, "w").await;
     assert!(claim(store, "w").await.is_none());
 
-    while UnixMs::now() <= retry_at {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    store.advance(700);
     let retried = claim_some(store, "w").await;
     assert_eq!((retried.id, retried.attempts), (f1, 2));
 
     // No retry: failed for good, and the conversation moves on.
-    store.fail_event(f1, "w", "fatal", None).await.unwrap();
+    assert!(
+        store
+            .fail_event(&retried, "w", "fatal", None)
+            .await
+            .unwrap()
+    );
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!(counts.failed, before.failed + 1);
     assert_eq!(counts.done, before.done + 1);
@@ -704,7 +802,7 @@ async fn fail_event(store: &dyn Store) {
     assert_eq!((next.id, next.attempts), (f2, 1));
     assert!(
         store
-            .complete_event(f1, "w", &Completion::default())
+            .complete_event(&retried, "w", &Completion::default())
             .await
             .unwrap()
             .is_none(),
@@ -715,7 +813,7 @@ async fn fail_event(store: &dyn Store) {
     assert_nothing_claimable(store, "after fail_event").await;
 }
 
-async fn complete_with_error(store: &dyn Store) {
+async fn complete_with_error(store: &Fixture) {
     let c = conv("complete-error", None);
     let h1 = insert(store, &new_event(&c, "Ev-h1", "h1")).await;
     let h2 = insert(store, &new_event(&c, "Ev-h2", "h2")).await;
@@ -730,7 +828,7 @@ async fn complete_with_error(store: &dyn Store) {
     };
     assert!(
         store
-            .complete_event(h1, "w", &done)
+            .complete_event(&claimed, "w", &done)
             .await
             .unwrap()
             .is_some()
@@ -743,12 +841,15 @@ async fn complete_with_error(store: &dyn Store) {
     assert_eq!(store.message_count(&c).await.unwrap(), 3);
 
     // The replies telling the user are delivered all the same, and the conversation moves on.
-    let items = store.claim_replies(Some(h1), far(), 10).await.unwrap();
+    let items = store
+        .claim_replies(Some(h1), store.far(), 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&items), ["h1:0"]);
     store.mark_reply_sent(items[0].id, None).await.unwrap();
     assert!(
         store
-            .complete_event(h1, "w", &Completion::default())
+            .complete_event(&claimed, "w", &Completion::default())
             .await
             .unwrap()
             .is_none()
@@ -759,7 +860,7 @@ async fn complete_with_error(store: &dyn Store) {
     assert_nothing_claimable(store, "after complete_with_error").await;
 }
 
-async fn counts(store: &dyn Store) {
+async fn counts(store: &Fixture) {
     let base = store.inbox_counts().await.unwrap();
     assert_eq!(store.open_event_count().await.unwrap(), 0);
     assert_eq!(base.pending + base.leased, 0);
@@ -784,7 +885,7 @@ async fn counts(store: &dyn Store) {
     assert_eq!((counts.pending, counts.leased), (1, 2));
 
     complete(store, &p, "w").await;
-    store.fail_event(q.id, "w", "bad", None).await.unwrap();
+    assert!(store.fail_event(&q, "w", "bad", None).await.unwrap());
     let q2 = claim_some(store, "w").await;
     complete(store, &q2, "w").await;
     assert_eq!(store.open_event_count().await.unwrap(), 0);
@@ -800,7 +901,7 @@ async fn counts(store: &dyn Store) {
     assert_nothing_claimable(store, "after counts").await;
 }
 
-async fn transcript(store: &dyn Store) {
+async fn transcript(store: &Fixture) {
     let c = conv("transcript", Some("t"));
     let e = insert(store, &new_event(&c, "Ev-t1", "first")).await;
     let turns = vec![
@@ -903,7 +1004,7 @@ async fn transcript(store: &dyn Store) {
     assert_nothing_claimable(store, "after transcript").await;
 }
 
-async fn record_turn(store: &dyn Store) {
+async fn record_turn(store: &Fixture) {
     let c = conv("turn", Some("t"));
     let e = insert(store, &new_event(&c, "Ev-turn-1", "use the tools")).await;
     // Nothing to record writes nothing.
@@ -952,7 +1053,7 @@ async fn record_turn(store: &dyn Store) {
     assert_nothing_claimable(store, "after record_turn").await;
 }
 
-async fn compaction(store: &dyn Store) {
+async fn compaction(store: &Fixture) {
     let c = conv("compaction", Some("t"));
     let empty = store.context_messages(&c, 100).await.unwrap();
     assert!(empty.summary.is_none() && empty.messages.is_empty());
@@ -1090,7 +1191,7 @@ async fn compaction(store: &dyn Store) {
     assert_nothing_claimable(store, "after compaction").await;
 }
 
-async fn memory(store: &dyn Store) {
+async fn memory(store: &Fixture) {
     let a = channel("test", "W1", "mem-a");
     let b = channel("test", "W1", "mem-b");
     let other_workspace = channel("test", "W2", "mem-a");
@@ -1217,7 +1318,7 @@ async fn memory(store: &dyn Store) {
     assert_eq!(recall_ids(a.clone(), "file").await.len(), 2);
 }
 
-async fn usage(store: &dyn Store) {
+async fn usage(store: &Fixture) {
     let u = channel("test", "W1", "usage");
     let in_thread = conv("usage", Some("t1"));
     let in_channel = conv("usage", None);
@@ -1284,7 +1385,7 @@ async fn usage(store: &dyn Store) {
     );
 }
 
-async fn installations(store: &dyn Store) {
+async fn installations(store: &Fixture) {
     let install = |team: &str, token: &str| StoredInstallation {
         platform: "slack".into(),
         team_id: team.into(),
@@ -1328,7 +1429,7 @@ async fn installations(store: &dyn Store) {
     assert!(store.installation("slack", "T2").await.unwrap().is_some());
 
     // OAuth states: single use, and expired ones do not count.
-    let now = UnixMs::now();
+    let now = store.now();
     store
         .put_oauth_state("s-good", now.plus(60_000))
         .await
@@ -1353,9 +1454,50 @@ async fn installations(store: &dyn Store) {
     );
 }
 
+/// Live messages: stored by event and piece, replaced in place, never delivered as replies.
+async fn live_messages(store: &Fixture) {
+    let c = conv("live", None);
+    let e = insert(store, &new_event(&c, "Ev-live", "live")).await;
+    assert!(store.live_messages(e).await.unwrap().is_empty());
+    store
+        .save_live_message(e, 1, r#"{"ts":"2"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1"}"#)
+        .await
+        .unwrap();
+    store
+        .save_live_message(e, 0, r#"{"ts":"1","mode":"edit"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_messages(e).await.unwrap(),
+        vec![
+            (0, r#"{"ts":"1","mode":"edit"}"#.to_string()),
+            (1, r#"{"ts":"2"}"#.to_string())
+        ]
+    );
+    assert!(
+        store
+            .claim_replies(Some(e), store.far(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live message is not a reply to deliver"
+    );
+    // Another event's messages are its own; an unknown event gets nothing written.
+    let other = insert(store, &new_event(&c, "Ev-live-2", "live 2")).await;
+    assert!(store.live_messages(other).await.unwrap().is_empty());
+    let unknown = EventId(other.0 + 1_000_000);
+    store.save_live_message(unknown, 0, "{}").await.unwrap();
+    assert!(store.live_messages(unknown).await.unwrap().is_empty());
+}
+
 /// Several instances (stores) with several workers each drain many conversations: every event is
 /// claimed exactly once, one worker at a time per conversation, in arrival order.
-async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
+async fn concurrent_claims(store: &Fixture) {
+    let stores = instances(store).await;
     const CONVERSATIONS: usize = 6;
     const PER_CONVERSATION: usize = 8;
     let mut expected: BTreeMap<i64, Vec<EventId>> = BTreeMap::new();
@@ -1363,7 +1505,7 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
         for c in 0..CONVERSATIONS {
             let conversation = conv(&format!("busy-{c}"), None);
             let id = insert(
-                stores[0].as_ref(),
+                store,
                 &new_event(&conversation, &format!("Ev-busy-{c}-{n}"), "x"),
             )
             .await;
@@ -1380,8 +1522,19 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
             let (store, active, seen) = (store.clone(), active.clone(), seen.clone());
             let owner = format!("store{s}-worker{w}");
             workers.push(tokio::spawn(async move {
+                // Workers claim one, two or three events at a time.
+                let limit = 1 + w % 3;
+                let mut batch: Vec<ClaimedEvent> = Vec::new();
                 loop {
-                    let Some(event) = store.claim_event(&owner, far()).await.unwrap() else {
+                    if batch.is_empty() {
+                        batch = store
+                            .claim_events(&owner, UnixMs::now().plus(60_000), limit)
+                            .await
+                            .unwrap();
+                        assert!(batch.len() <= limit, "{owner}: {batch:?}");
+                        batch.reverse();
+                    }
+                    let Some(event) = batch.pop() else {
                         if store.open_event_count().await.unwrap() == 0 {
                             return;
                         }
@@ -1411,7 +1564,7 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
                     active.lock().unwrap().remove(&event.conversation_id);
                     assert!(
                         store
-                            .complete_event(event.id, &owner, &Completion::default())
+                            .complete_event(&event, &owner, &Completion::default())
                             .await
                             .unwrap()
                             .is_some()
@@ -1431,39 +1584,138 @@ async fn concurrent_claims(stores: Vec<Arc<dyn Store>>) {
     assert_eq!(got, want, "every event once, in order per conversation");
 }
 
-// --- SQLite ----------------------------------------------------------------------------------
+/// The stores that play several instances: one SQLite store (one process owns the file), or
+/// two stores on one Postgres schema.
+async fn instances(store: &Fixture) -> Vec<Arc<dyn Store>> {
+    match store.backend() {
+        "sqlite" => vec![store.store.clone(), store.store.clone()],
+        _ => vec![store.store.clone(), store.another().await],
+    }
+}
+
+async fn lease_race(store: &Fixture) {
+    operations::lease_race(instances(store).await).await;
+}
+
+/// A claim of several events takes one head per conversation, oldest first, and leaves each
+/// conversation's later events waiting.
+async fn claim_many(store: &Fixture) {
+    let a = conv("many-a", None);
+    let b = conv("many-b", None);
+    let c = conv("many-c", Some("t"));
+    let a1 = insert(store, &new_event(&a, "Ev-ma1", "a1")).await;
+    let a2 = insert(store, &new_event(&a, "Ev-ma2", "a2")).await;
+    let b1 = insert(store, &new_event(&b, "Ev-mb1", "b1")).await;
+    let c1 = insert(store, &new_event(&c, "Ev-mc1", "c1")).await;
+    let claimed = store.claim_events("w", store.far(), 10).await.unwrap();
+    let got: Vec<EventId> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(got, [a1, b1, c1], "one head per conversation, in id order");
+    assert_eq!(claimed[2].conversation, c);
+    assert!(claimed.iter().all(|e| e.attempts == 1));
+    assert!(
+        store
+            .claim_events("w", store.far(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_events("w", store.far(), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Finishing A1 makes A2 the head; a limit smaller than the work takes the oldest.
+    complete(store, &claimed[0], "w").await;
+    let d = conv("many-d", None);
+    let d1 = insert(store, &new_event(&d, "Ev-md1", "d1")).await;
+    let next = store.claim_events("w", store.far(), 1).await.unwrap();
+    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), [a2]);
+    let next2 = store.claim_events("w", store.far(), 5).await.unwrap();
+    assert_eq!(next2.iter().map(|e| e.id).collect::<Vec<_>>(), [d1]);
+    for event in claimed[1..].iter().chain(&next).chain(&next2) {
+        complete(store, event, "w").await;
+    }
+    assert_nothing_claimable(store, "after claim_many").await;
+}
+
+/// What one store wrote, a store opened again on the same database finds.
+async fn reopen_keeps_data(store: &Fixture) {
+    let c = conv("reopen", None);
+    insert(store, &new_event(&c, "Ev-reopen", "persist me")).await;
+    let again = store.another().await;
+    assert_eq!(again.message_count(&c).await.unwrap(), 1);
+    assert_eq!(again.open_event_count().await.unwrap(), 1);
+    let claimed = again.claim_events("w", store.far(), 5).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].conversation, c);
+}
+
+/// Each case runs on its own fresh database, once per backend: `sqlite::case` and
+/// `postgres::case` (skipped without the test server, outside CI).
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let store = super::Fixture::sqlite().await;
+                    super::$case(&store).await;
+                    store.finish().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(store) = super::Fixture::postgres().await else {
+                        return;
+                    };
+                    super::$case(&store).await;
+                    store.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    empty_store,
+    insert_and_duplicate,
+    event_key_is_per_conversation,
+    claim_order,
+    claim_many,
+    expired_lease,
+    renew_and_release,
+    complete_writes,
+    preclaimed_replies,
+    outbox,
+    fail_event,
+    complete_with_error,
+    counts,
+    transcript,
+    memory,
+    usage,
+    compaction,
+    record_turn,
+    installations,
+    live_messages,
+    reopen_keeps_data,
+    concurrent_claims,
+    lease_race,
+    leases,
+    admin,
+    imports,
+);
+
+use operations::{admin, imports, leases};
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}/t.db", dir.path().display())
-}
-
-#[tokio::test]
-async fn sqlite_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&sqlite_url(&dir)).await.unwrap();
-    assert_eq!(store.backend(), "sqlite");
-    contract(store.as_ref()).await;
-}
-
-#[tokio::test]
-async fn sqlite_reopen_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = conv("reopen", None);
-    {
-        let store = store::open(&sqlite_url(&dir)).await.unwrap();
-        insert(store.as_ref(), &new_event(&c, "Ev-reopen", "persist me")).await;
-    }
-    let store = store::open(&sqlite_url(&dir)).await.unwrap();
-    assert_eq!(store.message_count(&c).await.unwrap(), 1);
-    assert_eq!(store.open_event_count().await.unwrap(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_concurrent_claims() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&sqlite_url(&dir)).await.unwrap();
-    concurrent_claims(vec![store.clone(), store.clone()]).await;
-    operations::lease_race(vec![store.clone(), store]).await;
 }
 
 // --- PostgreSQL ------------------------------------------------------------------------------
@@ -1517,13 +1769,15 @@ impl PgSchema {
     }
 }
 
+/// The store migrates into its own schema (the search path of its URL), not `public`.
 #[tokio::test]
-async fn postgres_contract() {
-    let Some(schema) = PgSchema::create().await else {
+async fn postgres_migrates_into_its_schema() {
+    let Some(store) = Fixture::postgres().await else {
         return;
     };
-    let store = store::open(&schema.url()).await.unwrap();
-    assert_eq!(store.backend(), "postgres");
+    let Some(schema) = &store.schema else {
+        unreachable!("a Postgres fixture has a schema");
+    };
     let tables = schema.tables().await;
     for table in [
         "conversations",
@@ -1536,29 +1790,7 @@ async fn postgres_contract() {
     ] {
         assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
     }
-    contract(store.as_ref()).await;
-    // Opening again (another instance) finds the migration applied.
-    let again = store::open(&schema.url()).await.unwrap();
-    assert_eq!(
-        again
-            .note_count(&channel("test", "W1", "mem-a"))
-            .await
-            .unwrap(),
-        5
-    );
-    schema.drop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_concurrent_claims() {
-    let Some(schema) = PgSchema::create().await else {
-        return;
-    };
-    let first = store::open(&schema.url()).await.unwrap();
-    let second = store::open(&schema.url()).await.unwrap();
-    concurrent_claims(vec![first.clone(), second.clone()]).await;
-    operations::lease_race(vec![first, second]).await;
-    schema.drop().await;
+    store.finish().await;
 }
 
 async fn open_error(url: &str) -> String {

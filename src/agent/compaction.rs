@@ -19,6 +19,7 @@ use super::context::{self, ToolRow, message_tokens, row_message};
 use super::provider::{ChatMessage, ChatRequest, ToolChoice};
 use super::{CONTEXT_ROWS, Core, TurnError, TurnStats};
 use crate::bus::EventContext;
+use crate::engine::live::Live;
 use crate::engine::tools::ToolContext;
 use crate::storage::blob::{BlobError, BlobStore};
 use crate::storage::store::{
@@ -301,7 +302,9 @@ impl Core {
             ToolChoice::Auto,
             self.config.max_output_tokens,
         );
-        let answer = self.call(&setup.models, &flush, deadline, stats).await?;
+        let answer = self
+            .call(&setup.models, &flush, deadline, stats, &Live::off())
+            .await?;
         let mut saved = Vec::new();
         let save_context = ToolContext {
             event_id: event.event_id.0,
@@ -368,7 +371,7 @@ impl Core {
             SUMMARY_MAX_TOKENS.min(self.config.max_output_tokens),
         );
         let summary = self
-            .call(&setup.models, &ask, deadline, stats)
+            .call(&setup.models, &ask, deadline, stats, &Live::off())
             .await?
             .text();
         let summary = summary.trim();

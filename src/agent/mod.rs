@@ -12,6 +12,7 @@
 pub mod compaction;
 pub mod context;
 pub mod memory_tools;
+pub mod progress;
 pub mod provider;
 pub mod retry;
 pub mod web_search;
@@ -30,6 +31,7 @@ use crate::bus::{EventContext, Outgoing};
 use crate::config::{AgentConfig, Config, ModelSpec};
 use crate::embeddings::MemorySearch;
 use crate::engine::commands::Agent;
+use crate::engine::live::Live;
 use crate::engine::profile::{Profile, Profiles};
 use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
 use crate::storage::blob::BlobStore;
@@ -37,7 +39,7 @@ use crate::storage::store::{NewMessage, Role, Store, StoreError, Usage};
 use context::{StoredCall, StoredResult, ToolRow};
 use provider::{
     ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Model, Part, ProviderError,
-    StopReason, SystemBlock, ToolChoice, ToolDef,
+    StopReason, SystemBlock, TextSink, ToolChoice, ToolDef,
 };
 use retry::{CallError, RetryPolicy};
 
@@ -535,17 +537,21 @@ impl Core {
         )
     }
 
-    /// One model call with retries and fallbacks; its usage joins the turn's.
+    /// One model call with retries and fallbacks; its usage joins the turn's. With a live
+    /// view, the answer streams into it.
     async fn call(
         &self,
         models: &ModelSet,
         request: &ChatRequest,
         deadline: Instant,
         stats: &mut TurnStats,
+        live: &Live,
     ) -> Result<ChatResponse, TurnError> {
         stats.model_calls += 1;
         let started = Instant::now();
-        let result = retry::call(&models.models, request, &self.policy, deadline).await;
+        let sink = live.is_on().then_some(live as &dyn TextSink);
+        let result = retry::call(&models.models, request, &self.policy, deadline, sink).await;
+        live.end_step();
         stats.model_time += started.elapsed();
         let answered = result?;
         let model = &models.models[answered.model_index];
@@ -633,7 +639,9 @@ impl Core {
             if last_step {
                 request.tool_choice = ToolChoice::None;
             }
-            let response = self.call(&setup.models, &request, deadline, stats).await?;
+            let response = self
+                .call(&setup.models, &request, deadline, stats, &event.live)
+                .await?;
             let calls = response.tool_calls();
             if calls.is_empty() || last_step {
                 return Ok(self.final_text(&response, !calls.is_empty()));
@@ -709,9 +717,11 @@ impl Core {
             });
             let result = match tools.get(name) {
                 Some(tool) => {
+                    let line = event.live.progress(progress::line(name, input));
                     let started = Instant::now();
                     let result = tool.call(&tool_context, input.clone()).await;
                     *tool_time += started.elapsed();
+                    event.live.progress_done(line);
                     result
                 }
                 None => Err(ToolError::InvalidInput(format!(
@@ -798,6 +808,16 @@ fn truncate(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max).collect();
     out.push_str("… (cut)");
     out
+}
+
+impl TextSink for Live {
+    fn text(&self, delta: &str) {
+        Live::text(self, delta);
+    }
+
+    fn restart(&self) {
+        self.restart_step();
+    }
 }
 
 #[async_trait]

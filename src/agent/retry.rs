@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::provider::{ChatRequest, ChatResponse, Model, ProviderError};
+use super::provider::{ChatRequest, ChatResponse, Model, ProviderError, TextSink};
 
 /// How hard to try one model.
 #[derive(Clone, Copy, Debug)]
@@ -67,12 +67,15 @@ pub enum CallError {
     OutOfTime { last: String },
 }
 
-/// Try `models` in order (the first is the configured model, the rest its fallbacks).
+/// Try `models` in order (the first is the configured model, the rest its fallbacks). With a
+/// `sink` the answer is streamed into it; the text of a failed attempt is taken back
+/// ([`TextSink::restart`]) before the next one.
 pub async fn call(
     models: &[Model],
     request: &ChatRequest,
     policy: &RetryPolicy,
     deadline: Instant,
+    sink: Option<&dyn TextSink>,
 ) -> Result<Answered, CallError> {
     let started = Instant::now();
     let mut last: Option<CallError> = None;
@@ -91,7 +94,16 @@ pub async fn call(
                 });
             }
             let timeout = policy.request_timeout.min(remaining);
-            match model.api.complete(&model.spec.name, request, timeout).await {
+            let attempt = match sink {
+                Some(sink) => {
+                    model
+                        .api
+                        .stream(&model.spec.name, request, timeout, sink)
+                        .await
+                }
+                None => model.api.complete(&model.spec.name, request, timeout).await,
+            };
+            match attempt {
                 Ok(response) => {
                     return Ok(Answered {
                         model_index: index,
@@ -100,6 +112,9 @@ pub async fn call(
                     });
                 }
                 Err(error) => {
+                    if let Some(sink) = sink {
+                        sink.restart();
+                    }
                     let attempts = retry + 1;
                     let retryable = error.retryable();
                     let fallback = error.try_fallback();

@@ -12,6 +12,7 @@ use crate::embeddings::MemorySearch;
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
+use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
 
@@ -74,6 +75,8 @@ pub struct Commands {
     mcp: Option<McpHub>,
     /// `/recall`: full text, and meaning too when embeddings are on.
     memory: MemorySearch,
+    /// Scheduled jobs (`remind`, `schedules`, `unschedule`, fired jobs).
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 impl Commands {
@@ -90,12 +93,21 @@ impl Commands {
             profiles: Profiles::default(),
             mcp: None,
             memory: MemorySearch::full_text(store),
+            scheduler: None,
         }
     }
 
     /// Search memory with `search` (hybrid when embeddings are on).
     pub fn with_memory(mut self, search: MemorySearch) -> Self {
         self.memory = search;
+        self
+    }
+
+    /// Take `remind`, `schedules` and `unschedule`, run fired jobs, and offer the model the
+    /// scheduling tools.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> Self {
+        crate::schedule::tools::register(&mut self.tools, &scheduler);
+        self.scheduler = Some(scheduler);
         self
     }
 
@@ -292,6 +304,21 @@ impl Commands {
         );
         let profile = self.profiles.for_conversation(&event.conversation);
         out.push_str(&format!("\nProfile: {}", profile.describe()));
+        if let Some(scheduler) = &self.scheduler {
+            let jobs = scheduler.channel_jobs(&channel).await?;
+            out.push_str(&format!(
+                "\nScheduled jobs in this channel: {}{}",
+                jobs.len(),
+                if jobs.is_empty() {
+                    ""
+                } else {
+                    " (`/schedules` lists them)"
+                }
+            ));
+            for job in jobs.iter().take(5) {
+                out.push_str(&format!("\n  {}", Scheduler::describe(job)));
+            }
+        }
         if let Some(mcp) = &self.mcp {
             for server in mcp.status() {
                 out.push_str(&format!("\nMCP {}", server.line()));
@@ -370,6 +397,9 @@ To chat, set ANTHROPIC_API_KEY (or OPENAI_API_KEY; optionally ECDYSIS_MODEL=anth
 openai/<model>, and ANTHROPIC_BASE_URL / OPENAI_BASE_URL for a gateway) and restart. \
 Type /help for the commands that work without a model.";
 
+/// The reply to the scheduling commands where no scheduler runs.
+const NO_SCHEDULER_TEXT: &str = "Scheduled jobs are not available here.";
+
 /// The help text: the same commands on every platform.
 pub fn help_text() -> String {
     let lines = [
@@ -381,6 +411,12 @@ pub fn help_text() -> String {
         ("run <command>", "run a command in this channel's sandbox"),
         ("screenshot <url>", "post a screenshot of a web page"),
         ("record <url>", "post a short video of a web page"),
+        (
+            "remind <when> <what>",
+            "post something later or on a schedule (`in 10 minutes`, `every weekday at 9:00`, …)",
+        ),
+        ("schedules", "list this channel's scheduled jobs"),
+        ("unschedule <id>", "cancel a scheduled job"),
         ("status", "what runs here and what this channel used"),
         ("help", "this text"),
     ];
@@ -406,6 +442,15 @@ fn format_uptime(seconds: u64) -> String {
 impl Handler for Commands {
     async fn handle(&self, event: &EventContext) -> anyhow::Result<Vec<Outgoing>> {
         let args = event.payload.text.as_str();
+        if let Some(fired) = &event.payload.scheduled {
+            return crate::schedule::fired::handle(
+                self.store.as_ref(),
+                self.agent.as_deref(),
+                event,
+                fired,
+            )
+            .await;
+        }
         let command = match &event.payload.kind {
             EventKind::Message => return self.free_text(event, args).await,
             EventKind::Action { .. } => {
@@ -455,6 +500,20 @@ impl Handler for Commands {
             CommandName::Forget => self.forget(event, args).await?,
             CommandName::Memory => self.memory(event).await?,
             CommandName::Status => self.status(event).await?,
+            CommandName::Remind => match &self.scheduler {
+                Some(scheduler) => crate::schedule::commands::remind(scheduler, event, args).await,
+                None => NO_SCHEDULER_TEXT.into(),
+            },
+            CommandName::Schedules => match &self.scheduler {
+                Some(scheduler) => crate::schedule::commands::list(scheduler, event).await?,
+                None => NO_SCHEDULER_TEXT.into(),
+            },
+            CommandName::Unschedule => match &self.scheduler {
+                Some(scheduler) => {
+                    crate::schedule::commands::unschedule(scheduler, event, args).await?
+                }
+                None => NO_SCHEDULER_TEXT.into(),
+            },
             CommandName::Help => help_text(),
             CommandName::Unknown(word) => {
                 format!("Unknown command `/{word}`.\n{}", help_text())

@@ -30,7 +30,12 @@ pub const BROWSER_TOOLS: &[&str] = &[
 ];
 
 /// Other built-in tools (on when configured).
-pub const OTHER_TOOLS: &[&str] = &["web_search"];
+pub const OTHER_TOOLS: &[&str] = &[
+    "web_search",
+    "schedule_create",
+    "schedule_list",
+    "schedule_cancel",
+];
 
 /// Every built-in tool name a profile's `tools` may list.
 pub fn builtin_tools() -> impl Iterator<Item = &'static str> {

@@ -35,6 +35,11 @@ pub fn settings(config: &Config) -> SlackSettings {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect(),
+        streaming: match s.streaming.as_deref() {
+            Some("edit") => ecdysis_slack::Streaming::Edit,
+            Some("off") => ecdysis_slack::Streaming::Off,
+            _ => ecdysis_slack::Streaming::Native,
+        },
         ..SlackSettings::default()
     }
 }

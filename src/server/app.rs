@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
+use crate::schedule::Scheduler;
 use crate::server::metrics::Metrics;
 use crate::storage::blob::{self, BlobStore};
 use crate::storage::store::{self, Role, Store};
@@ -56,6 +57,8 @@ pub struct App {
     pub memory: crate::embeddings::MemorySearch,
     /// The embedding worker (with embeddings on); [`serve`] runs it.
     pub indexer: Option<Arc<crate::embeddings::Indexer>>,
+    /// Scheduled jobs; their scanner starts with `serve` and `chat` ([`Scheduler::start`]).
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl App {
@@ -86,7 +89,14 @@ impl App {
                 "semantic memory is on: memory is searched by words and meaning"
             );
         }
-        let mut commands = Commands::new(store.clone(), blobs.clone()).with_memory(memory.clone());
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            config.schedule.clone(),
+            &config.timezone,
+        ));
+        let mut commands = Commands::new(store.clone(), blobs.clone())
+            .with_memory(memory.clone())
+            .with_scheduler(scheduler.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
@@ -162,6 +172,7 @@ impl App {
         if let Some(approvals) = &approvals {
             approvals.attach(&bus);
         }
+        scheduler.attach(&bus);
         let discord = crate::platforms::discord::open(&config, &bus)?;
         let slack = crate::platforms::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
@@ -177,7 +188,14 @@ impl App {
             slack,
             memory,
             indexer,
+            scheduler,
         })
+    }
+
+    /// Start firing scheduled jobs (under the `scheduler` lease with Postgres).
+    pub fn start_scheduler(&self) -> crate::schedule::scanner::Running {
+        self.scheduler
+            .start(Duration::from_secs(self.config.bus.leader_lease_seconds))
     }
 
     /// The HTTP routes: web chat + operations.
@@ -268,6 +286,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     let indexing = app.indexer.clone().map(|indexer| indexer.start());
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
     let connections = crate::platforms::connections::Connections::start(&app).await?;
+    let scheduler = app.start_scheduler();
     info!(
         %address,
         storage = app.store.backend(),
@@ -283,6 +302,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     crate::server::listener::serve(listener, router, limits, shutdown_signal()).await;
     info!("shutting down: finishing running events");
     connections.stop().await;
+    scheduler.stop().await;
     stop(workers).await;
     if let Some(indexing) = indexing {
         indexing.stop().await;

@@ -7,6 +7,8 @@
 //! Importing is idempotent: every note and message carries a key derived from where it came
 //! from (its channel or conversation, original id and time), so importing the same export
 //! twice, or two exports of the same database, adds nothing the second time. Times are kept.
+//! The channel's active scheduled jobs travel too (keyed the same way), and go on running
+//! where they are imported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,8 +22,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::storage::blob::BlobStore;
 use crate::storage::store::{
-    ImportedCompaction, ImportedMessage, ImportedNote, MessageId, NewArtifact, NoteId, Role, Store,
-    UnixMs,
+    Created, ImportedCompaction, ImportedMessage, ImportedNote, JobKind, MessageId, NewArtifact,
+    NewSchedule, NoteId, Role, ScheduleId, Store, UnixMs,
 };
 
 /// The `format` of the first line.
@@ -93,6 +95,22 @@ pub enum Line {
     },
     /// A compaction archive (JSON lines of the compacted messages), verbatim.
     Archive { key: String, content: String },
+    /// An active scheduled job of the channel.
+    Schedule {
+        id: ScheduleId,
+        conversation: ConversationRef,
+        created_by: String,
+        kind: JobKind,
+        text: String,
+        spec: String,
+        description: String,
+        timezone: String,
+        route: String,
+        next_due_at: UnixMs,
+        #[serde(default)]
+        max_runs: Option<i64>,
+        created_at: UnixMs,
+    },
 }
 
 /// An artifact's metadata as exported.
@@ -116,13 +134,15 @@ pub struct Summary {
     pub compactions: usize,
     pub archives: usize,
     pub files: usize,
+    pub schedules: usize,
+    pub schedules_existing: usize,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} notes ({} already there), {} messages ({} already there) in {} conversations, {} compactions, {} archives, {} files",
+            "{} notes ({} already there), {} messages ({} already there) in {} conversations, {} compactions, {} archives, {} files, {} scheduled jobs ({} already there)",
             self.notes,
             self.notes_existing,
             self.messages,
@@ -130,7 +150,9 @@ impl std::fmt::Display for Summary {
             self.conversations,
             self.compactions,
             self.archives,
-            self.files
+            self.files,
+            self.schedules,
+            self.schedules_existing
         )
     }
 }
@@ -272,6 +294,32 @@ pub async fn export(
             .await?;
             summary.compactions += 1;
         }
+    }
+    // Active jobs only: the others are history, and the transcript keeps what they posted.
+    let limit = i64::MAX;
+    for job in store.channel_schedules(channel, false, limit).await? {
+        let Some(next_due_at) = job.next_due_at else {
+            continue;
+        };
+        write_line(
+            out,
+            &Line::Schedule {
+                id: job.id,
+                conversation: job.conversation,
+                created_by: job.created_by,
+                kind: job.kind,
+                text: job.text,
+                spec: job.spec,
+                description: job.description,
+                timezone: job.timezone,
+                route: job.route,
+                next_due_at,
+                max_runs: job.max_runs,
+                created_at: job.created_at,
+            },
+        )
+        .await?;
+        summary.schedules += 1;
     }
     out.flush().await?;
     Ok(summary)
@@ -435,6 +483,39 @@ pub async fn import(
                     .await?;
                 if written {
                     summary.compactions += 1;
+                }
+            }
+            Line::Schedule {
+                id,
+                conversation,
+                created_by,
+                kind,
+                text,
+                spec,
+                description,
+                timezone,
+                route,
+                next_due_at,
+                max_runs,
+                created_at,
+            } => {
+                let job = NewSchedule {
+                    import_key: Some(format!("{conversation}#{id}@{created_at}")),
+                    conversation,
+                    created_by,
+                    kind,
+                    text,
+                    spec,
+                    description,
+                    timezone,
+                    route,
+                    next_due_at,
+                    max_runs,
+                };
+                // An import restores what was there: the per-channel cap does not apply.
+                match store.create_schedule(&job, i64::MAX).await? {
+                    Created::Stored(_) => summary.schedules += 1,
+                    Created::Duplicate | Created::OverCap { .. } => summary.schedules_existing += 1,
                 }
             }
         }

@@ -76,6 +76,15 @@ pub struct Posted {
     pub at: Instant,
 }
 
+/// An edit of a posted message (`PATCH` of a channel message or a follow-up) or a deletion.
+#[derive(Clone, Debug)]
+pub struct Edit {
+    pub message_id: String,
+    /// The new content; `None` for a deletion.
+    pub content: Option<String>,
+    pub at: Instant,
+}
+
 /// An interaction's first response (`POST /interactions/{id}/{token}/callback`).
 #[derive(Clone, Debug)]
 pub struct Callback {
@@ -110,6 +119,7 @@ struct Gateway {
 struct Data {
     requests: Vec<Request>,
     posted: Vec<Posted>,
+    edits: Vec<Edit>,
     callbacks: Vec<Callback>,
     /// thread id → parent channel id.
     threads: HashMap<String, String>,
@@ -284,6 +294,11 @@ impl FakeDiscord {
 
     pub fn posted(&self) -> Vec<Posted> {
         self.inner.data().posted.clone()
+    }
+
+    /// Edits and deletions of posted messages, in order.
+    pub fn edits(&self) -> Vec<Edit> {
+        self.inner.data().edits.clone()
     }
 
     pub fn callbacks(&self) -> Vec<Callback> {
@@ -762,6 +777,46 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
                 r.json["content"].as_str().unwrap_or_default(),
                 &r.files,
             ))
+        }
+        ("PATCH", ["channels", _, "messages", message])
+        | ("PATCH", ["webhooks", _, _, "messages", message])
+            if *message != "@original" =>
+        {
+            let Some(at) = d.posted.iter().position(|p| p.id == *message) else {
+                return error(StatusCode::NOT_FOUND, 10_008, "Unknown Message");
+            };
+            let content = r.json["content"].as_str().unwrap_or_default().to_string();
+            let posted = &mut d.posted[at];
+            posted.content = content.clone();
+            let channel = posted.channel.clone();
+            if !r.files.is_empty() {
+                posted.files = r.files.clone();
+            }
+            if !r.json["components"].is_null() {
+                posted.components = r.json["components"].clone();
+            }
+            let reply = posted_message(message, &channel, &content, &r.files);
+            d.edits.push(Edit {
+                message_id: message.to_string(),
+                content: Some(content),
+                at: r.at,
+            });
+            ok(reply)
+        }
+        ("DELETE", ["channels", _, "messages", message])
+        | ("DELETE", ["webhooks", _, _, "messages", message])
+            if *message != "@original" =>
+        {
+            let Some(at) = d.posted.iter().position(|p| p.id == *message) else {
+                return error(StatusCode::NOT_FOUND, 10_008, "Unknown Message");
+            };
+            d.posted.remove(at);
+            d.edits.push(Edit {
+                message_id: message.to_string(),
+                content: None,
+                at: r.at,
+            });
+            StatusCode::NO_CONTENT.into_response()
         }
         ("POST", ["interactions", id, token, "callback"]) => {
             if !d.acked.insert(id.to_string()) {

@@ -5,6 +5,11 @@
 //!
 //! A reply comes from, in order: the first rule whose needle is in the request's last message,
 //! the queue of one-shot replies, or the default (a short text).
+//!
+//! A request with `"stream": true` is answered with server-sent events in each API's format:
+//! the text in deltas of a few characters and tool-call inputs in pieces, usage in the final
+//! events (optionally paced, cut short, or answered as plain JSON like a gateway that does not
+//! stream).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,6 +57,15 @@ pub enum Reply {
     /// Decided when the request arrives, from what it carries (e.g. a scripted model that
     /// reads a tool result before choosing its next call).
     Computed(Responder),
+    /// When streamed: wait this long before each event after the first.
+    Paced(Duration, Box<Reply>),
+    /// When streamed: stop after this many events, without the closing ones (an early EOF).
+    Cut(usize, Box<Reply>),
+    /// Answer with one JSON document even when streaming was asked (a gateway that does not
+    /// stream).
+    Unstreamed(Box<Reply>),
+    /// A 200 `text/event-stream` with this body, as is (e.g. a malformed line).
+    Sse(String),
 }
 
 /// The function behind [`Reply::Computed`].
@@ -122,6 +136,26 @@ impl Reply {
         Reply::Delayed(delay, Box::new(self))
     }
 
+    /// Streamed with `every` between events.
+    pub fn paced(self, every: Duration) -> Self {
+        Reply::Paced(every, Box::new(self))
+    }
+
+    /// Streamed, but the stream ends after `events` events.
+    pub fn cut_after(self, events: usize) -> Self {
+        Reply::Cut(events, Box::new(self))
+    }
+
+    /// Never streamed: plain JSON even for `"stream": true`.
+    pub fn unstreamed(self) -> Self {
+        Reply::Unstreamed(Box::new(self))
+    }
+
+    /// A raw event-stream body.
+    pub fn sse(body: impl Into<String>) -> Self {
+        Reply::Sse(body.into())
+    }
+
     /// A reply chosen by `f` from the request it answers.
     pub fn computed(f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
         Reply::Computed(Responder(Arc::new(f)))
@@ -167,6 +201,8 @@ struct Inner {
     counter: u64,
     /// Stable prefixes seen, for the simulated prompt cache.
     cached: Vec<String>,
+    /// When each streamed answer sent its first text.
+    first_text_at: Vec<std::time::Instant>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -246,6 +282,11 @@ impl FakeLlm {
 
     pub fn request_count(&self) -> usize {
         lock(&self.shared).requests.len()
+    }
+
+    /// When each streamed answer sent its first text event, in order.
+    pub fn first_text_times(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared).first_text_at.clone()
     }
 
     /// The last request, if any.
@@ -354,13 +395,104 @@ fn usage(shared: &Shared, body: &Value, prefix: Option<String>) -> (i64, i64, i6
     }
 }
 
-async fn resolve(reply: Reply) -> Reply {
+/// How a streamed answer is sent.
+#[derive(Clone, Copy, Debug, Default)]
+struct Streaming {
+    /// The request asked for a stream (and the reply does not refuse one).
+    on: bool,
+    every: Duration,
+    cut: Option<usize>,
+}
+
+/// Wait out delays and take the stream settings off a reply.
+async fn resolve(reply: Reply, asked_stream: bool) -> (Reply, Streaming) {
     let mut reply = reply;
-    while let Reply::Delayed(delay, inner) = reply {
-        tokio::time::sleep(delay).await;
-        reply = *inner;
+    let mut streaming = Streaming {
+        on: asked_stream,
+        ..Streaming::default()
+    };
+    loop {
+        reply = match reply {
+            Reply::Delayed(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                *inner
+            }
+            Reply::Paced(every, inner) => {
+                streaming.every = every;
+                *inner
+            }
+            Reply::Cut(events, inner) => {
+                streaming.cut = Some(events);
+                *inner
+            }
+            Reply::Unstreamed(inner) => {
+                streaming.on = false;
+                *inner
+            }
+            other => return (other, streaming),
+        };
     }
-    reply
+}
+
+/// Pieces of about a token (four characters), on character boundaries.
+fn pieces(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(size.max(1))
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+/// A `text/event-stream` response sending `events` (already framed) with the pacing asked;
+/// the time event number `first_text` goes out is recorded.
+fn event_stream(
+    events: Vec<String>,
+    streaming: Streaming,
+    first_text: Option<(usize, Shared)>,
+) -> Response {
+    let mut events = events;
+    if let Some(cut) = streaming.cut {
+        events.truncate(cut);
+    }
+    let every = streaming.every;
+    let stream = futures_util::stream::unfold(
+        (events.into_iter().enumerate(), true),
+        move |(mut events, first)| {
+            let first_text = first_text.clone();
+            async move {
+                let (n, event) = events.next()?;
+                if !first && !every.is_zero() {
+                    tokio::time::sleep(every).await;
+                }
+                if let Some((at, shared)) = first_text
+                    && at == n
+                {
+                    lock(&shared).first_text_at.push(std::time::Instant::now());
+                }
+                Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                    (events, false),
+                ))
+            }
+        },
+    );
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn anthropic_event(data: Value) -> String {
+    let kind = data["type"].as_str().unwrap_or("message").to_string();
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+fn openai_event(data: Value) -> String {
+    format!("data: {data}\n\n")
 }
 
 fn error_response(api: Api, status: u16, retry_after: Option<String>) -> Response {
@@ -404,9 +536,14 @@ fn raw_response(status: u16, body: String) -> Response {
     (code, [("content-type", "application/json")], body).into_response()
 }
 
+fn asks_stream(body: &Value) -> bool {
+    body.get("stream").and_then(Value::as_bool) == Some(true)
+}
+
 async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
     let (reply, body, n) = take(&shared, Api::Anthropic, &headers, &raw);
-    let (text, calls) = match resolve(reply).await {
+    let (reply, streaming) = resolve(reply, asks_stream(&body)).await;
+    let (text, calls) = match reply {
         Reply::Text(text) => (text, Vec::new()),
         Reply::Tools { text, calls } => (text, calls),
         Reply::Status {
@@ -415,7 +552,12 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         } => return error_response(Api::Anthropic, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Delayed(..) | Reply::Computed(_) => {
+        Reply::Sse(body) => return event_stream(vec![body], Streaming::default(), None),
+        Reply::Delayed(..)
+        | Reply::Computed(_)
+        | Reply::Paced(..)
+        | Reply::Cut(..)
+        | Reply::Unstreamed(_) => {
             return raw_response(500, "unresolved reply".into());
         }
     };
@@ -427,6 +569,71 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         .and_then(Value::as_str)
         .map(str::to_string);
     let (input, read, write) = usage(&shared, &body, prefix);
+    let output_tokens = (text.chars().count() / 4 + 1) as i64;
+    let stop_reason = if calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
+    if streaming.on {
+        let mut events = vec![anthropic_event(json!({
+            "type": "message_start",
+            "message": {
+                "id": format!("msg_{n}"), "type": "message", "role": "assistant",
+                "model": body.get("model").cloned().unwrap_or(Value::Null),
+                "content": [], "stop_reason": null,
+                "usage": {
+                    "input_tokens": input, "output_tokens": 1,
+                    "cache_read_input_tokens": read, "cache_creation_input_tokens": write,
+                },
+            },
+        }))];
+        let mut index = 0;
+        if !text.is_empty() {
+            events.push(anthropic_event(json!({
+                "type": "content_block_start", "index": 0,
+                "content_block": { "type": "text", "text": "" },
+            })));
+            events.push(anthropic_event(json!({ "type": "ping" })));
+            for piece in pieces(&text, 4) {
+                events.push(anthropic_event(json!({
+                    "type": "content_block_delta", "index": 0,
+                    "delta": { "type": "text_delta", "text": piece },
+                })));
+            }
+            events.push(anthropic_event(
+                json!({ "type": "content_block_stop", "index": 0 }),
+            ));
+            index = 1;
+        }
+        for (i, (name, call_input)) in calls.iter().enumerate() {
+            events.push(anthropic_event(json!({
+                "type": "content_block_start", "index": index,
+                "content_block": {
+                    "type": "tool_use", "id": format!("toolu_{n}_{i}"), "name": name, "input": {},
+                },
+            })));
+            for piece in pieces(&call_input.to_string(), 5) {
+                events.push(anthropic_event(json!({
+                    "type": "content_block_delta", "index": index,
+                    "delta": { "type": "input_json_delta", "partial_json": piece },
+                })));
+            }
+            events.push(anthropic_event(
+                json!({ "type": "content_block_stop", "index": index }),
+            ));
+            index += 1;
+        }
+        events.push(anthropic_event(json!({
+            "type": "message_delta",
+            "delta": { "stop_reason": stop_reason, "stop_sequence": null },
+            "usage": { "output_tokens": output_tokens },
+        })));
+        events.push(anthropic_event(json!({ "type": "message_stop" })));
+        // message_start, content_block_start, ping, then the first text.
+        let first_text = (!text.is_empty()).then(|| (3, shared.clone()));
+        return event_stream(events, streaming, first_text);
+    }
     let mut content = Vec::new();
     if !text.is_empty() {
         content.push(json!({ "type": "text", "text": text }));
@@ -442,10 +649,10 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
         "role": "assistant",
         "model": body.get("model").cloned().unwrap_or(Value::Null),
         "content": content,
-        "stop_reason": if calls.is_empty() { "end_turn" } else { "tool_use" },
+        "stop_reason": stop_reason,
         "usage": {
             "input_tokens": input,
-            "output_tokens": (text.chars().count() / 4 + 1) as i64,
+            "output_tokens": output_tokens,
             "cache_read_input_tokens": read,
             "cache_creation_input_tokens": write,
         },
@@ -455,7 +662,8 @@ async fn anthropic(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes)
 
 async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
     let (reply, body, n) = take(&shared, Api::OpenAi, &headers, &raw);
-    let (text, calls) = match resolve(reply).await {
+    let (reply, streaming) = resolve(reply, asks_stream(&body)).await;
+    let (text, calls) = match reply {
         Reply::Text(text) => (text, Vec::new()),
         Reply::Tools { text, calls } => (text, calls),
         Reply::Status {
@@ -464,7 +672,12 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         } => return error_response(Api::OpenAi, status, retry_after),
         Reply::Raw { status, body } => return raw_response(status, body),
         Reply::Echo { status, header } => return echo_response(status, &headers, &header),
-        Reply::Delayed(..) | Reply::Computed(_) => {
+        Reply::Sse(body) => return event_stream(vec![body], Streaming::default(), None),
+        Reply::Delayed(..)
+        | Reply::Computed(_)
+        | Reply::Paced(..)
+        | Reply::Cut(..)
+        | Reply::Unstreamed(_) => {
             return raw_response(500, "unresolved reply".into());
         }
     };
@@ -475,6 +688,59 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         .and_then(Value::as_str)
         .map(str::to_string);
     let (input, read, _) = usage(&shared, &body, prefix);
+    let completion_tokens = (text.chars().count() / 4 + 1) as i64;
+    let finish_reason = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    let usage_json = json!({
+        "prompt_tokens": input + read,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": read },
+    });
+    if streaming.on {
+        let id = format!("chatcmpl-{n}");
+        let chunk = |delta: Value, finish: Value| {
+            openai_event(json!({
+                "id": id, "object": "chat.completion.chunk",
+                "model": body.get("model").cloned().unwrap_or(Value::Null),
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            }))
+        };
+        let mut events = vec![chunk(
+            json!({ "role": "assistant", "content": "" }),
+            Value::Null,
+        )];
+        for piece in pieces(&text, 4) {
+            events.push(chunk(json!({ "content": piece }), Value::Null));
+        }
+        for (i, (name, call_input)) in calls.iter().enumerate() {
+            events.push(chunk(
+                json!({ "tool_calls": [{
+                    "index": i, "id": format!("call_{n}_{i}"), "type": "function",
+                    "function": { "name": name, "arguments": "" },
+                }] }),
+                Value::Null,
+            ));
+            for piece in pieces(&call_input.to_string(), 5) {
+                events.push(chunk(
+                    json!({ "tool_calls": [{ "index": i, "function": { "arguments": piece } }] }),
+                    Value::Null,
+                ));
+            }
+        }
+        events.push(chunk(json!({}), json!(finish_reason)));
+        let wants_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
+        if wants_usage {
+            events.push(openai_event(json!({
+                "id": id, "object": "chat.completion.chunk", "choices": [], "usage": usage_json,
+            })));
+        }
+        events.push("data: [DONE]\n\n".to_string());
+        let first_text = (!text.is_empty()).then(|| (1, shared.clone()));
+        return event_stream(events, streaming, first_text);
+    }
     let tool_calls: Vec<Value> = calls
         .iter()
         .enumerate()
@@ -500,13 +766,9 @@ async fn openai(State(shared): State<Shared>, headers: HeaderMap, raw: Bytes) ->
         "choices": [{
             "index": 0,
             "message": message,
-            "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" },
+            "finish_reason": finish_reason,
         }],
-        "usage": {
-            "prompt_tokens": input + read,
-            "completion_tokens": (text.chars().count() / 4 + 1) as i64,
-            "prompt_tokens_details": { "cached_tokens": read },
-        },
+        "usage": usage_json,
     }))
     .into_response()
 }

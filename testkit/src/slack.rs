@@ -1,5 +1,7 @@
 //! A fake Slack on 127.0.0.1: the Web API methods ecdysis calls (`auth.test`,
-//! `chat.postMessage`, `reactions.add`, `conversations.replies`/`history`, the files v2 upload,
+//! `chat.postMessage`, `chat.update`, `chat.delete`, the streaming methods `chat.startStream` /
+//! `chat.appendStream` / `chat.stopStream` (a streaming message refuses edits until stopped),
+//! `reactions.add`, `users.info`, `conversations.replies`/`history`, the files v2 upload,
 //! `oauth.v2.access`, `apps.connections.open`), `response_url`s, user-file downloads, and a
 //! Socket Mode websocket the test drives (hello, envelopes, acks, forced disconnects, silence).
 //! Every call is recorded with its `Authorization` header for assertions.
@@ -71,6 +73,8 @@ struct State_ {
     files: HashMap<String, Bytes>,
     /// Fail the next N calls of a method with this error.
     failures: HashMap<String, (usize, String)>,
+    /// `users.info`'s `tz` per user.
+    timezones: HashMap<String, String>,
     socket: SocketState,
 }
 
@@ -206,6 +210,14 @@ impl FakeSlack {
         state.grants.insert(code.to_string(), grant);
     }
 
+    /// Give a user a time zone (`users.info`'s `tz`).
+    pub fn set_user_timezone(&self, user: &str, tz: &str) {
+        self.shared
+            .lock()
+            .timezones
+            .insert(user.to_string(), tz.to_string());
+    }
+
     /// Answer the next `times` calls of `method` with `{"ok": false, "error": error}`.
     pub fn fail_next(&self, method: &str, times: usize, error: &str) {
         self.shared
@@ -244,6 +256,18 @@ impl FakeSlack {
                 tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified)
                     .await;
         }
+    }
+
+    /// The messages the bot has in a thread (the root excluded), in order, as a user sees them
+    /// now: `text`, `streaming` (true until the stream stopped), `tasks` (task lines by id).
+    pub fn thread_messages(&self, channel: &str, thread_ts: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .posted
+            .iter()
+            .filter(|m| m["channel"] == channel && m["thread_ts"] == thread_ts)
+            .cloned()
+            .collect()
     }
 
     // --- Socket Mode ----------------------------------------------------------------------------
@@ -475,7 +499,83 @@ async fn api(
             shared.lock().posted.push(stored);
             ok(json!({ "channel": channel, "ts": ts, "message": message }))
         }
+        "chat.startStream" => {
+            let (Some(channel), Some(thread)) = (
+                args.get("channel").and_then(Value::as_str),
+                args.get("thread_ts").and_then(Value::as_str),
+            ) else {
+                return slack_error("invalid_arguments");
+            };
+            let ts = next_ts(&shared);
+            let mut message = json!({
+                "type": "message", "ts": ts, "text": "", "bot_id": "BBOT", "user": "UBOT",
+                "channel": channel, "thread_ts": thread, "streaming": true, "tasks": {},
+                "recipient_team_id": args.get("recipient_team_id").cloned().unwrap_or(Value::Null),
+                "recipient_user_id": args.get("recipient_user_id").cloned().unwrap_or(Value::Null),
+            });
+            stream_content(&mut message, &args);
+            shared.lock().posted.push(message);
+            ok(json!({ "channel": channel, "ts": ts }))
+        }
+        "chat.appendStream" | "chat.stopStream" | "chat.update" | "chat.delete" => {
+            let channel = args.get("channel").and_then(Value::as_str).unwrap_or("");
+            let ts = args.get("ts").and_then(Value::as_str).unwrap_or("");
+            let mut state = shared.lock();
+            let Some(at) = state
+                .posted
+                .iter()
+                .position(|m| m["channel"] == channel && m["ts"] == ts)
+            else {
+                return slack_error("message_not_found");
+            };
+            let streaming = state.posted[at]["streaming"] == true;
+            match method.as_str() {
+                "chat.appendStream" | "chat.stopStream" if !streaming => {
+                    slack_error("message_not_in_streaming_state")
+                }
+                "chat.update" if streaming => slack_error("message_is_streaming"),
+                "chat.delete" => {
+                    state.posted.remove(at);
+                    ok(json!({ "channel": channel, "ts": ts }))
+                }
+                "chat.update" => {
+                    let message = &mut state.posted[at];
+                    message["text"] = args.get("text").cloned().unwrap_or(json!(""));
+                    message["edited"] = json!({ "user": "UBOT", "ts": ts });
+                    if let Some(metadata) = args.get("metadata") {
+                        message["metadata"] = metadata.clone();
+                    }
+                    let updated =
+                        json!({ "text": message["text"], "bot_id": "BBOT", "user": "UBOT" });
+                    ok(
+                        json!({ "channel": channel, "ts": ts, "text": message["text"], "message": updated }),
+                    )
+                }
+                stop_or_append => {
+                    let message = &mut state.posted[at];
+                    stream_content(message, &args);
+                    if stop_or_append == "chat.stopStream" {
+                        message["streaming"] = json!(false);
+                        if let Some(metadata) = args.get("metadata") {
+                            message["metadata"] = metadata.clone();
+                        }
+                    }
+                    ok(json!({ "channel": channel, "ts": ts }))
+                }
+            }
+        }
         "reactions.add" => ok(json!({})),
+        "users.info" => {
+            let user = args.get("user").and_then(Value::as_str).unwrap_or("");
+            if user.is_empty() {
+                return slack_error("user_not_found");
+            }
+            let mut info = json!({ "id": user, "team_id": "T0FAKE", "name": user });
+            if let Some(tz) = shared.lock().timezones.get(user) {
+                info["tz"] = json!(tz);
+            }
+            ok(json!({ "user": info }))
+        }
         "conversations.replies" | "conversations.history" => {
             let channel = args.get("channel").and_then(Value::as_str).unwrap_or("");
             let thread = args.get("ts").and_then(Value::as_str);
@@ -526,6 +626,32 @@ async fn api(
         "apps.connections.open" => ok(json!({ "url": shared.socket_url })),
         _ => slack_error("unknown_method"),
     }
+}
+
+/// Add a streaming call's `markdown_text` and `chunks` (Markdown text, task updates) to a
+/// streaming message.
+fn stream_content(message: &mut Value, args: &Value) {
+    let mut text = message["text"].as_str().unwrap_or_default().to_string();
+    if let Some(more) = args.get("markdown_text").and_then(Value::as_str) {
+        text.push_str(more);
+    }
+    for chunk in args
+        .get("chunks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match chunk["type"].as_str() {
+            Some("markdown_text") => text.push_str(chunk["text"].as_str().unwrap_or_default()),
+            Some("task_update") => {
+                let id = chunk["id"].as_str().unwrap_or_default().to_string();
+                message["tasks"][id] =
+                    json!({ "title": chunk["title"], "status": chunk["status"] });
+            }
+            _ => {}
+        }
+    }
+    message["text"] = json!(text);
 }
 
 async fn upload(

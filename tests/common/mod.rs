@@ -34,6 +34,7 @@ pub fn embed_model_dir() -> Option<String> {
 pub mod mcp;
 pub mod sandbox;
 pub mod server;
+pub mod sse;
 
 /// A Postgres URL whose connections live in a new, empty schema, so runs never see each other.
 pub async fn fresh_postgres(url: &str) -> String {

@@ -5,13 +5,13 @@ use super::*;
 use ecdysis::storage::store::{ImportedCompaction, ImportedMessage, ImportedNote};
 
 /// Leader leases: one owner at a time, renewable, released, taken over once expired.
-pub async fn leases(store: &dyn Store) {
+pub async fn leases(store: &Fixture) {
     assert!(store.leases().await.unwrap().is_empty());
     assert!(store.try_lead("gateway", "one", 60_000).await.unwrap());
     assert!(!store.try_lead("gateway", "two", 60_000).await.unwrap());
     // Renewing keeps the first acquisition time.
     let before = store.leases().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.advance(5);
     assert!(store.try_lead("gateway", "one", 60_000).await.unwrap());
     let after = store.leases().await.unwrap();
     assert_eq!(after.len(), 1);
@@ -27,7 +27,7 @@ pub async fn leases(store: &dyn Store) {
     assert!(store.try_lead("gateway", "two", 60_000).await.unwrap());
     // An expired lease is taken over (and a fresh acquisition time recorded).
     assert!(store.try_lead("short", "one", 1).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    store.advance(30);
     assert!(store.try_lead("short", "two", 60_000).await.unwrap());
     assert!(!store.try_lead("short", "one", 60_000).await.unwrap());
     let names: Vec<(String, String)> = store
@@ -77,17 +77,17 @@ pub async fn lease_race(stores: Vec<Arc<dyn Store>>) {
 }
 
 /// The admin pages' reads and writes.
-pub async fn admin(store: &dyn Store) {
+pub async fn admin(store: &Fixture) {
     let a = conv("ops-a", None);
     let b = conv("ops-b", Some("t1"));
     insert(store, &new_event(&a, "Ev-ops-1", "hello from a")).await;
     let done = claim_some(store, "w").await;
     complete(store, &done, "w").await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.advance(5);
     let failing = insert(store, &new_event(&b, "Ev-ops-2", "this one fails")).await;
     let claimed = claim_some(store, "w").await;
     assert_eq!(claimed.id, failing);
-    store.fail_event(failing, "w", "boom", None).await.unwrap();
+    assert!(store.fail_event(&claimed, "w", "boom", None).await.unwrap());
 
     // Conversations, the most recently active first; per channel.
     let all = store.conversations(None, 1000).await.unwrap();
@@ -213,7 +213,7 @@ pub async fn admin(store: &dyn Store) {
 }
 
 /// Imports keep times and are idempotent.
-pub async fn imports(store: &dyn Store) {
+pub async fn imports(store: &Fixture) {
     let ch = channel("test", "W1", "imported");
     let note = ImportedNote {
         channel: ch.clone(),

@@ -16,6 +16,12 @@ pub enum CommandName {
     Forget,
     Memory,
     Status,
+    /// Schedule a reminder, a recurring post or a heartbeat prompt.
+    Remind,
+    /// List the channel's scheduled jobs.
+    Schedules,
+    /// Cancel a scheduled job.
+    Unschedule,
     Help,
     /// A word that is not a command; the core answers with the help text.
     Unknown(String),
@@ -23,7 +29,7 @@ pub enum CommandName {
 
 impl CommandName {
     /// Every known command, in the order help lists them.
-    pub const ALL: [CommandName; 10] = [
+    pub const ALL: [CommandName; 13] = [
         CommandName::Ask,
         CommandName::Remember,
         CommandName::Recall,
@@ -32,6 +38,9 @@ impl CommandName {
         CommandName::Run,
         CommandName::Screenshot,
         CommandName::Record,
+        CommandName::Remind,
+        CommandName::Schedules,
+        CommandName::Unschedule,
         CommandName::Status,
         CommandName::Help,
     ];
@@ -47,6 +56,9 @@ impl CommandName {
             "forget" => Self::Forget,
             "memory" => Self::Memory,
             "status" => Self::Status,
+            "remind" => Self::Remind,
+            "schedules" => Self::Schedules,
+            "unschedule" => Self::Unschedule,
             "help" => Self::Help,
             _ => Self::Unknown(word.to_string()),
         }
@@ -63,6 +75,9 @@ impl CommandName {
             Self::Forget => "forget",
             Self::Memory => "memory",
             Self::Status => "status",
+            Self::Remind => "remind",
+            Self::Schedules => "schedules",
+            Self::Unschedule => "unschedule",
             Self::Help => "help",
             Self::Unknown(word) => word,
         }

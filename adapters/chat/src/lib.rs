@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod allow;
 mod command;
+mod live;
 mod text;
 
 pub use allow::AllowList;
 pub use command::{Command, CommandName};
+pub use live::{LiveHandle, LiveMessage, LiveSettings, LiveView, Progress};
 pub use text::split_text;
 
 /// Where a message lives: platform, workspace (Slack team, Discord guild), channel and thread.
@@ -211,6 +213,10 @@ pub struct Reply {
     pub buttons: Vec<Button>,
     /// Copied from the event this answers.
     pub route: serde_json::Value,
+    /// The live message this reply finishes (see [`ChatAdapter::start_live`]): the adapter
+    /// edits it into this reply instead of posting a new message, or removes it when the reply
+    /// has no text. `None` for replies that were not shown while written.
+    pub live: Option<LiveHandle>,
 }
 
 /// What a platform said about a delivered reply.
@@ -266,8 +272,54 @@ pub trait ChatAdapter: Send + Sync + 'static {
     /// Show that an event was received while the agent works (a reaction, a typing indicator).
     async fn working(&self, _conversation: &ConversationRef, _route: &serde_json::Value) {}
 
-    /// Post a reply into the conversation it belongs to.
+    /// Post a reply into the conversation it belongs to (finishing [`Reply::live`] when set).
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError>;
+
+    /// Whether replies to an event with this route are shown while they are written, and how
+    /// often a live message may change. `None` (the default): one final message.
+    fn live(&self, _route: &serde_json::Value) -> Option<LiveSettings> {
+        None
+    }
+
+    /// Create a live message showing `view`; its handle is stored by the core before any
+    /// update. Adapters that return `Some` from [`ChatAdapter::live`] implement this.
+    async fn start_live(
+        &self,
+        _message: &LiveMessage,
+        _view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        Err(DeliveryError::Permanent(
+            "this adapter does not show replies while they are written".into(),
+        ))
+    }
+
+    /// Change a live message from `shown` (what the last successful call showed; empty after
+    /// a restart) to `view`. Returns a new handle when the adapter changed how it reaches the
+    /// message (the core stores it), `None` otherwise.
+    async fn update_live(
+        &self,
+        _message: &LiveMessage,
+        _handle: &LiveHandle,
+        _shown: &LiveView,
+        _view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        Err(DeliveryError::Permanent(
+            "this adapter does not show replies while they are written".into(),
+        ))
+    }
+
+    /// The route of a message the bot posts later on its own (a reminder) into the place the
+    /// event of `route` came from: one-time parts (a slash command's response URL, an
+    /// interaction token, the triggering message) dropped. `now_ms` is when it is posted.
+    fn later_route(&self, route: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+        let _ = now_ms;
+        route.clone()
+    }
+
+    /// A user's IANA time zone, when the platform knows it (Slack's `users.info`).
+    async fn user_timezone(&self, _user_id: &str, _route: &serde_json::Value) -> Option<String> {
+        None
+    }
 }
 
 /// The answer of the core to an accepted event.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ecdysis_chat::{
-    ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, Limits, Reply,
+    ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, Limits, LiveHandle,
+    LiveMessage, LiveSettings, LiveView, Reply,
 };
 use serenity::http::Http;
 
@@ -140,5 +141,45 @@ impl ChatAdapter for DiscordAdapter {
             self.shared.acks.wait(&interaction.id, ACK_WAIT).await;
         }
         crate::deliver::deliver(&self.shared, &route, reply).await
+    }
+
+    fn live(&self, route: &serde_json::Value) -> Option<LiveSettings> {
+        Route::from_value(route).map(|_| crate::live::settings())
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        let route = Route::from_value(&message.route)
+            .ok_or_else(|| DeliveryError::Permanent("the reply has no Discord route".into()))?;
+        if let Some(interaction) = &route.interaction {
+            self.shared.acks.wait(&interaction.id, ACK_WAIT).await;
+        }
+        crate::live::start(&self.shared, message, view).await
+    }
+
+    async fn update_live(
+        &self,
+        _message: &LiveMessage,
+        handle: &LiveHandle,
+        _shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        crate::live::update(&self.shared, handle, view).await?;
+        Ok(None)
+    }
+
+    /// A message posted later into the channel, DM or thread of `route`, as a plain message
+    /// (an interaction's token expires after 15 minutes).
+    fn later_route(&self, route: &serde_json::Value, _now_ms: i64) -> serde_json::Value {
+        match Route::from_value(route) {
+            Some(mut route) => {
+                route.interaction = None;
+                route.to_value()
+            }
+            None => route.clone(),
+        }
     }
 }

@@ -137,8 +137,23 @@ pub fn spec(name: &CommandName) -> (&'static str, &'static [OptionSpec]) {
         description: "The note's number, as /recall or /memory show it",
         choices: &[],
     }];
+    const REMIND: &[OptionSpec] = &[main_text(
+        "when_what",
+        "When, then what: in 10 minutes stand-up · every weekday at 9:00 ask: any news?",
+    )];
+    const UNSCHEDULE: &[OptionSpec] = &[OptionSpec {
+        name: "id",
+        kind: OptionKind::Integer,
+        required: true,
+        positional: true,
+        description: "The job's number, as /schedules shows it",
+        choices: &[],
+    }];
     match name {
         CommandName::Ask => ("Ask the agent", ASK),
+        CommandName::Remind => ("Schedule a reminder, a recurring post or a check", REMIND),
+        CommandName::Schedules => ("List this channel's scheduled jobs", &[]),
+        CommandName::Unschedule => ("Cancel a scheduled job", UNSCHEDULE),
         CommandName::Run => ("Run a shell command in this channel's sandbox", RUN),
         CommandName::Screenshot => ("Take a screenshot of a web page", SCREENSHOT),
         CommandName::Record => ("Record a video of a web page", RECORD),

@@ -53,7 +53,7 @@ impl Typing {
         }
     }
 
-    fn stop(&self, channel: u64) {
+    pub(crate) fn stop(&self, channel: u64) {
         if let Some(task) = self
             .running
             .lock()
@@ -87,7 +87,7 @@ fn contains<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, value: &T) -> bool
     set.lock().map(|s| s.contains(value)).unwrap_or(false)
 }
 
-fn id(text: &str) -> Result<u64, DeliveryError> {
+pub(crate) fn id(text: &str) -> Result<u64, DeliveryError> {
     text.parse::<u64>()
         .ok()
         .filter(|id| *id != 0)
@@ -138,6 +138,13 @@ pub(crate) async fn deliver(
     if text.trim().is_empty() && files.is_empty() {
         text = "(no text)".into();
     }
+    // The answer was shown while written: that message becomes the reply.
+    if let Some(live) = &reply.live
+        && let Some(delivered) =
+            crate::live::finish(shared, route, reply, live, &text, &files, &rows).await?
+    {
+        return Ok(delivered);
+    }
     let piece = piece_index(&reply.idempotency_key);
     match &route.interaction {
         Some(interaction) => {
@@ -177,7 +184,7 @@ pub(crate) async fn deliver(
     }
 }
 
-async fn post_message(
+pub(crate) async fn post_message(
     shared: &Shared,
     channel: u64,
     key: &str,
@@ -246,7 +253,7 @@ async fn respond(
 
 /// Edit an interaction's original response. A 404 right after the deferral (the HTTP
 /// endpoint's answer may still be on its way to Discord) is tried again a few times at once.
-async fn edit_original(
+pub(crate) async fn edit_original(
     shared: &Shared,
     token: &str,
     edit: EditInteractionResponse,
@@ -270,7 +277,7 @@ async fn edit_original(
 
 /// The channel to post into; for a mention in a channel, the thread on the user's message,
 /// started first when it does not exist yet.
-async fn ensure_thread(shared: &Shared, route: &Route) -> Result<u64, DeliveryError> {
+pub(crate) async fn ensure_thread(shared: &Shared, route: &Route) -> Result<u64, DeliveryError> {
     let channel = id(&route.channel_id)?;
     let Some(message) = route.thread_on.as_deref() else {
         return Ok(channel);
@@ -318,7 +325,7 @@ fn fitting_files(files: &[Attachment], limit: u64) -> (Vec<Attachment>, Vec<Stri
     (fitting, notes)
 }
 
-fn to_discord_file(file: Attachment) -> CreateAttachment {
+pub(crate) fn to_discord_file(file: Attachment) -> CreateAttachment {
     CreateAttachment::bytes(file.bytes.to_vec(), file.name)
 }
 
@@ -402,7 +409,7 @@ fn discord_code(error: &serenity::Error) -> Option<isize> {
     }
 }
 
-fn status(error: &serenity::Error) -> Option<u16> {
+pub(crate) fn status(error: &serenity::Error) -> Option<u16> {
     match error {
         serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
             Some(response.status_code.as_u16())
@@ -421,7 +428,7 @@ pub(crate) fn classify(error: serenity::Error) -> DeliveryError {
 
 /// Like [`classify`], and a 404 is retried too: the deferral may not have reached Discord yet
 /// (the interaction token stays valid for 15 minutes).
-fn classify_interaction(error: serenity::Error) -> DeliveryError {
+pub(crate) fn classify_interaction(error: serenity::Error) -> DeliveryError {
     match status(&error) {
         Some(404) => DeliveryError::Retryable(error.to_string()),
         _ => classify(error),

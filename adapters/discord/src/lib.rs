@@ -21,6 +21,7 @@ mod health;
 mod http_interactions;
 mod intake;
 mod interactions;
+mod live;
 mod rest;
 mod route;
 mod translate;

@@ -93,6 +93,25 @@ pub(crate) struct PostMessage<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// A stream to start (`chat.startStream`).
+pub(crate) struct StartStream<'a> {
+    pub channel: &'a str,
+    pub thread_ts: &'a str,
+    /// The workspace and user the answer is for (Slack requires them in channels).
+    pub team: &'a str,
+    pub user: Option<&'a str>,
+    /// The first Markdown text and task updates.
+    pub chunks: Vec<SlackStreamChunk>,
+}
+
+/// The metadata every message of the adapter carries: the reply's idempotency key.
+fn metadata(idempotency_key: &str) -> SlackMessageMetadata {
+    SlackMessageMetadata::new(METADATA_EVENT.to_string()).with_event_payload(HashMap::from([(
+        "key".to_string(),
+        idempotency_key.to_string(),
+    )]))
+}
+
 /// What `oauth.v2.access` granted.
 pub(crate) struct Granted {
     pub team_id: String,
@@ -185,13 +204,10 @@ impl Api {
     ) -> Result<String, CallError> {
         let token = token(bot_token);
         let session = self.client.open_session(&token);
-        let metadata = SlackMessageMetadata::new(METADATA_EVENT.to_string()).with_event_payload(
-            HashMap::from([("key".to_string(), message.idempotency_key.to_string())]),
-        );
         let content = SlackMessageContent::new()
             .with_text(message.text.to_string())
             .opt_blocks(message.blocks)
-            .with_metadata(metadata);
+            .with_metadata(metadata(message.idempotency_key));
         let request = SlackApiChatPostMessageRequest::new(message.channel.into(), content)
             .opt_thread_ts(message.thread_ts.map(SlackTs::from))
             .with_unfurl_links(false);
@@ -200,6 +216,126 @@ impl Api {
             .await
             .map_err(|e| CallError::from_client("chat.postMessage", e))?;
         Ok(posted.ts.to_string())
+    }
+
+    /// `chat.update` of a message the bot posted: new text (and blocks), the reply's key in
+    /// its metadata.
+    pub(crate) async fn update_message(
+        &self,
+        bot_token: &str,
+        ts: &str,
+        message: PostMessage<'_>,
+    ) -> Result<(), CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let content = SlackMessageContent::new()
+            .with_text(message.text.to_string())
+            .opt_blocks(message.blocks)
+            .with_metadata(metadata(message.idempotency_key));
+        let request =
+            SlackApiChatUpdateRequest::new(message.channel.into(), content, SlackTs::from(ts));
+        session
+            .chat_update(&request)
+            .await
+            .map_err(|e| CallError::from_client("chat.update", e))?;
+        Ok(())
+    }
+
+    /// `chat.delete` of a message the bot posted.
+    pub(crate) async fn delete_message(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        session
+            .chat_delete(&SlackApiChatDeleteRequest::new(
+                channel.into(),
+                SlackTs::from(ts),
+            ))
+            .await
+            .map_err(|e| CallError::from_client("chat.delete", e))?;
+        Ok(())
+    }
+
+    /// `chat.startStream` in a thread; returns the new message's `ts`.
+    pub(crate) async fn start_stream(
+        &self,
+        bot_token: &str,
+        stream: StartStream<'_>,
+    ) -> Result<String, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let request = SlackApiChatStartStreamRequest::new(stream.channel.into())
+            .with_thread_ts(SlackTs::from(stream.thread_ts))
+            .with_recipient_team_id(stream.team.into())
+            .opt_recipient_user_id(stream.user.map(SlackUserId::from))
+            .opt_chunks((!stream.chunks.is_empty()).then_some(stream.chunks))
+            .with_task_display_mode(SlackStreamTaskDisplayMode::Timeline);
+        let started = session
+            .chat_start_stream(&request)
+            .await
+            .map_err(|e| CallError::from_client("chat.startStream", e))?;
+        Ok(started.ts.to_string())
+    }
+
+    /// `chat.appendStream`: more Markdown text and task updates.
+    pub(crate) async fn append_stream(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        ts: &str,
+        chunks: Vec<SlackStreamChunk>,
+    ) -> Result<(), CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let request = SlackApiChatAppendStreamRequest::new(channel.into(), SlackTs::from(ts))
+            .with_chunks(chunks);
+        session
+            .chat_append_stream(&request)
+            .await
+            .map_err(|e| CallError::from_client("chat.appendStream", e))?;
+        Ok(())
+    }
+
+    /// `chat.stopStream`, with the last Markdown text (if any) and the reply's key as metadata.
+    pub(crate) async fn stop_stream(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        ts: &str,
+        last_text: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<(), CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let content = SlackMessageContent::new()
+            .opt_markdown_text(last_text.map(str::to_string))
+            .with_metadata(metadata(idempotency_key));
+        let request =
+            SlackApiChatStopStreamRequest::new(channel.into(), SlackTs::from(ts), content);
+        session
+            .chat_stop_stream(&request)
+            .await
+            .map_err(|e| CallError::from_client("chat.stopStream", e))?;
+        Ok(())
+    }
+
+    /// A user's IANA time zone (`users.info`'s `tz`), when Slack has one.
+    pub(crate) async fn user_timezone(
+        &self,
+        bot_token: &str,
+        user: &str,
+    ) -> Result<Option<String>, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let info = session
+            .users_info(&SlackApiUsersInfoRequest::new(user.into()))
+            .await
+            .map_err(|e| CallError::from_client("users.info", e))?;
+        Ok(info.user.tz.filter(|tz| !tz.is_empty()))
     }
 
     /// `reactions.add`.

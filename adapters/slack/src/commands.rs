@@ -81,6 +81,7 @@ impl SlashCommand {
             response_url: self.response_url.clone(),
             via: Via::ResponseUrl,
             received_ms,
+            user: Some(self.user_id.clone()),
         };
         Event {
             platform_event_id: id,

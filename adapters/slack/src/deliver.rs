@@ -15,7 +15,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ecdysis_chat::{
-    Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, Limits, Reply,
+    Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, Limits,
+    LiveHandle, LiveMessage, LiveSettings, LiveView, Reply,
 };
 use slack_morphism::prelude::*;
 
@@ -33,7 +34,7 @@ const SECTION_CHARS: usize = 3_000;
 
 /// Which replies may have been attempted already, and since when this process runs.
 pub(crate) struct Bookkeeping {
-    started_ms: i64,
+    pub(crate) started_ms: i64,
     attempted: Mutex<HashSet<String>>,
 }
 
@@ -67,7 +68,7 @@ impl Bookkeeping {
     }
 }
 
-fn retryable(e: SlackError) -> DeliveryError {
+pub(crate) fn retryable(e: SlackError) -> DeliveryError {
     match e {
         SlackError::NoToken(_) | SlackError::Config { .. } => {
             DeliveryError::Permanent(e.to_string())
@@ -138,6 +139,59 @@ impl ChatAdapter for Slack {
         }
         result
     }
+
+    fn live(&self, route: &serde_json::Value) -> Option<LiveSettings> {
+        self.live_settings(route)
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        self.start_live_message(message, view).await
+    }
+
+    async fn update_live(
+        &self,
+        message: &LiveMessage,
+        handle: &LiveHandle,
+        shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        self.update_live_message(message, handle, shown, view).await
+    }
+
+    /// A message posted later into the channel or thread of `route`: by `chat.postMessage`
+    /// (a slash command's `response_url` expires), without the 👀 reaction.
+    fn later_route(&self, route: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+        let Some(mut route) = Route::from_value(route) else {
+            return route.clone();
+        };
+        route.via = Via::Message;
+        route.response_url = None;
+        route.message_ts = None;
+        route.received_ms = now_ms;
+        route.to_value()
+    }
+
+    async fn user_timezone(&self, user_id: &str, route: &serde_json::Value) -> Option<String> {
+        let team = Route::from_value(route)?.team;
+        if let Some(cached) = self.inner.timezones.get(&team, user_id) {
+            return cached;
+        }
+        let token = self.token(&team).await.ok()?;
+        match self.inner.api.user_timezone(&token, user_id).await {
+            Ok(tz) => {
+                self.inner.timezones.put(&team, user_id, tz.clone());
+                tz
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the user's time zone");
+                None
+            }
+        }
+    }
 }
 
 impl Slack {
@@ -148,8 +202,15 @@ impl Slack {
         attempted_before: bool,
     ) -> Result<Delivered, DeliveryError> {
         let text = mrkdwn::from_markdown(&reply.text);
-        let has_text = !text.trim().is_empty() || !reply.buttons.is_empty();
+        let mut has_text = !text.trim().is_empty() || !reply.buttons.is_empty();
         let mut message_id = None;
+        // The answer was shown while written: that message becomes the reply.
+        if let Some(live) = &reply.live
+            && let Some(ts) = self.finish_live(reply, route, live).await?
+        {
+            message_id = Some(ts);
+            has_text = false;
+        }
         if has_text {
             let via_response_url = route.via == Via::ResponseUrl && route.response_url.is_some();
             let posted = if via_response_url {
@@ -246,7 +307,12 @@ impl Slack {
         Ok(false)
     }
 
-    async fn already_posted(&self, token: &str, route: &Route, key: &str) -> Option<String> {
+    pub(crate) async fn already_posted(
+        &self,
+        token: &str,
+        route: &Route,
+        key: &str,
+    ) -> Option<String> {
         // Without a thread, only messages since the triggering one can be ours.
         let oldest = route.message_ts.as_deref();
         match self
@@ -273,7 +339,7 @@ impl Slack {
 
 /// Block Kit for a reply with buttons: the text in sections, then one actions block. `None`
 /// for plain text (Slack renders `text` as mrkdwn by itself).
-fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
+pub(crate) fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
     if buttons.is_empty() {
         return None;
     }

@@ -191,6 +191,7 @@ fn message(
         response_url: None,
         via: Via::Message,
         received_ms,
+        user: Some(user.clone()),
     };
     let mut event_out = Event::from_text(
         event_id,

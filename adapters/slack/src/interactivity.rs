@@ -122,6 +122,7 @@ impl Interaction {
             response_url: self.response_url.clone(),
             via: Via::Message,
             received_ms,
+            user: Some(user.id.clone()),
         };
         Some(Event {
             platform_event_id: id,

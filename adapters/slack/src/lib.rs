@@ -30,6 +30,7 @@ mod files;
 mod health;
 mod inbound;
 mod interactivity;
+mod live;
 pub mod manifest;
 pub mod mrkdwn;
 mod oauth;
@@ -37,6 +38,7 @@ mod route;
 mod routes;
 pub mod signature;
 mod socket_mode;
+mod timezones;
 
 pub use api::AuthInfo;
 pub use deliver::{MAX_FILE_BYTES, MAX_TEXT_CHARS};
@@ -150,6 +152,21 @@ pub struct SlackSettings {
     /// How long downloads of a message's files may take in total (Slack wants its ack in 3 s).
     pub download_budget: Duration,
     pub socket: SocketSettings,
+    /// How answers show while they are written (`ECDYSIS_SLACK_STREAMING`).
+    pub streaming: Streaming,
+}
+
+/// How answers show in Slack while they are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Streaming {
+    /// Slack's streaming messages (`chat.startStream` / `appendStream` / `stopStream`) in
+    /// threads, with a task line per tool; elsewhere (a DM's root, slash commands) as `Edit`.
+    #[default]
+    Native,
+    /// A message posted at the first text, then `chat.update` about once a second.
+    Edit,
+    /// One message when the answer is done.
+    Off,
 }
 
 impl std::fmt::Debug for SlackSettings {
@@ -163,6 +180,7 @@ impl std::fmt::Debug for SlackSettings {
             .field("client_secret", &set(&self.client_secret))
             .field("api_url", &self.api_url)
             .field("allowed_teams", &self.allowed_teams)
+            .field("streaming", &self.streaming)
             .finish()
     }
 }
@@ -180,6 +198,7 @@ impl Default for SlackSettings {
             max_download_bytes: 20 * 1024 * 1024,
             download_budget: Duration::from_millis(2_000),
             socket: SocketSettings::default(),
+            streaming: Streaming::default(),
         }
     }
 }
@@ -201,6 +220,10 @@ struct Inner {
     verifier: signature::Verifier,
     health: health::Health,
     delivery: deliver::Bookkeeping,
+    /// The native streams this process has open.
+    streams: live::Streams,
+    /// Users' time zones (`users.info`).
+    timezones: timezones::Timezones,
     /// Plain HTTP: user-file downloads and `response_url` posts.
     http: reqwest::Client,
 }
@@ -235,6 +258,8 @@ impl Slack {
                 verifier,
                 health: health::Health::new(mode),
                 delivery: deliver::Bookkeeping::default(),
+                streams: live::Streams::default(),
+                timezones: timezones::Timezones::default(),
                 http,
             }),
         })

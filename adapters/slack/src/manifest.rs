@@ -15,6 +15,8 @@ pub const BOT_SCOPES: &[&str] = &[
     "files:read",
     "files:write",
     "commands",
+    // `users.info`: a user's time zone, for the clock times of `remind`.
+    "users:read",
 ];
 
 /// The bot events the app subscribes to.
@@ -29,7 +31,8 @@ pub const BOT_EVENTS: &[&str] = &[
 ];
 
 /// The native commands offered next to `/ecdysis` with `--native-commands` (Slack's own
-/// `/status` and the generic `/help` are left out so they do not clash).
+/// `/status` and `/remind` and the generic `/help` are left out so they do not clash:
+/// reminders are `/ecdysis remind …`).
 pub const NATIVE_COMMANDS: &[(&str, &str, &str)] = &[
     ("/ask", "Ask the agent", "<question>"),
     (
@@ -47,6 +50,8 @@ pub const NATIVE_COMMANDS: &[(&str, &str, &str)] = &[
     ("/recall", "Search this channel's notes", "<words>"),
     ("/forget", "Delete a note", "<id>"),
     ("/memory", "List this channel's notes", ""),
+    ("/schedules", "List this channel's scheduled jobs", ""),
+    ("/unschedule", "Cancel a scheduled job", "<id>"),
 ];
 
 /// The manifest for a server reachable at `base_url` (`https://HOST`, no trailing slash

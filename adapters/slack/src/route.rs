@@ -33,6 +33,9 @@ pub struct Route {
     /// When the adapter accepted the event (ms since the Unix epoch).
     #[serde(default)]
     pub received_ms: i64,
+    /// Who sent the event (a streamed answer names its recipient in channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Route {

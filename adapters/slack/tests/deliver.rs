@@ -25,6 +25,7 @@ fn reply(key: &str, route: &Route) -> Reply {
         attachments: Vec::new(),
         buttons: Vec::new(),
         route: route.to_value(),
+        live: None,
     }
 }
 
@@ -44,6 +45,7 @@ fn thread_route(received_ms: i64) -> Route {
         response_url: None,
         via: Via::Message,
         received_ms,
+        user: Some("U1".into()),
     }
 }
 
@@ -126,6 +128,7 @@ async fn command_replies_use_the_response_url_and_fall_back_to_the_channel() {
         response_url: Some(fake.response_url("cmd1")),
         via: Via::ResponseUrl,
         received_ms: now_ms(),
+        user: Some("U1".into()),
     };
     adapter.deliver(&reply("1:0", &route)).await.unwrap();
     let responses = fake.calls_to("response_url");

@@ -16,8 +16,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use ecdysis_chat::{
-    ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Limits, Reply,
-    SubmitError, UserRef,
+    ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Limits, LiveHandle,
+    LiveMessage, LiveSettings, LiveView, Reply, SubmitError, UserRef,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -53,13 +53,71 @@ pub struct WebChat {
     backend: Arc<dyn WebBackend>,
     settings: Arc<WebSettings>,
     auth: Option<Arc<ChatAuth>>,
-    updates: broadcast::Sender<String>,
+    updates: broadcast::Sender<WebUpdate>,
 }
 
+/// What the open pages of a conversation hear about.
+#[derive(Clone, Debug)]
+enum WebUpdate {
+    /// Messages were stored: the pages read what is new.
+    Stored { conversation: String },
+    /// An answer being written: its text so far.
+    Delta {
+        conversation: String,
+        event_id: String,
+        text: String,
+    },
+    /// A tool line of an answer being written.
+    Progress {
+        conversation: String,
+        event_id: String,
+        text: String,
+    },
+}
+
+impl WebUpdate {
+    fn conversation(&self) -> &str {
+        match self {
+            WebUpdate::Stored { conversation }
+            | WebUpdate::Delta { conversation, .. }
+            | WebUpdate::Progress { conversation, .. } => conversation,
+        }
+    }
+}
+
+/// How often a live answer is sent to the open pages.
+const LIVE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The web chat's [`ChatAdapter`]: the core stores replies in the transcript the page shows, so
-/// delivering one means telling the open pages of that conversation to fetch it.
+/// delivering one means telling the open pages of that conversation to read it. Answers being
+/// written reach the pages as `delta` and `progress` events.
 pub struct WebAdapter {
-    updates: broadcast::Sender<String>,
+    updates: broadcast::Sender<WebUpdate>,
+}
+
+impl WebAdapter {
+    /// Send what changed from `shown` to `view` to the open pages (none is not an error).
+    fn show(&self, message: &LiveMessage, shown: &LiveView, view: &LiveView) {
+        let conversation = message.conversation.channel.clone();
+        if view.text != shown.text {
+            let _ = self.updates.send(WebUpdate::Delta {
+                conversation: conversation.clone(),
+                event_id: message.event_id.clone(),
+                text: view.text.clone(),
+            });
+        }
+        for line in view
+            .progress
+            .iter()
+            .filter(|p| !shown.progress.iter().any(|s| s.id == p.id))
+        {
+            let _ = self.updates.send(WebUpdate::Progress {
+                conversation: conversation.clone(),
+                event_id: message.event_id.clone(),
+                text: line.text.clone(),
+            });
+        }
+    }
 }
 
 #[async_trait]
@@ -77,8 +135,36 @@ impl ChatAdapter for WebAdapter {
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
         // No open page is not an error: the reply is in the transcript either way.
-        let _ = self.updates.send(reply.conversation.channel.clone());
+        let _ = self.updates.send(WebUpdate::Stored {
+            conversation: reply.conversation.channel.clone(),
+        });
         Ok(Delivered::default())
+    }
+
+    fn live(&self, _route: &serde_json::Value) -> Option<LiveSettings> {
+        Some(LiveSettings {
+            min_interval: LIVE_INTERVAL,
+        })
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        self.show(message, &LiveView::default(), view);
+        Ok(serde_json::json!({ "event_id": message.event_id }))
+    }
+
+    async fn update_live(
+        &self,
+        message: &LiveMessage,
+        _handle: &LiveHandle,
+        shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        self.show(message, shown, view);
+        Ok(None)
     }
 }
 
@@ -319,14 +405,22 @@ async fn send_message(
         body.text,
     );
     match chat.sink.submit(event).await {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({
-                "event_id": accepted.event_id,
-                "duplicate": accepted.duplicate,
-            })),
-        )
-            .into_response(),
+        Ok(accepted) => {
+            if !accepted.duplicate && !accepted.ignored {
+                // The user's message is stored: the open pages show it.
+                let _ = chat.updates.send(WebUpdate::Stored {
+                    conversation: conversation.clone(),
+                });
+            }
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({
+                    "event_id": accepted.event_id,
+                    "duplicate": accepted.duplicate,
+                })),
+            )
+                .into_response()
+        }
         Err(SubmitError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(SubmitError::Busy(why)) => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -441,9 +535,20 @@ async fn list_messages(
     }
 }
 
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Send stored messages after this id; by default only those stored from now on.
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+/// `GET /api/chat/{conversation}/events`: `message` for every stored user and assistant
+/// message (the JSON of the messages API), `delta` (`{"event_id", "text"}`: the answer so far)
+/// while an answer is written, and `progress` (`{"event_id", "text"}`) for each tool line.
 async fn live_updates(
     State(chat): State<WebChat>,
     Path(conversation): Path<String>,
+    Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
     if !chat.allowed(&headers) {
@@ -452,31 +557,98 @@ async fn live_updates(
     if !valid_conversation(&conversation) {
         return error(StatusCode::BAD_REQUEST, "invalid conversation name");
     }
+    // Subscribed before the newest message is looked up, so nothing stored in between is missed.
     let receiver = chat.updates.subscribe();
-    Sse::new(updates_for(receiver, conversation))
+    let after = match query.after {
+        Some(after) => after,
+        None => match newest_message_id(chat.backend.as_ref(), &conversation).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read messages");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages");
+            }
+        },
+    };
+    let state = Updates {
+        backend: chat.backend.clone(),
+        receiver,
+        conversation,
+        after,
+        queue: std::collections::VecDeque::new(),
+    };
+    Sse::new(updates_for(state))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-/// A stream with one `update` event whenever `conversation` has something new (or when updates
-/// were missed, so the page re-reads rather than miss a reply).
-fn updates_for(
-    receiver: broadcast::Receiver<String>,
+/// The id of the newest message of a conversation (0 when it has none).
+async fn newest_message_id(backend: &dyn WebBackend, conversation: &str) -> Result<i64, String> {
+    let conversation = conversation_ref(conversation);
+    let mut after = 0;
+    loop {
+        let page = backend.messages(&conversation, after).await?;
+        match page.iter().map(|m| m.id).max() {
+            Some(newest) => after = newest,
+            None => return Ok(after),
+        }
+    }
+}
+
+/// One open `events` stream.
+struct Updates {
+    backend: Arc<dyn WebBackend>,
+    receiver: broadcast::Receiver<WebUpdate>,
     conversation: String,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures_util::stream::unfold(receiver, move |mut receiver| {
-        let conversation = conversation.clone();
-        async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(name) if name == conversation => break,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+    /// The newest message sent.
+    after: i64,
+    queue: std::collections::VecDeque<SseEvent>,
+}
+
+impl Updates {
+    /// Queue the messages stored since the last one sent.
+    async fn read_stored(&mut self) {
+        let conversation = conversation_ref(&self.conversation);
+        match self.backend.messages(&conversation, self.after).await {
+            Ok(messages) => {
+                for message in messages {
+                    self.after = self.after.max(message.id);
+                    if let Ok(event) = SseEvent::default().event("message").json_data(&message) {
+                        self.queue.push_back(event);
+                    }
                 }
             }
-            Some((Ok(SseEvent::default().event("update").data("{}")), receiver))
+            Err(e) => tracing::warn!(error = %e, "live updates: cannot read messages"),
         }
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            match self.receiver.recv().await {
+                Ok(update) if update.conversation() != self.conversation => continue,
+                Ok(WebUpdate::Stored { .. }) => self.read_stored().await,
+                Ok(WebUpdate::Delta { event_id, text, .. }) => {
+                    let data = serde_json::json!({ "event_id": event_id, "text": text });
+                    return Some(SseEvent::default().event("delta").data(data.to_string()));
+                }
+                Ok(WebUpdate::Progress { event_id, text, .. }) => {
+                    let data = serde_json::json!({ "event_id": event_id, "text": text });
+                    return Some(SseEvent::default().event("progress").data(data.to_string()));
+                }
+                // Missed updates: a later delta or the stored message makes up for them.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.read_stored().await,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn updates_for(state: Updates) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok(event), state))
     })
 }
 

@@ -1,15 +1,16 @@
 //! The terminal chat (`ecdysis chat`): lines from stdin become events of the conversation
-//! `local:terminal`; replies are printed as they are delivered.
+//! `local:terminal`; answers print as they are written (tool lines on lines of their own), and
+//! the final reply adds what is still missing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ecdysis_chat::{
-    ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Limits, Reply,
-    SubmitError, UserRef,
+    ChatAdapter, ConversationRef, Delivered, DeliveryError, Event, EventSink, Limits, LiveHandle,
+    LiveMessage, LiveSettings, LiveView, Reply, SubmitError, UserRef,
 };
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::Notify;
@@ -23,7 +24,12 @@ pub fn conversation() -> ConversationRef {
 pub struct TerminalAdapter {
     waiting: Mutex<HashSet<u64>>,
     answered: Notify,
+    /// The text of each live answer printed so far, by reply key.
+    printed: Mutex<HashMap<String, String>>,
 }
+
+/// How often a live answer prints (as it arrives, in small batches).
+const LIVE_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Default for TerminalAdapter {
     fn default() -> Self {
@@ -36,7 +42,43 @@ impl TerminalAdapter {
         Self {
             waiting: Mutex::new(HashSet::new()),
             answered: Notify::new(),
+            printed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Print what `view` adds to `shown`; a text that does not continue what was printed starts
+    /// on a new line.
+    fn print_live(
+        &self,
+        key: &str,
+        shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<(), DeliveryError> {
+        let Ok(mut printed) = self.printed.lock() else {
+            return Ok(());
+        };
+        let so_far = printed.entry(key.to_string()).or_default();
+        let mut out = String::new();
+        for line in view
+            .progress
+            .iter()
+            .filter(|p| !shown.progress.iter().any(|s| s.id == p.id))
+        {
+            out.push_str(&format!("\n  … {}\n", line.text));
+        }
+        match view.text.strip_prefix(so_far.as_str()) {
+            Some(added) => out.push_str(added),
+            None => {
+                out.push('\n');
+                out.push_str(&view.text);
+            }
+        }
+        *so_far = view.text.clone();
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|_| stdout.flush())
+            .map_err(|e| DeliveryError::Retryable(e.to_string()))
     }
 
     fn waiting_count(&self) -> usize {
@@ -58,8 +100,20 @@ impl ChatAdapter for TerminalAdapter {
     }
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
+        let printed = self
+            .printed
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&reply.idempotency_key));
         let mut out = std::io::stdout().lock();
-        let mut text = reply.text.clone();
+        // A live answer printed so far is completed, not printed again.
+        let mut text = match (&reply.live, printed) {
+            (Some(_), Some(printed)) => match reply.text.strip_prefix(printed.as_str()) {
+                Some(rest) => rest.to_string(),
+                None => format!("\n{}", reply.text),
+            },
+            _ => reply.text.clone(),
+        };
         for file in &reply.attachments {
             text.push_str(&format!(
                 "\n[file: {} ({}, {} bytes)]",
@@ -77,6 +131,32 @@ impl ChatAdapter for TerminalAdapter {
         }
         self.answered.notify_waiters();
         Ok(Delivered::default())
+    }
+
+    fn live(&self, _route: &serde_json::Value) -> Option<LiveSettings> {
+        Some(LiveSettings {
+            min_interval: LIVE_INTERVAL,
+        })
+    }
+
+    async fn start_live(
+        &self,
+        message: &LiveMessage,
+        view: &LiveView,
+    ) -> Result<LiveHandle, DeliveryError> {
+        self.print_live(&message.idempotency_key, &LiveView::default(), view)?;
+        Ok(serde_json::json!({ "key": message.idempotency_key }))
+    }
+
+    async fn update_live(
+        &self,
+        message: &LiveMessage,
+        _handle: &LiveHandle,
+        shown: &LiveView,
+        view: &LiveView,
+    ) -> Result<Option<LiveHandle>, DeliveryError> {
+        self.print_live(&message.idempotency_key, shown, view)?;
+        Ok(None)
     }
 }
 

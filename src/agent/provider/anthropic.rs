@@ -6,9 +6,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::anthropic_stream::StreamAnswer;
+use super::sse::{Streamed, post_stream};
 use super::{
     ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError,
-    StopReason, ToolChoice, post_json,
+    StopReason, TextSink, ToolChoice, post_json,
 };
 use crate::storage::store::Usage;
 
@@ -38,6 +40,15 @@ impl AnthropicApi {
     }
 }
 
+impl AnthropicApi {
+    fn post(&self) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/messages", self.base_url))
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", API_VERSION)
+    }
+}
+
 impl std::fmt::Debug for AnthropicApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnthropicApi")
@@ -55,13 +66,32 @@ impl ChatApi for AnthropicApi {
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError> {
         let body = request_body(model, request);
-        let builder = self
-            .http
-            .post(format!("{}/v1/messages", self.base_url))
-            .header("x-api-key", &self.api_key)
-            .header("anthropic-version", API_VERSION);
-        let answer = post_json(builder, &body, timeout).await?;
+        let answer = post_json(self.post(), &body, timeout).await?;
         parse_response(&answer)
+    }
+
+    async fn stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        timeout: Duration,
+        sink: &dyn TextSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let mut body = request_body(model, request);
+        body["stream"] = json!(true);
+        let mut answer = StreamAnswer::default();
+        match post_stream(self.post(), &body, timeout, |event| {
+            answer.read(event, sink)
+        })
+        .await?
+        {
+            Streamed::Events => parse_response(&answer.finish()?),
+            Streamed::Json(whole) => {
+                let response = parse_response(&whole)?;
+                sink.text(&response.text());
+                Ok(response)
+            }
+        }
     }
 
     fn endpoint(&self) -> String {

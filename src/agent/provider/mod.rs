@@ -12,7 +12,10 @@ use crate::config::{Config, ModelSpec, Provider, ProviderKeys};
 use crate::storage::store::Usage;
 
 pub mod anthropic;
+mod anthropic_stream;
 pub mod openai;
+mod openai_stream;
+pub mod sse;
 
 /// One block of the system prompt.
 #[derive(Clone, Debug, PartialEq)]
@@ -196,6 +199,14 @@ impl ProviderError {
     }
 }
 
+/// Where a streamed answer's text goes as it arrives.
+pub trait TextSink: Send + Sync {
+    /// More text of the answer.
+    fn text(&self, delta: &str);
+    /// The call failed and is tried again (or another model answers): its text so far goes.
+    fn restart(&self) {}
+}
+
 /// One wire format.
 #[async_trait]
 pub trait ChatApi: Send + Sync + 'static {
@@ -206,6 +217,21 @@ pub trait ChatApi: Send + Sync + 'static {
         request: &ChatRequest,
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError>;
+
+    /// [`ChatApi::complete`] with the answer streamed: its text goes to `sink` as it arrives
+    /// (a server that does not stream gives it all at once). The response is the same as
+    /// `complete` would return.
+    async fn stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        timeout: Duration,
+        sink: &dyn TextSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let response = self.complete(model, request, timeout).await?;
+        sink.text(&response.text());
+        Ok(response)
+    }
 
     /// Where requests go (the base URL; no secrets).
     fn endpoint(&self) -> String;
@@ -323,25 +349,47 @@ pub(crate) async fn post_json(
         .send()
         .await
         .map_err(|e| transport_error(e, timeout))?;
-    let status = response.status();
-    let retry_after = parse_retry_after(response.headers());
+    if !response.status().is_success() {
+        return Err(error_status(response, timeout).await);
+    }
     let text = response
         .text()
         .await
         .map_err(|e| transport_error(e, timeout))?;
-    if !status.is_success() {
-        tracing::warn!(
-            status = status.as_u16(),
-            body = %crate::redact::global().snippet(&text, LOGGED_BODY_CHARS),
-            "the model API answered with an error"
-        );
-        return Err(ProviderError::Status {
-            status: status.as_u16(),
-            message: error_message(&text),
-            retry_after,
-        });
-    }
     serde_json::from_str(&text).map_err(|e| ProviderError::Malformed(format!("not JSON ({e})")))
+}
+
+/// The error of an answer with a failure status (its body logged masked and short).
+pub(crate) async fn error_status(response: reqwest::Response, timeout: Duration) -> ProviderError {
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers());
+    let text = match response.text().await {
+        Ok(text) => text,
+        Err(e) => return transport_error(e, timeout),
+    };
+    tracing::warn!(
+        status = status.as_u16(),
+        body = %crate::redact::global().snippet(&text, LOGGED_BODY_CHARS),
+        "the model API answered with an error"
+    );
+    ProviderError::Status {
+        status: status.as_u16(),
+        message: error_message(&text),
+        retry_after,
+    }
+}
+
+/// The status an API's in-stream error stands for, by its `error.type`.
+pub(crate) fn stream_error_status(kind: Option<&str>) -> u16 {
+    match kind {
+        Some("overloaded_error") => 529,
+        Some("rate_limit_error") | Some("rate_limit_exceeded") => 429,
+        Some("invalid_request_error") => 400,
+        Some("authentication_error") => 401,
+        Some("permission_error") => 403,
+        Some("not_found_error") => 404,
+        _ => 500,
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::openai_stream::StreamAnswer;
+use super::sse::{Streamed, post_stream};
 use super::{
     ChatApi, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError, StopReason,
-    ToolChoice, post_json,
+    TextSink, ToolChoice, post_json,
 };
 use crate::storage::store::Usage;
 
@@ -40,6 +42,18 @@ impl OpenAiApi {
     }
 }
 
+impl OpenAiApi {
+    fn post(&self) -> reqwest::RequestBuilder {
+        let builder = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url));
+        match &self.api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+}
+
 impl std::fmt::Debug for OpenAiApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiApi")
@@ -57,14 +71,33 @@ impl ChatApi for OpenAiApi {
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError> {
         let body = request_body(model, request);
-        let mut builder = self
-            .http
-            .post(format!("{}/chat/completions", self.base_url));
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key);
-        }
-        let answer = post_json(builder, &body, timeout).await?;
+        let answer = post_json(self.post(), &body, timeout).await?;
         parse_response(&answer)
+    }
+
+    async fn stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        timeout: Duration,
+        sink: &dyn TextSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let mut body = request_body(model, request);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({ "include_usage": true });
+        let mut answer = StreamAnswer::default();
+        match post_stream(self.post(), &body, timeout, |event| {
+            answer.read(event, sink)
+        })
+        .await?
+        {
+            Streamed::Events => parse_response(&answer.finish()?),
+            Streamed::Json(whole) => {
+                let response = parse_response(&whole)?;
+                sink.text(&response.text());
+                Ok(response)
+            }
+        }
     }
 
     fn endpoint(&self) -> String {

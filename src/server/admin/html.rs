@@ -93,7 +93,7 @@ button{font:inherit;padding:.2em .8em;cursor:pointer}
 pub fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
     let nav = match csrf {
         Some(csrf) => format!(
-            r#"<a href="/admin">Overview</a><a href="/admin/conversations">Conversations</a><a href="/admin/memory">Memory</a><a href="/admin/usage">Usage</a><a href="/admin/inbox">Inbox</a><a href="/admin/workspaces">Workspaces</a><a href="/admin/installations">Installations</a><form method="post" action="/admin/logout">{}<button>Log out</button></form>"#,
+            r#"<a href="/admin">Overview</a><a href="/admin/conversations">Conversations</a><a href="/admin/memory">Memory</a><a href="/admin/usage">Usage</a><a href="/admin/inbox">Inbox</a><a href="/admin/schedules">Schedules</a><a href="/admin/workspaces">Workspaces</a><a href="/admin/installations">Installations</a><form method="post" action="/admin/logout">{}<button>Log out</button></form>"#,
             csrf_field(csrf)
         ),
         None => String::new(),

@@ -1,7 +1,7 @@
 //! The admin UI at `/admin`: server-rendered pages (no scripts, no build step) over the store,
 //! the blob store and the bus — adapters and their health, conversations with transcripts and
-//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), sandbox
-//! workspaces and installations.
+//! artifacts, memory notes (edit, delete), usage, the inbox (retry a failed event), scheduled
+//! jobs (cancel one), sandbox workspaces and installations.
 //!
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
@@ -27,6 +27,7 @@ use crate::server::app::App;
 pub mod auth;
 mod html;
 mod pages;
+mod schedules;
 
 use auth::{Caller, Sessions};
 
@@ -68,6 +69,8 @@ pub fn router(app: &App, logins: Arc<LoginLimiter>) -> Option<Router> {
             .route("/admin/usage", get(pages::usage))
             .route("/admin/inbox", get(pages::inbox))
             .route("/admin/inbox/{id}/retry", post(pages::retry))
+            .route("/admin/schedules", get(schedules::list))
+            .route("/admin/schedules/{id}/cancel", post(schedules::cancel))
             .route("/admin/workspaces", get(pages::workspaces))
             .route("/admin/installations", get(pages::installations))
             .route("/admin/artifacts/{id}", get(pages::artifact))

@@ -117,7 +117,7 @@ pub async fn login(
 
 /// A field of a urlencoded form body (absent, or no body at all, is an empty string): POST
 /// actions read their forms this way so that a bearer client may send no body.
-fn field(body: &[u8], name: &str) -> String {
+pub(super) fn field(body: &[u8], name: &str) -> String {
     url::form_urlencoded::parse(body)
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())

@@ -307,7 +307,8 @@ impl Compactions for SqlStore {
         compaction: &NewCompaction,
     ) -> Result<Compaction> {
         self.db
-            .write(
+            .write_to(
+                conversation,
                 (conversation.clone(), compaction.clone()),
                 |tx, (conversation, compaction)| Box::pin(compact_in(tx, conversation, compaction)),
             )
@@ -357,7 +358,8 @@ impl Compactions for SqlStore {
         compaction: &ImportedCompaction,
     ) -> Result<bool> {
         self.db
-            .write(
+            .write_to(
+                conversation,
                 (conversation.clone(), compaction.clone()),
                 |tx, (conversation, compaction)| {
                     Box::pin(import_compaction_in(tx, conversation, compaction))

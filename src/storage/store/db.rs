@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ecdysis_chat::ConversationRef;
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -23,15 +24,23 @@ use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
 
 use super::clock::Clock;
 use super::ids::UnixMs;
+use super::writer::{Admission, Writer};
 use super::{Result, StoreError, migrate};
 
-/// The open database and the clock its writes are timed by.
+/// Writes SQLite commits at once, at most (its single writer).
+const SQLITE_BATCH: usize = 256;
+/// Postgres writer tasks (connections writing at once) and writes per transaction.
+const POSTGRES_WRITERS: usize = 4;
+const POSTGRES_BATCH: usize = 64;
+
+/// The open database and the writer that commits its writes.
 pub(crate) struct Db {
     pub(crate) pools: Pools,
-    pub(crate) clock: Arc<Clock>,
+    writer: Writer,
 }
 
 /// The connection pools of one backend.
+#[derive(Clone)]
 pub(crate) enum Pools {
     Sqlite {
         /// Exactly one connection: the single writer.
@@ -183,7 +192,18 @@ impl Db {
                 problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
             });
         };
-        Ok(Db { pools, clock })
+        Ok(Self::with_pools(pools, clock))
+    }
+
+    /// Start the writers of `pools`: SQLite's one write connection, or a few Postgres
+    /// connections (the pool keeps the rest for reads).
+    fn with_pools(pools: Pools, clock: Arc<Clock>) -> Self {
+        let (tasks, batch) = match pools {
+            Pools::Sqlite { .. } => (1, SQLITE_BATCH),
+            Pools::Postgres { .. } => (POSTGRES_WRITERS, POSTGRES_BATCH),
+        };
+        let writer = Writer::start(pools.clone(), clock, tasks, batch);
+        Db { pools, writer }
     }
 
     async fn open_sqlite(url: &str) -> Result<Pools> {
@@ -195,7 +215,9 @@ impl Db {
             .map_err(|e| open_error(e.to_string()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // Every commit is on disk before it is acknowledged; group commit (see
+            // [`super::writer`]) makes that one sync per batch of writes.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         if let Some(dir) = options.get_filename().parent()
@@ -254,37 +276,79 @@ impl Db {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<Tx> {
-        let conn = match &self.pools {
-            Pools::Sqlite { write, .. } => TxConn::Sqlite(write.begin().await?),
-            Pools::Postgres { pool } => TxConn::Postgres(pool.begin().await?),
-        };
-        Ok(Tx {
-            conn,
-            now: UnixMs(self.clock.now()),
-        })
-    }
-
-    /// Run a write in a transaction of its own and commit it.
+    /// Run a write (`f` on `args`) in a transaction, committed durably before this returns;
+    /// concurrent writes share a transaction (see [`super::writer`]).
     pub(crate) async fn write<A, R>(&self, args: A, f: impl WriteFn<A, R>) -> Result<R>
     where
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        let mut tx = self.begin().await?;
-        let result = f(&mut tx, &args).await?;
-        tx.commit().await?;
-        Ok(result)
+        self.writer.write(Admission::Wait, None, args, f).await
+    }
+
+    /// [`Db::write`] for a write that adds to `conversation` (on Postgres it locks the
+    /// conversation's row; writes of a batch take those locks in one order).
+    pub(crate) async fn write_to<A, R>(
+        &self,
+        conversation: &ConversationRef,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let key = lock_key(conversation);
+        self.writer.write(Admission::Wait, Some(key), args, f).await
+    }
+
+    /// [`Db::write_to`] for new work from outside (an event to accept): refused at once with
+    /// [`StoreError::Busy`] when the write queue is nearly full, instead of waiting.
+    pub(crate) async fn accept_to<A, R>(
+        &self,
+        conversation: &ConversationRef,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let key = lock_key(conversation);
+        self.writer
+            .write(Admission::Refuse, Some(key), args, f)
+            .await
+    }
+}
+
+/// The order a batch takes conversation locks in (see [`super::writer`]).
+fn lock_key(conversation: &ConversationRef) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        conversation.platform,
+        conversation.workspace,
+        conversation.channel,
+        conversation.thread.as_deref().unwrap_or("")
+    )
+}
+
+impl Pools {
+    /// A transaction on the write connection, timed `now`.
+    pub(crate) async fn begin(&self, now: UnixMs) -> sqlx::Result<Tx> {
+        let conn = match self {
+            Pools::Sqlite { write, .. } => TxConn::Sqlite(write.begin().await?),
+            Pools::Postgres { pool } => TxConn::Postgres(pool.begin().await?),
+        };
+        Ok(Tx { conn, now })
     }
 }
 
 impl Tx {
-    async fn commit(self) -> Result<()> {
+    pub(crate) async fn commit(self) -> sqlx::Result<()> {
         match self.conn {
-            TxConn::Sqlite(t) => t.commit().await?,
-            TxConn::Postgres(t) => t.commit().await?,
+            TxConn::Sqlite(t) => t.commit().await,
+            TxConn::Postgres(t) => t.commit().await,
         }
-        Ok(())
     }
 }
 
@@ -330,14 +394,11 @@ pub(crate) mod testing {
                 write: pool.clone(),
                 read: pool,
             };
-            Db { pools, clock }
+            Db::with_pools(pools, clock)
         } else {
             let pool = PgPool::connect(url).await.unwrap();
             migrate::postgres().run_to(version, &pool).await.unwrap();
-            Db {
-                pools: Pools::Postgres { pool },
-                clock,
-            }
+            Db::with_pools(Pools::Postgres { pool }, clock)
         }
     }
 

@@ -8,7 +8,9 @@
 //! - **Attachment order**: SQLite's implicit `rowid` against the `seq` column Postgres needs.
 //! - **Leader leases**: Postgres takes the time from the database's clock, so instances on
 //!   machines with skewed clocks agree; SQLite has a single machine.
-//! - **Conversation locking** is not a text but a rule, [`locks_conversations`].
+//! - **Conversation locking** is not a text but a rule, [`locks_conversations`]. (Each
+//!   conversation's head, its oldest unfinished event, is kept by triggers in each backend's
+//!   migration 0006.)
 
 use super::db::{Db, Pools};
 
@@ -27,39 +29,31 @@ pub(crate) fn locks_conversations(db: &Db) -> bool {
     db.is_postgres()
 }
 
-/// Claim the oldest claimable event: the head of its conversation (no earlier unfinished event
-/// there), pending or with an expired lease, and due. `$1` owner, `$2` lease until, `$3` now.
-pub(crate) const CLAIM_EVENT: Sql = Sql {
+/// Claim up to `$4` events, oldest first: each the head of its conversation (its oldest
+/// unfinished event, see `conversations.head_id`), pending or with an expired lease, and due.
+/// `$1` owner, `$2` lease until, `$3` now. The walk visits only conversations that have work.
+/// Postgres skips heads another transaction has locked (another instance claiming them).
+pub(crate) const CLAIM_EVENTS: Sql = Sql {
     sqlite: "UPDATE inbox
              SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = attempts + 1
-             WHERE id = (
-                 SELECT i.id FROM inbox i
-                 WHERE i.status IN ('pending', 'leased')
-                   AND (i.status = 'pending' OR i.lease_until < $3)
+             WHERE id IN (
+                 SELECT i.id FROM conversations c JOIN inbox i ON i.id = c.head_id
+                 WHERE c.head_id IS NOT NULL
+                   AND (i.status = 'pending' OR (i.status = 'leased' AND i.lease_until < $3))
                    AND i.available_at <= $3
-                   AND NOT EXISTS (
-                       SELECT 1 FROM inbox j
-                       WHERE j.conversation_id = i.conversation_id
-                         AND j.status IN ('pending', 'leased')
-                         AND j.id < i.id)
-                 ORDER BY i.id
-                 LIMIT 1)
+                 ORDER BY c.head_id
+                 LIMIT $4)
              RETURNING id, conversation_id, payload, attempts, received_at",
     postgres: "UPDATE inbox
                SET status = 'leased', lease_owner = $1, lease_until = $2,
                    attempts = inbox.attempts + 1
-               WHERE inbox.id = (
-                   SELECT i.id FROM inbox i
-                   WHERE i.status IN ('pending', 'leased')
-                     AND (i.status = 'pending' OR i.lease_until < $3)
+               WHERE inbox.id IN (
+                   SELECT i.id FROM conversations c JOIN inbox i ON i.id = c.head_id
+                   WHERE c.head_id IS NOT NULL
+                     AND (i.status = 'pending' OR (i.status = 'leased' AND i.lease_until < $3))
                      AND i.available_at <= $3
-                     AND NOT EXISTS (
-                         SELECT 1 FROM inbox j
-                         WHERE j.conversation_id = i.conversation_id
-                           AND j.status IN ('pending', 'leased')
-                           AND j.id < i.id)
-                   ORDER BY i.id
-                   LIMIT 1
+                   ORDER BY c.head_id
+                   LIMIT $4
                    FOR UPDATE OF i SKIP LOCKED)
                RETURNING id, conversation_id, payload, attempts, received_at",
 };

@@ -106,6 +106,10 @@ int_newtype!(
     CompactionId
 );
 int_newtype!(
+    /// A scheduled job (reminder, recurring job, heartbeat).
+    ScheduleId
+);
+int_newtype!(
     /// Milliseconds since the Unix epoch: the one time type of the schema.
     UnixMs
 );

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
-use super::dialect::{self, CLAIM_EVENT};
+use super::dialect::{self, CLAIM_EVENTS};
 use super::transcript::insert_message;
 use super::{
     ConversationId, EventId, InboxStatus, NewArtifact, NewMessage, NewReply, OutboxItem, ReplyId,
@@ -89,13 +89,20 @@ pub struct InboxEvent {
 #[async_trait]
 pub trait Inbox: Send + Sync {
     /// Put an event into the inbox together with the user's transcript message, in one
-    /// transaction; a (conversation, platform event id) seen before writes nothing.
+    /// transaction; a (conversation, platform event id) seen before writes nothing. Returns
+    /// once the commit is durable (the platform may be acknowledged then), or
+    /// [`StoreError::Busy`] at once when too many writes are waiting.
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted>;
 
-    /// Claim the oldest claimable event: the head of its conversation (no earlier unfinished
-    /// event there), pending or with an expired lease, and due. The claim lasts until
-    /// `lease_until`.
-    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>>;
+    /// Claim up to `limit` events, oldest first: each the head of its conversation (no earlier
+    /// unfinished event there), pending or with an expired lease, and due; so no two are of
+    /// one conversation. The claims last until `lease_until`.
+    async fn claim_events(
+        &self,
+        owner: &str,
+        lease_until: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>>;
 
     /// Extend a lease this owner holds; false when the lease was lost.
     async fn renew_lease(
@@ -116,19 +123,20 @@ pub trait Inbox: Send + Sync {
     /// `owner` no longer holds the event's lease.
     async fn complete_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
     ) -> Result<Option<Vec<OutboxItem>>>;
 
     /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
+    /// False (and nothing written) when `owner` no longer holds the event's lease.
     async fn fail_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Events not yet done or failed (the queue depth).
     async fn open_event_count(&self) -> Result<i64>;
@@ -218,7 +226,7 @@ async fn complete_event(
     event_id: EventId,
     owner: &str,
     done: &Completion,
-) -> Result<Option<(ConversationId, Vec<(ReplyId, i32, usize)>)>> {
+) -> Result<Option<Vec<(ReplyId, i32, usize)>>> {
     let now = tx.now;
     let finished: Option<ConversationId> = on_tx!(tx, |c| {
         sqlx::query(
@@ -270,7 +278,7 @@ async fn complete_event(
             written.push((id, attempts, n));
         }
     }
-    Ok(Some((conversation_id, written)))
+    Ok(Some(written))
 }
 
 #[async_trait]
@@ -283,30 +291,44 @@ impl Inbox for SqlStore {
         };
         let (inserted, conversation_id) = self
             .db
-            .write((event.clone(), known), |tx, (e, known)| {
-                Box::pin(insert_event(tx, e, *known))
-            })
+            .accept_to(
+                &event.conversation,
+                (event.clone(), known),
+                |tx, (e, known)| Box::pin(insert_event(tx, e, *known)),
+            )
             .await?;
         self.conversations
             .insert(&event.conversation, conversation_id);
         Ok(inserted)
     }
 
-    async fn claim_event(&self, owner: &str, lease_until: UnixMs) -> Result<Option<ClaimedEvent>> {
+    async fn claim_events(
+        &self,
+        owner: &str,
+        lease_until: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let claimed = self
             .db
-            .write((owner.to_string(), lease_until), |tx, (owner, until)| {
-                Box::pin(async move {
-                    let now = tx.now;
-                    on_tx!(tx, CLAIM_EVENT, |c, sql| {
-                        sqlx::query(sql)
-                            .bind(owner)
-                            .bind(*until)
-                            .bind(now)
-                            .fetch_optional(c)
-                            .await?
-                            .map(|row| {
-                                Ok::<_, StoreError>((
+            .write(
+                (owner.to_string(), lease_until, limit),
+                |tx, (owner, until, limit)| {
+                    Box::pin(async move {
+                        let now = tx.now;
+                        on_tx!(tx, CLAIM_EVENTS, |c, sql| {
+                            let found = sqlx::query(sql)
+                                .bind(owner)
+                                .bind(*until)
+                                .bind(now)
+                                .bind(*limit)
+                                .fetch_all(c)
+                                .await?;
+                            rows(&found, |row| {
+                                Ok((
                                     row.col::<EventId>("id")?,
                                     row.col::<ConversationId>("conversation_id")?,
                                     row.col::<String>("payload")?,
@@ -314,22 +336,24 @@ impl Inbox for SqlStore {
                                     row.col::<UnixMs>("received_at")?,
                                 ))
                             })
-                            .transpose()
+                        })
                     })
-                })
-            })
+                },
+            )
             .await?;
-        let Some((id, conversation_id, payload, attempts, received_at)) = claimed else {
-            return Ok(None);
-        };
-        Ok(Some(ClaimedEvent {
-            id,
-            conversation_id,
-            conversation: self.conversation_ref(conversation_id).await?,
-            payload,
-            attempts,
-            received_at,
-        }))
+        let mut events = Vec::with_capacity(claimed.len());
+        for (id, conversation_id, payload, attempts, received_at) in claimed {
+            events.push(ClaimedEvent {
+                id,
+                conversation_id,
+                conversation: self.conversation_ref(conversation_id).await?,
+                payload,
+                attempts,
+                received_at,
+            });
+        }
+        events.sort_by_key(|e| e.id);
+        Ok(events)
     }
 
     async fn renew_lease(
@@ -372,21 +396,23 @@ impl Inbox for SqlStore {
 
     async fn complete_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
     ) -> Result<Option<Vec<OutboxItem>>> {
+        let event_id = event.id;
         let written = self
             .db
-            .write(
+            .write_to(
+                &event.conversation,
                 (event_id, owner.to_string(), done.clone()),
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
             )
             .await?;
-        let Some((conversation_id, written)) = written else {
+        let Some(written) = written else {
             return Ok(None);
         };
-        let conversation = self.conversation_ref(conversation_id).await?;
+        let conversation = &event.conversation;
         Ok(Some(
             written
                 .into_iter()
@@ -404,18 +430,19 @@ impl Inbox for SqlStore {
 
     async fn fail_event(
         &self,
-        event_id: EventId,
+        event: &ClaimedEvent,
         owner: &str,
         error: &str,
         retry_at: Option<UnixMs>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.db
-            .write(
-                (event_id, owner.to_string(), error.to_string(), retry_at),
+            .write_to(
+                &event.conversation,
+                (event.id, owner.to_string(), error.to_string(), retry_at),
                 |tx, (id, owner, error, retry_at)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, |c| {
+                        let changed = on_tx!(tx, |c| {
                             sqlx::query(
                                 "UPDATE inbox
                                  SET status = CASE WHEN CAST($1 AS BIGINT) IS NULL
@@ -435,7 +462,7 @@ impl Inbox for SqlStore {
                             .await?
                             .rows_affected()
                         });
-                        Ok(())
+                        Ok(changed == 1)
                     })
                 },
             )

@@ -28,6 +28,8 @@ pub(crate) fn sqlite() -> Migrator {
         (4, "leases", "0004_leases.sql", false),
         // Rebuilds `inbox` with foreign keys off, in a transaction of its own.
         (5, "event key", "0005_event_key.sql", true),
+        (6, "conversation heads", "0006_conversation_heads.sql", false),
+        (10, "schedules", "0010_schedules.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }
@@ -39,6 +41,8 @@ pub(crate) fn postgres() -> Migrator {
         (3, "installations", "0003_installations.sql", false),
         (4, "leases", "0004_leases.sql", false),
         (5, "event key", "0005_event_key.sql", false),
+        (6, "conversation heads", "0006_conversation_heads.sql", false),
+        (10, "schedules", "0010_schedules.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }

@@ -21,11 +21,14 @@ mod ids;
 mod inbox;
 mod installations;
 mod leases;
+mod live;
 mod memory;
 mod migrate;
 mod outbox;
+mod schedules;
 mod transcript;
 mod usage;
+mod writer;
 
 pub use clock::Clock;
 pub use compaction::{
@@ -37,14 +40,18 @@ pub use embeddings::{
     ItemSource, MemoryItem, NewChunk, SemanticIndex, VectorState, decode_vector, encode_vector,
 };
 pub use ids::{
-    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, UnixMs,
-    UnknownStatus,
+    CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, ScheduleId,
+    UnixMs, UnknownStatus,
 };
 pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
+pub use live::LiveMessages;
 pub use memory::{ChannelNotes, ImportedNote, Memory, NewNote, Note, StoredNote};
 pub use outbox::{NewReply, Outbox, OutboxItem};
+pub use schedules::{
+    Created, JobKind, JobStatus, NewSchedule, Schedule, Schedules, Step, StepKind,
+};
 pub use transcript::{
     Artifact, ImportedMessage, Message, NewArtifact, NewMessage, Role, Transcript,
 };
@@ -61,6 +68,14 @@ pub enum StoreError {
     Open { url: String, problem: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transaction a write was batched into did not commit; the write was not made.
+    #[error("the write was not committed: {0}")]
+    Commit(Arc<sqlx::Error>),
+    #[error("the store is closed")]
+    Closed,
+    /// Too many writes are waiting; new work is refused until the queue drains.
+    #[error("the store is busy: too many writes are waiting")]
+    Busy,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -86,8 +101,10 @@ pub trait Store:
     + SemanticIndex
     + UsageLog
     + Leases
+    + LiveMessages
     + Installations
     + Conversations
+    + Schedules
     + Send
     + Sync
     + 'static

@@ -348,7 +348,8 @@ impl Transcript for SqlStore {
         messages: &[NewMessage],
     ) -> Result<Vec<MessageId>> {
         self.db
-            .write(
+            .write_to(
+                conversation,
                 (conversation.clone(), event_id, messages.to_vec()),
                 |tx, (conversation, event_id, messages)| {
                     Box::pin(async move {
@@ -400,7 +401,8 @@ impl Transcript for SqlStore {
         message: &ImportedMessage,
     ) -> Result<(MessageId, bool)> {
         self.db
-            .write(
+            .write_to(
+                conversation,
                 (conversation.clone(), message.clone()),
                 |tx, (conversation, message)| {
                     Box::pin(import_message_in(tx, conversation, message))

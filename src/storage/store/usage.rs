@@ -142,7 +142,8 @@ impl UsageLog for SqlStore {
             return Ok(());
         }
         self.db
-            .write(
+            .write_to(
+                conversation,
                 (
                     conversation.clone(),
                     event_id,

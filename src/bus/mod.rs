@@ -1,0 +1,351 @@
+//! The durable event bus: adapters hand events in, workers process them, replies go out.
+//!
+//! An event is written to the inbox before [`Bus::submit`](ecdysis_chat::EventSink::submit)
+//! returns, and that write's commit is durable (see the store's group commit), so an adapter
+//! acknowledges the platform only once nothing can be lost. Workers claim events with a lease,
+//! one conversation at a time in arrival order and many conversations in parallel (bounded by
+//! the worker count). A handler's replies are stored with the "done" mark in one transaction
+//! and delivered through the outbox, whose idempotency keys make a re-run post nothing twice.
+//!
+//! - [`payload`]: what the inbox and the outbox store, and the files they point at;
+//! - [`intake`]: events in, up to the durable insert;
+//! - [`worker`]: claiming and processing events;
+//! - [`outbox`]: delivering replies and retrying them.
+
+mod intake;
+mod outbox;
+mod payload;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ecdysis_chat::{Attachment, Button, ChatAdapter, ConversationRef, Event, Reply};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use payload::{EventPayload, StoredFile, read_file};
+
+use crate::config::BusConfig;
+use crate::redact::Redactor;
+use crate::server::metrics::Metrics;
+use crate::storage::blob::BlobStore;
+use crate::storage::store::{EventId, NewMessage, Role, Store};
+
+/// The event a handler works on.
+#[derive(Clone, Debug)]
+pub struct EventContext {
+    pub event_id: EventId,
+    pub conversation: ConversationRef,
+    pub payload: EventPayload,
+    /// 1 on the first attempt.
+    pub attempt: i32,
+    /// Where the answer is shown while it is written (off when the adapter cannot).
+    pub live: crate::engine::live::Live,
+}
+
+/// What a handler answers: text and files for the conversation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outgoing {
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    /// Buttons under the (last piece of the) text.
+    pub buttons: Vec<Button>,
+}
+
+impl Outgoing {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Turns one event into replies. Errors are retried with backoff, then answered with an apology.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, event: &EventContext) -> anyhow::Result<Vec<Outgoing>>;
+}
+
+/// Handles button presses out of band, before they would queue behind the conversation's
+/// running event (which may be the one waiting for the press). `None`: not mine, queue it.
+#[async_trait]
+pub trait ActionHandler: Send + Sync + 'static {
+    async fn handle(&self, event: &Event) -> Option<Outgoing>;
+}
+
+/// The bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    handler: Arc<dyn Handler>,
+    adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
+    actions: RwLock<Option<Arc<dyn ActionHandler>>>,
+    config: BusConfig,
+    owner: String,
+    wake: Notify,
+    open_events: AtomicI64,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    /// Masks secrets in every reply and stored error text.
+    redactor: Redactor,
+}
+
+/// The running workers; [`Workers::shutdown`] stops them gracefully.
+pub struct Workers {
+    bus: Bus,
+    tasks: Vec<JoinHandle<()>>,
+    /// One permit per worker slot; all of them free means no event is running.
+    slots: Arc<Semaphore>,
+}
+
+impl Bus {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        handler: Arc<dyn Handler>,
+        config: BusConfig,
+        metrics: Arc<Metrics>,
+        redactor: Redactor,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                handler,
+                adapters: RwLock::new(HashMap::new()),
+                actions: RwLock::new(None),
+                config,
+                owner,
+                wake: Notify::new(),
+                open_events: AtomicI64::new(0),
+                metrics,
+                shutdown: watch::channel(false).0,
+                redactor,
+            }),
+        }
+    }
+
+    /// Route replies for `adapter.platform()` to this adapter.
+    pub fn register_adapter(&self, adapter: Arc<dyn ChatAdapter>) {
+        let platform = adapter.platform().to_string();
+        if let Ok(mut adapters) = self.inner.adapters.write() {
+            adapters.insert(platform, adapter);
+        }
+    }
+
+    /// Hand button presses to `handler` before they are queued.
+    pub fn set_action_handler(&self, handler: Arc<dyn ActionHandler>) {
+        if let Ok(mut actions) = self.inner.actions.write() {
+            *actions = Some(handler);
+        }
+    }
+
+    /// Post a message into a conversation while its event is still running (an approval
+    /// prompt): stored in the transcript, then delivered at once under `key`.
+    pub async fn post_now(
+        &self,
+        event_id: EventId,
+        conversation: &ConversationRef,
+        route: &serde_json::Value,
+        key: &str,
+        outgoing: Outgoing,
+    ) -> anyhow::Result<()> {
+        let outgoing = self.redacted(outgoing);
+        let meta = (!outgoing.buttons.is_empty())
+            .then(|| serde_json::json!({ "buttons": outgoing.buttons }).to_string());
+        self.inner
+            .store
+            .append_messages(
+                conversation,
+                Some(event_id),
+                &[NewMessage {
+                    role: Role::Assistant,
+                    text: outgoing.text.clone(),
+                    meta,
+                    attachments: Vec::new(),
+                }],
+            )
+            .await?;
+        let adapter = self.adapter(&conversation.platform).ok_or_else(|| {
+            anyhow::anyhow!("no adapter for platform `{}`", conversation.platform)
+        })?;
+        adapter
+            .deliver(&Reply {
+                idempotency_key: key.to_string(),
+                conversation: conversation.clone(),
+                text: outgoing.text,
+                attachments: outgoing.attachments,
+                buttons: outgoing.buttons,
+                route: route.clone(),
+                live: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The reply with every secret value masked: no text leaves through the outbox unredacted.
+    fn redacted(&self, mut outgoing: Outgoing) -> Outgoing {
+        if let std::borrow::Cow::Owned(text) = self.inner.redactor.redact(&outgoing.text) {
+            outgoing.text = text;
+        }
+        outgoing
+    }
+
+    /// The route for posting into the place of `route` later, unprompted (a reminder); see
+    /// [`ChatAdapter::later_route`]. Unchanged when no adapter of `platform` runs here.
+    pub fn later_route(
+        &self,
+        platform: &str,
+        route: &serde_json::Value,
+        now_ms: i64,
+    ) -> serde_json::Value {
+        match self.adapter(platform) {
+            Some(adapter) => adapter.later_route(route, now_ms),
+            None => route.clone(),
+        }
+    }
+
+    /// A user's time zone as their platform reports it (see [`ChatAdapter::user_timezone`]).
+    pub async fn user_timezone(
+        &self,
+        platform: &str,
+        user_id: &str,
+        route: &serde_json::Value,
+    ) -> Option<String> {
+        self.adapter(platform)?.user_timezone(user_id, route).await
+    }
+
+    fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
+        self.inner
+            .adapters
+            .read()
+            .ok()
+            .and_then(|a| a.get(platform).cloned())
+    }
+
+    /// Wake an idle worker (an event was queued outside [`EventSink::submit`], e.g. a retry).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Events accepted and not yet finished (as counted by this process).
+    pub fn queue_depth(&self) -> i64 {
+        self.inner.open_events.load(Ordering::Relaxed)
+    }
+
+    /// Start the workers and the outbox sweep. Leases left by a crashed single instance
+    /// (SQLite) are released first, so unfinished events run again.
+    pub async fn start(&self) -> anyhow::Result<Workers> {
+        if self.inner.store.backend() == "sqlite" {
+            let released = self.inner.store.release_all_leases().await?;
+            if released > 0 {
+                info!(released, "resuming events left unfinished by the last run");
+            }
+        }
+        self.refresh_queue_depth().await;
+        let slots = Arc::new(Semaphore::new(self.inner.config.workers.max(1)));
+        let mut tasks = Vec::new();
+        let bus = self.clone();
+        let dispatcher_slots = slots.clone();
+        tasks.push(tokio::spawn(
+            async move { bus.dispatch(dispatcher_slots).await }
+                .instrument(info_span!("dispatcher")),
+        ));
+        let bus = self.clone();
+        tasks.push(tokio::spawn(async move { bus.sweep().await }));
+        Ok(Workers {
+            bus: self.clone(),
+            tasks,
+            slots,
+        })
+    }
+
+    async fn refresh_queue_depth(&self) {
+        if let Ok(open) = self.inner.store.open_event_count().await {
+            self.inner.open_events.store(open, Ordering::Relaxed);
+            self.inner.metrics.queue_depth.set(open);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// The state of every registered adapter that reports one, by platform.
+    pub fn adapter_health(&self) -> serde_json::Map<String, serde_json::Value> {
+        let adapters = match self.inner.adapters.read() {
+            Ok(adapters) => adapters.clone(),
+            Err(_) => return serde_json::Map::new(),
+        };
+        adapters
+            .iter()
+            .filter_map(|(platform, adapter)| Some((platform.clone(), adapter.health()?)))
+            .collect()
+    }
+}
+
+impl Workers {
+    /// Stop claiming, let running events finish for up to `grace`, then release what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        self.bus.inner.shutdown.send_replace(true);
+        let workers = u32::try_from(self.bus.inner.config.workers.max(1)).unwrap_or(u32::MAX);
+        let slots = self.slots.clone();
+        let all = async move {
+            futures_util::future::join_all(self.tasks).await;
+            // Every slot back: no event is running any more.
+            let _all_free = slots.acquire_many(workers).await;
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            warn!("workers did not finish in time; releasing their leases");
+        }
+        match self
+            .bus
+            .inner
+            .store
+            .release_leases(&self.bus.inner.owner)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(released = n, "released leases for the next start"),
+            Err(e) => error!(error = %e, "cannot release leases; they expire on their own"),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: ~1 s, 2 s, 4 s … capped at 5 minutes.
+fn backoff_ms(attempt: i32) -> i64 {
+    let base = 1000i64 << attempt.clamp(0, 9);
+    let jitter = rand::random_range(0..=base / 4);
+    (base + jitter).min(300_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff_ms(1) >= 2000 && backoff_ms(1) <= 2500);
+        assert!(backoff_ms(30) <= 300_000);
+    }
+}

@@ -1,0 +1,241 @@
+//! Group commit: every write of the store goes through a bounded queue to a writer task, which
+//! runs what has queued up in one transaction, commits it once (one `fsync` on SQLite, whose
+//! `synchronous = FULL` makes each commit durable), and only then answers every caller. Under
+//! load a commit carries many writes; alone, a write is its own transaction as before.
+//!
+//! A write that fails rolls its batch back; the batch's writes then run again one transaction
+//! each, so one bad write never fails the others. A commit that fails (the disk, the connection)
+//! fails every write of its batch: none of them is acknowledged, and none is run twice.
+//!
+//! SQLite has one writer task (its single write connection). Postgres has several, each on its
+//! own connection; a batch takes conversation locks in one global order (writes carry their
+//! conversation as a key and a batch runs sorted by it), so two batches never deadlock on them.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::db::{Pools, Tx, WriteFn};
+use super::ids::UnixMs;
+use super::{Clock, Result, StoreError};
+
+/// Writes waiting for a writer. Internal writes (claims, completions, deliveries) wait for room;
+/// new events are refused once fewer than [`RESERVED`] places are left (back-pressure: the
+/// platform gets a "busy" answer at once instead of a wait with no bound), so the work that
+/// drains the queue always finds room.
+const QUEUE: usize = 4096;
+const RESERVED: usize = 1024;
+
+/// What a write does when the queue is (nearly) full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Wait for room (the store's own work, bounded by its callers).
+    Wait,
+    /// Refuse with [`StoreError::Busy`] (new work from outside).
+    Refuse,
+}
+
+/// One write waiting in the queue, its arguments and its caller's answer inside.
+trait Job: Send {
+    /// Run on the batch's transaction; false when the write failed (its error is kept).
+    fn run<'t>(&'t mut self, tx: &'t mut Tx) -> BoxFuture<'t, bool>;
+
+    /// Answer the caller: `Ok` when the transaction the write last ran in ended as it should
+    /// (committed, or rolled back because this write failed), else why it did not commit.
+    fn finish(self: Box<Self>, ended: Result<(), Arc<sqlx::Error>>);
+
+    /// The conversation the write locks, if any (the batch's order).
+    fn key(&self) -> Option<&str>;
+}
+
+struct WriteJob<A, R, F> {
+    args: A,
+    f: F,
+    key: Option<String>,
+    result: Option<Result<R>>,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+impl<A, R, F> Job for WriteJob<A, R, F>
+where
+    A: Send + Sync + 'static,
+    R: Send + 'static,
+    F: WriteFn<A, R>,
+{
+    fn run<'t>(&'t mut self, tx: &'t mut Tx) -> BoxFuture<'t, bool> {
+        Box::pin(async move {
+            let result = (self.f)(tx, &self.args).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn finish(self: Box<Self>, ended: Result<(), Arc<sqlx::Error>>) {
+        let answer = match (ended, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(StoreError::Corrupt("a write was never run".into())),
+            (Err(e), _) => Err(StoreError::Commit(e)),
+        };
+        // The caller may have gone away (its request was dropped); the write stands.
+        let _ = self.reply.send(answer);
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+/// The queue's sending end, held by the store.
+pub(crate) struct Writer {
+    queue: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Start `tasks` writer tasks on `pools`, each committing batches of at most `batch` writes.
+    pub(crate) fn start(pools: Pools, clock: Arc<Clock>, tasks: usize, batch: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..tasks.max(1) {
+            let task = WriterTask {
+                pools: pools.clone(),
+                clock: clock.clone(),
+                receiver: receiver.clone(),
+                batch: batch.max(1),
+            };
+            tokio::spawn(task.run());
+        }
+        Writer { queue }
+    }
+
+    /// Queue a write and wait until it is committed (or failed).
+    pub(crate) async fn write<A, R>(
+        &self,
+        admission: Admission,
+        key: Option<String>,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            args,
+            f,
+            key,
+            result: None,
+            reply,
+        };
+        let job: Box<dyn Job> = Box::new(job);
+        match admission {
+            Admission::Wait => self.queue.send(job).await.map_err(|_| StoreError::Closed)?,
+            Admission::Refuse => {
+                if self.queue.capacity() <= RESERVED {
+                    return Err(StoreError::Busy);
+                }
+                self.queue.try_send(job).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+                })?;
+            }
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+struct WriterTask {
+    pools: Pools,
+    clock: Arc<Clock>,
+    receiver: Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>,
+    batch: usize,
+}
+
+impl WriterTask {
+    async fn run(self) {
+        loop {
+            let mut batch = Vec::new();
+            {
+                let mut receiver = self.receiver.lock().await;
+                let Some(first) = receiver.recv().await else {
+                    return;
+                };
+                batch.push(first);
+                while batch.len() < self.batch {
+                    match receiver.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Stable: a conversation's writes keep their order, and locks are taken in one order.
+            batch.sort_by(|a, b| a.key().cmp(&b.key()));
+            self.commit(batch).await;
+        }
+    }
+
+    async fn begin(&self) -> Result<Tx, Arc<sqlx::Error>> {
+        self.pools
+            .begin(UnixMs(self.clock.now()))
+            .await
+            .map_err(Arc::new)
+    }
+
+    /// Run a batch in one transaction and answer its writes.
+    async fn commit(&self, mut batch: Vec<Box<dyn Job>>) {
+        let mut tx = match self.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a write transaction");
+                for job in batch {
+                    job.finish(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut failed = false;
+        for job in batch.iter_mut() {
+            if !job.run(&mut tx).await {
+                failed = true;
+                break;
+            }
+        }
+        if !failed {
+            let ended = tx.commit().await.map_err(Arc::new);
+            if let Err(e) = &ended {
+                tracing::error!(error = %e, writes = batch.len(), "a write transaction did not commit");
+            }
+            for job in batch {
+                job.finish(ended.clone());
+            }
+            return;
+        }
+        // Dropping the transaction rolls it back. Each write runs again on its own, so the one
+        // that failed fails alone (with its own error) and the others are written.
+        drop(tx);
+        if batch.len() == 1 {
+            for job in batch {
+                job.finish(Ok(()));
+            }
+            return;
+        }
+        for mut job in batch {
+            let mut tx = match self.begin().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    job.finish(Err(e));
+                    continue;
+                }
+            };
+            if job.run(&mut tx).await {
+                let ended = tx.commit().await.map_err(Arc::new);
+                job.finish(ended);
+            } else {
+                drop(tx);
+                job.finish(Ok(()));
+            }
+        }
+    }
+}

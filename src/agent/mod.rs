@@ -327,6 +327,7 @@ impl LlmAgent {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         models: Arc<ModelSet>,
         profile_models: HashMap<String, Arc<ModelSet>>,

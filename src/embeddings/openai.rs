@@ -19,8 +19,10 @@ const BODY_CHARS: usize = 300;
 pub struct OpenAiEmbedder {
     http: reqwest::Client,
     url: String,
-    model: String,
-    name: String,
+    /// The model name sent to the API.
+    api_model: String,
+    /// `openai/<model>`: the name stored with the vectors.
+    label: String,
     api_key: Option<String>,
     policy: RetryPolicy,
     /// The dimension of the first answer: every later one must match it.
@@ -57,8 +59,8 @@ impl OpenAiEmbedder {
         Ok(Self {
             http,
             url: format!("{}/embeddings", base_url.trim_end_matches('/')),
-            model: model.to_string(),
-            name: format!("openai/{model}"),
+            api_model: model.to_string(),
+            label: format!("openai/{model}"),
             api_key,
             policy,
             dim: AtomicUsize::new(0),
@@ -72,7 +74,7 @@ impl OpenAiEmbedder {
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, (EmbedError, bool, Option<Duration>)> {
         let mut request = self.http.post(&self.url).json(&json!({
-            "model": self.model,
+            "model": self.api_model,
             "input": texts,
             "encoding_format": "float",
         }));
@@ -136,7 +138,7 @@ impl OpenAiEmbedder {
 #[async_trait]
 impl Embedder for OpenAiEmbedder {
     fn model(&self) -> &str {
-        &self.name
+        &self.label
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
@@ -149,7 +151,7 @@ impl Embedder for OpenAiEmbedder {
                 Ok(v) => break v,
                 Err((error, retryable, after)) if retryable && retry < self.policy.max_retries => {
                     let pause = self.policy.delay(retry, after);
-                    warn!(model = %self.name, %error, retry = retry + 1, ?pause, "embedding request failed; retrying");
+                    warn!(model = %self.label, %error, retry = retry + 1, ?pause, "embedding request failed; retrying");
                     tokio::time::sleep(pause).await;
                     retry += 1;
                 }

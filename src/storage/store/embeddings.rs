@@ -224,7 +224,7 @@ pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
 
 /// A stored vector back as `f32`s.
 pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt(format!(
             "a stored vector has {} bytes, not a multiple of 4",
             bytes.len()

@@ -513,6 +513,9 @@ async fn tool_files_travel_with_the_reply() {
             "memory_search",
             "memory_save",
             "memory_forget",
+            "schedule_create",
+            "schedule_list",
+            "schedule_cancel",
             "make_report"
         ]
     );

@@ -126,7 +126,14 @@ async fn each_channel_gets_its_profiles_instructions_model_and_tools() {
     assert!(system_text(&ops).ends_with("You may run commands."));
     assert_eq!(
         tool_names(&ops),
-        ["memory_search", "memory_save", "memory_forget"]
+        [
+            "memory_search",
+            "memory_save",
+            "memory_forget",
+            "schedule_create",
+            "schedule_list",
+            "schedule_cancel"
+        ]
     );
 
     let default = request_with(&fake, "default question");
@@ -196,7 +203,8 @@ async fn only_the_profiles_allowed_mcp_tools_reach_the_model() {
     // Without a profile every tool is offered, the server's schemas included.
     let wide = request_with(&fake, "wide question");
     let wide_names = tool_names(&wide);
-    assert_eq!(wide_names.len(), 3 + listed, "{wide_names:?}");
+    // The memory and schedule tools (three each), then every listed MCP tool.
+    assert_eq!(wide_names.len(), 6 + listed, "{wide_names:?}");
     let schema: &Value = &wide.body["tools"]
         .as_array()
         .unwrap()

@@ -527,8 +527,10 @@ async fn two_instances_on_postgres_fire_each_due_time_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_model_tools_and_admin() {
     let llm = FakeLlm::start().await.unwrap();
-    llm.when("quiet check", Reply::Text("NOTHING_TO_REPORT".into()));
+    // Rules match in order: the news check's request also carries the earlier, unanswered
+    // quiet check (consecutive user turns are merged), so it is matched first.
     llm.when("news check", Reply::Text("The build is red.".into()));
+    llm.when("quiet check", Reply::Text("NOTHING_TO_REPORT".into()));
     llm.when(
         "remind me in 2 seconds to stretch",
         Reply::tool(

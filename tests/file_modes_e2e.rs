@@ -22,17 +22,7 @@ use common::server::Server;
 const OTHER_UID: u32 = 65_534;
 
 fn bwrap_ready() -> bool {
-    let found = Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("bubblewrap is missing: .ci/run must install it (apt-get install bubblewrap)");
-    }
-    if !found {
-        eprintln!("skipping: bwrap not found (apt-get install bubblewrap)");
-    }
-    found
+    common::sandbox::sandbox_ready()
 }
 
 fn is_root() -> bool {

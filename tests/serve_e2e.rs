@@ -672,3 +672,52 @@ async fn sigkill_under_load_keeps_every_accepted_event_postgres() {
     let url = common::fresh_postgres(&url).await;
     sigkill_under_load_keeps_every_accepted_event(&[("DATABASE_URL", &url)]).await;
 }
+
+/// Back-pressure: once `ECDYSIS_BUS_MAX_QUEUED` events are open, a new one gets 503 with
+/// `Retry-After` and a clear reason at once, and nothing of it is stored; the open events are
+/// kept.
+#[tokio::test]
+async fn a_full_queue_answers_503_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The model is unreachable: each `/ask` fails and waits for its retry, so it stays open.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_BUS_MAX_QUEUED", "3"),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+        ],
+    )
+    .await;
+    for n in 0..3 {
+        server.say("full", &format!("/ask question {n}")).await;
+    }
+    let refused = server
+        .post(
+            "full",
+            json!({ "text": "/remember one too many", "user": "u" }),
+        )
+        .await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("events are waiting"), "{why}");
+    let messages = server.messages("full").await;
+    let users: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert!(
+        users.iter().all(|t| t.starts_with("/ask question")),
+        "{users:?}"
+    );
+}

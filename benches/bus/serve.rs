@@ -204,7 +204,8 @@ async fn drained(servers: &[Serve], total: u64, since: Instant) -> Duration {
 
 /// Accept→reply per event by the server's clock (ms): `received_at` to the reply's `sent_at`.
 async fn reply_latencies(database_url: &str, prefix: &str) -> Vec<f64> {
-    let pattern = format!("{prefix}%");
+    // The web chat's platform event ids read `{conversation}:{client id}`.
+    let pattern = format!("%:{prefix}%");
     let sql = "SELECT CAST(o.sent_at - i.received_at AS BIGINT) AS ms
                FROM inbox i JOIN outbox o ON o.event_id = i.id
                WHERE o.status = 'sent' AND i.platform_event_id LIKE $1";

@@ -141,24 +141,9 @@ pub fn archive_key(conversation: &ConversationRef, first: i64, last: i64) -> Str
     )
 }
 
-/// A blob key segment from an id: safe characters only, never empty or dots only.
+/// A blob key segment from an id.
 fn segment(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
-    if cleaned.chars().all(|c| c == '.') {
-        format!("_{cleaned}_")
-    } else {
-        cleaned
-    }
+    crate::storage::blob::segment(text, 80)
 }
 
 /// Which rows to compact: the index (into `window.messages`) of the first row to keep, or
@@ -352,10 +337,7 @@ impl Core {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                        meta: Some(
-                            serde_json::to_string(&row)
-                                .map_err(|e| TurnError::Internal(e.to_string()))?,
-                        ),
+                        meta: Some(serde_json::to_string(&row)?),
                         attachments: Vec::new(),
                     }],
                 )
@@ -389,8 +371,7 @@ impl Core {
         archived.extend(rows.iter());
         let mut lines = String::new();
         for row in archived {
-            let line = serde_json::to_string(&ArchivedMessage::from(row))
-                .map_err(|e| TurnError::Internal(e.to_string()))?;
+            let line = serde_json::to_string(&ArchivedMessage::from(row))?;
             lines.push_str(&line);
             lines.push('\n');
         }
@@ -398,7 +379,7 @@ impl Core {
         self.blobs
             .put(&key, Bytes::from(lines), "application/x-ndjson")
             .await
-            .map_err(|e| TurnError::Internal(format!("cannot archive the transcript: {e}")))?;
+            .map_err(TurnError::Archive)?;
         let compaction = self
             .store
             .compact(

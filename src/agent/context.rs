@@ -51,14 +51,7 @@ pub fn tools_tokens(tools: &[ToolDef]) -> usize {
     // full of quoted examples costs more than its plain text).
     tools
         .iter()
-        .map(|t| {
-            let wire = serde_json::json!({
-                "name": t.name,
-                "description": t.description,
-                "input_schema": t.input_schema,
-            });
-            estimate_tokens(&wire.to_string()) + 8
-        })
+        .map(|t| serde_json::to_string(t).map_or(0, |wire| estimate_tokens(&wire)) + 8)
         .sum()
 }
 

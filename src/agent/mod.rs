@@ -61,6 +61,10 @@ pub enum TurnError {
     /// Storage failed: the bus retries the event.
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot encode a transcript row: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot archive the transcript: {0}")]
+    Archive(#[source] crate::storage::blob::BlobError),
     #[error("{0}")]
     Internal(String),
 }
@@ -460,7 +464,9 @@ impl Core {
                 warn!(error = %e, "the model could not answer");
                 self.failure_text(&e, stats.steps, &setup.models)
             }
-            Ok(Err(TurnError::Internal(e))) => {
+            Ok(Err(
+                e @ (TurnError::Internal(_) | TurnError::Encode(_) | TurnError::Archive(_)),
+            )) => {
                 warn!(error = %e, "the turn failed");
                 format!("Sorry, something went wrong while answering: {e}.")
             }
@@ -593,8 +599,8 @@ impl Core {
         let window = self.windows.get(self.store.as_ref(), conversation);
         let (notes, window) = tokio::join!(notes, window);
         let (notes, window) = (notes?, window?);
-        stats.prefix_tokens =
-            context::estimate_tokens(&setup.stable) + context::tools_tokens(&setup.tool_defs);
+        let tools_tokens = context::tools_tokens(&setup.tool_defs);
+        stats.prefix_tokens = context::estimate_tokens(&setup.stable) + tools_tokens;
         let system = context::system_blocks(setup.stable.clone(), &notes);
         let files: Vec<(String, String, i64)> = event
             .payload
@@ -609,7 +615,7 @@ impl Core {
             .iter()
             .map(|b| context::estimate_tokens(&b.text))
             .sum::<usize>()
-            + context::tools_tokens(&setup.tool_defs)
+            + tools_tokens
             + context::message_tokens(&new_message);
         let allowance = self.config.compaction_budget_tokens.saturating_sub(fixed);
         let transcript = context::fit(context::transcript(&window, event.event_id), allowance);
@@ -799,7 +805,7 @@ impl Core {
 }
 
 fn json_text(row: &ToolRow) -> Result<String, TurnError> {
-    serde_json::to_string(row).map_err(|e| TurnError::Internal(e.to_string()))
+    Ok(serde_json::to_string(row)?)
 }
 
 fn truncate(text: &str, max: usize) -> String {

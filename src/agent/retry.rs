@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use ecdysis_chat::backoff::Backoff;
 use tracing::{info, warn};
 
 use super::provider::{ChatRequest, ChatResponse, Model, ProviderError, TextSink};
@@ -36,12 +37,9 @@ impl RetryPolicy {
         if let Some(after) = retry_after {
             return after.min(self.max_delay);
         }
-        let full = self
-            .base_delay
-            .saturating_mul(1u32 << retry.min(16))
-            .min(self.max_delay);
-        let half = full / 2;
-        half + full.mul_f64(rand::random_range(0.0..=0.5))
+        Backoff::new(self.base_delay, self.max_delay)
+            .with_jitter()
+            .delay(retry.saturating_add(1))
     }
 }
 

@@ -330,7 +330,7 @@ impl Commands {
                 compactions.count,
                 if compactions.count == 1 { "" } else { "s" },
                 compactions.messages,
-                ecdysis_web::rfc3339_utc(last.0),
+                ecdysis_chat::time::rfc3339_utc(last.0),
             ));
         }
         if usage.is_empty() {

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use ecdysis_chat::backoff::Backoff;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
 };
@@ -24,9 +25,8 @@ use super::tools::McpTool;
 
 /// How long `initialize` (and the first `tools/list`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The first pause before a restart; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The pauses before restarts: 250 ms, doubling up to 30 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 /// A connection that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// stderr lines of a stdio server kept to explain why it died.
@@ -248,7 +248,8 @@ impl Server {
 
     /// Keep the connection until `shutdown` says stop.
     pub async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = FIRST_BACKOFF;
+        // Failed connections in a row, for the next pause.
+        let mut failures = 0u32;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -286,7 +287,7 @@ impl Server {
                         Some(reason) => {
                             self.lock().restarts += 1;
                             if started.elapsed() >= HEALTHY_AFTER {
-                                backoff = FIRST_BACKOFF;
+                                failures = 0;
                             }
                             reason
                         }
@@ -298,13 +299,14 @@ impl Server {
                 None => reason,
             };
             let reason = crate::redact::global().redact_string(&reason);
+            failures = failures.saturating_add(1);
+            let backoff = BACKOFF.delay(failures);
             warn!(server = %self.config.name, %reason, retry_in_ms = backoff.as_millis() as u64, "MCP server is down");
             self.set_health(Health::Down { reason });
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => break,
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let mut state = self.lock();
         state.peer = None;

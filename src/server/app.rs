@@ -28,6 +28,7 @@ use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
 use crate::sandbox::{RunCommandTool, RunFeature, Runner};
 use crate::schedule::Scheduler;
+use crate::server::admin;
 use crate::server::metrics::Metrics;
 use crate::storage::blob::{self, BlobStore};
 use crate::storage::store::{self, Role, Store};
@@ -57,6 +58,10 @@ pub struct App {
     pub memory: crate::embeddings::MemorySearch,
     /// The embedding worker (with embeddings on); [`serve`] runs it.
     pub indexer: Option<Arc<crate::embeddings::Indexer>>,
+    /// The web chat's routes; its adapter is registered with the bus when the app opens.
+    pub web: WebChat,
+    /// Failed logins per client, shared by `/login`, `/admin/login` and bearer checks.
+    pub logins: Arc<LoginLimiter>,
     /// Scheduled jobs; their scanner starts with `serve` and `chat` ([`Scheduler::start`]).
     pub scheduler: Arc<Scheduler>,
 }
@@ -173,6 +178,24 @@ impl App {
             approvals.attach(&bus);
         }
         scheduler.attach(&bus);
+        let logins = Arc::new(LoginLimiter::default());
+        let (web, web_adapter) = WebChat::new(
+            Arc::new(bus.clone()) as Arc<dyn EventSink>,
+            Arc::new(TranscriptView {
+                store: store.clone(),
+                blobs: blobs.clone(),
+            }),
+            WebSettings {
+                token: config.admin_token.clone(),
+                max_body_bytes: config.web_max_body_bytes,
+                logins: logins.clone(),
+                https: config
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+            },
+        );
+        bus.register_adapter(Arc::new(web_adapter));
         let discord = crate::platforms::discord::open(&config, &bus)?;
         let slack = crate::platforms::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
@@ -188,6 +211,8 @@ impl App {
             slack,
             memory,
             indexer,
+            web,
+            logins,
             scheduler,
         })
     }
@@ -206,37 +231,28 @@ impl App {
     /// `/metrics` do not (servers call them with their own `Host`). With an admin token, the
     /// web chat needs it on loopback too.
     pub fn router(&self) -> Router {
-        let token = self.config.admin_token.clone();
-        // Failed logins per client, shared by `/login`, `/admin/login` and bearer checks.
-        let logins = Arc::new(LoginLimiter::default());
         let guard = Arc::new(Guard::new(
             self.config.listen,
             self.config.public_url.as_deref(),
-            token.clone(),
-            logins.clone(),
+            self.config.admin_token.clone(),
+            self.logins.clone(),
         ));
-        let (web, adapter) = WebChat::new(
-            Arc::new(self.bus.clone()) as Arc<dyn EventSink>,
-            Arc::new(TranscriptView {
-                store: self.store.clone(),
-                blobs: self.blobs.clone(),
-            }),
-            WebSettings {
-                token,
-                max_body_bytes: self.config.web_max_body_bytes,
-                logins: logins.clone(),
-                https: guard.public_https(),
-            },
-        );
-        self.bus.register_adapter(Arc::new(adapter));
+        let web = self.web.clone();
         let ops = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
-        let browser = match crate::server::admin::router(self, logins) {
-            Some(admin) => web.router().merge(admin),
+        let browser = match &self.config.admin_token {
+            Some(token) => web.router().merge(admin::router(
+                self.admin_parts(),
+                admin::AdminAccess {
+                    token: token.clone(),
+                    https: guard.public_https(),
+                    logins: self.logins.clone(),
+                },
+            )),
             None => web.router(),
         };
         let browser = browser.layer(axum::middleware::from_fn_with_state(
@@ -253,6 +269,18 @@ impl App {
             None => router,
         };
         router.layer(axum::middleware::from_fn(request_timeout))
+    }
+
+    /// What the admin pages read and act on.
+    fn admin_parts(&self) -> admin::AdminParts {
+        admin::AdminParts {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            bus: self.bus.clone(),
+            profiles: self.config.profiles.clone().into(),
+            mcp: self.mcp.clone(),
+            scheduler: self.scheduler.clone(),
+        }
     }
 
     /// Refuse to serve the web chat to the network without a token.
@@ -435,7 +463,7 @@ impl WebBackend for TranscriptView {
                     .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
                     .and_then(|meta| serde_json::from_value(meta["buttons"].clone()).ok())
                     .unwrap_or_default(),
-                created_at: ecdysis_web::rfc3339_utc(m.created_at.0),
+                created_at: ecdysis_chat::time::rfc3339_utc(m.created_at.0),
             })
             .collect())
     }

@@ -88,7 +88,7 @@ impl SecretBox {
             SystemRandom::new()
                 .fill(&mut bytes)
                 .map_err(|_| fail("no randomness".into()))?;
-            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let text = hex::encode(bytes);
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]

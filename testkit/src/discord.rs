@@ -1017,11 +1017,6 @@ fn handle_op(inner: &Inner, out: &mpsc::UnboundedSender<Out>, frame: &Value) {
 
 // ---------------------------------------------------------------- HTTP interactions signing
 
-/// Hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A test key pair for `DISCORD_PUBLIC_KEY`: the public key (hex) and a signer of
 /// `timestamp + body` that returns the `X-Signature-Ed25519` header value.
 pub struct InteractionKey {
@@ -1036,14 +1031,14 @@ impl InteractionKey {
     }
 
     pub fn public_hex(&self) -> String {
-        hex(self.key.verifying_key().as_bytes())
+        hex::encode(self.key.verifying_key().as_bytes())
     }
 
     pub fn sign(&self, timestamp: &str, body: &[u8]) -> String {
         use ed25519_dalek::Signer;
         let mut message = timestamp.as_bytes().to_vec();
         message.extend_from_slice(body);
-        hex(&self.key.sign(&message).to_bytes())
+        hex::encode(self.key.sign(&message).to_bytes())
     }
 }
 

@@ -4,4 +4,5 @@
 
 pub mod discord;
 pub mod llm;
+pub mod prerequisite;
 pub mod slack;

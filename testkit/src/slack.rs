@@ -399,37 +399,11 @@ fn arguments(headers: &HeaderMap, query: &HashMap<String, String>, body: &Bytes)
         map.insert(k.clone(), json!(v));
     }
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        for pair in String::from_utf8_lossy(body).split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                map.insert(decode(k), json!(decode(v)));
-            }
+        for (k, v) in url::form_urlencoded::parse(body) {
+            map.insert(k.into_owned(), json!(v));
         }
     }
     Value::Object(map)
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn api(

@@ -37,18 +37,11 @@ pub fn python_servers() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if sdk && time {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "the Python MCP servers are missing (mcp: {sdk}, mcp-server-time: {time}): .ci/services.sh installs them"
-        );
-    }
-    eprintln!(
-        "skipping: the Python MCP servers are not installed (pip install mcp mcp-server-time, or source .ci/services.sh)"
-    );
-    false
+    ecdysis_testkit::prerequisite::prerequisite(
+        sdk && time,
+        &format!("the Python MCP servers (mcp: {sdk}, mcp-server-time: {time})"),
+        "pip install mcp mcp-server-time, or source .ci/services.sh",
+    )
 }
 
 /// A streamable-HTTP fixture server on 127.0.0.1, killed on drop.

@@ -4,16 +4,7 @@
 /// A URL of a real service exported by `.ci/run`. Missing in CI is a failure; missing on a
 /// laptop skips the test with a note (returns `None`).
 pub fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{var} is not set: .ci/run must start this service before the tests")
-        }
-        _ => {
-            eprintln!("skipping: {var} is not set (run .ci/run to start the service)");
-            None
-        }
-    }
+    ecdysis_testkit::prerequisite::service(var)
 }
 
 /// The PostgreSQL server `.ci/run` starts (a database the tests may create schemas in).

@@ -11,17 +11,11 @@ use ecdysis::sandbox::{Limits, Namespace, RunOutput, RunRequest, Sandbox, Worksp
 
 /// True when bubblewrap is installed; panics in CI when it is not.
 pub fn sandbox_ready() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("bwrap is not installed: .ci/run must install the Debian package bubblewrap");
-    }
-    eprintln!("skipping: bubblewrap (bwrap) is not installed (apt-get install bubblewrap)");
-    false
+    ecdysis_testkit::prerequisite::prerequisite(
+        ecdysis_testkit::prerequisite::runs("bwrap", "--version"),
+        "bubblewrap (bwrap)",
+        "apt-get install bubblewrap",
+    )
 }
 
 /// A temporary directory the sandbox's unprivileged user may pass through (tempdirs are 0700).

@@ -12,7 +12,8 @@ pub struct Server {
     port: u16,
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago (only for processes that cannot report the port they got;
+/// `Server` binds port 0 and reads its address from the log).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -28,10 +29,14 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::spawn(data_dir.to_path_buf(), env, free_port()).await
+        Self::spawn(data_dir.to_path_buf(), env, 0).await
     }
 
+    /// Start `serve` listening on `port`; with 0 the kernel picks a free port (no race with
+    /// other tests) and the server's "listening" log line says which.
     async fn spawn(data_dir: PathBuf, env: Vec<(String, String)>, port: u16) -> Server {
+        let log_path = data_dir.join("serve.log");
+        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let mut command = Command::new(env!("CARGO_BIN_EXE_ecdysis"));
         command
             .arg("serve")
@@ -60,15 +65,43 @@ impl Server {
             env,
             port,
         };
-        server.wait_ready().await;
+        server.wait_ready(log_start).await;
         server
     }
 
-    async fn wait_ready(&mut self) {
+    /// The address this start of `serve` logged it listens on (the log is appended to by
+    /// restarts, so only what came after `log_start` counts).
+    fn listening_port(&self, log_start: u64) -> Option<u16> {
+        const MARK: &str = "web chat at http://";
+        let log = std::fs::read(self.data_dir.join("serve.log")).ok()?;
+        let text = String::from_utf8_lossy(log.get(log_start as usize..)?);
+        let at = text.find(MARK)? + MARK.len();
+        let address = text[at..].split('/').next()?;
+        address.rsplit_once(':')?.1.parse().ok()
+    }
+
+    async fn wait_ready(&mut self, log_start: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("serve exited early with {status}:\n{}", self.log());
+            }
+            if self.port == 0 {
+                match self.listening_port(log_start) {
+                    Some(port) => {
+                        self.port = port;
+                        self.base = format!("http://127.0.0.1:{port}");
+                    }
+                    None => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "serve did not log its address:\n{}",
+                            self.log()
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
             }
             if let Ok(r) = reqwest::get(format!("{}/readyz", self.base)).await
                 && r.status() == 200

@@ -10,9 +10,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod allow;
+pub mod backoff;
 mod command;
 mod live;
+pub mod request;
 mod text;
+pub mod time;
 
 pub use allow::AllowList;
 pub use command::{Command, CommandName};

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use ecdysis_chat::backoff::Backoff;
 use serenity::http::Http;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -21,9 +22,7 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The pause after `failures` failed calls in a row (1 or more).
 pub(crate) fn backoff(failures: u32) -> Duration {
-    MIN_BACKOFF
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF)
+    Backoff::new(MIN_BACKOFF, MAX_BACKOFF).delay(failures)
 }
 
 /// A websocket URL, or why the answer is not one.

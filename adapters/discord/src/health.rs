@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
@@ -23,12 +23,7 @@ pub(crate) struct Health {
     interactions_endpoint: bool,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use ecdysis_chat::time::now_ms;
 
 impl Health {
     pub fn new(gateway: bool, interactions_endpoint: bool) -> Self {

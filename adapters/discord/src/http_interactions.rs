@@ -32,22 +32,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Read `DISCORD_PUBLIC_KEY` (64 hex digits).
-pub(crate) fn parse_public_key(hex: &str) -> Result<VerifyingKey, DiscordError> {
-    let bytes: [u8; 32] = decode_hex(hex.trim())
+pub(crate) fn parse_public_key(text: &str) -> Result<VerifyingKey, DiscordError> {
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| DiscordError::Config("DISCORD_PUBLIC_KEY must be 64 hex digits".into()))?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|_| DiscordError::Config("DISCORD_PUBLIC_KEY is not an Ed25519 public key".into()))
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// Whether `signature_hex` signs `timestamp + body` with `key`, and the timestamp is within
@@ -66,7 +57,8 @@ pub(crate) fn verify(
     if sent.abs_diff(now_secs) > max_age_secs {
         return false;
     }
-    let Some(signature) = decode_hex(signature_hex.trim())
+    let Some(signature) = hex::decode(signature_hex.trim())
+        .ok()
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .map(|b| Signature::from_bytes(&b))
     else {
@@ -153,18 +145,16 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn signatures_are_checked_with_their_timestamp() {
         let signing = SigningKey::from_bytes(&[7u8; 32]);
-        let key = parse_public_key(&hex(signing.verifying_key().as_bytes())).unwrap();
+        let key = parse_public_key(&hex::encode(signing.verifying_key().as_bytes())).unwrap();
         let body = br#"{"type":1}"#;
-        let signature = hex(&signing
-            .sign(&[b"1000".as_slice(), body].concat())
-            .to_bytes());
+        let signature = hex::encode(
+            signing
+                .sign(&[b"1000".as_slice(), body].concat())
+                .to_bytes(),
+        );
         assert!(verify(&key, &signature, "1000", body, 1000, 300));
         assert!(
             !verify(&key, &signature, "1000", b"{\"type\":2}", 1000, 300),

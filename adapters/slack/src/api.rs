@@ -112,6 +112,18 @@ fn metadata(idempotency_key: &str) -> SlackMessageMetadata {
     )]))
 }
 
+/// A message's text (and blocks), with the reply's key in its metadata.
+fn message_content(
+    text: &str,
+    blocks: Option<Vec<SlackBlock>>,
+    idempotency_key: &str,
+) -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(text.to_string())
+        .opt_blocks(blocks)
+        .with_metadata(metadata(idempotency_key))
+}
+
 /// What `oauth.v2.access` granted.
 pub(crate) struct Granted {
     pub team_id: String,
@@ -204,10 +216,7 @@ impl Api {
     ) -> Result<String, CallError> {
         let token = token(bot_token);
         let session = self.client.open_session(&token);
-        let content = SlackMessageContent::new()
-            .with_text(message.text.to_string())
-            .opt_blocks(message.blocks)
-            .with_metadata(metadata(message.idempotency_key));
+        let content = message_content(message.text, message.blocks, message.idempotency_key);
         let request = SlackApiChatPostMessageRequest::new(message.channel.into(), content)
             .opt_thread_ts(message.thread_ts.map(SlackTs::from))
             .with_unfurl_links(false);
@@ -228,10 +237,7 @@ impl Api {
     ) -> Result<(), CallError> {
         let token = token(bot_token);
         let session = self.client.open_session(&token);
-        let content = SlackMessageContent::new()
-            .with_text(message.text.to_string())
-            .opt_blocks(message.blocks)
-            .with_metadata(metadata(message.idempotency_key));
+        let content = message_content(message.text, message.blocks, message.idempotency_key);
         let request =
             SlackApiChatUpdateRequest::new(message.channel.into(), content, SlackTs::from(ts));
         session

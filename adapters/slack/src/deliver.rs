@@ -60,12 +60,6 @@ impl Bookkeeping {
         }
         !keys.insert(key.to_string())
     }
-
-    fn done(&self, key: &str) {
-        if let Ok(mut keys) = self.attempted.lock() {
-            keys.remove(key);
-        }
-    }
 }
 
 pub(crate) fn retryable(e: SlackError) -> DeliveryError {
@@ -132,12 +126,10 @@ impl ChatAdapter for Slack {
         let route = Route::from_value(&reply.route).ok_or_else(|| {
             DeliveryError::Permanent("the reply has no Slack route (channel, thread)".into())
         })?;
+        // A key seen before in this process (failed, or delivered and asked for again) is
+        // looked up in the thread before anything is posted.
         let again = self.inner.delivery.begin(&reply.idempotency_key);
-        let result = self.deliver_once(reply, &route, again).await;
-        if result.is_ok() {
-            self.inner.delivery.done(&reply.idempotency_key);
-        }
-        result
+        self.deliver_once(reply, &route, again).await
     }
 
     fn live(&self, route: &serde_json::Value) -> Option<LiveSettings> {

@@ -75,7 +75,7 @@ impl Health {
     }
 
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        let time = |ms: i64| (ms > 0).then(|| rfc3339(ms));
+        let time = |ms: i64| (ms > 0).then(|| ecdysis_chat::time::rfc3339_utc(ms));
         serde_json::json!({
             "mode": self.mode,
             "socket": self.socket().name(),
@@ -84,30 +84,6 @@ impl Health {
             "last_event_at": time(self.last_event_ms.load(Ordering::Relaxed)),
         })
     }
-}
-
-/// Milliseconds since the Unix epoch as RFC 3339 UTC.
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -125,6 +101,5 @@ mod tests {
         assert_eq!(j["socket"], "connected");
         assert_eq!(j["connections"], 1);
         assert!(j["last_envelope_at"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

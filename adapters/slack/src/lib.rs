@@ -306,10 +306,4 @@ pub async fn auth_test(api_url: &str, bot_token: &str) -> Result<AuthInfo, Slack
     api::Api::new(api_url)?.auth_test(bot_token).await
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use ecdysis_chat::time::now_ms;

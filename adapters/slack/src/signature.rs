@@ -67,7 +67,7 @@ impl Verifier {
         }
         let expected = signature
             .strip_prefix("v0=")
-            .and_then(hex_decode)
+            .and_then(|hex| hex::decode(hex).ok())
             .ok_or(SignatureError::Mismatch)?;
         // `verify_slice` compares in constant time.
         mac(secret, timestamp.trim(), body)
@@ -91,35 +91,9 @@ fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Option<Hmac<Sha256>> {
 /// The `X-Slack-Signature` value for a body (tests and benchmarks sign requests with it).
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     match mac(secret.as_bytes(), &timestamp.to_string(), body) {
-        Some(mac) => format!("v0={}", hex_encode(&mac.finalize().into_bytes())),
+        Some(mac) => format!("v0={}", hex::encode(mac.finalize().into_bytes())),
         None => String::new(),
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]

@@ -245,10 +245,7 @@ impl WebChat {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    ecdysis_chat::time::now_ms() / 1000
 }
 
 /// Whether a POST body is of a type a page on another site cannot send without the browser

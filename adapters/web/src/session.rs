@@ -7,10 +7,8 @@
 //! issue, and rotating the token ends every session at once.
 
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, COOKIE};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use subtle::ConstantTimeEq;
 
 /// Clock skew tolerated for a cookie issued by another instance "in the future".
 const MAX_SKEW_SECONDS: i64 = 60;
@@ -45,7 +43,7 @@ impl SessionKey {
     pub fn issue(&self, now: i64) -> Option<String> {
         let mut id = [0u8; 16];
         SystemRandom::new().fill(&mut id).ok()?;
-        let id = hex(&id);
+        let id = hex::encode(id);
         let signature = self.sign(&self.message(now, &id));
         Some(format!("{now}.{id}.{signature}"))
     }
@@ -58,7 +56,7 @@ impl SessionKey {
             return None;
         }
         let issued: i64 = issued.parse().ok()?;
-        let signature = unhex(signature)?;
+        let signature = hex::decode(signature).ok()?;
         hmac::verify(&self.key, self.message(issued, id).as_bytes(), &signature).ok()?;
         let fresh =
             issued <= now + MAX_SKEW_SECONDS && now < issued.saturating_add(self.lifetime_seconds);
@@ -67,7 +65,7 @@ impl SessionKey {
 
     /// A hex HMAC of `message` under this key (CSRF tokens of a session).
     pub fn sign(&self, message: &str) -> String {
-        hex(hmac::sign(&self.key, message.as_bytes()).as_ref())
+        hex::encode(hmac::sign(&self.key, message.as_bytes()))
     }
 
     fn message(&self, issued: i64, id: &str) -> String {
@@ -75,31 +73,7 @@ impl SessionKey {
     }
 }
 
-/// Compare secrets in constant time (for equal lengths; a length difference shows).
-pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
-    given.ct_eq(expected).into()
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// The value of one cookie.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
-}
+pub use ecdysis_chat::request::{bearer, cookie, secret_eq};
 
 /// How a session cookie is set: `HttpOnly; SameSite=Strict` always, `Secure` over https.
 #[derive(Clone, Copy, Debug)]
@@ -133,20 +107,6 @@ pub fn is_https(headers: &HeaderMap, public_https: bool) -> bool {
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim() == "https"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -188,23 +148,8 @@ mod tests {
     }
 
     #[test]
-    fn secrets_compare_exactly() {
-        assert!(secret_eq(b"tok", b"tok"));
-        assert!(!secret_eq(b"tok", b"tok2"));
-        assert!(!secret_eq(b"", b"tok"));
-    }
-
-    #[test]
-    fn headers_are_read() {
+    fn https_is_seen() {
         let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer  tok "));
-        h.insert(
-            COOKIE,
-            HeaderValue::from_static("a=b; ecdysis_session=v.1.2"),
-        );
-        assert_eq!(bearer(&h), Some("tok"));
-        assert_eq!(cookie(&h, "ecdysis_session"), Some("v.1.2"));
-        assert_eq!(cookie(&h, "missing"), None);
         assert!(!is_https(&h, false));
         assert!(is_https(&h, true));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));

@@ -2,7 +2,7 @@
 //! `local:terminal`; answers print as they are written (tool lines on lines of their own), and
 //! the final reply adds what is still missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,18 @@ pub struct TerminalAdapter {
     answered: Notify,
     /// The text of each live answer printed so far, by reply key.
     printed: Mutex<HashMap<String, String>>,
+    /// Where replies go: stdout, or (tests) a buffer.
+    output: Mutex<Option<Output>>,
+    /// The most recent idempotency keys delivered (oldest first): a reply delivered again
+    /// prints nothing.
+    delivered: Mutex<VecDeque<String>>,
 }
+
+/// Where the terminal's replies are written instead of stdout.
+type Output = Box<dyn Write + Send>;
+
+/// Idempotency keys remembered.
+const REMEMBERED_KEYS: usize = 1024;
 
 /// How often a live answer prints (as it arrives, in small batches).
 const LIVE_INTERVAL: Duration = Duration::from_millis(20);
@@ -43,6 +54,50 @@ impl TerminalAdapter {
             waiting: Mutex::new(HashSet::new()),
             answered: Notify::new(),
             printed: Mutex::new(HashMap::new()),
+            output: Mutex::new(None),
+            delivered: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Write replies to `output` instead of stdout.
+    pub fn with_output(output: impl Write + Send + 'static) -> Self {
+        let adapter = Self::new();
+        if let Ok(mut slot) = adapter.output.lock() {
+            *slot = Some(Box::new(output));
+        }
+        adapter
+    }
+
+    /// Write `text` to the output and flush it.
+    fn write_out(&self, text: &str) -> Result<(), DeliveryError> {
+        let written = match self.output.lock() {
+            Ok(mut slot) => match slot.as_mut() {
+                Some(out) => out.write_all(text.as_bytes()).and_then(|()| out.flush()),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+                }
+            },
+            Err(_) => Err(std::io::Error::other(
+                "the terminal output lock is poisoned",
+            )),
+        };
+        written.map_err(|e| DeliveryError::Retryable(e.to_string()))
+    }
+
+    /// Whether `key` was delivered already.
+    fn was_delivered(&self, key: &str) -> bool {
+        self.delivered
+            .lock()
+            .is_ok_and(|keys| keys.iter().any(|k| k == key))
+    }
+
+    fn remember_delivered(&self, key: &str) {
+        if let Ok(mut keys) = self.delivered.lock() {
+            if keys.len() == REMEMBERED_KEYS {
+                keys.pop_front();
+            }
+            keys.push_back(key.to_string());
         }
     }
 
@@ -74,11 +129,18 @@ impl TerminalAdapter {
             }
         }
         *so_far = view.text.clone();
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(out.as_bytes())
-            .and_then(|_| stdout.flush())
-            .map_err(|e| DeliveryError::Retryable(e.to_string()))
+        drop(printed);
+        self.write_out(&out)
+    }
+
+    /// The typed line `reply` answers no longer waits.
+    fn mark_answered(&self, reply: &Reply) {
+        if let Some(seq) = reply.route.get("seq").and_then(|s| s.as_u64())
+            && let Ok(mut waiting) = self.waiting.lock()
+        {
+            waiting.remove(&seq);
+        }
+        self.answered.notify_waiters();
     }
 
     fn waiting_count(&self) -> usize {
@@ -100,12 +162,15 @@ impl ChatAdapter for TerminalAdapter {
     }
 
     async fn deliver(&self, reply: &Reply) -> Result<Delivered, DeliveryError> {
+        if self.was_delivered(&reply.idempotency_key) {
+            self.mark_answered(reply);
+            return Ok(Delivered::default());
+        }
         let printed = self
             .printed
             .lock()
             .ok()
             .and_then(|mut p| p.remove(&reply.idempotency_key));
-        let mut out = std::io::stdout().lock();
         // A live answer printed so far is completed, not printed again.
         let mut text = match (&reply.live, printed) {
             (Some(_), Some(printed)) => match reply.text.strip_prefix(printed.as_str()) {
@@ -122,14 +187,14 @@ impl ChatAdapter for TerminalAdapter {
                 file.bytes.len()
             ));
         }
-        writeln!(out, "{text}").map_err(|e| DeliveryError::Retryable(e.to_string()))?;
-        let _ = out.flush();
-        if let Some(seq) = reply.route.get("seq").and_then(|s| s.as_u64())
-            && let Ok(mut waiting) = self.waiting.lock()
-        {
-            waiting.remove(&seq);
+        if !reply.buttons.is_empty() {
+            let labels: Vec<&str> = reply.buttons.iter().map(|b| b.label.as_str()).collect();
+            text.push_str(&format!("\n[buttons: {}]", labels.join(" | ")));
         }
-        self.answered.notify_waiters();
+        text.push('\n');
+        self.write_out(&text)?;
+        self.remember_delivered(&reply.idempotency_key);
+        self.mark_answered(reply);
         Ok(Delivered::default())
     }
 

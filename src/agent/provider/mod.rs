@@ -82,8 +82,8 @@ impl ChatMessage {
     }
 }
 
-/// A tool as the model sees it.
-#[derive(Clone, Debug, PartialEq)]
+/// A tool as the model sees it (serialized, its fields are the wire's names).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ToolDef {
     pub name: String,
     pub description: String,

@@ -77,6 +77,14 @@ impl Sessions {
         self.key.sign(&format!("csrf|{session_id}"))
     }
 
+    /// The CSRF token to put into `caller`'s forms (none for bearer callers, who need none).
+    pub fn csrf_of(&self, caller: &Caller) -> String {
+        match caller {
+            Caller::Session { id } => self.csrf(id),
+            _ => String::new(),
+        }
+    }
+
     /// Whether a POST from `caller` carrying `given` may change anything.
     pub fn csrf_ok(&self, caller: &Caller, given: &str) -> bool {
         match caller {

@@ -8,8 +8,11 @@ use bytes::Bytes;
 
 use crate::config::{BlobLocation, Config};
 
+mod key;
 mod local;
 mod s3;
+
+pub use key::{segment, validate_key};
 
 pub use local::LocalBlobStore;
 pub use s3::S3BlobStore;
@@ -50,25 +53,6 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// A human description (`file:///…`, `s3://bucket/prefix`) without secrets.
     fn describe(&self) -> String;
-}
-
-/// Check a key: non-empty relative path segments of `[A-Za-z0-9._-]`, no `.` or `..` segments.
-pub fn validate_key(key: &str) -> Result<(), BlobError> {
-    let ok = !key.is_empty()
-        && key.len() <= 512
-        && key.split('/').all(|segment| {
-            !segment.is_empty()
-                && segment != "."
-                && segment != ".."
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(BlobError::InvalidKey(key.to_string()))
-    }
 }
 
 /// Open the blob store the configuration names.

@@ -239,3 +239,142 @@ impl WriterTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use tokio::sync::Notify;
+
+    use super::super::db::on_tx;
+    use super::*;
+
+    async fn writer(dir: &tempfile::TempDir) -> (Writer, Pools) {
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(&write)
+            .await
+            .unwrap();
+        let read = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        let pools = Pools::Sqlite { write, read };
+        let writer = Writer::start(pools.clone(), Arc::new(Clock::default()), 1, 64);
+        (writer, pools)
+    }
+
+    /// Insert `n` into `t` (a second insert of one `n` fails: primary key).
+    async fn insert(writer: &Writer, n: i64) -> Result<()> {
+        writer
+            .write(Admission::Wait, None, n, |tx, n| {
+                Box::pin(async move {
+                    on_tx!(tx, |c| sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(*n)
+                        .execute(c)
+                        .await?
+                        .rows_affected());
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn stored(pools: &Pools) -> Vec<i64> {
+        let Pools::Sqlite { read, .. } = pools else {
+            unreachable!()
+        };
+        sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(read)
+            .await
+            .unwrap()
+    }
+
+    /// Writes queued together share a batch; the one that fails fails alone, the others are
+    /// committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, pools) = writer(&dir).await;
+        insert(&writer, 5).await.unwrap();
+        let writer = Arc::new(writer);
+        let tasks: Vec<_> = (1..=10)
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move { (n, insert(&writer, n).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (n, result) = task.await.unwrap();
+            if n == 5 {
+                assert!(matches!(result, Err(StoreError::Db(_))), "{result:?}");
+            } else {
+                result.unwrap();
+            }
+        }
+        assert_eq!(stored(&pools).await, (1..=10).collect::<Vec<_>>());
+    }
+
+    /// With the queue nearly full, new work from outside is refused at once; the store's own
+    /// writes still queue, and everything queued is written once the writer moves again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_new_work_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, pools) = writer(&dir).await;
+        let writer = Arc::new(writer);
+        // Hold the writer inside a write until released.
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let held = {
+            let writer = writer.clone();
+            let args = (entered.clone(), release.clone());
+            tokio::spawn(async move {
+                writer
+                    .write(Admission::Wait, None, args, |_tx, (entered, release)| {
+                        Box::pin(async move {
+                            entered.notify_one();
+                            release.notified().await;
+                            Ok(())
+                        })
+                    })
+                    .await
+            })
+        };
+        entered.notified().await;
+        let queued: Vec<_> = (0..(QUEUE - RESERVED) as i64)
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move { insert(&writer, 100 + n).await })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while writer.queue.capacity() > RESERVED {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            tokio::task::yield_now().await;
+        }
+        let refused = writer
+            .write(Admission::Refuse, None, 1_i64, |_tx, _| {
+                Box::pin(async move { Ok(()) })
+            })
+            .await;
+        assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+        release.notify_one();
+        held.await.unwrap().unwrap();
+        for task in queued {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(stored(&pools).await.len(), QUEUE - RESERVED);
+    }
+}

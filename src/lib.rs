@@ -7,6 +7,7 @@ pub mod agent;
 pub mod browser;
 pub mod bus;
 pub mod config;
+pub mod embeddings;
 pub mod engine;
 pub mod mcp;
 pub mod media;

@@ -53,6 +53,9 @@ enum Command {
         #[arg(long = "in")]
         input: Option<PathBuf>,
     },
+    /// Semantic memory tools.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
     /// Discord tools.
     #[command(subcommand)]
     Discord(DiscordCommand),
@@ -72,6 +75,13 @@ enum SlackCommand {
         #[arg(long)]
         native_commands: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum MemoryCommand {
+    /// Embed every note and compacted-history chunk again with the configured model
+    /// (ECDYSIS_EMBEDDINGS), now.
+    Reindex,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +145,7 @@ fn main() -> ExitCode {
                 files,
             } => export(config, &channel, out, files).await,
             Command::Import { input } => import(config, input).await,
+            Command::Memory(MemoryCommand::Reindex) => reindex(config).await,
             Command::Discord(DiscordCommand::Register { guild }) => {
                 discord_register(config, guild).await
             }
@@ -165,6 +176,7 @@ fn opens_storage(command: &Command) -> bool {
             | Command::Doctor
             | Command::Export { .. }
             | Command::Import { .. }
+            | Command::Memory(_)
     )
 }
 
@@ -279,6 +291,27 @@ async fn import(config: Config, input: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     eprintln!("imported {summary}");
+    Ok(())
+}
+
+async fn reindex(config: Config) -> anyhow::Result<()> {
+    let store = ecdysis::storage::store::open(&config.database_url).await?;
+    let done = ecdysis::embeddings::reindex(&config, store, |n| {
+        if n % 256 < 32 {
+            eprintln!("embedded {n}…");
+        }
+    })
+    .await?;
+    println!(
+        "reindexed: {} rows queued, {} embedded, {} still waiting",
+        done.queued, done.embedded, done.waiting
+    );
+    if done.waiting > 0 {
+        anyhow::bail!(
+            "{} rows could not be embedded now (see the warnings above); `ecdysis serve` retries them",
+            done.waiting
+        );
+    }
     Ok(())
 }
 

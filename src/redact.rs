@@ -269,6 +269,13 @@ fn config_secrets(config: &Config) -> Vec<String> {
             SearchProvider::Searxng => {}
         }
     }
+    // The embeddings endpoint's key (ECDYSIS_EMBEDDINGS_API_KEY).
+    if let Some(crate::embeddings::EmbedderSpec::OpenAi {
+        api_key: Some(key), ..
+    }) = config.embeddings.as_ref().map(|e| &e.embedder)
+    {
+        secrets.push(key.clone());
+    }
     secrets
 }
 

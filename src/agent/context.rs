@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::provider::{ChatMessage, ChatRole, Part, SystemBlock, ToolDef};
+use crate::embeddings::Recalled;
 use crate::engine::tools::ToolRegistry;
-use crate::storage::store::{ContextMessages, EventId, Message, MessageId, Note, Role};
+use crate::storage::store::{ContextMessages, EventId, Message, MessageId, Role};
 
 /// Longest note text put into the context (longer notes are cut; `memory_search` has them whole).
 const NOTE_CHARS: usize = 600;
@@ -139,24 +140,49 @@ pub fn recall_query(text: &str) -> String {
     words.join(" ")
 }
 
-/// The notes block (empty when there are none).
-pub fn notes_block(notes: &[Note]) -> String {
-    if notes.is_empty() {
+/// The notes block (empty when nothing was found): saved notes by number, then passages of
+/// the channel's compacted history (found when semantic memory is on).
+pub fn notes_block(found: &[Recalled]) -> String {
+    if found.is_empty() {
         return String::new();
     }
-    let mut out = String::from("Saved notes of this channel that may be relevant:");
-    for note in notes {
-        let mut text: String = note.text.chars().take(NOTE_CHARS).collect();
-        if note.text.chars().count() > NOTE_CHARS {
-            text.push('…');
+    let clip = |text: &str| {
+        let mut out: String = text.chars().take(NOTE_CHARS).collect();
+        if text.chars().count() > NOTE_CHARS {
+            out.push('…');
         }
-        out.push_str(&format!("\n#{} {}", note.id, text));
+        out
+    };
+    let mut out = String::new();
+    let notes: Vec<&Recalled> = found.iter().filter(|r| r.note_id().is_some()).collect();
+    if !notes.is_empty() {
+        out.push_str("Saved notes of this channel that may be relevant:");
+        for note in notes {
+            out.push_str(&format!(
+                "\n#{} {}",
+                note.item.item.id,
+                clip(&note.item.text)
+            ));
+        }
+    }
+    let history: Vec<&Recalled> = found.iter().filter(|r| r.note_id().is_none()).collect();
+    if !history.is_empty() {
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str("Earlier conversation in this channel that may be relevant:");
+        for passage in history {
+            out.push_str(&format!(
+                "\n- {}",
+                clip(&passage.item.text).replace('\n', " / ")
+            ));
+        }
     }
     out
 }
 
 /// The system blocks: the stable prompt (marked for caching), then the notes of this turn.
-pub fn system_blocks(stable: String, notes: &[Note]) -> Vec<SystemBlock> {
+pub fn system_blocks(stable: String, notes: &[Recalled]) -> Vec<SystemBlock> {
     let mut blocks = vec![SystemBlock {
         text: stable,
         cache: true,

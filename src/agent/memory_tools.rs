@@ -1,27 +1,42 @@
 //! The memory tools (`memory_search`, `memory_save`, `memory_forget`): the model's access to
 //! the channel's notes. Every call is scoped to the channel of the conversation it runs for, or
 //! to its profile's shared notes (`memory = "profile"`, see [`crate::engine::profile`]).
+//! `memory_search` ranks by full text and, with embeddings on, by meaning too (and then also
+//! searches the channel's compacted history).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use crate::embeddings::MemorySearch as Search;
 use crate::engine::commands::MAX_NOTE_CHARS;
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
-use crate::storage::store::{NewNote, NoteId, Store};
+use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
 
-const SEARCH_LIMIT: i64 = 10;
+const SEARCH_LIMIT: usize = 10;
 
-/// Register the three memory tools; `profiles` decides whose notes a conversation uses.
+/// Register the three memory tools (search by full text only); `profiles` decides whose notes
+/// a conversation uses.
 pub fn register(registry: &mut ToolRegistry, store: Arc<dyn Store>, profiles: Profiles) {
+    register_with(registry, store.clone(), Search::full_text(store), profiles);
+}
+
+/// Register the three memory tools, searching with `search`.
+pub fn register_with(
+    registry: &mut ToolRegistry,
+    store: Arc<dyn Store>,
+    search: Search,
+    profiles: Profiles,
+) {
     registry.register(Arc::new(MemorySearch {
-        store: store.clone(),
+        search: search.clone(),
         profiles: profiles.clone(),
     }));
     registry.register(Arc::new(MemorySave {
         store: store.clone(),
+        search,
         profiles: profiles.clone(),
     }));
     registry.register(Arc::new(MemoryForget { store, profiles }));
@@ -42,9 +57,9 @@ fn store_error(e: crate::storage::store::StoreError) -> ToolError {
     ToolError::Failed(format!("the memory store failed: {e}"))
 }
 
-/// Full-text search over the channel's notes.
+/// Search over the channel's notes (and compacted history, with embeddings on).
 pub struct MemorySearch {
-    store: Arc<dyn Store>,
+    search: Search,
     profiles: Profiles,
 }
 
@@ -55,7 +70,7 @@ impl Tool for MemorySearch {
     }
 
     fn description(&self) -> &'static str {
-        "Search this channel's saved notes (full-text, any word matches)."
+        "Search this channel's saved notes (and, when semantic memory is on, its earlier compacted conversation) by words and meaning."
     }
 
     fn input_schema(&self) -> Value {
@@ -68,21 +83,32 @@ impl Tool for MemorySearch {
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
         let query = string_field(&input, "query")?;
-        let notes = self
-            .store
-            .recall(
+        let found = self
+            .search
+            .search(
                 &self.profiles.memory_channel(&context.conversation),
                 query,
                 SEARCH_LIMIT,
             )
             .await
             .map_err(store_error)?;
-        if notes.is_empty() {
+        if found.is_empty() {
             return Ok(ToolOutput::text(format!("No note matches “{query}”.")));
         }
         let mut out = String::new();
-        for note in notes {
-            out.push_str(&format!("#{} {}\n", note.id, note.text));
+        for hit in found {
+            match &hit.item.source {
+                ItemSource::Note { .. } => {
+                    out.push_str(&format!("#{} {}\n", hit.item.item.id, hit.item.text))
+                }
+                ItemSource::Summary => out.push_str(&format!(
+                    "(summary of earlier conversation) {}\n",
+                    hit.item.text
+                )),
+                ItemSource::Transcript => {
+                    out.push_str(&format!("(earlier conversation) {}\n", hit.item.text))
+                }
+            }
         }
         Ok(ToolOutput::text(out.trim_end()))
     }
@@ -91,6 +117,7 @@ impl Tool for MemorySearch {
 /// Save a note for the channel.
 pub struct MemorySave {
     store: Arc<dyn Store>,
+    search: Search,
     profiles: Profiles,
 }
 
@@ -137,6 +164,7 @@ impl Tool for MemorySave {
             })
             .await
             .map_err(store_error)?;
+        self.search.note_written();
         Ok(ToolOutput::text(format!("Saved as #{id}.")))
     }
 }

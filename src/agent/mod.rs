@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{EventContext, Outgoing};
 use crate::config::{AgentConfig, Config, ModelSpec};
+use crate::embeddings::MemorySearch;
 use crate::engine::commands::Agent;
 use crate::engine::live::Live;
 use crate::engine::profile::{Profile, Profiles};
@@ -221,6 +222,8 @@ pub struct LlmAgent {
 /// What the agent holds.
 struct Core {
     store: Arc<dyn Store>,
+    /// The notes put into each turn: full text, and meaning too when embeddings are on.
+    memory: MemorySearch,
     blobs: Arc<dyn BlobStore>,
     /// Every tool (a profile offers a part), and the sources of MCP tools.
     tools: ToolRegistry,
@@ -250,12 +253,25 @@ impl LlmAgent {
         blobs: Arc<dyn BlobStore>,
         extra: &ToolRegistry,
     ) -> Result<Option<Self>, BuildError> {
+        let memory = MemorySearch::full_text(store.clone());
+        Self::from_config_with_memory(config, store, blobs, extra, memory)
+    }
+
+    /// [`LlmAgent::from_config`], searching memory (`memory_search`, each turn's notes) with
+    /// `memory` (hybrid when embeddings are on).
+    pub fn from_config_with_memory(
+        config: &Config,
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        extra: &ToolRegistry,
+        memory: MemorySearch,
+    ) -> Result<Option<Self>, BuildError> {
         let Some(spec) = config.model.clone() else {
             return Ok(None);
         };
         let profiles = Profiles::new(config.profiles.clone());
         let mut tools = ToolRegistry::new();
-        memory_tools::register(&mut tools, store.clone(), profiles.clone());
+        memory_tools::register_with(&mut tools, store.clone(), memory.clone(), profiles.clone());
         for tool in extra.iter() {
             tools.register(tool.clone());
         }
@@ -309,6 +325,7 @@ impl LlmAgent {
             (store, blobs),
             tools,
             media,
+            memory,
         )))
     }
 
@@ -340,12 +357,14 @@ impl LlmAgent {
             HashMap::new(),
             Profiles::default(),
             config,
-            (store, blobs),
+            (store.clone(), blobs),
             tools,
             media,
+            MemorySearch::full_text(store),
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         models: Arc<ModelSet>,
         profile_models: HashMap<String, Arc<ModelSet>>,
@@ -354,11 +373,13 @@ impl LlmAgent {
         (store, blobs): (Arc<dyn Store>, Arc<dyn BlobStore>),
         tools: ToolRegistry,
         media: Arc<Reader>,
+        memory: MemorySearch,
     ) -> Self {
         let policy = RetryPolicy::new(config.max_retries, config.request_timeout);
         Self {
             core: Arc::new(Core {
                 store,
+                memory,
                 blobs,
                 tools,
                 models,
@@ -644,11 +665,17 @@ impl Core {
         let conversation = &event.conversation;
         let channel = setup.profile.memory_channel(conversation);
         // The notes and the transcript are independent reads: run them together.
+        // Full text looks for the message's significant words, meaning for the message.
         let query = context::recall_query(prompt);
         let notes = async {
-            if self.config.memory_notes_in_context > 0 && !query.is_empty() {
-                self.store
-                    .recall(&channel, &query, self.config.memory_notes_in_context as i64)
+            if self.config.memory_notes_in_context > 0 {
+                self.memory
+                    .search_with(
+                        &channel,
+                        &query,
+                        prompt,
+                        self.config.memory_notes_in_context,
+                    )
                     .await
             } else {
                 Ok(Vec::new())

@@ -8,12 +8,27 @@ use async_trait::async_trait;
 use ecdysis_chat::{CommandName, EventKind};
 
 use crate::bus::{EventContext, Handler, Outgoing};
+use crate::embeddings::MemorySearch;
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{Tool, ToolRegistry, ToolSource};
 use crate::mcp::McpHub;
 use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
-use crate::storage::store::{NewNote, NoteId, Store};
+use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
+
+/// A chunk of history on one line, at most [`HISTORY_CHARS`] characters.
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= HISTORY_CHARS {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(HISTORY_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+/// The longest line `/recall` shows of compacted history.
+const HISTORY_CHARS: usize = 300;
 
 /// Answers free text (and `/ask`): the LLM agent, once configured.
 #[async_trait]
@@ -39,7 +54,7 @@ pub trait Feature: Send + Sync + 'static {
 
 /// The longest note `/remember` stores.
 pub const MAX_NOTE_CHARS: usize = 4_000;
-const RECALL_LIMIT: i64 = 10;
+const RECALL_LIMIT: usize = 10;
 const MEMORY_LIST_LIMIT: i64 = 20;
 
 /// The command handler.
@@ -62,6 +77,8 @@ pub struct Commands {
     pair: Option<Arc<dyn Feature>>,
     /// The spend limits, for `/status`.
     budgets: Option<Arc<crate::engine::guard::Budgets>>,
+    /// `/recall`: full text, and meaning too when embeddings are on.
+    memory: MemorySearch,
     /// Scheduled jobs (`remind`, `schedules`, `unschedule`, fired jobs).
     scheduler: Option<Arc<Scheduler>>,
 }
@@ -69,7 +86,7 @@ pub struct Commands {
 impl Commands {
     pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
         Self {
-            store,
+            store: store.clone(),
             blobs,
             started: Instant::now(),
             agent: None,
@@ -81,6 +98,7 @@ impl Commands {
             mcp: None,
             pair: None,
             budgets: None,
+            memory: MemorySearch::full_text(store),
             scheduler: None,
         }
     }
@@ -94,6 +112,12 @@ impl Commands {
     /// Show the budgets' use and limits in `/status`.
     pub fn with_budgets(mut self, budgets: Arc<crate::engine::guard::Budgets>) -> Self {
         self.budgets = Some(budgets);
+        self
+    }
+
+    /// Search memory with `search` (hybrid when embeddings are on).
+    pub fn with_memory(mut self, search: MemorySearch) -> Self {
+        self.memory = search;
         self
     }
 
@@ -177,6 +201,7 @@ impl Commands {
                 source: Some(format!("event:{}", event.event_id)),
             })
             .await?;
+        self.memory.note_written();
         Ok(format!("Remembered as #{id}."))
     }
 
@@ -185,20 +210,38 @@ impl Commands {
         if query.is_empty() {
             return Ok("Usage: `/recall <words>` finds this channel's notes.".into());
         }
-        let notes = self
-            .store
-            .recall(
+        let found = self
+            .memory
+            .search(
                 &self.profiles.memory_channel(&event.conversation),
                 query,
                 RECALL_LIMIT,
             )
             .await?;
-        if notes.is_empty() {
+        if found.is_empty() {
             return Ok(format!("No note in this channel matches “{query}”."));
         }
         let mut out = format!("Notes matching “{query}”:");
-        for note in notes {
-            out.push_str(&format!("\n#{} {}", note.id, note.text));
+        for hit in found {
+            // Which hits the words missed but the meaning found.
+            let how = if hit.by_meaning() && !hit.by_words {
+                " _(by meaning)_"
+            } else {
+                ""
+            };
+            match &hit.item.source {
+                ItemSource::Note { .. } => {
+                    out.push_str(&format!("\n#{} {}{how}", hit.item.item.id, hit.item.text))
+                }
+                ItemSource::Summary => out.push_str(&format!(
+                    "\n· from a summary of earlier conversation: {}{how}",
+                    one_line(&hit.item.text)
+                )),
+                ItemSource::Transcript => out.push_str(&format!(
+                    "\n· from earlier conversation: {}{how}",
+                    one_line(&hit.item.text)
+                )),
+            }
         }
         Ok(out)
     }

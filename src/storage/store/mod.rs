@@ -17,6 +17,7 @@ mod compaction;
 mod conversations;
 mod db;
 mod dialect;
+mod embeddings;
 mod ids;
 mod inbox;
 mod installations;
@@ -37,6 +38,10 @@ pub use compaction::{
     Compaction, CompactionStats, Compactions, ContextMessages, ImportedCompaction, NewCompaction,
 };
 pub use conversations::{ConversationInfo, Conversations};
+pub use embeddings::{
+    ChannelVector, ChunkKind, CompactionSource, EmbedJob, IndexStatus, ItemKind, ItemRef,
+    ItemSource, MemoryItem, NewChunk, SemanticIndex, VectorState, decode_vector, encode_vector,
+};
 pub use ids::{
     CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, ScheduleId,
     UnixMs, UnknownStatus,
@@ -97,6 +102,7 @@ pub trait Store:
     + Transcript
     + Compactions
     + Memory
+    + SemanticIndex
     + UsageLog
     + AccessLog
     + Leases

@@ -117,12 +117,25 @@ pub fn fitted_size(w: u32, h: u32, limits: ImageLimits) -> (u32, u32) {
     let (w, h) = (w.max(1), h.max(1));
     let by_side = f64::from(limits.max_side) / f64::from(w.max(h));
     let by_pixels = (limits.max_pixels as f64 / (f64::from(w) * f64::from(h))).sqrt();
-    let scale = by_side.min(by_pixels);
-    if scale >= 1.0 {
+    if by_side.min(by_pixels) >= 1.0 {
         return (w, h);
     }
-    let nw = ((f64::from(w) * scale).floor() as u32).max(1);
-    let nh = ((f64::from(h) * scale).floor() as u32).max(1);
+    if by_side <= by_pixels {
+        // In integers, so the long side is exactly the limit (floats land a pixel short).
+        let long = w.max(h);
+        let short = |side: u32| {
+            u32::try_from(u64::from(side) * u64::from(limits.max_side) / u64::from(long))
+                .unwrap_or(1)
+                .max(1)
+        };
+        return if w >= h {
+            (limits.max_side, short(h))
+        } else {
+            (short(w), limits.max_side)
+        };
+    }
+    let nw = ((f64::from(w) * by_pixels).floor() as u32).max(1);
+    let nh = ((f64::from(h) * by_pixels).floor() as u32).max(1);
     (nw, nh)
 }
 

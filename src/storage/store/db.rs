@@ -24,7 +24,7 @@ use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
 
 use super::clock::Clock;
 use super::ids::UnixMs;
-use super::writer::{Admission, Writer};
+use super::writer::{Admission, Durability, Writer};
 use super::{Result, StoreError, migrate};
 
 /// Writes SQLite commits at once, at most (its single writer).
@@ -216,7 +216,8 @@ impl Db {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // Every commit is on disk before it is acknowledged; group commit (see
-            // [`super::writer`]) makes that one sync per batch of writes.
+            // [`super::writer`]) makes that one sync per batch of writes, and batches of
+            // bookkeeping only (lazy writes) skip the sync until the next synced commit.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
@@ -283,7 +284,22 @@ impl Db {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        self.writer.write(Admission::Wait, None, args, f).await
+        self.writer
+            .write(Admission::Wait, Durability::Synced, None, args, f)
+            .await
+    }
+
+    /// [`Db::write`] for the store's own bookkeeping between an accepted event and its reply
+    /// (claims, leases, completions): committed, and on disk with the next synced commit,
+    /// which comes before any reply leaves (see [`super::writer`]).
+    pub(crate) async fn write_lazy<A, R>(&self, args: A, f: impl WriteFn<A, R>) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        self.writer
+            .write(Admission::Wait, Durability::Lazy, None, args, f)
+            .await
     }
 
     /// [`Db::write`] for a write that adds to `conversation` (on Postgres it locks the
@@ -299,7 +315,26 @@ impl Db {
         R: Send + 'static,
     {
         let key = lock_key(conversation);
-        self.writer.write(Admission::Wait, Some(key), args, f).await
+        self.writer
+            .write(Admission::Wait, Durability::Synced, Some(key), args, f)
+            .await
+    }
+
+    /// [`Db::write_to`] for bookkeeping, lazily synced like [`Db::write_lazy`].
+    pub(crate) async fn write_to_lazy<A, R>(
+        &self,
+        conversation: &ConversationRef,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let key = lock_key(conversation);
+        self.writer
+            .write(Admission::Wait, Durability::Lazy, Some(key), args, f)
+            .await
     }
 
     /// [`Db::write_to`] for new work from outside (an event to accept): refused at once with
@@ -316,7 +351,7 @@ impl Db {
     {
         let key = lock_key(conversation);
         self.writer
-            .write(Admission::Refuse, Some(key), args, f)
+            .write(Admission::Refuse, Durability::Synced, Some(key), args, f)
             .await
     }
 }
@@ -334,10 +369,28 @@ fn lock_key(conversation: &ConversationRef) -> String {
 
 impl Pools {
     /// A transaction on the write connection, timed `now`.
-    pub(crate) async fn begin(&self, now: UnixMs) -> sqlx::Result<Tx> {
+    /// A synced transaction's commit is on disk when it returns; a lazy one's is not yet (see
+    /// [`super::writer`]).
+    pub(crate) async fn begin(&self, now: UnixMs, durability: Durability) -> sqlx::Result<Tx> {
         let conn = match self {
-            Pools::Sqlite { write, .. } => TxConn::Sqlite(write.begin().await?),
-            Pools::Postgres { pool } => TxConn::Postgres(pool.begin().await?),
+            // `synchronous` cannot change inside a transaction: set it with the `BEGIN`.
+            Pools::Sqlite { write, .. } => TxConn::Sqlite(
+                write
+                    .begin_with(match durability {
+                        Durability::Synced => "PRAGMA synchronous = FULL; BEGIN",
+                        Durability::Lazy => "PRAGMA synchronous = NORMAL; BEGIN",
+                    })
+                    .await?,
+            ),
+            Pools::Postgres { pool } => {
+                let mut tx = pool.begin().await?;
+                if durability == Durability::Lazy {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                TxConn::Postgres(tx)
+            }
         };
         Ok(Tx { conn, now })
     }

@@ -314,7 +314,7 @@ impl Inbox for SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let claimed = self
             .db
-            .write(
+            .write_lazy(
                 (owner.to_string(), lease_until, limit),
                 |tx, (owner, until, limit)| {
                     Box::pin(async move {
@@ -363,7 +363,7 @@ impl Inbox for SqlStore {
         lease_until: UnixMs,
     ) -> Result<bool> {
         self.db
-            .write(
+            .write_lazy(
                 (event_id, owner.to_string(), lease_until),
                 |tx, (id, owner, until)| {
                     Box::pin(async move {
@@ -403,7 +403,7 @@ impl Inbox for SqlStore {
         let event_id = event.id;
         let written = self
             .db
-            .write_to(
+            .write_to_lazy(
                 &event.conversation,
                 (event_id, owner.to_string(), done.clone()),
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
@@ -436,7 +436,7 @@ impl Inbox for SqlStore {
         retry_at: Option<UnixMs>,
     ) -> Result<bool> {
         self.db
-            .write_to(
+            .write_to_lazy(
                 &event.conversation,
                 (event.id, owner.to_string(), error.to_string(), retry_at),
                 |tx, (id, owner, error, retry_at)| {
@@ -608,7 +608,7 @@ impl Inbox for SqlStore {
 impl SqlStore {
     async fn release_leases_of(&self, owner: Option<&str>) -> Result<u64> {
         self.db
-            .write(owner.map(str::to_string), |tx, owner| {
+            .write_lazy(owner.map(str::to_string), |tx, owner| {
                 Box::pin(async move {
                     let released = on_tx!(tx, |c| {
                         sqlx::query(

@@ -38,7 +38,7 @@ impl Leases for SqlStore {
     async fn try_lead(&self, name: &str, owner: &str, ttl_ms: i64) -> Result<bool> {
         let skew = self.clock.offset();
         self.db
-            .write(
+            .write_lazy(
                 (name.to_string(), owner.to_string(), ttl_ms, skew),
                 |tx, (name, owner, ttl_ms, skew)| {
                     Box::pin(async move {
@@ -63,7 +63,7 @@ impl Leases for SqlStore {
 
     async fn release_lead(&self, name: &str, owner: &str) -> Result<()> {
         self.db
-            .write(
+            .write_lazy(
                 (name.to_string(), owner.to_string()),
                 |tx, (name, owner)| {
                     Box::pin(async move {

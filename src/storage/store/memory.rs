@@ -201,7 +201,7 @@ impl Memory for SqlStore {
     async fn remember(&self, note: &NewNote) -> Result<NoteId> {
         let (id, _) = self
             .db
-            .write(note.clone(), |tx, note| {
+            .write_lazy(note.clone(), |tx, note| {
                 Box::pin(async move {
                     let now = tx.now;
                     insert_note(

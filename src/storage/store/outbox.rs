@@ -109,7 +109,7 @@ impl Outbox for SqlStore {
 
     async fn mark_reply_sent(&self, id: ReplyId, platform_message_id: Option<&str>) -> Result<()> {
         self.db
-            .write(
+            .write_lazy(
                 (id, platform_message_id.map(str::to_string)),
                 |tx, (id, platform_message_id)| {
                     Box::pin(async move {
@@ -142,7 +142,7 @@ impl Outbox for SqlStore {
         retry_at: Option<UnixMs>,
     ) -> Result<()> {
         self.db
-            .write(
+            .write_lazy(
                 (id, error.to_string(), retry_at),
                 |tx, (id, error, retry_at)| {
                     Box::pin(async move {

@@ -349,7 +349,7 @@ impl Transcript for SqlStore {
         messages: &[NewMessage],
     ) -> Result<Vec<MessageId>> {
         self.db
-            .write_to(
+            .write_to_lazy(
                 conversation,
                 (conversation.clone(), event_id, messages.to_vec()),
                 |tx, (conversation, event_id, messages)| {

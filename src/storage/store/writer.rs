@@ -3,6 +3,15 @@
 //! `synchronous = FULL` makes each commit durable), and only then answers every caller. Under
 //! load a commit carries many writes; alone, a write is its own transaction as before.
 //!
+//! A write is [`Durability::Synced`] (the default: its commit is on disk before the caller
+//! hears back) or [`Durability::Lazy`] (the store's own bookkeeping on the way from an accepted
+//! event to its reply: claims, leases, completions). A batch of lazy writes only commits (SQLite
+//! `synchronous = NORMAL`, Postgres `synchronous_commit = off`); it survives a crash of the
+//! process but not of the machine, until the next synced commit, which puts every earlier
+//! commit on disk with it (the log is written in order). So an event is on disk before its
+//! acknowledgement, and everything its processing wrote is on disk before its reply is handed
+//! to the platform (claiming a reply for delivery is a synced write).
+//!
 //! A write that fails rolls its batch back; the batch's writes then run again one transaction
 //! each, so one bad write never fails the others. A commit that fails (the disk, the connection)
 //! fails every write of its batch: none of them is acknowledged, and none is run twice.
@@ -36,6 +45,15 @@ pub(crate) enum Admission {
     Refuse,
 }
 
+/// Whether a write's commit must be on disk before its caller hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// On disk before the answer (acknowledgements, anything a user or platform sees next).
+    Synced,
+    /// Committed, and on disk with the next synced commit (see the module comment).
+    Lazy,
+}
+
 /// One write waiting in the queue, its arguments and its caller's answer inside.
 trait Job: Send {
     /// Run on the batch's transaction; false when the write failed (its error is kept).
@@ -47,12 +65,16 @@ trait Job: Send {
 
     /// The conversation the write locks, if any (the batch's order).
     fn key(&self) -> Option<&str>;
+
+    /// Whether the write's commit must be synced.
+    fn durability(&self) -> Durability;
 }
 
 struct WriteJob<A, R, F> {
     args: A,
     f: F,
     key: Option<String>,
+    durability: Durability,
     result: Option<Result<R>>,
     reply: oneshot::Sender<Result<R>>,
 }
@@ -85,6 +107,10 @@ where
     fn key(&self) -> Option<&str> {
         self.key.as_deref()
     }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
 }
 
 /// The queue's sending end, held by the store.
@@ -113,6 +139,7 @@ impl Writer {
     pub(crate) async fn write<A, R>(
         &self,
         admission: Admission,
+        durability: Durability,
         key: Option<String>,
         args: A,
         f: impl WriteFn<A, R>,
@@ -126,6 +153,7 @@ impl Writer {
             args,
             f,
             key,
+            durability,
             result: None,
             reply,
         };
@@ -176,16 +204,21 @@ impl WriterTask {
         }
     }
 
-    async fn begin(&self) -> Result<Tx, Arc<sqlx::Error>> {
+    async fn begin(&self, durability: Durability) -> Result<Tx, Arc<sqlx::Error>> {
         self.pools
-            .begin(UnixMs(self.clock.now()))
+            .begin(UnixMs(self.clock.now()), durability)
             .await
             .map_err(Arc::new)
     }
 
     /// Run a batch in one transaction and answer its writes.
     async fn commit(&self, mut batch: Vec<Box<dyn Job>>) {
-        let mut tx = match self.begin().await {
+        let durability = if batch.iter().any(|j| j.durability() == Durability::Synced) {
+            Durability::Synced
+        } else {
+            Durability::Lazy
+        };
+        let mut tx = match self.begin(durability).await {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a write transaction");
@@ -222,7 +255,7 @@ impl WriterTask {
             return;
         }
         for mut job in batch {
-            let mut tx = match self.begin().await {
+            let mut tx = match self.begin(job.durability()).await {
                 Ok(tx) => tx,
                 Err(e) => {
                     job.finish(Err(e));
@@ -277,7 +310,7 @@ mod tests {
     /// Insert `n` into `t` (a second insert of one `n` fails: primary key).
     async fn insert(writer: &Writer, n: i64) -> Result<()> {
         writer
-            .write(Admission::Wait, None, n, |tx, n| {
+            .write(Admission::Wait, Durability::Synced, None, n, |tx, n| {
                 Box::pin(async move {
                     on_tx!(tx, |c| sqlx::query("INSERT INTO t (n) VALUES ($1)")
                         .bind(*n)
@@ -288,6 +321,38 @@ mod tests {
                 })
             })
             .await
+    }
+
+    /// The `synchronous` level a write of `durability` runs at (SQLite: 1 NORMAL, 2 FULL).
+    async fn sync_level(writer: &Writer, durability: Durability) -> i64 {
+        writer
+            .write(Admission::Wait, durability, None, (), |tx, _| {
+                Box::pin(async move {
+                    let level: i64 = on_tx!(tx, |c| sqlx::query_scalar("PRAGMA synchronous")
+                        .fetch_one(c)
+                        .await?);
+                    Ok(level)
+                })
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn lazy_batches_commit_without_sync_and_synced_ones_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _pools) = writer(&dir).await;
+        assert_eq!(sync_level(&writer, Durability::Lazy).await, 1, "NORMAL");
+        assert_eq!(sync_level(&writer, Durability::Synced).await, 2, "FULL");
+        assert_eq!(sync_level(&writer, Durability::Lazy).await, 1, "back to NORMAL");
+        // A batch with one synced write syncs, whatever else it carries.
+        let writer = Arc::new(writer);
+        let (lazy, synced) = tokio::join!(
+            sync_level(&writer, Durability::Lazy),
+            sync_level(&writer, Durability::Synced)
+        );
+        assert_eq!(synced, 2);
+        assert!(lazy == 1 || lazy == 2, "{lazy}");
     }
 
     async fn stored(pools: &Pools) -> Vec<i64> {
@@ -339,7 +404,7 @@ mod tests {
             let args = (entered.clone(), release.clone());
             tokio::spawn(async move {
                 writer
-                    .write(Admission::Wait, None, args, |_tx, (entered, release)| {
+                    .write(Admission::Wait, Durability::Synced, None, args, |_tx, (entered, release)| {
                         Box::pin(async move {
                             entered.notify_one();
                             release.notified().await;
@@ -365,7 +430,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = writer
-            .write(Admission::Refuse, None, 1_i64, |_tx, _| {
+            .write(Admission::Refuse, Durability::Synced, None, 1_i64, |_tx, _| {
                 Box::pin(async move { Ok(()) })
             })
             .await;

@@ -111,6 +111,9 @@ impl Harness {
             ("ECDYSIS_SANDBOX", "off".into()),
             ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".into()),
             ("ECDYSIS_BUS_MAX_ATTEMPTS", "1".into()),
+            // These tests are about Discord itself; DM pairing (Discord's default) has its own
+            // tests in guards_e2e.
+            ("ECDYSIS_DM_POLICY", "open".into()),
             ("ECDYSIS_MODEL", "anthropic/claude-test".into()),
             ("ANTHROPIC_API_KEY", "test-key".into()),
             ("ANTHROPIC_BASE_URL", llm.anthropic_base_url()),
@@ -834,6 +837,7 @@ fn discord_env(fake: &FakeDiscord) -> Vec<(&'static str, String)> {
         ("DISCORD_APPLICATION_ID", APPLICATION_ID.to_string()),
         ("ECDYSIS_SANDBOX", "off".to_string()),
         ("ECDYSIS_CHROMIUM", "/nonexistent/chromium".to_string()),
+        ("ECDYSIS_DM_POLICY", "open".to_string()),
     ]
 }
 
@@ -877,7 +881,7 @@ async fn serve_connects_registers_commands_on_start_and_answers() {
         })
         .await
         .expect("commands registered in the guild on start");
-    assert_eq!(registered.json.as_array().unwrap().len(), 13);
+    assert_eq!(registered.json.as_array().unwrap().len(), 14);
 
     let m = fake.say_in_guild(CHANNEL_ID, "/remember from a real process", true);
     let reply = fake
@@ -905,7 +909,7 @@ async fn discord_register_and_doctor_use_the_rest_api() {
     let fake = FakeDiscord::start().await.unwrap();
     let (ok, out) = run_cli(dir.path(), &fake, &["discord", "register"]).await;
     assert!(ok, "{out}");
-    assert!(out.contains("registered 13 global slash commands"), "{out}");
+    assert!(out.contains("registered 14 global slash commands"), "{out}");
     let put = fake
         .requests()
         .into_iter()

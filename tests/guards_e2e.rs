@@ -46,6 +46,8 @@ async fn start(extra: &[(&str, &str)]) -> Env {
         ("ANTHROPIC_BASE_URL", &llm_url),
         ("ECDYSIS_SANDBOX", "off"),
         ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+        // Whole replies, one `chat.postMessage` each (live replies have their own tests).
+        ("ECDYSIS_SLACK_STREAMING", "off"),
     ];
     env.extend_from_slice(extra);
     let server = Server::start(dir.path(), &env).await;

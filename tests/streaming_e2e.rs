@@ -629,6 +629,8 @@ mod discord {
             ("ANTHROPIC_API_KEY", "test-key"),
             ("ANTHROPIC_BASE_URL", &llm_url),
             ("ECDYSIS_SANDBOX", "off"),
+            // DMs from anyone (Discord's default is pairing; that has its own tests).
+            ("ECDYSIS_DM_POLICY", "open"),
         ];
         let server = Server::start(dir.path(), &env).await;
         assert!(discord.wait_identified(1).await, "{}", server.log());

@@ -113,6 +113,8 @@ struct Gateway {
     resumes: u32,
     heartbeats: u32,
     connections: u32,
+    /// Connections the client ended (a close frame, or the socket dropped from its side).
+    client_closes: u32,
     /// A zombie: the socket stays open, but heartbeats get no ACK.
     silent: bool,
 }
@@ -344,6 +346,11 @@ impl FakeDiscord {
     /// no longer acknowledged, until the client connects again.
     pub fn silence_gateway(&self) {
         self.inner.data().gateway.silent = true;
+    }
+
+    /// Gateway connections the client ended (closed or dropped from its side).
+    pub fn client_closes(&self) -> u32 {
+        self.inner.data().gateway.client_closes
     }
 
     /// Heartbeats received (acknowledged or not).
@@ -985,6 +992,7 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket) {
         }
     }
     let mut d = inner.data();
+    d.gateway.client_closes += 1;
     if d.gateway
         .conn
         .as_ref()
@@ -992,6 +1000,8 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket) {
     {
         d.gateway.conn = None;
     }
+    drop(d);
+    inner.changed.notify_waiters();
 }
 
 fn handle_op(inner: &Inner, out: &mpsc::UnboundedSender<Out>, frame: &Value) {

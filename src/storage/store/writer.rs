@@ -344,7 +344,11 @@ mod tests {
         let (writer, _pools) = writer(&dir).await;
         assert_eq!(sync_level(&writer, Durability::Lazy).await, 1, "NORMAL");
         assert_eq!(sync_level(&writer, Durability::Synced).await, 2, "FULL");
-        assert_eq!(sync_level(&writer, Durability::Lazy).await, 1, "back to NORMAL");
+        assert_eq!(
+            sync_level(&writer, Durability::Lazy).await,
+            1,
+            "back to NORMAL"
+        );
         // A batch with one synced write syncs, whatever else it carries.
         let writer = Arc::new(writer);
         let (lazy, synced) = tokio::join!(
@@ -404,13 +408,19 @@ mod tests {
             let args = (entered.clone(), release.clone());
             tokio::spawn(async move {
                 writer
-                    .write(Admission::Wait, Durability::Synced, None, args, |_tx, (entered, release)| {
-                        Box::pin(async move {
-                            entered.notify_one();
-                            release.notified().await;
-                            Ok(())
-                        })
-                    })
+                    .write(
+                        Admission::Wait,
+                        Durability::Synced,
+                        None,
+                        args,
+                        |_tx, (entered, release)| {
+                            Box::pin(async move {
+                                entered.notify_one();
+                                release.notified().await;
+                                Ok(())
+                            })
+                        },
+                    )
                     .await
             })
         };
@@ -430,9 +440,13 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = writer
-            .write(Admission::Refuse, Durability::Synced, None, 1_i64, |_tx, _| {
-                Box::pin(async move { Ok(()) })
-            })
+            .write(
+                Admission::Refuse,
+                Durability::Synced,
+                None,
+                1_i64,
+                |_tx, _| Box::pin(async move { Ok(()) }),
+            )
             .await;
         assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
         release.notify_one();

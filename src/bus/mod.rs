@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ecdysis_chat::backoff::Backoff;
 use ecdysis_chat::{Attachment, Button, ChatAdapter, ConversationRef, Event, Reply};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -358,11 +359,13 @@ impl Workers {
     }
 }
 
-/// Exponential backoff with jitter: ~1 s, 2 s, 4 s … capped at 5 minutes.
+/// The pause before retrying an event or a delivery after `attempt` failed attempts: 1 s,
+/// 2 s, 4 s … capped at 5 minutes, each a random point in the upper half of that.
 fn backoff_ms(attempt: i32) -> i64 {
-    let base = 1000i64 << attempt.clamp(0, 9);
-    let jitter = rand::random_range(0..=base / 4);
-    (base + jitter).min(300_000)
+    const RETRY: Backoff =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(300)).with_jitter();
+    let failures = u32::try_from(attempt).unwrap_or(0).saturating_add(1);
+    i64::try_from(RETRY.delay(failures).as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -371,7 +374,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff_ms(1) >= 2000 && backoff_ms(1) <= 2500);
-        assert!(backoff_ms(30) <= 300_000);
+        assert!((1000..=2000).contains(&backoff_ms(1)), "{}", backoff_ms(1));
+        assert!((150_000..=300_000).contains(&backoff_ms(30)));
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use ecdysis_chat::{Attachment, Button, ConversationRef, EventKind, UserRef};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::blob::{BlobError, BlobStore, segment};
 use crate::storage::store::NewArtifact;
 
 /// A file stored in the blob store, as events and replies refer to it.
@@ -98,30 +98,10 @@ pub async fn read_file(blobs: &dyn BlobStore, file: &StoredFile) -> anyhow::Resu
 pub(crate) fn artifact_key(platform: &str, artifact_id: &str, name: &str) -> String {
     format!(
         "artifacts/{}/{}/{}",
-        safe_segment(platform),
+        segment(platform, 100),
         artifact_id,
-        safe_segment(name)
+        segment(name, 100)
     )
-}
-
-fn safe_segment(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    let cleaned = cleaned.trim_matches('.').to_string();
-    if cleaned.is_empty() {
-        "file".into()
-    } else {
-        cleaned
-    }
 }
 
 #[cfg(test)]
@@ -130,9 +110,12 @@ mod tests {
 
     #[test]
     fn segments_are_safe() {
-        assert_eq!(safe_segment("plot 1.png"), "plot_1.png");
-        assert_eq!(safe_segment("../.."), "_");
-        assert_eq!(safe_segment(""), "file");
-        assert!(crate::storage::blob::validate_key(&format!("a/{}", safe_segment("..."))).is_ok());
+        assert_eq!(
+            artifact_key("slack", "7", "plot 1.png"),
+            "artifacts/slack/7/plot_1.png"
+        );
+        assert_eq!(artifact_key("web", "7", "../.."), "artifacts/web/7/_");
+        assert_eq!(artifact_key("web", "7", ""), "artifacts/web/7/_");
+        assert!(crate::storage::blob::validate_key(&artifact_key("a b", "7", "...")).is_ok());
     }
 }

@@ -296,12 +296,9 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 /// The delay before reconnect attempt `failures` (1, 2, …): growing from `min_backoff` to
 /// `max_backoff`, each a random point in its upper half so that many clients spread out.
 fn backoff(settings: &SocketSettings, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    let grown = settings
-        .min_backoff
-        .saturating_mul(1u32 << exponent)
-        .min(settings.max_backoff);
-    grown / 2 + jitter(grown / 2)
+    ecdysis_chat::backoff::Backoff::new(settings.min_backoff, settings.max_backoff)
+        .with_jitter()
+        .delay(failures)
 }
 
 /// A random duration in `[0, up_to]`.

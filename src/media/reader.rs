@@ -247,7 +247,7 @@ impl Reader {
             ));
         }
         let limits = self.limits;
-        let prepared = heavy(move || model_image::prepare(&bytes, limits))
+        let prepared = tokio::task::spawn_blocking(move || model_image::prepare(&bytes, limits))
             .await
             .map_err(|e| format!("preparing it failed ({e})"))?
             .map_err(|e| e.to_string())?;
@@ -348,7 +348,7 @@ impl Reader {
                 .unwrap_or(1) as usize;
             return Ok((text, pages));
         }
-        let extracted = heavy(move || document::pdf_text(&bytes))
+        let extracted = tokio::task::spawn_blocking(move || document::pdf_text(&bytes))
             .await
             .map_err(|e| format!("reading it failed ({e})"))?
             .map_err(|e| e.to_string())?;
@@ -488,21 +488,6 @@ pub fn heard_quote(heard: &[(String, String)]) -> Option<String> {
         }
     }
     Some(out.trim_end().to_string())
-}
-
-/// Run CPU-heavy file work (decoding and scaling images, parsing PDFs) on the blocking pool, at
-/// most one less at a time than there are cores, so a burst of uploads never takes every core
-/// from the acknowledgements and the other conversations.
-async fn heavy<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    static PERMITS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))
-    });
-    // The semaphore is never closed, so a permit always comes.
-    let _permit = PERMITS.acquire().await;
-    tokio::task::spawn_blocking(work).await
 }
 
 #[cfg(test)]

@@ -779,8 +779,11 @@ async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
     let h = Harness::start(
         &chromium,
         &[
-            ("ECDYSIS_BROWSER_ACTION_TIMEOUT_SECONDS", "2"),
-            ("ECDYSIS_BROWSER_IDLE_SECONDS", "2"),
+            // Both long enough for a loaded machine (opening the page also starts Chromium; a
+            // pause between two tool calls of the turn must not close the session), short
+            // enough to watch the hang end and the idle session close.
+            ("ECDYSIS_BROWSER_ACTION_TIMEOUT_SECONDS", "5"),
+            ("ECDYSIS_BROWSER_IDLE_SECONDS", "8"),
         ],
     )
     .await;
@@ -798,7 +801,7 @@ async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
     let results = tool_results(&h.llm);
     let (hung, is_error) = &results[1];
     assert!(*is_error, "{hung}");
-    assert!(hung.contains("did not finish loading within 2 s"), "{hung}");
+    assert!(hung.contains("did not finish loading within 5 s"), "{hung}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // The session holds a tab while it is used; idle, it closes, and then the browser does.
     let browser = h.app.browser.clone().expect("browser configured");

@@ -1255,6 +1255,20 @@ async fn memory(store: &Fixture) {
     assert!(recall_ids(b.clone(), "sofa").await.is_empty());
     assert_eq!(recall_ids(other_workspace.clone(), "cat").await, [w_cat]);
     assert_eq!(recall_ids(other_platform.clone(), "cat").await, [p_cat]);
+    // A channel id of any characters (quotes, colons, spaces, non-ASCII) is searched within
+    // itself, and its words never show up in another channel.
+    let odd = channel("test", "W1", "mem \"odd\": ü AND x");
+    let odd_cat = store
+        .remember(&note(&odd, "an unusual cat", None))
+        .await
+        .unwrap();
+    assert_eq!(recall_ids(odd.clone(), "cat").await, [odd_cat]);
+    assert!(recall_ids(a.clone(), "unusual").await.is_empty());
+    assert!(
+        recall_ids(channel("test", "W1", "mem"), "unusual")
+            .await
+            .is_empty()
+    );
     // Query syntax is never interpreted.
     assert_eq!(
         recall_ids(a.clone(), "cat & !sofa | (zebra:*)").await,

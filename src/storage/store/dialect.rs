@@ -87,12 +87,19 @@ pub(crate) const CLAIM_REPLIES: Sql = Sql {
 
 /// Notes of a channel matching a query made by [`text_query`], best first. `$1` the query,
 /// `$2`–`$4` the channel, `$5` limit.
+///
+/// On SQLite the match is the channel's token (`fts_scope`, see migration 0017) and the
+/// query's words together, so a search only touches its own channel's rows however many other
+/// channels there are (bm25 gives the token no weight); `CROSS JOIN` keeps the match the outer
+/// loop (left to itself the planner may walk the channel's notes and run the match once per
+/// note: 570 ms instead of 3 over 10,000 notes).
 pub(crate) const RECALL: Sql = Sql {
     sqlite: "SELECT n.id, n.text, n.created_by, n.created_at
-             FROM memory_fts f JOIN memory_notes n ON n.id = f.rowid
-             WHERE memory_fts MATCH $1
+             FROM memory_fts f CROSS JOIN memory_notes n ON n.id = f.rowid
+             WHERE memory_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
+                                     || '\" AND text : (' || $1 || ')')
                AND n.platform = $2 AND n.workspace = $3 AND n.channel = $4
-             ORDER BY bm25(memory_fts), n.id DESC
+             ORDER BY bm25(memory_fts, 1.0, 0.0), n.id DESC
              LIMIT $5",
     postgres: "SELECT n.id, n.text, n.created_by, n.created_at
                FROM memory_notes n, to_tsquery('english', $1) q
@@ -104,14 +111,15 @@ pub(crate) const RECALL: Sql = Sql {
 
 /// Chunks (compaction summaries, archived turns) of a channel matching a query made by
 /// [`text_query`], best first, as memory items. `$1` the query, `$2`–`$4` the channel, `$5`
-/// limit.
+/// limit. Matched within the channel as in [`RECALL`].
 pub(crate) const RECALL_CHUNKS: Sql = Sql {
     sqlite: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
                     '' AS created_by, m.created_at
-             FROM memory_chunks_fts f JOIN memory_chunks m ON m.id = f.rowid
-             WHERE memory_chunks_fts MATCH $1
+             FROM memory_chunks_fts f CROSS JOIN memory_chunks m ON m.id = f.rowid
+             WHERE memory_chunks_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
+                                            || '\" AND text : (' || $1 || ')')
                AND m.platform = $2 AND m.workspace = $3 AND m.channel = $4
-             ORDER BY bm25(memory_chunks_fts), m.id DESC
+             ORDER BY bm25(memory_chunks_fts, 1.0, 0.0), m.id DESC
              LIMIT $5",
     postgres: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
                       '' AS created_by, m.created_at

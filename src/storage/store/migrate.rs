@@ -33,6 +33,7 @@ pub(crate) fn sqlite() -> Migrator {
         (12, "guards", "0012_guards.sql", false),
         (14, "media", "0014_media.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
+        (17, "channel search", "0017_channel_search.sql", false),
     )
 }
 
@@ -48,6 +49,7 @@ pub(crate) fn postgres() -> Migrator {
         (12, "guards", "0012_guards.sql", false),
         (14, "media", "0014_media.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
+        (17, "channel search", "0017_channel_search.sql", false),
     )
 }
 
@@ -55,11 +57,12 @@ pub(crate) fn postgres() -> Migrator {
 mod tests {
     use std::sync::Arc;
 
-    use ecdysis_chat::ConversationRef;
+    use ecdysis_chat::{ChannelRef, ConversationRef};
 
     use super::super::db::testing::open_at;
     use super::super::{
-        Clock, EventId, Inbox, Inserted, MessageId, NewEvent, SqlStore, Transcript,
+        Clock, EventId, Inbox, Inserted, Memory, MessageId, NewEvent, NoteId, SemanticIndex,
+        SqlStore, Transcript,
     };
 
     fn event(channel: &str, id: &str) -> NewEvent {
@@ -153,5 +156,94 @@ mod tests {
             return;
         };
         event_key_migration_keeps_stored_events(&url).await;
+    }
+
+    fn web_channel(channel: &str) -> ChannelRef {
+        ChannelRef {
+            platform: "web".into(),
+            workspace: "local".into(),
+            channel: channel.into(),
+        }
+    }
+
+    /// Migration 17 indexes each note's and chunk's channel for full-text search: rows written
+    /// before it are found afterwards, in their own channel only, and later edits and deletes
+    /// keep the index right.
+    #[tokio::test]
+    async fn channel_search_migration_indexes_stored_rows_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        let old = open_at(&url, 16).await;
+        old.exec(
+            "INSERT INTO memory_notes (id, platform, workspace, channel, text, created_by,
+                                       created_at)
+             VALUES (1, 'web', 'local', 'a', 'the kettle is in the attic', 'u', 1),
+                    (2, 'web', 'local', 'b', 'another kettle', 'u', 2)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO conversations (id, platform, workspace, channel, thread, created_at)
+             VALUES (7, 'web', 'local', 'a', '', 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO messages (id, conversation_id, role, text, created_at)
+             VALUES (9, 7, 'summary', 'summary', 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO compactions (id, conversation_id, summary_message_id, first_message_id,
+                                      last_message_id, message_count, archive_key, created_at)
+             VALUES (3, 7, 9, 1, 8, 8, 'k', 1)",
+        )
+        .await;
+        old.exec(
+            "INSERT INTO memory_chunks (platform, workspace, channel, compaction_id, kind, seq,
+                                        text, created_at)
+             VALUES ('web', 'local', 'a', 3, 'summary', 0, 'we carried the kettle upstairs', 1)",
+        )
+        .await;
+        old.close().await;
+
+        let store = SqlStore::open(&url, Arc::new(Clock::default()))
+            .await
+            .unwrap();
+        let (a, b) = (web_channel("a"), web_channel("b"));
+        let ids = |notes: Vec<super::super::Note>| notes.iter().map(|n| n.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.recall(&a, "kettle", 10).await.unwrap()),
+            [NoteId(1)]
+        );
+        assert_eq!(
+            ids(store.recall(&b, "kettle", 10).await.unwrap()),
+            [NoteId(2)]
+        );
+        let chunks = store.recall_chunks(&a, "kettle", 10).await.unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].text, "we carried the kettle upstairs");
+        assert!(
+            store
+                .recall_chunks(&b, "kettle", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        assert!(
+            store
+                .update_note(NoteId(1), "the lamp is in the attic")
+                .await
+                .unwrap()
+        );
+        assert!(store.recall(&a, "kettle", 10).await.unwrap().is_empty());
+        assert_eq!(
+            ids(store.recall(&a, "lamp", 10).await.unwrap()),
+            [NoteId(1)]
+        );
+        assert!(store.delete_note(NoteId(2)).await.unwrap());
+        assert!(store.recall(&b, "kettle", 10).await.unwrap().is_empty());
+        let (broken, _) = store.db.sqlite_integrity().await;
+        assert_eq!(broken, 0);
+        store.db.close().await;
     }
 }

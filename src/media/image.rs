@@ -103,10 +103,7 @@ type Decoded = (DynamicImage, (u32, u32));
 /// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) that is not smaller than the
 /// size it is fitted to, with its full size. `None` when the general decoder should take it
 /// (a CMYK or 16-bit JPEG, or one this decoder cannot read: the general one says why).
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    limits: ImageLimits,
-) -> Result<Option<Decoded>, ImageError> {
+fn decode_jpeg_scaled(bytes: &[u8], limits: ImageLimits) -> Result<Option<Decoded>, ImageError> {
     use jpeg_decoder::{Decoder, PixelFormat};
     let mut decoder = Decoder::new(Cursor::new(bytes));
     let Some(info) = decoder.read_info().ok().and_then(|()| decoder.info()) else {

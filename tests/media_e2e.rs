@@ -640,18 +640,10 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
     // 50 MB: refused before anything is stored.
     let blobs_before = h.blob_files();
     let requests_before = h.llm.request_count();
-    let r = h
-        .upload(
-            "too-big",
-            "huge",
-            &[(
-                "huge.bin",
-                "application/octet-stream",
-                vec![7u8; 50 * 1024 * 1024],
-            )],
-        )
-        .await;
-    assert_eq!(r.status(), 413);
+    assert_eq!(
+        post_oversized(&h.base, "too-big", 50 * 1024 * 1024).await,
+        413
+    );
     assert!(h.web_messages("too-big").await.is_empty());
     assert_eq!(h.blob_files(), blobs_before);
     // JSON bodies keep their 64 KiB limit.
@@ -674,6 +666,57 @@ async fn web_uploads_reach_the_model_and_oversized_ones_store_nothing() {
     assert!(h.web_messages("too-big").await.is_empty());
     assert_eq!(h.llm.request_count(), requests_before);
     h.stop().await;
+}
+
+/// Upload a file of `size` bytes to the web chat over a plain connection and return the status
+/// the server answered with. The server answers (and closes) as soon as the body is over its
+/// limit, before the client has sent it all; an HTTP client then reports the broken pipe of
+/// its unfinished write instead of the answer, so this one reads while it writes.
+async fn post_oversized(base: &str, conversation: &str, size: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let boundary = "ecdysis-oversized";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nhuge\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nann\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"huge.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let request = format!(
+        "POST /api/chat/{conversation} HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        head.len() + size + tail.len()
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(request.as_bytes()).await?;
+        let chunk = vec![7u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            write.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        write.write_all(tail.as_bytes()).await
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer to the oversized upload: {answer:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

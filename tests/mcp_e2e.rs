@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mcp::{Harness, HttpFixture, python_servers, stdio_fixture_entry};
+use ecdysis::engine::tools::ToolSource;
 use ecdysis::mcp::Health;
 use ecdysis_chat::ConversationRef;
 use ecdysis_testkit::llm::{FakeLlm, Recorded, Reply as Llm};
@@ -246,6 +247,188 @@ async fn tools_listed_later_are_offered_from_the_next_turn() {
         assert!(Instant::now() < deadline, "fx__late_tool never offered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    h.stop().await;
+}
+
+/// Processes (of any user) whose command line or environment holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let holds = |file: &str| {
+            std::fs::read(entry.path().join(file))
+                .map(|bytes| String::from_utf8_lossy(&bytes).contains(marker))
+                .unwrap_or(false)
+        };
+        if holds("cmdline") || holds("environ") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// What `sandbox_probe` answered, from the model's `RESULT: …` answer.
+fn probe(answer: &str) -> Value {
+    let start = answer.find('{').unwrap_or_else(|| panic!("{answer}"));
+    let end = answer.rfind('}').unwrap_or_else(|| panic!("{answer}"));
+    serde_json::from_str(&answer[start..=end]).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[tokio::test]
+async fn a_sandboxed_server_runs_in_each_channels_own_sandbox() {
+    if !python_servers() || !common::sandbox::sandbox_ready() {
+        return;
+    }
+    let Some(pythonpath) = common::mcp::sandbox_pythonpath() else {
+        return;
+    };
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(Llm::computed(|r: &Recorded| {
+        let last = r.last_message_text();
+        if last.contains("PROBE-AND-WRITE") {
+            Llm::tool("box__sandbox_probe", json!({ "write": "written in c1" }))
+        } else if last.contains("PROBE-ONLY") {
+            Llm::tool("box__sandbox_probe", json!({}))
+        } else {
+            Llm::text(format!("RESULT: {last}"))
+        }
+    }));
+    // The sandbox user passes through the data directory (tempdirs are 0700).
+    let dir = common::sandbox::public_tempdir();
+    // A host file the server must not see, and a host listener it must not reach.
+    let secret = dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "host only").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The system python (under /usr, which the sandbox shows) with the `mcp` SDK from a
+    // directory mounted read-only, and the fixture script from another (a copy outside /tmp,
+    // which the sandbox has its own of).
+    let scripts = tempfile::Builder::new()
+        .prefix("ecdysis-mcp-fixture")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        scripts.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let script = scripts.path().join("mcp_fixture.py");
+    std::fs::copy(common::mcp::fixture(), &script).unwrap();
+    let toml = format!(
+        "[[mcp]]\nname = \"box\"\ncommand = \"/usr/bin/python3\"\nargs = [{:?}, \"stdio\"]\nsandbox = true\nmounts = [{:?}, {:?}]\nenv = {{ PYTHONPATH = {:?}, PROBE_PATH = {:?}, PROBE_PORT = \"{port}\" }}\n",
+        script.display().to_string(),
+        pythonpath,
+        scripts.path().display().to_string(),
+        pythonpath,
+        secret.display().to_string(),
+    );
+    let mut vars = env(&fake);
+    vars.push(("ECDYSIS_SANDBOX", "namespace".into()));
+    let h = Harness::start(dir.path(), &toml, &vars).await;
+    h.wait_up("box").await;
+    let status = h.app.mcp.status();
+    assert!(
+        status[0]
+            .line()
+            .contains("in each channel's sandbox, 0 running"),
+        "{}",
+        status[0].line()
+    );
+
+    let c1 = conv("box-c1");
+    let (_, answer) = h.ask(&c1, "PROBE-AND-WRITE").await;
+    let first = probe(&answer);
+    assert_eq!(first["cwd"], "/workspace", "{first}");
+    assert_eq!(first["home"], "/workspace", "{first}");
+    assert_eq!(first["calls"], 1, "{first}");
+    // Its own PID namespace, no host paths beyond the system, no host network.
+    assert!(first["pid"].as_u64().unwrap() < 10, "{first}");
+    assert_eq!(first["probe_visible"], false, "{first}");
+    assert!(
+        first["host_listener"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{first}"
+    );
+    // The file it wrote is in the channel's workspace on the host.
+    let workspace = dir
+        .path()
+        .join("data/workspaces")
+        .join(ecdysis::sandbox::channel_key(&c1.channel_ref()));
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("note.txt")).unwrap(),
+        "written in c1"
+    );
+
+    // The same process serves the channel's next call and sees its file.
+    let (_, answer) = h.ask(&c1, "PROBE-ONLY again").await;
+    let second = probe(&answer);
+    assert_eq!(second["calls"], 2, "{second}");
+    assert_eq!(second["files"], json!(["note.txt"]), "{second}");
+
+    // Another channel: its own process and its own (empty) workspace.
+    let c2 = conv("box-c2");
+    let (_, answer) = h.ask(&c2, "PROBE-ONLY").await;
+    let other = probe(&answer);
+    assert_eq!(other["calls"], 1, "{other}");
+    assert_eq!(other["files"], json!([]), "{other}");
+    assert!(
+        h.app.mcp.status()[0]
+            .line()
+            .contains("in each channel's sandbox, 2 running"),
+        "{}",
+        h.app.mcp.status()[0].line()
+    );
+
+    // Shutting down ends every sandboxed process (listing connection and both channels').
+    let marker = secret.display().to_string();
+    assert!(!processes_with(&marker).is_empty());
+    h.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still running after shutdown: {:?}",
+            processes_with(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_sandboxed_server_without_a_sandbox_says_why() {
+    if !python_servers() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(script("PROBE-ONLY", "box__sandbox_probe", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}sandbox = true\n",
+        stdio_fixture_entry("box", "").trim_end().to_string() + "\n"
+    );
+    // The harness runs with ECDYSIS_SANDBOX=off.
+    let h = Harness::start(dir.path(), &toml, &env(&fake)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        if let Health::Down { reason } = &h.app.mcp.status()[0].health {
+            break reason.clone();
+        }
+        assert!(Instant::now() < deadline, "{:?}", h.app.mcp.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        reason.contains("sandbox = true") && reason.contains("no sandbox"),
+        "{reason}"
+    );
+    // Nothing ran on the host instead, and the rest of ecdysis answers.
+    assert!(h.app.mcp.tools_for(&conv("c")).is_empty());
+    let (_, answer) = h.ask(&conv("c"), "hello").await;
+    assert!(answer.starts_with("RESULT: "), "{answer}");
     h.stop().await;
 }
 

@@ -2,12 +2,18 @@
 //! clean environment, or open the streamable-HTTP session), `tools/list`, list again on
 //! `notifications/tools/list_changed`, restart with backoff when the server dies, and stop on
 //! shutdown. Tool calls go through the current connection with a time limit.
+//!
+//! A stdio server with `sandbox = true` runs in sandboxes instead ([`crate::sandbox::Session`]):
+//! the connection above (for `tools/list` and health) in a private empty workspace, and one
+//! process per channel that calls it, started at the channel's first call in the channel's own
+//! sandbox (its `/workspace`, its uid, no network), kept between calls and ended when idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use ecdysis_chat::ConversationRef;
 use ecdysis_chat::backoff::Backoff;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
@@ -22,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{McpServerConfig, Transport};
 use super::tools::McpTool;
+use crate::sandbox::{Runner, Session, SessionRequest, WorkspaceRef, channel_key};
 
 /// How long `initialize` (and the first `tools/list`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +38,16 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// stderr lines of a stdio server kept to explain why it died.
 const STDERR_LINES: usize = 5;
+/// A sandboxed server's process for a channel ends after this long without a call.
+const CHANNEL_IDLE: Duration = Duration::from_secs(10 * 60);
+/// At most this many channel processes of one sandboxed server at once (the least recently
+/// used one ends first).
+const MAX_CHANNEL_PROCESSES: usize = 16;
+/// How often idle channel processes are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(60);
+/// CPU seconds of a sandboxed server's process: it lives for many calls, so its CPU is
+/// bounded by the call time limit instead (a call that times out ends the process).
+const SESSION_CPU_SECONDS: u64 = 24 * 60 * 60;
 
 /// Where a server stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +120,15 @@ struct State {
     tools: Arc<Vec<Arc<McpTool>>>,
     restarts: u32,
     stderr: VecDeque<String>,
+    /// The sandbox the connection's server runs in (`sandbox = true`).
+    session: Option<Session>,
+}
+
+/// A sandboxed server's process for one channel.
+struct ChannelProcess {
+    service: RunningService<RoleClient, Handler>,
+    session: Session,
+    last_used: Instant,
 }
 
 /// One configured server and its connection.
@@ -112,6 +138,10 @@ pub struct Server {
     /// The approval gate, for tools that need one.
     pub(super) approvals: Option<Arc<crate::engine::approvals::Approvals>>,
     http: Option<reqwest_mcp::Client>,
+    /// The channel sandboxes (`sandbox = true`), when this machine runs them.
+    sandbox: Option<Arc<Runner>>,
+    /// Channel key → that channel's process (`sandbox = true`).
+    channels: Mutex<HashMap<String, ChannelProcess>>,
 }
 
 /// Receives the server's notifications.
@@ -138,6 +168,7 @@ impl Server {
     pub fn new(
         config: McpServerConfig,
         approvals: Option<Arc<crate::engine::approvals::Approvals>>,
+        sandbox: Option<Arc<Runner>>,
     ) -> Result<Arc<Self>, String> {
         let http = match &config.transport {
             Transport::Http { .. } => Some(http_client()?),
@@ -151,9 +182,12 @@ impl Server {
                 tools: Arc::new(Vec::new()),
                 restarts: 0,
                 stderr: VecDeque::new(),
+                session: None,
             }),
             approvals,
             http,
+            sandbox,
+            channels: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -165,11 +199,24 @@ impl Server {
         &self.config.name
     }
 
+    fn channel_processes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ChannelProcess>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn status(&self) -> ServerStatus {
+        let transport = if self.config.sandbox {
+            format!(
+                "{} in each channel's sandbox, {} running",
+                self.config.transport.describe(),
+                self.channel_processes().len()
+            )
+        } else {
+            self.config.transport.describe()
+        };
         let state = self.lock();
         ServerStatus {
             name: self.config.name.clone(),
-            transport: self.config.transport.describe(),
+            transport,
             health: state.health.clone(),
             restarts: state.restarts,
         }
@@ -184,12 +231,17 @@ impl Server {
         self.lock().health = health;
     }
 
-    /// Call a tool of the connected server within the configured time limit.
+    /// Call a tool of the connected server within the configured time limit; a sandboxed
+    /// server's tool runs in the conversation's channel's process.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
+        conversation: &ConversationRef,
         tool: &str,
         arguments: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<CallToolResult, CallError> {
+        if self.config.sandbox {
+            return self.call_in_channel(conversation, tool, arguments).await;
+        }
         let server = self.config.name.clone();
         let (peer, broken) = {
             let state = self.lock();
@@ -209,6 +261,23 @@ impl Server {
                 }
             }
         };
+        let result = self.call_peer(&peer, tool, arguments).await;
+        if matches!(result, Err(CallError::Lost { .. })) {
+            // The connection is gone or broken: restart it now rather than at the next failed
+            // call (a connection that already ended ignores this).
+            let _ = broken.try_send(());
+        }
+        result
+    }
+
+    /// One `tools/call` within the time limit.
+    async fn call_peer(
+        &self,
+        peer: &Peer<RoleClient>,
+        tool: &str,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CallToolResult, CallError> {
+        let server = self.config.name.clone();
         let mut params = CallToolRequestParams::new(tool.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -225,9 +294,6 @@ impl Server {
                 message: crate::redact::global().redact_string(&error.message),
             }),
             Ok(Err(error)) => {
-                // The connection is gone or broken: restart it now rather than at the next
-                // failed call (a connection that already ended ignores this).
-                let _ = broken.try_send(());
                 let mut reason = error.to_string();
                 if let Some(tail) = self.stderr_tail() {
                     reason.push_str(&format!("; its last words: {tail}"));
@@ -238,6 +304,182 @@ impl Server {
                 })
             }
         }
+    }
+
+    /// A sandboxed server's call: in the channel's process, with the channel's workspace held
+    /// (and saved afterwards) as a `/run` holds it.
+    async fn call_in_channel(
+        self: &Arc<Self>,
+        conversation: &ConversationRef,
+        tool: &str,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CallToolResult, CallError> {
+        let server = self.config.name.clone();
+        let Some(runner) = self.sandbox.clone() else {
+            return Err(CallError::Down {
+                server,
+                reason: no_sandbox(),
+            });
+        };
+        let channel = conversation.channel_ref();
+        let key = channel_key(&channel);
+        let held = runner
+            .with_workspace(&channel, |workspace| async {
+                let peer = self.channel_peer(&runner, &key, workspace).await?;
+                let result = self.call_peer(&peer, tool, arguments).await;
+                if matches!(
+                    result,
+                    Err(CallError::Lost { .. } | CallError::TimedOut { .. })
+                ) {
+                    // Broken, or stuck on the call: the channel's next call starts afresh.
+                    self.channel_processes().remove(&key);
+                }
+                result
+            })
+            .await;
+        held.unwrap_or_else(|e| {
+            Err(CallError::Down {
+                server,
+                reason: format!("the channel's workspace is not available: {e}"),
+            })
+        })
+    }
+
+    /// The channel's process, started when there is none (or it ended).
+    async fn channel_peer(
+        self: &Arc<Self>,
+        runner: &Runner,
+        key: &str,
+        workspace: WorkspaceRef,
+    ) -> Result<Peer<RoleClient>, CallError> {
+        {
+            let mut channels = self.channel_processes();
+            if let Some(process) = channels.get_mut(key) {
+                if !process.session.has_ended() {
+                    process.last_used = Instant::now();
+                    return Ok(process.service.peer().clone());
+                }
+                channels.remove(key);
+            }
+            while channels.len() >= MAX_CHANNEL_PROCESSES {
+                let oldest = channels
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_used)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(oldest) => channels.remove(&oldest),
+                    None => break,
+                };
+            }
+        }
+        // Notifications of a channel's process are not listened to: the tools offered are
+        // those of the listing connection.
+        let (changed, _) = mpsc::channel(1);
+        let handler = Handler {
+            server: self.config.name.clone(),
+            changed,
+        };
+        let started = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.spawn_sandboxed(runner, workspace, handler),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "it did not finish `initialize` within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        });
+        let (service, session) = started.map_err(|reason| {
+            let reason = match self.stderr_tail() {
+                Some(tail) => format!("{reason}; stderr: {tail}"),
+                None => reason,
+            };
+            CallError::Down {
+                server: self.config.name.clone(),
+                reason: crate::redact::global().redact_string(&reason),
+            }
+        })?;
+        let peer = service.peer().clone();
+        info!(server = %self.config.name, channel = key, "MCP server started in the channel's sandbox");
+        self.channel_processes().insert(
+            key.to_string(),
+            ChannelProcess {
+                service,
+                session,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(peer)
+    }
+
+    /// End the channel processes no call used for a while.
+    fn reap_idle_channels(&self) {
+        self.channel_processes()
+            .retain(|_, p| p.last_used.elapsed() < CHANNEL_IDLE && !p.session.has_ended());
+    }
+
+    /// Start the server in a sandbox with `workspace` at `/workspace` and speak MCP to it.
+    async fn spawn_sandboxed(
+        self: &Arc<Self>,
+        runner: &Runner,
+        workspace: WorkspaceRef,
+        handler: Handler,
+    ) -> Result<(RunningService<RoleClient, Handler>, Session), String> {
+        let Transport::Stdio { command, args, env } = &self.config.transport else {
+            return Err("only stdio servers run in the sandbox".into());
+        };
+        let mut limits = runner.limits();
+        limits.cpu_seconds = SESSION_CPU_SECONDS;
+        let mut session = runner
+            .sandbox()
+            .spawn_session(SessionRequest {
+                workspace,
+                program: command.clone(),
+                args: args.clone(),
+                env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                mounts: self.config.mounts.clone(),
+                limits,
+            })
+            .await
+            .map_err(|e| format!("cannot start `{command}` in the sandbox: {e}"))?;
+        let (stdout, stdin, stderr) = session
+            .take_stdio()
+            .ok_or_else(|| "the sandbox gave no pipes".to_string())?;
+        if let Some(stderr) = stderr {
+            tokio::spawn(read_stderr(Arc::downgrade(self), stderr));
+        }
+        let service = handler
+            .serve((stdout, stdin))
+            .await
+            .map_err(|e| format!("`initialize` failed: {e}"))?;
+        Ok((service, session))
+    }
+
+    /// The listing connection's workspace: private to the server, emptied at each start.
+    async fn listing_workspace(&self, runner: &Runner) -> Result<WorkspaceRef, String> {
+        let workspace = runner
+            .workspaces()
+            .reference(&format!(".mcp-{}", self.config.name));
+        let dir = workspace.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::create_dir_all(&dir)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|made| made)
+        .map_err(|e| format!("cannot make the server's workspace: {e}"))?;
+        runner
+            .sandbox()
+            .prepare(&workspace)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(workspace)
     }
 
     fn stderr_tail(&self) -> Option<String> {
@@ -281,6 +523,7 @@ impl Server {
                         let mut state = self.lock();
                         state.peer = None;
                         state.tools = Arc::new(Vec::new());
+                        state.session = None;
                     }
                     match outcome {
                         None => break,
@@ -299,6 +542,7 @@ impl Server {
                 None => reason,
             };
             let reason = crate::redact::global().redact_string(&reason);
+            self.lock().session = None;
             failures = failures.saturating_add(1);
             let backoff = BACKOFF.delay(failures);
             warn!(server = %self.config.name, %reason, retry_in_ms = backoff.as_millis() as u64, "MCP server is down");
@@ -308,9 +552,11 @@ impl Server {
                 _ = shutdown.changed() => break,
             }
         }
+        self.channel_processes().clear();
         let mut state = self.lock();
         state.peer = None;
         state.tools = Arc::new(Vec::new());
+        state.session = None;
         state.health = Health::Stopped;
     }
 
@@ -321,6 +567,13 @@ impl Server {
         broken: mpsc::Sender<()>,
     ) -> Result<RunningService<RoleClient, Handler>, String> {
         let service = match &self.config.transport {
+            Transport::Stdio { .. } if self.config.sandbox => {
+                let runner = self.sandbox.clone().ok_or_else(no_sandbox)?;
+                let workspace = self.listing_workspace(&runner).await?;
+                let (service, session) = self.spawn_sandboxed(&runner, workspace, handler).await?;
+                self.lock().session = Some(session);
+                service
+            }
             Transport::Stdio { command, args, env } => {
                 let mut cmd = tokio::process::Command::new(command);
                 cmd.args(args).env_clear().envs(env).kill_on_drop(true);
@@ -396,8 +649,11 @@ impl Server {
         let peer = service.peer().clone();
         let cancel = service.cancellation_token();
         let mut ended = std::pin::pin!(service.waiting());
+        let mut reap = tokio::time::interval(REAP_EVERY);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = reap.tick() => self.reap_idle_channels(),
                 quit = &mut ended => {
                     return Some(match quit {
                         Ok(reason) => format!("the connection ended ({reason:?})"),
@@ -422,6 +678,11 @@ impl Server {
             }
         }
     }
+}
+
+/// Why a sandboxed server cannot start.
+fn no_sandbox() -> String {
+    "`sandbox = true`, but no sandbox runs on this machine (see `ecdysis doctor`)".into()
 }
 
 /// Log a stdio server's stderr and keep its last lines.

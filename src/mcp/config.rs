@@ -33,6 +33,8 @@ pub struct McpFile {
     pub headers: BTreeMap<String, String>,
     pub channels: Option<Vec<String>>,
     pub sandbox: Option<bool>,
+    #[serde(default)]
+    pub mounts: Vec<String>,
     pub approval: Option<ApprovalFile>,
     pub timeout_seconds: Option<i64>,
     pub max_output_bytes: Option<i64>,
@@ -164,6 +166,12 @@ pub struct McpServerConfig {
     pub call_timeout: Duration,
     /// The most output (text, images, resources) one call may return.
     pub max_output_bytes: usize,
+    /// A stdio server that runs in the sandbox of the channel that calls it (one process per
+    /// channel, `/workspace` its working directory), not on the host.
+    pub sandbox: bool,
+    /// Host directories shown read-only inside that sandbox (e.g. the Python installation the
+    /// server lives in, when it is outside `/usr`).
+    pub mounts: Vec<std::path::PathBuf>,
 }
 
 /// Validate the `[[mcp]]` entries.
@@ -273,12 +281,24 @@ pub fn validate(files: Vec<McpFile>) -> Result<Vec<McpServerConfig>, ConfigError
                 ));
             }
         };
-        if file.sandbox == Some(true) {
+        let sandbox = file.sandbox == Some(true);
+        if sandbox && matches!(transport, Transport::Http { .. }) {
             return Err(ConfigError::value(
                 &key("sandbox"),
-                "running an MCP server inside the channel sandbox is not supported by this build yet; remove `sandbox = true` (the server runs with a clean environment)",
+                "only `command` (stdio) servers run in the sandbox; a `url` server runs elsewhere",
             ));
         }
+        if !sandbox && !file.mounts.is_empty() {
+            return Err(ConfigError::value(
+                &key("mounts"),
+                "`mounts` are for servers with `sandbox = true`",
+            ));
+        }
+        let mounts = file
+            .mounts
+            .iter()
+            .map(|m| sandbox_mount(&key("mounts"), m))
+            .collect::<Result<Vec<_>, _>>()?;
         let channels = channel_patterns(
             &key("channels"),
             &file.channels.unwrap_or_else(|| vec!["*".into()]),
@@ -320,9 +340,37 @@ pub fn validate(files: Vec<McpFile>) -> Result<Vec<McpServerConfig>, ConfigError
             approval,
             call_timeout,
             max_output_bytes,
+            sandbox,
+            mounts,
         });
     }
     Ok(servers)
+}
+
+/// One `mounts` entry: an absolute host directory that exists, outside what the sandbox
+/// provides itself.
+fn sandbox_mount(key: &str, mount: &str) -> Result<std::path::PathBuf, ConfigError> {
+    let path = std::path::Path::new(mount.trim());
+    if !path.is_absolute() {
+        return Err(ConfigError::value(
+            key,
+            format!("`{mount}` is not an absolute path"),
+        ));
+    }
+    let own = ["/workspace", "/tmp", "/proc", "/dev", "/sys"];
+    if path.parent().is_none() || own.iter().any(|o| path.starts_with(o)) {
+        return Err(ConfigError::value(
+            key,
+            format!("`{mount}` is part of the sandbox itself and cannot be mounted from the host"),
+        ));
+    }
+    if !path.is_dir() {
+        return Err(ConfigError::value(
+            key,
+            format!("`{mount}` is not a directory on this machine"),
+        ));
+    }
+    Ok(path.to_path_buf())
 }
 
 #[cfg(test)]
@@ -401,5 +449,51 @@ mod tests {
         assert!(e.contains("mcp.h.url"), "{e}");
         let e = validate(vec![McpFile::default()]).unwrap_err().to_string();
         assert!(e.contains("mcp[0].name"), "{e}");
+    }
+
+    #[test]
+    fn sandboxed_servers_and_their_mounts() {
+        // A directory outside /tmp (which the sandbox has its own of).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut t = stdio("t");
+        t.sandbox = Some(true);
+        t.mounts = vec![dir.display().to_string()];
+        let servers = validate(vec![t]).unwrap();
+        assert!(servers[0].sandbox);
+        assert_eq!(servers[0].mounts, vec![dir.clone()]);
+        assert!(!validate(vec![stdio("u")]).unwrap()[0].sandbox);
+
+        let err = |f: McpFile| validate(vec![f]).unwrap_err().to_string();
+        let http = McpFile {
+            name: Some("h".into()),
+            url: Some("http://127.0.0.1:9/mcp".into()),
+            sandbox: Some(true),
+            ..McpFile::default()
+        };
+        let e = err(http);
+        assert!(e.contains("mcp.h.sandbox") && e.contains("stdio"), "{e}");
+        let mut t = stdio("t");
+        t.mounts = vec![dir.display().to_string()];
+        let e = err(t);
+        assert!(
+            e.contains("mcp.t.mounts") && e.contains("sandbox = true"),
+            "{e}"
+        );
+        for (mount, says) in [
+            ("relative/dir", "absolute"),
+            ("/", "part of the sandbox"),
+            ("/tmp/x", "part of the sandbox"),
+            ("/workspace", "part of the sandbox"),
+            ("/nonexistent/python", "not a directory"),
+        ] {
+            let mut t = stdio("t");
+            t.sandbox = Some(true);
+            t.mounts = vec![mount.into()];
+            let e = err(t);
+            assert!(
+                e.contains("mcp.t.mounts") && e.contains(says),
+                "{mount}: {e}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! restarted with backoff. Each listed tool is offered to the model as `<server>__<tool>`
 //! ([`tools`]) in the channels the server's `channels` name; profiles narrow that further (see
 //! [`crate::engine::profile`]). `/status`, `ecdysis doctor` and the admin page show which server is down
-//! and why.
+//! and why. A server with `sandbox = true` runs in the sandbox of each channel that calls it.
 
 pub mod client;
 pub mod config;
@@ -24,6 +24,7 @@ pub use config::McpServerConfig;
 
 use crate::engine::approvals::Approvals;
 use crate::engine::tools::{SourcedTool, ToolSource};
+use crate::sandbox::Runner;
 use client::Server;
 
 /// Every configured MCP server; cheap to clone.
@@ -43,7 +44,11 @@ struct Inner {
 impl McpHub {
     /// Start every server in the background (needs a Tokio runtime). Their env values and
     /// headers are registered as secrets with [`crate::redact::global`] first.
-    pub fn start(configs: &[McpServerConfig], approvals: Option<Arc<Approvals>>) -> Self {
+    pub fn start(
+        configs: &[McpServerConfig],
+        approvals: Option<Arc<Approvals>>,
+        sandbox: Option<Arc<Runner>>,
+    ) -> Self {
         let (shutdown, _) = watch::channel(false);
         let mut servers = Vec::with_capacity(configs.len());
         let mut broken = Vec::new();
@@ -52,7 +57,7 @@ impl McpHub {
             for secret in config.transport.secrets() {
                 crate::redact::global().add_secret(&secret);
             }
-            match Server::new(config.clone(), approvals.clone()) {
+            match Server::new(config.clone(), approvals.clone(), sandbox.clone()) {
                 Ok(server) => {
                     tasks.push(tokio::spawn(server.clone().supervise(shutdown.subscribe())));
                     servers.push(server);
@@ -86,7 +91,7 @@ impl McpHub {
 
     /// A hub without servers.
     pub fn empty() -> Self {
-        Self::start(&[], None)
+        Self::start(&[], None, None)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -157,7 +157,7 @@ impl Tool for McpTool {
             }
         }
         let result = server
-            .call(&self.remote, arguments)
+            .call(&context.conversation, &self.remote, arguments)
             .await
             .map_err(|e| ToolError::Failed(e.to_string()))?;
         let output = convert(&self.exposed, result, server.config.max_output_bytes);

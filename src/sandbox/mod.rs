@@ -6,7 +6,8 @@
 //! the seccomp deny list of [`seccomp`], landlock, the workspace watched through [`usage`]);
 //! [`Workspaces`] keeps the per-channel directories and their snapshots; [`Runner`] puts them
 //! together (access, one run per channel, a global cap, restore, run, `out/` files, snapshot);
-//! [`RunFeature`] is `/run` and [`RunCommandTool`] is the model's tool.
+//! [`RunFeature`] is `/run` and [`RunCommandTool`] is the model's tool. A [`Session`] keeps a
+//! program (a sandboxed MCP server) running in a channel's sandbox between calls.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ mod landlock;
 pub mod namespace;
 mod runner;
 pub mod seccomp;
+mod session;
 mod tool;
 pub mod usage;
 mod workspace;
@@ -35,6 +37,7 @@ pub use feature::{RunFeature, inline_limit, render_report};
 pub use inbox::safe_name as inbox_name;
 pub use namespace::Namespace;
 pub use runner::{RunError, RunReport, Runner, SnapshotOutcome};
+pub use session::{Session, SessionRequest};
 pub use tool::RunCommandTool;
 pub use workspace::{
     OutFile, Prepared, Scan, Snapshot, WorkspaceError, WorkspaceRef, Workspaces, channel_key,
@@ -163,6 +166,16 @@ pub trait Sandbox: Send + Sync + 'static {
 
     /// Run one command to its end or its limits.
     async fn run(&self, request: RunRequest) -> Result<RunOutput, SandboxError>;
+
+    /// Start a long-lived program with pipes to its stdin and stdout (an MCP server with
+    /// `sandbox = true`), confined as a command is but without the wall-clock limit.
+    async fn spawn_session(&self, request: SessionRequest) -> Result<Session, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Unavailable(format!(
+            "the {} backend cannot keep a program running",
+            self.backend()
+        )))
+    }
 }
 
 /// Asks a human whether the model may run a command (buttons in Slack/Discord). Consulted by

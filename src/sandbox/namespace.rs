@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::cgroup::{self, Cgroups, RunGroup};
 use super::seccomp::Filter;
+use super::session::{Session, SessionRequest};
 use super::workspace::fnv1a;
 use super::{
     Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, landlock, usage,
@@ -250,7 +251,7 @@ impl Namespace {
         existing + max_processes + 2
     }
 
-    fn args(&self, request: &RunRequest, seccomp: Option<RawFd>) -> Vec<OsString> {
+    fn args(&self, inside: &Inside<'_>, seccomp: Option<RawFd>) -> Vec<OsString> {
         let mut args = Args(Vec::with_capacity(80));
         args.words(&[
             "--unshare-all",
@@ -264,8 +265,8 @@ impl Namespace {
             "--hostname",
             "sandbox",
         ]);
-        let inside = INSIDE_UID.to_string();
-        args.words(&["--uid", &inside, "--gid", &inside]);
+        let id = INSIDE_UID.to_string();
+        args.words(&["--uid", &id, "--gid", &id]);
         for mount in &self.mounts {
             match mount {
                 SystemMount::Bind { source, dest } => args.mount("--ro-bind", source, dest),
@@ -276,11 +277,14 @@ impl Namespace {
             args.mount("--ro-bind", passwd, "/etc/passwd");
             args.mount("--ro-bind", group, "/etc/group");
         }
-        let tmp = request.limits.tmp_bytes.max(1024 * 1024).to_string();
+        for path in inside.mounts {
+            args.mount("--ro-bind", path, &path.to_string_lossy());
+        }
+        let tmp = inside.limits.tmp_bytes.max(1024 * 1024).to_string();
         args.words(&["--proc", "/proc", "--dev", "/dev"]);
         args.words(&["--size", &tmp, "--tmpfs", "/dev/shm"]);
         args.words(&["--size", &tmp, "--tmpfs", "/tmp"]);
-        args.mount("--bind", &request.workspace.dir, "/workspace");
+        args.mount("--bind", &inside.workspace.dir, "/workspace");
         args.words(&["--remount-ro", "/dev", "--remount-ro", "/"]);
         if let Some(fd) = seccomp {
             args.words(&["--seccomp", &fd.to_string()]);
@@ -298,19 +302,155 @@ impl Namespace {
         ] {
             args.words(&["--setenv", name, value]);
         }
+        for (name, value) in inside.env {
+            args.words(&["--setenv", name, value]);
+        }
         // PID 1 is a shell that runs the command as its child and exits with its status: the
         // command keeps ordinary signal semantics (a namespace's init ignores SIGXCPU and
         // other signals it has no handler for), and the namespace ends when the command does.
-        args.words(&[
-            "--",
-            self.shell,
-            "-c",
-            "\"$0\" -c \"$1\"; exit $?",
-            self.shell,
-        ]);
-        args.words(&[&request.command]);
+        match inside.payload {
+            Payload::Shell(command) => {
+                args.words(&[
+                    "--",
+                    self.shell,
+                    "-c",
+                    "\"$0\" -c \"$1\"; exit $?",
+                    self.shell,
+                    command,
+                ]);
+            }
+            Payload::Program {
+                program,
+                args: words,
+            } => {
+                args.words(&["--", self.shell, "-c", "\"$0\" \"$@\"; exit $?", program]);
+                args.0.extend(words.iter().map(OsString::from));
+            }
+        }
         args.0
     }
+
+    /// bwrap, ready to spawn with the caller's stdio: its arguments, uid, rlimits, cgroup and
+    /// seccomp program. The [`Launch`] keeps what must live until bwrap has started.
+    async fn launch(&self, inside: &Inside<'_>) -> Result<Launch, SandboxError> {
+        let limits = *inside.limits;
+        let uid = self.uid_for(&inside.workspace.key);
+        let nproc = self.nproc_limit(uid, limits.max_processes);
+        let landlock = self.landlock_abi >= landlock::SCOPES_ABI;
+        let group = match &self.cgroups {
+            Ok(cgroups) => {
+                let cgroups = cgroups.clone();
+                let made = tokio::task::spawn_blocking(move || {
+                    cgroups.create(limits.memory_bytes, limits.max_processes + OWN_TASKS)
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|made| made)
+                .map_err(|source| SandboxError::Io {
+                    what: "making the run's cgroup",
+                    source,
+                })?;
+                Some(made)
+            }
+            Err(_) => None,
+        };
+        let join_fds = group.as_ref().map(RunGroup::join_fds).unwrap_or_default();
+        let seccomp = match &self.seccomp {
+            Ok(filter) => Some(filter.pipe().map_err(|source| SandboxError::Io {
+                what: "passing the seccomp filter",
+                source,
+            })?),
+            Err(_) => None,
+        };
+        let seccomp_fd = seccomp.as_ref().map(AsRawFd::as_raw_fd);
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command
+            .args(self.args(inside, seccomp_fd))
+            .env_clear()
+            .kill_on_drop(true);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        // SAFETY: `join`, `inherit` and `confine` only make async-signal-safe system calls on
+        // values copied or moved in before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                // First of all: everything bwrap starts is then in the group.
+                cgroup::join(&join_fds)?;
+                if let Some(fd) = seccomp_fd {
+                    inherit(fd)?;
+                }
+                confine(&limits, nproc, landlock)
+            });
+        }
+        Ok(Launch {
+            command,
+            group,
+            seccomp,
+        })
+    }
+
+    /// Start a long-lived program in a sandbox (see [`super::session`]).
+    pub async fn start_session(&self, request: SessionRequest) -> Result<Session, SandboxError> {
+        let inside = Inside {
+            workspace: &request.workspace,
+            limits: &request.limits,
+            payload: Payload::Program {
+                program: &request.program,
+                args: &request.args,
+            },
+            env: &request.env,
+            mounts: &request.mounts,
+        };
+        let Launch {
+            mut command,
+            group,
+            seccomp,
+        } = self.launch(&inside).await?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawned = command.spawn();
+        // Only bwrap keeps the seccomp program.
+        drop(command);
+        drop(seccomp);
+        let child = spawned.map_err(|source| SandboxError::Spawn {
+            program: self.bwrap.display().to_string(),
+            source,
+        })?;
+        Ok(Session::new(child, group))
+    }
+}
+
+/// What runs inside one sandbox.
+struct Inside<'a> {
+    workspace: &'a WorkspaceRef,
+    limits: &'a Limits,
+    payload: Payload<'a>,
+    /// Variables on top of the sandbox's own.
+    env: &'a [(String, String)],
+    /// Host directories bound read-only at the same path inside.
+    mounts: &'a [PathBuf],
+}
+
+/// The program PID 1 runs.
+enum Payload<'a> {
+    /// A shell command line (`/run`).
+    Shell(&'a str),
+    /// A program and its arguments, as they are (a session).
+    Program {
+        program: &'a str,
+        args: &'a [String],
+    },
+}
+
+/// bwrap about to be spawned.
+struct Launch {
+    command: tokio::process::Command,
+    group: Option<RunGroup>,
+    /// The seccomp program's pipe: ours to close once bwrap has started.
+    seccomp: Option<OwnedFd>,
 }
 
 /// bwrap's command line.
@@ -417,37 +557,24 @@ impl Sandbox for Namespace {
             })
     }
 
+    async fn spawn_session(&self, request: SessionRequest) -> Result<Session, SandboxError> {
+        self.start_session(request).await
+    }
+
     async fn run(&self, request: RunRequest) -> Result<RunOutput, SandboxError> {
         let limits = request.limits;
-        let uid = self.uid_for(&request.workspace.key);
-        let nproc = self.nproc_limit(uid, limits.max_processes);
-        let landlock = self.landlock_abi >= landlock::SCOPES_ABI;
-        let group = match &self.cgroups {
-            Ok(cgroups) => {
-                let cgroups = cgroups.clone();
-                let made = tokio::task::spawn_blocking(move || {
-                    cgroups.create(limits.memory_bytes, limits.max_processes + OWN_TASKS)
-                })
-                .await
-                .map_err(io::Error::other)
-                .and_then(|made| made)
-                .map_err(|source| SandboxError::Io {
-                    what: "making the run's cgroup",
-                    source,
-                })?;
-                Some(made)
-            }
-            Err(_) => None,
+        let inside = Inside {
+            workspace: &request.workspace,
+            limits: &request.limits,
+            payload: Payload::Shell(&request.command),
+            env: &[],
+            mounts: &[],
         };
-        let join_fds = group.as_ref().map(RunGroup::join_fds).unwrap_or_default();
-        let seccomp = match &self.seccomp {
-            Ok(filter) => Some(filter.pipe().map_err(|source| SandboxError::Io {
-                what: "passing the seccomp filter",
-                source,
-            })?),
-            Err(_) => None,
-        };
-        let seccomp_fd = seccomp.as_ref().map(AsRawFd::as_raw_fd);
+        let Launch {
+            mut command,
+            group,
+            seccomp,
+        } = self.launch(&inside).await?;
         let pipe_error = |source| SandboxError::Io {
             what: "opening the output pipe",
             source,
@@ -455,29 +582,10 @@ impl Sandbox for Namespace {
         // One pipe for stdout and stderr: the output interleaves as the command wrote it.
         let (reader, writer) = io::pipe().map_err(pipe_error)?;
         let writer_err = writer.try_clone().map_err(pipe_error)?;
-        let mut command = tokio::process::Command::new(&self.bwrap);
         command
-            .args(self.args(&request, seccomp_fd))
-            .env_clear()
             .stdin(Stdio::null())
             .stdout(writer)
-            .stderr(writer_err)
-            .kill_on_drop(true);
-        if let Some(uid) = uid {
-            command.uid(uid).gid(uid);
-        }
-        // SAFETY: `join`, `inherit` and `confine` only make async-signal-safe system calls on
-        // values copied or moved in before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                // First of all: everything bwrap starts is then in the group.
-                cgroup::join(&join_fds)?;
-                if let Some(fd) = seccomp_fd {
-                    inherit(fd)?;
-                }
-                confine(&limits, nproc, landlock)
-            });
-        }
+            .stderr(writer_err);
         let started = Instant::now();
         let spawned = command.spawn();
         // Close our copies of the pipes' ends: the output pipe then sees EOF when the sandbox
@@ -622,28 +730,32 @@ fn inherit(fd: RawFd) -> io::Result<()> {
 /// namespace) and let bwrap reap it and exit. Killing bwrap first would also end the sandbox
 /// (--die-with-parent), but would leave its PID 1 unreaped, a zombie of the host's init.
 async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let mut killed = false;
-        for inner in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on a child of our own child, which bwrap has not reaped yet.
-            killed |= unsafe { libc::kill(inner, libc::SIGKILL) } == 0;
-        }
-        if killed
-            && tokio::time::timeout(Duration::from_secs(2), child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
+    if let Some(pid) = child.id()
+        && kill_inner(pid)
+        && tokio::time::timeout(Duration::from_secs(2), child.wait())
+            .await
+            .is_ok()
+    {
+        return;
     }
     if let Err(e) = child.kill().await {
         warn!(error = %e, "cannot kill the sandbox");
     }
+}
+
+/// SIGKILL the children of bwrap `pid` (the sandbox's PID 1): true when one was killed.
+pub(super) fn kill_inner(pid: u32) -> bool {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut killed = false;
+    for inner in children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) on a child of our own child, which bwrap has not reaped yet.
+        killed |= unsafe { libc::kill(inner, libc::SIGKILL) } == 0;
+    }
+    killed
 }
 
 /// 128 + N for a process killed by signal N, as a shell reports it.

@@ -11,7 +11,9 @@ use tracing::{error, info, warn};
 
 use super::usage::Index;
 use super::workspace::{OutFile, Prepared, Scan, Snapshot, WorkspaceError, Workspaces};
-use super::{Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, channel_key};
+use super::{
+    Ended, Limits, RunOutput, RunRequest, Sandbox, SandboxError, WorkspaceRef, channel_key,
+};
 use crate::config::SandboxSettings;
 
 /// Files from `out/` attached to one reply.
@@ -235,6 +237,36 @@ impl Runner {
             removed_bytes,
             snapshot,
         })
+    }
+
+    /// Hold the channel's workspace while `work` runs (no run of the channel at the same time;
+    /// restored first when another machine saved a newer one), then save it: what a sandboxed
+    /// MCP server does in `/workspace` during a call outlives the machine as `/run`'s files do.
+    pub async fn with_workspace<T, F, Fut>(
+        &self,
+        channel: &ChannelRef,
+        work: F,
+    ) -> Result<T, RunError>
+    where
+        F: FnOnce(WorkspaceRef) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let key = channel_key(channel);
+        let lock = self.channel_lock(&key);
+        let _channel = lock.lock().await;
+        self.workspaces.prepare(&key).await?;
+        let workspace = self.workspaces.reference(&key);
+        self.sandbox.prepare(&workspace).await?;
+        let out = work(workspace).await;
+        match self.workspaces.scan(&key).await {
+            Ok(after) => {
+                if let SnapshotOutcome::Failed(e) = self.save(&key, &after).await {
+                    warn!(key, error = %e, "the workspace is not saved yet");
+                }
+            }
+            Err(e) => error!(key, error = %e, "cannot scan the workspace"),
+        }
+        Ok(out)
     }
 
     /// Put files users sent into the channel's workspace under `inbox/` (a file of the same

@@ -145,7 +145,7 @@ impl App {
             Err(_) => None,
         };
         // MCP servers connect in the background: start-up and /readyz never wait for them.
-        let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone());
+        let mcp = crate::mcp::McpHub::start(&config.mcp, approvals.clone(), sandbox.clone());
         let metrics = Arc::new(Metrics::new());
         let budgets = Arc::new(crate::engine::guard::Budgets::new(
             config.guards.budget.clone(),

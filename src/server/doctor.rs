@@ -386,7 +386,16 @@ async fn check_mcp(config: &Config, report: &mut Report) {
         report.off("mcp", "no [[mcp]] servers configured");
         return;
     }
-    let hub = crate::mcp::McpHub::start(&config.mcp, None);
+    // Servers with `sandbox = true` start in the sandbox, as `serve` starts them.
+    let sandbox = if config.mcp.iter().any(|s| s.sandbox) {
+        match crate::storage::blob::open(config).await {
+            Ok(blobs) => crate::sandbox::open(config, blobs).await.ok(),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let hub = crate::mcp::McpHub::start(&config.mcp, None, sandbox);
     let settled = hub.settled(MCP_WAIT).await;
     for status in hub.status() {
         match &status.health {

@@ -44,6 +44,26 @@ pub fn python_servers() -> bool {
     )
 }
 
+/// A directory with the `mcp` SDK for `/usr/bin/python3` that the sandbox's users can read
+/// (`.ci/services.sh` installs it and exports `ECDYSIS_TEST_SANDBOX_PYTHONPATH`): sandboxed
+/// servers cannot reach a Python installed under a private home directory.
+pub fn sandbox_pythonpath() -> Option<String> {
+    let dir = crate::common::service("ECDYSIS_TEST_SANDBOX_PYTHONPATH")?;
+    let works = Command::new("/usr/bin/python3")
+        .args(["-c", "import mcp.server.mcpserver"])
+        .env("PYTHONPATH", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ecdysis_testkit::prerequisite::prerequisite(
+        works,
+        &format!("the `mcp` SDK for /usr/bin/python3 in {dir}"),
+        "source .ci/services.sh",
+    )
+    .then_some(dir)
+}
+
 /// A streamable-HTTP fixture server on 127.0.0.1, killed on drop.
 pub struct HttpFixture {
     child: Child,

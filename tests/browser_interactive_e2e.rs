@@ -784,6 +784,8 @@ async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
             // enough to watch the hang end and the idle session close.
             ("ECDYSIS_BROWSER_ACTION_TIMEOUT_SECONDS", "5"),
             ("ECDYSIS_BROWSER_IDLE_SECONDS", "8"),
+            // A session closes once idle and once its turn is surely over (at most this long).
+            ("ECDYSIS_AGENT_TURN_TIMEOUT_SECONDS", "25"),
         ],
     )
     .await;
@@ -806,7 +808,7 @@ async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
     // The session holds a tab while it is used; idle, it closes, and then the browser does.
     let browser = h.app.browser.clone().expect("browser configured");
     assert!(browser.is_running().await);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = started + Duration::from_secs(60);
     while browser.is_running().await {
         assert!(
             Instant::now() < deadline,
@@ -814,6 +816,41 @@ async fn a_page_that_never_settles_is_an_error_and_idle_sessions_close() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_between_tool_calls_of_a_turn_keeps_the_page_open() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site().await;
+    // Idle after 1 s, but a turn may run 60 s: the model thinking for 3 s between two calls of
+    // one turn must find its page where it left it.
+    let h = Harness::start(
+        &chromium,
+        &[
+            ("ECDYSIS_BROWSER_IDLE_SECONDS", "1"),
+            ("ECDYSIS_AGENT_TURN_TIMEOUT_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let pause: Step =
+        Box::new(|_| Llm::tool("browser_snapshot", json!({})).after(Duration::from_secs(3)));
+    script(
+        &h.llm,
+        vec![
+            call("browser_open", json!({ "url": site.url("/login") })),
+            pause,
+            say("still there"),
+        ],
+    );
+    let reply = h
+        .ask(&conversation("C7", None), "open and look again")
+        .await;
+    assert_eq!(reply.text, "still there");
+    let results = tool_results(&h.llm);
+    let (snapshot, is_error) = &results[1];
+    assert!(!*is_error, "{snapshot}");
+    assert!(snapshot.contains("Sign in"), "{snapshot}");
     h.stop().await;
 }
 

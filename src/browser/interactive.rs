@@ -278,7 +278,7 @@ impl Tool for ActionTool {
                     ));
                 }
             };
-            let mut guard = self.sessions.lock(&key).await;
+            let mut guard = self.sessions.lock(&key, context.event_id).await;
             let session = guard
                 .as_mut()
                 .ok_or_else(|| ToolError::InvalidInput(NO_PAGE.into()))?;
@@ -286,7 +286,7 @@ impl Tool for ActionTool {
             return Ok(ToolOutput::text(snapshot.render()));
         }
         let action = parse_action(self.kind.action(), input)?;
-        let mut guard = self.sessions.lock(&key).await;
+        let mut guard = self.sessions.lock(&key, context.event_id).await;
         let outcome = run(&self.sessions, &mut guard, &channel, &key, &action)
             .await
             .map_err(tool_error)?;
@@ -303,7 +303,7 @@ pub async fn record_steps(
 ) -> Result<(SessionVideo, String), BrowserError> {
     let key = session_key(&context.conversation);
     let channel = channel_key(&context.conversation);
-    let mut guard = sessions.lock(&key).await;
+    let mut guard = sessions.lock(&key, context.event_id).await;
     let started = Instant::now();
     let mut lines = Vec::new();
     let mut last = None;
@@ -338,7 +338,9 @@ pub async fn record_session(
     sessions: &Sessions,
     context: &ToolContext,
 ) -> Result<SessionVideo, BrowserError> {
-    let guard = sessions.lock(&session_key(&context.conversation)).await;
+    let guard = sessions
+        .lock(&session_key(&context.conversation), context.event_id)
+        .await;
     let session = guard
         .as_ref()
         .ok_or_else(|| BrowserError::BadRequest(NO_PAGE.into()))?;

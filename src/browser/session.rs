@@ -426,15 +426,38 @@ impl Drop for Session {
     }
 }
 
-/// A conversation's slot: its session (if open) and when it was last used.
+/// A conversation's slot: its session (if open), when it was last used, and the turn (event)
+/// that used it last with when that turn first did.
 struct Slot {
     session: Arc<tokio::sync::Mutex<Option<Session>>>,
     last_used: Mutex<Instant>,
+    turn: Mutex<(i64, Instant)>,
+}
+
+impl Slot {
+    /// Idle long enough to close: unused for `idle`, and the turn that used it last has surely
+    /// ended (a turn runs at most `turn_limit`, and it began before its first use here), so
+    /// a pause between two tool calls of one turn never closes the page under the model.
+    fn closable(&self, idle: Duration, turn_limit: Duration) -> bool {
+        let unused = self
+            .last_used
+            .lock()
+            .map(|l| l.elapsed() >= idle)
+            .unwrap_or(false);
+        let turn_over = self
+            .turn
+            .lock()
+            .map(|t| t.1.elapsed() >= turn_limit)
+            .unwrap_or(false);
+        unused && turn_over
+    }
 }
 
 /// The open sessions, by conversation. Cheap to share.
 pub struct Sessions {
     browser: BrowserService,
+    /// The longest an agent turn runs (`agent.turn_timeout`).
+    turn_limit: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     me: Weak<Sessions>,
@@ -444,9 +467,10 @@ pub struct Sessions {
 pub type SessionGuard = OwnedMutexGuard<Option<Session>>;
 
 impl Sessions {
-    pub fn new(browser: BrowserService) -> Arc<Self> {
+    pub fn new(browser: BrowserService, turn_limit: Duration) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             browser,
+            turn_limit,
             slots: Mutex::new(HashMap::new()),
             reaper: Mutex::new(None),
             me: me.clone(),
@@ -470,8 +494,9 @@ impl Sessions {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lock the slot of conversation `key` (one action at a time per conversation).
-    pub async fn lock(&self, key: &str) -> SessionGuard {
+    /// Lock the slot of conversation `key` for a tool call of turn `event_id` (one action at
+    /// a time per conversation).
+    pub async fn lock(&self, key: &str, event_id: i64) -> SessionGuard {
         self.ensure_reaper();
         let slot = {
             let mut slots = self.slots();
@@ -481,12 +506,18 @@ impl Sessions {
                     Arc::new(Slot {
                         session: Arc::new(tokio::sync::Mutex::new(None)),
                         last_used: Mutex::new(Instant::now()),
+                        turn: Mutex::new((event_id, Instant::now())),
                     })
                 })
                 .clone()
         };
         if let Ok(mut last) = slot.last_used.lock() {
             *last = Instant::now();
+        }
+        if let Ok(mut turn) = slot.turn.lock()
+            && turn.0 != event_id
+        {
+            *turn = (event_id, Instant::now());
         }
         slot.session.clone().lock_owned().await
     }
@@ -547,27 +578,23 @@ impl Sessions {
         };
         let me = self.me.clone();
         let idle = self.browser.settings().idle;
+        let turn_limit = self.turn_limit;
         let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         *reaper = Some(runtime.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(sessions) = me.upgrade() else { return };
-                sessions.reap(idle);
+                sessions.reap(idle, turn_limit);
             }
         }));
     }
 
-    /// Close the sessions idle for `idle` or longer.
-    fn reap(&self, idle: Duration) {
+    /// Close the sessions idle for `idle` or longer whose last turn is over.
+    fn reap(&self, idle: Duration, turn_limit: Duration) {
         let mut slots = self.slots();
         let mut closed = Vec::new();
         slots.retain(|key, slot| {
-            let quiet = slot
-                .last_used
-                .lock()
-                .map(|l| l.elapsed() >= idle)
-                .unwrap_or(false);
-            if !quiet {
+            if !slot.closable(idle, turn_limit) {
                 return true;
             }
             match slot.session.try_lock() {

@@ -28,9 +28,10 @@ pub const FETCH_DEFAULT_CHARS: usize = 20_000;
 pub const FETCH_MAX_CHARS: usize = 100_000;
 
 /// The browser tools, in the order the model is offered them: the interactive ones (sharing
-/// one set of sessions), then screenshots, recordings and `fetch_url`.
-pub fn all(browser: &BrowserService) -> Vec<Arc<dyn Tool>> {
-    let sessions = Sessions::new(browser.clone());
+/// one set of sessions), then screenshots, recordings and `fetch_url`. `turn_limit` is the
+/// longest an agent turn runs: a session is not closed for idleness before its turn is over.
+pub fn all(browser: &BrowserService, turn_limit: std::time::Duration) -> Vec<Arc<dyn Tool>> {
+    let sessions = Sessions::new(browser.clone(), turn_limit);
     let mut tools = interactive::all(&sessions);
     tools.push(Arc::new(ScreenshotTool::new(sessions.clone())));
     tools.push(Arc::new(RecordTool::new(sessions)));
@@ -39,8 +40,12 @@ pub fn all(browser: &BrowserService) -> Vec<Arc<dyn Tool>> {
 }
 
 /// Add the browser tools to `registry`.
-pub fn register(registry: &mut ToolRegistry, browser: &BrowserService) {
-    for tool in all(browser) {
+pub fn register(
+    registry: &mut ToolRegistry,
+    browser: &BrowserService,
+    turn_limit: std::time::Duration,
+) {
+    for tool in all(browser, turn_limit) {
         registry.register(tool);
     }
 }
@@ -74,7 +79,7 @@ impl ScreenshotTool {
     ) -> Result<Screenshot, BrowserError> {
         let guard = self
             .sessions
-            .lock(&session_key(&context.conversation))
+            .lock(&session_key(&context.conversation), context.event_id)
             .await;
         let session = guard.as_ref().ok_or_else(|| {
             BrowserError::BadRequest("give a `url`, or open a page with browser_open first".into())
@@ -595,7 +600,11 @@ mod tests {
     #[test]
     fn tools_register_with_schemas() {
         let mut registry = ToolRegistry::new();
-        register(&mut registry, &service());
+        register(
+            &mut registry,
+            &service(),
+            std::time::Duration::from_secs(120),
+        );
         let names: Vec<_> = registry.iter().map(|t| t.name()).collect();
         assert_eq!(
             names,
@@ -627,7 +636,7 @@ mod tests {
     async fn actions_without_an_open_page_say_so_and_launch_nothing() {
         let s = service();
         let mut registry = ToolRegistry::new();
-        register(&mut registry, &s);
+        register(&mut registry, &s, std::time::Duration::from_secs(120));
         for name in [
             "browser_snapshot",
             "browser_click",
@@ -680,7 +689,7 @@ mod tests {
     async fn refused_urls_are_invalid_input_and_launch_nothing() {
         let s = service();
         let mut registry = ToolRegistry::new();
-        register(&mut registry, &s);
+        register(&mut registry, &s, std::time::Duration::from_secs(120));
         for name in ["browser_screenshot", "browser_record", "fetch_url"] {
             let tool = registry.get(name).unwrap();
             let e = tool

@@ -110,7 +110,7 @@ impl App {
                 commands = commands
                     .with_screenshot(Arc::new(ScreenshotFeature::new(browser.clone())))
                     .with_record(Arc::new(RecordFeature::new(browser.clone())));
-                for tool in crate::browser::tools::all(browser) {
+                for tool in crate::browser::tools::all(browser, config.agent.turn_timeout) {
                     commands = commands.with_tool(tool);
                 }
             }

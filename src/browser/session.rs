@@ -56,10 +56,11 @@ const DOM_QUIET_JS: &str = r#"((cap) => new Promise((resolve) => {
       observer.disconnect();
       resolve(document.readyState);
     } else {
-      setTimeout(tick, 15);
+      // Look again when 50 quiet milliseconds could have passed (at least 5 ms from now).
+      setTimeout(tick, Math.max(5, 50 - (now - last)));
     }
   };
-  setTimeout(tick, 15);
+  setTimeout(tick, 50);
 }))"#;
 
 /// What the network watcher knows.
@@ -372,7 +373,20 @@ impl Session {
                 }
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Quiet so far: look again when the grace and the quiet time could both be over;
+            // busy: soon.
+            let pause = if busy {
+                Duration::from_millis(5)
+            } else {
+                (since + GRACE)
+                    .max(last_change + QUIET)
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(2))
+            };
+            tokio::time::sleep(
+                pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
         }
     }
 

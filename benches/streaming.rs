@@ -218,6 +218,8 @@ async fn main() {
         ("ANTHROPIC_BASE_URL", llm.anthropic_base_url()),
         ("SLACK_SIGNING_SECRET", SECRET.to_string()),
         ("SLACK_BOT_TOKEN", "xoxb-bench".to_string()),
+        // Discord's default DM policy (`pairing`) would answer the bench's DMs with a code.
+        ("ECDYSIS_DM_POLICY", "open".to_string()),
     ];
     let mut env = model.clone();
     env.extend([

@@ -155,6 +155,40 @@ async fn web_answer_streams(wire: Wire) {
 }
 
 #[tokio::test]
+async fn a_run_command_shows_a_live_line_while_it_runs() {
+    if !common::sandbox::sandbox_ready() {
+        return;
+    }
+    let fake = FakeLlm::start().await.unwrap();
+    // The sandbox user passes through the data directory (tempdirs are 0700).
+    let dir = common::sandbox::public_tempdir();
+    let mut env = model_env(&fake, Wire::Anthropic);
+    env.push(("ECDYSIS_SANDBOX", "namespace".into()));
+    let server = start(dir.path(), &env).await;
+    let mut live = events(&server, "runs").await;
+    let event_id = server.say("runs", "/run sleep 1; echo ran-it").await;
+    let seen = live
+        .until(Duration::from_secs(60), |e| is_reply_to(e, &event_id))
+        .await;
+    let progress: Vec<&Received> = seen
+        .iter()
+        .filter(|e| e.event == "progress" && e.data["event_id"] == event_id.as_str())
+        .collect();
+    assert_eq!(progress.len(), 1, "{seen:#?}");
+    assert_eq!(
+        progress[0].data["text"],
+        "running `sleep 1; echo ran-it` in the sandbox"
+    );
+    let reply = seen.iter().find(|e| is_reply_to(e, &event_id)).unwrap();
+    assert!(
+        reply.data["text"].as_str().unwrap().contains("ran-it"),
+        "{reply:#?}"
+    );
+    // No model call: a command, not a turn.
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
 async fn web_answer_streams_anthropic() {
     web_answer_streams(Wire::Anthropic).await;
 }

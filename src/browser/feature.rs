@@ -160,19 +160,23 @@ impl Feature for ScreenshotFeature {
             }
         };
         let channel = channel_key(&event.conversation);
-        Ok(vec![
-            match self.browser.screenshot(&channel, &request).await {
-                Ok(shot) => Outgoing {
-                    text: shot.describe(),
-                    attachments: vec![shot.attachment()],
-                    ..Outgoing::default()
-                },
-                Err(e) => Outgoing::text(format!(
-                    "Could not take a screenshot of {}: {e}.",
-                    request.url
-                )),
+        let line = event.live.progress(crate::agent::progress::line(
+            "browser_screenshot",
+            &serde_json::json!({ "url": request.url }),
+        ));
+        let shot = self.browser.screenshot(&channel, &request).await;
+        event.live.progress_done(line);
+        Ok(vec![match shot {
+            Ok(shot) => Outgoing {
+                text: shot.describe(),
+                attachments: vec![shot.attachment()],
+                ..Outgoing::default()
             },
-        ])
+            Err(e) => Outgoing::text(format!(
+                "Could not take a screenshot of {}: {e}.",
+                request.url
+            )),
+        }])
     }
 }
 
@@ -197,7 +201,13 @@ impl Feature for RecordFeature {
             }
         };
         let channel = channel_key(&event.conversation);
-        Ok(vec![match self.browser.record(&channel, &request).await {
+        let line = event.live.progress(crate::agent::progress::line(
+            "browser_record",
+            &serde_json::json!({ "url": request.url }),
+        ));
+        let recording = self.browser.record(&channel, &request).await;
+        event.live.progress_done(line);
+        Ok(vec![match recording {
             Ok(recording) => Outgoing {
                 text: recording.describe(),
                 attachments: vec![recording.attachment()],

@@ -42,11 +42,17 @@ impl Feature for RunFeature {
                 "Not run: {why}. An administrator can change that in the [sandbox] settings."
             ))]);
         }
-        match self
+        // The same line the model's `run_command` shows while it runs.
+        let line = event.live.progress(crate::agent::progress::line(
+            "run_command",
+            &serde_json::json!({ "command": command }),
+        ));
+        let ran = self
             .runner
             .run(&event.conversation.channel_ref(), command)
-            .await
-        {
+            .await;
+        event.live.progress_done(line);
+        match ran {
             Ok(report) => Ok(vec![render_report(
                 &report,
                 inline_limit(&event.conversation.platform),

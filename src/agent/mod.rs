@@ -12,7 +12,6 @@
 pub mod compaction;
 pub mod context;
 pub mod memory_tools;
-pub mod progress;
 pub mod provider;
 pub mod retry;
 pub mod web_search;
@@ -33,6 +32,7 @@ use crate::embeddings::MemorySearch;
 use crate::engine::commands::Agent;
 use crate::engine::live::Live;
 use crate::engine::profile::{Profile, Profiles};
+use crate::engine::progress;
 use crate::engine::tools::{ToolContext, ToolError, ToolRegistry};
 use crate::media::{FileRef, MediaSettings, Reader, Transcriber};
 use crate::storage::blob::BlobStore;
@@ -849,11 +849,15 @@ impl Core {
             });
             let result = match tools.get(name) {
                 Some(tool) => {
-                    let line = event.live.progress(progress::line(name, input));
                     let started = Instant::now();
-                    let result = tool.call(&tool_context, input.clone()).await;
+                    let result = event
+                        .live
+                        .during(
+                            progress::line(name, input),
+                            tool.call(&tool_context, input.clone()),
+                        )
+                        .await;
                     *tool_time += started.elapsed();
-                    event.live.progress_done(line);
                     result
                 }
                 None => Err(ToolError::InvalidInput(format!(

@@ -12,6 +12,7 @@ use super::screenshot::ScreenshotRequest;
 use super::{BrowserService, WaitFor, channel_key};
 use crate::bus::{EventContext, Outgoing};
 use crate::engine::commands::Feature;
+use crate::engine::progress;
 
 pub const SCREENSHOT_USAGE: &str = "Usage: `/screenshot <url> [full_page] [width=1280] [height=800] [scale=1] [selector=<css>] [wait=networkidle|selector:<css>|500ms] [format=png|jpeg|webp]`";
 pub const RECORD_USAGE: &str = "Usage: `/record <url> [seconds=5] [scroll] [gif] [width=1280] [height=720] [wait=networkidle|selector:<css>|500ms]`";
@@ -160,12 +161,14 @@ impl Feature for ScreenshotFeature {
             }
         };
         let channel = channel_key(&event.conversation);
-        let line = event.live.progress(crate::agent::progress::line(
+        let line = progress::line(
             "browser_screenshot",
             &serde_json::json!({ "url": request.url }),
-        ));
-        let shot = self.browser.screenshot(&channel, &request).await;
-        event.live.progress_done(line);
+        );
+        let shot = event
+            .live
+            .during(line, self.browser.screenshot(&channel, &request))
+            .await;
         Ok(vec![match shot {
             Ok(shot) => Outgoing {
                 text: shot.describe(),
@@ -201,12 +204,11 @@ impl Feature for RecordFeature {
             }
         };
         let channel = channel_key(&event.conversation);
-        let line = event.live.progress(crate::agent::progress::line(
-            "browser_record",
-            &serde_json::json!({ "url": request.url }),
-        ));
-        let recording = self.browser.record(&channel, &request).await;
-        event.live.progress_done(line);
+        let line = progress::line("browser_record", &serde_json::json!({ "url": request.url }));
+        let recording = event
+            .live
+            .during(line, self.browser.record(&channel, &request))
+            .await;
         Ok(vec![match recording {
             Ok(recording) => Outgoing {
                 text: recording.describe(),

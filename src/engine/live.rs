@@ -164,6 +164,18 @@ impl Live {
         id
     }
 
+    /// Show the tool line `text` while `work` runs.
+    pub async fn during<T>(
+        &self,
+        text: impl Into<String>,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let id = self.progress(text);
+        let out = work.await;
+        self.progress_done(id);
+        out
+    }
+
     /// The tool of a progress line finished.
     pub fn progress_done(&self, id: u32) {
         self.change(|d| match d.progress.iter_mut().find(|p| p.id == id) {

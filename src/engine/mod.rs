@@ -8,4 +8,5 @@ pub mod commands;
 pub mod guard;
 pub mod live;
 pub mod profile;
+pub mod progress;
 pub mod tools;

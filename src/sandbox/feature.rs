@@ -11,6 +11,7 @@ use super::runner::{RunReport, Runner, SnapshotOutcome};
 use super::{Ended, Limits};
 use crate::bus::{EventContext, Outgoing};
 use crate::engine::commands::Feature;
+use crate::engine::progress;
 
 /// The `/run` command.
 pub struct RunFeature {
@@ -43,15 +44,14 @@ impl Feature for RunFeature {
             ))]);
         }
         // The same line the model's `run_command` shows while it runs.
-        let line = event.live.progress(crate::agent::progress::line(
-            "run_command",
-            &serde_json::json!({ "command": command }),
-        ));
-        let ran = self
-            .runner
-            .run(&event.conversation.channel_ref(), command)
+        let line = progress::line("run_command", &serde_json::json!({ "command": command }));
+        let ran = event
+            .live
+            .during(
+                line,
+                self.runner.run(&event.conversation.channel_ref(), command),
+            )
             .await;
-        event.live.progress_done(line);
         match ran {
             Ok(report) => Ok(vec![render_report(
                 &report,

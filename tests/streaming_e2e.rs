@@ -630,6 +630,51 @@ async fn slack_sigkill_mid_stream_finishes_the_same_message() {
     assert!(env.slack.calls_to("chat.postMessage").is_empty());
 }
 
+/// SIGKILL after Slack started the stream but before its `ts` was stored (the call never
+/// answered): the re-run finds the bot's unfinished message after the question and finishes
+/// it, with a stream of its own (`native`) or with the final answer (`off`): never a second
+/// message, never a stream left running.
+async fn crash_before_the_stream_is_recorded(streaming_after_restart: &str) {
+    let mut env = slack::start(None).await;
+    env.slack.stall_next("chat.startStream", 1);
+    env.llm
+        .set_default(Llm::text(slack::answer()).paced(Duration::from_millis(40)));
+    let thread = "1700000000.000600";
+    slack::mention(&env.server, "Ev6", thread, "why is the sky blue?").await;
+    let started = env
+        .slack
+        .wait_calls("chat.startStream", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(started.len(), 1, "the answer did not start streaming");
+    let orphan = env.slack.thread_messages("C1", thread);
+    assert_eq!(orphan.len(), 1);
+    assert_eq!(orphan[0]["streaming"], true);
+
+    env.llm
+        .set_default(Llm::text(slack::answer()).paced(Duration::from_millis(2)));
+    env.server = env
+        .server
+        .restart_with(&[("ECDYSIS_SLACK_STREAMING", streaming_after_restart)])
+        .await;
+    let messages = slack::finished(&env, thread, &slack::answer()).await;
+    assert_eq!(messages.len(), 1, "exactly one answer: {messages:#?}");
+    assert_eq!(messages[0]["ts"], orphan[0]["ts"], "the same message");
+    assert!(messages[0]["metadata"].is_object(), "{messages:#?}");
+    assert_eq!(env.slack.calls_to("chat.startStream").len(), 1);
+    assert_eq!(env.slack.calls_to("chat.stopStream").len(), 1);
+    assert!(env.slack.calls_to("chat.postMessage").is_empty());
+}
+
+#[tokio::test]
+async fn slack_crash_before_the_stream_is_recorded_finishes_it_by_streaming() {
+    crash_before_the_stream_is_recorded("native").await;
+}
+
+#[tokio::test]
+async fn slack_crash_before_the_stream_is_recorded_finishes_it_with_the_answer() {
+    crash_before_the_stream_is_recorded("off").await;
+}
+
 // --- Discord ---------------------------------------------------------------------------------
 
 mod discord {

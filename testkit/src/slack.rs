@@ -77,6 +77,8 @@ struct State_ {
     failures: HashMap<String, (usize, String)>,
     /// Method → (calls left to answer with HTTP 429, the `Retry-After` seconds).
     rate_limits: HashMap<String, (usize, u64)>,
+    /// Methods whose next calls take effect but never answer (a crash while waiting).
+    stalls: HashMap<String, usize>,
     /// `users.info`'s `tz` per user.
     timezones: HashMap<String, String>,
     socket: SocketState,
@@ -146,7 +148,8 @@ impl FakeSlack {
         let shared = Arc::new(Shared {
             state: Mutex::new(State_::default()),
             changed: Notify::new(),
-            ts: AtomicU64::new(1_700_000_000_000_100),
+            // Message timestamps count from now, as Slack's do: later than any test's own.
+            ts: AtomicU64::new(now_micros()),
             ids: AtomicU64::new(1),
             base: format!("http://{http_addr}"),
             socket_url: format!("ws://{ws_addr}/link"),
@@ -242,6 +245,12 @@ impl FakeSlack {
             .lock()
             .rate_limits
             .insert(method.to_string(), (times, retry_after_seconds));
+    }
+
+    /// Let the next `times` calls of `method` take effect (a stream starts, a message is
+    /// posted) and then never answer: the client sees nothing, as when it dies mid-call.
+    pub fn stall_next(&self, method: &str, times: usize) {
+        self.shared.lock().stalls.insert(method.to_string(), times);
     }
 
     /// Every recorded call.
@@ -382,6 +391,12 @@ impl FakeSlack {
     }
 }
 
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn next_ts(shared: &Shared) -> String {
     let n = shared.ts.fetch_add(100, Ordering::Relaxed);
     format!("{}.{:06}", n / 1_000_000, n % 1_000_000)
@@ -428,6 +443,31 @@ async fn api(
     State(shared): State<Arc<Shared>>,
     Path(method): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let stalled = {
+        let mut state = shared.lock();
+        match state.stalls.get_mut(&method) {
+            Some(times) if *times > 0 => {
+                *times -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
+    let response = answer(shared, method, query, headers, body).await;
+    if stalled {
+        std::future::pending::<()>().await;
+    }
+    response
+}
+
+/// One Web API call: its effect on the fake's state and Slack's answer.
+async fn answer(
+    shared: Arc<Shared>,
+    method: String,
+    query: HashMap<String, String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

@@ -151,6 +151,15 @@ impl Server {
         Self::spawn(data_dir, env, port).await
     }
 
+    /// Start again like [`Self::restart`], with these variables set anew.
+    pub async fn restart_with(mut self, vars: &[(&str, &str)]) -> Server {
+        for (name, value) in vars {
+            self.env.retain(|(key, _)| key != name);
+            self.env.push((name.to_string(), value.to_string()));
+        }
+        self.restart().await
+    }
+
     /// With `ECDYSIS_ADMIN_TOKEN` in the environment, the web chat needs it (on loopback too):
     /// the request carries it as a bearer token.
     pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -368,17 +368,16 @@ impl Api {
         Ok(())
     }
 
-    /// The `ts` of a message the bot already posted with this idempotency key: looked up in
-    /// the thread (`conversations.replies`) or, without a thread, in the channel's history
-    /// since `oldest` (`conversations.history`), with message metadata included.
-    pub(crate) async fn find_posted(
+    /// The messages of a thread (`conversations.replies`) or, without a thread, of the
+    /// channel's history since `oldest` (`conversations.history`), with message metadata
+    /// included: what the duplicate check reads.
+    pub(crate) async fn recent_messages(
         &self,
         bot_token: &str,
         channel: &str,
         thread_ts: Option<&str>,
         oldest: Option<&str>,
-        key: &str,
-    ) -> Result<Option<String>, CallError> {
+    ) -> Result<Vec<HistoryMessage>, CallError> {
         let token = token(bot_token);
         let session = self.client.open_session(&token);
         let (method, params) = match thread_ts {
@@ -406,16 +405,7 @@ impl Api {
             .http_get(method, &params, None)
             .await
             .map_err(|e| CallError::from_client(method, e))?;
-        Ok(history
-            .messages
-            .into_iter()
-            .find(|m| {
-                m.metadata.as_ref().is_some_and(|meta| {
-                    meta.event_type == METADATA_EVENT
-                        && meta.event_payload.get("key").and_then(|k| k.as_str()) == Some(key)
-                })
-            })
-            .map(|m| m.ts))
+        Ok(history.messages)
     }
 
     /// Files v2: `files.getUploadURLExternal` → upload → `files.completeUploadExternal` into
@@ -533,14 +523,32 @@ struct History {
     messages: Vec<HistoryMessage>,
 }
 
-#[derive(Deserialize)]
-struct HistoryMessage {
-    ts: String,
+/// One message of `conversations.replies`/`history`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryMessage {
+    pub ts: String,
+    /// The author (the bot user for the bot's own messages).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Files shared with the message (an upload's message carries no reply metadata).
+    #[serde(default)]
+    pub files: Vec<serde_json::Value>,
     #[serde(default)]
     metadata: Option<HistoryMetadata>,
 }
 
-#[derive(Deserialize)]
+impl HistoryMessage {
+    /// The idempotency key of the reply this message carries, if ecdysis posted it.
+    pub(crate) fn reply_key(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .filter(|meta| meta.event_type == METADATA_EVENT)
+            .and_then(|meta| meta.event_payload.get("key"))
+            .and_then(|key| key.as_str())
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct HistoryMetadata {
     event_type: String,
     #[serde(default)]

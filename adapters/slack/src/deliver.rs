@@ -6,8 +6,9 @@
 //! `metadata`. When a reply might have been posted before (its event arrived before this process
 //! started, or an earlier attempt in this process failed after sending), the thread is read
 //! first (`conversations.replies` / `conversations.history` with metadata) and a message with
-//! the same key counts as delivered. Fresh replies skip that lookup, so the common path costs
-//! one call. Files and `response_url` posts have no such marker and may repeat after a crash
+//! the same key counts as delivered; a stream the bot started there but never finished (it
+//! carries no key until stopped) is finished with the reply. Fresh replies skip that lookup, so
+//! the common path costs one call. Files and `response_url` posts have no such marker and may repeat after a crash
 //! between upload and the outbox's "sent" mark.
 
 use std::collections::HashSet;
@@ -238,18 +239,26 @@ impl Slack {
                 let token = self.token(&route.team).await.map_err(retryable)?;
                 let maybe_posted =
                     attempted_before || route.received_ms < self.inner.delivery.started_ms;
-                let existing = if maybe_posted {
-                    self.already_posted(&token, route, &reply.idempotency_key)
+                let earlier = if maybe_posted {
+                    self.earlier_reply(&token, route, &reply.idempotency_key)
                         .await
                 } else {
                     None
                 };
-                message_id = match existing {
-                    Some(ts) => {
+                let reused = match earlier {
+                    Some(Earlier::Posted(ts)) => {
                         tracing::info!(key = %reply.idempotency_key, "reply was posted before; not posting again");
                         Some(ts)
                     }
-                    None => Some(
+                    Some(Earlier::UnfinishedStream(ts)) => {
+                        tracing::info!(key = %reply.idempotency_key, "finishing the stream an earlier run started");
+                        self.finish_earlier_stream(reply, route, &ts).await?
+                    }
+                    None => None,
+                };
+                message_id = Some(match reused {
+                    Some(ts) => ts,
+                    None => {
                         self.inner
                             .api
                             .post_message(
@@ -262,9 +271,9 @@ impl Slack {
                                     idempotency_key: &reply.idempotency_key,
                                 },
                             )
-                            .await?,
-                    ),
-                };
+                            .await?
+                    }
+                });
             }
         }
         if !reply.attachments.is_empty() {
@@ -323,34 +332,76 @@ impl Slack {
         Ok(false)
     }
 
-    pub(crate) async fn already_posted(
+    /// What an earlier run of this reply left in the conversation, if anything: a message
+    /// with the reply's key, or a stream the bot started and never finished (the process died
+    /// between `chat.startStream` and storing the stream's `ts`, so the message carries no key
+    /// yet). Errors count as "nothing": better a rare duplicate than a lost answer.
+    pub(crate) async fn earlier_reply(
         &self,
         token: &str,
         route: &Route,
         key: &str,
-    ) -> Option<String> {
+    ) -> Option<Earlier> {
         // Without a thread, only messages since the triggering one can be ours.
-        let oldest = route.message_ts.as_deref();
-        match self
-            .inner
-            .api
-            .find_posted(
+        let api = &self.inner.api;
+        let messages = match api
+            .recent_messages(
                 token,
                 &route.channel,
                 route.thread_ts.as_deref(),
-                oldest,
-                key,
+                route.message_ts.as_deref(),
             )
             .await
         {
-            Ok(found) => found,
+            Ok(messages) => messages,
             Err(e) => {
-                // Better a rare duplicate than a lost answer.
                 tracing::warn!(error = %e, "cannot check for an earlier post; posting");
-                None
+                return None;
             }
+        };
+        if let Some(posted) = messages.iter().find(|m| m.reply_key() == Some(key)) {
+            return Some(Earlier::Posted(posted.ts.clone()));
         }
+        // Streams live in threads only, after the message that asked.
+        let (Some(_), Some(asked)) = (&route.thread_ts, &route.message_ts) else {
+            return None;
+        };
+        let mut unmarked: Vec<_> = messages
+            .iter()
+            .filter(|m| m.reply_key().is_none() && m.files.is_empty())
+            .filter(|m| ts_order(&m.ts) > ts_order(asked))
+            .collect();
+        if unmarked.is_empty() {
+            return None;
+        }
+        let bot = match api.auth_test(token).await {
+            Ok(info) => info.user_id,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the bot's own messages; posting");
+                return None;
+            }
+        };
+        unmarked.retain(|m| m.user.as_deref() == Some(bot.as_str()));
+        unmarked.sort_by_key(|m| ts_order(&m.ts));
+        unmarked
+            .first()
+            .map(|m| Earlier::UnfinishedStream(m.ts.clone()))
     }
+}
+
+/// A message an earlier run of a reply left in Slack ([`Slack::earlier_reply`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Earlier {
+    /// Posted (or streamed and finished) with the reply's key: the reply is there.
+    Posted(String),
+    /// A stream the bot started but never finished: the reply belongs in it.
+    UnfinishedStream(String),
+}
+
+/// A message `ts` ("seconds.micros") as numbers, for ordering.
+fn ts_order(ts: &str) -> (u64, u64) {
+    let (seconds, micros) = ts.split_once('.').unwrap_or((ts, "0"));
+    (seconds.parse().unwrap_or(0), micros.parse().unwrap_or(0))
 }
 
 /// Block Kit for a reply with buttons: the text in sections, then one actions block. `None`
@@ -389,6 +440,13 @@ pub(crate) fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_timestamps_order_by_seconds_then_micros() {
+        assert!(ts_order("1700000000.000600") > ts_order("1700000000.000100"));
+        assert!(ts_order("1700000001.000001") > ts_order("1700000000.999999"));
+        assert_eq!(ts_order("1700000000"), (1_700_000_000, 0));
+    }
 
     #[test]
     fn buttons_become_blocks() {

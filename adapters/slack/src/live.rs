@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 
 use crate::api::{PostMessage, StartStream};
-use crate::deliver::{MAX_TEXT_CHARS, blocks};
+use crate::deliver::{Earlier, MAX_TEXT_CHARS, blocks};
 use crate::route::{Route, Via};
 use crate::{Slack, Streaming, mrkdwn};
 
@@ -140,6 +140,32 @@ impl Slack {
             .await
             .map_err(crate::deliver::retryable)?;
         let api = &self.inner.api;
+        // An event from before this process started may have left its message already (a
+        // crash before the handle was stored): that message is used again. A stream of the
+        // earlier run is not in `streams`, so the update stops it and edits it from then on.
+        if route.received_ms < self.inner.delivery.started_ms
+            && let Some(earlier) = self
+                .earlier_reply(&token, &route, &message.idempotency_key)
+                .await
+        {
+            let handle = match earlier {
+                Earlier::Posted(ts) => Handle {
+                    mode: Mode::Edit,
+                    channel: route.channel.clone(),
+                    ts,
+                },
+                Earlier::UnfinishedStream(ts) => Handle {
+                    mode: Mode::Native,
+                    channel: route.channel.clone(),
+                    ts,
+                },
+            }
+            .to_value();
+            let updated = self
+                .update_live_message(message, &handle, &LiveView::default(), view)
+                .await?;
+            return Ok(updated.unwrap_or(handle));
+        }
         if self.native(&message.route)
             && let Some(thread_ts) = route.thread_ts.as_deref()
         {
@@ -169,22 +195,6 @@ impl Slack {
             .to_value());
         }
         let text = mrkdwn::from_markdown(&view.render(MAX_TEXT_CHARS));
-        // An event from before this process started may have posted its message already
-        // (a crash before the handle was stored): that message is used again.
-        if route.received_ms < self.inner.delivery.started_ms
-            && let Some(ts) = self
-                .already_posted(&token, &route, &message.idempotency_key)
-                .await
-        {
-            let handle = Handle {
-                mode: Mode::Edit,
-                channel: route.channel.clone(),
-                ts,
-            };
-            self.update_live_message(message, &handle.to_value(), &LiveView::default(), view)
-                .await?;
-            return Ok(handle.to_value());
-        }
         let ts = api
             .post_message(
                 &token,
@@ -274,6 +284,22 @@ impl Slack {
             }
             .to_value()
         }))
+    }
+
+    /// Finish a stream an earlier run started but never recorded, with the reply: its `ts`,
+    /// or `None` when it cannot be changed any more and the reply must be posted anew.
+    pub(crate) async fn finish_earlier_stream(
+        &self,
+        reply: &Reply,
+        route: &Route,
+        ts: &str,
+    ) -> Result<Option<String>, DeliveryError> {
+        let handle = Handle {
+            mode: Mode::Native,
+            channel: route.channel.clone(),
+            ts: ts.to_string(),
+        };
+        self.finish_live(reply, route, &handle.to_value()).await
     }
 
     /// Finish the live message of a reply: its `ts` when the message now shows the reply (or

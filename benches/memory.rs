@@ -326,6 +326,21 @@ async fn main() {
         "/recall over {big} notes in one channel: cold (loads the channel's vectors) {:.0} ms; warm p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({QUERIES} queries)",
         cold.as_secs_f64() * 1000.0
     );
+    // Where the time goes: the full-text side alone, and the query embedding alone.
+    let words_only = MemorySearch::full_text(store.clone());
+    let (w50, w99, _) = recall_latency(&words_only, &queries, true).await;
+    let mut embeds = Vec::with_capacity(QUERIES);
+    for (_, q) in &queries {
+        let started = Instant::now();
+        embedder.embed(std::slice::from_ref(q)).await.unwrap();
+        embeds.push(started.elapsed());
+    }
+    embeds.sort();
+    println!(
+        "  of which: full text alone p50 {w50:.1} ms, p99 {w99:.1} ms; query embedding alone p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&embeds, 0.5),
+        percentile(&embeds, 0.99)
+    );
     println!(
         "vector cache for that channel: {:.1} MB (process RSS grew {:.0} MB)",
         search.cache_bytes() as f64 / 1048576.0,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ecdysis_chat::ChannelRef;
-use tokio::sync::RwLock;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tracing::{debug, warn};
 
 use crate::storage::store::{ItemRef, Result, SemanticIndex, StoreError, VectorState};
@@ -64,9 +64,19 @@ fn quantize_into(vector: &[f32], out: &mut Vec<i8>) -> f32 {
     scale
 }
 
+/// A channel's vectors as [`VectorCache::load`] left them.
+pub(crate) enum Loaded {
+    /// The channel has no vectors of the model.
+    Empty,
+    /// In the cache, held for reading.
+    Cached(OwnedRwLockReadGuard<ChannelVectors>),
+    /// Past the cache's budget: scanned from the store page by page, up to this state.
+    FromStore(VectorState),
+}
+
 /// One channel's vectors of one model, laid out flat.
 #[derive(Default)]
-struct ChannelVectors {
+pub(crate) struct ChannelVectors {
     state: VectorState,
     dim: usize,
     items: Vec<ItemRef>,
@@ -232,9 +242,23 @@ impl VectorCache {
         k: usize,
         min: f32,
     ) -> Result<Vec<Hit>> {
+        let loaded = self.load(store, channel, model).await?;
+        self.scan(store, channel, model, loaded, query, k, min)
+            .await
+    }
+
+    /// The channel's vectors brought up to date in the cache, ready for [`Self::scan`]. A
+    /// search loads while its query is embedded, so a channel not cached yet costs no extra
+    /// wait.
+    pub(crate) async fn load(
+        &self,
+        store: &dyn SemanticIndex,
+        channel: &ChannelRef,
+        model: &str,
+    ) -> Result<Loaded> {
         let state = store.vector_state(channel, model).await?;
         if state.max_seq == 0 {
-            return Ok(Vec::new());
+            return Ok(Loaded::Empty);
         }
         let key = (channel.clone(), model.to_string());
         let vectors = {
@@ -294,16 +318,38 @@ impl VectorCache {
                     budget = self.budget,
                     "channel vectors exceed the cache budget; scanning from the store"
                 );
-                return self
-                    .scan_store(store, channel, model, query, k, min, state)
-                    .await;
+                return Ok(Loaded::FromStore(state));
             }
             // `max_seq` is what was loaded (maybe newer than `state`).
             current.state.epoch = state.epoch;
             drop(current);
             self.account(&key, bytes);
         }
-        let current = vectors.read_owned().await;
+        Ok(Loaded::Cached(vectors.read_owned().await))
+    }
+
+    /// The `k` loaded vectors most similar to `query` (a unit vector), at least `min`
+    /// similar, best first.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn scan(
+        &self,
+        store: &dyn SemanticIndex,
+        channel: &ChannelRef,
+        model: &str,
+        loaded: Loaded,
+        query: &[f32],
+        k: usize,
+        min: f32,
+    ) -> Result<Vec<Hit>> {
+        let current = match loaded {
+            Loaded::Empty => return Ok(Vec::new()),
+            Loaded::FromStore(state) => {
+                return self
+                    .scan_store(store, channel, model, query, k, min, state)
+                    .await;
+            }
+            Loaded::Cached(current) => current,
+        };
         let rows = current.items.len();
         let query = Quantized::new(query);
         let scan = move || {

@@ -285,12 +285,15 @@ impl MemorySearch {
             return Ok(Vec::new());
         }
         let model = semantic.embedder.model();
-        let query = match tokio::time::timeout(
+        let embedded = tokio::time::timeout(
             QUERY_TIMEOUT,
             semantic.embedder.embed(std::slice::from_ref(&text)),
-        )
-        .await
-        {
+        );
+        // The channel's vectors load (when not cached) while the query is embedded.
+        let loading = semantic.cache.load(self.store.as_ref(), channel, model);
+        let (embedded, loaded) = tokio::join!(embedded, loading);
+        let loaded = loaded?;
+        let query = match embedded {
             Ok(Ok(mut v)) if v.len() == 1 => v.remove(0),
             Ok(Ok(v)) => {
                 warn!(
@@ -311,10 +314,11 @@ impl MemorySearch {
         };
         let hits = semantic
             .cache
-            .search(
+            .scan(
                 self.store.as_ref(),
                 channel,
                 model,
+                loaded,
                 &query,
                 CANDIDATES,
                 semantic.min_similarity,

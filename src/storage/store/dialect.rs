@@ -90,17 +90,22 @@ pub(crate) const CLAIM_REPLIES: Sql = Sql {
 ///
 /// On SQLite the match is the channel's token (`fts_scope`, see migration 0017) and the
 /// query's words together, so a search only touches its own channel's rows however many other
-/// channels there are (bm25 gives the token no weight); `CROSS JOIN` keeps the match the outer
-/// loop (left to itself the planner may walk the channel's notes and run the match once per
-/// note: 570 ms instead of 3 over 10,000 notes).
+/// channels there are (bm25 gives the token no weight). The best matches are picked inside
+/// the full-text index and only they are joined to their rows (joining every match first and
+/// sorting after cost 14 ms instead of 11 over 100,000 notes); `CROSS JOIN` keeps the match
+/// the outer loop (left to itself the planner may walk the channel's notes and run the match
+/// once per note: 570 ms instead of 3 over 10,000 notes). The channel is checked on the rows
+/// too, so the token alone never decides whose notes are shown.
 pub(crate) const RECALL: Sql = Sql {
     sqlite: "SELECT n.id, n.text, n.created_by, n.created_at
-             FROM memory_fts f CROSS JOIN memory_notes n ON n.id = f.rowid
-             WHERE memory_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
-                                     || '\" AND text : (' || $1 || ')')
-               AND n.platform = $2 AND n.workspace = $3 AND n.channel = $4
-             ORDER BY bm25(memory_fts, 1.0, 0.0), n.id DESC
-             LIMIT $5",
+             FROM (SELECT rowid, bm25(memory_fts, 1.0, 0.0) AS score FROM memory_fts
+                   WHERE memory_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
+                                           || '\" AND text : (' || $1 || ')')
+                   ORDER BY score, rowid DESC
+                   LIMIT $5) f
+             CROSS JOIN memory_notes n ON n.id = f.rowid
+             WHERE n.platform = $2 AND n.workspace = $3 AND n.channel = $4
+             ORDER BY f.score, n.id DESC",
     postgres: "SELECT n.id, n.text, n.created_by, n.created_at
                FROM memory_notes n, to_tsquery('english', $1) q
                WHERE n.search @@ q
@@ -115,12 +120,14 @@ pub(crate) const RECALL: Sql = Sql {
 pub(crate) const RECALL_CHUNKS: Sql = Sql {
     sqlite: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
                     '' AS created_by, m.created_at
-             FROM memory_chunks_fts f CROSS JOIN memory_chunks m ON m.id = f.rowid
-             WHERE memory_chunks_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
-                                            || '\" AND text : (' || $1 || ')')
-               AND m.platform = $2 AND m.workspace = $3 AND m.channel = $4
-             ORDER BY bm25(memory_chunks_fts, 1.0, 0.0), m.id DESC
-             LIMIT $5",
+             FROM (SELECT rowid, bm25(memory_chunks_fts, 1.0, 0.0) AS score FROM memory_chunks_fts
+                   WHERE memory_chunks_fts MATCH ('fts_scope : \"s' || hex($2 || char(31) || $3 || char(31) || $4)
+                                                  || '\" AND text : (' || $1 || ')')
+                   ORDER BY score, rowid DESC
+                   LIMIT $5) f
+             CROSS JOIN memory_chunks m ON m.id = f.rowid
+             WHERE m.platform = $2 AND m.workspace = $3 AND m.channel = $4
+             ORDER BY f.score, m.id DESC",
     postgres: "SELECT 'chunk' AS item_kind, m.kind AS source_kind, m.id, m.text,
                       '' AS created_by, m.created_at
                FROM memory_chunks m, to_tsquery('english', $1) q

@@ -518,9 +518,7 @@ mod tests {
     }
 
     fn hits(c: &ChannelVectors, query: &[f32], k: usize, min: f32) -> Vec<Hit> {
-        let mut heap = BinaryHeap::new();
-        c.scan(0..c.items.len(), &Quantized::new(query), k, min, &mut heap);
-        best(heap)
+        c.best(&Quantized::new(query), k, min)
     }
 
     #[test]

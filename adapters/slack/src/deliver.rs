@@ -8,8 +8,8 @@
 //! first (`conversations.replies` / `conversations.history` with metadata) and a message with
 //! the same key counts as delivered; a stream the bot started there but never finished (it
 //! carries no key until stopped) is finished with the reply. Fresh replies skip that lookup, so
-//! the common path costs one call. Files and `response_url` posts have no such marker and may repeat after a crash
-//! between upload and the outbox's "sent" mark.
+//! the common path costs one call. Files and `response_url` posts have no such marker and may
+//! repeat after a crash between upload and the outbox's "sent" mark.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -342,13 +342,13 @@ impl Slack {
         route: &Route,
         key: &str,
     ) -> Option<Earlier> {
-        // Without a thread, only messages since the triggering one can be ours.
         let api = &self.inner.api;
         let messages = match api
             .recent_messages(
                 token,
                 &route.channel,
                 route.thread_ts.as_deref(),
+                // Without a thread, only messages since the triggering one can be ours.
                 route.message_ts.as_deref(),
             )
             .await

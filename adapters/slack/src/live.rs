@@ -148,17 +148,14 @@ impl Slack {
                 .earlier_reply(&token, &route, &message.idempotency_key)
                 .await
         {
-            let handle = match earlier {
-                Earlier::Posted(ts) => Handle {
-                    mode: Mode::Edit,
-                    channel: route.channel.clone(),
-                    ts,
-                },
-                Earlier::UnfinishedStream(ts) => Handle {
-                    mode: Mode::Native,
-                    channel: route.channel.clone(),
-                    ts,
-                },
+            let (mode, ts) = match earlier {
+                Earlier::Posted(ts) => (Mode::Edit, ts),
+                Earlier::UnfinishedStream(ts) => (Mode::Native, ts),
+            };
+            let handle = Handle {
+                mode,
+                channel: route.channel.clone(),
+                ts,
             }
             .to_value();
             let updated = self

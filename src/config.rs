@@ -305,6 +305,12 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ),
     ("public_url", &["ECDYSIS_PUBLIC_URL"], Kind::Str),
     ("schedule.grace", &["ECDYSIS_SCHEDULE_GRACE"], Kind::Str),
+    ("catch_up.window", &["ECDYSIS_CATCH_UP_WINDOW"], Kind::Str),
+    (
+        "catch_up.messages",
+        &["ECDYSIS_CATCH_UP_MESSAGES"],
+        Kind::Int,
+    ),
     (
         "schedule.max_jobs_per_channel",
         &["ECDYSIS_SCHEDULE_MAX_JOBS"],
@@ -446,6 +452,8 @@ struct FileConfig {
     timezone: Option<String>,
     #[serde(default)]
     schedule: ScheduleFile,
+    #[serde(default)]
+    catch_up: CatchUpFile,
     /// `[[mcp]]`: MCP servers whose tools the model may call.
     #[serde(default)]
     mcp: Vec<crate::mcp::config::McpFile>,
@@ -688,6 +696,33 @@ struct BusFile {
     lease_seconds: Option<i64>,
     max_attempts: Option<i64>,
     leader_lease_seconds: Option<i64>,
+}
+
+/// `[catch_up]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatchUpFile {
+    window: Option<DurationText>,
+    messages: Option<i64>,
+}
+
+/// Catch-up after downtime: how far back Slack and Discord are read for messages said while
+/// ecdysis was away (`ECDYSIS_CATCH_UP_WINDOW`, default `24h`, `0` turns it off) and how many
+/// of them per channel or thread at most (`ECDYSIS_CATCH_UP_MESSAGES`, default 200).
+fn catch_up_settings(
+    file: CatchUpFile,
+) -> Result<Option<ecdysis_chat::CatchUpLimits>, ConfigError> {
+    let d = ecdysis_chat::CatchUpLimits::default();
+    let window = duration_setting("catch_up.window", file.window, d.window)?;
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let messages = positive("catch_up.messages", file.messages, d.per_place as i64)?;
+    Ok(Some(ecdysis_chat::CatchUpLimits {
+        window,
+        per_place: usize::try_from(messages).unwrap_or(usize::MAX),
+        ..d
+    }))
 }
 
 /// `[schedule]` as written in the file.
@@ -1053,6 +1088,8 @@ pub struct Config {
     pub timezone: String,
     /// Scheduled jobs (`[schedule]`).
     pub schedule: ScheduleSettings,
+    /// Catch-up after downtime (`[catch_up]`); `None` when turned off.
+    pub catch_up: Option<ecdysis_chat::CatchUpLimits>,
 }
 
 impl Config {
@@ -1240,6 +1277,7 @@ impl Config {
             }
         };
         let schedule = schedule_settings(file.schedule)?;
+        let catch_up = catch_up_settings(file.catch_up)?;
         Ok(Self {
             listen,
             data_dir,
@@ -1273,6 +1311,7 @@ impl Config {
             guards,
             timezone,
             schedule,
+            catch_up,
         })
     }
 

@@ -1671,6 +1671,47 @@ async fn reopen_keeps_data(store: &Fixture) {
     assert_eq!(claimed[0].conversation, c);
 }
 
+/// Catch-up's question: which conversations of a platform were heard from since a time, each
+/// with its newest platform event (scheduled runs do not count), most recent first.
+async fn last_heard(store: &Fixture) {
+    let old = conv("old", None);
+    insert(store, &new_event(&old, "m-old", "long ago")).await;
+    store.advance(10_000);
+    let since = store.now();
+    let thread = conv("C1", Some("100.1"));
+    let dm = conv("D1", None);
+    insert(store, &new_event(&thread, "m-1", "first")).await;
+    store.advance(5);
+    insert(store, &new_event(&dm, "m-2", "a DM")).await;
+    store.advance(5);
+    insert(store, &new_event(&thread, "m-3", "second")).await;
+    store.advance(5);
+    insert(store, &new_event(&thread, "schedule:7:123", "a reminder")).await;
+    let elsewhere = ConversationRef::new("other", "W1", "C1", None);
+    insert(store, &new_event(&elsewhere, "m-4", "another platform")).await;
+
+    let heard = store.last_heard("test", since, 10).await.unwrap();
+    let got: Vec<(&ConversationRef, &str)> = heard
+        .iter()
+        .map(|h| (&h.conversation, h.platform_event_id.as_str()))
+        .collect();
+    assert_eq!(got, vec![(&thread, "m-3"), (&dm, "m-2")]);
+    assert_eq!(heard[0].payload, "{\"event\":\"m-3\"}");
+    assert!(
+        heard[0].received_at.since(since) >= 10,
+        "moved 10 ms (and real time) ahead"
+    );
+    let newest = store.last_heard("test", since, 1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].platform_event_id, "m-3");
+    let all = store.last_heard("test", UnixMs(0), 10).await.unwrap();
+    assert_eq!(
+        all.len(),
+        3,
+        "the old conversation counts from an earlier time"
+    );
+}
+
 /// Each case runs on its own fresh database, once per backend: `sqlite::case` and
 /// `postgres::case` (skipped without the test server, outside CI).
 macro_rules! contract {
@@ -1728,6 +1769,7 @@ contract!(
     leases,
     admin,
     imports,
+    last_heard,
 );
 
 use operations::{admin, imports, leases};

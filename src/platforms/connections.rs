@@ -31,6 +31,11 @@ pub struct Connections {
 impl Connections {
     /// Start what the configuration asks for.
     pub async fn start(app: &App) -> anyhow::Result<Self> {
+        // Over HTTP (no socket whose `hello` would start it), catch up once on start; every
+        // instance may: the inbox drops what another one already took.
+        if let Some(slack) = app.slack.as_ref().filter(|s| !s.socket_mode()) {
+            slack.spawn_catch_up();
+        }
         if app.store.backend() != "postgres" {
             let gateway =
                 crate::platforms::discord::start(&app.config, app.discord.as_ref()).await?;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::storage::store::Store;
 
 /// The adapter's settings from `[discord]` / `DISCORD_*`.
 pub fn settings(config: &Config) -> Settings {
@@ -31,13 +32,16 @@ pub fn settings(config: &Config) -> Settings {
 }
 
 /// The adapter, registered with the bus, when a token or a public key is configured.
-pub fn open(config: &Config, bus: &Bus) -> anyhow::Result<Option<Discord>> {
+pub fn open(config: &Config, bus: &Bus, store: Arc<dyn Store>) -> anyhow::Result<Option<Discord>> {
     let settings = settings(config);
     if settings.token.is_none() && settings.public_key.is_none() {
         return Ok(None);
     }
     let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
     let discord = Discord::new(settings, sink).context("discord")?;
+    if let Some(limits) = config.catch_up {
+        discord.enable_catch_up(crate::platforms::catch_up::InboxSeen::new(store), limits);
+    }
     bus.register_adapter(Arc::new(discord.adapter()));
     Ok(Some(discord))
 }

@@ -66,9 +66,12 @@ pub fn open(config: &Config, bus: &Bus, store: Arc<dyn Store>) -> anyhow::Result
         tracing::info!(teams = ?settings.allowed_teams, "Slack answers only the allowed workspaces");
     }
     let secrets = Arc::new(SecretBox::from_config(config).context("ECDYSIS_SECRET_KEY")?);
-    let installations = Arc::new(SlackInstallations::new(store, secrets));
+    let installations = Arc::new(SlackInstallations::new(store.clone(), secrets));
     let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
     let slack = Slack::new(settings, sink, installations).context("slack")?;
+    if let Some(limits) = config.catch_up {
+        slack.enable_catch_up(crate::platforms::catch_up::InboxSeen::new(store), limits);
+    }
     bus.register_adapter(Arc::new(slack.clone()));
     tracing::info!(
         socket_mode = slack.socket_mode(),

@@ -222,7 +222,7 @@ impl App {
             },
         );
         bus.register_adapter(Arc::new(web_adapter));
-        let discord = crate::platforms::discord::open(&config, &bus)?;
+        let discord = crate::platforms::discord::open(&config, &bus, store.clone())?;
         let slack = crate::platforms::slack::open(&config, &bus, store.clone())?;
         Ok(Self {
             config: Arc::new(config),

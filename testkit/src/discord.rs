@@ -140,6 +140,8 @@ struct Data {
     faults: Vec<(String, u16, u64)>,
     /// Status answered for every request whose path contains the needle, until cleared.
     outages: Vec<(String, u16)>,
+    /// Users' messages, as `GET /channels/{id}/messages` returns them.
+    user_messages: Vec<Value>,
     gateway: Gateway,
 }
 
@@ -185,7 +187,8 @@ impl FakeDiscord {
         let inner = Arc::new(Inner {
             data: Mutex::new(Data::default()),
             changed: Notify::new(),
-            next_id: AtomicU64::new(1_200_000_000_000_000_000),
+            // Snowflakes of now, as Discord's are: catch-up reads them as times.
+            next_id: AtomicU64::new(snowflake_now()),
             base: format!("http://{address}"),
             heartbeat_ms: interval.as_millis() as u64,
         });
@@ -379,6 +382,30 @@ impl FakeDiscord {
 
     /// A user message in a guild channel (or thread), from [`USER_ID`]. Returns its id.
     pub fn say_in_guild(&self, channel: &str, content: &str, mention: bool) -> String {
+        let (id, m) = self.guild_message(channel, content, mention);
+        self.dispatch("MESSAGE_CREATE", m);
+        id
+    }
+
+    /// A DM from [`USER_ID`]. Returns its id.
+    pub fn say_in_dm(&self, content: &str) -> String {
+        let (id, m) = self.dm_message(content);
+        self.dispatch("MESSAGE_CREATE", m);
+        id
+    }
+
+    /// A user message in a guild channel (or thread) that reaches the channel's history but
+    /// no gateway (said while the bot was away). Returns its id.
+    pub fn say_in_guild_while_away(&self, channel: &str, content: &str, mention: bool) -> String {
+        self.guild_message(channel, content, mention).0
+    }
+
+    /// A DM that reaches the channel's history but no gateway. Returns its id.
+    pub fn say_in_dm_while_away(&self, content: &str) -> String {
+        self.dm_message(content).0
+    }
+
+    fn guild_message(&self, channel: &str, content: &str, mention: bool) -> (String, Value) {
         let id = self.next_id();
         let mut m = message(
             &id,
@@ -390,12 +417,11 @@ impl FakeDiscord {
         if mention {
             m = mentioning_bot(m);
         }
-        self.dispatch("MESSAGE_CREATE", m);
-        id
+        self.inner.data().user_messages.push(m.clone());
+        (id, m)
     }
 
-    /// A DM from [`USER_ID`]. Returns its id.
-    pub fn say_in_dm(&self, content: &str) -> String {
+    fn dm_message(&self, content: &str) -> (String, Value) {
         let id = self.next_id();
         let m = message(
             &id,
@@ -404,8 +430,8 @@ impl FakeDiscord {
             user(USER_ID, "ann", false),
             content,
         );
-        self.dispatch("MESSAGE_CREATE", m);
-        id
+        self.inner.data().user_messages.push(m.clone());
+        (id, m)
     }
 
     /// A slash command in `channel` of the guild. Returns (interaction id, token).
@@ -435,6 +461,15 @@ fn dispatch_locked(d: &mut Data, name: &str, data: Value) -> u64 {
 }
 
 // ---------------------------------------------------------------- payloads
+
+/// A snowflake for this moment (Discord's epoch is 2015-01-01).
+fn snowflake_now() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ms.saturating_sub(1_420_070_400_000) << 22
+}
 
 /// A user object.
 pub fn user(id: &str, name: &str, bot: bool) -> Value {
@@ -782,6 +817,37 @@ fn answer(inner: &Inner, d: &mut Data, r: &Request) -> Response {
                 .into_response()
         }
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
+        ("GET", ["channels", channel, "messages"]) => {
+            let query: HashMap<String, String> = url::form_urlencoded::parse(r.query.as_bytes())
+                .into_owned()
+                .collect();
+            let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let limit: usize = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(50)
+                .min(100);
+            let id = |m: &Value| m["id"].as_str().and_then(|i| i.parse::<u64>().ok());
+            let mut found: Vec<Value> = d
+                .user_messages
+                .iter()
+                .filter(|m| m["channel_id"] == *channel && id(m).is_some_and(|i| i > after))
+                .map(|m| {
+                    // REST messages carry no guild id or member.
+                    let mut m = m.clone();
+                    if let Some(o) = m.as_object_mut() {
+                        o.remove("guild_id");
+                        o.remove("member");
+                    }
+                    m
+                })
+                .collect();
+            // The `limit` messages right after `after`, newest first (as Discord answers).
+            found.sort_by_key(id);
+            found.truncate(limit);
+            found.reverse();
+            ok(json!(found))
+        }
         ("POST", ["channels", channel, "messages"]) => {
             let nonce = r.json["nonce"].as_str().map(str::to_string);
             if r.json["enforce_nonce"] == true

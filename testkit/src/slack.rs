@@ -285,6 +285,31 @@ impl FakeSlack {
         }
     }
 
+    /// A user's message that reaches the channel's history but sends no event (said while
+    /// the bot was away); in a thread when `thread_ts` is set. Returns its `ts`.
+    pub fn post_user_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        user: &str,
+        text: &str,
+    ) -> String {
+        let ts = next_ts(&self.shared);
+        let mut message = json!({
+            "type": "message", "ts": ts, "user": user, "text": text, "channel": channel,
+        });
+        if let Some(thread) = thread_ts {
+            message["thread_ts"] = json!(thread);
+        }
+        self.shared.lock().posted.push(message);
+        ts
+    }
+
+    /// A fresh `ts`, later than every one the fake gave before (for an event's message).
+    pub fn next_ts(&self) -> String {
+        next_ts(&self.shared)
+    }
+
     /// The messages the bot has in a thread (the root excluded), in order, as a user sees them
     /// now: `text`, `streaming` (true until the stream stopped), `tasks` (task lines by id).
     pub fn thread_messages(&self, channel: &str, thread_ts: &str) -> Vec<Value> {
@@ -395,6 +420,12 @@ fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A `ts` as (seconds, microseconds), for ordering.
+fn ts_order(ts: &str) -> (u64, u64) {
+    let (seconds, micros) = ts.split_once('.').unwrap_or((ts, "0"));
+    (seconds.parse().unwrap_or(0), micros.parse().unwrap_or(0))
 }
 
 fn next_ts(shared: &Shared) -> String {
@@ -623,15 +654,54 @@ async fn answer(
         "conversations.replies" | "conversations.history" => {
             let channel = args.get("channel").and_then(Value::as_str).unwrap_or("");
             let thread = args.get("ts").and_then(Value::as_str);
-            let messages: Vec<Value> = shared
+            let oldest = args
+                .get("oldest")
+                .and_then(Value::as_str)
+                .map(ts_order)
+                .unwrap_or_default();
+            let limit = args
+                .get("limit")
+                .and_then(|l| l.as_str().and_then(|l| l.parse().ok()).or(l.as_u64()))
+                .unwrap_or(100) as usize;
+            let in_channel: Vec<Value> = shared
                 .lock()
                 .posted
                 .iter()
                 .filter(|m| m["channel"] == channel)
-                .filter(|m| thread.is_none_or(|t| m["thread_ts"] == t || m["ts"] == t))
                 .cloned()
                 .collect();
-            ok(json!({ "messages": messages, "has_more": false }))
+            let ts = |m: &Value| ts_order(m["ts"].as_str().unwrap_or_default());
+            let mut messages: Vec<Value> = match thread {
+                // The root first, then the replies after `oldest`, oldest first.
+                Some(t) => {
+                    let root = in_channel.iter().filter(|m| m["ts"] == t).cloned();
+                    let mut replies: Vec<Value> = in_channel
+                        .iter()
+                        .filter(|m| m["thread_ts"] == t && m["ts"] != t && ts(m) > oldest)
+                        .cloned()
+                        .collect();
+                    replies.sort_by_key(ts);
+                    root.chain(replies).collect()
+                }
+                // Top-level messages (and replies also sent to the channel) after `oldest`,
+                // newest first.
+                None => {
+                    let mut top: Vec<Value> = in_channel
+                        .into_iter()
+                        .filter(|m| {
+                            m["thread_ts"].is_null()
+                                || m["thread_ts"] == m["ts"]
+                                || m["subtype"] == "thread_broadcast"
+                        })
+                        .filter(|m| ts(m) > oldest)
+                        .collect();
+                    top.sort_by_key(|m| std::cmp::Reverse(ts(m)));
+                    top
+                }
+            };
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            ok(json!({ "messages": messages, "has_more": has_more }))
         }
         "files.getUploadURLExternal" => {
             let id = format!("F{:06}", shared.ids.fetch_add(1, Ordering::Relaxed));

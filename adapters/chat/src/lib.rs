@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod allow;
 pub mod backoff;
+mod catch_up;
 mod command;
 mod files;
 mod live;
@@ -19,6 +20,7 @@ mod text;
 pub mod time;
 
 pub use allow::AllowList;
+pub use catch_up::{CatchUpLimits, CatchUpReport, LastSeen, Seen};
 pub use command::{Command, CommandName};
 pub use files::{FetchError, RemoteFile};
 pub use live::{LiveHandle, LiveMessage, LiveSettings, LiveView, Progress};

@@ -34,13 +34,15 @@ pub(crate) struct Shared {
     pub outbox: Outbox,
     /// Parsed `DISCORD_PUBLIC_KEY`, when the HTTP interactions endpoint is on.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// Catch-up after downtime, once the core turned it on.
+    pub catch_up: std::sync::OnceLock<crate::catch_up::CatchUp>,
 }
 
 /// The Discord adapter: start its gateway, mount its HTTP route, register its
 /// [`DiscordAdapter`] with the bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Discord {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Discord {
@@ -70,6 +72,7 @@ impl Discord {
                 sink,
                 public_key,
                 settings,
+                catch_up: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -138,6 +138,8 @@ impl RawEventHandler for Handler {
                 self.shared.health.ready(user);
                 // Registered on every READY: a new session may run on a new shard runner.
                 self.install_collector(&ctx);
+                // A new session (not a resume): what was said while none was open.
+                crate::catch_up::spawn(&self.shared);
             }
             Event::Resumed(_) => {
                 info!("Discord gateway session resumed");

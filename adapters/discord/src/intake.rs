@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ecdysis_chat::{Addressed, Command, CommandName, EventKind, SubmitError};
+use ecdysis_chat::{Addressed, Command, CommandName, Event, EventKind, SubmitError};
 use serenity::all::{ChannelId, CreateAllowedMentions, CreateMessage, Interaction, Message};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -175,12 +175,38 @@ pub(crate) async fn process(shared: &Arc<Shared>, item: Inbound) {
 }
 
 async fn process_message(shared: &Shared, message: &Message) {
+    let Some(event) = message_event(shared, message).await else {
+        return;
+    };
+    let addressed = event.addressed;
+    let route = event.route.clone();
+    match shared.sink.submit(event).await {
+        Ok(accepted) => debug!(
+            message = message.id.get(),
+            duplicate = accepted.duplicate,
+            ignored = accepted.ignored,
+            "message submitted"
+        ),
+        Err(e) => {
+            warn!(message = message.id.get(), error = %e, "message not taken");
+            if matches!(addressed, Addressed::Direct | Addressed::Mention)
+                && !matches!(e, SubmitError::Internal(_))
+            {
+                tell(shared, &route, &format!("Sorry, I cannot take that: {e}")).await;
+            }
+        }
+    }
+}
+
+/// A user's message as the event the core gets (live or caught up), or `None` for what is not
+/// user input (the bot's own, other bots', system messages).
+pub(crate) async fn message_event(shared: &Shared, message: &Message) -> Option<Event> {
     let bot = match shared.health.bot_user_id() {
         Some(bot) => Some(bot),
         None => shared.health.wait_bot_user_id(BOT_ID_WAIT).await,
     };
     if !translate::is_user_input(message, bot) {
-        return;
+        return None;
     }
     let place = match message.guild_id {
         Some(_) => Some(shared.channels.place(message.channel_id.get()).await),
@@ -206,24 +232,7 @@ async fn process_message(shared: &Shared, message: &Message) {
             args: String::new(),
         });
     }
-    let addressed = event.addressed;
-    let route = event.route.clone();
-    match shared.sink.submit(event).await {
-        Ok(accepted) => debug!(
-            message = message.id.get(),
-            duplicate = accepted.duplicate,
-            ignored = accepted.ignored,
-            "message submitted"
-        ),
-        Err(e) => {
-            warn!(message = message.id.get(), error = %e, "message not taken");
-            if matches!(addressed, Addressed::Direct | Addressed::Mention)
-                && !matches!(e, SubmitError::Internal(_))
-            {
-                tell(shared, &route, &format!("Sorry, I cannot take that: {e}")).await;
-            }
-        }
-    }
+    Some(event)
 }
 
 /// A short answer outside the bus (the event was not stored, so there is nothing to retry).

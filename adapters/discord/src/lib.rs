@@ -12,6 +12,7 @@
 mod acks;
 mod adapter;
 mod attachments;
+mod catch_up;
 mod channels;
 pub mod commands;
 mod deliver;
@@ -79,6 +80,9 @@ pub enum DiscordError {
     Api(Box<serenity::Error>),
     #[error("Discord gateway: {0}")]
     Gateway(String),
+    /// The core could not say where conversations were last heard from.
+    #[error("catch-up: {0}")]
+    CatchUp(String),
 }
 
 impl From<serenity::Error> for DiscordError {

@@ -408,6 +408,39 @@ impl Api {
         Ok(history.messages)
     }
 
+    /// What was said in a channel (`conversations.history`: its top-level messages, newest
+    /// first) or in a thread (`conversations.replies`: the root, then the replies, oldest
+    /// first) after `oldest`, at most `limit` messages, as Slack sent them (catch-up).
+    pub(crate) async fn messages_after(
+        &self,
+        bot_token: &str,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, CallError> {
+        let token = token(bot_token);
+        let session = self.client.open_session(&token);
+        let mut params = vec![
+            ("channel", Some(channel.to_string())),
+            ("oldest", Some(oldest.to_string())),
+            ("limit", Some(limit.to_string())),
+        ];
+        let method = match thread_ts {
+            Some(ts) => {
+                params.push(("ts", Some(ts.to_string())));
+                "conversations.replies"
+            }
+            None => "conversations.history",
+        };
+        let page: RawHistory = session
+            .http_session_api
+            .http_get(method, &params, None)
+            .await
+            .map_err(|e| CallError::from_client(method, e))?;
+        Ok(page.messages)
+    }
+
     /// Files v2: `files.getUploadURLExternal` → upload → `files.completeUploadExternal` into
     /// the channel (and thread). Returns the file id.
     pub(crate) async fn upload_file(
@@ -521,6 +554,14 @@ fn tls_config() -> Result<rustls::ClientConfig, SlackError> {
 struct History {
     #[serde(default)]
     messages: Vec<HistoryMessage>,
+}
+
+/// `conversations.replies`/`history` with the messages left as Slack wrote them (catch-up
+/// reads them as it reads live events).
+#[derive(Deserialize)]
+struct RawHistory {
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
 }
 
 /// One message of `conversations.replies`/`history`.

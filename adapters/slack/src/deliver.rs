@@ -399,7 +399,7 @@ pub(crate) enum Earlier {
 }
 
 /// A message `ts` ("seconds.micros") as numbers, for ordering.
-fn ts_order(ts: &str) -> (u64, u64) {
+pub(crate) fn ts_order(ts: &str) -> (u64, u64) {
     let (seconds, micros) = ts.split_once('.').unwrap_or((ts, "0"));
     (seconds.parse().unwrap_or(0), micros.parse().unwrap_or(0))
 }

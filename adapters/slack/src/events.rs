@@ -118,12 +118,7 @@ pub(crate) fn translate(callback: Callback, received_ms: i64) -> Inbound {
         .iter()
         .find(|a| a.is_bot != Some(false))
         .and_then(|a| a.user_id.clone());
-    let Callback {
-        team_id,
-        event_id,
-        event,
-        ..
-    } = callback;
+    let Callback { team_id, event, .. } = callback;
     match event.kind.as_str() {
         "app_uninstalled" => Inbound::Uninstalled { team: team_id },
         "tokens_revoked" => {
@@ -133,16 +128,24 @@ pub(crate) fn translate(callback: Callback, received_ms: i64) -> Inbound {
                 Inbound::Drop("a user token was revoked; the bot token stays")
             }
         }
-        "app_mention" | "message" => message(team_id, event_id, event, bot_user, received_ms),
+        "app_mention" | "message" => message(team_id, event, bot_user.as_deref(), received_ms),
         _ => Inbound::Drop("an event type the adapter does not handle"),
     }
 }
 
-fn message(
+/// The event id of a user's message: its channel and `ts`, which the Events API, Socket Mode
+/// and a channel's history all agree on (Slack's own `event_id` differs between an
+/// `app_mention` and a `message` of the same text, and history has none), so the inbox drops
+/// a retried delivery and a caught-up message that did arrive alike.
+pub(crate) fn message_key(channel: &str, ts: &str) -> String {
+    format!("{channel}:{ts}")
+}
+
+/// A user's message (live, or read back from history by catch-up) as an event, or why not.
+pub(crate) fn message(
     team: String,
-    event_id: String,
     event: Inner,
-    bot_user: Option<String>,
+    bot_user: Option<&str>,
     received_ms: i64,
 ) -> Inbound {
     let mention = event.kind == "app_mention";
@@ -157,15 +160,13 @@ fn message(
     let (Some(user), Some(channel), Some(ts)) = (event.user, event.channel, event.ts) else {
         return Inbound::Drop("a message without user, channel or ts");
     };
-    if bot_user.as_deref() == Some(user.as_str()) {
+    if bot_user == Some(user.as_str()) {
         return Inbound::Drop("the bot's own message");
     }
     let direct = event.channel_type.as_deref() == Some("im")
         || (event.channel_type.is_none() && channel.starts_with('D'));
     let text = event.text.unwrap_or_default();
-    let mentions_bot = bot_user
-        .as_deref()
-        .is_some_and(|bot| text.contains(&format!("<@{bot}>")));
+    let mentions_bot = bot_user.is_some_and(|bot| text.contains(&format!("<@{bot}>")));
     // A thread reply has a `thread_ts` different from its own `ts`.
     let reply_in_thread = event.thread_ts.as_ref().filter(|t| **t != ts).cloned();
     let (addressed, thread) = if mention {
@@ -186,7 +187,8 @@ fn message(
     } else {
         (Addressed::Ambient, Some(ts.clone()))
     };
-    let conversation = ConversationRef::new("slack", &team, &channel, thread.clone());
+    let conversation = ConversationRef::new(crate::PLATFORM, &team, &channel, thread.clone());
+    let key = message_key(&channel, &ts);
     let route = Route {
         team,
         channel,
@@ -198,13 +200,13 @@ fn message(
         user: Some(user.clone()),
     };
     let mut event_out = Event::from_text(
-        event_id,
+        key,
         conversation,
         UserRef {
             id: user,
             name: None,
         },
-        clean_text(&text, bot_user.as_deref()),
+        clean_text(&text, bot_user),
     );
     event_out.addressed = addressed;
     event_out.route = route.to_value();

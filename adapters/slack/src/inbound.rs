@@ -4,7 +4,7 @@
 
 use ecdysis_chat::{Event, SubmitError};
 
-use crate::events::{Callback, Inbound, translate};
+use crate::events::{Callback, FileRef, Inbound, translate};
 use crate::{Slack, SlackError, files};
 
 /// Why an event is not acknowledged (Slack then retries it).
@@ -60,17 +60,22 @@ impl Slack {
                 ))),
             },
             Inbound::Message { mut event, files } => {
-                // Only references here: the bytes are fetched by the core after the ack.
-                let (remote, notes) = files::remote_files(&files);
-                event.remote_files = remote;
-                for note in notes {
-                    if !event.text.is_empty() {
-                        event.text.push('\n');
-                    }
-                    event.text.push_str(&note);
-                }
+                self.attach_file_refs(&mut event, &files);
                 self.submit(*event).await
             }
+        }
+    }
+
+    /// Add a message's files to its event as references (the core fetches the bytes after
+    /// the ack), with a note in the text for each file that cannot be fetched.
+    pub(crate) fn attach_file_refs(&self, event: &mut Event, files: &[FileRef]) {
+        let (remote, notes) = files::remote_files(files);
+        event.remote_files = remote;
+        for note in notes {
+            if !event.text.is_empty() {
+                event.text.push('\n');
+            }
+            event.text.push_str(&note);
         }
     }
 

@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use ecdysis_chat::EventSink;
 
 mod api;
+mod catch_up;
 mod commands;
 mod deliver;
 mod events;
@@ -58,6 +59,9 @@ pub enum SlackError {
     Config { key: &'static str, problem: String },
     #[error("installation store: {0}")]
     Installations(String),
+    /// The core could not say where conversations were last heard from.
+    #[error("catch-up: {0}")]
+    CatchUp(String),
 }
 
 /// One workspace's installation of the app (OAuth install).
@@ -200,6 +204,9 @@ impl Default for SlackSettings {
     }
 }
 
+/// The platform name in conversations and events.
+pub(crate) const PLATFORM: &str = "slack";
+
 /// Slack's Web API.
 pub const DEFAULT_API_URL: &str = "https://slack.com/api/";
 
@@ -223,6 +230,8 @@ struct Inner {
     timezones: timezones::Timezones,
     /// Plain HTTP: user-file downloads (after the ack) and `response_url` posts.
     http: reqwest::Client,
+    /// Catch-up after downtime, once the core turned it on.
+    catch_up: std::sync::OnceLock<catch_up::CatchUp>,
 }
 
 impl Slack {
@@ -258,6 +267,7 @@ impl Slack {
                 streams: live::Streams::default(),
                 timezones: timezones::Timezones::default(),
                 http,
+                catch_up: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -170,6 +170,8 @@ impl Slack {
                                     hello = true;
                                     self.inner.health.set_socket(Socket::Connected);
                                     tracing::info!("Slack Socket Mode connected");
+                                    // What was said while no socket was open.
+                                    self.spawn_catch_up();
                                 }
                                 "disconnect" => {
                                     break Ended::Clean(format!(

@@ -19,7 +19,17 @@ pub struct ConversationInfo {
     pub created_at: UnixMs,
 }
 
-/// The conversations the store knows, for the admin pages and exports.
+/// The newest event of a conversation heard from lately (catch-up after downtime).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeardFrom {
+    pub conversation: ConversationRef,
+    pub platform_event_id: String,
+    /// The event as stored (see `bus::EventPayload`).
+    pub payload: String,
+    pub received_at: UnixMs,
+}
+
+/// The conversations the store knows, for the admin pages, exports and catch-up.
 #[async_trait]
 pub trait Conversations: Send + Sync {
     /// Conversations, most recently active first: every one, or those of one channel.
@@ -31,6 +41,11 @@ pub trait Conversations: Send + Sync {
 
     /// A conversation by its id.
     async fn conversation_by_id(&self, id: ConversationId) -> Result<Option<ConversationRef>>;
+
+    /// The conversations of `platform` that received a platform event (scheduled runs do not
+    /// count) at or after `since`, each with its newest such event, most recent first.
+    async fn last_heard(&self, platform: &str, since: UnixMs, limit: i64)
+    -> Result<Vec<HeardFrom>>;
 }
 
 /// Conversation ids by reference and back. Rows of `conversations` never change once written,
@@ -206,6 +221,41 @@ impl Conversations for SqlStore {
                     messages: row.col("messages")?,
                     last_message_at: row.col("last_message_at")?,
                     created_at: row.col("created_at")?,
+                })
+            })
+        })
+    }
+
+    async fn last_heard(
+        &self,
+        platform: &str,
+        since: UnixMs,
+        limit: i64,
+    ) -> Result<Vec<HeardFrom>> {
+        on_reader!(&self.db, |pool| {
+            let found = sqlx::query(
+                "SELECT c.platform, c.workspace, c.channel, c.thread,
+                        i.platform_event_id, i.payload, i.received_at
+                 FROM (SELECT conversation_id, MAX(id) AS id FROM inbox
+                       WHERE received_at >= $2 AND platform = $1
+                         AND platform_event_id NOT LIKE 'schedule:%'
+                       GROUP BY conversation_id) newest
+                 JOIN inbox i ON i.id = newest.id
+                 JOIN conversations c ON c.id = newest.conversation_id
+                 ORDER BY i.id DESC
+                 LIMIT $3",
+            )
+            .bind(platform)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows(&found, |row| {
+                Ok(HeardFrom {
+                    conversation: conversation_from_row(row)?,
+                    platform_event_id: row.col("platform_event_id")?,
+                    payload: row.col("payload")?,
+                    received_at: row.col("received_at")?,
                 })
             })
         })

@@ -34,6 +34,7 @@ pub(crate) fn sqlite() -> Migrator {
         (14, "media", "0014_media.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
         (17, "channel search", "0017_channel_search.sql", false),
+        (18, "catch-up", "0018_catch_up.sql", false),
     )
 }
 
@@ -50,6 +51,7 @@ pub(crate) fn postgres() -> Migrator {
         (14, "media", "0014_media.sql", false),
         (16, "semantic memory", "0016_semantic_memory.sql", false),
         (17, "channel search", "0017_channel_search.sql", false),
+        (18, "catch-up", "0018_catch_up.sql", false),
     )
 }
 

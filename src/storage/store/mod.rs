@@ -37,7 +37,7 @@ pub use clock::Clock;
 pub use compaction::{
     Compaction, CompactionStats, Compactions, ContextMessages, ImportedCompaction, NewCompaction,
 };
-pub use conversations::{ConversationInfo, Conversations};
+pub use conversations::{ConversationInfo, Conversations, HeardFrom};
 pub use embeddings::{
     ChannelVector, ChunkKind, CompactionSource, EmbedJob, IndexStatus, ItemKind, ItemRef,
     ItemSource, MemoryItem, NewChunk, SemanticIndex, VectorState, decode_vector, encode_vector,

@@ -106,6 +106,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("sandbox.backend", &["ECDYSIS_SANDBOX"], Kind::Str),
     ("sandbox.rootfs", &["ECDYSIS_SANDBOX_ROOTFS"], Kind::Str),
     (
+        "sandbox.workspaces",
+        &["ECDYSIS_SANDBOX_WORKSPACES"],
+        Kind::Str,
+    ),
+    (
         "sandbox.timeout_seconds",
         &["ECDYSIS_SANDBOX_TIMEOUT_SECONDS"],
         Kind::Int,
@@ -530,6 +535,7 @@ pub struct DiscordConfig {
 pub struct SandboxConfig {
     pub backend: Option<String>,
     pub rootfs: Option<String>,
+    pub workspaces: Option<String>,
     pub timeout_seconds: Option<i64>,
     pub cpu_seconds: Option<i64>,
     pub memory_mb: Option<i64>,
@@ -560,6 +566,10 @@ pub struct SandboxSettings {
     pub backend: Option<SandboxBackend>,
     /// A root file system directory used instead of the host's system (read-only).
     pub rootfs: Option<PathBuf>,
+    /// Where the channels' workspaces live (`ECDYSIS_SANDBOX_WORKSPACES`); `None`: in the data
+    /// directory, unless the per-channel sandbox users cannot reach it there (see
+    /// `crate::sandbox::workspaces_dir`).
+    pub workspaces: Option<PathBuf>,
     /// Wall-clock limit of one command.
     pub timeout: Duration,
     /// CPU seconds of each process of a command.
@@ -592,6 +602,7 @@ impl Default for SandboxSettings {
         Self {
             backend: None,
             rootfs: None,
+            workspaces: None,
             timeout: Duration::from_secs(30),
             cpu_seconds: 30,
             memory_mb: 1024,
@@ -1578,6 +1589,19 @@ fn sandbox_settings(file: SandboxConfig) -> Result<SandboxSettings, ConfigError>
             Some(path)
         }
     };
+    let workspaces = match file.workspaces.filter(|w| !w.trim().is_empty()) {
+        None => None,
+        Some(text) => {
+            let path = PathBuf::from(&text);
+            if !path.is_absolute() {
+                return Err(ConfigError::value(
+                    "sandbox.workspaces",
+                    format!("`{text}` must be an absolute path"),
+                ));
+            }
+            Some(path)
+        }
+    };
     let timeout = positive(
         "sandbox.timeout_seconds",
         file.timeout_seconds,
@@ -1594,6 +1618,7 @@ fn sandbox_settings(file: SandboxConfig) -> Result<SandboxSettings, ConfigError>
     Ok(SandboxSettings {
         backend,
         rootfs,
+        workspaces,
         timeout: Duration::from_secs(timeout),
         // Unset, a command may use the CPU for as long as it may run.
         cpu_seconds: positive("sandbox.cpu_seconds", file.cpu_seconds, timeout as i64)? as u64,

@@ -535,3 +535,126 @@ async fn admin_is_off_without_a_token() {
         assert_eq!(r.status(), 404, "{path}");
     }
 }
+
+/// `/api/admin/*`: what the pages show, as JSON, for the admin token only.
+#[tokio::test]
+async fn admin_json_api_answers_what_the_pages_show() {
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_default(Reply::text("noted"));
+    let dir = tempfile::tempdir().unwrap();
+    let base_url = fake.anthropic_base_url();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_ADMIN_TOKEN", TOKEN),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+            ("ECDYSIS_SANDBOX", "off"),
+            ("ECDYSIS_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_API_KEY", "test-anthropic-key"),
+            ("ANTHROPIC_BASE_URL", base_url.as_str()),
+        ],
+    )
+    .await;
+    server.ask("api-room", "hello there").await;
+    server.ask("api-room", "/remember the api works").await;
+    let http = client();
+    let api = |path: &str| {
+        http.get(format!("{}/api/admin/{path}", server.base))
+            .bearer_auth(TOKEN)
+    };
+    let json = |path: &'static str| {
+        let request = api(path);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            assert!(
+                r.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json")
+            );
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+
+    // Strangers get 401, for every route.
+    for path in [
+        "overview",
+        "conversations",
+        "conversations/1",
+        "memory",
+        "memory/notes?channel=web:local:api-room",
+        "usage",
+        "access",
+        "inbox",
+        "schedules",
+        "installations",
+    ] {
+        let url = format!("{}/api/admin/{path}", server.base);
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 401, "{path}");
+    }
+
+    let overview = json("overview").await;
+    assert_eq!(overview["storage"], "sqlite");
+    assert_eq!(overview["inbox"]["done"], 2, "{overview}");
+    assert!(overview["last_events"][0]["platform"] == "web", "{overview}");
+
+    let list = json("conversations").await;
+    let room = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation"]["channel"] == "api-room")
+        .unwrap_or_else(|| panic!("{list}"))
+        .clone();
+    assert_eq!(room["messages"], 4, "{room}");
+    let id = room["id"].as_i64().unwrap();
+    let transcript = api(&format!("conversations/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = transcript["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts[0], "hello there", "{transcript}");
+    assert_eq!(texts[1], "noted");
+    assert!(transcript["next_after"].is_null());
+    let missing = api("conversations/999999").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let memory = json("memory").await;
+    assert_eq!(memory["channels"][0]["notes"], 1, "{memory}");
+    let notes = json("memory/notes?channel=web:local:api-room").await;
+    assert_eq!(notes["notes"][0]["text"], "the api works", "{notes}");
+    let bad = api("memory/notes").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let usage = json("usage").await;
+    assert!(!usage["usage"].as_array().unwrap().is_empty(), "{usage}");
+    let inbox = json("inbox?status=done").await;
+    assert_eq!(inbox["events"].as_array().unwrap().len(), 2, "{inbox}");
+    assert_eq!(api("inbox?status=bogus").send().await.unwrap().status(), 400);
+    for (path, key) in [
+        ("access", "pending"),
+        ("schedules", "schedules"),
+        ("installations", "installations"),
+    ] {
+        let body = json(path).await;
+        assert!(body[key].is_array(), "{path}: {body}");
+    }
+
+    // A wrong token is refused too (and counts as a failed login).
+    let wrong = http
+        .get(format!("{}/api/admin/overview", server.base))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+}

@@ -730,3 +730,47 @@ async fn a_configured_rootfs_is_the_whole_system() {
         assert!(text.contains(expected), "{expected} missing:\n{text}");
     }
 }
+
+/// A private data directory (mode 0700, as `mktemp -d` and systemd's `StateDirectory=` make
+/// it) stays private, and `/run` still works: run as root, the workspaces then live in a
+/// root-owned directory of their own that the per-channel sandbox users can pass through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_works_with_a_private_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    if !sandbox_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let outside = ecdysis::sandbox::private_data_workspaces(&data);
+    let server = sandboxed_server(dir.path(), &[]).await;
+
+    let reply = run(&server, "c1", "echo kept > note.txt; cat note.txt; id -u").await;
+    assert!(text(&reply).contains("kept"), "{reply}\n{}", server.log());
+    assert!(text(&reply).contains("exit 0 · "), "{reply}");
+    let reply = run(&server, "c1", "cat note.txt").await;
+    assert!(text(&reply).contains("kept"), "the workspace persists: {reply}");
+
+    // The data directory was not opened up.
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    if root {
+        // The workspaces root lets the sandbox users through but not list it.
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o711, "{}", outside.display());
+        assert!(!data.join("workspaces").exists());
+        drop(server);
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+}

@@ -9,7 +9,7 @@
 //! [`RunFeature`] is `/run` and [`RunCommandTool`] is the model's tool. A [`Session`] keeps a
 //! program (a sandboxed MCP server) running in a channel's sandbox between calls.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,9 +197,48 @@ pub enum Availability {
     },
 }
 
-/// Where the per-channel workspaces live: `$ECDYSIS_DATA_DIR/workspaces`.
+/// Where the per-channel workspaces live: `ECDYSIS_SANDBOX_WORKSPACES` when set, else
+/// `$ECDYSIS_DATA_DIR/workspaces`, unless the sandbox users cannot reach that.
+///
+/// Run as root, bubblewrap runs as a per-channel user, which must be able to walk every
+/// directory above the workspace it binds. A private data directory (mode 0700, as systemd's
+/// `StateDirectory=` and `mktemp -d` make it) stays private: the workspaces then live in
+/// [`private_data_workspaces`] instead, a root-owned directory of their own whose modes let the
+/// sandbox users through (0711) without letting them list it. The workspaces' contents are
+/// snapshotted to the blob store after each run, so nothing is lost with that directory.
 pub fn workspaces_dir(config: &Config) -> PathBuf {
-    config.data_dir.join("workspaces")
+    if let Some(dir) = &config.sandbox.workspaces {
+        return dir.clone();
+    }
+    let in_data = config.data_dir.join("workspaces");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || reachable_by_others(&config.data_dir) {
+        return in_data;
+    }
+    private_data_workspaces(&config.data_dir)
+}
+
+/// The workspaces of a private data directory when ecdysis runs as root:
+/// `/var/lib/ecdysis/workspaces/<hash of the data directory>`.
+pub fn private_data_workspaces(data_dir: &Path) -> PathBuf {
+    let absolute = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = workspace::fnv1a(absolute.as_os_str().as_encoded_bytes());
+    Path::new(PRIVATE_DATA_WORKSPACES).join(format!("{hash:016x}"))
+}
+
+/// Where [`private_data_workspaces`] puts them.
+const PRIVATE_DATA_WORKSPACES: &str = "/var/lib/ecdysis/workspaces";
+
+/// Whether a user other than the owner may walk down to `dir`: it and every directory above it
+/// (those that exist) are searchable by others.
+fn reachable_by_others(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    absolute.ancestors().all(|d| match std::fs::metadata(d) {
+        Ok(meta) => meta.permissions().mode() & 0o001 != 0,
+        Err(_) => true,
+    })
 }
 
 /// Find the configured backend and check that it really runs a command here.

@@ -18,7 +18,7 @@
 use std::ffi::OsString;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -916,7 +916,12 @@ fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System
             root.display()
         ));
     };
-    std::fs::create_dir_all(workspaces)
+    // Directories made here on the way (e.g. those of a private data directory's workspaces
+    // root) let the sandbox users through without letting them list anything.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(workspaces)
         .map_err(|e| format!("cannot create {}: {e}", workspaces.display()))?;
     std::fs::set_permissions(workspaces, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("cannot set the mode of {}: {e}", workspaces.display()))?;

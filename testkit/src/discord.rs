@@ -345,6 +345,14 @@ impl FakeDiscord {
         }
     }
 
+    /// A thread with id `thread` in `parent`, as if the bot had started it on that message.
+    pub fn add_thread(&self, thread: &str, parent: &str) {
+        self.inner
+            .data()
+            .threads
+            .insert(thread.to_string(), parent.to_string());
+    }
+
     /// Turn the open gateway connection into a zombie: it stays open, but its heartbeats are
     /// no longer acknowledged, until the client connects again.
     pub fn silence_gateway(&self) {

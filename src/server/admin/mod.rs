@@ -2,7 +2,7 @@
 //! the blob store and the bus — adapters and their health, conversations with transcripts and
 //! artifacts, memory notes (edit, delete), usage, the access policy and budgets (approve DM
 //! pairing codes), the inbox (retry a failed event), scheduled jobs (cancel one), sandbox
-//! workspaces and installations.
+//! workspaces and installations; and the same as JSON under `/api/admin/*` ([`api`]).
 //!
 //! Off (every `/admin` path is 404) unless `ECDYSIS_ADMIN_TOKEN` is set. Access: the token as a
 //! bearer header, or the login form's signed session cookie (see [`auth`]). Pages for anyone
@@ -26,6 +26,7 @@ use crate::schedule::Scheduler;
 use crate::storage::blob::BlobStore;
 use crate::storage::store::Store;
 
+mod api;
 pub mod auth;
 mod caller;
 mod error;
@@ -113,6 +114,16 @@ pub fn router(parts: AdminParts, access: AdminAccess) -> Router {
         .route("/admin/workspaces", get(pages::stored::workspaces))
         .route("/admin/installations", get(pages::stored::installations))
         .route("/admin/artifacts/{id}", get(pages::conversations::artifact))
+        .route("/api/admin/overview", get(api::overview))
+        .route("/api/admin/conversations", get(api::conversations))
+        .route("/api/admin/conversations/{id}", get(api::transcript))
+        .route("/api/admin/memory", get(api::memory))
+        .route("/api/admin/memory/notes", get(api::notes))
+        .route("/api/admin/usage", get(api::usage))
+        .route("/api/admin/access", get(api::access))
+        .route("/api/admin/inbox", get(api::inbox))
+        .route("/api/admin/schedules", get(api::schedules))
+        .route("/api/admin/installations", get(api::installations))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admin)
 }

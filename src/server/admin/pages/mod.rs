@@ -16,7 +16,7 @@ pub mod stored;
 pub mod usage;
 
 /// Rows shown in the longer lists.
-const LIST_LIMIT: i64 = 300;
+pub(super) const LIST_LIMIT: i64 = 300;
 
 /// `platform:workspace:channel` (the channel part may itself hold `:`).
 pub fn parse_channel(text: &str) -> Option<ChannelRef> {

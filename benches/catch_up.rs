@@ -179,8 +179,16 @@ async fn discord_run(channels: usize, messages: usize) -> Run {
 fn print(platform: &str, channels: usize, messages: usize, runs: &mut [Run]) {
     runs.sort_by_key(|r| r.elapsed);
     for r in runs.iter() {
-        assert_eq!(r.fetched, channels * messages, "{platform}: every message read");
-        assert_eq!(r.submitted, channels * messages, "{platform}: every message taken");
+        assert_eq!(
+            r.fetched,
+            channels * messages,
+            "{platform}: every message read"
+        );
+        assert_eq!(
+            r.submitted,
+            channels * messages,
+            "{platform}: every message taken"
+        );
     }
     let median = &runs[runs.len() / 2];
     println!(

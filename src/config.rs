@@ -49,6 +49,8 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("blob_url", &["ECDYSIS_BLOB_URL"], Kind::Str),
     ("secret_key", &["ECDYSIS_SECRET_KEY"], Kind::Str),
     ("admin_token", &["ECDYSIS_ADMIN_TOKEN"], Kind::Str),
+    ("cf_access_team", &["ECDYSIS_CF_ACCESS_TEAM"], Kind::Str),
+    ("cf_access_aud", &["ECDYSIS_CF_ACCESS_AUD"], Kind::Str),
     ("log_format", &["ECDYSIS_LOG_FORMAT"], Kind::Str),
     ("model", &["ECDYSIS_MODEL"], Kind::Str),
     ("fallback_models", &["ECDYSIS_FALLBACK_MODELS"], Kind::List),
@@ -424,6 +426,8 @@ struct FileConfig {
     blob_url: Option<String>,
     secret_key: Option<String>,
     admin_token: Option<String>,
+    cf_access_team: Option<String>,
+    cf_access_aud: Option<String>,
     public_url: Option<String>,
     log_format: Option<String>,
     model: Option<String>,
@@ -1059,6 +1063,9 @@ pub struct Config {
     pub s3: S3Config,
     pub secret_key: Option<String>,
     pub admin_token: Option<String>,
+    /// Cloudflare Access in front of `/admin`: (`ECDYSIS_CF_ACCESS_TEAM`,
+    /// `ECDYSIS_CF_ACCESS_AUD`), both or neither.
+    pub cf_access: Option<(String, String)>,
     pub log_format: LogFormat,
     pub model: Option<ModelSpec>,
     pub fallback_models: Vec<ModelSpec>,
@@ -1289,6 +1296,17 @@ impl Config {
         };
         let schedule = schedule_settings(file.schedule)?;
         let catch_up = catch_up_settings(file.catch_up)?;
+        let nonempty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let cf_access = match (nonempty(file.cf_access_team), nonempty(file.cf_access_aud)) {
+            (Some(team), Some(aud)) => Some((team, aud)),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::value(
+                    "cf_access_team",
+                    "set both ECDYSIS_CF_ACCESS_TEAM and ECDYSIS_CF_ACCESS_AUD (the Access application's audience tag), or neither",
+                ));
+            }
+        };
         Ok(Self {
             listen,
             data_dir,
@@ -1297,6 +1315,7 @@ impl Config {
             s3: file.s3,
             secret_key: file.secret_key,
             admin_token: file.admin_token.filter(|t| !t.is_empty()),
+            cf_access,
             log_format,
             model,
             fallback_models,

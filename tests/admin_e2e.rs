@@ -597,7 +597,10 @@ async fn admin_json_api_answers_what_the_pages_show() {
     let overview = json("overview").await;
     assert_eq!(overview["storage"], "sqlite");
     assert_eq!(overview["inbox"]["done"], 2, "{overview}");
-    assert!(overview["last_events"][0]["platform"] == "web", "{overview}");
+    assert!(
+        overview["last_events"][0]["platform"] == "web",
+        "{overview}"
+    );
 
     let list = json("conversations").await;
     let room = list["conversations"]
@@ -639,7 +642,10 @@ async fn admin_json_api_answers_what_the_pages_show() {
     assert!(!usage["usage"].as_array().unwrap().is_empty(), "{usage}");
     let inbox = json("inbox?status=done").await;
     assert_eq!(inbox["events"].as_array().unwrap().len(), 2, "{inbox}");
-    assert_eq!(api("inbox?status=bogus").send().await.unwrap().status(), 400);
+    assert_eq!(
+        api("inbox?status=bogus").send().await.unwrap().status(),
+        400
+    );
     for (path, key) in [
         ("access", "pending"),
         ("schedules", "schedules"),
@@ -657,4 +663,236 @@ async fn admin_json_api_answers_what_the_pages_show() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+}
+
+/// Signs Access JWTs the way Cloudflare does (RS256, a key id) and serves the team's certs.
+struct FakeAccess {
+    team_url: String,
+    certs_fetched: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    team_key: ring::signature::RsaKeyPair,
+    forger_key: ring::signature::RsaKeyPair,
+}
+
+const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
+
+impl FakeAccess {
+    async fn start() -> Self {
+        use base64::Engine;
+        let load = |name: &str| {
+            let der = std::fs::read(format!("tests/fixtures/{name}.pk8")).unwrap();
+            ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap()
+        };
+        let team_key = load("cf_access_team");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let public: ring::rsa::PublicKeyComponents<Vec<u8>> = team_key.public().into();
+        let certs = serde_json::json!({
+            "keys": [{
+                "kid": "team-key-1", "kty": "RSA", "alg": "RS256", "use": "sig",
+                "n": b64(&public.n),
+                "e": b64(&public.e),
+            }],
+        });
+        let certs_fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = certs_fetched.clone();
+        let app = Router::new().route(
+            "/cdn-cgi/access/certs",
+            get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let certs = certs.clone();
+                async move { axum::Json(certs) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeAccess {
+            team_url: format!("http://{address}"),
+            certs_fetched,
+            team_key,
+            forger_key: load("cf_access_forger"),
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// A JWT with these claims, signed by `key` under key id `kid`.
+    fn sign(
+        key: &ring::signature::RsaKeyPair,
+        kid: &str,
+        alg: &str,
+        claims: serde_json::Value,
+    ) -> String {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = serde_json::json!({ "alg": alg, "kid": kid, "typ": "JWT" });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0; key.public().modulus_len()];
+        key.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            input.as_bytes(),
+            &mut signature,
+        )
+        .unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+
+    fn claims(&self, exp_in: i64) -> serde_json::Value {
+        let now = Self::now();
+        serde_json::json!({
+            "aud": [AUD], "iss": self.team_url, "sub": "7335d417-61da-459d-899c-0a01c76a2f94",
+            "email": "admin@example.com", "iat": now - 10, "nbf": now - 10, "exp": now + exp_in,
+            "type": "app", "identity_nonce": "6ei69kawdKzMIAPF",
+        })
+    }
+
+    fn valid(&self) -> String {
+        Self::sign(&self.team_key, "team-key-1", "RS256", self.claims(600))
+    }
+}
+
+/// Cloudflare Access as the admin login: a valid Access JWT (header or cookie) opens the pages
+/// and the JSON API without the admin token; a forged, expired or misaddressed one is 401.
+#[tokio::test]
+async fn cloudflare_access_jwts_open_admin_and_bad_ones_get_401() {
+    let access = FakeAccess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_CF_ACCESS_TEAM", access.team_url.as_str()),
+            ("ECDYSIS_CF_ACCESS_AUD", AUD),
+            ("ECDYSIS_CHROMIUM", "/nonexistent/chromium"),
+            ("ECDYSIS_SANDBOX", "off"),
+        ],
+    )
+    .await;
+    let http = client();
+    let with_jwt = |path: &str, jwt: &str| {
+        http.get(format!("{}{path}", server.base))
+            .header("Cf-Access-Jwt-Assertion", jwt)
+    };
+
+    // A valid token: the overview page and the JSON API, and the cookie Access sets works too.
+    let valid = access.valid();
+    let page = with_jwt("/admin", &valid).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{}", server.log());
+    assert!(page.text().await.unwrap().contains("Overview"));
+    let api = with_jwt("/api/admin/overview", &valid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+    let by_cookie = http
+        .get(format!("{}/api/admin/overview", server.base))
+        .header("cookie", format!("CF_Authorization={valid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    assert_eq!(
+        access
+            .certs_fetched
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the team's certs are cached"
+    );
+
+    // Bad tokens: 401 on pages and the API alike.
+    let mut wrong_aud = access.claims(600);
+    wrong_aud["aud"] = serde_json::json!(["another-application"]);
+    let mut wrong_iss = access.claims(600);
+    wrong_iss["iss"] = serde_json::json!("https://evil.cloudflareaccess.com");
+    let mut no_exp = access.claims(600);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let unsigned = {
+        let parts: Vec<&str> = valid.split('.').collect();
+        format!("{}.{}.", parts[0], parts[1])
+    };
+    let tampered = {
+        use base64::Engine;
+        let mut claims = access.claims(600);
+        claims["email"] = serde_json::json!("mallory@example.com");
+        let parts: Vec<&str> = valid.split('.').collect();
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{}.{body}.{}", parts[0], parts[2])
+    };
+    let bad = [
+        (
+            "expired",
+            FakeAccess::sign(&access.team_key, "team-key-1", "RS256", access.claims(-120)),
+        ),
+        (
+            "forged",
+            FakeAccess::sign(
+                &access.forger_key,
+                "team-key-1",
+                "RS256",
+                access.claims(600),
+            ),
+        ),
+        (
+            "unknown key",
+            FakeAccess::sign(&access.forger_key, "forger", "RS256", access.claims(600)),
+        ),
+        (
+            "wrong audience",
+            FakeAccess::sign(&access.team_key, "team-key-1", "RS256", wrong_aud),
+        ),
+        (
+            "wrong issuer",
+            FakeAccess::sign(&access.team_key, "team-key-1", "RS256", wrong_iss),
+        ),
+        (
+            "no expiry",
+            FakeAccess::sign(&access.team_key, "team-key-1", "RS256", no_exp),
+        ),
+        ("no signature", unsigned),
+        ("tampered claims", tampered),
+        ("not a JWT", "garbage".to_string()),
+    ];
+    for (what, jwt) in &bad {
+        for path in ["/admin", "/api/admin/overview", "/admin/conversations"] {
+            let r = with_jwt(path, jwt).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{what} on {path}");
+        }
+    }
+    // Tokens with an unknown key id (27 requests) did not make a request to Cloudflare each:
+    // the certs were fetched moments ago, so they are not fetched again.
+    let fetched = access
+        .certs_fetched
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetched, 1, "an unknown key id refetches at most every 10 s");
+
+    // No token: pages go to the login form, the API is 401, and a form post needs its CSRF
+    // token even from an Access login.
+    let r = http
+        .get(format!("{}/admin", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{}/api/admin/overview", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{}/admin/inbox/1/retry", server.base))
+        .header("Cf-Access-Jwt-Assertion", &valid)
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }

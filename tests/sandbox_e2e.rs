@@ -754,7 +754,10 @@ async fn run_works_with_a_private_data_dir() {
     assert!(text(&reply).contains("kept"), "{reply}\n{}", server.log());
     assert!(text(&reply).contains("exit 0 · "), "{reply}");
     let reply = run(&server, "c1", "cat note.txt").await;
-    assert!(text(&reply).contains("kept"), "the workspace persists: {reply}");
+    assert!(
+        text(&reply).contains("kept"),
+        "the workspace persists: {reply}"
+    );
 
     // The data directory was not opened up.
     assert_eq!(

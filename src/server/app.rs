@@ -270,17 +270,24 @@ impl App {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
-        // `/admin` exists only with ECDYSIS_ADMIN_TOKEN (404 otherwise).
-        let browser = match &self.config.admin_token {
-            Some(token) => web.router().merge(admin::router(
+        // `/admin` exists only with ECDYSIS_ADMIN_TOKEN or Cloudflare Access (404 otherwise).
+        let cloudflare = self
+            .config
+            .cf_access
+            .as_ref()
+            .map(|(team, audience)| admin::cf_access::AccessSettings::new(team, audience));
+        let browser = if self.config.admin_token.is_some() || cloudflare.is_some() {
+            web.router().merge(admin::router(
                 self.admin_parts(),
                 admin::AdminAccess {
-                    token: token.clone(),
+                    token: self.config.admin_token.clone(),
+                    cloudflare,
                     https: guard.public_https(),
                     logins: self.logins.clone(),
                 },
-            )),
-            None => web.router(),
+            ))
+        } else {
+            web.router()
         };
         let browser = browser.layer(axum::middleware::from_fn_with_state(
             guard,

@@ -8,9 +8,9 @@ use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::Admin;
 use super::caller::Authorized;
 use super::error::{AdminError, Cannot};
-use super::Admin;
 use super::pages::{LIST_LIMIT, parse_channel};
 use crate::storage::store::{ConversationId, InboxStatus, MessageId, UnixMs};
 
@@ -168,10 +168,7 @@ pub async fn usage(State(admin): State<Admin>, _: Authorized) -> ApiResult {
 /// Pairing codes waiting for approval and the users paired so far.
 pub async fn access(State(admin): State<Admin>, _: Authorized) -> ApiResult {
     let store = &admin.parts.store;
-    let pending = store
-        .pending_pairings()
-        .await
-        .cannot("read the pairings")?;
+    let pending = store.pending_pairings().await.cannot("read the pairings")?;
     let paired = store.paired_users().await.cannot("read the pairings")?;
     Ok(Json(json!({ "pending": pending, "paired": paired })))
 }

@@ -29,6 +29,13 @@ pub enum Caller {
     Session {
         id: String,
     },
+    /// Logged in through Cloudflare Access (a checked JWT on the request); POSTs must carry
+    /// the CSRF token of this subject.
+    Access {
+        subject: String,
+    },
+    /// Showed a credential that does not check out (a forged or expired Access JWT): 401.
+    Refused,
     Anonymous,
 }
 
@@ -81,6 +88,7 @@ impl Sessions {
     pub fn csrf_of(&self, caller: &Caller) -> String {
         match caller {
             Caller::Session { id } => self.csrf(id),
+            Caller::Access { subject } => self.csrf(&access_session(subject)),
             _ => String::new(),
         }
     }
@@ -90,7 +98,11 @@ impl Sessions {
         match caller {
             Caller::Bearer => true,
             Caller::Session { id } => secret_eq(given.as_bytes(), self.csrf(id).as_bytes()),
-            Caller::Anonymous => false,
+            Caller::Access { subject } => secret_eq(
+                given.as_bytes(),
+                self.csrf(&access_session(subject)).as_bytes(),
+            ),
+            Caller::Refused | Caller::Anonymous => false,
         }
     }
 
@@ -107,6 +119,11 @@ impl Sessions {
             None => COOKIE.clear(secure),
         }
     }
+}
+
+/// The session id an Access login's CSRF tokens are bound to.
+fn access_session(subject: &str) -> String {
+    format!("cf-access|{subject}")
 }
 
 #[cfg(test)]

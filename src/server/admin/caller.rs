@@ -9,9 +9,9 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::Admin;
 use super::auth::Caller;
 use super::error::AdminError;
-use super::{Admin, now_secs};
 
 /// A logged-in caller of a page; `csrf` goes into the page's forms.
 pub struct Viewer {
@@ -22,8 +22,9 @@ impl FromRequestParts<Admin> for Viewer {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, AdminError> {
-        match admin.sessions.caller(&parts.headers, now_secs()) {
+        match admin.caller(&parts.headers).await {
             Caller::Anonymous => Err(AdminError::Login),
+            Caller::Refused => Err(AdminError::Unauthorized),
             caller => Ok(Viewer {
                 csrf: admin.sessions.csrf_of(&caller),
             }),
@@ -38,8 +39,8 @@ impl FromRequestParts<Admin> for Authorized {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, AdminError> {
-        match admin.sessions.caller(&parts.headers, now_secs()) {
-            Caller::Anonymous => Err(AdminError::Unauthorized),
+        match admin.caller(&parts.headers).await {
+            Caller::Anonymous | Caller::Refused => Err(AdminError::Unauthorized),
             _ => Ok(Authorized),
         }
     }
@@ -59,8 +60,8 @@ impl<T: DeserializeOwned> FromRequest<Admin> for FormPost<T> {
 
     async fn from_request(request: Request, admin: &Admin) -> Result<Self, AdminError> {
         // Access first: a stranger's body is not even read.
-        let caller = match admin.sessions.caller(request.headers(), now_secs()) {
-            Caller::Anonymous => return Err(AdminError::Unauthorized),
+        let caller = match admin.caller(request.headers()).await {
+            Caller::Anonymous | Caller::Refused => return Err(AdminError::Unauthorized),
             caller => caller,
         };
         let body = Bytes::from_request(request, admin).await?;

@@ -29,6 +29,7 @@ use crate::storage::store::Store;
 mod api;
 pub mod auth;
 mod caller;
+pub mod cf_access;
 mod error;
 mod layout;
 mod pages;
@@ -59,8 +60,11 @@ pub struct AdminParts {
 
 /// How admin access works here.
 pub struct AdminAccess {
-    /// `ECDYSIS_ADMIN_TOKEN`.
-    pub token: String,
+    /// `ECDYSIS_ADMIN_TOKEN`; without one (admin through Cloudflare Access only), a random
+    /// token nobody knows keys the sessions.
+    pub token: Option<String>,
+    /// `ECDYSIS_CF_ACCESS_TEAM` and `ECDYSIS_CF_ACCESS_AUD`: logins through Cloudflare Access.
+    pub cloudflare: Option<cf_access::AccessSettings>,
     /// The public URL is https: session cookies are always `Secure`.
     pub https: bool,
     /// Failed logins per client, shared with the web chat.
@@ -72,13 +76,51 @@ pub struct AdminAccess {
 pub struct Admin {
     parts: AdminParts,
     sessions: Arc<Sessions>,
+    cloudflare: Option<Arc<cf_access::CfAccess>>,
+}
+
+impl Admin {
+    /// Who is asking: the admin token, a login session, or (when configured) a Cloudflare
+    /// Access JWT, checked against the team's keys.
+    async fn caller(&self, headers: &axum::http::HeaderMap) -> auth::Caller {
+        let caller = self.sessions.caller(headers, now_secs());
+        if !matches!(caller, auth::Caller::Anonymous) {
+            return caller;
+        }
+        let (Some(cloudflare), Some(token)) =
+            (&self.cloudflare, cf_access::CfAccess::token(headers))
+        else {
+            return caller;
+        };
+        match cloudflare.verify(token).await {
+            Ok(identity) => {
+                tracing::debug!(subject = %identity.subject, email = ?identity.email, "admin through Cloudflare Access");
+                auth::Caller::Access {
+                    subject: identity.subject,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a Cloudflare Access token was refused");
+                auth::Caller::Refused
+            }
+        }
+    }
 }
 
 /// The `/admin` routes.
 pub fn router(parts: AdminParts, access: AdminAccess) -> Router {
+    let token = access.token.unwrap_or_else(|| {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        hex::encode(secret)
+    });
     let admin = Admin {
         parts,
-        sessions: Arc::new(Sessions::new(&access.token, access.logins, access.https)),
+        sessions: Arc::new(Sessions::new(&token, access.logins, access.https)),
+        cloudflare: access
+            .cloudflare
+            .map(|settings| Arc::new(cf_access::CfAccess::new(settings))),
     };
     Router::new()
         .route("/admin", get(pages::overview::show))

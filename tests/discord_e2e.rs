@@ -942,3 +942,90 @@ async fn discord_register_and_doctor_use_the_rest_api() {
         "{out}"
     );
 }
+
+/// A 429 storm on Discord's message route and on its thread route: every reply still arrives
+/// exactly once, each retried no sooner than a second after the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_storm_delivers_every_reply_once_after_the_wait() {
+    let h = Harness::start().await;
+    let dm_route = format!("/channels/{DM_CHANNEL_ID}/messages");
+    for _ in 0..3 {
+        h.fake.fail_next_with(&dm_route, 429, 0);
+    }
+    h.fake.fail_next_with("/threads", 429, 0);
+    h.fake.fail_next_with("/threads", 429, 0);
+    for n in 1..=3 {
+        h.fake.say_in_dm(&format!("/remember storm note {n}"));
+    }
+    let mention = h
+        .fake
+        .say_in_guild(CHANNEL_ID, "/remember storm in a thread", true);
+
+    let replies = h
+        .fake
+        .wait_until(Duration::from_secs(30), |f| {
+            let posted: Vec<Posted> = f
+                .posted()
+                .into_iter()
+                .filter(|p| p.content.starts_with("Remembered as #"))
+                .collect();
+            (posted.len() >= 4).then_some(posted)
+        })
+        .await
+        .unwrap_or_else(|| panic!("not every reply arrived: {:#?}", h.fake.posted()));
+    // Nothing more comes later: each reply once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let posted: Vec<Posted> = h
+        .fake
+        .posted()
+        .into_iter()
+        .filter(|p| p.content.starts_with("Remembered as #"))
+        .collect();
+    assert_eq!(posted.len(), 4, "{posted:#?}");
+    assert_eq!(
+        posted.iter().filter(|p| p.channel == DM_CHANNEL_ID).count(),
+        3
+    );
+    assert_eq!(posted.iter().filter(|p| p.channel == mention).count(), 1);
+    assert_eq!(
+        h.fake.threads(),
+        vec![(mention.clone(), CHANNEL_ID.to_string())]
+    );
+
+    // The refused attempts reached the fake, and the retry waited.
+    let requests = h.fake.requests();
+    let dm_posts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == dm_route)
+        .collect();
+    assert_eq!(dm_posts.len(), 6, "3 refused + 3 delivered");
+    let first_refused = dm_posts[0].at;
+    let first_delivered = replies
+        .iter()
+        .filter(|p| p.channel == DM_CHANNEL_ID)
+        .map(|p| p.at)
+        .min()
+        .unwrap();
+    assert!(
+        first_delivered.duration_since(first_refused) >= Duration::from_secs(1),
+        "retried after {:?}",
+        first_delivered.duration_since(first_refused)
+    );
+    let thread_creates = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/threads"))
+        .count();
+    assert_eq!(thread_creates, 3, "2 refused + 1 created");
+    assert!(
+        h.app.metrics.reply_failures.get() >= 3,
+        "the refused attempts count as failed tries"
+    );
+    let mut h = h;
+    if let Some(gateway) = h.gateway.take() {
+        gateway.shutdown().await;
+    }
+    if let Some(workers) = h.workers.take() {
+        workers.shutdown(Duration::from_secs(5)).await;
+    }
+    h.server.abort();
+}

@@ -106,6 +106,17 @@ fn main() -> ExitCode {
     // Every configured secret is masked in what this process prints from here on.
     let redactor = ecdysis::redact::global().clone();
     redactor.add_config(&config);
+    // Traces go to an OTLP collector only from the server, and only when one is named.
+    let telemetry = match cli.command {
+        Command::Serve => match ecdysis::server::telemetry::Telemetry::from_env() {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("ecdysis: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     init_logging(
         redactor.clone(),
         config.log_format,
@@ -113,6 +124,7 @@ fn main() -> ExitCode {
             cli.command,
             Command::Chat | Command::Export { .. } | Command::Import { .. }
         ),
+        telemetry.as_ref(),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -157,6 +169,10 @@ fn main() -> ExitCode {
         }
         .map(|()| ExitCode::SUCCESS)
     });
+    drop(runtime);
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -180,17 +196,27 @@ fn opens_storage(command: &Command) -> bool {
     )
 }
 
-/// Log to standard error, every line passed through the redactor (text and JSON alike).
-fn init_logging(redactor: Redactor, format: LogFormat, quiet: bool) {
+/// Log to standard error, every line passed through the redactor (text and JSON alike), and
+/// send the spans to the OTLP collector when there is one.
+fn init_logging(
+    redactor: Redactor,
+    format: LogFormat,
+    quiet: bool,
+    telemetry: Option<&ecdysis::server::telemetry::Telemetry>,
+) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(MakeRedactingWriter::new(std::io::stderr, redactor));
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(telemetry.map(|t| t.layer()));
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(log.json()).init(),
+        LogFormat::Text => registry.with(log).init(),
     }
 }
 

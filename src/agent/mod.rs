@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine;
 use ecdysis_chat::{Attachment, ConversationRef};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::bus::{EventContext, Outgoing};
 use crate::config::{AgentConfig, Config, ModelSpec};
@@ -642,14 +642,27 @@ impl Core {
         stats.model_calls += 1;
         let started = Instant::now();
         let sink = live.is_on().then_some(live as &dyn TextSink);
-        let result = retry::call(&models.models, request, &self.policy, deadline, sink).await;
+        let span = model_span(&models.models[0].spec);
+        let result = retry::call(&models.models, request, &self.policy, deadline, sink)
+            .instrument(span.clone())
+            .await;
         live.end_step();
         stats.model_time += started.elapsed();
         let answered = result?;
         let model = &models.models[answered.model_index];
-        stats
-            .usage
-            .push((model.spec.to_string(), answered.response.usage.clone()));
+        let usage = &answered.response.usage;
+        span.record("gen_ai.response.model", model.spec.name.as_str());
+        span.record("gen_ai.usage.input_tokens", usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+        span.record(
+            "gen_ai.usage.cache_read.input_tokens",
+            usage.cache_read_tokens,
+        );
+        span.record(
+            "gen_ai.usage.cache_creation.input_tokens",
+            usage.cache_write_tokens,
+        );
+        stats.usage.push((model.spec.to_string(), usage.clone()));
         Ok(answered.response)
     }
 
@@ -850,12 +863,20 @@ impl Core {
             let result = match tools.get(name) {
                 Some(tool) => {
                     let started = Instant::now();
+                    let span = info_span!(
+                        "execute_tool",
+                        otel.name = %format!("execute_tool {name}"),
+                        gen_ai.operation.name = "execute_tool",
+                        gen_ai.tool.name = name,
+                        gen_ai.tool.call.id = id,
+                    );
                     let result = event
                         .live
                         .during(
                             progress::line(name, input),
                             tool.call(&tool_context, input.clone()),
                         )
+                        .instrument(span)
                         .await;
                     *tool_time += started.elapsed();
                     result
@@ -996,6 +1017,28 @@ impl Core {
         ));
         out
     }
+}
+
+/// The span of one model call, named and described as the OpenTelemetry GenAI semantic
+/// conventions say (`chat <model>`; the usage is recorded when the answer is in).
+fn model_span(spec: &crate::config::ModelSpec) -> tracing::Span {
+    let provider = match spec.provider {
+        crate::config::Provider::Anthropic => "anthropic",
+        crate::config::Provider::OpenAi => "openai",
+    };
+    info_span!(
+        "chat",
+        otel.name = %format!("chat {}", spec.name),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = spec.name.as_str(),
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.usage.cache_read.input_tokens = tracing::field::Empty,
+        gen_ai.usage.cache_creation.input_tokens = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]

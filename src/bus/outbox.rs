@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ecdysis_chat::{Attachment, DeliveryError, Reply};
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use super::payload::ReplyPayload;
 use super::{Bus, backoff_ms};
@@ -23,7 +23,13 @@ impl Bus {
     /// Deliver one claimed reply and record the outcome.
     pub(super) async fn deliver(&self, item: OutboxItem) {
         let store = &self.inner.store;
-        let outcome = self.try_deliver(&item).await;
+        let span = tracing::info_span!(
+            "deliver",
+            reply = %item.id,
+            platform = %item.conversation.platform,
+            attempt = item.attempts,
+        );
+        let outcome = self.try_deliver(&item).instrument(span).await;
         let recorded = match outcome {
             Ok(message_id) => {
                 self.inner.metrics.replies_sent.inc();

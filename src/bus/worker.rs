@@ -148,12 +148,16 @@ impl Bus {
         let handler = self.inner.handler.clone();
         let mut task_context = context.clone();
         let intake = self.inner.files.read().ok().and_then(|f| f.clone());
-        let running = tokio::spawn(async move {
-            if let Some(intake) = intake {
-                intake.prepare(adapter, &mut task_context).await?;
+        // In the event's span, so its model and tool calls are the event's children.
+        let running = tokio::spawn(
+            async move {
+                if let Some(intake) = intake {
+                    intake.prepare(adapter, &mut task_context).await?;
+                }
+                handler.handle(&task_context).await
             }
-            handler.handle(&task_context).await
-        });
+            .in_current_span(),
+        );
         let result = match self.renewing_lease(&claimed, running).await {
             Ok(result) => result,
             Err(join) => Err(anyhow::anyhow!("the handler panicked: {join}")),

@@ -8,3 +8,4 @@ pub mod doctor;
 pub mod instance_lock;
 pub mod listener;
 pub mod metrics;
+pub mod telemetry;

@@ -6,6 +6,8 @@
 //! are for the bot. Caught-up messages carry the same event ids as live ones, so the inbox
 //! drops every message that did arrive.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,4 +75,51 @@ pub struct CatchUpReport {
     pub submitted: usize,
     /// Channels or threads whose history could not be read.
     pub failed: usize,
+}
+
+/// Catch-up as an adapter holds it once the core turned it on: where conversations were last
+/// heard from, the limits, and "one run at a time".
+pub struct CatchUp {
+    pub seen: Arc<dyn Seen>,
+    pub limits: CatchUpLimits,
+    running: AtomicBool,
+}
+
+impl CatchUp {
+    pub fn new(seen: Arc<dyn Seen>, limits: CatchUpLimits) -> Self {
+        Self {
+            seen,
+            limits,
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// Mark a run as started: false when one is going already (then start none).
+    pub fn begin(&self) -> bool {
+        !self.running.swap(true, Ordering::AcqRel)
+    }
+
+    /// Mark the run started by [`CatchUp::begin`] as over.
+    pub fn end(&self) {
+        self.running.store(false, Ordering::Release);
+    }
+}
+
+/// Log how a run went (`platform` names the adapter: `"Slack catch-up done"`).
+pub fn log_run<E: std::fmt::Display>(
+    platform: &str,
+    result: &Result<CatchUpReport, E>,
+    elapsed: Duration,
+) {
+    match result {
+        Ok(report) => tracing::info!(
+            places = report.places,
+            fetched = report.fetched,
+            submitted = report.submitted,
+            failed = report.failed,
+            ms = elapsed.as_millis() as u64,
+            "{platform} catch-up done"
+        ),
+        Err(e) => tracing::warn!(error = %e, "{platform} catch-up failed"),
+    }
 }

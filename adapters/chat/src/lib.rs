@@ -20,7 +20,7 @@ mod text;
 pub mod time;
 
 pub use allow::AllowList;
-pub use catch_up::{CatchUpLimits, CatchUpReport, LastSeen, Seen};
+pub use catch_up::{CatchUp, CatchUpLimits, CatchUpReport, LastSeen, Seen, log_run};
 pub use command::{Command, CommandName};
 pub use files::{FetchError, RemoteFile};
 pub use live::{LiveHandle, LiveMessage, LiveSettings, LiveView, Progress};

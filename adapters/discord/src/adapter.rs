@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     /// Parsed `DISCORD_PUBLIC_KEY`, when the HTTP interactions endpoint is on.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
     /// Catch-up after downtime, once the core turned it on.
-    pub catch_up: std::sync::OnceLock<crate::catch_up::CatchUp>,
+    pub catch_up: std::sync::OnceLock<ecdysis_chat::CatchUp>,
 }
 
 /// The Discord adapter: start its gateway, mount its HTTP route, register its

@@ -6,10 +6,9 @@
 //! core's mention gating decides what is for the bot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ecdysis_chat::{CatchUpLimits, CatchUpReport, LastSeen, Seen, SubmitError};
+use ecdysis_chat::{CatchUp, CatchUpLimits, CatchUpReport, LastSeen, Seen, SubmitError, log_run};
 use serenity::all::{ChannelId, GuildId, Message, MessageId};
 use serenity::http::MessagePagination;
 
@@ -23,13 +22,6 @@ const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
 const PAGE: usize = 100;
 /// How long a busy core is waited for, per message.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
-
-/// Catch-up's settings and its "one run at a time" flag.
-pub(crate) struct CatchUp {
-    seen: Arc<dyn Seen>,
-    limits: CatchUpLimits,
-    running: AtomicBool,
-}
 
 /// One channel, thread or DM to read, and the snowflake after which its messages are new.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,12 +37,12 @@ impl Discord {
     /// Turn catch-up on: `seen` tells where each conversation was last heard from. Set once;
     /// later calls are ignored.
     pub fn enable_catch_up(&self, seen: Arc<dyn Seen>, limits: CatchUpLimits) {
-        let set = self.shared.catch_up.set(CatchUp {
-            seen,
-            limits,
-            running: AtomicBool::new(false),
-        });
-        if set.is_err() {
+        if self
+            .shared
+            .catch_up
+            .set(CatchUp::new(seen, limits))
+            .is_err()
+        {
             tracing::warn!("Discord catch-up was already enabled");
         }
     }
@@ -67,25 +59,16 @@ pub(crate) fn spawn(shared: &Arc<Shared>) {
     let Some(catch_up) = shared.catch_up.get() else {
         return;
     };
-    if catch_up.running.swap(true, Ordering::AcqRel) {
+    if !catch_up.begin() {
         return;
     }
     let shared = shared.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        match run(&shared).await {
-            Ok(report) => tracing::info!(
-                places = report.places,
-                fetched = report.fetched,
-                submitted = report.submitted,
-                failed = report.failed,
-                ms = started.elapsed().as_millis() as u64,
-                "Discord catch-up done"
-            ),
-            Err(e) => tracing::warn!(error = %e, "Discord catch-up failed"),
-        }
+        let result = run(&shared).await;
+        log_run("Discord", &result, started.elapsed());
         if let Some(catch_up) = shared.catch_up.get() {
-            catch_up.running.store(false, Ordering::Release);
+            catch_up.end();
         }
     });
 }

@@ -10,10 +10,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ecdysis_chat::{CatchUpLimits, CatchUpReport, LastSeen, Seen};
+use ecdysis_chat::{CatchUp, CatchUpLimits, CatchUpReport, LastSeen, Seen, log_run};
 
 use crate::api::CallError;
 use crate::deliver::ts_order;
@@ -29,13 +28,6 @@ const ATTEMPTS: u32 = 3;
 /// How long a busy core is waited for, per message.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
 
-/// Catch-up's settings and its "one run at a time" flag.
-pub(crate) struct CatchUp {
-    seen: Arc<dyn Seen>,
-    limits: CatchUpLimits,
-    running: AtomicBool,
-}
-
 /// One channel (its top-level messages) or one thread to read, and the `ts` after which its
 /// messages are new.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +42,7 @@ impl Slack {
     /// Turn catch-up on: `seen` tells where each conversation was last heard from. Set once;
     /// later calls are ignored.
     pub fn enable_catch_up(&self, seen: Arc<dyn Seen>, limits: CatchUpLimits) {
-        let set = self.inner.catch_up.set(CatchUp {
-            seen,
-            limits,
-            running: AtomicBool::new(false),
-        });
-        if set.is_err() {
+        if self.inner.catch_up.set(CatchUp::new(seen, limits)).is_err() {
             tracing::warn!("Slack catch-up was already enabled");
         }
     }
@@ -65,25 +52,16 @@ impl Slack {
         let Some(catch_up) = self.inner.catch_up.get() else {
             return;
         };
-        if catch_up.running.swap(true, Ordering::AcqRel) {
+        if !catch_up.begin() {
             return;
         }
         let slack = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match slack.catch_up_run().await {
-                Ok(report) => tracing::info!(
-                    places = report.places,
-                    fetched = report.fetched,
-                    submitted = report.submitted,
-                    failed = report.failed,
-                    ms = started.elapsed().as_millis() as u64,
-                    "Slack catch-up done"
-                ),
-                Err(e) => tracing::warn!(error = %e, "Slack catch-up failed"),
-            }
+            let result = slack.catch_up_run().await;
+            log_run("Slack", &result, started.elapsed());
             if let Some(catch_up) = slack.inner.catch_up.get() {
-                catch_up.running.store(false, Ordering::Release);
+                catch_up.end();
             }
         });
     }

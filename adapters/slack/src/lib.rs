@@ -231,7 +231,7 @@ struct Inner {
     /// Plain HTTP: user-file downloads (after the ack) and `response_url` posts.
     http: reqwest::Client,
     /// Catch-up after downtime, once the core turned it on.
-    catch_up: std::sync::OnceLock<catch_up::CatchUp>,
+    catch_up: std::sync::OnceLock<ecdysis_chat::CatchUp>,
 }
 
 impl Slack {

@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use super::Admin;
 use super::caller::Authorized;
 use super::error::{AdminError, Cannot};
+use super::pages::inbox::status_of;
 use super::pages::{LIST_LIMIT, parse_channel};
-use crate::storage::store::{ConversationId, InboxStatus, MessageId, UnixMs};
+use crate::storage::store::{ConversationId, MessageId, UnixMs};
 
 /// Transcript messages per answer (`?after=` pages on).
 const TRANSCRIPT_PAGE: i64 = 500;
@@ -185,12 +186,7 @@ pub async fn inbox(
     _: Authorized,
     Query(query): Query<StatusQuery>,
 ) -> ApiResult {
-    let status = match query.status.as_deref() {
-        None => InboxStatus::Failed,
-        Some(status) => status.parse::<InboxStatus>().map_err(|_| {
-            AdminError::BadRequest("status is one of pending, leased, failed, done, retried".into())
-        })?,
-    };
+    let status = status_of(query.status.as_deref())?;
     let store = &admin.parts.store;
     let counts = store.inbox_counts().await.cannot("read the inbox")?;
     let events = store

@@ -23,12 +23,7 @@ pub async fn show(
     viewer: Viewer,
     Query(query): Query<StatusQuery>,
 ) -> Result<HtmlPage, AdminError> {
-    let status = match query.status.as_deref() {
-        None => InboxStatus::Failed,
-        Some(status) => status.parse::<InboxStatus>().map_err(|_| {
-            AdminError::BadRequest("status is one of pending, leased, failed, done, retried".into())
-        })?,
-    };
+    let status = status_of(query.status.as_deref())?;
     let store = &admin.parts.store;
     let counts = store.inbox_counts().await.cannot("read the inbox")?;
     let events = store
@@ -108,4 +103,14 @@ pub async fn retry(
     tracing::info!(event = id, retry = %new_id, "admin: failed event queued again");
     admin.parts.bus.wake();
     Ok(see_other("/admin/inbox?status=failed"))
+}
+
+/// The `?status=` of the inbox views (the page and `/api/admin/inbox`): `failed` when absent.
+pub(in crate::server::admin) fn status_of(status: Option<&str>) -> Result<InboxStatus, AdminError> {
+    match status {
+        None => Ok(InboxStatus::Failed),
+        Some(status) => status.parse::<InboxStatus>().map_err(|_| {
+            AdminError::BadRequest("status is one of pending, leased, failed, done, retried".into())
+        }),
+    }
 }

@@ -5,13 +5,14 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Admin;
 use super::caller::Authorized;
 use super::error::{AdminError, Cannot};
-use super::pages::inbox::status_of;
+use super::pages::conversations::{AfterQuery, ChannelQuery};
+use super::pages::inbox::{StatusQuery, status_of};
 use super::pages::{LIST_LIMIT, parse_channel};
 use crate::storage::store::{ConversationId, MessageId, UnixMs};
 
@@ -64,13 +65,6 @@ pub async fn overview(State(admin): State<Admin>, _: Authorized) -> ApiResult {
     })))
 }
 
-#[derive(Deserialize)]
-pub struct ChannelQuery {
-    /// `platform:workspace:channel`.
-    #[serde(default)]
-    channel: Option<String>,
-}
-
 /// Conversations, most recently active first (`?channel=` for one channel's).
 pub async fn conversations(
     State(admin): State<Admin>,
@@ -88,12 +82,6 @@ pub async fn conversations(
         .await
         .cannot("list conversations")?;
     Ok(Json(json!({ "conversations": list })))
-}
-
-#[derive(Deserialize)]
-pub struct AfterQuery {
-    #[serde(default)]
-    after: i64,
 }
 
 /// One conversation's transcript, 500 messages at a time (`?after=<message id>`).
@@ -172,12 +160,6 @@ pub async fn access(State(admin): State<Admin>, _: Authorized) -> ApiResult {
     let pending = store.pending_pairings().await.cannot("read the pairings")?;
     let paired = store.paired_users().await.cannot("read the pairings")?;
     Ok(Json(json!({ "pending": pending, "paired": paired })))
-}
-
-#[derive(Deserialize)]
-pub struct StatusQuery {
-    #[serde(default)]
-    status: Option<String>,
 }
 
 /// Inbox counts and the events in one state (`?status=`, default `failed`).

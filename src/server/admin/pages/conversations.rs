@@ -60,7 +60,7 @@ pub async fn list(
 #[derive(Deserialize)]
 pub struct AfterQuery {
     #[serde(default)]
-    after: i64,
+    pub after: i64,
 }
 
 pub async fn transcript(

@@ -15,7 +15,7 @@ use crate::storage::store::{EventId, InboxStatus};
 #[derive(Deserialize)]
 pub struct StatusQuery {
     #[serde(default)]
-    status: Option<String>,
+    pub status: Option<String>,
 }
 
 pub async fn show(

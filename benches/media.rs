@@ -19,6 +19,7 @@ use ecdysis::config::Config;
 use ecdysis::media::image::{ImageLimits, prepare};
 use ecdysis::server::app::App;
 use ecdysis_slack::signature::sign;
+use ecdysis_testkit::llm::FakeLlm;
 use ecdysis_testkit::slack::FakeSlack;
 use serde_json::json;
 
@@ -98,6 +99,7 @@ fn bench_prepare() {
 
 async fn bench_acks(events: u64, rate: u64) {
     let slack = FakeSlack::start().await.expect("fake Slack");
+    let llm = FakeLlm::start().await.expect("fake model");
     let dir = tempfile::tempdir().expect("tempdir");
     let vars: HashMap<String, String> = [
         (
@@ -109,6 +111,11 @@ async fn bench_acks(events: u64, rate: u64) {
         ("SLACK_SIGNING_SECRET", SECRET.into()),
         ("SLACK_BOT_TOKEN", "xoxb-bench".into()),
         ("SLACK_API_URL", slack.api_url()),
+        // A model, so every image is fetched, stored and prepared for it, as in real use.
+        ("ECDYSIS_MODEL", "anthropic/claude-bench".into()),
+        ("ANTHROPIC_API_KEY", "sk-ant-bench".into()),
+        ("ANTHROPIC_BASE_URL", llm.anthropic_base_url()),
+        ("ECDYSIS_SLACK_STREAMING", "off".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -131,6 +138,7 @@ async fn bench_acks(events: u64, rate: u64) {
         load_average()
     );
     let client = reqwest::Client::new();
+    let mut last_ack = Instant::now();
     for with_file in [false, true] {
         let mut tasks = Vec::new();
         let start = Instant::now();
@@ -138,7 +146,9 @@ async fn bench_acks(events: u64, rate: u64) {
             let at = start + Duration::from_micros(n * 1_000_000 / rate.max(1));
             tokio::time::sleep_until(at.into()).await;
             let tag = if with_file { "file" } else { "plain" };
-            let ts = format!("1700002000.{n:06}");
+            // Each phase its own timestamps: a Slack message's event id is `{channel}:{ts}`.
+            let second = if with_file { 1_700_003_000 } else { 1_700_002_000 };
+            let ts = format!("{second}.{n:06}");
             let mut event = json!({
                 "type": "message", "channel_type": "im", "channel": format!("D{}", n % 20),
                 "user": "U1", "ts": ts, "text": format!("look {n}"),
@@ -184,6 +194,7 @@ async fn bench_acks(events: u64, rate: u64) {
                 _ => failed += 1,
             }
         }
+        last_ack = Instant::now();
         times.sort();
         println!(
             "  {}: ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({failed} not 200)",
@@ -197,14 +208,22 @@ async fn bench_acks(events: u64, rate: u64) {
             ms(times.last().copied().unwrap_or_default()),
         );
     }
-    // Let the workers fetch what they were given, then say how many files arrived.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while slack.calls_to("download").len() < events as usize && Instant::now() < deadline {
+    // Let the workers fetch and prepare what they were given, then say how far they got.
+    let images_seen = || {
+        llm.requests()
+            .iter()
+            .filter(|r| r.raw.contains("\"type\":\"image\""))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while images_seen() < events as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "  files fetched after the acks: {} of {events}",
-        slack.calls_to("download").len()
+        "  after the acks: {} of {events} files fetched, {} images read by the model ({:.1} s after the last ack)",
+        slack.calls_to("download").len(),
+        images_seen(),
+        last_ack.elapsed().as_secs_f64(),
     );
     workers.shutdown(Duration::from_secs(10)).await;
 }

@@ -19,7 +19,7 @@ pub enum DocumentError {
     NotText,
 }
 
-/// The text of a PDF, page by page. CPU-bound: call it from `spawn_blocking`. A parser panic
+/// The text of a PDF, page by page. CPU-bound: call it through [`super::background`]. A parser panic
 /// (malformed input) is an error like any other.
 pub fn pdf_text(bytes: &[u8]) -> Result<PdfText, DocumentError> {
     let pages = std::panic::catch_unwind(AssertUnwindSafe(|| {

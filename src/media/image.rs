@@ -2,14 +2,17 @@
 //! scaled down to the providers' limits and re-encoded when they are over them. An image that
 //! already fits is passed on as it came (after checking that it decodes).
 //!
-//! A JPEG larger than the limits is decoded straight at 1/2, 1/4 or 1/8 of its size where that
-//! is still at least the size it is scaled to (the DCT scaling of libjpeg's `scale_denom`):
-//! a 12-megapixel photo then costs a quarter of the pixels to decode, convert and scale.
+//! JPEGs, most of what users send, go through libjpeg-turbo (the `mozjpeg` crate): a photo
+//! larger than the limits is decoded straight at the smallest scale of N/8 that is still at
+//! least the size it is fitted to (libjpeg's DCT scaling), so a 12-megapixel photo costs about
+//! a seventh of its pixels to decode. Scaling is `fast_image_resize` (SIMD convolution), the
+//! re-encoding libjpeg-turbo's fastest settings.
 
 use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-use image::codecs::jpeg::JpegEncoder;
+use fast_image_resize as fir;
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::{DynamicImage, ImageEncoder, ImageFormat, ImageReader};
 
@@ -64,7 +67,7 @@ pub enum ImageError {
     Encode(String),
 }
 
-/// Make an image ready for the model. CPU-bound: call it from `spawn_blocking`.
+/// Make an image ready for the model. CPU-bound: call it through [`super::background`].
 pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageError> {
     let mime = image_mime(bytes).ok_or(ImageError::Unsupported)?;
     let format = match mime {
@@ -74,7 +77,7 @@ pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageErr
         _ => ImageFormat::WebP,
     };
     if format == ImageFormat::Jpeg
-        && let Some((img, original)) = decode_jpeg_scaled(bytes, limits)?
+        && let Some((img, original)) = jpeg::decode_scaled(bytes, limits)?
     {
         return fit(bytes, mime, format, img, original, limits);
     }
@@ -100,48 +103,6 @@ pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageErr
 /// A decoded image and the size it was stored in (larger when decoded at a smaller scale).
 type Decoded = (DynamicImage, (u32, u32));
 
-/// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) that is not smaller than the
-/// size it is fitted to, with its full size. `None` when the general decoder should take it
-/// (a CMYK or 16-bit JPEG, or one this decoder cannot read: the general one says why).
-fn decode_jpeg_scaled(bytes: &[u8], limits: ImageLimits) -> Result<Option<Decoded>, ImageError> {
-    use jpeg_decoder::{Decoder, PixelFormat};
-    let mut decoder = Decoder::new(Cursor::new(bytes));
-    let Some(info) = decoder.read_info().ok().and_then(|()| decoder.info()) else {
-        return Ok(None);
-    };
-    let original = (u32::from(info.width), u32::from(info.height));
-    if original.0 > MAX_DECODE_SIDE || original.1 > MAX_DECODE_SIDE {
-        return Err(ImageError::TooLarge {
-            width: original.0,
-            height: original.1,
-        });
-    }
-    let (width, height) = fitted_size(original.0, original.1, limits);
-    // Within u16: never larger than the original, whose sides are u16 in a JPEG.
-    let requested = (
-        u16::try_from(width).unwrap_or(u16::MAX),
-        u16::try_from(height).unwrap_or(u16::MAX),
-    );
-    let Ok((w, h)) = decoder.scale(requested.0, requested.1) else {
-        return Ok(None);
-    };
-    decoder.set_max_decoding_buffer_size(usize::try_from(MAX_DECODE_ALLOC).unwrap_or(usize::MAX));
-    let Ok(pixels) = decoder.decode() else {
-        return Ok(None);
-    };
-    let (w, h) = (u32::from(w), u32::from(h));
-    let img = match decoder.info().map(|i| i.pixel_format) {
-        Some(PixelFormat::RGB24) => {
-            image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
-        }
-        Some(PixelFormat::L8) => {
-            image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
-        }
-        _ => None,
-    };
-    Ok(img.map(|img| (img, original)))
-}
-
 /// Pass `bytes` on when the image already fits, else scale `img` (decoded, maybe already
 /// smaller than `original`) to the fitted size and encode it.
 fn fit(
@@ -164,11 +125,7 @@ fn fit(
             original,
         });
     }
-    let scaled = if (width, height) == (img.width(), img.height()) {
-        img
-    } else {
-        img.thumbnail_exact(width, height)
-    };
+    let scaled = scale(img, width, height)?;
     let (bytes, mime) = encode(&scaled, limits.max_bytes)?;
     Ok(ModelImage {
         bytes: Bytes::from(bytes),
@@ -177,6 +134,39 @@ fn fit(
         height: scaled.height(),
         original,
     })
+}
+
+/// `img` scaled to `width`×`height` (as 8-bit grey, RGB or RGBA: what is encoded after).
+fn scale(img: DynamicImage, width: u32, height: u32) -> Result<DynamicImage, ImageError> {
+    if (width, height) == (img.width(), img.height()) {
+        return Ok(img);
+    }
+    let (src_w, src_h) = (img.width(), img.height());
+    let (pixels, kind): (Vec<u8>, fir::PixelType) = match img {
+        DynamicImage::ImageLuma8(g) => (g.into_raw(), fir::PixelType::U8),
+        DynamicImage::ImageRgb8(rgb) => (rgb.into_raw(), fir::PixelType::U8x3),
+        other if other.color().has_alpha() => (other.to_rgba8().into_raw(), fir::PixelType::U8x4),
+        other if other.color().has_color() => (other.to_rgb8().into_raw(), fir::PixelType::U8x3),
+        other => (other.to_luma8().into_raw(), fir::PixelType::U8),
+    };
+    let err = |e: &dyn std::fmt::Display| ImageError::Unreadable(format!("scaling failed: {e}"));
+    let src = fir::images::Image::from_vec_u8(src_w, src_h, pixels, kind).map_err(|e| err(&e))?;
+    let mut dst = fir::images::Image::new(width, height, kind);
+    // Lanczos3 keeps the text of a screenshot sharp; alpha is premultiplied while scaling.
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3));
+    fir::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| err(&e))?;
+    let out = dst.into_vec();
+    let scaled = match kind {
+        fir::PixelType::U8 => image::GrayImage::from_raw(width, height, out).map(DynamicImage::from),
+        fir::PixelType::U8x4 => {
+            image::RgbaImage::from_raw(width, height, out).map(DynamicImage::from)
+        }
+        _ => image::RgbImage::from_raw(width, height, out).map(DynamicImage::from),
+    };
+    scaled.ok_or_else(|| err(&"the scaled image has the wrong size"))
 }
 
 /// The size an image of `w`×`h` is scaled to: within the side and pixel limits, aspect kept.
@@ -209,7 +199,6 @@ pub fn fitted_size(w: u32, h: u32, limits: ImageLimits) -> (u32, u32) {
 /// PNG when the image has transparency and the PNG fits; JPEG otherwise (quality falling until
 /// it fits).
 fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str), ImageError> {
-    let err = |e: image::ImageError| ImageError::Encode(e.to_string());
     if img.color().has_alpha() {
         let rgba = img.to_rgba8();
         let mut out = Vec::new();
@@ -220,22 +209,19 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
                 rgba.height(),
                 image::ExtendedColorType::Rgba8,
             )
-            .map_err(err)?;
+            .map_err(|e| ImageError::Encode(e.to_string()))?;
         if out.len() <= max_bytes {
             return Ok((out, "image/png"));
         }
     }
-    let rgb = img.to_rgb8();
+    let flat = match img {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => None,
+        other if other.color().has_color() => Some(DynamicImage::from(other.to_rgb8())),
+        other => Some(DynamicImage::from(other.to_luma8())),
+    };
+    let flat = flat.as_ref().unwrap_or(img);
     for quality in [85u8, 70, 55, 40] {
-        let mut out = Vec::new();
-        JpegEncoder::new_with_quality(&mut out, quality)
-            .write_image(
-                rgb.as_raw(),
-                rgb.width(),
-                rgb.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(err)?;
+        let out = jpeg::encode(flat, quality)?;
         if out.len() <= max_bytes {
             return Ok((out, "image/jpeg"));
         }
@@ -243,6 +229,143 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
     Err(ImageError::Encode(format!(
         "it does not fit in {max_bytes} bytes even as a low-quality JPEG"
     )))
+}
+
+/// JPEG in and out through libjpeg-turbo. libjpeg reports errors by unwinding (the `mozjpeg`
+/// crate's design), so every call is inside `catch_unwind`; its warnings about corrupt data
+/// are made errors too, so a damaged photo is never passed on half grey.
+mod jpeg {
+    use std::os::raw::c_int;
+
+    use mozjpeg::{ColorSpace, Compress, Decompress, Format};
+    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
+
+    use super::{
+        AssertUnwindSafe, Decoded, DynamicImage, ImageError, ImageLimits, MAX_DECODE_ALLOC,
+        MAX_DECODE_SIDE, catch_unwind, fitted_size,
+    };
+
+    /// A JPEG decoded at the smallest scale N/8 (N in 1..=8) whose size is not below the size
+    /// it is fitted to, with its full size. `None` when the general decoder should take it (a
+    /// CMYK JPEG, or one libjpeg refuses: the general decoder then says why).
+    pub(super) fn decode_scaled(
+        bytes: &[u8],
+        limits: ImageLimits,
+    ) -> Result<Option<Decoded>, ImageError> {
+        match catch_unwind(AssertUnwindSafe(|| decode(bytes, limits))) {
+            Ok(Ok(decoded)) => Ok(decoded),
+            Ok(Err(too_large)) => Err(too_large),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn decode(bytes: &[u8], limits: ImageLimits) -> Result<Option<Decoded>, ImageError> {
+        let Ok(mut decoder) = Decompress::with_err(strict_errors()).from_mem(bytes) else {
+            return Ok(None);
+        };
+        let (width, height) = decoder.size();
+        let original = (
+            u32::try_from(width).unwrap_or(u32::MAX),
+            u32::try_from(height).unwrap_or(u32::MAX),
+        );
+        // A progressive JPEG keeps every coefficient (2 bytes each, per component) in memory.
+        let coefficients = (width as u64) * (height as u64) * 2 * 3;
+        if original.0 > MAX_DECODE_SIDE
+            || original.1 > MAX_DECODE_SIDE
+            || coefficients > MAX_DECODE_ALLOC
+        {
+            return Err(ImageError::TooLarge {
+                width: original.0,
+                height: original.1,
+            });
+        }
+        let target = fitted_size(original.0, original.1, limits);
+        decoder.scale(eighths(original, target));
+        let img = match decoder.image() {
+            Ok(Format::RGB(mut started)) => {
+                let (w, h) = (started.width() as u32, started.height() as u32);
+                let pixels = started.read_scanlines::<u8>();
+                let finished = started.finish();
+                match (pixels, finished) {
+                    (Ok(pixels), Ok(())) => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::from),
+                    _ => None,
+                }
+            }
+            Ok(Format::Gray(mut started)) => {
+                let (w, h) = (started.width() as u32, started.height() as u32);
+                let pixels = started.read_scanlines::<u8>();
+                let finished = started.finish();
+                match (pixels, finished) {
+                    (Ok(pixels), Ok(())) => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::from),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(img.map(|img| (img, original)))
+    }
+
+    /// The smallest N (1..=8) for which libjpeg's output at N/8 (each side rounded up) is at
+    /// least `target` on both sides.
+    pub(super) fn eighths(original: (u32, u32), target: (u32, u32)) -> u8 {
+        let side = |full: u32, n: u32| (u64::from(full) * u64::from(n)).div_ceil(8);
+        (1..=8u8)
+            .find(|&n| {
+                side(original.0, u32::from(n)) >= u64::from(target.0)
+                    && side(original.1, u32::from(n)) >= u64::from(target.1)
+            })
+            .unwrap_or(8)
+    }
+
+    /// An 8-bit grey or RGB image as a baseline JPEG.
+    pub(super) fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, ImageError> {
+        let (space, pixels) = match img {
+            DynamicImage::ImageLuma8(g) => (ColorSpace::JCS_GRAYSCALE, g.as_raw()),
+            DynamicImage::ImageRgb8(rgb) => (ColorSpace::JCS_RGB, rgb.as_raw()),
+            _ => return Err(ImageError::Encode("only grey and RGB are encoded as JPEG".into())),
+        };
+        let run = || -> std::io::Result<Vec<u8>> {
+            let mut compress = Compress::new(space);
+            compress.set_fastest_defaults();
+            compress.set_quality(f32::from(quality));
+            compress.set_size(img.width() as usize, img.height() as usize);
+            let mut started = compress.start_compress(Vec::new())?;
+            started.write_scanlines(pixels)?;
+            started.finish()
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(ImageError::Encode(e.to_string())),
+            Err(_) => Err(ImageError::Encode("libjpeg refused the image".into())),
+        }
+    }
+
+    /// libjpeg's standard error handling, with errors and corrupt-data warnings unwinding.
+    fn strict_errors() -> jpeg_error_mgr {
+        // SAFETY: `jpeg_error_mgr` is a plain C struct (integers, pointers and optional
+        // function pointers), for which all zeroes is a valid value; `jpeg_std_error` then
+        // fills in libjpeg's defaults.
+        let mut errors: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer is to a live, exclusively borrowed struct.
+        unsafe { jpeg_std_error(&mut errors) };
+        errors.error_exit = Some(fail);
+        errors.emit_message = Some(fail_on_warning);
+        errors
+    }
+
+    /// libjpeg's fatal error: unwind to the `catch_unwind` around the call (libjpeg is built
+    /// to be unwound through: mozjpeg-sys's `unwinding` feature).
+    extern "C-unwind" fn fail(_cinfo: &mut jpeg_common_struct) {
+        std::panic::resume_unwind(Box::new("libjpeg error"));
+    }
+
+    /// Level -1 is a warning, which libjpeg gives for corrupt or truncated data; others are
+    /// trace messages.
+    extern "C-unwind" fn fail_on_warning(_cinfo: &mut jpeg_common_struct, level: c_int) {
+        if level < 0 {
+            std::panic::resume_unwind(Box::new("corrupt JPEG data"));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,7 +433,7 @@ mod tests {
         }));
         let jpeg = encoded(photo, ImageFormat::Jpeg);
         let limits = ImageLimits::default();
-        let (scaled, original) = decode_jpeg_scaled(&jpeg, limits).unwrap().unwrap();
+        let (scaled, original) = jpeg::decode_scaled(&jpeg, limits).unwrap().unwrap();
         assert_eq!(original, (3200, 2400));
         assert_eq!(
             (scaled.width(), scaled.height()),
@@ -386,6 +509,28 @@ mod tests {
             prepare(&jpeg, ImageLimits::default()),
             Err(ImageError::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn jpegs_are_decoded_at_the_smallest_eighth_that_still_covers_the_fitted_size() {
+        // 4000×3000 fits into 1238×928: 3/8 gives 1500×1125.
+        assert_eq!(jpeg::eighths((4000, 3000), (1238, 928)), 3);
+        // libjpeg rounds each side up: 1/8 of 801 is 101, which covers 101.
+        assert_eq!(jpeg::eighths((801, 801), (101, 101)), 1);
+        assert_eq!(jpeg::eighths((801, 801), (102, 101)), 2);
+        // An image that already fits is decoded whole.
+        assert_eq!(jpeg::eighths((640, 480), (640, 480)), 8);
+        let photo = encoded(
+            DynamicImage::ImageRgb8(RgbImage::from_fn(4000, 3000, |x, y| {
+                Rgb([(x / 16) as u8, (y / 12) as u8, 40])
+            })),
+            ImageFormat::Jpeg,
+        );
+        let (decoded, original) = jpeg::decode_scaled(&photo, ImageLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(original, (4000, 3000));
+        assert_eq!((decoded.width(), decoded.height()), (1500, 1125));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! fetched by a worker after the acknowledgement ([`intake`]), kept as artifacts, and turned
 //! into what the model reads ([`reader`]).
 
+pub mod background;
 pub mod document;
 pub mod image;
 pub mod intake;

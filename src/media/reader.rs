@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tracing::warn;
 
+use super::background;
 use super::document::{self, cut, human_size};
 use super::image::{self as model_image, ImageLimits};
 use super::kind::{Kind, classify};
@@ -247,7 +248,7 @@ impl Reader {
             ));
         }
         let limits = self.limits;
-        let prepared = tokio::task::spawn_blocking(move || model_image::prepare(&bytes, limits))
+        let prepared = background::run("image", move || model_image::prepare(&bytes, limits))
             .await
             .map_err(|e| format!("preparing it failed ({e})"))?
             .map_err(|e| e.to_string())?;
@@ -348,7 +349,7 @@ impl Reader {
                 .unwrap_or(1) as usize;
             return Ok((text, pages));
         }
-        let extracted = tokio::task::spawn_blocking(move || document::pdf_text(&bytes))
+        let extracted = background::run("pdf", move || document::pdf_text(&bytes))
             .await
             .map_err(|e| format!("reading it failed ({e})"))?
             .map_err(|e| e.to_string())?;

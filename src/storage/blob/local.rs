@@ -7,6 +7,12 @@
 //! it. Empty directories left by `delete` are kept: removing them could race with a concurrent
 //! put into the same directory.
 //!
+//! Large blobs (received files, recordings) are written one at a time, in 1 MB pieces each
+//! synced before the next: the disk then never holds a long queue of dirty data, so the
+//! database's own commits (an event's acknowledgement waits for one) are not stuck behind it.
+//! Measured on the 2-core test machine: a small fsync took p99 72 ms while one writer wrote
+//! 6 MB files unsynced, 35 ms with one fsync per file, 9 ms with one per 1 MB (217 MB/s).
+//!
 //! Blobs are this user's alone: the root and every directory under it are mode 0700 and every
 //! blob file 0600, whatever the process umask (a root left readable by an older version is made
 //! private when the store opens).
@@ -15,6 +21,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -34,10 +41,15 @@ const FILE_MODE: u32 = 0o600;
 /// may belong to another process sharing the directory (`ecdysis chat` beside `ecdysis serve`).
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
+/// Writes of more than this are large: written one at a time, synced piece by piece.
+const PIECE: usize = 1024 * 1024;
+
 /// Blobs as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
+    /// One large write at a time (see the module comment).
+    large_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl LocalBlobStore {
@@ -64,7 +76,10 @@ impl LocalBlobStore {
             }
             make_private(&tmp);
             remove_stale_tmp_files(&tmp);
-            Ok(Self { root })
+            Ok(Self {
+                root,
+                large_writes: Arc::new(tokio::sync::Semaphore::new(1)),
+            })
         })
         .await
     }
@@ -86,6 +101,12 @@ impl BlobStore for LocalBlobStore {
         validate_key(key)?;
         let root = self.root.clone();
         let target = self.path_of(key);
+        let _turn = if bytes.len() > PIECE {
+            // Never closed: the store owns the semaphore.
+            self.large_writes.acquire().await.ok()
+        } else {
+            None
+        };
         blocking(key, move || write_atomically(&root, &target, &bytes)).await
     }
 
@@ -199,7 +220,13 @@ fn write_atomically(root: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> 
             }
             other => other?,
         };
-        file.write_all(bytes)?;
+        let mut pieces = bytes.chunks(PIECE).peekable();
+        while let Some(piece) = pieces.next() {
+            file.write_all(piece)?;
+            if pieces.peek().is_some() {
+                file.sync_data()?;
+            }
+        }
         file.sync_all()?;
         drop(file);
 

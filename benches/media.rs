@@ -147,7 +147,11 @@ async fn bench_acks(events: u64, rate: u64) {
             tokio::time::sleep_until(at.into()).await;
             let tag = if with_file { "file" } else { "plain" };
             // Each phase its own timestamps: a Slack message's event id is `{channel}:{ts}`.
-            let second = if with_file { 1_700_003_000 } else { 1_700_002_000 };
+            let second = if with_file {
+                1_700_003_000
+            } else {
+                1_700_002_000
+            };
             let ts = format!("{second}.{n:06}");
             let mut event = json!({
                 "type": "message", "channel_type": "im", "channel": format!("D{}", n % 20),

@@ -301,6 +301,11 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ),
     ("bus.max_attempts", &["ECDYSIS_BUS_MAX_ATTEMPTS"], Kind::Int),
     (
+        "bus.max_delivery_attempts",
+        &["ECDYSIS_BUS_MAX_DELIVERY_ATTEMPTS"],
+        Kind::Int,
+    ),
+    (
         "bus.leader_lease_seconds",
         &["ECDYSIS_LEADER_LEASE_SECONDS"],
         Kind::Int,
@@ -710,6 +715,7 @@ struct BusFile {
     max_queued: Option<i64>,
     lease_seconds: Option<i64>,
     max_attempts: Option<i64>,
+    max_delivery_attempts: Option<i64>,
     leader_lease_seconds: Option<i64>,
 }
 
@@ -1036,6 +1042,9 @@ pub struct BusConfig {
     pub lease_seconds: u64,
     /// Attempts before an event is marked failed.
     pub max_attempts: u32,
+    /// Attempts at delivering a reply (failures that may pass) before it is given up. A
+    /// platform's rate limit does not count: its wait is always kept.
+    pub max_delivery_attempts: u32,
     /// With several instances (Postgres): how long the holder of the Discord gateway or the
     /// Slack Socket Mode connection keeps it without renewing, i.e. the longest fail-over.
     pub leader_lease_seconds: u64,
@@ -1048,6 +1057,7 @@ impl Default for BusConfig {
             max_queued: 10_000,
             lease_seconds: 120,
             max_attempts: 5,
+            max_delivery_attempts: 8,
             leader_lease_seconds: 15,
         }
     }
@@ -1251,6 +1261,11 @@ impl Config {
                 "bus.max_attempts",
                 file.bus.max_attempts,
                 defaults.max_attempts as i64,
+            )? as u32,
+            max_delivery_attempts: positive(
+                "bus.max_delivery_attempts",
+                file.bus.max_delivery_attempts,
+                defaults.max_delivery_attempts as i64,
             )? as u32,
             leader_lease_seconds: positive(
                 "bus.leader_lease_seconds",

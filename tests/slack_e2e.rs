@@ -371,6 +371,45 @@ async fn dm_is_answered_in_the_dm() {
 }
 
 #[tokio::test]
+async fn a_reply_that_keeps_failing_is_given_up_after_the_set_attempts() {
+    let env = start(&[("ECDYSIS_BUS_MAX_DELIVERY_ATTEMPTS", "2")]).await;
+    env.slack
+        .fail_next("chat.postMessage", 100, "internal_error");
+    let dm = json!({
+        "type": "message", "channel_type": "im", "user": "U1", "text": "hi there",
+        "ts": "1700000011.000100", "channel": "D1",
+    });
+    assert_eq!(
+        post_event(&env, &callback(TEAM, "EvGiveUp", dm))
+            .await
+            .status(),
+        200
+    );
+    let posts = env.slack.wait_calls("chat.postMessage", 2, WAIT).await;
+    assert_eq!(posts.len(), 2, "{}", env.server.log());
+    // A third attempt would follow the second within 4 s (the backoff after two failures is
+    // 2 to 4 s); none comes, and the reply is recorded as failed.
+    let path = env.server.data_dir.join("data").join("ecdysis.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'failed'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if failed == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", env.server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.slack.calls_to("chat.postMessage").len(), 2);
+}
+
+#[tokio::test]
 async fn ambient_bot_and_edited_messages_are_not_answered() {
     let env = start(&[]).await;
     let events = [

@@ -12,8 +12,6 @@ use crate::storage::store::{OutboxItem, UnixMs};
 
 /// How long a claimed reply is held before the sweep may retry it.
 pub(super) const REPLY_LEASE_MS: i64 = 60_000;
-/// Delivery attempts before a reply is given up.
-const MAX_DELIVERY_ATTEMPTS: i32 = 8;
 /// Replies the sweep claims at once.
 const SWEEP_BATCH: i64 = 50;
 /// How often the sweep looks for replies to retry.
@@ -30,6 +28,8 @@ impl Bus {
             attempt = item.attempts,
         );
         let outcome = self.try_deliver(&item).instrument(span).await;
+        let max_attempts =
+            i32::try_from(self.inner.config.max_delivery_attempts).unwrap_or(i32::MAX);
         let recorded = match outcome {
             Ok(message_id) => {
                 self.inner.metrics.replies_sent.inc();
@@ -50,7 +50,7 @@ impl Bus {
                     .mark_reply_failed(item.id, &detail, Some(UnixMs::now().plus(delay)))
                     .await
             }
-            Err(DeliveryError::Retryable(e)) if item.attempts < MAX_DELIVERY_ATTEMPTS => {
+            Err(DeliveryError::Retryable(e)) if item.attempts < max_attempts => {
                 self.inner.metrics.reply_failures.inc();
                 let delay = backoff_ms(item.attempts);
                 warn!(reply = %item.id, error = %e, delay_ms = delay, "delivery failed; will retry");

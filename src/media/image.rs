@@ -160,7 +160,9 @@ fn scale(img: DynamicImage, width: u32, height: u32) -> Result<DynamicImage, Ima
         .map_err(|e| err(&e))?;
     let out = dst.into_vec();
     let scaled = match kind {
-        fir::PixelType::U8 => image::GrayImage::from_raw(width, height, out).map(DynamicImage::from),
+        fir::PixelType::U8 => {
+            image::GrayImage::from_raw(width, height, out).map(DynamicImage::from)
+        }
         fir::PixelType::U8x4 => {
             image::RgbaImage::from_raw(width, height, out).map(DynamicImage::from)
         }
@@ -287,7 +289,9 @@ mod jpeg {
                 let pixels = started.read_scanlines::<u8>();
                 let finished = started.finish();
                 match (pixels, finished) {
-                    (Ok(pixels), Ok(())) => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::from),
+                    (Ok(pixels), Ok(())) => {
+                        image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::from)
+                    }
                     _ => None,
                 }
             }
@@ -296,7 +300,9 @@ mod jpeg {
                 let pixels = started.read_scanlines::<u8>();
                 let finished = started.finish();
                 match (pixels, finished) {
-                    (Ok(pixels), Ok(())) => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::from),
+                    (Ok(pixels), Ok(())) => {
+                        image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::from)
+                    }
                     _ => None,
                 }
             }
@@ -322,7 +328,11 @@ mod jpeg {
         let (space, pixels) = match img {
             DynamicImage::ImageLuma8(g) => (ColorSpace::JCS_GRAYSCALE, g.as_raw()),
             DynamicImage::ImageRgb8(rgb) => (ColorSpace::JCS_RGB, rgb.as_raw()),
-            _ => return Err(ImageError::Encode("only grey and RGB are encoded as JPEG".into())),
+            _ => {
+                return Err(ImageError::Encode(
+                    "only grey and RGB are encoded as JPEG".into(),
+                ));
+            }
         };
         let run = || -> std::io::Result<Vec<u8>> {
             let mut compress = Compress::new(space);

@@ -239,6 +239,7 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
 mod jpeg {
     use std::os::raw::c_int;
 
+    use mozjpeg::decompress::DecompressStarted;
     use mozjpeg::{ColorSpace, Compress, Decompress, Format};
     use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 
@@ -284,31 +285,26 @@ mod jpeg {
         let target = fitted_size(original.0, original.1, limits);
         decoder.scale(eighths(original, target));
         let img = match decoder.image() {
-            Ok(Format::RGB(mut started)) => {
-                let (w, h) = (started.width() as u32, started.height() as u32);
-                let pixels = started.read_scanlines::<u8>();
-                let finished = started.finish();
-                match (pixels, finished) {
-                    (Ok(pixels), Ok(())) => {
-                        image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::from)
-                    }
-                    _ => None,
-                }
-            }
-            Ok(Format::Gray(mut started)) => {
-                let (w, h) = (started.width() as u32, started.height() as u32);
-                let pixels = started.read_scanlines::<u8>();
-                let finished = started.finish();
-                match (pixels, finished) {
-                    (Ok(pixels), Ok(())) => {
-                        image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::from)
-                    }
-                    _ => None,
-                }
-            }
+            Ok(Format::RGB(started)) => read_all(started)
+                .and_then(|(w, h, px)| image::RgbImage::from_raw(w, h, px))
+                .map(DynamicImage::from),
+            Ok(Format::Gray(started)) => read_all(started)
+                .and_then(|(w, h, px)| image::GrayImage::from_raw(w, h, px))
+                .map(DynamicImage::from),
             _ => None,
         };
         Ok(img.map(|img| (img, original)))
+    }
+
+    /// Every pixel of a started decode, with its size; `None` when libjpeg stopped short.
+    fn read_all(mut started: DecompressStarted<&[u8]>) -> Option<(u32, u32, Vec<u8>)> {
+        let size = (
+            u32::try_from(started.width()).ok()?,
+            u32::try_from(started.height()).ok()?,
+        );
+        let pixels = started.read_scanlines::<u8>().ok()?;
+        started.finish().ok()?;
+        Some((size.0, size.1, pixels))
     }
 
     /// The smallest N (1..=8) for which libjpeg's output at N/8 (each side rounded up) is at

@@ -114,6 +114,14 @@ fn callback(team: &str, event_id: &str, event: Value) -> Value {
     })
 }
 
+/// A message from U1 in the DM D1.
+fn dm(ts: &str, text: &str) -> Value {
+    json!({
+        "type": "message", "channel_type": "im", "user": "U1", "text": text,
+        "ts": ts, "channel": "D1",
+    })
+}
+
 fn mention(channel: &str, ts: &str, text: &str) -> Value {
     json!({
         "type": "app_mention",
@@ -180,9 +188,14 @@ async fn command_response(env: &Env, response_id: &str) -> Value {
 }
 
 /// Open the server's SQLite database from the test (WAL: reading beside it is fine).
-async fn open_store(env: &Env) -> std::sync::Arc<dyn Store> {
+/// The server's SQLite database.
+fn database_url(env: &Env) -> String {
     let path = env.server.data_dir.join("data").join("ecdysis.db");
-    ecdysis::storage::store::open(&format!("sqlite://{}", path.display()))
+    format!("sqlite://{}", path.display())
+}
+
+async fn open_store(env: &Env) -> std::sync::Arc<dyn Store> {
+    ecdysis::storage::store::open(&database_url(env))
         .await
         .unwrap()
 }
@@ -352,10 +365,7 @@ async fn channel_mention_is_answered_once_in_its_thread() {
 #[tokio::test]
 async fn dm_is_answered_in_the_dm() {
     let env = start(&[]).await;
-    let dm = json!({
-        "type": "message", "channel_type": "im", "user": "U1", "text": "hi there",
-        "ts": "1700000010.000100", "channel": "D1",
-    });
+    let dm = dm("1700000010.000100", "hi there");
     assert_eq!(
         post_event(&env, &callback(TEAM, "EvDM", dm)).await.status(),
         200
@@ -375,10 +385,7 @@ async fn a_reply_that_keeps_failing_is_given_up_after_the_set_attempts() {
     let env = start(&[("ECDYSIS_BUS_MAX_DELIVERY_ATTEMPTS", "2")]).await;
     env.slack
         .fail_next("chat.postMessage", 100, "internal_error");
-    let dm = json!({
-        "type": "message", "channel_type": "im", "user": "U1", "text": "hi there",
-        "ts": "1700000011.000100", "channel": "D1",
-    });
+    let dm = dm("1700000011.000100", "hi there");
     assert_eq!(
         post_event(&env, &callback(TEAM, "EvGiveUp", dm))
             .await
@@ -387,10 +394,10 @@ async fn a_reply_that_keeps_failing_is_given_up_after_the_set_attempts() {
     );
     let posts = env.slack.wait_calls("chat.postMessage", 2, WAIT).await;
     assert_eq!(posts.len(), 2, "{}", env.server.log());
-    // A third attempt would follow the second within 4 s (the backoff after two failures is
-    // 2 to 4 s); none comes, and the reply is recorded as failed.
-    let path = env.server.data_dir.join("data").join("ecdysis.db");
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+    // The reply is recorded as failed (for good: a failed row is never claimed again); with
+    // the default of 8 attempts it would be pending a third one instead. The store has no
+    // reader for outbox rows, so the table is read directly.
+    let db = sqlx::SqlitePool::connect(&database_url(&env))
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -314,9 +314,7 @@ impl Db {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        let key = lock_key(conversation);
-        self.writer
-            .write(Admission::Wait, Durability::Synced, Some(key), args, f)
+        self.write_to_as(Durability::Synced, conversation, args, f)
             .await
     }
 
@@ -331,9 +329,25 @@ impl Db {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
+        self.write_to_as(Durability::Lazy, conversation, args, f)
+            .await
+    }
+
+    /// [`Db::write_to`] with the durability chosen by the caller.
+    pub(crate) async fn write_to_as<A, R>(
+        &self,
+        durability: Durability,
+        conversation: &ConversationRef,
+        args: A,
+        f: impl WriteFn<A, R>,
+    ) -> Result<R>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
         let key = lock_key(conversation);
         self.writer
-            .write(Admission::Wait, Durability::Lazy, Some(key), args, f)
+            .write(Admission::Wait, durability, Some(key), args, f)
             .await
     }
 

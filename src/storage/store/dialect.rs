@@ -33,11 +33,14 @@ pub(crate) fn locks_conversations(db: &Db) -> bool {
 /// unfinished event, see `conversations.head_id`), pending or with an expired lease, and due.
 /// `$1` owner, `$2` lease until, `$3` now. The walk visits only conversations that have work.
 /// Postgres skips heads another transaction has locked (another instance claiming them).
+/// On SQLite, `CROSS JOIN` keeps the conversations' heads the outer loop, walked in order on
+/// their index: left to itself the planner walked every open event of the inbox by status
+/// (3 ms per claim with 5,000 events waiting, against 0.2 ms).
 pub(crate) const CLAIM_EVENTS: Sql = Sql {
     sqlite: "UPDATE inbox
              SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = attempts + 1
              WHERE id IN (
-                 SELECT i.id FROM conversations c JOIN inbox i ON i.id = c.head_id
+                 SELECT i.id FROM conversations c CROSS JOIN inbox i ON i.id = c.head_id
                  WHERE c.head_id IS NOT NULL
                    AND (i.status = 'pending' OR (i.status = 'leased' AND i.lease_until < $3))
                    AND i.available_at <= $3

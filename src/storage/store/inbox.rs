@@ -9,6 +9,7 @@ use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
 use super::dialect::{self, CLAIM_EVENTS};
 use super::transcript::insert_message;
+use super::writer::Durability;
 use super::{
     ConversationId, EventId, InboxStatus, NewArtifact, NewMessage, NewReply, OutboxItem, ReplyId,
     Result, Role, SqlStore, StoreError, UnixMs,
@@ -219,6 +220,18 @@ async fn insert_event(
     Ok((inserted, conversation_id))
 }
 
+/// How durable a completion's commit must be before the worker hears back. Replies written
+/// already claimed leave for the platform as soon as it does, so their commit must be on disk
+/// first: after a power loss the event would otherwise run again and post its answer a second
+/// time. Without them, the commit can wait for the next synced one (see the writer).
+fn completion_durability(done: &Completion) -> Durability {
+    if done.reply_lease_until.is_some() && !done.replies.is_empty() {
+        Durability::Synced
+    } else {
+        Durability::Lazy
+    }
+}
+
 /// The done (or failed) mark, transcript rows and outbox rows of a finished event. `None` when
 /// `owner` no longer holds the event's lease (nothing is written then).
 async fn complete_event(
@@ -403,7 +416,8 @@ impl Inbox for SqlStore {
         let event_id = event.id;
         let written = self
             .db
-            .write_to_lazy(
+            .write_to_as(
+                completion_durability(done),
                 &event.conversation,
                 (event_id, owner.to_string(), done.clone()),
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
@@ -637,5 +651,38 @@ impl SqlStore {
                 })
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply() -> NewReply {
+        NewReply {
+            idempotency_key: "k".into(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn completions_whose_replies_leave_at_once_are_synced() {
+        let claimed = Completion {
+            replies: vec![reply()],
+            reply_lease_until: Some(UnixMs(1)),
+            ..Completion::default()
+        };
+        assert_eq!(completion_durability(&claimed), Durability::Synced);
+        // Replies left for the sweep are claimed by a synced write of their own.
+        let unclaimed = Completion {
+            replies: vec![reply()],
+            ..Completion::default()
+        };
+        assert_eq!(completion_durability(&unclaimed), Durability::Lazy);
+        let silent = Completion {
+            reply_lease_until: Some(UnixMs(1)),
+            ..Completion::default()
+        };
+        assert_eq!(completion_durability(&silent), Durability::Lazy);
     }
 }

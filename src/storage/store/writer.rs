@@ -462,14 +462,11 @@ mod tests {
         (held, release)
     }
 
-    /// Wait (bounded) until `lane` has no room left.
-    async fn until_full(lane: &mpsc::Sender<Box<dyn Job>>) {
+    /// Wait (bounded) until at least `n` writes wait in `lane`.
+    async fn until_queued(lane: &mpsc::Sender<Box<dyn Job>>, n: usize) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while lane.capacity() > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the lane never filled"
-            );
+        while lane.max_capacity() - lane.capacity() < n {
+            assert!(tokio::time::Instant::now() < deadline, "never queued");
             tokio::task::yield_now().await;
         }
     }
@@ -488,7 +485,7 @@ mod tests {
                 tokio::spawn(async move { insert_as(&writer, Admission::Refuse, 100 + n).await })
             })
             .collect();
-        until_full(&writer.accepts).await;
+        until_queued(&writer.accepts, ACCEPT_QUEUE).await;
         let refused = insert_as(&writer, Admission::Refuse, 1).await;
         assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
         let internal = {
@@ -518,11 +515,7 @@ mod tests {
                 tokio::spawn(async move { insert(&writer, 1000 + n).await })
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while INTERNAL_QUEUE - writer.internal.capacity() < own as usize {
-            assert!(tokio::time::Instant::now() < deadline, "never queued");
-            tokio::task::yield_now().await;
-        }
+        until_queued(&writer.internal, own as usize).await;
         // The new event counts, in its own transaction, the store's writes written before it.
         let accepted = {
             let writer = writer.clone();
@@ -541,10 +534,7 @@ mod tests {
                     .await
             })
         };
-        while ACCEPT_QUEUE - writer.accepts.capacity() < 1 {
-            assert!(tokio::time::Instant::now() < deadline, "never queued");
-            tokio::task::yield_now().await;
-        }
+        until_queued(&writer.accepts, 1).await;
         release.notify_one();
         held.await.unwrap().unwrap();
         assert_eq!(accepted.await.unwrap().unwrap(), 0);

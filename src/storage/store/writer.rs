@@ -143,21 +143,20 @@ impl Lanes {
             else => return None,
         };
         let mut batch = vec![first];
-        while batch.len() < size {
-            match self.accepts.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut internal = 0;
-        while batch.len() < size && internal < INTERNAL_PER_BATCH {
-            match self.internal.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-            internal += 1;
-        }
+        fill(&mut batch, &mut self.accepts, size);
+        let limit = size.min(batch.len() + INTERNAL_PER_BATCH);
+        fill(&mut batch, &mut self.internal, limit);
         Some(batch)
+    }
+}
+
+/// Move writes already waiting in `lane` into `batch` until it holds `limit`.
+fn fill(batch: &mut Vec<Box<dyn Job>>, lane: &mut mpsc::Receiver<Box<dyn Job>>, limit: usize) {
+    while batch.len() < limit {
+        match lane.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
     }
 }
 

@@ -1712,6 +1712,86 @@ async fn last_heard(store: &Fixture) {
     );
 }
 
+/// Firing a due time moves the job and queues its event in one step, once: a second fire of
+/// the same due time (another instance, a retry) writes nothing, and of two racing fires one
+/// wins.
+async fn fire_schedule(store: &Fixture) {
+    let c = conv("C-jobs", None);
+    let due = store.now().plus(1_000);
+    let job = |text: &str| store::NewSchedule {
+        conversation: c.clone(),
+        created_by: "U1".into(),
+        kind: store::JobKind::Post,
+        text: text.into(),
+        spec: "{}".into(),
+        description: "once".into(),
+        timezone: "UTC".into(),
+        route: "{}".into(),
+        next_due_at: due,
+        max_runs: None,
+        import_key: None,
+    };
+    let created = |c: store::Created| match c {
+        store::Created::Stored(id) => id,
+        other => panic!("not stored: {other:?}"),
+    };
+    let once = created(store.create_schedule(&job("one"), 10).await.unwrap());
+    let step = store::Step {
+        from: due,
+        due,
+        kind: store::StepKind::Ran,
+        next_due_at: None,
+        note: None,
+    };
+    let event = new_event(&c, &format!("schedule:{once}:{due}"), "[job] one");
+    let fired = store.fire_schedule(once, &step, &event).await.unwrap();
+    assert!(
+        fired.is_some_and(|f| !f.duplicate),
+        "the first fire queues the event"
+    );
+    let stored = store.schedule(once).await.unwrap().unwrap();
+    assert_eq!(stored.status, store::JobStatus::Done);
+    assert_eq!(
+        (stored.runs, stored.next_due_at, stored.last_run_at),
+        (1, None, Some(due))
+    );
+    assert_eq!(store.open_event_count().await.unwrap(), 1);
+    assert_eq!(
+        store.message_count(&c).await.unwrap(),
+        1,
+        "with its transcript line"
+    );
+
+    let again = store.fire_schedule(once, &step, &event).await.unwrap();
+    assert!(again.is_none(), "the job had moved on");
+    assert_eq!(
+        store.open_event_count().await.unwrap(),
+        1,
+        "nothing more was written"
+    );
+
+    let raced = created(store.create_schedule(&job("two"), 10).await.unwrap());
+    let event = new_event(&c, &format!("schedule:{raced}:{due}"), "[job] two");
+    let other = store.another().await;
+    let (a, b) = tokio::join!(
+        store.fire_schedule(raced, &step, &event),
+        other.fire_schedule(raced, &step, &event),
+    );
+    let wins = [a.unwrap(), b.unwrap()]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    assert_eq!(wins, 1, "one of two racing fires wins");
+    assert_eq!(store.open_event_count().await.unwrap(), 2);
+    assert!(
+        store
+            .due_schedules(store.far(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Each case runs on its own fresh database, once per backend: `sqlite::case` and
 /// `postgres::case` (skipped without the test server, outside CI).
 macro_rules! contract {
@@ -1770,6 +1850,7 @@ contract!(
     admin,
     imports,
     last_heard,
+    fire_schedule,
 );
 
 use operations::{admin, imports, leases};

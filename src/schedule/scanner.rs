@@ -1,9 +1,9 @@
 //! The scanner: turns due jobs into inbox events, with one timer for the next due time.
 //!
-//! Firing a job is two idempotent steps: put the event `schedule:<id>:<due>` into the inbox
-//! (a second insert of the same key writes nothing), then move the job to its next due time
-//! only if it still waits for this one (compare and set). A crash between the two repeats the
-//! first step harmlessly; two scanners racing fire each due time once. A job found due later
+//! Firing a job is one transaction: move the job to its next due time only if it still waits
+//! for this one (compare and set), and put the event `schedule:<id>:<due>` into the inbox (a
+//! second insert of the same key writes nothing). A crash leaves both or neither; two scanners
+//! racing fire each due time once. A job found due later
 //! than the grace period (the server was down) is skipped with a note instead of run, and a
 //! recurring job that missed several due times runs (or is skipped) once, for the latest.
 //!
@@ -32,8 +32,8 @@ use crate::storage::store::{JobKind, NewEvent, Schedule, Step, StepKind, StoreEr
 pub const SCHEDULER_LEASE: &str = "scheduler";
 /// Jobs read per scan.
 const BATCH: i64 = 500;
-/// Jobs fired at once (the store serialises what it must).
-const PARALLEL: usize = 32;
+/// Jobs fired at once (their writes share the store's transactions).
+const PARALLEL: usize = 64;
 /// The longest the scanner sleeps with a single instance (its timer covers every job it
 /// knows of; this only bounds the effect of a clock jump).
 const IDLE_WAIT: Duration = Duration::from_secs(60);
@@ -238,10 +238,6 @@ impl Scheduler {
             debug!(job = %job.id, late_ms = late, runs, "job due");
         }
         let event = self.event(job, due, now, action, text)?;
-        let inserted = self.store.insert_event(&event).await?;
-        if inserted.duplicate {
-            debug!(job = %job.id, %due, "this due time was fired before");
-        }
         let step = Step {
             from,
             due,
@@ -253,8 +249,12 @@ impl Scheduler {
             next_due_at: next,
             note,
         };
-        if !self.store.advance_schedule(job.id, &step).await? {
-            debug!(job = %job.id, "the job was moved on or cancelled meanwhile");
+        match self.store.fire_schedule(job.id, &step, &event).await? {
+            None => debug!(job = %job.id, "the job was moved on or cancelled meanwhile"),
+            Some(inserted) if inserted.duplicate => {
+                debug!(job = %job.id, %due, "this due time was fired before");
+            }
+            Some(_) => {}
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, on_tx, rows};
-use super::dialect::{self, CLAIM_EVENTS};
+use super::dialect::CLAIM_EVENTS;
 use super::transcript::insert_message;
 use super::writer::Durability;
 use super::{
@@ -160,7 +160,7 @@ pub trait Inbox: Send + Sync {
 
 /// Put the event and its user message in; `known` is the conversation's id when the cache
 /// knows it and the backend needs no lock. Returns the result and the conversation's id.
-async fn insert_event(
+pub(super) async fn insert_event(
     tx: &mut Tx,
     e: &NewEvent,
     known: Option<ConversationId>,
@@ -297,11 +297,7 @@ async fn complete_event(
 #[async_trait]
 impl Inbox for SqlStore {
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted> {
-        let known = if dialect::locks_conversations(&self.db) {
-            None
-        } else {
-            self.conversations.id(&event.conversation)
-        };
+        let known = self.known_conversation(&event.conversation);
         let (inserted, conversation_id) = self
             .db
             .accept_to(

@@ -159,6 +159,19 @@ impl SqlStore {
             clock,
         })
     }
+
+    /// The stored id of `conversation` when the cache knows it and the backend needs no lock
+    /// on the conversation's row (else the write looks it up, and locks it, itself).
+    fn known_conversation(
+        &self,
+        conversation: &ecdysis_chat::ConversationRef,
+    ) -> Option<ConversationId> {
+        if dialect::locks_conversations(&self.db) {
+            None
+        } else {
+            self.conversations.id(conversation)
+        }
+    }
 }
 
 /// The file of a `sqlite:` URL, for messages and the instance lock; `None` for other URLs.

@@ -13,7 +13,8 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::{Deserialize, Serialize};
 
 use super::conversations::{conversation_from_row, upsert};
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::inbox::{Inserted, NewEvent, insert_event};
 use super::{Result, ScheduleId, SqlStore, StoreError, UnixMs};
 
 /// What a job does when it is due.
@@ -209,9 +210,58 @@ pub trait Schedules: Send + Sync {
     /// as its due time or is no longer active (another instance moved it, or it was cancelled).
     async fn advance_schedule(&self, id: ScheduleId, step: &Step) -> Result<bool>;
 
+    /// Fire one due time of a job: move the job past it (as [`Schedules::advance_schedule`])
+    /// and put `event` (the due time's work) into the inbox, in one transaction, so a crash
+    /// leaves both or neither. `None` when the job had moved on (nothing is written then).
+    /// The commit is lazy: the event's reply is synced before it leaves, like a completion's.
+    async fn fire_schedule(
+        &self,
+        id: ScheduleId,
+        step: &Step,
+        event: &NewEvent,
+    ) -> Result<Option<Inserted>>;
+
     /// Cancel an active job; with `channel`, only a job of that channel. False when there is
     /// no such active job.
     async fn cancel_schedule(&self, id: ScheduleId, channel: Option<&ChannelRef>) -> Result<bool>;
+}
+
+/// Move job `id` past `step.from` (compare and set); false when it no longer had that due
+/// time or is no longer active.
+async fn advance(tx: &mut Tx, id: ScheduleId, step: &Step) -> Result<bool> {
+    let finished = match step.kind {
+        StepKind::Ran => JobStatus::Done,
+        StepKind::Skipped => JobStatus::Missed,
+    };
+    let status = match step.next_due_at {
+        Some(_) => JobStatus::Active,
+        None => finished,
+    };
+    let now = tx.now;
+    let ran = i64::from(step.kind == StepKind::Ran);
+    let moved = on_tx!(tx, |c| {
+        sqlx::query(
+            "UPDATE schedules
+             SET next_due_at = $1, status = $2,
+                 runs = runs + $3, skipped = skipped + (1 - $3),
+                 last_run_at = CASE WHEN $3 = 1 THEN $4 ELSE last_run_at END,
+                 note = COALESCE(CAST($5 AS TEXT), note),
+                 updated_at = $6
+             WHERE id = $7 AND status = 'active' AND next_due_at = $8",
+        )
+        .bind(step.next_due_at)
+        .bind(status.as_str())
+        .bind(ran)
+        .bind(step.due)
+        .bind(&step.note)
+        .bind(now)
+        .bind(id)
+        .bind(step.from)
+        .execute(c)
+        .await?
+        .rows_affected()
+    });
+    Ok(moved == 1)
 }
 
 fn schedule_from_row(row: &impl Columns) -> Result<Schedule> {
@@ -396,45 +446,40 @@ impl Schedules for SqlStore {
     }
 
     async fn advance_schedule(&self, id: ScheduleId, step: &Step) -> Result<bool> {
-        let finished = match step.kind {
-            StepKind::Ran => JobStatus::Done,
-            StepKind::Skipped => JobStatus::Missed,
-        };
-        let status = match step.next_due_at {
-            Some(_) => JobStatus::Active,
-            None => finished,
-        };
         self.db
-            .write((id, step.clone(), status), |tx, (id, step, status)| {
-                Box::pin(async move {
-                    let now = tx.now;
-                    let ran = i64::from(step.kind == StepKind::Ran);
-                    let moved = on_tx!(tx, |c| {
-                        sqlx::query(
-                            "UPDATE schedules
-                             SET next_due_at = $1, status = $2,
-                                 runs = runs + $3, skipped = skipped + (1 - $3),
-                                 last_run_at = CASE WHEN $3 = 1 THEN $4 ELSE last_run_at END,
-                                 note = COALESCE(CAST($5 AS TEXT), note),
-                                 updated_at = $6
-                             WHERE id = $7 AND status = 'active' AND next_due_at = $8",
-                        )
-                        .bind(step.next_due_at)
-                        .bind(status.as_str())
-                        .bind(ran)
-                        .bind(step.due)
-                        .bind(&step.note)
-                        .bind(now)
-                        .bind(*id)
-                        .bind(step.from)
-                        .execute(c)
-                        .await?
-                        .rows_affected()
-                    });
-                    Ok(moved == 1)
-                })
+            .write((id, step.clone()), |tx, (id, step)| {
+                Box::pin(advance(tx, *id, step))
             })
             .await
+    }
+
+    async fn fire_schedule(
+        &self,
+        id: ScheduleId,
+        step: &Step,
+        event: &NewEvent,
+    ) -> Result<Option<Inserted>> {
+        let known = self.known_conversation(&event.conversation);
+        let fired = self
+            .db
+            .write_to_lazy(
+                &event.conversation,
+                (id, step.clone(), event.clone(), known),
+                |tx, (id, step, event, known)| {
+                    Box::pin(async move {
+                        if !advance(tx, *id, step).await? {
+                            return Ok(None);
+                        }
+                        insert_event(tx, event, *known).await.map(Some)
+                    })
+                },
+            )
+            .await?;
+        Ok(fired.map(|(inserted, conversation_id)| {
+            self.conversations
+                .insert(&event.conversation, conversation_id);
+            inserted
+        }))
     }
 
     async fn cancel_schedule(&self, id: ScheduleId, channel: Option<&ChannelRef>) -> Result<bool> {

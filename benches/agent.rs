@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ecdysis::agent::LlmAgent;
 use ecdysis::agent::compaction::{FLUSH_PROMPT, SUMMARY_PROMPT};
-use ecdysis::bus::{EventContext, EventPayload};
+use ecdysis::bus::{EventContext, EventPayload, Poster};
 use ecdysis::config::Config;
 use ecdysis::engine::tools::ToolRegistry;
 use ecdysis::server::app::App;
@@ -145,6 +145,7 @@ async fn run(label: &str, dir: &Path, database_url: Option<String>) -> Run {
                 },
                 attempt: 1,
                 live: ecdysis::engine::live::Live::off(),
+                poster: Poster::detached(),
             };
             let before = fake.request_count();
             let outcome = agent.run_turn(&event, &text).await.expect("turn");

@@ -255,6 +255,7 @@ async fn echo_calls(hub: &McpHub, bare: &mut Bare) -> (Vec<Duration>, Vec<Durati
         conversation,
         user_id: "U".into(),
         route: serde_json::Value::Null,
+        poster: ecdysis::bus::Poster::detached(),
     };
     for _ in 0..20 {
         echo.call(&context, json!({ "text": "warm up" }))

@@ -812,6 +812,7 @@ async fn memory_save_is_idempotent_per_event_and_step() {
         conversation: conv("idem", None),
         user_id: "U1".into(),
         route: serde_json::Value::Null,
+        poster: ecdysis::bus::Poster::detached(),
     };
     let input = json!({ "text": "the build runs on Fridays" });
     let first = save.call(&context(1), input.clone()).await.unwrap();

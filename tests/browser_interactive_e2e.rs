@@ -952,6 +952,7 @@ fn tool_context() -> ToolContext {
         conversation: conversation("C9", None),
         user_id: "U1".into(),
         route: Value::Null,
+        poster: ecdysis::bus::Poster::detached(),
     }
 }
 

@@ -311,6 +311,7 @@ impl Core {
             conversation: conversation.clone(),
             user_id: event.payload.user.id.clone(),
             route: event.payload.route.clone(),
+            poster: event.poster.clone(),
         };
         for (_, name, input) in answer.tool_calls() {
             if name != "memory_save" {

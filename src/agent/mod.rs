@@ -850,6 +850,7 @@ impl Core {
             conversation: event.conversation.clone(),
             user_id: event.payload.user.id.clone(),
             route: event.payload.route.clone(),
+            poster: event.poster.clone(),
         };
         let mut calls = Vec::new();
         let mut stored = Vec::new();

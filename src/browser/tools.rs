@@ -594,6 +594,7 @@ mod tests {
             conversation: ConversationRef::new("web", "local", "c", None),
             user_id: "u".into(),
             route: serde_json::Value::Null,
+            poster: crate::bus::Poster::detached(),
         }
     }
 

@@ -12,13 +12,13 @@
 //! - [`worker`]: claiming and processing events;
 //! - [`outbox`]: delivering replies and retrying them.
 
+mod adapters;
 mod gate;
 mod intake;
 mod outbox;
 mod payload;
 mod worker;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,6 +30,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
+pub use adapters::Adapters;
 pub use gate::{Admission, Gate};
 pub(crate) use payload::artifact_key;
 pub use payload::{EventPayload, StoredFile, read_file};
@@ -50,6 +51,50 @@ pub struct EventContext {
     pub attempt: i32,
     /// Where the answer is shown while it is written (off when the adapter cannot).
     pub live: crate::engine::live::Live,
+    /// Posts into the conversation while the event runs (approval prompts).
+    pub poster: Poster,
+}
+
+/// What a running event's handler and tools may post into its conversation at once, before
+/// its answer (an approval prompt with buttons). Detached (an event built outside the bus, in
+/// tests and benches), it refuses with an error.
+#[derive(Clone, Default)]
+pub struct Poster {
+    bus: Option<Bus>,
+}
+
+impl Poster {
+    /// A poster that refuses (no bus to post through).
+    pub fn detached() -> Self {
+        Self::default()
+    }
+
+    /// Store `outgoing` in the transcript of `conversation` and deliver it now under `key`
+    /// (see [`Bus::post_now`]).
+    pub async fn post_now(
+        &self,
+        event_id: EventId,
+        conversation: &ConversationRef,
+        route: &serde_json::Value,
+        key: &str,
+        outgoing: Outgoing,
+    ) -> anyhow::Result<()> {
+        let bus = self
+            .bus
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this event was not started by the bus"))?;
+        bus.post_now(event_id, conversation, route, key, outgoing)
+            .await
+    }
+}
+
+impl std::fmt::Debug for Poster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.bus {
+            Some(_) => "Poster(bus)",
+            None => "Poster(detached)",
+        })
+    }
 }
 
 /// What a handler answers: text and files for the conversation.
@@ -105,7 +150,7 @@ struct Inner {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     handler: Arc<dyn Handler>,
-    adapters: RwLock<HashMap<String, Arc<dyn ChatAdapter>>>,
+    adapters: Adapters,
     actions: RwLock<Option<Arc<dyn ActionHandler>>>,
     gate: RwLock<Option<Arc<dyn Gate>>>,
     files: RwLock<Option<Arc<dyn FileIntake>>>,
@@ -135,6 +180,7 @@ impl Bus {
         config: BusConfig,
         metrics: Arc<Metrics>,
         redactor: Redactor,
+        adapters: Adapters,
     ) -> Self {
         let owner = format!(
             "{}-{}",
@@ -146,7 +192,7 @@ impl Bus {
                 store,
                 blobs,
                 handler,
-                adapters: RwLock::new(HashMap::new()),
+                adapters,
                 actions: RwLock::new(None),
                 gate: RwLock::new(None),
                 files: RwLock::new(None),
@@ -163,10 +209,12 @@ impl Bus {
 
     /// Route replies for `adapter.platform()` to this adapter.
     pub fn register_adapter(&self, adapter: Arc<dyn ChatAdapter>) {
-        let platform = adapter.platform().to_string();
-        if let Ok(mut adapters) = self.inner.adapters.write() {
-            adapters.insert(platform, adapter);
-        }
+        self.inner.adapters.register(adapter);
+    }
+
+    /// The adapters replies go through.
+    pub fn adapters(&self) -> &Adapters {
+        &self.inner.adapters
     }
 
     /// Make events' files ready with `intake` before their handler runs.
@@ -180,6 +228,13 @@ impl Bus {
     pub fn set_action_handler(&self, handler: Arc<dyn ActionHandler>) {
         if let Ok(mut actions) = self.inner.actions.write() {
             *actions = Some(handler);
+        }
+    }
+
+    /// A [`Poster`] through this bus.
+    pub fn poster(&self) -> Poster {
+        Poster {
+            bus: Some(self.clone()),
         }
     }
 
@@ -234,36 +289,8 @@ impl Bus {
         outgoing
     }
 
-    /// The route for posting into the place of `route` later, unprompted (a reminder); see
-    /// [`ChatAdapter::later_route`]. Unchanged when no adapter of `platform` runs here.
-    pub fn later_route(
-        &self,
-        platform: &str,
-        route: &serde_json::Value,
-        now_ms: i64,
-    ) -> serde_json::Value {
-        match self.adapter(platform) {
-            Some(adapter) => adapter.later_route(route, now_ms),
-            None => route.clone(),
-        }
-    }
-
-    /// A user's time zone as their platform reports it (see [`ChatAdapter::user_timezone`]).
-    pub async fn user_timezone(
-        &self,
-        platform: &str,
-        user_id: &str,
-        route: &serde_json::Value,
-    ) -> Option<String> {
-        self.adapter(platform)?.user_timezone(user_id, route).await
-    }
-
     fn adapter(&self, platform: &str) -> Option<Arc<dyn ChatAdapter>> {
-        self.inner
-            .adapters
-            .read()
-            .ok()
-            .and_then(|a| a.get(platform).cloned())
+        self.inner.adapters.get(platform)
     }
 
     /// Wake an idle worker (an event was queued outside [`EventSink::submit`], e.g. a retry).
@@ -320,14 +347,7 @@ impl Bus {
 
     /// The state of every registered adapter that reports one, by platform.
     pub fn adapter_health(&self) -> serde_json::Map<String, serde_json::Value> {
-        let adapters = match self.inner.adapters.read() {
-            Ok(adapters) => adapters.clone(),
-            Err(_) => return serde_json::Map::new(),
-        };
-        adapters
-            .iter()
-            .filter_map(|(platform, adapter)| Some((platform.clone(), adapter.health()?)))
-            .collect()
+        self.inner.adapters.health()
     }
 }
 

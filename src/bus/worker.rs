@@ -114,6 +114,7 @@ impl Bus {
             payload,
             attempt: claimed.attempts,
             live: Live::off(),
+            poster: self.poster(),
         };
         let adapter = self.adapter(&context.conversation.platform);
         if let Some(adapter) = &adapter

@@ -5,7 +5,7 @@
 //! waiting for the answer): the bus hands them to [`Approvals`] directly.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use ecdysis_chat::{AllowList, Button, ButtonStyle, ConversationRef, Event, Event
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::bus::{ActionHandler, Bus, Outgoing};
+use crate::bus::{ActionHandler, Outgoing};
 use crate::engine::tools::ToolContext;
 use crate::sandbox::ApprovalGate;
 use crate::storage::store::EventId;
@@ -28,8 +28,6 @@ struct Pending {
 
 /// Pending approvals of this process.
 pub struct Approvals {
-    /// Set once the bus exists (the bus's handler holds the tool that holds this).
-    bus: OnceLock<Bus>,
     timeout: Duration,
     /// Users who may answer (`platform:id` entries); empty means anyone in the conversation.
     approvers: AllowList,
@@ -39,17 +37,10 @@ pub struct Approvals {
 impl Approvals {
     pub fn new(timeout: Duration, approvers: Vec<String>) -> Arc<Self> {
         Arc::new(Self {
-            bus: OnceLock::new(),
             timeout,
             approvers: AllowList::new(approvers),
             pending: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Connect to the bus that posts prompts and hands button presses here.
-    pub fn attach(self: &Arc<Self>, bus: &Bus) {
-        let _ = self.bus.set(bus.clone());
-        bus.set_action_handler(self.clone());
     }
 
     fn take(&self, id: &str) -> Option<Pending> {
@@ -77,10 +68,6 @@ impl Approvals {
         text: String,
         what: &str,
     ) -> Result<bool, String> {
-        let bus = self
-            .bus
-            .get()
-            .ok_or_else(|| "approvals are not connected to the bus".to_string())?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (answer, answered) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
@@ -115,7 +102,8 @@ impl Approvals {
             "sandbox" => format!("{}:approval:{}", context.event_id, context.step),
             other => format!("{}:approval:{}:{other}", context.event_id, context.step),
         };
-        if let Err(e) = bus
+        if let Err(e) = context
+            .poster
             .post_now(
                 EventId(context.event_id),
                 &context.conversation,

@@ -58,6 +58,8 @@ pub struct ToolContext {
     /// The adapter's route of the event (see `ecdysis_chat::Event::route`), for tools that post
     /// into the conversation while they run (approval prompts).
     pub route: serde_json::Value,
+    /// Posts there at once (approval prompts).
+    pub poster: crate::bus::Poster,
 }
 
 /// An image handed back to the model (where the provider accepts image input).

@@ -252,6 +252,7 @@ mod tests {
             conversation: ConversationRef::new("slack", "T1", channel, None),
             user_id: user.into(),
             route: serde_json::Value::Null,
+            poster: crate::bus::Poster::detached(),
         }
     }
 

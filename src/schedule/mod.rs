@@ -19,15 +19,15 @@ pub mod spec;
 pub mod tools;
 pub mod when;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::bus::Bus;
+use crate::bus::Adapters;
 use crate::config::ScheduleSettings;
 use crate::storage::store::{
     Clock, Created, JobKind, NewSchedule, Schedule, ScheduleId, Store, StoreError, UnixMs,
@@ -91,8 +91,8 @@ pub struct Scheduler {
     settings: ScheduleSettings,
     /// `ECDYSIS_TIMEZONE`.
     default_tz: String,
-    /// Set once the bus exists: adapters' routes and users' time zones.
-    bus: OnceLock<Bus>,
+    /// The platforms' adapters: later routes and users' time zones.
+    adapters: Adapters,
     /// Wakes the scanner when a job is created or cancelled here.
     wake: Notify,
     clock: Arc<Clock>,
@@ -120,12 +120,17 @@ pub struct CreatedJob {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn Store>, settings: ScheduleSettings, default_tz: &str) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: ScheduleSettings,
+        default_tz: &str,
+        adapters: Adapters,
+    ) -> Self {
         Self {
             store,
             settings,
             default_tz: default_tz.to_string(),
-            bus: OnceLock::new(),
+            adapters,
             wake: Notify::new(),
             clock: Arc::new(Clock::default()),
         }
@@ -135,11 +140,6 @@ impl Scheduler {
     pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
         self.clock = clock;
         self
-    }
-
-    /// Give the scheduler the bus it fires into (set once, after the bus is built).
-    pub fn attach(&self, bus: &Bus) {
-        let _ = self.bus.set(bus.clone());
     }
 
     pub fn settings(&self) -> &ScheduleSettings {
@@ -167,10 +167,10 @@ impl Scheduler {
         user_id: &str,
         route: &serde_json::Value,
     ) -> (String, TimeZone) {
-        if let Some(bus) = self.bus.get()
-            && let Some(name) = bus
-                .user_timezone(&conversation.platform, user_id, route)
-                .await
+        if let Some(name) = self
+            .adapters
+            .user_timezone(&conversation.platform, user_id, route)
+            .await
         {
             match spec::time_zone(&name) {
                 Ok(tz) => return (name, tz),
@@ -304,14 +304,6 @@ impl Scheduler {
             job.timezone,
             one_line(&job.text, 120)
         )
-    }
-
-    fn bus(&self) -> Option<&Bus> {
-        let bus = self.bus.get();
-        if bus.is_none() {
-            warn!("the scheduler has no bus attached");
-        }
-        bus
     }
 }
 

@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use super::spec::{self, Spec, show_instant};
 use super::{Fired, FiredAction, Scheduler, show_span};
-use crate::bus::EventPayload;
+use crate::bus::{Bus, EventPayload};
 use crate::platforms::leader::{LeaderHandle, Leadership, Term, instance_id};
 use crate::storage::store::{JobKind, NewEvent, Schedule, Step, StepKind, StoreError, UnixMs};
 
@@ -78,13 +78,14 @@ impl Running {
 impl Scheduler {
     /// Start scanning: directly with SQLite, under the `scheduler` lease with Postgres
     /// (`lease_ttl` is its time to live).
-    pub fn start(self: &Arc<Self>, lease_ttl: Duration) -> Running {
+    pub fn start(self: &Arc<Self>, lease_ttl: Duration, bus: &Bus) -> Running {
         if self.store.backend() != "postgres" {
             let (stop, mut stopped) = watch::channel(false);
             let scheduler = self.clone();
+            let bus = bus.clone();
             let task = tokio::spawn(async move {
                 scheduler
-                    .scan(IDLE_WAIT, async move {
+                    .scan(&bus, IDLE_WAIT, async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
                     .await
@@ -98,23 +99,25 @@ impl Scheduler {
             lease_ttl,
         );
         let scheduler = self.clone();
+        let bus = bus.clone();
         Running::Leased(lease.spawn(move |mut term: Term| {
             let scheduler = scheduler.clone();
+            let bus = bus.clone();
             async move {
                 scheduler
-                    .scan(SHARED_WAIT, async move { term.lost().await })
+                    .scan(&bus, SHARED_WAIT, async move { term.lost().await })
                     .await
             }
         }))
     }
 
-    /// Fire due jobs until `stopped` resolves; between scans, sleep until the next due time
-    /// (at most `max_wait`) or a wake-up.
-    pub async fn scan(&self, max_wait: Duration, stopped: impl Future<Output = ()>) {
+    /// Fire due jobs into `bus` until `stopped` resolves; between scans, sleep until the next
+    /// due time (at most `max_wait`) or a wake-up.
+    pub async fn scan(&self, bus: &Bus, max_wait: Duration, stopped: impl Future<Output = ()>) {
         tokio::pin!(stopped);
         info!("the scheduler is scanning for due jobs");
         loop {
-            let wait = match self.fire_due().await {
+            let wait = match self.fire_due(bus).await {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => self.until_next(max_wait).await,
                 Err(e) => {
@@ -153,8 +156,8 @@ impl Scheduler {
         }
     }
 
-    /// Fire every job due now; true when there may be more (a full batch).
-    pub async fn fire_due(&self) -> Result<bool, StoreError> {
+    /// Fire every job due now into `bus`; true when there may be more (a full batch).
+    pub async fn fire_due(&self, bus: &Bus) -> Result<bool, StoreError> {
         let now = self.now();
         let due = self.store.due_schedules(now, BATCH).await?;
         if due.is_empty() {
@@ -170,9 +173,7 @@ impl Scheduler {
             .filter_map(|r| async move { r.err() })
             .collect::<Vec<_>>()
             .await;
-        if let Some(bus) = self.bus() {
-            bus.wake();
-        }
+        bus.wake();
         let count = failures.len();
         let mut first = None;
         for (id, e) in failures {
@@ -271,10 +272,9 @@ impl Scheduler {
         let platform_event_id = format!("schedule:{}:{}", job.id, due);
         let stored: serde_json::Value =
             serde_json::from_str(&job.route).unwrap_or(serde_json::Value::Null);
-        let route = match self.bus.get() {
-            Some(bus) => bus.later_route(&job.conversation.platform, &stored, now.0),
-            None => stored,
-        };
+        let route = self
+            .adapters
+            .later_route(&job.conversation.platform, &stored, now.0);
         let transcript = match action {
             FiredAction::Skipped => format!("[job #{} skipped]", job.id),
             FiredAction::Post | FiredAction::Agent => format!("[job #{}] {}", job.id, job.text),

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::agent::LlmAgent;
 use crate::browser::BrowserService;
 use crate::browser::feature::{RecordFeature, ScreenshotFeature};
-use crate::bus::{Bus, Workers};
+use crate::bus::{Adapters, Bus, Workers};
 use crate::config::Config;
 use crate::engine::approvals::Approvals;
 use crate::engine::commands::{Agent, Commands};
@@ -96,10 +96,12 @@ impl App {
                 "semantic memory is on: memory is searched by words and meaning"
             );
         }
+        let adapters = Adapters::default();
         let scheduler = Arc::new(Scheduler::new(
             store.clone(),
             config.schedule.clone(),
             &config.timezone,
+            adapters.clone(),
         ));
         let mut commands = Commands::new(store.clone(), blobs.clone())
             .with_memory(memory.clone())
@@ -185,9 +187,11 @@ impl App {
             config.bus.clone(),
             metrics.clone(),
             redactor,
+            adapters,
         );
+        // Button presses reach the approvals before they would queue behind the waiting event.
         if let Some(approvals) = &approvals {
-            approvals.attach(&bus);
+            bus.set_action_handler(approvals.clone());
         }
         bus.set_gate(Arc::new(crate::engine::guard::IntakeGate::new(
             config.guards.access.clone(),
@@ -196,7 +200,6 @@ impl App {
             store.clone(),
             metrics.clone(),
         )));
-        scheduler.attach(&bus);
         // Files events refer to are fetched by the workers, after the acknowledgement.
         bus.set_file_intake(Arc::new(crate::media::Intake::new(
             store.clone(),
@@ -246,8 +249,10 @@ impl App {
 
     /// Start firing scheduled jobs (under the `scheduler` lease with Postgres).
     pub fn start_scheduler(&self) -> crate::schedule::scanner::Running {
-        self.scheduler
-            .start(Duration::from_secs(self.config.bus.leader_lease_seconds))
+        self.scheduler.start(
+            Duration::from_secs(self.config.bus.leader_lease_seconds),
+            &self.bus,
+        )
     }
 
     /// The HTTP routes: web chat + operations.

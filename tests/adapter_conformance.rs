@@ -190,19 +190,25 @@ struct NoInstallations;
 
 #[async_trait]
 impl ecdysis_slack::Installations for NoInstallations {
-    async fn save(&self, _: &ecdysis_slack::Installation) -> Result<(), String> {
+    async fn save(
+        &self,
+        _: &ecdysis_slack::Installation,
+    ) -> Result<(), ecdysis_chat::BackendError> {
         Ok(())
     }
-    async fn get(&self, _: &str) -> Result<Option<ecdysis_slack::Installation>, String> {
+    async fn get(
+        &self,
+        _: &str,
+    ) -> Result<Option<ecdysis_slack::Installation>, ecdysis_chat::BackendError> {
         Ok(None)
     }
-    async fn remove(&self, _: &str) -> Result<bool, String> {
+    async fn remove(&self, _: &str) -> Result<bool, ecdysis_chat::BackendError> {
         Ok(false)
     }
-    async fn put_state(&self, _: &str, _: i64) -> Result<(), String> {
+    async fn put_state(&self, _: &str, _: i64) -> Result<(), ecdysis_chat::BackendError> {
         Ok(())
     }
-    async fn take_state(&self, _: &str, _: i64) -> Result<bool, String> {
+    async fn take_state(&self, _: &str, _: i64) -> Result<bool, ecdysis_chat::BackendError> {
         Ok(false)
     }
 }
@@ -512,7 +518,7 @@ impl ecdysis_web::WebBackend for Transcript {
         &self,
         conversation: &ConversationRef,
         after: i64,
-    ) -> Result<Vec<ecdysis_web::WebMessage>, String> {
+    ) -> Result<Vec<ecdysis_web::WebMessage>, ecdysis_chat::BackendError> {
         Ok(self
             .0
             .lock()
@@ -522,7 +528,10 @@ impl ecdysis_web::WebBackend for Transcript {
             .map(|(_, m)| m.clone())
             .collect())
     }
-    async fn file(&self, _: &str) -> Result<Option<ecdysis_web::WebFile>, String> {
+    async fn file(
+        &self,
+        _: &str,
+    ) -> Result<Option<ecdysis_web::WebFile>, ecdysis_chat::BackendError> {
         Ok(None)
     }
 }

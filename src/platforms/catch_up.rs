@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ecdysis_chat::{LastSeen, Seen};
+use ecdysis_chat::{BackendError, LastSeen, Seen};
 
 use crate::bus::EventPayload;
 use crate::storage::store::{Store, UnixMs};
@@ -28,13 +28,13 @@ impl Seen for InboxSeen {
         platform: &str,
         since_ms: i64,
         limit: usize,
-    ) -> Result<Vec<LastSeen>, String> {
+    ) -> Result<Vec<LastSeen>, BackendError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let heard = self
             .store
             .last_heard(platform, UnixMs(since_ms), limit)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(BackendError::new)?;
         Ok(heard
             .into_iter()
             .map(|h| LastSeen {

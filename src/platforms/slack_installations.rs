@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ecdysis_chat::BackendError;
 use ecdysis_slack::{Installation, Installations};
 
 use crate::storage::secret_box::SecretBox;
@@ -29,14 +30,14 @@ impl SlackInstallations {
 
 #[async_trait]
 impl Installations for SlackInstallations {
-    async fn save(&self, installation: &Installation) -> Result<(), String> {
+    async fn save(&self, installation: &Installation) -> Result<(), BackendError> {
         let token_ciphertext = self
             .secrets
             .seal(
                 installation.bot_token.as_bytes(),
                 &Self::context(&installation.team_id),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(BackendError::new)?;
         let row = StoredInstallation {
             platform: PLATFORM.into(),
             team_id: installation.team_id.clone(),
@@ -52,24 +53,24 @@ impl Installations for SlackInstallations {
         self.store
             .save_installation(&row)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(BackendError::new)
     }
 
-    async fn get(&self, team_id: &str) -> Result<Option<Installation>, String> {
+    async fn get(&self, team_id: &str) -> Result<Option<Installation>, BackendError> {
         let Some(row) = self
             .store
             .installation(PLATFORM, team_id)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(BackendError::new)?
         else {
             return Ok(None);
         };
         let token = self
             .secrets
             .open(&row.token_ciphertext, &Self::context(team_id))
-            .map_err(|e| e.to_string())?;
-        let bot_token =
-            String::from_utf8(token).map_err(|_| "a stored token is not text".to_string())?;
+            .map_err(BackendError::new)?;
+        let bot_token = String::from_utf8(token)
+            .map_err(|_| BackendError::new("a stored token is not text"))?;
         Ok(Some(Installation {
             team_id: row.team_id,
             team_name: row.team_name,
@@ -81,24 +82,24 @@ impl Installations for SlackInstallations {
         }))
     }
 
-    async fn remove(&self, team_id: &str) -> Result<bool, String> {
+    async fn remove(&self, team_id: &str) -> Result<bool, BackendError> {
         self.store
             .remove_installation(PLATFORM, team_id)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(BackendError::new)
     }
 
-    async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), String> {
+    async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), BackendError> {
         self.store
             .put_oauth_state(state, UnixMs(expires_at_ms))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(BackendError::new)
     }
 
-    async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, String> {
+    async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, BackendError> {
         self.store
             .take_oauth_state(state, UnixMs(now_ms))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(BackendError::new)
     }
 }

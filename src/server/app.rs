@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ecdysis_chat::{ConversationRef, EventSink};
+use ecdysis_chat::{BackendError, ConversationRef, EventSink};
 use ecdysis_web::guard::Guard;
 use ecdysis_web::limiter::LoginLimiter;
 use ecdysis_web::{WebBackend, WebChat, WebFile, WebMessage, WebSettings};
@@ -474,12 +474,12 @@ impl WebBackend for TranscriptView {
         &self,
         conversation: &ConversationRef,
         after: i64,
-    ) -> Result<Vec<WebMessage>, String> {
+    ) -> Result<Vec<WebMessage>, BackendError> {
         let messages = self
             .store
             .messages(conversation, store::MessageId(after), 500)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(BackendError::new)?;
         Ok(messages
             .into_iter()
             .filter(|m| matches!(m.role, Role::User | Role::Assistant))
@@ -509,15 +509,15 @@ impl WebBackend for TranscriptView {
             .collect())
     }
 
-    async fn file(&self, id: &str) -> Result<Option<WebFile>, String> {
-        let Some(artifact) = self.store.artifact(id).await.map_err(|e| e.to_string())? else {
+    async fn file(&self, id: &str) -> Result<Option<WebFile>, BackendError> {
+        let Some(artifact) = self.store.artifact(id).await.map_err(BackendError::new)? else {
             return Ok(None);
         };
         let bytes = self
             .blobs
             .get(&artifact.blob_key)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(BackendError::new)?;
         Ok(bytes.map(|bytes| WebFile {
             name: artifact.name,
             mime: artifact.mime,

@@ -30,13 +30,13 @@ pub struct LastSeen {
 #[async_trait]
 pub trait Seen: Send + Sync + 'static {
     /// The conversations of `platform` with an event received at or after `since_ms`, most
-    /// recent first, at most `limit`. Errors are messages for the log.
+    /// recent first, at most `limit`.
     async fn last_seen(
         &self,
         platform: &str,
         since_ms: i64,
         limit: usize,
-    ) -> Result<Vec<LastSeen>, String>;
+    ) -> Result<Vec<LastSeen>, crate::BackendError>;
 }
 
 /// How far catch-up reaches back.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod allow;
+mod backend;
 pub mod backoff;
 mod catch_up;
 mod command;
@@ -20,6 +21,7 @@ mod text;
 pub mod time;
 
 pub use allow::AllowList;
+pub use backend::BackendError;
 pub use catch_up::{CatchUp, CatchUpLimits, CatchUpReport, LastSeen, Seen, log_run};
 pub use command::{Command, CommandName};
 pub use files::{FetchError, RemoteFile};

@@ -82,7 +82,7 @@ pub enum DiscordError {
     Gateway(String),
     /// The core could not say where conversations were last heard from.
     #[error("catch-up: {0}")]
-    CatchUp(String),
+    CatchUp(ecdysis_chat::BackendError),
 }
 
 impl From<serenity::Error> for DiscordError {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ecdysis_chat::EventSink;
+use ecdysis_chat::{BackendError, EventSink};
 
 mod api;
 mod catch_up;
@@ -58,10 +58,10 @@ pub enum SlackError {
     #[error("Slack setting `{key}`: {problem}")]
     Config { key: &'static str, problem: String },
     #[error("installation store: {0}")]
-    Installations(String),
+    Installations(BackendError),
     /// The core could not say where conversations were last heard from.
     #[error("catch-up: {0}")]
-    CatchUp(String),
+    CatchUp(BackendError),
 }
 
 /// One workspace's installation of the app (OAuth install).
@@ -93,20 +93,20 @@ impl std::fmt::Debug for Installation {
 }
 
 /// Where installations and OAuth `state`s live (the core implements this on its store; the
-/// adapter never touches storage itself). Errors are messages for the log.
+/// adapter never touches storage itself).
 #[async_trait]
 pub trait Installations: Send + Sync + 'static {
     /// Store (or replace) a workspace's installation.
-    async fn save(&self, installation: &Installation) -> Result<(), String>;
+    async fn save(&self, installation: &Installation) -> Result<(), BackendError>;
     /// The installation of a workspace, if the app is installed there.
-    async fn get(&self, team_id: &str) -> Result<Option<Installation>, String>;
+    async fn get(&self, team_id: &str) -> Result<Option<Installation>, BackendError>;
     /// Forget a workspace's installation (uninstalled, tokens revoked); false if there was none.
-    async fn remove(&self, team_id: &str) -> Result<bool, String>;
+    async fn remove(&self, team_id: &str) -> Result<bool, BackendError>;
     /// Remember an OAuth `state` until `expires_at_ms` (ms since the Unix epoch).
-    async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), String>;
+    async fn put_state(&self, state: &str, expires_at_ms: i64) -> Result<(), BackendError>;
     /// Use up a `state`: true when it existed and had not expired at `now_ms`. A state can be
     /// taken once.
-    async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, String>;
+    async fn take_state(&self, state: &str, now_ms: i64) -> Result<bool, BackendError>;
 }
 
 /// Socket Mode timing.

@@ -66,8 +66,8 @@ pub trait WebBackend: Send + Sync + 'static {
         &self,
         conversation: &ecdysis_chat::ConversationRef,
         after: i64,
-    ) -> Result<Vec<WebMessage>, String>;
+    ) -> Result<Vec<WebMessage>, ecdysis_chat::BackendError>;
 
     /// A stored file by its artifact id.
-    async fn file(&self, id: &str) -> Result<Option<WebFile>, String>;
+    async fn file(&self, id: &str) -> Result<Option<WebFile>, ecdysis_chat::BackendError>;
 }

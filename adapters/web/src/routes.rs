@@ -620,7 +620,10 @@ async fn live_updates(
 }
 
 /// The id of the newest message of a conversation (0 when it has none).
-async fn newest_message_id(backend: &dyn WebBackend, conversation: &str) -> Result<i64, String> {
+async fn newest_message_id(
+    backend: &dyn WebBackend,
+    conversation: &str,
+) -> Result<i64, ecdysis_chat::BackendError> {
     let conversation = conversation_ref(conversation);
     let mut after = 0;
     loop {

@@ -34,19 +34,19 @@ pub struct NoInstallations;
 
 #[async_trait]
 impl Installations for NoInstallations {
-    async fn save(&self, _: &Installation) -> Result<(), String> {
+    async fn save(&self, _: &Installation) -> Result<(), ecdysis_chat::BackendError> {
         Ok(())
     }
-    async fn get(&self, _: &str) -> Result<Option<Installation>, String> {
+    async fn get(&self, _: &str) -> Result<Option<Installation>, ecdysis_chat::BackendError> {
         Ok(None)
     }
-    async fn remove(&self, _: &str) -> Result<bool, String> {
+    async fn remove(&self, _: &str) -> Result<bool, ecdysis_chat::BackendError> {
         Ok(false)
     }
-    async fn put_state(&self, _: &str, _: i64) -> Result<(), String> {
+    async fn put_state(&self, _: &str, _: i64) -> Result<(), ecdysis_chat::BackendError> {
         Ok(())
     }
-    async fn take_state(&self, _: &str, _: i64) -> Result<bool, String> {
+    async fn take_state(&self, _: &str, _: i64) -> Result<bool, ecdysis_chat::BackendError> {
         Ok(false)
     }
 }

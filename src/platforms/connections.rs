@@ -7,14 +7,16 @@
 //! third of it). HTTP transports (Slack Events API, Discord HTTP interactions) need no lease:
 //! every instance serves them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ecdysis_discord::GatewayHandle;
-use ecdysis_slack::SocketMode;
+use ecdysis_discord::{Discord, GatewayHandle};
+use ecdysis_slack::{Slack, SocketMode};
 use tracing::error;
 
+use crate::config::Config;
 use crate::platforms::leader::{LeaderHandle, Leadership, Term, instance_id};
-use crate::server::app::App;
+use crate::storage::store::Store;
 
 /// The lease that guards the Discord gateway.
 pub const DISCORD_GATEWAY: &str = "discord-gateway";
@@ -29,17 +31,21 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Start what the configuration asks for.
-    pub async fn start(app: &App) -> anyhow::Result<Self> {
+    /// Start what the configuration asks for, for the adapters built from it.
+    pub async fn start(
+        config: &Arc<Config>,
+        store: &Arc<dyn Store>,
+        discord: Option<&Discord>,
+        slack: Option<&Slack>,
+    ) -> anyhow::Result<Self> {
         // Over HTTP (no socket whose `hello` would start it), catch up once on start; every
         // instance may: the inbox drops what another one already took.
-        if let Some(slack) = app.slack.as_ref().filter(|s| !s.socket_mode()) {
+        if let Some(slack) = slack.filter(|s| !s.socket_mode()) {
             slack.spawn_catch_up();
         }
-        if app.store.backend() != "postgres" {
-            let gateway =
-                crate::platforms::discord::start(&app.config, app.discord.as_ref()).await?;
-            let socket = crate::platforms::slack::start(app.slack.as_ref());
+        if store.backend() != "postgres" {
+            let gateway = crate::platforms::discord::start(config, discord).await?;
+            let socket = crate::platforms::slack::start(slack);
             return Ok(Self {
                 gateway,
                 socket,
@@ -47,11 +53,11 @@ impl Connections {
             });
         }
         let owner = instance_id();
-        let ttl = Duration::from_secs(app.config.bus.leader_lease_seconds);
+        let ttl = Duration::from_secs(config.bus.leader_lease_seconds);
         let mut leaders = Vec::new();
-        if app.discord.is_some() && app.config.discord.token.is_some() {
-            let (config, discord) = (app.config.clone(), app.discord.clone());
-            let lease = Leadership::new(app.store.clone(), DISCORD_GATEWAY, owner.clone(), ttl);
+        if discord.is_some() && config.discord.token.is_some() {
+            let (config, discord) = (config.clone(), discord.cloned());
+            let lease = Leadership::new(store.clone(), DISCORD_GATEWAY, owner.clone(), ttl);
             leaders.push(lease.spawn(move |mut term: Term| {
                 let (config, discord) = (config.clone(), discord.clone());
                 async move {
@@ -68,8 +74,8 @@ impl Connections {
                 }
             }));
         }
-        if let Some(slack) = app.slack.clone().filter(|s| s.socket_mode()) {
-            let lease = Leadership::new(app.store.clone(), SLACK_SOCKET_MODE, owner, ttl);
+        if let Some(slack) = slack.filter(|s| s.socket_mode()).cloned() {
+            let lease = Leadership::new(store.clone(), SLACK_SOCKET_MODE, owner, ttl);
             leaders.push(lease.spawn(move |mut term: Term| {
                 let slack = slack.clone();
                 async move {

@@ -354,7 +354,13 @@ pub async fn serve(app: App) -> anyhow::Result<()> {
     let workers = app.bus.start().await?;
     let indexing = app.indexer.clone().map(|indexer| indexer.start());
     // The Discord gateway and Slack Socket Mode: directly, or under leader leases (Postgres).
-    let connections = crate::platforms::connections::Connections::start(&app).await?;
+    let connections = crate::platforms::connections::Connections::start(
+        &app.config,
+        &app.store,
+        app.discord.as_ref(),
+        app.slack.as_ref(),
+    )
+    .await?;
     let scheduler = app.start_scheduler();
     info!(
         %address,

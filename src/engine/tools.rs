@@ -98,6 +98,28 @@ pub enum ToolError {
     Failed(String),
 }
 
+/// The JSON schema of a tool's input, derived from the struct its arguments are read into
+/// (the fields' doc comments are their descriptions; `Option` fields are not required), with
+/// nested types inlined and without the `$schema`/`title` keys providers do not take.
+pub fn input_schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+        object.remove("title");
+    }
+    schema
+}
+
+/// A tool's arguments read from the model's input into their struct: a wrong or missing field
+/// is an [`ToolError::InvalidInput`] that says which (the model reads it and tries again).
+pub fn arguments<T: serde::de::DeserializeOwned>(input: serde_json::Value) -> Result<T, ToolError> {
+    serde_json::from_value(input).map_err(|e| ToolError::InvalidInput(e.to_string()))
+}
+
 /// One tool.
 #[async_trait]
 pub trait Tool: Send + Sync + 'static {
@@ -170,5 +192,61 @@ impl ToolRegistry {
 
     pub fn sources(&self) -> &[Arc<dyn ToolSource>] {
         &self.sources
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An example of a tool's arguments.
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read through serde in the test
+    struct Example {
+        /// Where to go.
+        url: String,
+        /// How many, at most.
+        #[schemars(range(min = 1, max = 10))]
+        limit: Option<u32>,
+        kind: Kind,
+    }
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    #[serde(rename_all = "snake_case")]
+    enum Kind {
+        Post,
+        Agent,
+    }
+
+    #[test]
+    fn argument_structs_give_the_schema_and_read_the_input() {
+        let schema = input_schema_of::<Example>();
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["required"], serde_json::json!(["url", "kind"]));
+        assert_eq!(schema["properties"]["url"]["description"], "Where to go.");
+        assert_eq!(schema["properties"]["limit"]["maximum"], 10);
+        assert_eq!(
+            schema["properties"]["kind"]["enum"],
+            serde_json::json!(["post", "agent"])
+        );
+        assert!(schema.get("$schema").is_none() && schema.get("title").is_none());
+        assert!(
+            schema.get("$defs").is_none(),
+            "nested types are inlined: {schema}"
+        );
+
+        let ok: Example =
+            arguments(serde_json::json!({ "url": "https://a.example", "kind": "agent" })).unwrap();
+        assert!(matches!(ok.kind, Kind::Agent) && ok.limit.is_none());
+        for bad in [
+            serde_json::json!({ "kind": "post" }),
+            serde_json::json!({ "url": "u", "kind": "other" }),
+            serde_json::json!({ "url": "u", "kind": "post", "extra": 1 }),
+        ] {
+            let e = arguments::<Example>(bad.clone()).err().unwrap();
+            assert!(matches!(e, ToolError::InvalidInput(_)), "{bad}: {e}");
+        }
     }
 }

@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ecdysis_chat::Attachment;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use tracing::info;
 
 use super::ApprovalGate;
 use super::feature::{clean_output, notes, status_line};
 use super::runner::Runner;
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput};
+use crate::engine::tools::{
+    Tool, ToolContext, ToolError, ToolImage, ToolOutput, arguments, input_schema_of,
+};
 
 /// Characters of output the model reads (the start and the end of longer output).
 const MODEL_OUTPUT_CHARS: usize = 16_000;
@@ -34,6 +37,14 @@ impl RunCommandTool {
     }
 }
 
+/// What the model passes to `run_command`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RunCommandArgs {
+    /// The shell command line to run, e.g. `python3 script.py` or `ls -la`.
+    command: String,
+}
+
 #[async_trait]
 impl Tool for RunCommandTool {
     fn name(&self) -> &'static str {
@@ -46,17 +57,7 @@ No network. The working directory /workspace persists between runs; files writte
     }
 
     fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "command": {
-                    "type": "string",
-                    "description": "The shell command line to run, e.g. `python3 script.py` or `ls -la`."
-                }
-            },
-            "required": ["command"],
-            "additionalProperties": false
-        })
+        input_schema_of::<RunCommandArgs>()
     }
 
     async fn call(
@@ -64,14 +65,13 @@ No network. The working directory /workspace persists between runs; files writte
         context: &ToolContext,
         input: serde_json::Value,
     ) -> Result<ToolOutput, ToolError> {
-        let command = input
-            .get("command")
-            .and_then(|c| c.as_str())
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                ToolError::InvalidInput("`command` must be a non-empty string".into())
-            })?;
+        let args: RunCommandArgs = arguments(input)?;
+        let command = args.command.trim();
+        if command.is_empty() {
+            return Err(ToolError::InvalidInput(
+                "`command` must be a non-empty string".into(),
+            ));
+        }
         if command.chars().count() > COMMAND_MAX_CHARS {
             return Err(ToolError::InvalidInput(format!(
                 "the command is longer than {COMMAND_MAX_CHARS} characters; write a script file instead"
@@ -174,6 +174,7 @@ mod tests {
     };
     use crate::storage::blob::LocalBlobStore;
     use ecdysis_chat::ConversationRef;
+    use serde_json::json;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;

@@ -7,12 +7,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::embeddings::MemorySearch as Search;
 use crate::engine::commands::MAX_NOTE_CHARS;
 use crate::engine::profile::Profiles;
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::engine::tools::{
+    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of,
+};
 use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
 
 const SEARCH_LIMIT: usize = 10;
@@ -42,19 +47,49 @@ pub fn register_with(
     registry.register(Arc::new(MemoryForget { store, profiles }));
 }
 
-fn string_field<'a>(input: &'a Value, field: &str) -> Result<&'a str, ToolError> {
-    input
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ToolError::InvalidInput(format!("`{field}` (a non-empty string) is required"))
-        })
+/// `value` trimmed; an error naming `field` when nothing is left.
+fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, ToolError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ToolError::InvalidInput(format!(
+            "`{field}` (a non-empty string) is required"
+        )));
+    }
+    Ok(value)
+}
+
+/// A note's number as the model writes it: `12`, or the text `"12"` or `"#12"` (as
+/// `memory_search` shows it).
+fn note_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().trim_start_matches('#').parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| D::Error::custom("`id` (a note number) is required"))
 }
 
 fn store_error(e: crate::storage::store::StoreError) -> ToolError {
     ToolError::Failed(format!("the memory store failed: {e}"))
+}
+
+/// What the model passes to `memory_search`.
+#[derive(Deserialize, JsonSchema)]
+struct SearchArgs {
+    query: String,
+}
+
+/// What the model passes to `memory_save`.
+#[derive(Deserialize, JsonSchema)]
+struct SaveArgs {
+    text: String,
+}
+
+/// What the model passes to `memory_forget`.
+#[derive(Deserialize, JsonSchema)]
+struct ForgetArgs {
+    #[serde(deserialize_with = "note_number")]
+    id: i64,
 }
 
 /// Search over the channel's notes (and compacted history, with embeddings on).
@@ -74,15 +109,12 @@ impl Tool for MemorySearch {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": { "query": { "type": "string" } },
-            "required": ["query"],
-        })
+        input_schema_of::<SearchArgs>()
     }
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let query = string_field(&input, "query")?;
+        let args: SearchArgs = arguments(input)?;
+        let query = non_empty("query", &args.query)?;
         let found = self
             .search
             .search(
@@ -132,15 +164,12 @@ impl Tool for MemorySave {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": { "text": { "type": "string" } },
-            "required": ["text"],
-        })
+        input_schema_of::<SaveArgs>()
     }
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let text = string_field(&input, "text")?;
+        let args: SaveArgs = arguments(input)?;
+        let text = non_empty("text", &args.text)?;
         let chars = text.chars().count();
         if chars > MAX_NOTE_CHARS {
             return Err(ToolError::InvalidInput(format!(
@@ -186,20 +215,11 @@ impl Tool for MemoryForget {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": { "id": { "type": "integer" } },
-            "required": ["id"],
-        })
+        input_schema_of::<ForgetArgs>()
     }
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let id = match input.get("id") {
-            Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) => s.trim().trim_start_matches('#').parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| ToolError::InvalidInput("`id` (a note number) is required".into()))?;
+        let ForgetArgs { id } = arguments(input)?;
         let deleted = self
             .store
             .forget(
@@ -229,6 +249,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn fnv_is_stable() {
@@ -238,11 +259,35 @@ mod tests {
 
     #[test]
     fn inputs_are_checked() {
-        assert!(string_field(&json!({"query": "  "}), "query").is_err());
-        assert!(string_field(&json!({"query": 3}), "query").is_err());
-        assert_eq!(
-            string_field(&json!({"query": " sky "}), "query").unwrap(),
-            "sky"
-        );
+        let query = |input| {
+            let args: SearchArgs = arguments(input)?;
+            non_empty("query", &args.query).map(str::to_string)
+        };
+        assert!(query(json!({"query": "  "})).is_err());
+        assert!(query(json!({"query": 3})).is_err());
+        assert!(query(json!({})).is_err());
+        assert_eq!(query(json!({"query": " sky "})).unwrap(), "sky");
+
+        let id = |input| arguments::<ForgetArgs>(input).map(|a| a.id);
+        assert_eq!(id(json!({"id": 12})).unwrap(), 12);
+        assert_eq!(id(json!({"id": " #12 "})).unwrap(), 12);
+        assert_eq!(id(json!({"id": "12"})).unwrap(), 12);
+        for bad in [json!({"id": "twelve"}), json!({"id": 1.5}), json!({})] {
+            assert!(id(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schemas_are_what_the_model_read_before() {
+        for (schema, field, kind) in [
+            (input_schema_of::<SearchArgs>(), "query", "string"),
+            (input_schema_of::<SaveArgs>(), "text", "string"),
+            (input_schema_of::<ForgetArgs>(), "id", "integer"),
+        ] {
+            assert_eq!(schema["type"], "object");
+            assert_eq!(schema["required"], json!([field]));
+            assert_eq!(schema["properties"][field]["type"], kind);
+            assert!(schema.get("additionalProperties").is_none(), "{schema}");
+        }
     }
 }

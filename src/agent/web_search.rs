@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::config::{SearchProvider, WebSearchSettings};
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, arguments, input_schema_of};
 
 /// Results returned when the model does not say how many.
 pub const DEFAULT_COUNT: usize = 5;
@@ -376,10 +377,13 @@ impl WebSearchTool {
     }
 }
 
-#[derive(Deserialize)]
+/// What the model passes to `web_search`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Input {
+struct WebSearchArgs {
     query: String,
+    /// results (default 5)
+    #[schemars(range(min = 1, max = MAX_COUNT))]
     count: Option<usize>,
 }
 
@@ -394,25 +398,16 @@ impl Tool for WebSearchTool {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "query": { "type": "string" },
-                "count": { "type": "integer", "minimum": 1, "maximum": MAX_COUNT, "description": "results (default 5)" }
-            },
-            "required": ["query"],
-            "additionalProperties": false
-        })
+        input_schema_of::<WebSearchArgs>()
     }
 
     async fn call(&self, _context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let input: Input =
-            serde_json::from_value(input).map_err(|e| ToolError::InvalidInput(e.to_string()))?;
-        let query = input.query.trim();
+        let args: WebSearchArgs = arguments(input)?;
+        let query = args.query.trim();
         if query.is_empty() {
             return Err(ToolError::InvalidInput("the query is empty".into()));
         }
-        let count = input.count.unwrap_or(DEFAULT_COUNT);
+        let count = args.count.unwrap_or(DEFAULT_COUNT);
         if !(1..=MAX_COUNT).contains(&count) {
             return Err(ToolError::InvalidInput(format!(
                 "count must be from 1 to {MAX_COUNT}"
@@ -476,6 +471,21 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(describe_after("30"), " and asks to wait 30 s");
         assert_eq!(describe_after(""), "");
+    }
+
+    #[test]
+    fn the_schema_is_what_the_model_read_before() {
+        let schema = input_schema_of::<WebSearchArgs>();
+        assert_eq!(schema["required"], json!(["query"]));
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["query"]["type"], "string");
+        let count = &schema["properties"]["count"];
+        assert_eq!(
+            (&count["minimum"], &count["maximum"]),
+            (&json!(1), &json!(MAX_COUNT))
+        );
+        assert_eq!(count["description"], "results (default 5)");
+        assert!(arguments::<WebSearchArgs>(json!({ "query": "q", "page": 2 })).is_err());
     }
 
     #[test]

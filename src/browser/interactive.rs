@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
 use tracing::{info, warn};
 
-use super::actions::{Action, MAX_WAIT, Outcome};
+use super::actions::{Action, Direction, MAX_WAIT, Outcome};
 use super::frames::{self, SessionVideo};
 use super::session::{Session, SessionGuard, Sessions, session_key};
 use super::{BrowserError, channel_key};
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput};
+use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, arguments, input_schema_of};
 
 /// Map a browser error to a tool error the model can act on.
 pub(crate) fn tool_error(e: BrowserError) -> ToolError {
@@ -67,19 +69,6 @@ impl Kind {
         }
     }
 
-    fn action(self) -> &'static str {
-        match self {
-            Kind::Open => "open",
-            Kind::Snapshot => "snapshot",
-            Kind::Click => "click",
-            Kind::Type => "type",
-            Kind::Select => "select",
-            Kind::Scroll => "scroll",
-            Kind::Back => "back",
-            Kind::Wait => "wait",
-        }
-    }
-
     fn description(self) -> &'static str {
         match self {
             Kind::Open => {
@@ -104,53 +93,181 @@ impl Kind {
     }
 
     fn schema(self) -> Value {
-        let reference = json!({ "type": "integer", "minimum": 1, "description": "the [n] of the last snapshot" });
-        let (properties, required): (Value, Vec<&str>) = match self {
-            Kind::Open => (
-                json!({ "url": { "type": "string", "description": "http:// or https:// URL" } }),
-                vec!["url"],
-            ),
-            Kind::Snapshot => (
-                json!({ "max_tokens": { "type": "integer", "minimum": 200, "maximum": 20000, "description": "longest snapshot (default from the settings)" } }),
-                vec![],
-            ),
-            Kind::Click => (json!({ "ref": reference }), vec!["ref"]),
-            Kind::Type => (
-                json!({
-                    "ref": reference,
-                    "text": { "type": "string" },
-                    "submit": { "type": "boolean", "description": "press Enter after typing" }
-                }),
-                vec!["ref", "text"],
-            ),
-            Kind::Select => (
-                json!({ "ref": reference, "value": { "type": "string", "description": "option value or visible text" } }),
-                vec!["ref", "value"],
-            ),
-            Kind::Scroll => (
-                json!({
-                    "direction": { "type": "string", "enum": ["up", "down", "left", "right", "top", "bottom"] },
-                    "ref": reference
-                }),
-                vec![],
-            ),
-            Kind::Back => (json!({}), vec![]),
-            Kind::Wait => (
-                json!({
-                    "text": { "type": "string" },
-                    "selector": { "type": "string", "description": "CSS selector" },
-                    "timeout_seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT.as_secs() }
-                }),
-                vec![],
-            ),
-        };
-        json!({
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": false
-        })
+        match self {
+            Kind::Open => input_schema_of::<OpenArgs>(),
+            Kind::Snapshot => input_schema_of::<SnapshotArgs>(),
+            Kind::Click => input_schema_of::<ClickArgs>(),
+            Kind::Type => input_schema_of::<TypeArgs>(),
+            Kind::Select => input_schema_of::<SelectArgs>(),
+            Kind::Scroll => input_schema_of::<ScrollArgs>(),
+            Kind::Back => input_schema_of::<BackArgs>(),
+            Kind::Wait => input_schema_of::<WaitArgs>(),
+        }
     }
+
+    /// What the model asked for: the input of this tool read into its argument struct. No
+    /// input at all (`null`) is read as `{}`.
+    fn request(self, input: Value) -> Result<Request, ToolError> {
+        let input = match input {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            input => input,
+        };
+        let action = match self {
+            Kind::Snapshot => {
+                let args: SnapshotArgs = arguments(input)?;
+                if args
+                    .max_tokens
+                    .is_some_and(|n| !(MIN_SNAPSHOT_TOKENS..=MAX_SNAPSHOT_TOKENS).contains(&n))
+                {
+                    return Err(ToolError::InvalidInput(format!(
+                        "max_tokens must be a whole number from {MIN_SNAPSHOT_TOKENS} to {MAX_SNAPSHOT_TOKENS}"
+                    )));
+                }
+                return Ok(Request::Snapshot {
+                    max_tokens: args.max_tokens,
+                });
+            }
+            Kind::Open => {
+                let args: OpenArgs = arguments(input)?;
+                Action::Open { url: args.url }
+            }
+            Kind::Click => {
+                let args: ClickArgs = arguments(input)?;
+                Action::Click {
+                    target: args.target,
+                }
+            }
+            Kind::Type => {
+                let args: TypeArgs = arguments(input)?;
+                Action::Type {
+                    target: args.target,
+                    text: args.text,
+                    submit: args.submit,
+                }
+            }
+            Kind::Select => {
+                let args: SelectArgs = arguments(input)?;
+                Action::Select {
+                    target: args.target,
+                    value: args.value,
+                }
+            }
+            Kind::Scroll => {
+                let args: ScrollArgs = arguments(input)?;
+                Action::Scroll {
+                    direction: args.direction,
+                    target: args.target,
+                }
+            }
+            Kind::Back => {
+                let BackArgs {} = arguments(input)?;
+                Action::Back
+            }
+            Kind::Wait => {
+                let args: WaitArgs = arguments(input)?;
+                Action::Wait {
+                    text: args.text,
+                    selector: args.selector,
+                    timeout_seconds: args.timeout_seconds,
+                }
+            }
+        };
+        Ok(Request::Act(action))
+    }
+}
+
+/// What an interactive tool is asked to do.
+#[derive(Debug, PartialEq)]
+enum Request {
+    /// `browser_snapshot`: read the open page again.
+    Snapshot { max_tokens: Option<usize> },
+    /// Any other: an action on the page.
+    Act(Action),
+}
+
+/// The shortest and the longest snapshot the model may ask for.
+const MIN_SNAPSHOT_TOKENS: usize = 200;
+const MAX_SNAPSHOT_TOKENS: usize = 20_000;
+
+/// What the model passes to `browser_open`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OpenArgs {
+    /// http:// or https:// URL
+    url: String,
+}
+
+/// What the model passes to `browser_snapshot`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SnapshotArgs {
+    /// longest snapshot (default from the settings)
+    #[schemars(range(min = MIN_SNAPSHOT_TOKENS, max = MAX_SNAPSHOT_TOKENS))]
+    max_tokens: Option<usize>,
+}
+
+/// What the model passes to `browser_click`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClickArgs {
+    /// the [n] of the last snapshot
+    #[serde(rename = "ref")]
+    #[schemars(range(min = 1))]
+    target: u64,
+}
+
+/// What the model passes to `browser_type`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TypeArgs {
+    /// the [n] of the last snapshot
+    #[serde(rename = "ref")]
+    #[schemars(range(min = 1))]
+    target: u64,
+    text: String,
+    /// press Enter after typing
+    #[serde(default)]
+    submit: bool,
+}
+
+/// What the model passes to `browser_select`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SelectArgs {
+    /// the [n] of the last snapshot
+    #[serde(rename = "ref")]
+    #[schemars(range(min = 1))]
+    target: u64,
+    /// option value or visible text
+    value: String,
+}
+
+/// What the model passes to `browser_scroll`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ScrollArgs {
+    direction: Option<Direction>,
+    /// the [n] of the last snapshot
+    #[serde(rename = "ref")]
+    #[schemars(range(min = 1))]
+    target: Option<u64>,
+}
+
+/// What the model passes to `browser_back`: nothing.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("properties" = {}))]
+struct BackArgs {}
+
+/// What the model passes to `browser_wait`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct WaitArgs {
+    text: Option<String>,
+    /// CSS selector
+    selector: Option<String>,
+    #[schemars(range(max = MAX_WAIT.as_secs()), extend("exclusiveMinimum" = 0))]
+    timeout_seconds: Option<f64>,
 }
 
 /// One interactive tool.
@@ -171,24 +288,6 @@ pub fn all(sessions: &Arc<Sessions>) -> Vec<Arc<dyn Tool>> {
         .iter()
         .map(|kind| Arc::new(ActionTool::new(*kind, sessions.clone())) as Arc<dyn Tool>)
         .collect()
-}
-
-fn parse_action(action: &str, input: Value) -> Result<Action, ToolError> {
-    let mut object = match input {
-        Value::Object(object) => object,
-        Value::Null => serde_json::Map::new(),
-        _ => {
-            return Err(ToolError::InvalidInput(
-                "the input must be an object".into(),
-            ));
-        }
-    };
-    if object.contains_key("action") {
-        return Err(ToolError::InvalidInput("unknown field `action`".into()));
-    }
-    object.insert("action".into(), Value::String(action.into()));
-    serde_json::from_value(Value::Object(object))
-        .map_err(|e| ToolError::InvalidInput(e.to_string()))
 }
 
 /// Run `action` in the conversation's session, opening one for `open`; a session whose
@@ -251,41 +350,17 @@ impl Tool for ActionTool {
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
         let key = session_key(&context.conversation);
         let channel = channel_key(&context.conversation);
-        if self.kind == Kind::Snapshot {
-            let max_tokens = match &input {
-                Value::Null => None,
-                Value::Object(o) => {
-                    if let Some(k) = o.keys().find(|k| k.as_str() != "max_tokens") {
-                        return Err(ToolError::InvalidInput(format!("unknown field `{k}`")));
-                    }
-                    match o.get("max_tokens") {
-                        None => None,
-                        Some(v) => Some(
-                            v.as_u64()
-                                .filter(|n| (200..=20_000).contains(n))
-                                .ok_or_else(|| {
-                                    ToolError::InvalidInput(
-                                        "max_tokens must be a whole number from 200 to 20000"
-                                            .into(),
-                                    )
-                                })? as usize,
-                        ),
-                    }
-                }
-                _ => {
-                    return Err(ToolError::InvalidInput(
-                        "the input must be an object".into(),
-                    ));
-                }
-            };
-            let mut guard = self.sessions.lock(&key, context.event_id).await;
-            let session = guard
-                .as_mut()
-                .ok_or_else(|| ToolError::InvalidInput(NO_PAGE.into()))?;
-            let snapshot = session.snapshot(max_tokens).await.map_err(tool_error)?;
-            return Ok(ToolOutput::text(snapshot.render()));
-        }
-        let action = parse_action(self.kind.action(), input)?;
+        let action = match self.kind.request(input)? {
+            Request::Snapshot { max_tokens } => {
+                let mut guard = self.sessions.lock(&key, context.event_id).await;
+                let session = guard
+                    .as_mut()
+                    .ok_or_else(|| ToolError::InvalidInput(NO_PAGE.into()))?;
+                let snapshot = session.snapshot(max_tokens).await.map_err(tool_error)?;
+                return Ok(ToolOutput::text(snapshot.render()));
+            }
+            Request::Act(action) => action,
+        };
         let mut guard = self.sessions.lock(&key, context.event_id).await;
         let outcome = run(&self.sessions, &mut guard, &channel, &key, &action)
             .await
@@ -371,16 +446,88 @@ async fn film(
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
     #[test]
     fn inputs_become_actions() {
+        let act = |kind: Kind, input: Value| match kind.request(input) {
+            Ok(Request::Act(action)) => Ok(action),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
         assert_eq!(
-            parse_action("click", json!({ "ref": 4 })).unwrap(),
+            act(Kind::Click, json!({ "ref": 4 })).unwrap(),
             Action::Click { target: 4 }
         );
-        assert_eq!(parse_action("back", Value::Null).unwrap(), Action::Back);
-        assert!(parse_action("click", json!({ "ref": 4, "bogus": 1 })).is_err());
-        assert!(parse_action("click", json!({ "ref": 4, "action": "open" })).is_err());
-        assert!(parse_action("type", json!({ "ref": 4 })).is_err());
+        assert_eq!(act(Kind::Back, Value::Null).unwrap(), Action::Back);
+        assert_eq!(
+            act(Kind::Type, json!({ "ref": 2, "text": "Paris" })).unwrap(),
+            Action::Type {
+                target: 2,
+                text: "Paris".into(),
+                submit: false
+            }
+        );
+        assert_eq!(
+            act(Kind::Scroll, json!({ "direction": "bottom" })).unwrap(),
+            Action::Scroll {
+                direction: Some(Direction::Bottom),
+                target: None
+            }
+        );
+        assert_eq!(
+            act(
+                Kind::Wait,
+                json!({ "text": "Done", "timeout_seconds": 0.5 })
+            )
+            .unwrap(),
+            Action::Wait {
+                text: Some("Done".into()),
+                selector: None,
+                timeout_seconds: Some(0.5)
+            }
+        );
+        for (kind, bad) in [
+            (Kind::Click, json!({ "ref": 4, "bogus": 1 })),
+            (Kind::Click, json!({ "ref": 4, "action": "open" })),
+            (Kind::Type, json!({ "ref": 4 })),
+            (Kind::Scroll, json!({ "direction": "sideways" })),
+            (Kind::Back, json!({ "x": 1 })),
+            (Kind::Open, json!("https://a.example")),
+        ] {
+            let e = act(kind, bad.clone()).unwrap_err();
+            assert!(matches!(e, ToolError::InvalidInput(_)), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn snapshot_sizes_are_checked() {
+        assert_eq!(
+            Kind::Snapshot.request(Value::Null).unwrap(),
+            Request::Snapshot { max_tokens: None }
+        );
+        assert_eq!(
+            Kind::Snapshot
+                .request(json!({ "max_tokens": 500 }))
+                .unwrap(),
+            Request::Snapshot {
+                max_tokens: Some(500)
+            }
+        );
+        let e = Kind::Snapshot
+            .request(json!({ "max_tokens": 50 }))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            ToolError::InvalidInput("max_tokens must be a whole number from 200 to 20000".into())
+                .to_string()
+        );
+        for bad in [json!({ "max_tokens": 1.5 }), json!("500")] {
+            let e = Kind::Snapshot.request(bad.clone()).unwrap_err();
+            assert!(matches!(e, ToolError::InvalidInput(_)), "{bad}: {e}");
+        }
+        let e = Kind::Snapshot.request(json!({ "other": 1 })).unwrap_err();
+        assert!(e.to_string().contains("unknown field `other`"), "{e}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::actions::Action;
 use super::image_fit::{self, Encoding};
@@ -17,7 +17,9 @@ use super::record::{RecordRequest, VideoFormat};
 use super::screenshot::{Screenshot, ScreenshotRequest, capture_png};
 use super::session::{Sessions, session_key};
 use super::{BrowserError, BrowserService, Viewport, WaitFor, channel_key};
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolImage, ToolOutput, ToolRegistry};
+use crate::engine::tools::{
+    Tool, ToolContext, ToolError, ToolImage, ToolOutput, ToolRegistry, arguments, input_schema_of,
+};
 
 /// Longest side of the copy the model sees (what vision models take without resizing).
 pub const MODEL_IMAGE_SIDE: u32 = 1568;
@@ -48,10 +50,6 @@ pub fn register(
     for tool in all(browser, turn_limit) {
         registry.register(tool);
     }
-}
-
-fn input<T: for<'de> Deserialize<'de>>(value: serde_json::Value) -> Result<T, ToolError> {
-    serde_json::from_value(value).map_err(|e| ToolError::InvalidInput(e.to_string()))
 }
 
 fn wait(text: Option<&str>) -> Result<WaitFor, ToolError> {
@@ -101,16 +99,27 @@ impl ScreenshotTool {
     }
 }
 
-#[derive(Deserialize)]
+/// What the model passes to `browser_screenshot`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ScreenshotInput {
+struct ScreenshotArgs {
+    /// http:// or https:// URL (default: the open page)
     url: Option<String>,
+    /// capture the whole page, not just the viewport
     #[serde(default)]
     full_page: bool,
+    /// viewport width in CSS pixels (default 1280)
+    #[schemars(range(min = 100, max = 4096))]
     width: Option<u32>,
+    /// viewport height in CSS pixels (default 800)
+    #[schemars(range(min = 100, max = 4096))]
     height: Option<u32>,
+    /// device scale factor (default 1)
+    #[schemars(range(min = 0.25, max = 4))]
     scale: Option<f64>,
+    /// CSS selector: capture only this element
     selector: Option<String>,
+    /// after load, also wait for: networkidle, selector:<css>, or a delay like 500ms
     wait: Option<String>,
 }
 
@@ -125,41 +134,29 @@ impl Tool for ScreenshotTool {
     }
 
     fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "url": { "type": "string", "description": "http:// or https:// URL (default: the open page)" },
-                "full_page": { "type": "boolean", "description": "capture the whole page, not just the viewport" },
-                "width": { "type": "integer", "minimum": 100, "maximum": 4096, "description": "viewport width in CSS pixels (default 1280)" },
-                "height": { "type": "integer", "minimum": 100, "maximum": 4096, "description": "viewport height in CSS pixels (default 800)" },
-                "scale": { "type": "number", "minimum": 0.25, "maximum": 4, "description": "device scale factor (default 1)" },
-                "selector": { "type": "string", "description": "CSS selector: capture only this element" },
-                "wait": { "type": "string", "description": "after load, also wait for: networkidle, selector:<css>, or a delay like 500ms" }
-            },
-            "additionalProperties": false
-        })
+        input_schema_of::<ScreenshotArgs>()
     }
 
     async fn call(
         &self,
         context: &ToolContext,
-        input_value: serde_json::Value,
+        input: serde_json::Value,
     ) -> Result<ToolOutput, ToolError> {
-        let input: ScreenshotInput = input(input_value)?;
+        let args: ScreenshotArgs = arguments(input)?;
         let defaults = Viewport::default();
-        let Some(url) = input.url else {
-            if input.width.is_some()
-                || input.height.is_some()
-                || input.scale.is_some()
-                || input.wait.is_some()
+        let Some(url) = args.url else {
+            if args.width.is_some()
+                || args.height.is_some()
+                || args.scale.is_some()
+                || args.wait.is_some()
             {
                 return Err(ToolError::InvalidInput(
                     "width, height, scale and wait apply to a `url`; the open page is captured as it is".into(),
                 ));
             }
             let mut request = ScreenshotRequest::new("");
-            request.full_page = input.full_page;
-            request.selector = input.selector;
+            request.full_page = args.full_page;
+            request.selector = args.selector;
             let shot = self
                 .session_shot(context, &request)
                 .await
@@ -169,13 +166,13 @@ impl Tool for ScreenshotTool {
         let request = ScreenshotRequest {
             url,
             viewport: Viewport {
-                width: input.width.unwrap_or(defaults.width),
-                height: input.height.unwrap_or(defaults.height),
-                scale: input.scale.unwrap_or(defaults.scale),
+                width: args.width.unwrap_or(defaults.width),
+                height: args.height.unwrap_or(defaults.height),
+                scale: args.scale.unwrap_or(defaults.scale),
             },
-            full_page: input.full_page,
-            selector: input.selector,
-            wait: wait(input.wait.as_deref())?,
+            full_page: args.full_page,
+            selector: args.selector,
+            wait: wait(args.wait.as_deref())?,
             format: None,
         };
         let shot = self
@@ -245,19 +242,54 @@ impl RecordTool {
 /// The most steps one scripted recording runs.
 pub const MAX_RECORD_STEPS: usize = 20;
 
-#[derive(Deserialize)]
+/// What the model passes to `browser_record`.
+// The largest `seconds` is a setting: `RecordTool::input_schema` adds it to the schema.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RecordInput {
+struct RecordArgs {
+    /// http:// or https:// URL (with steps: opened first)
     url: Option<String>,
+    /// browser actions, e.g. {"action": "type", "ref": 3, "text": "Paris", "submit": true}; actions: open(url), click(ref), type(ref, text, submit), select(ref, value), scroll(direction|ref), back, wait(text|selector)
+    #[schemars(with = "Option<Vec<StepSchema>>", length(max = MAX_RECORD_STEPS))]
     steps: Option<Vec<Action>>,
+    /// length (default 5)
+    #[schemars(extend("exclusiveMinimum" = 0))]
     seconds: Option<f64>,
+    /// scroll from top to bottom while recording
     #[serde(default)]
     scroll: bool,
+    /// an animated GIF instead of an MP4
     #[serde(default)]
     gif: bool,
+    #[schemars(range(min = 100, max = 4096))]
     width: Option<u32>,
+    #[schemars(range(min = 100, max = 4096))]
     height: Option<u32>,
+    /// after load, also wait for: networkidle, selector:<css>, or a delay like 500ms
     wait: Option<String>,
+}
+
+/// A `browser_record` step as its schema shows it: only the `action` (the `steps` description
+/// lists each action's fields). The steps themselves are read as [`Action`]s.
+#[derive(JsonSchema)]
+#[schemars(description = "")]
+#[expect(dead_code, reason = "only the schema is used")]
+struct StepSchema {
+    action: StepAction,
+}
+
+/// The actions a `browser_record` step can take (those of [`Action`]).
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case", description = "")]
+#[expect(dead_code, reason = "only the schema is used")]
+enum StepAction {
+    Open,
+    Click,
+    Type,
+    Select,
+    Scroll,
+    Back,
+    Wait,
 }
 
 #[async_trait]
@@ -271,59 +303,51 @@ impl Tool for RecordTool {
     }
 
     fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "url": { "type": "string", "description": "http:// or https:// URL (with steps: opened first)" },
-                "steps": {
-                    "type": "array",
-                    "maxItems": MAX_RECORD_STEPS,
-                    "description": "browser actions, e.g. {\"action\": \"type\", \"ref\": 3, \"text\": \"Paris\", \"submit\": true}; actions: open(url), click(ref), type(ref, text, submit), select(ref, value), scroll(direction|ref), back, wait(text|selector)",
-                    "items": { "type": "object", "properties": { "action": { "type": "string", "enum": ["open", "click", "type", "select", "scroll", "back", "wait"] } }, "required": ["action"] }
-                },
-                "seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": self.sessions.browser().settings().max_record_seconds, "description": "length (default 5)" },
-                "scroll": { "type": "boolean", "description": "scroll from top to bottom while recording" },
-                "gif": { "type": "boolean", "description": "an animated GIF instead of an MP4" },
-                "width": { "type": "integer", "minimum": 100, "maximum": 4096 },
-                "height": { "type": "integer", "minimum": 100, "maximum": 4096 },
-                "wait": { "type": "string", "description": "after load, also wait for: networkidle, selector:<css>, or a delay like 500ms" }
-            },
-            "additionalProperties": false
-        })
+        let mut schema = input_schema_of::<RecordArgs>();
+        if let Some(seconds) = schema
+            .pointer_mut("/properties/seconds")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            seconds.insert(
+                "maximum".into(),
+                self.sessions.browser().settings().max_record_seconds.into(),
+            );
+        }
+        schema
     }
 
     async fn call(
         &self,
         context: &ToolContext,
-        input_value: serde_json::Value,
+        input: serde_json::Value,
     ) -> Result<ToolOutput, ToolError> {
-        let input: RecordInput = input(input_value)?;
-        let page_options = input.seconds.is_some()
-            || input.scroll
-            || input.gif
-            || input.width.is_some()
-            || input.height.is_some()
-            || input.wait.is_some();
-        if input.steps.is_some() || input.url.is_none() {
+        let args: RecordArgs = arguments(input)?;
+        let page_options = args.seconds.is_some()
+            || args.scroll
+            || args.gif
+            || args.width.is_some()
+            || args.height.is_some()
+            || args.wait.is_some();
+        if args.steps.is_some() || args.url.is_none() {
             if page_options {
                 return Err(ToolError::InvalidInput(
                     "seconds, scroll, gif, width, height and wait apply to filming a `url` alone; a session is filmed as MP4 as it happens".into(),
                 ));
             }
-            return self.record_session(context, input.url, input.steps).await;
+            return self.record_session(context, args.url, args.steps).await;
         }
-        let Some(url) = input.url else {
+        let Some(url) = args.url else {
             return Err(ToolError::InvalidInput("which page? Give a `url`.".into()));
         };
         let mut request = RecordRequest::new(url);
-        request.seconds = input.seconds.unwrap_or(request.seconds);
-        request.scroll = input.scroll;
-        if input.gif {
+        request.seconds = args.seconds.unwrap_or(request.seconds);
+        request.scroll = args.scroll;
+        if args.gif {
             request.format = VideoFormat::Gif;
         }
-        request.viewport.width = input.width.unwrap_or(request.viewport.width);
-        request.viewport.height = input.height.unwrap_or(request.viewport.height);
-        request.wait = wait(input.wait.as_deref())?;
+        request.viewport.width = args.width.unwrap_or(request.viewport.width);
+        request.viewport.height = args.height.unwrap_or(request.viewport.height);
+        request.wait = wait(args.wait.as_deref())?;
         let recording = self
             .sessions
             .browser()
@@ -401,10 +425,14 @@ impl FetchUrlTool {
     }
 }
 
-#[derive(Deserialize)]
+/// What the model passes to `fetch_url`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct FetchInput {
+struct FetchArgs {
+    /// http:// or https:// URL
     url: String,
+    /// longest text returned (default 20000)
+    #[schemars(range(min = 100, max = FETCH_MAX_CHARS))]
     max_chars: Option<usize>,
 }
 
@@ -532,30 +560,22 @@ impl Tool for FetchUrlTool {
     }
 
     fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "url": { "type": "string", "description": "http:// or https:// URL" },
-                "max_chars": { "type": "integer", "minimum": 100, "maximum": FETCH_MAX_CHARS, "description": "longest text returned (default 20000)" }
-            },
-            "required": ["url"],
-            "additionalProperties": false
-        })
+        input_schema_of::<FetchArgs>()
     }
 
     async fn call(
         &self,
         context: &ToolContext,
-        input_value: serde_json::Value,
+        input: serde_json::Value,
     ) -> Result<ToolOutput, ToolError> {
-        let input: FetchInput = input(input_value)?;
-        let max = input
+        let args: FetchArgs = arguments(input)?;
+        let max = args
             .max_chars
             .unwrap_or(FETCH_DEFAULT_CHARS)
             .clamp(100, FETCH_MAX_CHARS);
         let page = self
             .browser
-            .fetch_text(&channel_key(&context.conversation), &input.url, max)
+            .fetch_text(&channel_key(&context.conversation), &args.url, max)
             .await
             .map_err(tool_error)?;
         let mut text = format!("URL: {}\nTitle: {}\n\n{}", page.url, page.title, page.text);
@@ -572,6 +592,7 @@ mod tests {
     use crate::browser::{BrowserOptions, Source, SystemResolver};
     use crate::config::BrowserSettings;
     use ecdysis_chat::ConversationRef;
+    use serde_json::json;
 
     fn service() -> BrowserService {
         BrowserService::new(
@@ -625,8 +646,21 @@ mod tests {
         );
         for tool in registry.iter() {
             let schema = tool.input_schema();
-            assert_eq!(schema["type"], "object");
+            assert_eq!(schema["type"], "object", "{}", tool.name());
+            assert_eq!(schema["additionalProperties"], false, "{}", tool.name());
         }
+        let record = registry.get("browser_record").unwrap().input_schema();
+        let seconds = &record["properties"]["seconds"];
+        assert_eq!(
+            seconds["maximum"],
+            BrowserSettings::default().max_record_seconds
+        );
+        assert_eq!(seconds["exclusiveMinimum"], 0);
+        let steps = &record["properties"]["steps"];
+        assert_eq!(steps["maxItems"], MAX_RECORD_STEPS);
+        assert_eq!(steps["items"]["required"], json!(["action"]));
+        assert_eq!(steps["items"]["properties"]["action"]["enum"][6], "wait");
+        assert!(record.get("required").is_none(), "{record}");
         assert_eq!(
             registry.get("fetch_url").unwrap().input_schema()["required"][0],
             "url"

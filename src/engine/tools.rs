@@ -110,8 +110,48 @@ pub fn input_schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
     if let Some(object) = schema.as_object_mut() {
         object.remove("$schema");
         object.remove("title");
+        // The struct's own doc comment: the tool's description already says what it is.
+        object.remove("description");
     }
+    tidy(&mut schema);
     schema
+}
+
+/// Formats schemars gives Rust's number types; the model needs only `type` and the limits.
+const NUMBER_FORMATS: &[&str] = &[
+    "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64",
+    "float", "double",
+];
+
+/// Take out of a derived schema what only costs the model tokens or misleads it: `null` as a
+/// type or enum value of `Option` fields (leaving one out means the same, and a `null` among
+/// an enum's values reads as one more choice) and number formats (`uint64`).
+fn tidy(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    match schema {
+        Value::Object(object) => {
+            if object
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| NUMBER_FORMATS.contains(&f))
+            {
+                object.remove("format");
+            }
+            if let Some(Value::Array(types)) = object.get_mut("type") {
+                types.retain(|t| t != "null");
+                if let [only] = types.as_mut_slice() {
+                    let only = only.take();
+                    object.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(values)) = object.get_mut("enum") {
+                values.retain(|v| !v.is_null());
+            }
+            object.values_mut().for_each(tidy);
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
 }
 
 /// A tool's arguments read from the model's input into their struct: a wrong or missing field
@@ -228,10 +268,17 @@ mod tests {
         assert_eq!(schema["properties"]["url"]["description"], "Where to go.");
         assert_eq!(schema["properties"]["limit"]["maximum"], 10);
         assert_eq!(
+            schema["properties"]["limit"]["type"], "integer",
+            "no `null` type nor number format for an optional number: {schema}"
+        );
+        assert!(schema["properties"]["limit"].get("format").is_none());
+        assert_eq!(
             schema["properties"]["kind"]["enum"],
             serde_json::json!(["post", "agent"])
         );
-        assert!(schema.get("$schema").is_none() && schema.get("title").is_none());
+        for key in ["$schema", "title", "description"] {
+            assert!(schema.get(key).is_none(), "{key} in {schema}");
+        }
         assert!(
             schema.get("$defs").is_none(),
             "nested types are inlined: {schema}"

@@ -5,11 +5,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::when::{self, PHRASES};
 use super::{JobRequest, Scheduler};
-use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use crate::engine::tools::{
+    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of,
+};
 use crate::storage::store::{JobKind, ScheduleId};
 
 /// Register the three tools.
@@ -21,6 +25,67 @@ pub fn register(registry: &mut ToolRegistry, scheduler: &Arc<Scheduler>) {
 
 fn store_error(e: impl std::fmt::Display) -> ToolError {
     ToolError::Failed(format!("the schedule store failed: {e}"))
+}
+
+/// `value` trimmed; `{field} is required` when nothing is left.
+fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, ToolError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ToolError::InvalidInput(format!("`{field}` is required")));
+    }
+    Ok(value)
+}
+
+/// What the model passes to `schedule_create`.
+#[derive(Deserialize, JsonSchema)]
+struct CreateArgs {
+    #[schemars(description = format!("When it runs, one of: {PHRASES}"))]
+    when: String,
+    /// What to post, or the prompt
+    text: String,
+    #[serde(default)]
+    kind: Kind,
+}
+
+/// What a job does when it runs: `post` posts the text as it is, `agent` runs it as a prompt.
+#[derive(Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    #[default]
+    Post,
+    Agent,
+}
+
+impl From<Kind> for JobKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Post => JobKind::Post,
+            Kind::Agent => JobKind::Agent,
+        }
+    }
+}
+
+/// What the model passes to `schedule_list`: nothing.
+#[derive(Deserialize, JsonSchema)]
+#[schemars(extend("properties" = {}))]
+struct ListArgs {}
+
+/// What the model passes to `schedule_cancel`.
+#[derive(Deserialize, JsonSchema)]
+struct CancelArgs {
+    #[serde(deserialize_with = "job_number")]
+    id: i64,
+}
+
+/// A job's number as the model writes it: `12`, or the text `"12"` or `"#12"` (as
+/// `schedule_list` shows it).
+fn job_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().trim_start_matches('#').parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| serde::de::Error::custom("`id` (a job number) is required"))
 }
 
 /// Create a reminder, recurring post or heartbeat prompt in this conversation.
@@ -37,42 +102,13 @@ impl Tool for ScheduleCreate {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "when": {
-                    "type": "string",
-                    "description": format!("When it runs, one of: {PHRASES}"),
-                },
-                "text": { "type": "string", "description": "What to post, or the prompt" },
-                "kind": { "type": "string", "enum": ["post", "agent"] },
-            },
-            "required": ["when", "text"],
-        })
+        input_schema_of::<CreateArgs>()
     }
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let field = |name: &str| {
-            input
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-        };
-        let when_text =
-            field("when").ok_or_else(|| ToolError::InvalidInput("`when` is required".into()))?;
-        let text = field("text")
-            .ok_or_else(|| ToolError::InvalidInput("`text` is required".into()))?
-            .to_string();
-        let kind = match field("kind") {
-            None | Some("post") => JobKind::Post,
-            Some("agent") => JobKind::Agent,
-            Some(other) => {
-                return Err(ToolError::InvalidInput(format!(
-                    "`kind` is `post` or `agent`, not `{other}`"
-                )));
-            }
-        };
+        let args: CreateArgs = arguments(input)?;
+        let when_text = non_empty("when", &args.when)?;
+        let text = non_empty("text", &args.text)?.to_string();
         let (timezone, tz) = self
             .0
             .timezone_for(&context.conversation, &context.user_id, &context.route)
@@ -83,7 +119,7 @@ impl Tool for ScheduleCreate {
             conversation: &context.conversation,
             user_id: &context.user_id,
             route: &context.route,
-            kind,
+            kind: args.kind.into(),
             text,
             when,
             timezone,
@@ -111,10 +147,11 @@ impl Tool for ScheduleList {
     }
 
     fn input_schema(&self) -> Value {
-        json!({ "type": "object", "properties": {} })
+        input_schema_of::<ListArgs>()
     }
 
-    async fn call(&self, context: &ToolContext, _input: Value) -> Result<ToolOutput, ToolError> {
+    async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let ListArgs {} = arguments(input)?;
         let jobs = self
             .0
             .channel_jobs(&context.conversation.channel_ref())
@@ -142,21 +179,11 @@ impl Tool for ScheduleCancel {
     }
 
     fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": { "id": { "type": "integer" } },
-            "required": ["id"],
-        })
+        input_schema_of::<CancelArgs>()
     }
 
     async fn call(&self, context: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let id = input
-            .get("id")
-            .and_then(|v| {
-                v.as_i64()
-                    .or_else(|| v.as_str()?.trim().trim_start_matches('#').parse().ok())
-            })
-            .ok_or_else(|| ToolError::InvalidInput("`id` (a job number) is required".into()))?;
+        let CancelArgs { id } = arguments(input)?;
         let cancelled = self
             .0
             .cancel(ScheduleId(id), Some(&context.conversation.channel_ref()))
@@ -169,5 +196,67 @@ impl Tool for ScheduleCancel {
                 "this channel has no active job #{id}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn schemas_are_what_the_model_read_before() {
+        let create = input_schema_of::<CreateArgs>();
+        assert_eq!(create["required"], json!(["when", "text"]));
+        assert_eq!(
+            create["properties"]["when"]["description"],
+            format!("When it runs, one of: {PHRASES}")
+        );
+        assert_eq!(
+            create["properties"]["text"]["description"],
+            "What to post, or the prompt"
+        );
+        assert_eq!(
+            create["properties"]["kind"]["enum"],
+            json!(["post", "agent"])
+        );
+        let list = input_schema_of::<ListArgs>();
+        assert_eq!(
+            (&list["type"], &list["properties"]),
+            (&json!("object"), &json!({}))
+        );
+        let cancel = input_schema_of::<CancelArgs>();
+        assert_eq!(cancel["required"], json!(["id"]));
+        assert_eq!(cancel["properties"]["id"]["type"], "integer");
+        for schema in [create, cancel] {
+            assert!(schema.get("additionalProperties").is_none(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn arguments_are_read_as_before() {
+        let create = |input| arguments::<CreateArgs>(input).map(|a| JobKind::from(a.kind));
+        assert!(matches!(
+            create(json!({ "when": "in 5 minutes", "text": "tea" })),
+            Ok(JobKind::Post)
+        ));
+        assert!(matches!(
+            create(json!({ "when": "in 5 minutes", "text": "tea", "kind": "agent" })),
+            Ok(JobKind::Agent)
+        ));
+        let e = create(json!({ "when": "in 5 minutes", "text": "tea", "kind": "shout" }))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("`post` or `agent`"), "{e}");
+        let blank = arguments::<CreateArgs>(json!({ "when": " ", "text": "tea" })).unwrap();
+        let e = non_empty("when", &blank.when).err().unwrap();
+        assert!(e.to_string().contains("`when` is required"), "{e}");
+
+        let id = |input| arguments::<CancelArgs>(input).map(|a| a.id);
+        assert_eq!(id(json!({ "id": 7 })).unwrap(), 7);
+        assert_eq!(id(json!({ "id": "#7" })).unwrap(), 7);
+        let e = id(json!({ "id": "seven" })).err().unwrap();
+        assert!(e.to_string().contains("a job number"), "{e}");
+        assert!(arguments::<ListArgs>(json!({})).is_ok());
     }
 }

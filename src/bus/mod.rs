@@ -239,8 +239,9 @@ impl Bus {
     }
 
     /// Post a message into a conversation while its event is still running (an approval
-    /// prompt): stored in the transcript, then delivered at once under `key`.
-    pub async fn post_now(
+    /// prompt, through the event's [`Poster`]): stored in the transcript, then delivered at
+    /// once under `key`.
+    async fn post_now(
         &self,
         event_id: EventId,
         conversation: &ConversationRef,

@@ -69,8 +69,8 @@ impl Poster {
         Self::default()
     }
 
-    /// Store `outgoing` in the transcript of `conversation` and deliver it now under `key`
-    /// (see [`Bus::post_now`]).
+    /// Store `outgoing` (secrets masked) in the transcript of `conversation`, then deliver it
+    /// at once under `key`.
     pub async fn post_now(
         &self,
         event_id: EventId,
@@ -83,8 +83,37 @@ impl Poster {
             .bus
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("this event was not started by the bus"))?;
-        bus.post_now(event_id, conversation, route, key, outgoing)
-            .await
+        let outgoing = bus.redacted(outgoing);
+        let meta = (!outgoing.buttons.is_empty())
+            .then(|| serde_json::json!({ "buttons": outgoing.buttons }).to_string());
+        bus.inner
+            .store
+            .append_messages(
+                conversation,
+                Some(event_id),
+                &[NewMessage {
+                    role: Role::Assistant,
+                    text: outgoing.text.clone(),
+                    meta,
+                    attachments: Vec::new(),
+                }],
+            )
+            .await?;
+        let adapter = bus.adapter(&conversation.platform).ok_or_else(|| {
+            anyhow::anyhow!("no adapter for platform `{}`", conversation.platform)
+        })?;
+        adapter
+            .deliver(&Reply {
+                idempotency_key: key.to_string(),
+                conversation: conversation.clone(),
+                text: outgoing.text,
+                attachments: outgoing.attachments,
+                buttons: outgoing.buttons,
+                route: route.clone(),
+                live: None,
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -236,50 +265,6 @@ impl Bus {
         Poster {
             bus: Some(self.clone()),
         }
-    }
-
-    /// Post a message into a conversation while its event is still running (an approval
-    /// prompt, through the event's [`Poster`]): stored in the transcript, then delivered at
-    /// once under `key`.
-    async fn post_now(
-        &self,
-        event_id: EventId,
-        conversation: &ConversationRef,
-        route: &serde_json::Value,
-        key: &str,
-        outgoing: Outgoing,
-    ) -> anyhow::Result<()> {
-        let outgoing = self.redacted(outgoing);
-        let meta = (!outgoing.buttons.is_empty())
-            .then(|| serde_json::json!({ "buttons": outgoing.buttons }).to_string());
-        self.inner
-            .store
-            .append_messages(
-                conversation,
-                Some(event_id),
-                &[NewMessage {
-                    role: Role::Assistant,
-                    text: outgoing.text.clone(),
-                    meta,
-                    attachments: Vec::new(),
-                }],
-            )
-            .await?;
-        let adapter = self.adapter(&conversation.platform).ok_or_else(|| {
-            anyhow::anyhow!("no adapter for platform `{}`", conversation.platform)
-        })?;
-        adapter
-            .deliver(&Reply {
-                idempotency_key: key.to_string(),
-                conversation: conversation.clone(),
-                text: outgoing.text,
-                attachments: outgoing.attachments,
-                buttons: outgoing.buttons,
-                route: route.clone(),
-                live: None,
-            })
-            .await?;
-        Ok(())
     }
 
     /// The reply with every secret value masked: no text leaves through the outbox unredacted.

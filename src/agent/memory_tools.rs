@@ -16,7 +16,7 @@ use crate::embeddings::MemorySearch as Search;
 use crate::engine::commands::MAX_NOTE_CHARS;
 use crate::engine::profile::Profiles;
 use crate::engine::tools::{
-    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of,
+    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of, item_number,
 };
 use crate::storage::store::{ItemSource, NewNote, NoteId, Store};
 
@@ -58,15 +58,10 @@ fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, ToolError> {
     Ok(value)
 }
 
-/// A note's number as the model writes it: `12`, or the text `"12"` or `"#12"` (as
-/// `memory_search` shows it).
+/// A note's number as the model writes it (see [`item_number`]).
 fn note_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    match Value::deserialize(deserializer)? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().trim_start_matches('#').parse().ok(),
-        _ => None,
-    }
-    .ok_or_else(|| D::Error::custom("`id` (a note number) is required"))
+    item_number(&Value::deserialize(deserializer)?)
+        .ok_or_else(|| D::Error::custom("`id` (a note number) is required"))
 }
 
 fn store_error(e: crate::storage::store::StoreError) -> ToolError {

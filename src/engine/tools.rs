@@ -117,6 +117,16 @@ pub fn input_schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
     schema
 }
 
+/// An item's number (a note's, a job's) as the model writes it: `12`, or the text `"12"` or
+/// `"#12"` (as the listings show it). `None` for anything else.
+pub fn item_number(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().trim_start_matches('#').parse().ok(),
+        _ => None,
+    }
+}
+
 /// Formats schemars gives Rust's number types; the model needs only `type` and the limits.
 const NUMBER_FORMATS: &[&str] = &[
     "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64",

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::when::{self, PHRASES};
 use super::{JobRequest, Scheduler};
 use crate::engine::tools::{
-    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of,
+    Tool, ToolContext, ToolError, ToolOutput, ToolRegistry, arguments, input_schema_of, item_number,
 };
 use crate::storage::store::{JobKind, ScheduleId};
 
@@ -77,15 +77,10 @@ struct CancelArgs {
     id: i64,
 }
 
-/// A job's number as the model writes it: `12`, or the text `"12"` or `"#12"` (as
-/// `schedule_list` shows it).
+/// A job's number as the model writes it (see [`item_number`]).
 fn job_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    match Value::deserialize(deserializer)? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().trim_start_matches('#').parse().ok(),
-        _ => None,
-    }
-    .ok_or_else(|| serde::de::Error::custom("`id` (a job number) is required"))
+    item_number(&Value::deserialize(deserializer)?)
+        .ok_or_else(|| serde::de::Error::custom("`id` (a job number) is required"))
 }
 
 /// Create a reminder, recurring post or heartbeat prompt in this conversation.

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, on_reader, rows};
 use super::{Result, SqlStore, UnixMs};
 
 /// A DM pairing code and whom it is for.
@@ -133,8 +133,8 @@ impl AccessLog for SqlStore {
                     Box::pin(async move {
                         let now = tx.now;
                         let cutoff = UnixMs(now.0 - *quiet_ms);
-                        let changed = on_tx!(tx, |c| {
-                            sqlx::query(
+                        let changed = tx
+                            .query(
                                 "INSERT INTO access_notices (platform, user_id, kind, noticed_at)
                                  VALUES ($1, $2, $3, $4)
                                  ON CONFLICT (platform, user_id, kind) DO UPDATE
@@ -146,10 +146,9 @@ impl AccessLog for SqlStore {
                             .bind(kind)
                             .bind(now)
                             .bind(cutoff)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(changed > 0)
                     })
                 },
@@ -162,37 +161,37 @@ impl AccessLog for SqlStore {
             .write(new.clone(), |tx, new| {
                 Box::pin(async move {
                     let now = tx.now;
-                    let existing = on_tx!(tx, |c| {
+                    let existing = {
                         let sql = format!(
                             "SELECT {PAIRING_COLUMNS} FROM pairing_codes
                              WHERE platform = $1 AND user_id = $2 AND approved_at IS NULL
                                AND expires_at > $3
                              ORDER BY created_at DESC LIMIT 1"
                         );
-                        match sqlx::query(sqlx::AssertSqlSafe(sql))
+                        match tx.query(sql)
                             .bind(&new.platform)
                             .bind(&new.user_id)
                             .bind(now)
-                            .fetch_optional(c)
+                            .fetch_optional()
                             .await?
                         {
                             Some(row) => Some(pairing_from_row(&row)?),
                             None => None,
                         }
-                    });
+                    };
                     if let Some(existing) = existing {
                         return Ok(existing);
                     }
                     let expires_at = now.plus(new.valid_ms);
-                    on_tx!(tx, |c| {
+                    {
                         // Expired codes of anyone go on the way, so the table stays small.
-                        sqlx::query(
+                        tx.query(
                             "DELETE FROM pairing_codes WHERE approved_at IS NULL AND expires_at <= $1",
                         )
                         .bind(UnixMs(now.0 - 86_400_000))
-                        .execute(&mut *c)
+                        .execute()
                         .await?;
-                        sqlx::query(
+                        tx.query(
                             "INSERT INTO pairing_codes (code, platform, user_id, user_name,
                                                         workspace, channel, created_at, expires_at)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -205,10 +204,10 @@ impl AccessLog for SqlStore {
                         .bind(&new.channel)
                         .bind(now)
                         .bind(expires_at)
-                        .execute(c)
+                        .execute()
                         .await?
                         .rows_affected()
-                    });
+                    };
                     Ok(PairingCode {
                         code: new.code.clone(),
                         platform: new.platform.clone(),
@@ -233,19 +232,15 @@ impl AccessLog for SqlStore {
                 |tx, (code, admin)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        let found = on_tx!(tx, |c| {
+                        let found = {
                             let sql = format!(
                                 "SELECT {PAIRING_COLUMNS} FROM pairing_codes WHERE code = $1"
                             );
-                            match sqlx::query(sqlx::AssertSqlSafe(sql))
-                                .bind(code)
-                                .fetch_optional(c)
-                                .await?
-                            {
+                            match tx.query(sql).bind(code).fetch_optional().await? {
                                 Some(row) => Some(pairing_from_row(&row)?),
                                 None => None,
                             }
-                        });
+                        };
                         let Some(mut pairing) = found else {
                             return Ok(Approval::Unknown);
                         };
@@ -255,17 +250,17 @@ impl AccessLog for SqlStore {
                         if pairing.expires_at <= now {
                             return Ok(Approval::Expired(pairing));
                         }
-                        on_tx!(tx, |c| {
-                            sqlx::query(
+                        {
+                            tx.query(
                                 "UPDATE pairing_codes SET approved_at = $1, approved_by = $2
                                  WHERE code = $3",
                             )
                             .bind(now)
                             .bind(admin)
                             .bind(code)
-                            .execute(&mut *c)
+                            .execute()
                             .await?;
-                            sqlx::query(
+                            tx.query(
                                 "INSERT INTO paired_users (platform, user_id, user_name,
                                                            approved_by, approved_at)
                                  VALUES ($1, $2, $3, $4, $5)
@@ -278,10 +273,10 @@ impl AccessLog for SqlStore {
                             .bind(&pairing.user_name)
                             .bind(admin)
                             .bind(now)
-                            .execute(c)
+                            .execute()
                             .await?
                             .rows_affected()
-                        });
+                        };
                         pairing.approved_at = Some(now);
                         pairing.approved_by = Some(admin.clone());
                         Ok(Approval::Approved(pairing))
@@ -346,16 +341,13 @@ impl AccessLog for SqlStore {
                 (platform.to_string(), user_id.to_string()),
                 |tx, (platform, user_id)| {
                     Box::pin(async move {
-                        let n = on_tx!(tx, |c| {
-                            sqlx::query(
-                                "DELETE FROM paired_users WHERE platform = $1 AND user_id = $2",
-                            )
+                        let n = tx
+                            .query("DELETE FROM paired_users WHERE platform = $1 AND user_id = $2")
                             .bind(platform)
                             .bind(user_id)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(n > 0)
                     })
                 },
@@ -370,8 +362,8 @@ impl AccessLog for SqlStore {
                 |tx, (scope, period_start)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        let n = on_tx!(tx, |c| {
-                            sqlx::query(
+                        let n = tx
+                            .query(
                                 "INSERT INTO budget_warnings (scope, period_start, warned_at)
                                  VALUES ($1, $2, $3)
                                  ON CONFLICT (scope, period_start) DO NOTHING",
@@ -379,10 +371,9 @@ impl AccessLog for SqlStore {
                             .bind(scope)
                             .bind(*period_start)
                             .bind(now)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(n > 0)
                     })
                 },

@@ -6,7 +6,7 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::Serialize;
 
 use super::conversations::upsert;
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::transcript::{insert_message, message_from_row};
 use super::{
     CompactionId, EventId, Message, MessageId, NewMessage, Result, Role, SqlStore, UnixMs,
@@ -126,8 +126,8 @@ async fn compact_in(
     let now = tx.now;
     // The range (not summaries) is compacted, tool detail moved out (the archive has it), and
     // every earlier summary is replaced by the new one.
-    let compacted = on_tx!(tx, |c| {
-        sqlx::query(
+    let compacted = tx
+        .query(
             "UPDATE messages
              SET compacted = TRUE, meta = CASE WHEN role = 'tool' THEN NULL ELSE meta END
              WHERE conversation_id = $1 AND id BETWEEN $2 AND $3
@@ -136,21 +136,18 @@ async fn compact_in(
         .bind(conversation_id)
         .bind(compaction.first_message_id)
         .bind(compaction.last_message_id)
-        .execute(c)
+        .execute()
         .await?
-        .rows_affected()
-    });
+        .rows_affected();
     let compacted = i64::try_from(compacted).unwrap_or(i64::MAX);
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "UPDATE messages SET compacted = TRUE
+    tx.query(
+        "UPDATE messages SET compacted = TRUE
              WHERE conversation_id = $1 AND role = 'summary' AND NOT compacted",
-        )
-        .bind(conversation_id)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
+    )
+    .bind(conversation_id)
+    .execute()
+    .await?
+    .rows_affected();
     let meta = serde_json::json!({
         "archive_key": compaction.archive_key,
         "first_message_id": compaction.first_message_id,
@@ -164,9 +161,9 @@ async fn compact_in(
         attachments: Vec::new(),
     };
     let summary_id = insert_message(tx, conversation_id, compaction.event_id, &summary).await?;
-    on_tx!(tx, |c| {
+    {
         compaction_from_row(
-            &sqlx::query(
+            &tx.query(
                 "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
                                           last_message_id, message_count, archive_key,
                                           created_at)
@@ -181,10 +178,10 @@ async fn compact_in(
             .bind(compacted)
             .bind(&compaction.archive_key)
             .bind(now)
-            .fetch_one(c)
+            .fetch_one()
             .await?,
         )
-    })
+    }
 }
 
 async fn import_compaction_in(
@@ -193,49 +190,44 @@ async fn import_compaction_in(
     compaction: &ImportedCompaction,
 ) -> Result<bool> {
     let conversation_id = upsert(tx, conversation).await?;
-    let exists = on_tx!(tx, |c| {
-        sqlx::query("SELECT 1 FROM compactions WHERE conversation_id = $1 AND archive_key = $2")
-            .bind(conversation_id)
-            .bind(&compaction.archive_key)
-            .fetch_optional(c)
-            .await?
-            .is_some()
-    });
+    let exists = tx
+        .query("SELECT 1 FROM compactions WHERE conversation_id = $1 AND archive_key = $2")
+        .bind(conversation_id)
+        .bind(&compaction.archive_key)
+        .fetch_optional()
+        .await?
+        .is_some();
     if exists {
         return Ok(false);
     }
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "UPDATE messages SET compacted = TRUE
+    tx.query(
+        "UPDATE messages SET compacted = TRUE
              WHERE conversation_id = $1
                AND ((id BETWEEN $2 AND $3 AND role <> 'summary')
                     OR (role = 'summary' AND id < $4))",
-        )
-        .bind(conversation_id)
-        .bind(compaction.first_message_id)
-        .bind(compaction.last_message_id)
-        .bind(compaction.summary_message_id)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
+    )
+    .bind(conversation_id)
+    .bind(compaction.first_message_id)
+    .bind(compaction.last_message_id)
+    .bind(compaction.summary_message_id)
+    .execute()
+    .await?
+    .rows_affected();
+    tx.query(
+        "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
                                       last_message_id, message_count, archive_key, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(conversation_id)
-        .bind(compaction.summary_message_id)
-        .bind(compaction.first_message_id)
-        .bind(compaction.last_message_id)
-        .bind(compaction.message_count)
-        .bind(&compaction.archive_key)
-        .bind(compaction.created_at)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
+    )
+    .bind(conversation_id)
+    .bind(compaction.summary_message_id)
+    .bind(compaction.first_message_id)
+    .bind(compaction.last_message_id)
+    .bind(compaction.message_count)
+    .bind(&compaction.archive_key)
+    .bind(compaction.created_at)
+    .execute()
+    .await?
+    .rows_affected();
     Ok(true)
 }
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::Serialize;
 
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::{ConversationId, Result, SqlStore, UnixMs};
 
 /// A conversation with its activity, for the admin pages and exports.
@@ -122,23 +122,21 @@ pub(crate) fn channel_from_row(row: &impl Columns) -> Result<ChannelRef> {
 /// the transaction ends (see [`super::dialect::locks_conversations`]).
 pub(crate) async fn upsert(tx: &mut Tx, c: &ConversationRef) -> Result<ConversationId> {
     let now = tx.now;
-    on_tx!(tx, |conn| {
-        sqlx::query(
-            "INSERT INTO conversations (platform, workspace, channel, thread, created_at)
+    tx.query(
+        "INSERT INTO conversations (platform, workspace, channel, thread, created_at)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (platform, workspace, channel, thread)
              DO UPDATE SET platform = excluded.platform
              RETURNING id",
-        )
-        .bind(&c.platform)
-        .bind(&c.workspace)
-        .bind(&c.channel)
-        .bind(c.thread.as_deref().unwrap_or(""))
-        .bind(now)
-        .fetch_one(conn)
-        .await?
-        .col("id")
-    })
+    )
+    .bind(&c.platform)
+    .bind(&c.workspace)
+    .bind(&c.channel)
+    .bind(c.thread.as_deref().unwrap_or(""))
+    .bind(now)
+    .fetch_one()
+    .await?
+    .col("id")
 }
 
 impl SqlStore {

@@ -1,14 +1,17 @@
-//! The one handle both backends share: their pools, a transaction on either, and the macros that
-//! run one query text on whichever backend is open.
+//! The one handle both backends share: their pools, a transaction on either, and the macro
+//! that runs one read on whichever backend is open.
 //!
-//! Every query of the store is written once, with `$N` placeholders (sqlx's SQLite driver
-//! reads them as well as Postgres does) and SQL both databases accept. The few statements that
-//! really differ live in [`super::dialect`]. Rows are read through [`Columns`], so the code that
-//! turns a row into a value is written once too.
+//! Every query of the store is written once, with `$N` placeholders (both SQLite drivers read
+//! them as well as Postgres does) and SQL both databases accept. The few statements that
+//! really differ live in [`super::dialect`]. Writes run through [`Tx::query`](super::query),
+//! reads through [`on_reader!`]. Rows are read through [`Columns`], so the code that turns a
+//! row into a value is written once too.
 //!
 //! SQLite runs every write on one connection (writes queue in-process instead of failing with
-//! `SQLITE_BUSY`) and reads on a pool of their own; Postgres uses one pool for both.
+//! `SQLITE_BUSY`), rusqlite's, on the writer's own thread (see [`super::writer`]); reads go
+//! through sqlx's pool. Postgres uses one sqlx pool for both.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +46,9 @@ pub(crate) struct Db {
 #[derive(Clone)]
 pub(crate) enum Pools {
     Sqlite {
-        /// Exactly one connection: the single writer.
-        write: SqlitePool,
         read: SqlitePool,
+        /// The database file: the writer opens its one connection on it.
+        file: PathBuf,
     },
     Postgres {
         pool: PgPool,
@@ -60,7 +63,8 @@ pub(crate) struct Tx {
 }
 
 pub(crate) enum TxConn {
-    Sqlite(Transaction<'static, Sqlite>),
+    /// The writer's own connection, lent to the transaction (see [`super::writer`]).
+    Sqlite(rusqlite::Connection),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -87,54 +91,54 @@ macro_rules! on_reader {
     };
 }
 
-/// Run `$body` once for whichever backend the transaction `$tx` is on, with `$c` bound to its
-/// connection. With a [`super::dialect::Sql`] pair, `$sql` is bound to that backend's text.
-macro_rules! on_tx {
-    ($tx:expr, |$c:ident| $body:expr) => {
-        match &mut $tx.conn {
-            $crate::storage::store::db::TxConn::Sqlite(t) => {
-                let $c = &mut **t;
-                $body
-            }
-            $crate::storage::store::db::TxConn::Postgres(t) => {
-                let $c = &mut **t;
-                $body
-            }
-        }
-    };
-    ($tx:expr, $pair:expr, |$c:ident, $sql:ident| $body:expr) => {
-        match &mut $tx.conn {
-            $crate::storage::store::db::TxConn::Sqlite(t) => {
-                let $c = &mut **t;
-                let $sql = $pair.sqlite;
-                $body
-            }
-            $crate::storage::store::db::TxConn::Postgres(t) => {
-                let $c = &mut **t;
-                let $sql = $pair.postgres;
-                $body
-            }
-        }
-    };
-}
+pub(crate) use on_reader;
 
-pub(crate) use {on_reader, on_tx};
-
-/// A value both backends can decode.
+/// A value both backends can decode (SQLite's write connection through rusqlite).
 pub(crate) trait Value:
-    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+    for<'r> Decode<'r, Sqlite>
+    + Type<Sqlite>
+    + for<'r> Decode<'r, Postgres>
+    + Type<Postgres>
+    + rusqlite::types::FromSql
 {
 }
 
 impl<T> Value for T where
-    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+    T: for<'r> Decode<'r, Sqlite>
+        + Type<Sqlite>
+        + for<'r> Decode<'r, Postgres>
+        + Type<Postgres>
+        + rusqlite::types::FromSql
 {
 }
 
 /// A column name or position, on both backends.
-pub(crate) trait Index: ColumnIndex<SqliteRow> + ColumnIndex<PgRow> {}
+pub(crate) trait Index: ColumnIndex<SqliteRow> + ColumnIndex<PgRow> {
+    /// The column's position among `names`.
+    fn position(&self, names: &[String]) -> Option<usize>;
+    /// The column, for messages.
+    fn describe(&self) -> String;
+}
 
-impl<I: ColumnIndex<SqliteRow> + ColumnIndex<PgRow>> Index for I {}
+impl Index for &str {
+    fn position(&self, names: &[String]) -> Option<usize> {
+        names.iter().position(|name| name == self)
+    }
+
+    fn describe(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+impl Index for usize {
+    fn position(&self, _names: &[String]) -> Option<usize> {
+        Some(*self)
+    }
+
+    fn describe(&self) -> String {
+        format!("#{self}")
+    }
+}
 
 /// A row of either backend: the one way row-reading code gets at its columns.
 pub(crate) trait Columns {
@@ -192,18 +196,18 @@ impl Db {
                 problem: "unsupported scheme (use sqlite:// or postgres://)".into(),
             });
         };
-        Ok(Self::with_pools(pools, clock))
+        Self::with_pools(pools, clock)
     }
 
     /// Start the writers of `pools`: SQLite's one write connection, or a few Postgres
     /// connections (the pool keeps the rest for reads).
-    fn with_pools(pools: Pools, clock: Arc<Clock>) -> Self {
+    fn with_pools(pools: Pools, clock: Arc<Clock>) -> Result<Self> {
         let (tasks, batch) = match pools {
             Pools::Sqlite { .. } => (1, SQLITE_BATCH),
             Pools::Postgres { .. } => (POSTGRES_WRITERS, POSTGRES_BATCH),
         };
-        let writer = Writer::start(pools.clone(), clock, tasks, batch);
-        Db { pools, writer }
+        let writer = Writer::start(&pools, clock, tasks, batch)?;
+        Ok(Db { pools, writer })
     }
 
     async fn open_sqlite(url: &str) -> Result<Pools> {
@@ -227,17 +231,16 @@ impl Db {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
-        migrate::sqlite().run(&write).await?;
+        let file = options.get_filename().to_path_buf();
+        // A connection in this process cannot go stale: no ping before each use.
         let read = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
-            .await?;
-        Ok(Pools::Sqlite { write, read })
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        migrate::sqlite().run(&read).await?;
+        Ok(Pools::Sqlite { read, file })
     }
 
     async fn open_postgres(url: &str) -> Result<Pools> {
@@ -381,44 +384,6 @@ fn lock_key(conversation: &ConversationRef) -> String {
     )
 }
 
-impl Pools {
-    /// A transaction on the write connection, timed `now`.
-    /// A synced transaction's commit is on disk when it returns; a lazy one's is not yet (see
-    /// [`super::writer`]).
-    pub(crate) async fn begin(&self, now: UnixMs, durability: Durability) -> sqlx::Result<Tx> {
-        let conn = match self {
-            // `synchronous` cannot change inside a transaction: set it with the `BEGIN`.
-            Pools::Sqlite { write, .. } => TxConn::Sqlite(
-                write
-                    .begin_with(match durability {
-                        Durability::Synced => "PRAGMA synchronous = FULL; BEGIN",
-                        Durability::Lazy => "PRAGMA synchronous = NORMAL; BEGIN",
-                    })
-                    .await?,
-            ),
-            Pools::Postgres { pool } => {
-                let mut tx = pool.begin().await?;
-                if durability == Durability::Lazy {
-                    sqlx::query("SET LOCAL synchronous_commit = off")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                TxConn::Postgres(tx)
-            }
-        };
-        Ok(Tx { conn, now })
-    }
-}
-
-impl Tx {
-    pub(crate) async fn commit(self) -> sqlx::Result<()> {
-        match self.conn {
-            TxConn::Sqlite(t) => t.commit().await,
-            TxConn::Postgres(t) => t.commit().await,
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! Opening a store at an older migration, for tests of the migrations themselves.
@@ -455,58 +420,48 @@ pub(crate) mod testing {
                 .unwrap()
                 .create_if_missing(true)
                 .foreign_keys(true);
-            let pool = SqlitePool::connect_with(options).await.unwrap();
-            migrate::sqlite().run_to(version, &pool).await.unwrap();
-            let pools = Pools::Sqlite {
-                write: pool.clone(),
-                read: pool,
-            };
-            Db::with_pools(pools, clock)
+            let file = options.get_filename().to_path_buf();
+            let read = SqlitePool::connect_with(options).await.unwrap();
+            migrate::sqlite().run_to(version, &read).await.unwrap();
+            Db::with_pools(Pools::Sqlite { read, file }, clock).unwrap()
         } else {
             let pool = PgPool::connect(url).await.unwrap();
             migrate::postgres().run_to(version, &pool).await.unwrap();
-            Db::with_pools(Pools::Postgres { pool }, clock)
+            Db::with_pools(Pools::Postgres { pool }, clock).unwrap()
         }
     }
 
     impl Db {
-        /// Run raw SQL (test set-up).
+        /// Run raw SQL through the writer (test set-up).
         pub(crate) async fn exec(&self, sql: &'static str) {
-            match &self.pools {
-                Pools::Sqlite { write, .. } => {
-                    sqlx::query(sql).execute(write).await.unwrap();
-                }
-                Pools::Postgres { pool } => {
-                    sqlx::query(sql).execute(pool).await.unwrap();
-                }
-            }
+            self.write(sql, |tx, sql| {
+                Box::pin(async move {
+                    tx.query(*sql).execute().await?;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap();
         }
 
-        /// SQLite: rows whose foreign key points nowhere, and whether foreign keys are on.
+        /// SQLite: rows whose foreign key points nowhere, and whether the writer's connection
+        /// enforces foreign keys.
         pub(crate) async fn sqlite_integrity(&self) -> (usize, bool) {
-            let Pools::Sqlite { write, .. } = &self.pools else {
-                panic!("not SQLite");
-            };
-            let broken = sqlx::query("PRAGMA foreign_key_check")
-                .fetch_all(write)
-                .await
-                .unwrap()
-                .len();
-            let on: i64 = sqlx::query("PRAGMA foreign_keys")
-                .fetch_one(write)
-                .await
-                .unwrap()
-                .try_get(0)
-                .unwrap();
-            (broken, on == 1)
+            assert!(!self.is_postgres(), "not SQLite");
+            self.write((), |tx, _| {
+                Box::pin(async move {
+                    let broken = tx.query("PRAGMA foreign_key_check").fetch_all().await?;
+                    let on: i64 = tx.query("PRAGMA foreign_keys").fetch_one().await?.col(0)?;
+                    Ok((broken.len(), on == 1))
+                })
+            })
+            .await
+            .unwrap()
         }
 
         pub(crate) async fn close(&self) {
             match &self.pools {
-                Pools::Sqlite { write, read } => {
-                    write.close().await;
-                    read.close().await;
-                }
+                Pools::Sqlite { read, .. } => read.close().await,
                 Pools::Postgres { pool } => pool.close().await,
             }
         }

@@ -11,7 +11,7 @@ use ecdysis_chat::ChannelRef;
 use serde::Serialize;
 
 use super::conversations::channel_from_row;
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, on_reader, rows};
 use super::dialect::{RECALL_CHUNKS, text_query};
 use super::{CompactionId, Result, SqlStore, StoreError, UnixMs};
 
@@ -282,8 +282,8 @@ impl SemanticIndex for SqlStore {
             .write((owner, limit, lease_ms), |tx, (owner, limit, lease_ms)| {
                 Box::pin(async move {
                     let now = tx.now;
-                    on_tx!(tx, |c| {
-                        sqlx::query(
+                    {
+                        tx.query(
                             "UPDATE memory_embed_queue
                              SET lease_owner = $1, lease_until = $2, attempts = attempts + 1
                              WHERE (item_kind, item_id) IN (
@@ -298,12 +298,13 @@ impl SemanticIndex for SqlStore {
                         .bind(now.0 + *lease_ms)
                         .bind(now)
                         .bind(*limit)
-                        .execute(c)
+                        .execute()
                         .await?;
-                    });
-                    let found: Vec<(EmbedJob, Option<ChannelRef>)> = on_tx!(tx, |c| {
-                        let found = sqlx::query(
-                            "SELECT q.item_kind, q.item_id, q.version, q.attempts,
+                    };
+                    let found: Vec<(EmbedJob, Option<ChannelRef>)> = {
+                        let found = tx
+                            .query(
+                                "SELECT q.item_kind, q.item_id, q.version, q.attempts,
                                     COALESCE(n.platform, m.platform) AS platform,
                                     COALESCE(n.workspace, m.workspace) AS workspace,
                                     COALESCE(n.channel, m.channel) AS channel,
@@ -315,11 +316,11 @@ impl SemanticIndex for SqlStore {
                                     ON q.item_kind = 'chunk' AND m.id = q.item_id
                              WHERE q.lease_owner = $1 AND q.lease_until = $2
                              ORDER BY q.available_at, q.item_id",
-                        )
-                        .bind(owner.as_str())
-                        .bind(now.0 + *lease_ms)
-                        .fetch_all(c)
-                        .await?;
+                            )
+                            .bind(owner.as_str())
+                            .bind(now.0 + *lease_ms)
+                            .fetch_all()
+                            .await?;
                         rows(&found, |row| {
                             let text: Option<String> = row.col("text")?;
                             let platform: Option<String> = row.col("platform")?;
@@ -347,22 +348,22 @@ impl SemanticIndex for SqlStore {
                             };
                             Ok((job, channel))
                         })?
-                    });
+                    };
                     let mut jobs = Vec::new();
                     for (mut job, channel) in found {
                         let Some(channel) = channel else {
                             // The note or chunk is gone (its trigger normally takes the row
                             // along): nothing to embed.
-                            on_tx!(tx, |c| {
-                                sqlx::query(
+                            {
+                                tx.query(
                                     "DELETE FROM memory_embed_queue
                                      WHERE item_kind = $1 AND item_id = $2",
                                 )
                                 .bind(job.item.kind.as_str())
                                 .bind(job.item.id)
-                                .execute(c)
+                                .execute()
                                 .await?;
-                            });
+                            };
                             continue;
                         };
                         job.channel = channel;
@@ -385,32 +386,31 @@ impl SemanticIndex for SqlStore {
                     let now = tx.now;
                     let mut stored = 0;
                     for (job, bytes, dim) in rows {
-                        let current = on_tx!(tx, |c| {
-                            sqlx::query(
+                        let current = tx
+                            .query(
                                 "DELETE FROM memory_embed_queue
                                  WHERE item_kind = $1 AND item_id = $2 AND version = $3",
                             )
                             .bind(job.item.kind.as_str())
                             .bind(job.item.id)
                             .bind(job.version)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         if current == 0 {
                             continue;
                         }
-                        on_tx!(tx, |c| {
-                            sqlx::query(
+                        {
+                            tx.query(
                                 "DELETE FROM memory_vectors WHERE item_kind = $1 AND item_id = $2",
                             )
                             .bind(job.item.kind.as_str())
                             .bind(job.item.id)
-                            .execute(c)
+                            .execute()
                             .await?;
-                        });
-                        on_tx!(tx, |c| {
-                            sqlx::query(
+                        };
+                        {
+                            tx.query(
                                 "INSERT INTO memory_vectors (item_kind, item_id, platform,
                                                             workspace, channel, model, dim,
                                                             vector, created_at)
@@ -425,9 +425,9 @@ impl SemanticIndex for SqlStore {
                             .bind(*dim as i32)
                             .bind(bytes.as_slice())
                             .bind(now)
-                            .execute(c)
+                            .execute()
                             .await?;
-                        });
+                        };
                         stored += 1;
                     }
                     Ok(stored)
@@ -450,8 +450,8 @@ impl SemanticIndex for SqlStore {
                     Box::pin(async move {
                         let retry_at = tx.now.0 + *retry_in_ms;
                         for (item, version) in keys {
-                            on_tx!(tx, |c| {
-                                sqlx::query(
+                            {
+                                tx.query(
                                     "UPDATE memory_embed_queue
                                      SET lease_owner = NULL, lease_until = NULL,
                                          available_at = $1, last_error = $2
@@ -462,9 +462,9 @@ impl SemanticIndex for SqlStore {
                                 .bind(item.kind.as_str())
                                 .bind(item.id)
                                 .bind(*version)
-                                .execute(c)
+                                .execute()
                                 .await?;
-                            });
+                            };
                         }
                         Ok(())
                     })
@@ -674,8 +674,8 @@ impl SemanticIndex for SqlStore {
             .write(args, |tx, (compaction, channel, created_at, chunks)| {
                 Box::pin(async move {
                     for chunk in chunks {
-                        on_tx!(tx, |c| {
-                            sqlx::query(
+                        {
+                            tx.query(
                                 "INSERT INTO memory_chunks (platform, workspace, channel,
                                                            compaction_id, kind, seq, text,
                                                            created_at)
@@ -690,9 +690,9 @@ impl SemanticIndex for SqlStore {
                             .bind(chunk.seq)
                             .bind(&chunk.text)
                             .bind(*created_at)
-                            .execute(c)
+                            .execute()
                             .await?;
-                        });
+                        };
                     }
                     Ok(())
                 })
@@ -750,15 +750,14 @@ impl SqlStore {
                                     ItemKind::Note => QUEUE_NOTES,
                                     ItemKind::Chunk => QUEUE_CHUNKS,
                                 };
-                                let n = on_tx!(tx, |c| {
-                                    sqlx::query(sql)
-                                        .bind(*from)
-                                        .bind(*to)
-                                        .bind(model.as_deref())
-                                        .execute(c)
-                                        .await?
-                                        .rows_affected()
-                                });
+                                let n = tx
+                                    .query(sql)
+                                    .bind(*from)
+                                    .bind(*to)
+                                    .bind(model.as_deref())
+                                    .execute()
+                                    .await?
+                                    .rows_affected();
                                 Ok(n as i64)
                             })
                         },

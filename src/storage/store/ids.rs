@@ -70,6 +70,38 @@ macro_rules! int_newtype {
             }
         }
 
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(value).map(Self)
+            }
+        }
+
+        impl super::query::IntoArg for $name {
+            fn into_arg(self) -> super::query::Arg {
+                super::query::Arg::I64(Some(self.0))
+            }
+        }
+
+        impl super::query::IntoArg for Option<$name> {
+            fn into_arg(self) -> super::query::Arg {
+                super::query::Arg::I64(self.map(|id| id.0))
+            }
+        }
+
+        impl super::query::IntoArg for &$name {
+            fn into_arg(self) -> super::query::Arg {
+                super::query::Arg::I64(Some(self.0))
+            }
+        }
+
+        impl super::query::IntoArg for &Option<$name> {
+            fn into_arg(self) -> super::query::Arg {
+                super::query::Arg::I64(self.map(|id| id.0))
+            }
+        }
+
         impl<'r, DB: Database> Decode<'r, DB> for $name
         where
             i64: Decode<'r, DB>,

@@ -6,7 +6,7 @@ use ecdysis_chat::ConversationRef;
 use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::dialect::CLAIM_EVENTS;
 use super::transcript::insert_message;
 use super::writer::Durability;
@@ -170,8 +170,8 @@ pub(super) async fn insert_event(
         None => upsert(tx, &e.conversation).await?,
     };
     let now = tx.now;
-    let inserted: Option<EventId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let inserted: Option<EventId> = tx
+        .query(
             "INSERT INTO inbox (platform, platform_event_id, conversation_id, payload,
                                 available_at, received_at)
              VALUES ($1, $2, $3, $4, $5, $5)
@@ -183,23 +183,19 @@ pub(super) async fn insert_event(
         .bind(conversation_id)
         .bind(&e.payload)
         .bind(now)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("id"))
-        .transpose()?
-    });
+        .transpose()?;
     let Some(event_id) = inserted else {
         // A platform retry: the stored event's id, nothing written.
-        let existing: EventId = on_tx!(tx, |c| {
-            sqlx::query(
-                "SELECT id FROM inbox WHERE conversation_id = $1 AND platform_event_id = $2",
-            )
+        let existing: EventId = tx
+            .query("SELECT id FROM inbox WHERE conversation_id = $1 AND platform_event_id = $2")
             .bind(conversation_id)
             .bind(&e.platform_event_id)
-            .fetch_one(c)
+            .fetch_one()
             .await?
-            .col("id")?
-        });
+            .col("id")?;
         let duplicate = Inserted {
             event_id: existing,
             duplicate: true,
@@ -241,8 +237,8 @@ async fn complete_event(
     done: &Completion,
 ) -> Result<Option<Vec<(ReplyId, i32, usize)>>> {
     let now = tx.now;
-    let finished: Option<ConversationId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let finished: Option<ConversationId> = tx
+        .query(
             "UPDATE inbox
              SET status = CASE WHEN CAST($1 AS TEXT) IS NULL THEN 'done' ELSE 'failed' END,
                  finished_at = $2, lease_owner = NULL, lease_until = NULL,
@@ -254,11 +250,10 @@ async fn complete_event(
         .bind(now)
         .bind(event_id)
         .bind(owner)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("conversation_id"))
-        .transpose()?
-    });
+        .transpose()?;
     let Some(conversation_id) = finished else {
         return Ok(None);
     };
@@ -267,8 +262,8 @@ async fn complete_event(
     }
     let mut written = Vec::with_capacity(done.replies.len());
     for (n, reply) in done.replies.iter().enumerate() {
-        let row = on_tx!(tx, |c| {
-            sqlx::query(
+        let row = tx
+            .query(
                 "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload,
                                      lease_until, attempts, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -282,11 +277,10 @@ async fn complete_event(
             .bind(done.reply_lease_until)
             .bind(i32::from(done.reply_lease_until.is_some()))
             .bind(now)
-            .fetch_optional(c)
+            .fetch_optional()
             .await?
             .map(|row| Ok::<_, StoreError>((row.col("id")?, row.col("attempts")?)))
-            .transpose()?
-        });
+            .transpose()?;
         if let Some((id, attempts)) = row {
             written.push((id, attempts, n));
         }
@@ -328,13 +322,14 @@ impl Inbox for SqlStore {
                 |tx, (owner, until, limit)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, CLAIM_EVENTS, |c, sql| {
-                            let found = sqlx::query(sql)
+                        {
+                            let found = tx
+                                .query(CLAIM_EVENTS)
                                 .bind(owner)
                                 .bind(*until)
                                 .bind(now)
                                 .bind(*limit)
-                                .fetch_all(c)
+                                .fetch_all()
                                 .await?;
                             rows(&found, |row| {
                                 Ok((
@@ -345,7 +340,7 @@ impl Inbox for SqlStore {
                                     row.col::<UnixMs>("received_at")?,
                                 ))
                             })
-                        })
+                        }
                     })
                 },
             )
@@ -376,18 +371,17 @@ impl Inbox for SqlStore {
                 (event_id, owner.to_string(), lease_until),
                 |tx, (id, owner, until)| {
                     Box::pin(async move {
-                        let done = on_tx!(tx, |c| {
-                            sqlx::query(
+                        let done = tx
+                            .query(
                                 "UPDATE inbox SET lease_until = $1
                                  WHERE id = $2 AND status = 'leased' AND lease_owner = $3",
                             )
                             .bind(*until)
                             .bind(*id)
                             .bind(owner)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(done == 1)
                     })
                 },
@@ -452,8 +446,8 @@ impl Inbox for SqlStore {
                 |tx, (id, owner, error, retry_at)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        let changed = on_tx!(tx, |c| {
-                            sqlx::query(
+                        let changed = tx
+                            .query(
                                 "UPDATE inbox
                                  SET status = CASE WHEN CAST($1 AS BIGINT) IS NULL
                                                    THEN 'failed' ELSE 'pending' END,
@@ -468,10 +462,9 @@ impl Inbox for SqlStore {
                             .bind(error)
                             .bind(*id)
                             .bind(owner)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(changed == 1)
                     })
                 },
@@ -551,13 +544,12 @@ impl Inbox for SqlStore {
                 Box::pin(async move {
                     let now = tx.now;
                     // Marked first: of two concurrent retries, only one finds it failed.
-                    let old = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let old = tx.query(
                             "UPDATE inbox SET status = 'retried' WHERE id = $1 AND status = 'failed'
                              RETURNING platform, platform_event_id, conversation_id, payload",
                         )
                         .bind(*id)
-                        .fetch_optional(c)
+                        .fetch_optional()
                         .await?
                         .map(|row| {
                             Ok::<_, StoreError>((
@@ -567,14 +559,13 @@ impl Inbox for SqlStore {
                                 row.col::<String>("payload")?,
                             ))
                         })
-                        .transpose()?
-                    });
+                        .transpose()?;
                     let Some((platform, original, conversation_id, payload)) = old else {
                         return Ok(None);
                     };
                     // A copy at the end of its conversation, under a new platform event id.
-                    let new_id: EventId = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let new_id: EventId = tx
+                        .query(
                             "INSERT INTO inbox (platform, platform_event_id, conversation_id,
                                                 payload, available_at, received_at)
                              VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
@@ -584,18 +575,15 @@ impl Inbox for SqlStore {
                         .bind(conversation_id)
                         .bind(&payload)
                         .bind(now)
-                        .fetch_one(c)
+                        .fetch_one()
                         .await?
-                        .col("id")?
-                    });
-                    on_tx!(tx, |c| {
-                        sqlx::query("UPDATE inbox SET error = $1 WHERE id = $2")
-                            .bind(format!("retried as event {new_id}"))
-                            .bind(*id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                    });
+                        .col("id")?;
+                    tx.query("UPDATE inbox SET error = $1 WHERE id = $2")
+                        .bind(format!("retried as event {new_id}"))
+                        .bind(*id)
+                        .execute()
+                        .await?
+                        .rows_affected();
                     Ok(Some(new_id))
                 })
             })
@@ -620,28 +608,23 @@ impl SqlStore {
         self.db
             .write_lazy(owner.map(str::to_string), |tx, owner| {
                 Box::pin(async move {
-                    let released = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let released = tx
+                        .query(
                             "UPDATE inbox SET status = 'pending', lease_owner = NULL,
                                               lease_until = NULL
                              WHERE status = 'leased'
                                AND (CAST($1 AS TEXT) IS NULL OR lease_owner = $1)",
                         )
                         .bind(owner)
-                        .execute(c)
+                        .execute()
                         .await?
-                        .rows_affected()
-                    });
+                        .rows_affected();
                     if owner.is_none() {
                         // Nothing else runs: replies claimed by the last run may go at once.
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "UPDATE outbox SET lease_until = NULL WHERE status = 'pending'",
-                            )
-                            .execute(c)
+                        tx.query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                     }
                     Ok(released)
                 })

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, on_reader, rows};
 use super::{Result, SqlStore, UnixMs};
 
 /// An OAuth install of a chat app in one workspace (Slack team), with its bot token encrypted
@@ -86,9 +86,8 @@ impl Installations for SqlStore {
             .write(i.clone(), |tx, i| {
                 Box::pin(async move {
                     let now = tx.now;
-                    on_tx!(tx, |c| {
-                        sqlx::query(
-                            "INSERT INTO installations (platform, team_id, team_name, bot_user_id,
+                    tx.query(
+                        "INSERT INTO installations (platform, team_id, team_name, bot_user_id,
                                  app_id, scopes, installed_by, token_ciphertext, installed_at,
                                  updated_at)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
@@ -99,20 +98,19 @@ impl Installations for SqlStore {
                                  installed_by = excluded.installed_by,
                                  token_ciphertext = excluded.token_ciphertext,
                                  updated_at = excluded.updated_at",
-                        )
-                        .bind(&i.platform)
-                        .bind(&i.team_id)
-                        .bind(&i.team_name)
-                        .bind(&i.bot_user_id)
-                        .bind(&i.app_id)
-                        .bind(&i.scopes)
-                        .bind(&i.installed_by)
-                        .bind(&i.token_ciphertext)
-                        .bind(now)
-                        .execute(c)
-                        .await?
-                        .rows_affected()
-                    });
+                    )
+                    .bind(&i.platform)
+                    .bind(&i.team_id)
+                    .bind(&i.team_name)
+                    .bind(&i.bot_user_id)
+                    .bind(&i.app_id)
+                    .bind(&i.scopes)
+                    .bind(&i.installed_by)
+                    .bind(&i.token_ciphertext)
+                    .bind(now)
+                    .execute()
+                    .await?
+                    .rows_affected();
                     Ok(())
                 })
             })
@@ -155,16 +153,13 @@ impl Installations for SqlStore {
                 (platform.to_string(), team_id.to_string()),
                 |tx, (platform, team_id)| {
                     Box::pin(async move {
-                        let done = on_tx!(tx, |c| {
-                            sqlx::query(
-                                "DELETE FROM installations WHERE platform = $1 AND team_id = $2",
-                            )
+                        let done = tx
+                            .query("DELETE FROM installations WHERE platform = $1 AND team_id = $2")
                             .bind(platform)
                             .bind(team_id)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(done == 1)
                     })
                 },
@@ -180,23 +175,17 @@ impl Installations for SqlStore {
                     Box::pin(async move {
                         let now = tx.now;
                         // Expired states are cleared on the way, so the table stays small.
-                        on_tx!(tx, |c| {
-                            sqlx::query("DELETE FROM oauth_states WHERE expires_at <= $1")
-                                .bind(now)
-                                .execute(c)
-                                .await?
-                                .rows_affected()
-                        });
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "INSERT INTO oauth_states (state, expires_at) VALUES ($1, $2)",
-                            )
+                        tx.query("DELETE FROM oauth_states WHERE expires_at <= $1")
+                            .bind(now)
+                            .execute()
+                            .await?
+                            .rows_affected();
+                        tx.query("INSERT INTO oauth_states (state, expires_at) VALUES ($1, $2)")
                             .bind(state)
                             .bind(*expires_at)
-                            .execute(c)
+                            .execute()
                             .await?
-                            .rows_affected()
-                        });
+                            .rows_affected();
                         Ok(())
                     })
                 },
@@ -209,16 +198,12 @@ impl Installations for SqlStore {
             .db
             .write(state.to_string(), |tx, state| {
                 Box::pin(async move {
-                    on_tx!(tx, |c| {
-                        sqlx::query(
-                            "DELETE FROM oauth_states WHERE state = $1 RETURNING expires_at",
-                        )
+                    tx.query("DELETE FROM oauth_states WHERE state = $1 RETURNING expires_at")
                         .bind(state)
-                        .fetch_optional(c)
+                        .fetch_optional()
                         .await?
                         .map(|row| row.col("expires_at"))
                         .transpose()
-                    })
                 })
             })
             .await?;

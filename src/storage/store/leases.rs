@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, on_reader, rows};
 use super::dialect::TRY_LEAD;
 use super::{Result, SqlStore, UnixMs};
 
@@ -43,17 +43,16 @@ impl Leases for SqlStore {
                 |tx, (name, owner, ttl_ms, skew)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        let held = on_tx!(tx, TRY_LEAD, |c, sql| {
-                            sqlx::query(sql)
-                                .bind(name)
-                                .bind(owner)
-                                .bind(*ttl_ms)
-                                .bind(now)
-                                .bind(*skew)
-                                .fetch_optional(c)
-                                .await?
-                                .is_some()
-                        });
+                        let held = tx
+                            .query(TRY_LEAD)
+                            .bind(name)
+                            .bind(owner)
+                            .bind(*ttl_ms)
+                            .bind(now)
+                            .bind(*skew)
+                            .fetch_optional()
+                            .await?
+                            .is_some();
                         Ok(held)
                     })
                 },
@@ -67,14 +66,12 @@ impl Leases for SqlStore {
                 (name.to_string(), owner.to_string()),
                 |tx, (name, owner)| {
                     Box::pin(async move {
-                        on_tx!(tx, |c| {
-                            sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
-                                .bind(name)
-                                .bind(owner)
-                                .execute(c)
-                                .await?
-                                .rows_affected()
-                        });
+                        tx.query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+                            .bind(name)
+                            .bind(owner)
+                            .execute()
+                            .await?
+                            .rows_affected();
                         Ok(())
                     })
                 },

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use super::db::{Columns, on_reader, on_tx, rows};
+use super::db::{Columns, on_reader, rows};
 use super::{EventId, Result, SqlStore};
 
 /// The handles of live messages, by event and piece of the answer.
@@ -34,24 +34,22 @@ impl LiveMessages for SqlStore {
                 |tx, (event_id, key, handle)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "INSERT INTO outbox (idempotency_key, event_id, conversation_id,
+                        tx.query(
+                            "INSERT INTO outbox (idempotency_key, event_id, conversation_id,
                                                      payload, status, platform_message_id,
                                                      created_at)
                                  SELECT $1, id, conversation_id, '{}', 'live', $2, $3
                                  FROM inbox WHERE id = $4
                                  ON CONFLICT (idempotency_key)
                                  DO UPDATE SET platform_message_id = excluded.platform_message_id",
-                            )
-                            .bind(key)
-                            .bind(handle)
-                            .bind(now)
-                            .bind(*event_id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                        });
+                        )
+                        .bind(key)
+                        .bind(handle)
+                        .bind(now)
+                        .bind(*event_id)
+                        .execute()
+                        .await?
+                        .rows_affected();
                         Ok(())
                     })
                 },

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::transcript::{NewArtifact, insert_artifact};
 use super::{ConversationId, EventId, MessageId, Result, SqlStore, StoreError};
 
@@ -71,55 +71,50 @@ fn event_file_from_row(row: &impl Columns) -> Result<EventFile> {
 
 async fn record_in(tx: &mut Tx, event: EventId, file: &EventFile) -> Result<()> {
     let now = tx.now;
-    let known: Option<i64> = on_tx!(tx, |c| {
-        sqlx::query("SELECT idx FROM event_files WHERE event_id = $1 AND idx = $2")
-            .bind(event)
-            .bind(file.idx)
-            .fetch_optional(c)
-            .await?
-            .map(|row| row.col("idx"))
-            .transpose()?
-    });
+    let known: Option<i64> = tx
+        .query("SELECT idx FROM event_files WHERE event_id = $1 AND idx = $2")
+        .bind(event)
+        .bind(file.idx)
+        .fetch_optional()
+        .await?
+        .map(|row| row.col("idx"))
+        .transpose()?;
     if known.is_some() {
         return Ok(());
     }
     if let Some(artifact) = &file.artifact {
-        let conversation: Option<ConversationId> = on_tx!(tx, |c| {
-            sqlx::query("SELECT conversation_id FROM inbox WHERE id = $1")
-                .bind(event)
-                .fetch_optional(c)
-                .await?
-                .map(|row| row.col("conversation_id"))
-                .transpose()?
-        });
+        let conversation: Option<ConversationId> = tx
+            .query("SELECT conversation_id FROM inbox WHERE id = $1")
+            .bind(event)
+            .fetch_optional()
+            .await?
+            .map(|row| row.col("conversation_id"))
+            .transpose()?;
         let conversation = conversation
             .ok_or_else(|| StoreError::Corrupt(format!("event {} is not in the inbox", event.0)))?;
-        let message: Option<MessageId> = on_tx!(tx, |c| {
-            sqlx::query(
+        let message: Option<MessageId> = tx
+            .query(
                 "SELECT id FROM messages WHERE event_id = $1 AND role = 'user' ORDER BY id LIMIT 1",
             )
             .bind(event)
-            .fetch_optional(c)
+            .fetch_optional()
             .await?
             .map(|row| row.col("id"))
-            .transpose()?
-        });
+            .transpose()?;
         insert_artifact(tx, conversation, message, artifact, now, true).await?;
     }
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "INSERT INTO event_files (event_id, idx, artifact_id, note, created_at)
+    tx.query(
+        "INSERT INTO event_files (event_id, idx, artifact_id, note, created_at)
              VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(event)
-        .bind(file.idx)
-        .bind(file.artifact.as_ref().map(|a| a.id.clone()))
-        .bind(&file.note)
-        .bind(now)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
+    )
+    .bind(event)
+    .bind(file.idx)
+    .bind(file.artifact.as_ref().map(|a| a.id.clone()))
+    .bind(&file.note)
+    .bind(now)
+    .execute()
+    .await?
+    .rows_affected();
     Ok(())
 }
 
@@ -177,24 +172,22 @@ impl Media for SqlStore {
                 |tx, (artifact_id, extract)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "INSERT INTO artifact_extracts
+                        tx.query(
+                            "INSERT INTO artifact_extracts
                                      (artifact_id, kind, text, blob_key, mime, detail, created_at)
                                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                                  ON CONFLICT (artifact_id, kind) DO NOTHING",
-                            )
-                            .bind(artifact_id)
-                            .bind(&extract.kind)
-                            .bind(&extract.text)
-                            .bind(&extract.blob_key)
-                            .bind(&extract.mime)
-                            .bind(&extract.detail)
-                            .bind(now)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                        });
+                        )
+                        .bind(artifact_id)
+                        .bind(&extract.kind)
+                        .bind(&extract.text)
+                        .bind(&extract.blob_key)
+                        .bind(&extract.mime)
+                        .bind(&extract.detail)
+                        .bind(now)
+                        .execute()
+                        .await?
+                        .rows_affected();
                         Ok(())
                     })
                 },

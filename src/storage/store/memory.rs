@@ -7,7 +7,7 @@ use ecdysis_chat::ChannelRef;
 use serde::{Deserialize, Serialize};
 
 use super::conversations::channel_from_row;
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::dialect::{RECALL, text_query};
 use super::{NoteId, Result, SqlStore, UnixMs};
 
@@ -130,8 +130,8 @@ async fn insert_note(
     source: Option<&str>,
     created_at: UnixMs,
 ) -> Result<(NoteId, bool)> {
-    let inserted: Option<NoteId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let inserted: Option<NoteId> = tx
+        .query(
             "INSERT INTO memory_notes (platform, workspace, channel, text, created_by, source,
                                        created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -145,28 +145,26 @@ async fn insert_note(
         .bind(created_by)
         .bind(source)
         .bind(created_at)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("id"))
-        .transpose()?
-    });
+        .transpose()?;
     if let Some(id) = inserted {
         return Ok((id, true));
     }
-    let existing = on_tx!(tx, |c| {
-        sqlx::query("SELECT id FROM memory_notes WHERE source = $1")
-            .bind(source)
-            .fetch_one(c)
-            .await?
-            .col("id")?
-    });
+    let existing = tx
+        .query("SELECT id FROM memory_notes WHERE source = $1")
+        .bind(source)
+        .fetch_one()
+        .await?
+        .col("id")?;
     Ok((existing, false))
 }
 
 async fn import_note_in(tx: &mut Tx, note: &ImportedNote) -> Result<(NoteId, bool)> {
     // The same note (an earlier import, or the note this export came from) is kept.
-    let same: Option<NoteId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let same: Option<NoteId> = tx
+        .query(
             "SELECT id FROM memory_notes
              WHERE platform = $1 AND workspace = $2 AND channel = $3 AND text = $4
                AND created_at = $5
@@ -177,11 +175,10 @@ async fn import_note_in(tx: &mut Tx, note: &ImportedNote) -> Result<(NoteId, boo
         .bind(&note.channel.channel)
         .bind(&note.text)
         .bind(note.created_at)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("id"))
-        .transpose()?
-    });
+        .transpose()?;
     if let Some(id) = same {
         return Ok((id, false));
     }
@@ -331,14 +328,13 @@ impl Memory for SqlStore {
         self.db
             .write((id, text.to_string()), |tx, (id, text)| {
                 Box::pin(async move {
-                    let done = on_tx!(tx, |c| {
-                        sqlx::query("UPDATE memory_notes SET text = $1 WHERE id = $2")
-                            .bind(text)
-                            .bind(*id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                    });
+                    let done = tx
+                        .query("UPDATE memory_notes SET text = $1 WHERE id = $2")
+                        .bind(text)
+                        .bind(*id)
+                        .execute()
+                        .await?
+                        .rows_affected();
                     Ok(done == 1)
                 })
             })
@@ -358,8 +354,8 @@ impl SqlStore {
         self.db
             .write((channel.cloned(), id), |tx, (channel, id)| {
                 Box::pin(async move {
-                    let done = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let done = tx
+                        .query(
                             "DELETE FROM memory_notes
                              WHERE id = $1
                                AND (CAST($2 AS TEXT) IS NULL
@@ -369,10 +365,9 @@ impl SqlStore {
                         .bind(channel.as_ref().map(|c| &c.platform))
                         .bind(channel.as_ref().map(|c| &c.workspace))
                         .bind(channel.as_ref().map(|c| &c.channel))
-                        .execute(c)
+                        .execute()
                         .await?
-                        .rows_affected()
-                    });
+                        .rows_affected();
                     Ok(done == 1)
                 })
             })

@@ -27,6 +27,7 @@ mod media;
 mod memory;
 mod migrate;
 mod outbox;
+mod query;
 mod schedules;
 mod transcript;
 mod usage;
@@ -66,6 +67,9 @@ pub use usage::{ChannelUsage, ModelUsage, Usage, UsageLog, UsageScope};
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// An error of SQLite's write connection.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot open database `{url}`: {problem}")]
@@ -74,7 +78,7 @@ pub enum StoreError {
     Corrupt(String),
     /// The transaction a write was batched into did not commit; the write was not made.
     #[error("the write was not committed: {0}")]
-    Commit(Arc<sqlx::Error>),
+    Commit(Arc<StoreError>),
     #[error("the store is closed")]
     Closed,
     /// Too many writes are waiting; new work is refused until the queue drains.

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use ecdysis_chat::ConversationRef;
 
-use super::db::{Columns, on_tx, rows};
+use super::db::{Columns, rows};
 use super::dialect::CLAIM_REPLIES;
 use super::{ConversationId, EventId, ReplyId, Result, SqlStore, UnixMs};
 
@@ -69,13 +69,14 @@ impl Outbox for SqlStore {
                 |tx, (event_id, until, limit)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, CLAIM_REPLIES, |c, sql| {
-                            let found = sqlx::query(sql)
+                        {
+                            let found = tx
+                                .query(CLAIM_REPLIES)
                                 .bind(*until)
                                 .bind(now)
                                 .bind(*event_id)
                                 .bind(*limit)
-                                .fetch_all(c)
+                                .fetch_all()
                                 .await?;
                             rows(&found, |row| {
                                 Ok((
@@ -87,7 +88,7 @@ impl Outbox for SqlStore {
                                     row.col::<i32>("attempts")?,
                                 ))
                             })
-                        })
+                        }
                     })
                 },
             )
@@ -114,20 +115,18 @@ impl Outbox for SqlStore {
                 |tx, (id, platform_message_id)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "UPDATE outbox SET status = 'sent', sent_at = $1,
+                        tx.query(
+                            "UPDATE outbox SET status = 'sent', sent_at = $1,
                                                    platform_message_id = $2,
                                                    lease_until = NULL, error = NULL
                                  WHERE id = $3",
-                            )
-                            .bind(now)
-                            .bind(platform_message_id)
-                            .bind(*id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                        });
+                        )
+                        .bind(now)
+                        .bind(platform_message_id)
+                        .bind(*id)
+                        .execute()
+                        .await?
+                        .rows_affected();
                         Ok(())
                     })
                 },
@@ -146,21 +145,19 @@ impl Outbox for SqlStore {
                 (id, error.to_string(), retry_at),
                 |tx, (id, error, retry_at)| {
                     Box::pin(async move {
-                        on_tx!(tx, |c| {
-                            sqlx::query(
-                                "UPDATE outbox
+                        tx.query(
+                            "UPDATE outbox
                                  SET status = CASE WHEN CAST($1 AS BIGINT) IS NULL
                                                    THEN 'failed' ELSE 'pending' END,
                                      lease_until = CAST($1 AS BIGINT), error = $2
                                  WHERE id = $3",
-                            )
-                            .bind(*retry_at)
-                            .bind(error)
-                            .bind(*id)
-                            .execute(c)
-                            .await?
-                            .rows_affected()
-                        });
+                        )
+                        .bind(*retry_at)
+                        .bind(error)
+                        .bind(*id)
+                        .execute()
+                        .await?
+                        .rows_affected();
                         Ok(())
                     })
                 },

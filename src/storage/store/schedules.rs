@@ -13,7 +13,7 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::{Deserialize, Serialize};
 
 use super::conversations::{conversation_from_row, upsert};
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::inbox::{Inserted, NewEvent, insert_event};
 use super::{Result, ScheduleId, SqlStore, StoreError, UnixMs};
 
@@ -239,8 +239,8 @@ async fn advance(tx: &mut Tx, id: ScheduleId, step: &Step) -> Result<bool> {
     };
     let now = tx.now;
     let ran = i64::from(step.kind == StepKind::Ran);
-    let moved = on_tx!(tx, |c| {
-        sqlx::query(
+    let moved = tx
+        .query(
             "UPDATE schedules
              SET next_due_at = $1, status = $2,
                  runs = runs + $3, skipped = skipped + (1 - $3),
@@ -257,10 +257,9 @@ async fn advance(tx: &mut Tx, id: ScheduleId, step: &Step) -> Result<bool> {
         .bind(now)
         .bind(id)
         .bind(step.from)
-        .execute(c)
+        .execute()
         .await?
-        .rows_affected()
-    });
+        .rows_affected();
     Ok(moved == 1)
 }
 
@@ -328,8 +327,8 @@ impl Schedules for SqlStore {
                 Box::pin(async move {
                     let now = tx.now;
                     let channel = &job.conversation;
-                    let active: i64 = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let active: i64 = tx
+                        .query(
                             "SELECT COUNT(*) AS n FROM schedules
                              WHERE platform = $1 AND workspace = $2 AND channel = $3
                                AND status = 'active'",
@@ -337,16 +336,15 @@ impl Schedules for SqlStore {
                         .bind(&channel.platform)
                         .bind(&channel.workspace)
                         .bind(&channel.channel)
-                        .fetch_one(c)
+                        .fetch_one()
                         .await?
-                        .col("n")?
-                    });
+                        .col("n")?;
                     if active >= *cap {
                         return Ok(Created::OverCap { active });
                     }
                     let conversation_id = upsert(tx, &job.conversation).await?;
-                    let id: Option<ScheduleId> = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let id: Option<ScheduleId> = tx
+                        .query(
                             "INSERT INTO schedules (conversation_id, platform, workspace, channel,
                                  created_by, kind, text, spec, description, timezone, route,
                                  status, next_due_at, max_runs, import_key, created_at,
@@ -371,11 +369,10 @@ impl Schedules for SqlStore {
                         .bind(job.max_runs)
                         .bind(&job.import_key)
                         .bind(now)
-                        .fetch_optional(c)
+                        .fetch_optional()
                         .await?
                         .map(|row| row.col("id"))
-                        .transpose()?
-                    });
+                        .transpose()?;
                     Ok(match id {
                         Some(id) => Created::Stored(id),
                         None => Created::Duplicate,
@@ -495,8 +492,8 @@ impl Schedules for SqlStore {
                         ),
                         None => (None, None, None),
                     };
-                    let cancelled = on_tx!(tx, |c| {
-                        sqlx::query(
+                    let cancelled = tx
+                        .query(
                             "UPDATE schedules
                              SET status = 'cancelled', next_due_at = NULL, updated_at = $1
                              WHERE id = $2 AND status = 'active'
@@ -508,10 +505,9 @@ impl Schedules for SqlStore {
                         .bind(platform)
                         .bind(workspace)
                         .bind(name)
-                        .execute(c)
+                        .execute()
                         .await?
-                        .rows_affected()
-                    });
+                        .rows_affected();
                     Ok(cancelled == 1)
                 })
             })

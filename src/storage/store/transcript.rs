@@ -5,7 +5,7 @@ use ecdysis_chat::ConversationRef;
 use serde::{Deserialize, Serialize};
 
 use super::conversations::upsert;
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::dialect::ATTACHMENTS;
 use super::{ConversationId, EventId, MessageId, Result, SqlStore, StoreError, UnixMs};
 
@@ -179,8 +179,8 @@ pub(crate) async fn insert_message(
     message: &NewMessage,
 ) -> Result<MessageId> {
     let now = tx.now;
-    let id: MessageId = on_tx!(tx, |c| {
-        sqlx::query(
+    let id: MessageId = tx
+        .query(
             "INSERT INTO messages (conversation_id, event_id, role, text, meta, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -190,10 +190,9 @@ pub(crate) async fn insert_message(
         .bind(&message.text)
         .bind(&message.meta)
         .bind(now)
-        .fetch_one(c)
+        .fetch_one()
         .await?
-        .col("id")?
-    });
+        .col("id")?;
     for artifact in &message.attachments {
         insert_artifact(tx, conversation_id, id, artifact, now, false).await?;
     }
@@ -211,26 +210,24 @@ pub(crate) async fn insert_artifact(
     keep_existing: bool,
 ) -> Result<()> {
     let message_id: Option<MessageId> = message_id.into();
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "INSERT INTO artifacts (id, conversation_id, message_id, blob_key, name, mime, size,
+    tx.query(
+        "INSERT INTO artifacts (id, conversation_id, message_id, blob_key, name, mime, size,
                                     created_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8
              WHERE NOT ($9 AND EXISTS (SELECT 1 FROM artifacts WHERE id = $1))",
-        )
-        .bind(&a.id)
-        .bind(conversation_id)
-        .bind(message_id)
-        .bind(&a.blob_key)
-        .bind(&a.name)
-        .bind(&a.mime)
-        .bind(a.size)
-        .bind(created_at)
-        .bind(keep_existing)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
+    )
+    .bind(&a.id)
+    .bind(conversation_id)
+    .bind(message_id)
+    .bind(&a.blob_key)
+    .bind(&a.name)
+    .bind(&a.mime)
+    .bind(a.size)
+    .bind(created_at)
+    .bind(keep_existing)
+    .execute()
+    .await?
+    .rows_affected();
     Ok(())
 }
 
@@ -241,8 +238,8 @@ async fn import_message_in(
 ) -> Result<(MessageId, bool)> {
     let conversation_id = upsert(tx, conversation).await?;
     // The same message (an earlier import, or the message this export came from) is kept.
-    let same: Option<MessageId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let same: Option<MessageId> = tx
+        .query(
             "SELECT id FROM messages
              WHERE conversation_id = $1 AND created_at = $2 AND role = $3 AND text = $4
              ORDER BY id LIMIT 1",
@@ -251,16 +248,15 @@ async fn import_message_in(
         .bind(message.created_at)
         .bind(message.role.as_str())
         .bind(&message.text)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("id"))
-        .transpose()?
-    });
+        .transpose()?;
     if let Some(id) = same {
         return Ok((id, false));
     }
-    let inserted: Option<MessageId> = on_tx!(tx, |c| {
-        sqlx::query(
+    let inserted: Option<MessageId> = tx
+        .query(
             "INSERT INTO messages (conversation_id, role, text, meta, created_at, import_key)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (import_key) WHERE import_key IS NOT NULL DO NOTHING
@@ -272,19 +268,17 @@ async fn import_message_in(
         .bind(&message.meta)
         .bind(message.created_at)
         .bind(&message.import_key)
-        .fetch_optional(c)
+        .fetch_optional()
         .await?
         .map(|row| row.col("id"))
-        .transpose()?
-    });
+        .transpose()?;
     let Some(id) = inserted else {
-        let id = on_tx!(tx, |c| {
-            sqlx::query("SELECT id FROM messages WHERE import_key = $1")
-                .bind(&message.import_key)
-                .fetch_one(c)
-                .await?
-                .col("id")?
-        });
+        let id = tx
+            .query("SELECT id FROM messages WHERE import_key = $1")
+            .bind(&message.import_key)
+            .fetch_one()
+            .await?
+            .col("id")?;
         return Ok((id, false));
     };
     for a in &message.attachments {

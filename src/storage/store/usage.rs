@@ -6,7 +6,7 @@ use ecdysis_chat::{ChannelRef, ConversationRef};
 use serde::Serialize;
 
 use super::conversations::{channel_from_row, upsert};
-use super::db::{Columns, Tx, on_reader, on_tx, rows};
+use super::db::{Columns, Tx, on_reader, rows};
 use super::transcript::insert_message;
 use super::{ConversationId, EventId, NewMessage, Result, SqlStore, UnixMs};
 
@@ -101,24 +101,22 @@ async fn insert_usage(
     usage: &Usage,
 ) -> Result<()> {
     let now = tx.now;
-    on_tx!(tx, |c| {
-        sqlx::query(
-            "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
+    tx.query(
+        "INSERT INTO llm_usage (conversation_id, model, input_tokens, output_tokens,
                                     cache_read_tokens, cache_write_tokens, created_at, user_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(conversation_id)
-        .bind(model)
-        .bind(usage.input_tokens)
-        .bind(usage.output_tokens)
-        .bind(usage.cache_read_tokens)
-        .bind(usage.cache_write_tokens)
-        .bind(now)
-        .bind(user_id)
-        .execute(c)
-        .await?
-        .rows_affected()
-    });
+    )
+    .bind(conversation_id)
+    .bind(model)
+    .bind(usage.input_tokens)
+    .bind(usage.output_tokens)
+    .bind(usage.cache_read_tokens)
+    .bind(usage.cache_write_tokens)
+    .bind(now)
+    .bind(user_id)
+    .execute()
+    .await?
+    .rows_affected();
     Ok(())
 }
 

@@ -17,16 +17,23 @@
 //! each, so one bad write never fails the others. A commit that fails (the disk, the connection)
 //! fails every write of its batch: none of them is acknowledged, and none is run twice.
 //!
-//! SQLite has one writer task (its single write connection). Postgres has several, each on its
+//! SQLite has one writer task, on a thread of its own that owns the single write connection:
+//! each statement runs there directly, so a batch of a few hundred statements costs one hand-off
+//! between threads, not one per statement (sqlx's SQLite driver hands every statement to a
+//! worker thread and back: with the machine busy, those hand-offs were most of the cost of an
+//! event). Postgres has several, each on its
 //! own connection; a batch takes conversation locks in one global order (writes carry their
 //! conversation as a key and a batch runs sorted by it), so two batches never deadlock on them.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::db::{Pools, Tx, WriteFn};
+use super::db::{Pools, Tx, TxConn, WriteFn};
 use super::ids::UnixMs;
 use super::{Clock, Result, StoreError};
 
@@ -68,7 +75,7 @@ trait Job: Send {
 
     /// Answer the caller: `Ok` when the transaction the write last ran in ended as it should
     /// (committed, or rolled back because this write failed), else why it did not commit.
-    fn finish(self: Box<Self>, ended: Result<(), Arc<sqlx::Error>>);
+    fn finish(self: Box<Self>, ended: Ended);
 
     /// The conversation the write locks, if any (the batch's order).
     fn key(&self) -> Option<&str>;
@@ -101,7 +108,7 @@ where
         })
     }
 
-    fn finish(self: Box<Self>, ended: Result<(), Arc<sqlx::Error>>) {
+    fn finish(self: Box<Self>, ended: Ended) {
         let answer = match (ended, self.result) {
             (Ok(()), Some(result)) => result,
             (Ok(()), None) => Err(StoreError::Corrupt("a write was never run".into())),
@@ -162,23 +169,56 @@ fn fill(batch: &mut Vec<Box<dyn Job>>, lane: &mut mpsc::Receiver<Box<dyn Job>>, 
 
 impl Writer {
     /// Start `tasks` writer tasks on `pools`, each committing batches of at most `batch` writes.
-    pub(crate) fn start(pools: Pools, clock: Arc<Clock>, tasks: usize, batch: usize) -> Self {
+    /// SQLite has one, on a thread of its own with the one write connection: its statements
+    /// run there directly, without a hand-off to another thread per statement.
+    pub(crate) fn start(
+        pools: &Pools,
+        clock: Arc<Clock>,
+        tasks: usize,
+        batch: usize,
+    ) -> Result<Self> {
         let (accepts, accepts_rx) = mpsc::channel(ACCEPT_QUEUE);
         let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let lanes = Arc::new(Mutex::new(Lanes {
             accepts: accepts_rx,
             internal: internal_rx,
         }));
-        for _ in 0..tasks.max(1) {
-            let task = WriterTask {
-                pools: pools.clone(),
-                clock: clock.clone(),
-                lanes: lanes.clone(),
-                batch: batch.max(1),
-            };
-            tokio::spawn(task.run());
+        match pools {
+            Pools::Sqlite { file, .. } => {
+                let task = WriterTask {
+                    target: Target::Sqlite(Some(open_sqlite_writer(file)?)),
+                    clock,
+                    lanes,
+                    batch: batch.max(1),
+                };
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Open {
+                        url: file.display().to_string(),
+                        problem: format!("cannot start the writer: {e}"),
+                    })?;
+                std::thread::Builder::new()
+                    .name("sqlite-writer".into())
+                    .spawn(move || runtime.block_on(task.run()))
+                    .map_err(|e| StoreError::Open {
+                        url: file.display().to_string(),
+                        problem: format!("cannot start the writer: {e}"),
+                    })?;
+            }
+            Pools::Postgres { pool } => {
+                for _ in 0..tasks.max(1) {
+                    let task = WriterTask {
+                        target: Target::Postgres(pool.clone()),
+                        clock: clock.clone(),
+                        lanes: lanes.clone(),
+                        batch: batch.max(1),
+                    };
+                    tokio::spawn(task.run());
+                }
+            }
         }
-        Writer { accepts, internal }
+        Ok(Writer { accepts, internal })
     }
 
     /// Queue a write and wait until it is committed (or failed).
@@ -219,15 +259,44 @@ impl Writer {
     }
 }
 
+/// The SQLite write connection: foreign keys on, a write-ahead log, waiting (not failing)
+/// while another process holds the database, and room for every statement of the store in its
+/// cache of prepared statements.
+fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL")?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+/// Where a writer task's transactions run.
+enum Target {
+    /// SQLite's one write connection, lent to each transaction and given back at its end
+    /// (`None` only while lent).
+    Sqlite(Option<rusqlite::Connection>),
+    Postgres(PgPool),
+}
+
+/// Why a transaction could not start or end; shared by every write of its batch.
+type Ended = std::result::Result<(), Arc<StoreError>>;
+
 struct WriterTask {
-    pools: Pools,
+    target: Target,
     clock: Arc<Clock>,
     lanes: Arc<Mutex<Lanes>>,
     batch: usize,
 }
 
 impl WriterTask {
-    async fn run(self) {
+    async fn run(mut self) {
         loop {
             let batch = self.lanes.lock().await.next_batch(self.batch).await;
             let Some(mut batch) = batch else {
@@ -239,15 +308,72 @@ impl WriterTask {
         }
     }
 
-    async fn begin(&self, durability: Durability) -> Result<Tx, Arc<sqlx::Error>> {
-        self.pools
-            .begin(UnixMs(self.clock.now()), durability)
-            .await
-            .map_err(Arc::new)
+    /// A transaction at the given durability (see the module comment), timed now.
+    async fn begin(&mut self, durability: Durability) -> Result<Tx, Arc<StoreError>> {
+        let now = UnixMs(self.clock.now());
+        let conn = match &mut self.target {
+            Target::Sqlite(slot) => {
+                let conn = slot.take().ok_or_else(|| {
+                    Arc::new(StoreError::Corrupt("the write connection was lost".into()))
+                })?;
+                // `synchronous` cannot change inside a transaction: set it with the `BEGIN`.
+                let begin = match durability {
+                    Durability::Synced => "PRAGMA synchronous = FULL; BEGIN",
+                    Durability::Lazy => "PRAGMA synchronous = NORMAL; BEGIN",
+                };
+                if let Err(e) = conn.execute_batch(begin) {
+                    *slot = Some(conn);
+                    return Err(Arc::new(e.into()));
+                }
+                TxConn::Sqlite(conn)
+            }
+            Target::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| Arc::new(e.into()))?;
+                if durability == Durability::Lazy {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| Arc::new(e.into()))?;
+                }
+                TxConn::Postgres(tx)
+            }
+        };
+        Ok(Tx { conn, now })
+    }
+
+    /// Commit `tx`, or roll it back; SQLite's connection goes back to its slot either way.
+    async fn end(&mut self, tx: Tx, commit: bool) -> Ended {
+        match tx.conn {
+            TxConn::Sqlite(conn) => {
+                let ended = if commit {
+                    conn.execute_batch("COMMIT").map_err(|e| Arc::new(e.into()))
+                } else {
+                    Ok(())
+                };
+                if (!commit || ended.is_err())
+                    && !conn.is_autocommit()
+                    && let Err(e) = conn.execute_batch("ROLLBACK")
+                {
+                    tracing::error!(error = %e, "a write transaction did not roll back");
+                }
+                if let Target::Sqlite(slot) = &mut self.target {
+                    *slot = Some(conn);
+                }
+                ended
+            }
+            TxConn::Postgres(t) => {
+                if commit {
+                    t.commit().await.map_err(|e| Arc::new(e.into()))
+                } else {
+                    // Dropping the transaction rolls it back.
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Run a batch in one transaction and answer its writes.
-    async fn commit(&self, mut batch: Vec<Box<dyn Job>>) {
+    async fn commit(&mut self, mut batch: Vec<Box<dyn Job>>) {
         let durability = if batch.iter().any(|j| j.durability() == Durability::Synced) {
             Durability::Synced
         } else {
@@ -271,7 +397,7 @@ impl WriterTask {
             }
         }
         if !failed {
-            let ended = tx.commit().await.map_err(Arc::new);
+            let ended = self.end(tx, true).await;
             if let Err(e) = &ended {
                 tracing::error!(error = %e, writes = batch.len(), "a write transaction did not commit");
             }
@@ -280,9 +406,9 @@ impl WriterTask {
             }
             return;
         }
-        // Dropping the transaction rolls it back. Each write runs again on its own, so the one
-        // that failed fails alone (with its own error) and the others are written.
-        drop(tx);
+        // Roll back. Each write runs again on its own, so the one that failed fails alone (with
+        // its own error) and the others are written.
+        let _rolled_back = self.end(tx, false).await;
         if batch.len() == 1 {
             for job in batch {
                 job.finish(Ok(()));
@@ -298,10 +424,10 @@ impl WriterTask {
                 }
             };
             if job.run(&mut tx).await {
-                let ended = tx.commit().await.map_err(Arc::new);
+                let ended = self.end(tx, true).await;
                 job.finish(ended);
             } else {
-                drop(tx);
+                let _rolled_back = self.end(tx, false).await;
                 job.finish(Ok(()));
             }
         }
@@ -316,7 +442,7 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     use tokio::sync::Notify;
 
-    use super::super::db::on_tx;
+    use super::super::db::Columns;
     use super::*;
 
     async fn writer(dir: &tempfile::TempDir) -> (Writer, Pools) {
@@ -324,21 +450,17 @@ mod tests {
         let options = SqliteConnectOptions::from_str(&url)
             .unwrap()
             .create_if_missing(true);
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .execute(&write)
-            .await
-            .unwrap();
+        let file = options.get_filename().to_path_buf();
         let read = SqlitePoolOptions::new()
             .connect_with(options)
             .await
             .unwrap();
-        let pools = Pools::Sqlite { write, read };
-        let writer = Writer::start(pools.clone(), Arc::new(Clock::default()), 1, 64);
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(&read)
+            .await
+            .unwrap();
+        let pools = Pools::Sqlite { read, file };
+        let writer = Writer::start(&pools, Arc::new(Clock::default()), 1, 64).unwrap();
         (writer, pools)
     }
 
@@ -351,11 +473,11 @@ mod tests {
         writer
             .write(admission, Durability::Synced, None, n, |tx, n| {
                 Box::pin(async move {
-                    on_tx!(tx, |c| sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                    tx.query("INSERT INTO t (n) VALUES ($1)")
                         .bind(*n)
-                        .execute(c)
+                        .execute()
                         .await?
-                        .rows_affected());
+                        .rows_affected();
                     Ok(())
                 })
             })
@@ -367,9 +489,7 @@ mod tests {
         writer
             .write(Admission::Wait, durability, None, (), |tx, _| {
                 Box::pin(async move {
-                    let level: i64 = on_tx!(tx, |c| sqlx::query_scalar("PRAGMA synchronous")
-                        .fetch_one(c)
-                        .await?);
+                    let level: i64 = tx.query("PRAGMA synchronous").fetch_one().await?.col(0)?;
                     Ok(level)
                 })
             })
@@ -425,7 +545,7 @@ mod tests {
         for task in tasks {
             let (n, result) = task.await.unwrap();
             if n == 5 {
-                assert!(matches!(result, Err(StoreError::Db(_))), "{result:?}");
+                assert!(matches!(result, Err(StoreError::Sqlite(_))), "{result:?}");
             } else {
                 result.unwrap();
             }
@@ -522,11 +642,11 @@ mod tests {
                 writer
                     .write(Admission::Refuse, Durability::Synced, None, (), |tx, _| {
                         Box::pin(async move {
-                            let before: i64 = on_tx!(tx, |c| sqlx::query_scalar(
-                                "SELECT COUNT(*) FROM t WHERE n >= 1000"
-                            )
-                            .fetch_one(c)
-                            .await?);
+                            let before: i64 = tx
+                                .query("SELECT COUNT(*) FROM t WHERE n >= 1000")
+                                .fetch_one()
+                                .await?
+                                .col(0)?;
                             Ok(before)
                         })
                     })

@@ -291,7 +291,7 @@ async fn main() {
         };
         match client.create_bucket().bucket(&bucket).send().await {
             Ok(_) => {
-                let s3 = Arc::new(S3BlobStore::new(&config, &bucket, "bench"));
+                let s3 = Arc::new(S3BlobStore::new(&config, &bucket, "bench").unwrap());
                 snapshot_restore(&format!("S3 ({endpoint})"), s3).await;
             }
             Err(e) => println!("S3: cannot create a bucket at {endpoint} ({e}); skipped"),

@@ -491,7 +491,7 @@ struct FileConfig {
     models: std::collections::BTreeMap<String, crate::media::settings::ModelFile>,
 }
 
-/// S3/R2 settings; unset fields fall back to the AWS SDK's own defaults.
+/// S3/R2 settings; unset fields fall back to AWS's defaults (`us-east-1`, its regional endpoint).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {

@@ -347,7 +347,7 @@ async fn s3_store_keeps_the_contract() {
         });
 
     let config = s3_config(&endpoint);
-    let store = S3BlobStore::new(&config, &bucket, "/contract/run/");
+    let store = S3BlobStore::new(&config, &bucket, "/contract/run/").unwrap();
     assert_eq!(store.describe(), format!("s3://{bucket}/contract/run"));
     assert!(!store.describe().contains("test"), "describe leaks secrets");
 
@@ -378,7 +378,7 @@ async fn s3_store_keeps_the_contract() {
     assert_eq!(head.content_type(), Some("image/png"));
 
     // Another prefix in the same bucket is another store.
-    let other = S3BlobStore::new(&config, &bucket, "elsewhere");
+    let other = S3BlobStore::new(&config, &bucket, "elsewhere").unwrap();
     assert_eq!(list(&other, "").await, Vec::<String>::new());
     assert_eq!(get(&other, "typed.png").await, None);
 
@@ -410,7 +410,7 @@ async fn s3_store_keeps_the_contract() {
     assert_eq!(many.last().map(String::as_str), Some("many/01009"));
 
     // A missing bucket fails the ping with a readable message, and is never read as "no blob".
-    let missing = S3BlobStore::new(&config, &format!("{bucket}-missing"), "");
+    let missing = S3BlobStore::new(&config, &format!("{bucket}-missing"), "").unwrap();
     match missing.ping().await {
         Err(error @ BlobError::S3 { .. }) => {
             let text = error.to_string();
@@ -435,7 +435,7 @@ async fn s3_store_keeps_the_contract() {
         endpoint_url: Some("http://127.0.0.1:9".to_string()),
         ..config.clone()
     };
-    let unreachable = S3BlobStore::new(&closed, &bucket, "");
+    let unreachable = S3BlobStore::new(&closed, &bucket, "").unwrap();
     let started = std::time::Instant::now();
     match unreachable.ping().await {
         Err(error @ BlobError::S3 { .. }) => {

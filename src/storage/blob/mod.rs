@@ -60,7 +60,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn BlobStore>, BlobError> {
     Ok(match &config.blob {
         BlobLocation::Dir(dir) => Arc::new(LocalBlobStore::open(dir).await?),
         BlobLocation::S3 { bucket, prefix } => {
-            Arc::new(S3BlobStore::new(&config.s3, bucket, prefix))
+            Arc::new(S3BlobStore::new(&config.s3, bucket, prefix)?)
         }
     })
 }

@@ -17,3 +17,4 @@ pub mod sandbox;
 pub mod schedule;
 pub mod server;
 pub mod storage;
+pub mod tokens;

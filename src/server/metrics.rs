@@ -62,13 +62,7 @@ pub struct UsageMetrics {
 
 impl UsageMetrics {
     /// Count one model call.
-    pub fn add(
-        &self,
-        model: &str,
-        channel: &str,
-        usage: &crate::storage::store::Usage,
-        cost_usd: f64,
-    ) {
+    pub fn add(&self, model: &str, channel: &str, usage: &crate::tokens::Usage, cost_usd: f64) {
         for (kind, n) in [
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),

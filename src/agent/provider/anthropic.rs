@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::anthropic_stream::StreamAnswer;
@@ -12,7 +13,7 @@ use super::{
     ChatApi, ChatMessage, ChatRequest, ChatResponse, ChatRole, DocumentData, ImageData, Part,
     ProviderError, StopReason, TextSink, ToolChoice, post_json,
 };
-use crate::storage::store::Usage;
+use crate::tokens::Usage;
 
 /// Where Anthropic's API lives unless `ANTHROPIC_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -228,66 +229,91 @@ pub fn request_body(model: &str, request: &ChatRequest) -> Value {
     body
 }
 
+/// A Messages API answer, the parts of it that are read. Fields are optional so that a
+/// gateway's or an older model's answer with one missing still reads; what must be there is
+/// checked in [`parse_response`].
+#[derive(Deserialize)]
+struct MessagesAnswer {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    content: Option<Vec<Block>>,
+    stop_reason: Option<String>,
+    #[serde(default, deserialize_with = "super::lenient")]
+    usage: TokenCounts,
+}
+
+/// One content block: text, a tool call, or something not shown to people (thinking, …).
+#[derive(Deserialize)]
+struct Block {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct TokenCounts {
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cache_read_input_tokens: Option<i64>,
+    cache_creation_input_tokens: Option<i64>,
+}
+
 /// Read a Messages API response.
 pub fn parse_response(answer: &Value) -> Result<ChatResponse, ProviderError> {
     let malformed = |what: &str| ProviderError::Malformed(format!("Anthropic response {what}"));
-    if answer.get("type").and_then(Value::as_str) == Some("error") {
+    let read = MessagesAnswer::deserialize(answer)
+        .map_err(|e| malformed(&format!("does not read: {e}")))?;
+    if read.kind.as_deref() == Some("error") {
         return Err(ProviderError::Status {
             status: 500,
             message: super::error_message(&answer.to_string()),
             retry_after: None,
         });
     }
-    let content = answer
-        .get("content")
-        .and_then(Value::as_array)
+    let content = read
+        .content
         .ok_or_else(|| malformed("has no `content` list"))?;
     let mut parts = Vec::with_capacity(content.len());
     for block in content {
-        match block.get("type").and_then(Value::as_str) {
+        match block.kind.as_deref() {
             Some("text") => {
                 let text = block
-                    .get("text")
-                    .and_then(Value::as_str)
+                    .text
                     .ok_or_else(|| malformed("has a text block without text"))?;
-                parts.push(Part::Text(text.to_string()));
+                parts.push(Part::Text(text));
             }
             Some("tool_use") => {
-                let id = block.get("id").and_then(Value::as_str);
-                let name = block.get("name").and_then(Value::as_str);
-                let (Some(id), Some(name)) = (id, name) else {
+                let (Some(id), Some(name)) = (block.id, block.name) else {
                     return Err(malformed("has a tool_use block without id or name"));
                 };
                 parts.push(Part::ToolUse {
-                    id: id.to_string(),
-                    name: name.to_string(),
-                    input: block.get("input").cloned().unwrap_or_else(|| json!({})),
+                    id,
+                    name,
+                    input: block.input.unwrap_or_else(|| json!({})),
                 });
             }
             // Thinking and other blocks are not shown to people.
             _ => {}
         }
     }
-    let stop = match answer.get("stop_reason").and_then(Value::as_str) {
+    let stop = match read.stop_reason.as_deref() {
         Some("end_turn") | Some("stop_sequence") => StopReason::EndTurn,
         Some("tool_use") => StopReason::ToolUse,
         Some("max_tokens") => StopReason::MaxTokens,
         _ => StopReason::Other,
     };
-    let count = |key: &str| {
-        answer
-            .pointer(&format!("/usage/{key}"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-    };
+    let counts = read.usage;
     Ok(ChatResponse {
         parts,
         stop,
         usage: Usage {
-            input_tokens: count("input_tokens"),
-            output_tokens: count("output_tokens"),
-            cache_read_tokens: count("cache_read_input_tokens"),
-            cache_write_tokens: count("cache_creation_input_tokens"),
+            input_tokens: counts.input_tokens.unwrap_or(0),
+            output_tokens: counts.output_tokens.unwrap_or(0),
+            cache_read_tokens: counts.cache_read_input_tokens.unwrap_or(0),
+            cache_write_tokens: counts.cache_creation_input_tokens.unwrap_or(0),
         },
     })
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::{Config, ModelSpec, Provider, ProviderKeys};
-use crate::storage::store::Usage;
+use crate::tokens::Usage;
 
 pub mod anthropic;
 mod anthropic_stream;
@@ -407,6 +407,17 @@ pub(crate) fn stream_error_status(kind: Option<&str>) -> u16 {
         Some("not_found_error") => 404,
         _ => 500,
     }
+}
+
+/// Read a part of an answer that only counts (token usage) when it reads, else take its
+/// default: a gateway that reports usage oddly must not cost the answer itself.
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = <Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai_stream::StreamAnswer;
@@ -13,7 +14,7 @@ use super::{
     ChatApi, ChatRequest, ChatResponse, ChatRole, ImageData, Part, ProviderError, StopReason,
     TextSink, ToolChoice, post_json,
 };
-use crate::storage::store::Usage;
+use crate::tokens::Usage;
 
 /// Where OpenAI's API lives unless `OPENAI_BASE_URL` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -277,29 +278,84 @@ pub fn request_body(model: &str, request: &ChatRequest) -> Value {
     body
 }
 
-/// Read a chat-completions response.
+/// A chat completion, the parts of it that are read. Fields are optional so that a gateway's
+/// answer with one missing still reads; what must be there is checked in [`parse_response`].
+#[derive(Deserialize)]
+struct Completion {
+    error: Option<Value>,
+    choices: Option<Vec<Choice>>,
+    #[serde(default, deserialize_with = "super::lenient")]
+    usage: TokenCounts,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<AnswerMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AnswerMessage {
+    content: Option<Content>,
+    tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A message's content: a string, or a list of parts of which the text ones are read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Deserialize)]
+struct ToolCall {
+    id: Option<String>,
+    function: Option<Function>,
+}
+
+#[derive(Deserialize)]
+struct Function {
+    name: Option<String>,
+    /// A JSON text as the API defines it; some servers send the object itself.
+    arguments: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct TokenCounts {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Default, Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<i64>,
+}
+
+/// Read a chat completion.
 pub fn parse_response(answer: &Value) -> Result<ChatResponse, ProviderError> {
     let malformed = |what: &str| ProviderError::Malformed(format!("chat completion {what}"));
-    if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
+    let read =
+        Completion::deserialize(answer).map_err(|e| malformed(&format!("does not read: {e}")))?;
+    if let Some(error) = read.error {
         return Err(ProviderError::Status {
             status: 500,
             message: super::error_message(&json!({ "error": error }).to_string()),
             retry_after: None,
         });
     }
-    let choice = answer
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
+    let choice = read
+        .choices
+        .and_then(|choices| choices.into_iter().next())
         .ok_or_else(|| malformed("has no `choices`"))?;
     let message = choice
-        .get("message")
-        .filter(|m| m.is_object())
+        .message
         .ok_or_else(|| malformed("has no `message`"))?;
     let mut parts = Vec::new();
-    match message.get("content") {
-        Some(Value::String(text)) if !text.is_empty() => parts.push(Part::Text(text.clone())),
-        Some(Value::Array(items)) => {
+    match message.content {
+        Some(Content::Text(text)) if !text.is_empty() => parts.push(Part::Text(text)),
+        Some(Content::Parts(items)) => {
             for item in items {
                 if let Some(text) = item.get("text").and_then(Value::as_str) {
                     parts.push(Part::Text(text.to_string()));
@@ -308,50 +364,50 @@ pub fn parse_response(answer: &Value) -> Result<ChatResponse, ProviderError> {
         }
         _ => {}
     }
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for (n, call) in calls.iter().enumerate() {
-            let name = call
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| malformed("has a tool call without a name"))?;
-            let id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("call_{n}"));
-            let input = match call.pointer("/function/arguments") {
-                Some(Value::String(raw)) if raw.trim().is_empty() => json!({}),
-                // Invalid JSON stays a string: the tool answers with an input error the model reads.
-                Some(Value::String(raw)) => {
-                    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()))
-                }
-                Some(other) => other.clone(),
-                None => json!({}),
-            };
-            parts.push(Part::ToolUse {
-                id,
-                name: name.to_string(),
-                input,
-            });
-        }
+    for (n, call) in message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let function = call.function;
+        let name = function
+            .as_ref()
+            .and_then(|f| f.name.clone())
+            .ok_or_else(|| malformed("has a tool call without a name"))?;
+        let input = match function.and_then(|f| f.arguments) {
+            Some(Value::String(raw)) if raw.trim().is_empty() => json!({}),
+            // Invalid JSON stays a string: the tool answers with an input error the model reads.
+            Some(Value::String(raw)) => serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
+            Some(other) => other,
+            None => json!({}),
+        };
+        parts.push(Part::ToolUse {
+            id: call.id.unwrap_or_else(|| format!("call_{n}")),
+            name,
+            input,
+        });
     }
     let has_calls = parts.iter().any(|p| matches!(p, Part::ToolUse { .. }));
-    let stop = match choice.get("finish_reason").and_then(Value::as_str) {
+    let stop = match choice.finish_reason.as_deref() {
         _ if has_calls => StopReason::ToolUse,
         Some("stop") => StopReason::EndTurn,
         Some("length") => StopReason::MaxTokens,
         _ => StopReason::Other,
     };
-    let count = |pointer: &str| answer.pointer(pointer).and_then(Value::as_i64).unwrap_or(0);
-    let prompt = count("/usage/prompt_tokens");
-    let cached = count("/usage/prompt_tokens_details/cached_tokens");
+    let counts = read.usage;
+    let prompt = counts.prompt_tokens.unwrap_or(0);
+    let cached = counts
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .unwrap_or(0);
     Ok(ChatResponse {
         parts,
         stop,
         usage: Usage {
             // Like Anthropic's `input_tokens`: the uncached part.
             input_tokens: (prompt - cached).max(0),
-            output_tokens: count("/usage/completion_tokens"),
+            output_tokens: counts.completion_tokens.unwrap_or(0),
             cache_read_tokens: cached,
             cache_write_tokens: 0,
         },
@@ -470,6 +526,25 @@ mod tests {
                                         "finish_reason": "stop"}]});
         let r = parse_response(&text).unwrap();
         assert_eq!((r.text().as_str(), r.stop), ("Hi", StopReason::EndTurn));
+    }
+
+    #[test]
+    fn text_parts_are_read_and_odd_usage_costs_nothing() {
+        let answer = json!({
+            "choices": [{"message": {"content": [{"type": "text", "text": "a"},
+                                                 {"type": "image_url"},
+                                                 {"type": "text", "text": "b"}]},
+                         "finish_reason": "length"}],
+            "usage": {"prompt_tokens": "many", "completion_tokens": 3}
+        });
+        let r = parse_response(&answer).unwrap();
+        assert_eq!((r.text().as_str(), r.stop), ("a\nb", StopReason::MaxTokens));
+        assert_eq!(r.usage, Usage::default());
+        let failed = json!({"error": {"message": "Rate limited"}, "choices": null});
+        assert!(matches!(
+            parse_response(&failed),
+            Err(ProviderError::Status { .. })
+        ));
     }
 
     #[test]

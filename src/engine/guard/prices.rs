@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::storage::store::Usage;
+use crate::tokens::Usage;
 
 /// USD per million tokens of each kind.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]

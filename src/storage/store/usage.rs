@@ -9,15 +9,7 @@ use super::conversations::{channel_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, rows};
 use super::transcript::insert_message;
 use super::{ConversationId, EventId, NewMessage, Result, SqlStore, UnixMs};
-
-/// One LLM call's token usage.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_read_tokens: i64,
-    pub cache_write_tokens: i64,
-}
+pub use crate::tokens::Usage;
 
 /// Usage totals of one model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sse::{SseEvent, json as event_json};
@@ -32,60 +33,131 @@ pub struct StreamAnswer {
     stopped: bool,
 }
 
+/// One event of the stream, the parts of it that are read; `ping` and event types added later
+/// read as `Other`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: Option<StartedMessage>,
+    },
+    ContentBlockStart {
+        index: Option<u64>,
+        content_block: Option<StartedBlock>,
+    },
+    ContentBlockDelta {
+        index: Option<u64>,
+        delta: Option<BlockDelta>,
+    },
+    MessageDelta {
+        delta: Option<MessageChange>,
+        usage: Option<Map<String, Value>>,
+    },
+    MessageStop,
+    Error {
+        error: Option<ErrorBody>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartedMessage {
+    usage: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartedBlock {
+    Text {
+        text: Option<String>,
+    },
+    ToolUse {
+        id: Option<String>,
+        name: Option<String>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: Option<String>,
+    },
+    InputJsonDelta {
+        partial_json: Option<String>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageChange {
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
 impl StreamAnswer {
     /// Take one event; text deltas go to `sink`.
     pub fn read(&mut self, event: &SseEvent, sink: &dyn TextSink) -> Result<(), ProviderError> {
         let data = event_json(event)?;
-        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
-        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-        match kind {
-            "message_start" => {
-                if let Some(usage) = data.pointer("/message/usage").and_then(Value::as_object) {
-                    self.usage.extend(usage.clone());
+        let read = Event::deserialize(&data).map_err(|e| {
+            ProviderError::Malformed(format!(
+                "the answer stream sent an event that does not read: {e}"
+            ))
+        })?;
+        match read {
+            Event::MessageStart { message } => {
+                if let Some(usage) = message.and_then(|m| m.usage) {
+                    self.usage.extend(usage);
                 }
             }
-            "content_block_start" => {
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                let started = match block.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let text = block.get("text").and_then(Value::as_str).unwrap_or("");
+            Event::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                let started = match content_block {
+                    Some(StartedBlock::Text { text }) => {
+                        let text = text.unwrap_or_default();
                         if self.texted {
                             sink.text("\n");
                         }
-                        self.give(sink, text);
-                        Block::Text(text.to_string())
+                        self.give(sink, &text);
+                        Block::Text(text)
                     }
-                    Some("tool_use") => Block::Tool {
-                        id: string(block, "id"),
-                        name: string(block, "name"),
+                    Some(StartedBlock::ToolUse { id, name }) => Block::Tool {
+                        id: id.unwrap_or_default(),
+                        name: name.unwrap_or_default(),
                         input_json: String::new(),
                     },
                     _ => Block::Other,
                 };
-                self.blocks.insert(index, started);
+                self.blocks.insert(index.unwrap_or(0), started);
             }
-            "content_block_delta" => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
+            Event::ContentBlockDelta { index, delta } => {
+                let index = index.unwrap_or(0);
                 let texted = &mut self.texted;
-                match (
-                    self.blocks.get_mut(&index),
-                    delta.get("type").and_then(Value::as_str),
-                ) {
-                    (Some(Block::Text(text)), Some("text_delta")) => {
-                        let piece = delta.get("text").and_then(Value::as_str).unwrap_or("");
-                        text.push_str(piece);
+                match (self.blocks.get_mut(&index), delta) {
+                    (Some(Block::Text(text)), Some(BlockDelta::TextDelta { text: piece })) => {
+                        let piece = piece.unwrap_or_default();
+                        text.push_str(&piece);
                         if !piece.is_empty() {
                             *texted = true;
-                            sink.text(piece);
+                            sink.text(&piece);
                         }
                     }
-                    (Some(Block::Tool { input_json, .. }), Some("input_json_delta")) => {
-                        input_json.push_str(
-                            delta
-                                .get("partial_json")
-                                .and_then(Value::as_str)
-                                .unwrap_or(""),
-                        );
+                    (
+                        Some(Block::Tool { input_json, .. }),
+                        Some(BlockDelta::InputJsonDelta { partial_json }),
+                    ) => {
+                        input_json.push_str(partial_json.as_deref().unwrap_or_default());
                     }
                     (None, _) => {
                         return Err(ProviderError::Malformed(format!(
@@ -95,30 +167,25 @@ impl StreamAnswer {
                     _ => {}
                 }
             }
-            "message_delta" => {
-                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.stop_reason = Some(reason.to_string());
+            Event::MessageDelta { delta, usage } => {
+                if let Some(reason) = delta.and_then(|d| d.stop_reason) {
+                    self.stop_reason = Some(reason);
                 }
-                if let Some(usage) = data.get("usage").and_then(Value::as_object) {
-                    self.usage.extend(
-                        usage
-                            .iter()
-                            .filter(|(_, v)| !v.is_null())
-                            .map(|(k, v)| (k.clone(), v.clone())),
-                    );
+                if let Some(usage) = usage {
+                    self.usage
+                        .extend(usage.into_iter().filter(|(_, v)| !v.is_null()));
                 }
             }
-            "message_stop" => self.stopped = true,
-            "error" => {
-                let kind = data.pointer("/error/type").and_then(Value::as_str);
+            Event::MessageStop => self.stopped = true,
+            Event::Error { error } => {
+                let kind = error.and_then(|e| e.kind);
                 return Err(ProviderError::Status {
-                    status: stream_error_status(kind),
+                    status: stream_error_status(kind.as_deref()),
                     message: error_message(&data.to_string()),
                     retry_after: None,
                 });
             }
-            // `ping` and event types added later.
-            _ => {}
+            Event::Other => {}
         }
         Ok(())
     }
@@ -172,14 +239,6 @@ impl StreamAnswer {
     }
 }
 
-fn string(value: &Value, key: &str) -> String {
-    value
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -202,6 +261,28 @@ mod tests {
             event: data["type"].as_str().map(str::to_string),
             data: data.to_string(),
         }
+    }
+
+    #[test]
+    fn unknown_events_pass_and_misshapen_ones_are_clear_errors() {
+        let sink = Collect::default();
+        let mut answer = StreamAnswer::default();
+        answer
+            .read(&event(json!({"type": "some_later_event", "x": [1]})), &sink)
+            .unwrap();
+        let misshapen = json!({"type": "content_block_delta", "index": "first"});
+        match answer.read(&event(misshapen), &sink) {
+            Err(ProviderError::Malformed(message)) => {
+                assert!(message.contains("does not read"), "{message}");
+            }
+            other => panic!("a misshapen event was read: {:?}", other.err()),
+        }
+        let early = json!({"type": "content_block_delta", "index": 3,
+                           "delta": {"type": "text_delta", "text": "x"}});
+        assert!(matches!(
+            answer.read(&event(early), &sink),
+            Err(ProviderError::Malformed(_))
+        ));
     }
 
     #[test]

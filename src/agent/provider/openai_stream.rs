@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::{SseEvent, json as event_json};
@@ -27,6 +28,40 @@ pub struct StreamAnswer {
     done: bool,
 }
 
+/// One chunk, the parts of it that are read (every field may be absent).
+#[derive(Deserialize)]
+struct Chunk {
+    error: Option<Value>,
+    usage: Option<Value>,
+    choices: Option<Vec<ChunkChoice>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    delta: Option<ChunkDelta>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta {
+    content: Option<String>,
+    tool_calls: Option<Vec<CallPiece>>,
+}
+
+/// A piece of one tool call: its index, and any of its id, name or arguments so far.
+#[derive(Deserialize)]
+struct CallPiece {
+    index: Option<u64>,
+    id: Option<String>,
+    function: Option<FunctionPiece>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPiece {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
 impl StreamAnswer {
     /// Take one event; text deltas go to `sink`.
     pub fn read(&mut self, event: &SseEvent, sink: &dyn TextSink) -> Result<(), ProviderError> {
@@ -34,57 +69,50 @@ impl StreamAnswer {
             self.done = true;
             return Ok(());
         }
-        let chunk = event_json(event)?;
-        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        let data = event_json(event)?;
+        let chunk = Chunk::deserialize(&data).map_err(|e| {
+            ProviderError::Malformed(format!(
+                "the answer stream sent a chunk that does not read: {e}"
+            ))
+        })?;
+        if let Some(error) = chunk.error {
             return Err(ProviderError::Status {
                 status: 500,
                 message: error_message(&json!({ "error": error }).to_string()),
                 retry_after: None,
             });
         }
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(usage.clone());
+        if let Some(usage) = chunk.usage.filter(Value::is_object) {
+            self.usage = Some(usage);
         }
-        let Some(choice) = chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| c.first())
-        else {
+        let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) else {
             return Ok(());
         };
-        if let Some(delta) = choice.get("delta") {
-            if let Some(text) = delta.get("content").and_then(Value::as_str)
-                && !text.is_empty()
-            {
-                self.content.push_str(text);
-                sink.text(text);
+        if let Some(delta) = choice.delta {
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                sink.text(&text);
+                self.content.push_str(&text);
             }
-            for (n, call) in delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let index = call
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(n as u64);
-                let entry = self.calls.entry(index).or_default();
-                if let Some(id) = call.get("id").and_then(Value::as_str) {
-                    entry.id = Some(id.to_string());
+            for (n, piece) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                let entry = self
+                    .calls
+                    .entry(piece.index.unwrap_or(n as u64))
+                    .or_default();
+                if let Some(id) = piece.id {
+                    entry.id = Some(id);
                 }
-                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
-                    entry.name.push_str(name);
-                }
-                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
-                {
-                    entry.arguments.push_str(arguments);
+                if let Some(function) = piece.function {
+                    entry
+                        .name
+                        .push_str(function.name.as_deref().unwrap_or_default());
+                    entry
+                        .arguments
+                        .push_str(function.arguments.as_deref().unwrap_or_default());
                 }
             }
         }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(reason.to_string());
+        if let Some(reason) = choice.finish_reason {
+            self.finish_reason = Some(reason);
         }
         Ok(())
     }

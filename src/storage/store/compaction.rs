@@ -146,8 +146,7 @@ async fn compact_in(
     )
     .bind(conversation_id)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     let meta = serde_json::json!({
         "archive_key": compaction.archive_key,
         "first_message_id": compaction.first_message_id,
@@ -211,8 +210,7 @@ async fn import_compaction_in(
     .bind(compaction.last_message_id)
     .bind(compaction.summary_message_id)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     tx.query(
         "INSERT INTO compactions (conversation_id, summary_message_id, first_message_id,
                                       last_message_id, message_count, archive_key, created_at)
@@ -226,8 +224,7 @@ async fn import_compaction_in(
     .bind(&compaction.archive_key)
     .bind(compaction.created_at)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     Ok(true)
 }
 

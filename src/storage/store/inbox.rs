@@ -582,8 +582,7 @@ impl Inbox for SqlStore {
                         .bind(format!("retried as event {new_id}"))
                         .bind(*id)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                     Ok(Some(new_id))
                 })
             })
@@ -623,8 +622,7 @@ impl SqlStore {
                         // Nothing else runs: replies claimed by the last run may go at once.
                         tx.query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
                             .execute()
-                            .await?
-                            .rows_affected();
+                            .await?;
                     }
                     Ok(released)
                 })

@@ -109,8 +109,7 @@ impl Installations for SqlStore {
                     .bind(&i.token_ciphertext)
                     .bind(now)
                     .execute()
-                    .await?
-                    .rows_affected();
+                    .await?;
                     Ok(())
                 })
             })
@@ -178,14 +177,12 @@ impl Installations for SqlStore {
                         tx.query("DELETE FROM oauth_states WHERE expires_at <= $1")
                             .bind(now)
                             .execute()
-                            .await?
-                            .rows_affected();
+                            .await?;
                         tx.query("INSERT INTO oauth_states (state, expires_at) VALUES ($1, $2)")
                             .bind(state)
                             .bind(*expires_at)
                             .execute()
-                            .await?
-                            .rows_affected();
+                            .await?;
                         Ok(())
                     })
                 },

@@ -70,8 +70,7 @@ impl Leases for SqlStore {
                             .bind(name)
                             .bind(owner)
                             .execute()
-                            .await?
-                            .rows_affected();
+                            .await?;
                         Ok(())
                     })
                 },

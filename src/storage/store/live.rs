@@ -48,8 +48,7 @@ impl LiveMessages for SqlStore {
                         .bind(now)
                         .bind(*event_id)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                         Ok(())
                     })
                 },

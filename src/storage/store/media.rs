@@ -113,8 +113,7 @@ async fn record_in(tx: &mut Tx, event: EventId, file: &EventFile) -> Result<()> 
     .bind(&file.note)
     .bind(now)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     Ok(())
 }
 
@@ -186,8 +185,7 @@ impl Media for SqlStore {
                         .bind(&extract.detail)
                         .bind(now)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                         Ok(())
                     })
                 },

@@ -125,8 +125,7 @@ impl Outbox for SqlStore {
                         .bind(platform_message_id)
                         .bind(*id)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                         Ok(())
                     })
                 },
@@ -156,8 +155,7 @@ impl Outbox for SqlStore {
                         .bind(error)
                         .bind(*id)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                         Ok(())
                     })
                 },

@@ -226,8 +226,7 @@ pub(crate) async fn insert_artifact(
     .bind(created_at)
     .bind(keep_existing)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     Ok(())
 }
 

@@ -107,8 +107,7 @@ async fn insert_usage(
     .bind(now)
     .bind(user_id)
     .execute()
-    .await?
-    .rows_affected();
+    .await?;
     Ok(())
 }
 

@@ -185,6 +185,10 @@ impl Writer {
         }));
         match pools {
             Pools::Sqlite { file, .. } => {
+                let cannot_start = |e: std::io::Error| StoreError::Open {
+                    url: file.display().to_string(),
+                    problem: format!("cannot start the writer: {e}"),
+                };
                 let task = WriterTask {
                     target: Target::Sqlite(Some(open_sqlite_writer(file)?)),
                     clock,
@@ -194,17 +198,11 @@ impl Writer {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| StoreError::Open {
-                        url: file.display().to_string(),
-                        problem: format!("cannot start the writer: {e}"),
-                    })?;
+                    .map_err(cannot_start)?;
                 std::thread::Builder::new()
                     .name("sqlite-writer".into())
                     .spawn(move || runtime.block_on(task.run()))
-                    .map_err(|e| StoreError::Open {
-                        url: file.display().to_string(),
-                        problem: format!("cannot start the writer: {e}"),
-                    })?;
+                    .map_err(cannot_start)?;
             }
             Pools::Postgres { pool } => {
                 for _ in 0..tasks.max(1) {
@@ -476,8 +474,7 @@ mod tests {
                     tx.query("INSERT INTO t (n) VALUES ($1)")
                         .bind(*n)
                         .execute()
-                        .await?
-                        .rows_affected();
+                        .await?;
                     Ok(())
                 })
             })

@@ -31,6 +31,7 @@ mod query;
 mod schedules;
 mod transcript;
 mod usage;
+mod wal_sync;
 mod writer;
 
 pub use access::{AccessLog, Approval, NewPairing, PairedUser, PairingCode};
@@ -79,6 +80,9 @@ pub enum StoreError {
     /// The transaction a write was batched into did not commit; the write was not made.
     #[error("the write was not committed: {0}")]
     Commit(Arc<StoreError>),
+    /// Committed writes could not be put on disk (SQLite's log did not sync).
+    #[error("the write-ahead log could not be synced to disk: {0}")]
+    Sync(#[source] std::io::Error),
     #[error("the store is closed")]
     Closed,
     /// Too many writes are waiting; new work is refused until the queue drains.

@@ -379,6 +379,7 @@ async fn expired_lease(store: &Fixture) {
         replies: vec![reply("exp:stale")],
         error: None,
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -492,6 +493,7 @@ async fn complete_writes(store: &Fixture) {
         replies: vec![reply("c1:0"), reply("c1:1")],
         error: None,
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -554,6 +556,7 @@ async fn complete_writes(store: &Fixture) {
         replies: vec![reply("c1:0"), reply("c2:0"), reply("c2:0")],
         error: None,
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -594,12 +597,14 @@ async fn preclaimed_replies(store: &Fixture) {
         replies: vec![reply("pre:0"), reply("pre:1")],
         error: None,
         reply_lease_until: Some(store.far()),
+        claim_next_until: None,
     };
     let written = store
         .complete_event(&claimed, "w", &done)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .replies;
     assert_eq!(ids(&written), ["pre:0", "pre:1"]);
     assert!(
         written
@@ -631,7 +636,8 @@ async fn preclaimed_replies(store: &Fixture) {
         .complete_event(&claimed2, "w", &again)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .replies;
     assert!(written.is_empty(), "an existing key was written twice");
 }
 
@@ -644,6 +650,7 @@ async fn outbox(store: &Fixture) {
         replies: vec![reply("o1:0"), reply("o1:1"), reply("o1:2")],
         error: None,
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -660,6 +667,7 @@ async fn outbox(store: &Fixture) {
         replies: vec![reply("o2:0")],
         error: None,
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -750,6 +758,66 @@ async fn outbox(store: &Fixture) {
     assert_nothing_claimable(store, "after outbox").await;
 }
 
+/// A completion that asks for it also claims its conversation's next event, for the same
+/// owner, and nothing of another conversation.
+async fn completion_claims_next(store: &Fixture) {
+    let a = conv("next-a", None);
+    let b = conv("next-b", None);
+    let a1 = insert(store, &new_event(&a, "Ev-na1", "a1")).await;
+    let a2 = insert(store, &new_event(&a, "Ev-na2", "a2")).await;
+    let b1 = insert(store, &new_event(&b, "Ev-nb1", "b1")).await;
+    let go_on = Completion {
+        claim_next_until: Some(store.far()),
+        ..Completion::default()
+    };
+
+    let first = claim_some(store, "w").await;
+    assert_eq!(first.id, a1);
+    let done = store
+        .complete_event(&first, "w", &go_on)
+        .await
+        .unwrap()
+        .unwrap();
+    let next = done.next.expect("A2 is claimed with A1's completion");
+    assert_eq!(
+        (next.id, next.conversation_id, next.attempts),
+        (a2, first.conversation_id, 1)
+    );
+    assert_eq!(next.conversation, a);
+    assert_eq!(next.payload, "{\"event\":\"Ev-na2\"}");
+    // A2 is w's: the dispatcher hands out B1 only, and w holds A2's lease.
+    let other = claim_some(store, "x").await;
+    assert_eq!(other.id, b1);
+    assert!(claim(store, "x").await.is_none());
+    assert!(store.renew_lease(a2, "w", store.far()).await.unwrap());
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.leased), (0, 2));
+
+    // Nothing waits behind A2: its completion claims nothing (B1 is another conversation's).
+    let done = store
+        .complete_event(&next, "w", &go_on)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.next.is_none(), "{:?}", done.next);
+    // Without the ask, the next event stays for the dispatcher.
+    let a3 = insert(store, &new_event(&a, "Ev-na3", "a3")).await;
+    let a4 = insert(store, &new_event(&a, "Ev-na4", "a4")).await;
+    let third = claim_some(store, "w").await;
+    assert_eq!(third.id, a3);
+    let done = store
+        .complete_event(&third, "w", &Completion::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.next.is_none());
+    let fourth = claim_some(store, "w").await;
+    assert_eq!(fourth.id, a4);
+    complete(store, &fourth, "w").await;
+    complete(store, &other, "x").await;
+    assert_nothing_claimable(store, "after the chain").await;
+}
+
 async fn fail_event(store: &Fixture) {
     let conv_f = conv("fail-f", None);
     let conv_g = conv("fail-g", None);
@@ -825,6 +893,7 @@ async fn complete_with_error(store: &Fixture) {
         replies: vec![reply("h1:0")],
         error: Some("model unavailable".into()),
         reply_lease_until: None,
+        claim_next_until: None,
     };
     assert!(
         store
@@ -1833,6 +1902,7 @@ contract!(
     complete_writes,
     preclaimed_replies,
     outbox,
+    completion_claims_next,
     fail_event,
     complete_with_error,
     counts,

@@ -1,7 +1,9 @@
 //! Events processed: a dispatcher claims as many conversation heads as there are free worker
 //! slots in one statement, each event runs its handler in a slot of its own (its lease renewed
 //! while it runs), and its transcript rows, replies and done mark are written in one
-//! transaction, after which its replies are delivered.
+//! transaction, after which its replies are delivered. That transaction also claims the
+//! conversation's next event when one is waiting, and the slot goes on with it (a few in a
+//! row, then the slot goes back to the dispatcher so other conversations get their turn).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,9 @@ use crate::storage::store::{ClaimedEvent, Completion, NewMessage, NewReply, Role
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the dispatcher waits after the store failed to claim.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How many events of one conversation a slot runs in a row before it goes back to the
+/// dispatcher, which hands slots out oldest event first.
+const EVENTS_IN_A_ROW: u32 = 8;
 
 impl Bus {
     /// Claim events while there are free slots, and run each in one.
@@ -64,16 +69,19 @@ impl Bus {
 
     fn run_in_slot(&self, event: ClaimedEvent, permit: OwnedSemaphorePermit) {
         let bus = self.clone();
-        let span = info_span!("event", id = %event.id, conversation = %event.conversation);
-        tokio::spawn(
-            async move {
-                bus.process(event).await;
-                drop(permit);
-                // The conversation's next event may be claimable now.
-                bus.inner.wake.notify_one();
+        tokio::spawn(async move {
+            let mut next = Some(event);
+            let mut in_a_row = 0;
+            while let Some(event) = next.take() {
+                in_a_row += 1;
+                let go_on = in_a_row < EVENTS_IN_A_ROW;
+                let span = info_span!("event", id = %event.id, conversation = %event.conversation);
+                next = bus.process(event, go_on).instrument(span).await;
             }
-            .instrument(span),
-        );
+            drop(permit);
+            // The conversation's next event may be claimable now.
+            bus.inner.wake.notify_one();
+        });
     }
 
     /// Wait for a wake-up, the poll interval, or shutdown.
@@ -96,7 +104,9 @@ impl Bus {
             .saturating_mul(1000)
     }
 
-    async fn process(&self, claimed: ClaimedEvent) {
+    /// Run one event to its end; the conversation's next event when `go_on` asked for it and
+    /// one was waiting (claimed with the completion).
+    async fn process(&self, claimed: ClaimedEvent, go_on: bool) -> Option<ClaimedEvent> {
         let payload: EventPayload = match serde_json::from_str(&claimed.payload) {
             Ok(payload) => payload,
             Err(e) => {
@@ -105,7 +115,7 @@ impl Bus {
                 if self.give_back(&claimed, &error, None).await {
                     self.finished(claimed.received_at, true);
                 }
-                return;
+                return None;
             }
         };
         let mut context = EventContext {
@@ -178,7 +188,7 @@ impl Bus {
                 let error = self.inner.redactor.redact_string(&format!("{e:#}"));
                 self.give_back(&claimed, &error, Some(UnixMs::now().plus(delay)))
                     .await;
-                return;
+                return None;
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "event failed for the last time");
@@ -196,12 +206,14 @@ impl Bus {
                 let error = self.inner.redactor.redact_string(&format!("{e:#}"));
                 let retry_at = UnixMs::now().plus(backoff_ms(context.attempt));
                 self.give_back(&claimed, &error, Some(retry_at)).await;
-                return;
+                return None;
             }
         };
         let failed = completion.error.is_some();
         let completion = Completion {
             reply_lease_until: Some(UnixMs::now().plus(REPLY_LEASE_MS)),
+            claim_next_until: (go_on && !self.stopping())
+                .then(|| UnixMs::now().plus(self.lease_ms())),
             ..completion
         };
         match self
@@ -210,14 +222,22 @@ impl Bus {
             .complete_event(&claimed, &self.inner.owner, &completion)
             .await
         {
-            Ok(Some(replies)) => {
+            Ok(Some(completed)) => {
                 self.finished(claimed.received_at, failed);
-                for reply in replies {
+                // Delivered before the next event runs: a conversation's replies keep their order.
+                for reply in completed.replies {
                     self.deliver(reply).await;
                 }
+                completed.next
             }
-            Ok(None) => warn!("lease lost before completion; another worker owns the event"),
-            Err(e) => error!(error = %e, "cannot store the completion; the event will run again"),
+            Ok(None) => {
+                warn!("lease lost before completion; another worker owns the event");
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "cannot store the completion; the event will run again");
+                None
+            }
         }
     }
 

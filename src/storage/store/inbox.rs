@@ -59,6 +59,19 @@ pub struct Completion {
     /// When set, the replies are written already claimed for delivery until then, so the worker
     /// that produced them can deliver them at once without another claim.
     pub reply_lease_until: Option<UnixMs>,
+    /// When set, the conversation's next event, if it is pending and due, is claimed for the
+    /// same owner until then in the same transaction, so the worker goes on with it without
+    /// waiting for the dispatcher ([`Completed::next`]).
+    pub claim_next_until: Option<UnixMs>,
+}
+
+/// What finishing an event wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Completed {
+    /// The outbox rows written, to deliver.
+    pub replies: Vec<OutboxItem>,
+    /// The conversation's next event, claimed when [`Completion::claim_next_until`] asked.
+    pub next: Option<ClaimedEvent>,
 }
 
 /// Counts of the inbox by state.
@@ -119,15 +132,15 @@ pub trait Inbox: Send + Sync {
     /// Make every leased event pending again (single-instance start-up after a crash).
     async fn release_all_leases(&self) -> Result<u64>;
 
-    /// Finish an event: transcript rows, outbox rows and the done mark in one transaction.
-    /// Returns the outbox rows written (for delivery), or `None` (and writes nothing) when
-    /// `owner` no longer holds the event's lease.
+    /// Finish an event: transcript rows, outbox rows and the done mark in one transaction (and
+    /// the claim of the conversation's next event, when asked). Returns what was written, or
+    /// `None` (and writes nothing) when `owner` no longer holds the event's lease.
     async fn complete_event(
         &self,
         event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
-    ) -> Result<Option<Vec<OutboxItem>>>;
+    ) -> Result<Option<Completed>>;
 
     /// Give a claimed event back: retry at `retry_at`, or mark it failed when `retry_at` is None.
     /// False (and nothing written) when `owner` no longer holds the event's lease.
@@ -228,14 +241,31 @@ fn completion_durability(done: &Completion) -> Durability {
     }
 }
 
-/// The done (or failed) mark, transcript rows and outbox rows of a finished event. `None` when
-/// `owner` no longer holds the event's lease (nothing is written then).
+/// A row of a claim: id, conversation, payload, attempts, received.
+type ClaimedRow = (EventId, ConversationId, String, i32, UnixMs);
+
+fn claimed_row(row: &impl Columns) -> Result<ClaimedRow> {
+    Ok((
+        row.col("id")?,
+        row.col("conversation_id")?,
+        row.col("payload")?,
+        row.col("attempts")?,
+        row.col("received_at")?,
+    ))
+}
+
+/// The outbox rows a completion wrote (id, attempts, which reply) and the next event it claimed.
+type CompletedRows = (Vec<(ReplyId, i32, usize)>, Option<ClaimedRow>);
+
+/// The done (or failed) mark, transcript rows and outbox rows of a finished event, and the
+/// claim of its conversation's next event when asked. `None` when `owner` no longer holds the
+/// event's lease (nothing is written then).
 async fn complete_event(
     tx: &mut Tx,
     event_id: EventId,
     owner: &str,
     done: &Completion,
-) -> Result<Option<Vec<(ReplyId, i32, usize)>>> {
+) -> Result<Option<CompletedRows>> {
     let now = tx.now;
     let finished: Option<ConversationId> = tx
         .query(
@@ -285,7 +315,28 @@ async fn complete_event(
             written.push((id, attempts, n));
         }
     }
-    Ok(Some(written))
+    let next = match done.claim_next_until {
+        // The finished event is no longer the head: its trigger made the next one the head.
+        Some(until) => tx
+            .query(
+                "UPDATE inbox
+                 SET status = 'leased', lease_owner = $1, lease_until = $2,
+                     attempts = attempts + 1
+                 WHERE id = (SELECT head_id FROM conversations WHERE id = $3)
+                   AND status = 'pending' AND available_at <= $4
+                 RETURNING id, conversation_id, payload, attempts, received_at",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(conversation_id)
+            .bind(now)
+            .fetch_optional()
+            .await?
+            .map(|row| claimed_row(&row))
+            .transpose()?,
+        None => None,
+    };
+    Ok(Some((written, next)))
 }
 
 #[async_trait]
@@ -322,25 +373,15 @@ impl Inbox for SqlStore {
                 |tx, (owner, until, limit)| {
                     Box::pin(async move {
                         let now = tx.now;
-                        {
-                            let found = tx
-                                .query(CLAIM_EVENTS)
-                                .bind(owner)
-                                .bind(*until)
-                                .bind(now)
-                                .bind(*limit)
-                                .fetch_all()
-                                .await?;
-                            rows(&found, |row| {
-                                Ok((
-                                    row.col::<EventId>("id")?,
-                                    row.col::<ConversationId>("conversation_id")?,
-                                    row.col::<String>("payload")?,
-                                    row.col::<i32>("attempts")?,
-                                    row.col::<UnixMs>("received_at")?,
-                                ))
-                            })
-                        }
+                        let found = tx
+                            .query(CLAIM_EVENTS)
+                            .bind(owner)
+                            .bind(*until)
+                            .bind(now)
+                            .bind(*limit)
+                            .fetch_all()
+                            .await?;
+                        rows(&found, claimed_row)
                     })
                 },
             )
@@ -402,7 +443,7 @@ impl Inbox for SqlStore {
         event: &ClaimedEvent,
         owner: &str,
         done: &Completion,
-    ) -> Result<Option<Vec<OutboxItem>>> {
+    ) -> Result<Option<Completed>> {
         let event_id = event.id;
         let written = self
             .db
@@ -413,23 +454,32 @@ impl Inbox for SqlStore {
                 |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
             )
             .await?;
-        let Some(written) = written else {
+        let Some((written, next)) = written else {
             return Ok(None);
         };
         let conversation = &event.conversation;
-        Ok(Some(
-            written
-                .into_iter()
-                .map(|(id, attempts, n)| OutboxItem {
-                    id,
-                    idempotency_key: done.replies[n].idempotency_key.clone(),
-                    event_id,
-                    conversation: conversation.clone(),
-                    payload: done.replies[n].payload.clone(),
-                    attempts,
-                })
-                .collect(),
-        ))
+        let replies = written
+            .into_iter()
+            .map(|(id, attempts, n)| OutboxItem {
+                id,
+                idempotency_key: done.replies[n].idempotency_key.clone(),
+                event_id,
+                conversation: conversation.clone(),
+                payload: done.replies[n].payload.clone(),
+                attempts,
+            })
+            .collect();
+        let next = next.map(
+            |(id, conversation_id, payload, attempts, received_at)| ClaimedEvent {
+                id,
+                conversation_id,
+                conversation: conversation.clone(),
+                payload,
+                attempts,
+                received_at,
+            },
+        );
+        Ok(Some(Completed { replies, next }))
     }
 
     async fn fail_event(

@@ -48,7 +48,9 @@ pub use ids::{
     CompactionId, ConversationId, EventId, InboxStatus, MessageId, NoteId, ReplyId, ScheduleId,
     UnixMs, UnknownStatus,
 };
-pub use inbox::{ClaimedEvent, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent};
+pub use inbox::{
+    ClaimedEvent, Completed, Completion, Inbox, InboxCounts, InboxEvent, Inserted, NewEvent,
+};
 pub use installations::{Installations, StoredInstallation};
 pub use leases::{LeaseInfo, Leases};
 pub use live::LiveMessages;

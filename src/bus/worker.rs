@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -76,7 +76,12 @@ impl Bus {
                 in_a_row += 1;
                 let go_on = in_a_row < EVENTS_IN_A_ROW;
                 let span = info_span!("event", id = %event.id, conversation = %event.conversation);
-                next = bus.process(event, go_on).instrument(span).await;
+                next = match bus.process(event, go_on).instrument(span).await {
+                    Some((event, claimed)) if bus.lease_still_held(&event, claimed).await => {
+                        Some(event)
+                    }
+                    _ => None,
+                };
             }
             drop(permit);
             // The conversation's next event may be claimable now.
@@ -104,9 +109,38 @@ impl Bus {
             .saturating_mul(1000)
     }
 
-    /// Run one event to its end; the conversation's next event when `go_on` asked for it and
-    /// one was waiting (claimed with the completion).
-    async fn process(&self, claimed: ClaimedEvent, go_on: bool) -> Option<ClaimedEvent> {
+    /// Whether a slot may run `event`, claimed with the completion before it at `claimed`.
+    /// Delivering that completion's replies took part of the lease: past a third of it the
+    /// lease is renewed first, and past two thirds the event is left alone (its lease runs out
+    /// and the dispatcher hands it out again), so it never runs on a lease that may be gone.
+    async fn lease_still_held(&self, event: &ClaimedEvent, claimed: Instant) -> bool {
+        let lease = Duration::from_millis(u64::try_from(self.lease_ms()).unwrap_or(u64::MAX));
+        let taken = claimed.elapsed();
+        if taken < lease / 3 {
+            return true;
+        }
+        if taken >= lease * 2 / 3 {
+            warn!(event = %event.id, "the next event's lease ran low while replies were delivered; leaving it to the dispatcher");
+            return false;
+        }
+        let until = UnixMs::now().plus(self.lease_ms());
+        match self
+            .inner
+            .store
+            .renew_lease(event.id, &self.inner.owner, until)
+            .await
+        {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                warn!(event = %event.id, error = %e, "cannot renew the next event's lease; leaving it to the dispatcher");
+                false
+            }
+        }
+    }
+
+    /// Run one event to its end. Returns the conversation's next event, and when it was
+    /// claimed, when `go_on` asked for it and one was waiting (claimed with the completion).
+    async fn process(&self, claimed: ClaimedEvent, go_on: bool) -> Option<(ClaimedEvent, Instant)> {
         let payload: EventPayload = match serde_json::from_str(&claimed.payload) {
             Ok(payload) => payload,
             Err(e) => {
@@ -216,6 +250,7 @@ impl Bus {
                 .then(|| UnixMs::now().plus(self.lease_ms())),
             ..completion
         };
+        let completing = Instant::now();
         match self
             .inner
             .store
@@ -228,7 +263,7 @@ impl Bus {
                 for reply in completed.replies {
                     self.deliver(reply).await;
                 }
-                completed.next
+                completed.next.map(|next| (next, completing))
             }
             Ok(None) => {
                 warn!("lease lost before completion; another worker owns the event");

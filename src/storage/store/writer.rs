@@ -293,6 +293,13 @@ fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     // Commits write the log without syncing it; synced writes wait for the sync thread.
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")?;
+    // The writer copies the log back into the database (a checkpoint) once it holds this many
+    // pages, between two commits. SQLite's 1,000 made that copy most of the writer's time at
+    // full speed: 10,000 measured 9.0–9.5k events/s against 7.2k, for an accept p99 of 6–7 ms
+    // instead of 3.4 at 2,000 events/s (each checkpoint is a longer pause), and a log of up to
+    // ~40 MB on disk. 20,000 was no faster. A checkpoint on another connection cannot keep up
+    // with a writer that never pauses (the log then grows without end), so it stays here.
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }

@@ -17,7 +17,9 @@ use super::outbox::REPLY_LEASE_MS;
 use super::payload::{EventPayload, ReplyPayload, StoredFile, store_file};
 use super::{Bus, EventContext, Outgoing, backoff_ms};
 use crate::engine::live::{Live, LiveRun, LiveTarget, reply_key};
-use crate::storage::store::{ClaimedEvent, Completion, NewMessage, NewReply, Role, UnixMs};
+use crate::storage::store::{
+    ClaimedEvent, Completion, EventId, NewMessage, NewReply, Role, StoreError, UnixMs,
+};
 
 /// How often an idle dispatcher looks for work nobody woke it for (expired leases, retries).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -39,7 +41,7 @@ impl Bus {
                 permits.push(permit);
             }
             let wanted = permits.len();
-            let lease_until = UnixMs::now().plus(self.lease_ms());
+            let lease_until = self.lease_until();
             let claimed = match self
                 .inner
                 .store
@@ -109,6 +111,19 @@ impl Bus {
             .saturating_mul(1000)
     }
 
+    /// When a lease taken (or renewed) now ends.
+    fn lease_until(&self) -> UnixMs {
+        UnixMs::now().plus(self.lease_ms())
+    }
+
+    /// Extend this instance's lease on an event; false when the lease was lost.
+    async fn renew(&self, event: EventId) -> Result<bool, StoreError> {
+        self.inner
+            .store
+            .renew_lease(event, &self.inner.owner, self.lease_until())
+            .await
+    }
+
     /// Whether a slot may run `event`, claimed with the completion before it at `claimed`.
     /// Delivering that completion's replies took part of the lease: past a third of it the
     /// lease is renewed first, and past two thirds the event is left alone (its lease runs out
@@ -123,13 +138,7 @@ impl Bus {
             warn!(event = %event.id, "the next event's lease ran low while replies were delivered; leaving it to the dispatcher");
             return false;
         }
-        let until = UnixMs::now().plus(self.lease_ms());
-        match self
-            .inner
-            .store
-            .renew_lease(event.id, &self.inner.owner, until)
-            .await
-        {
+        match self.renew(event.id).await {
             Ok(renewed) => renewed,
             Err(e) => {
                 warn!(event = %event.id, error = %e, "cannot renew the next event's lease; leaving it to the dispatcher");
@@ -246,8 +255,7 @@ impl Bus {
         let failed = completion.error.is_some();
         let completion = Completion {
             reply_lease_until: Some(UnixMs::now().plus(REPLY_LEASE_MS)),
-            claim_next_until: (go_on && !self.stopping())
-                .then(|| UnixMs::now().plus(self.lease_ms())),
+            claim_next_until: (go_on && !self.stopping()).then(|| self.lease_until()),
             ..completion
         };
         let completing = Instant::now();
@@ -315,13 +323,7 @@ impl Bus {
             tokio::select! {
                 outcome = &mut running => return outcome,
                 _ = tokio::time::sleep(every), if renew => {
-                    let until = UnixMs::now().plus(self.lease_ms());
-                    match self
-                        .inner
-                        .store
-                        .renew_lease(claimed.id, &self.inner.owner, until)
-                        .await
-                    {
+                    match self.renew(claimed.id).await {
                         Ok(true) => {}
                         Ok(false) => {
                             warn!("lease lost while processing");

@@ -53,12 +53,12 @@ fn event(n: u64) -> Event {
     event
 }
 
-/// Three events of one conversation through a bus with a one-second lease; returns the order
-/// their replies were delivered in and each event's attempts, oldest first.
-async fn run(first_delay: Duration) -> (Vec<u64>, Vec<i32>) {
+/// Three events of one conversation through a bus with leases of `lease_seconds`; returns the
+/// order their replies were delivered in and each event's attempts, oldest first.
+async fn run(lease_seconds: u64, first_delay: Duration) -> (Vec<u64>, Vec<i32>) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::embedded(dir.path());
-    config.bus.lease_seconds = 1;
+    config.bus.lease_seconds = lease_seconds;
     let app = App::open(config).await.unwrap();
     let adapter = Arc::new(SlowAdapter {
         first_delay,
@@ -90,16 +90,18 @@ async fn run(first_delay: Duration) -> (Vec<u64>, Vec<i32>) {
 
 #[tokio::test]
 async fn a_conversations_events_run_once_in_order() {
-    let (delivered, attempts) = run(Duration::ZERO).await;
+    // A long lease: however busy the machine, no chained event comes near a third of it.
+    let (delivered, attempts) = run(60, Duration::ZERO).await;
     assert_eq!(delivered, [0, 1, 2]);
     assert_eq!(attempts, [1, 1, 1]);
 }
 
 #[tokio::test]
 async fn a_next_event_whose_lease_ran_low_is_left_to_the_dispatcher() {
-    // Delivering event 0's reply takes longer than two thirds of event 1's lease, which was
-    // taken with event 0's completion: event 1 is not run on it but claimed again.
-    let (delivered, attempts) = run(Duration::from_millis(800)).await;
+    // Delivering event 0's reply takes longer than two thirds of event 1's three-second lease,
+    // which was taken with event 0's completion: event 1 is not run on it but claimed again.
+    // Event 2 follows event 1 at once, with seconds to spare before a third of its lease.
+    let (delivered, attempts) = run(3, Duration::from_millis(2500)).await;
     assert_eq!(delivered, [0, 1, 2], "each reply once, in order");
     assert_eq!(attempts, [1, 2, 1]);
 }

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use chromiumoxide::Browser;
 use common::server::Server;
+use ecdysis::browser::cdp::{Browser, Page, protocol};
 use ecdysis_testkit::llm::{FakeLlm, Reply};
-use futures_util::StreamExt;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -113,8 +112,9 @@ impl Chromium {
         .await
         .expect("Chromium starts");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (browser, mut handler) = Browser::connect(ws).await.unwrap();
-        tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let browser = Browser::connect(&ws, Duration::from_secs(30))
+            .await
+            .unwrap();
         Chromium {
             child,
             browser,
@@ -177,33 +177,29 @@ async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
     }
 
     let browser = Chromium::start(&chromium).await;
-    let page = browser.browser.new_page("about:blank").await.unwrap();
+    let page = browser.browser.new_page(None).await.unwrap();
     // Without a session: the conversation page sends the browser to the login form.
-    page.goto(format!("{}/admin/conversations/{id}", server.base))
-        .await
-        .unwrap();
-    let url = page.url().await.unwrap().unwrap_or_default();
+    goto(&page, &format!("{}/admin/conversations/{id}", server.base)).await;
+    let url = page.url().await.unwrap();
     assert!(url.ends_with("/admin/login"), "{url}");
-    assert!(page.content().await.unwrap().contains("Admin token"));
+    assert!(content(&page).await.unwrap().contains("Admin token"));
     // A wrong token is refused.
-    page.evaluate(
+    let _: bool = page.evaluate(
         "document.querySelector('input[name=token]').value = 'wrong'; document.querySelector('form').submit(); true",
     )
     .await
     .unwrap();
     wait_for(&page, "Wrong token").await;
     // Log in with the token.
-    page.evaluate(format!(
+    let _: bool = page.evaluate(&format!(
         "document.querySelector('input[name=token]').value = '{TOKEN}'; document.querySelector('form').submit(); true"
     ))
     .await
     .unwrap();
     wait_for(&page, "Leader leases").await;
     // Open the conversation: the screenshot is in the page and loaded.
-    page.goto(format!("{}/admin/conversations/{id}", server.base))
-        .await
-        .unwrap();
-    let html = page.content().await.unwrap();
+    goto(&page, &format!("{}/admin/conversations/{id}", server.base)).await;
+    let html = content(&page).await.unwrap();
     assert!(
         html.contains(&format!("/admin/artifacts/{artifact_id}")),
         "{html}"
@@ -215,8 +211,6 @@ async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
                 "(() => { const i = document.querySelector('img.artifact'); return i && i.complete ? [i.naturalWidth, i.naturalHeight] : null; })()",
             )
             .await
-            .unwrap()
-            .into_value()
             .unwrap();
         if let Some(size) = size.filter(|s| s[0] > 0) {
             break size;
@@ -227,20 +221,21 @@ async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
     assert_eq!(size, [640, 400], "the stored screenshot, shown inline");
     // For a person to look at.
     let shot = page
-        .screenshot(chromiumoxide::page::ScreenshotParams::builder().build())
+        .execute(&protocol::CaptureScreenshot {
+            format: "png",
+            clip: None,
+            capture_beyond_viewport: false,
+            from_surface: true,
+            optimize_for_speed: true,
+        })
         .await
         .unwrap();
     let _ = std::fs::write(
         std::env::temp_dir().join("ecdysis-admin-conversation.png"),
-        shot,
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, shot.data).unwrap(),
     );
     // The session cookie is HttpOnly: page scripts cannot read it.
-    let cookies: String = page
-        .evaluate("document.cookie")
-        .await
-        .unwrap()
-        .into_value()
-        .unwrap();
+    let cookies: String = page.evaluate("document.cookie").await.unwrap();
     assert!(!cookies.contains("ecdysis_admin"), "{cookies}");
     drop(page);
     let mut browser = browser;
@@ -248,10 +243,23 @@ async fn admin_in_a_real_browser_shows_a_stored_screenshot() {
     let _ = browser.child.kill().await;
 }
 
-async fn wait_for(page: &chromiumoxide::Page, text: &str) {
+/// Load `url` in the tab, waiting for its `load` event.
+async fn goto(page: &Page, url: &str) {
+    tokio::time::timeout(Duration::from_secs(30), page.navigate(url))
+        .await
+        .expect("the page loads in time")
+        .unwrap();
+}
+
+/// The tab's HTML.
+async fn content(page: &Page) -> Result<String, ecdysis::browser::cdp::CdpError> {
+    page.evaluate("document.documentElement.outerHTML").await
+}
+
+async fn wait_for(page: &Page, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(html) = page.content().await
+        if let Ok(html) = content(page).await
             && html.contains(text)
         {
             return;

@@ -125,6 +125,15 @@ async fn serve_site_with(ip: &str, elsewhere: &str) -> Site {
         .route("/color", get(|| async { Html(COLOR_PAGE) }))
         .route("/tall", get(|| async { Html(TALL_PAGE) }))
         .route("/anim", get(|| async { Html(ANIMATED_PAGE) }))
+        // A page that never loads (its image takes 30 s) and moves on to `/color` first.
+        .route(
+            "/moves-on",
+            get(|| async {
+                Html(
+                    "<!doctype html><body><img src='/slow'><script>setTimeout(() => location.replace('/color'), 100);</script></body>",
+                )
+            }),
+        )
         .route(
             "/json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{\"a\":1}") }),
@@ -435,6 +444,44 @@ async fn page_errors_are_clear() {
         .screenshot("web:local:e", &ScreenshotRequest::new(site.url("/color")))
         .await
         .unwrap();
+    browser.shutdown().await;
+}
+
+/// A navigation ends with the `load` of the document the page ends up on, also when the page
+/// moves on before its own document loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_moves_on_before_it_loads_is_shown_where_it_lands() {
+    let Some(chromium) = chromium() else { return };
+    let site = serve_site("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service_with(
+        &chromium,
+        dir.path(),
+        &["127.0.0.1"],
+        BrowserSettings {
+            navigation_timeout: Duration::from_secs(15),
+            ..BrowserSettings::default()
+        },
+    );
+    let started = Instant::now();
+    let shot = browser
+        .screenshot(
+            "web:local:m",
+            &ScreenshotRequest::new(site.url("/moves-on")),
+        )
+        .await
+        .unwrap();
+    assert!(shot.url.ends_with("/color"), "{}", shot.url);
+    let img = decode(&shot.bytes);
+    assert!(
+        close(img.get_pixel(50, 50), [255, 0, 0]),
+        "the page it landed on"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it did not wait for the first page's load: {:?}",
+        started.elapsed()
+    );
     browser.shutdown().await;
 }
 
@@ -1240,10 +1287,22 @@ async fn a_remote_cdp_endpoint_works_like_a_local_browser() {
     remote.shutdown().await;
     assert!(child.try_wait().unwrap().is_none());
     assert!(
-        ecdysis::browser::probe(&Source::Remote(ws))
+        ecdysis::browser::probe(&Source::Remote(ws.clone()))
             .await
             .unwrap()
             .contains("Chrom")
+    );
+    // Its http://host:port address works too (the websocket is read from /json/version).
+    let http = format!(
+        "http://{}",
+        ws.trim_start_matches("ws://").split('/').next().unwrap()
+    );
+    assert!(
+        ecdysis::browser::probe(&Source::Remote(http.clone()))
+            .await
+            .unwrap()
+            .contains("Chrom"),
+        "{http}"
     );
     let _ = child.kill().await;
 }

@@ -977,7 +977,6 @@ async fn web_page_renders_markdown_and_never_html() {
 
 /// Open `url` in a headless Chromium and return the chat log's HTML once an answer shows.
 async fn rendered_log(chromium: &std::path::Path, url: &str) -> String {
-    use futures_util::StreamExt;
     use std::io::BufRead;
 
     let profile = tempfile::tempdir().unwrap();
@@ -1008,23 +1007,26 @@ async fn rendered_log(chromium: &std::path::Path, url: &str) -> String {
     .await
     .unwrap()
     .expect("Chromium's DevTools address");
-    let (browser, mut handler) = chromiumoxide::Browser::connect(ws).await.unwrap();
-    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
-    let page = browser.new_page(url).await.unwrap();
+    let browser = ecdysis::browser::cdp::Browser::connect(&ws, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let page = browser.new_page(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), page.navigate(url))
+        .await
+        .expect("the chat page loads in time")
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let html = loop {
         let html: String = page
             .evaluate("document.getElementById('log').innerHTML")
             .await
-            .unwrap()
-            .into_value()
             .unwrap();
         if html.contains("msg assistant") || std::time::Instant::now() > deadline {
             break html;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    driver.abort();
+    browser.disconnect();
     let _ = child.kill();
     let _ = child.wait();
     html

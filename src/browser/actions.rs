@@ -8,15 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use chromiumoxide::cdp::browser_protocol::input::{
-    DispatchKeyEventParams, DispatchKeyEventType, DispatchMouseEventParams, DispatchMouseEventType,
-    InsertTextParams, MouseButton,
-};
-use chromiumoxide::cdp::browser_protocol::page::{
-    GetNavigationHistoryParams, NavigateToHistoryEntryParams,
-};
 use serde::Deserialize;
 
+use super::cdp::protocol::{
+    DispatchKeyEvent, DispatchMouseEvent, GetNavigationHistory, InsertText, NavigateToHistoryEntry,
+};
 use super::session::{Aftermath, Session};
 use super::snapshot::Snapshot;
 use super::{BrowserError, BrowserService};
@@ -242,18 +238,18 @@ impl Session {
     }
 
     async fn key(&self, key: &str, code: i64, text: Option<&str>) -> Result<(), BrowserError> {
-        for kind in [DispatchKeyEventType::KeyDown, DispatchKeyEventType::KeyUp] {
-            let mut params = DispatchKeyEventParams::new(kind.clone());
-            params.key = Some(key.to_string());
-            params.code = Some(key.to_string());
-            params.windows_virtual_key_code = Some(code);
-            params.native_virtual_key_code = Some(code);
-            if kind == DispatchKeyEventType::KeyDown {
-                params.text = text.map(str::to_string);
-            }
+        for kind in ["keyDown", "keyUp"] {
+            let params = DispatchKeyEvent {
+                kind,
+                key: key.to_string(),
+                code: key.to_string(),
+                windows_virtual_key_code: code,
+                native_virtual_key_code: code,
+                text: text.filter(|_| kind == "keyDown").map(str::to_string),
+            };
             self.lease()
                 .page()
-                .execute(params)
+                .execute(&params)
                 .await
                 .map_err(|e| self.lease().cdp(e))?;
         }
@@ -262,18 +258,17 @@ impl Session {
 
     async fn click_at(&self, x: f64, y: f64) -> Result<(), BrowserError> {
         let page = self.lease().page();
-        for (kind, buttons) in [
-            (DispatchMouseEventType::MouseMoved, 0),
-            (DispatchMouseEventType::MousePressed, 1),
-            (DispatchMouseEventType::MouseReleased, 0),
-        ] {
-            let mut params = DispatchMouseEventParams::new(kind.clone(), x, y);
-            if kind != DispatchMouseEventType::MouseMoved {
-                params.button = Some(MouseButton::Left);
-                params.click_count = Some(1);
-            }
-            params.buttons = Some(buttons);
-            page.execute(params)
+        for (kind, buttons) in [("mouseMoved", 0), ("mousePressed", 1), ("mouseReleased", 0)] {
+            let press = kind != "mouseMoved";
+            let params = DispatchMouseEvent {
+                kind,
+                x,
+                y,
+                button: press.then_some("left"),
+                click_count: press.then_some(1),
+                buttons,
+            };
+            page.execute(&params)
                 .await
                 .map_err(|e| self.lease().cdp(e))?;
         }
@@ -288,7 +283,7 @@ impl Session {
         action: &Action,
     ) -> Result<Outcome, BrowserError> {
         self.begin();
-        let before = self.lease().page().url().await.ok().flatten();
+        let before = self.lease().page().url().await.ok();
         let (summary, aftermath) = match action {
             Action::Open { url } => {
                 let url = browser.check_url(url).await?;
@@ -329,7 +324,7 @@ impl Session {
                 if text.is_empty() {
                     self.key("Backspace", 8, None).await?;
                 } else {
-                    page.execute(InsertTextParams::new(text.clone()))
+                    page.execute(&InsertText { text: text.clone() })
                         .await
                         .map_err(|e| self.lease().cdp(e))?;
                 }
@@ -387,13 +382,13 @@ impl Session {
                 let history = self
                     .lease()
                     .page()
-                    .execute(GetNavigationHistoryParams::default())
+                    .execute(&GetNavigationHistory {})
                     .await
                     .map_err(|e| self.lease().cdp(e))?;
-                let index = history.result.current_index;
+                let index = history.current_index;
                 let Some(entry) = index
                     .checked_sub(1)
-                    .and_then(|i| history.result.entries.get(i as usize))
+                    .and_then(|i| history.entries.get(i as usize))
                     .filter(|_| index > 0)
                 else {
                     return Err(BrowserError::BadRequest(
@@ -408,7 +403,7 @@ impl Session {
                 let url = entry.url.clone();
                 self.lease()
                     .page()
-                    .execute(NavigateToHistoryEntryParams::new(entry.id))
+                    .execute(&NavigateToHistoryEntry { entry_id: entry.id })
                     .await
                     .map_err(|e| self.lease().cdp(e))?;
                 (

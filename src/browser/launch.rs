@@ -5,18 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chromiumoxide::Browser;
-use chromiumoxide::handler::HandlerConfig;
-use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::cdp::Browser;
 use super::identity::{self, Isolation, RunAs};
 use super::{BrowserError, BrowserService, Running, Source};
 use crate::config::BrowserSettings;
@@ -110,42 +106,35 @@ fn is_executable(path: &Path) -> bool {
 
 impl BrowserService {
     pub(super) async fn launch(&self, generation: u64) -> Result<Running, BrowserError> {
-        let config = HandlerConfig {
-            viewport: None,
-            request_timeout: self.inner.options.settings.navigation_timeout
-                + Duration::from_secs(5),
-            ..HandlerConfig::default()
-        };
+        // Commands answer at once but for a navigation, which may take its whole time.
+        let timeout = self.inner.options.settings.navigation_timeout + Duration::from_secs(5);
         match &self.inner.source {
             Source::Remote(url) => {
-                let (browser, handler) = tokio::time::timeout(
-                    LAUNCH_TIMEOUT,
-                    Browser::connect_with_config(url.clone(), config),
-                )
-                .await
-                .map_err(|_| BrowserError::Launch(format!("{} did not answer", self.inner.source)))?
-                .map_err(|e| BrowserError::Launch(format!("{}: {e}", self.inner.source)))?;
-                let alive = Arc::new(AtomicBool::new(true));
+                let browser = tokio::time::timeout(LAUNCH_TIMEOUT, Browser::connect(url, timeout))
+                    .await
+                    .map_err(|_| {
+                        BrowserError::Launch(format!("{} did not answer", self.inner.source))
+                    })?
+                    .map_err(|e| BrowserError::Launch(format!("{}: {e}", self.inner.source)))?;
                 Ok(Running {
+                    alive: browser.alive_flag(),
                     browser,
                     child: None,
                     pid: None,
                     profile: None,
                     isolation: None,
-                    handler: drive(handler, alive.clone()),
-                    alive,
                     contexts: HashMap::new(),
                     generation,
                 })
             }
-            Source::Local(path) => self.launch_local(path, config, generation).await,
+            Source::Local(path) => self.launch_local(path, timeout, generation).await,
         }
     }
 
     async fn launch_local(
         &self,
         path: &Path,
-        config: HandlerConfig,
+        timeout: Duration,
         generation: u64,
     ) -> Result<Running, BrowserError> {
         let options = &self.inner.options;
@@ -165,8 +154,8 @@ impl BrowserService {
             isolation,
         } = started;
         let pid = child.id();
-        let (browser, handler) = match Browser::connect_with_config(ws_url, config).await {
-            Ok(pair) => pair,
+        let browser = match Browser::connect(&ws_url, timeout).await {
+            Ok(browser) => browser,
             Err(e) => {
                 let _ = child.kill().await;
                 let _ = tokio::fs::remove_dir_all(&profile).await;
@@ -175,15 +164,13 @@ impl BrowserService {
                 )));
             }
         };
-        let alive = Arc::new(AtomicBool::new(true));
         Ok(Running {
+            alive: browser.alive_flag(),
             browser,
             child: Some(child),
             pid,
             profile: Some(profile),
             isolation: Some(isolation),
-            handler: drive(handler, alive.clone()),
-            alive,
             contexts: HashMap::new(),
             generation,
         })
@@ -363,19 +350,6 @@ async fn spawn_once(
     Ok((child, ws_url, profile))
 }
 
-/// Poll the CDP connection until it ends; then the browser is gone.
-pub(super) fn drive(mut handler: chromiumoxide::Handler, alive: Arc<AtomicBool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(event) = handler.next().await {
-            if let Err(e) = event {
-                debug!(error = %e, "the CDP connection ended");
-                break;
-            }
-        }
-        alive.store(false, Ordering::SeqCst);
-    })
-}
-
 /// Close a browser: politely, then by force; remove its profile.
 pub(super) async fn close_running(mut running: Running, source: &Source) {
     match source {
@@ -394,13 +368,13 @@ pub(super) async fn close_running(mut running: Running, source: &Source) {
             for (_, context) in running.contexts.drain() {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
-                    running.browser.dispose_browser_context(context.id),
+                    running.browser.dispose_context(&context.id),
                 )
                 .await;
             }
         }
     }
-    running.handler.abort();
+    running.browser.disconnect();
     if let Some(profile) = running.profile.take() {
         remove_profile(&profile).await;
     }
@@ -494,14 +468,12 @@ pub async fn probe(source: &Source) -> Result<String, String> {
         }
         Source::Remote(url) => {
             let connect = async {
-                let (browser, handler) = Browser::connect(url.clone())
+                let browser = Browser::connect(url, Duration::from_secs(10))
                     .await
                     .map_err(|e| e.to_string())?;
-                let alive = Arc::new(AtomicBool::new(true));
-                let task = drive(handler, alive);
                 let version = browser.version().await.map_err(|e| e.to_string());
-                task.abort();
-                version.map(|v| v.product)
+                browser.disconnect();
+                version
             };
             match tokio::time::timeout(Duration::from_secs(10), connect).await {
                 Err(_) => Err(format!("{source} did not answer within 10 s")),

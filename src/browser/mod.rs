@@ -8,6 +8,7 @@
 //! root: see [`identity`].
 
 pub mod actions;
+pub mod cdp;
 pub mod feature;
 pub mod frames;
 pub mod identity;
@@ -28,19 +29,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use chromiumoxide::Browser;
-use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
-use chromiumoxide::cdp::browser_protocol::target::{
-    CreateBrowserContextParams, CreateTargetParams,
-};
-use chromiumoxide::error::CdpError;
 use ecdysis_chat::ConversationRef;
 use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{BrowserSettings, Config};
+
+use cdp::{Browser, CdpError};
 
 pub use identity::{Isolation, RunAs};
 use launch::close_running;
@@ -128,14 +124,11 @@ impl BrowserError {
 /// Turn a CDP error into a [`BrowserError`], marking the browser dead when the connection is.
 pub(crate) fn cdp_error(error: CdpError, alive: &AtomicBool) -> BrowserError {
     match error {
-        CdpError::Ws(_)
-        | CdpError::Io(_)
-        | CdpError::NoResponse
-        | CdpError::ChannelSendError(_) => {
+        CdpError::Closed | CdpError::Connect { .. } => {
             alive.store(false, Ordering::SeqCst);
             BrowserError::Gone(error.to_string())
         }
-        CdpError::Timeout => BrowserError::Cdp("the browser did not answer in time".into()),
+        CdpError::Timeout { .. } => BrowserError::Cdp("the browser did not answer in time".into()),
         other => BrowserError::Cdp(other.to_string()),
     }
 }
@@ -241,13 +234,12 @@ struct Running {
     profile: Option<PathBuf>,
     isolation: Option<Isolation>,
     alive: Arc<AtomicBool>,
-    handler: JoinHandle<()>,
     contexts: HashMap<String, Context>,
     generation: u64,
 }
 
 struct Context {
-    id: BrowserContextId,
+    id: String,
     last_used: Instant,
     in_use: Arc<AtomicUsize>,
 }
@@ -275,7 +267,7 @@ struct Bucket {
 
 /// A tab for a lease: a new one, or one from the pool.
 enum Tab {
-    New(chromiumoxide::Page),
+    New(cdp::Page),
     Pooled(page::Pooled),
 }
 
@@ -471,11 +463,9 @@ impl BrowserService {
             let tab = match inner.pool_take(channel, generation) {
                 Some(pooled) => Tab::Pooled(pooled),
                 None => {
-                    let mut params = CreateTargetParams::new("about:blank");
-                    params.browser_context_id = Some(context);
                     let page = running
                         .browser
-                        .new_page(params)
+                        .new_page(Some(&context))
                         .await
                         .map_err(|e| cdp_error(e, &running.alive))?;
                     Tab::New(page)
@@ -512,7 +502,7 @@ impl BrowserService {
         &self,
         running: &mut Running,
         channel: &str,
-    ) -> Result<(BrowserContextId, Arc<AtomicUsize>), BrowserError> {
+    ) -> Result<(String, Arc<AtomicUsize>), BrowserError> {
         if let Some(context) = running.contexts.get_mut(channel) {
             context.last_used = Instant::now();
             return Ok((context.id.clone(), context.in_use.clone()));
@@ -528,12 +518,12 @@ impl BrowserService {
                 && let Some(context) = running.contexts.remove(&key)
             {
                 self.inner.pool_clear(Some(&key));
-                let _ = running.browser.dispose_browser_context(context.id).await;
+                let _ = running.browser.dispose_context(&context.id).await;
             }
         }
         let id = running
             .browser
-            .create_browser_context(CreateBrowserContextParams::default())
+            .create_context()
             .await
             .map_err(|e| cdp_error(e, &running.alive))?;
         let in_use = Arc::new(AtomicUsize::new(0));

@@ -5,26 +5,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chromiumoxide::Page;
-use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
-use chromiumoxide::cdp::browser_protocol::fetch::{
-    self, ContinueRequestParams, EventRequestPaused, FailRequestParams, RequestPattern,
-    RequestStage,
-};
-use chromiumoxide::cdp::browser_protocol::network::{
-    ErrorReason, EventResponseReceived, ResourceType,
-};
-use chromiumoxide::cdp::browser_protocol::page::{
-    AddScriptToEvaluateOnNewDocumentParams, EventLifecycleEvent, NavigateParams,
-};
-use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
-use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tracing::debug;
 use url::Url;
 
+use super::cdp::protocol::{
+    AddScriptToEvaluateOnNewDocument, ContinueRequest, EnableFetch, FailRequest, LifecycleEvent,
+    Navigate, RequestPattern, RequestPaused, ResponseReceived, SetDeviceMetricsOverride,
+};
+use super::cdp::{CdpError, Page};
 use super::{BrowserError, Inner, UrlRefused, cdp_error};
 
 /// Runs before any page script: removes the APIs whose connections the request interception
@@ -210,23 +201,19 @@ impl PageLease {
         Ok(lease)
     }
 
-    /// The chromiumoxide page, for raw CDP commands.
+    /// The tab, for raw CDP commands.
     pub fn page(&self) -> &Page {
         &self.page
     }
 
-    pub(crate) fn cdp(&self, error: chromiumoxide::error::CdpError) -> BrowserError {
+    pub(crate) fn cdp(&self, error: CdpError) -> BrowserError {
         self.dirty.store(true, Ordering::SeqCst);
         cdp_error(error, &self.alive)
     }
 
     /// Pause every request of this tab and let through only what the guard allows.
     async fn intercept(&mut self) -> Result<(), BrowserError> {
-        let mut paused = self
-            .page
-            .event_listener::<EventRequestPaused>()
-            .await
-            .map_err(|e| self.cdp(e))?;
+        let mut paused = self.page.listen::<RequestPaused>();
         let page = self.page.clone();
         let inner = self.inner.clone();
         let refusals = self.refusals.clone();
@@ -237,11 +224,11 @@ impl PageLease {
                 let refusals = refusals.clone();
                 tokio::spawn(async move {
                     let url = &event.request.url;
-                    let id = event.request_id.clone();
+                    let request_id = event.request_id.clone();
                     match inner.guard().check_request(url).await {
                         Ok(()) => {
                             inner.count_request(true);
-                            let _ = page.execute(ContinueRequestParams::new(id)).await;
+                            let _ = page.execute(&ContinueRequest { request_id }).await;
                         }
                         Err(refused) => {
                             inner.count_request(false);
@@ -249,46 +236,44 @@ impl PageLease {
                             if let Ok(mut list) = refusals.lock() {
                                 list.push(refused);
                             }
-                            let _ = page
-                                .execute(FailRequestParams::new(id, ErrorReason::BlockedByClient))
-                                .await;
+                            let blocked = FailRequest {
+                                request_id,
+                                error_reason: "BlockedByClient",
+                            };
+                            let _ = page.execute(&blocked).await;
                         }
                     }
                 });
             }
         }));
-        let enable = fetch::EnableParams {
-            patterns: Some(vec![RequestPattern {
-                url_pattern: Some("*".into()),
-                resource_type: None,
-                request_stage: Some(RequestStage::Request),
-            }]),
-            handle_auth_requests: None,
+        let enable = EnableFetch {
+            patterns: vec![RequestPattern {
+                url_pattern: "*".into(),
+                request_stage: "Request",
+            }],
         };
-        self.page.execute(enable).await.map_err(|e| self.cdp(e))?;
+        self.page.execute(&enable).await.map_err(|e| self.cdp(e))?;
         // WebSocket handshakes, WebRTC and workers' own requests do not pass through the
         // Fetch domain, so they cannot be checked: pages get none of them.
-        let block = AddScriptToEvaluateOnNewDocumentParams {
+        let block = AddScriptToEvaluateOnNewDocument {
             source: NO_UNCHECKED_NETWORK.into(),
-            world_name: None,
-            include_command_line_api: None,
-            run_immediately: Some(true),
+            run_immediately: true,
         };
-        self.page.execute(block).await.map_err(|e| self.cdp(e))?;
+        self.page.execute(&block).await.map_err(|e| self.cdp(e))?;
         Ok(())
     }
 
     /// Emulate a screen of `viewport`.
     pub async fn set_viewport(&self, viewport: Viewport) -> Result<(), BrowserError> {
-        let mut params = SetDeviceMetricsOverrideParams::new(
-            viewport.width as i64,
-            viewport.height as i64,
-            viewport.scale,
-            false,
-        );
-        params.screen_width = Some(viewport.width as i64);
-        params.screen_height = Some(viewport.height as i64);
-        self.page.execute(params).await.map_err(|e| self.cdp(e))?;
+        let metrics = SetDeviceMetricsOverride {
+            width: viewport.width as i64,
+            height: viewport.height as i64,
+            device_scale_factor: viewport.scale,
+            mobile: false,
+            screen_width: viewport.width as i64,
+            screen_height: viewport.height as i64,
+        };
+        self.page.execute(&metrics).await.map_err(|e| self.cdp(e))?;
         Ok(())
     }
 
@@ -311,28 +296,15 @@ impl PageLease {
         let deadline = Instant::now() + timeout;
         self.inner.count_navigation();
         self.dirty.store(true, Ordering::SeqCst);
-        let mut responses = self
-            .page
-            .event_listener::<EventResponseReceived>()
-            .await
-            .map_err(|e| self.cdp(e))?;
-        let mut lifecycle = self
-            .page
-            .event_listener::<EventLifecycleEvent>()
-            .await
-            .map_err(|e| self.cdp(e))?;
-        let navigated = tokio::time::timeout(
-            timeout,
-            self.page.execute(NavigateParams::new(url.as_str())),
-        )
-        .await;
+        let mut responses = self.page.listen::<ResponseReceived>();
+        let mut lifecycle = self.page.listen::<LifecycleEvent>();
+        let navigated = tokio::time::timeout(timeout, self.page.navigate(url.as_str())).await;
         let navigated = match navigated {
-            Err(_) => return Err(self.refused_or(BrowserError::Timeout(timeout.as_secs()))),
-            Ok(Err(chromiumoxide::error::CdpError::Timeout)) => {
+            Err(_) | Ok(Err(CdpError::Timeout { .. })) => {
                 return Err(self.refused_or(BrowserError::Timeout(timeout.as_secs())));
             }
             Ok(Err(e)) => return Err(self.refused_or(self.cdp(e))),
-            Ok(Ok(response)) => response.result,
+            Ok(Ok(navigated)) => navigated,
         };
         if let Some(error) = navigated.error_text {
             return Err(self.refused_or(navigation_error(url, &error)));
@@ -345,12 +317,12 @@ impl PageLease {
         }
         let loader = navigated.loader_id.clone();
         let mut main = None;
-        while let Some(Some(event)) = responses.next().now_or_never() {
-            if event.r#type == ResourceType::Document
+        while let Some(event) = responses.try_next() {
+            if event.kind == "Document"
                 && event.frame_id.as_ref() == Some(&navigated.frame_id)
                 && loader.as_ref().is_none_or(|l| *l == event.loader_id)
             {
-                main = Some(event.response.clone());
+                main = Some(event.response);
             }
         }
         drop(responses);
@@ -413,8 +385,13 @@ impl PageLease {
         drop(lifecycle);
         self.dirty.store(false, Ordering::SeqCst);
         let title = self.eval::<String>("document.title").await.ok();
+        // Where the page is now: the response's address, or where a script sent it since.
+        let url = match self.page.url().await {
+            Ok(url) if !url.is_empty() => url,
+            _ => response.url.clone(),
+        };
         Ok(Loaded {
-            url: response.url.clone(),
+            url,
             status: response.status,
             mime: response.mime_type.clone(),
             title: title.filter(|t| !t.trim().is_empty()),
@@ -431,27 +408,16 @@ impl PageLease {
 
     /// Evaluate a script expression (promises are awaited) and read its JSON value.
     pub async fn eval<T: DeserializeOwned>(&self, expression: &str) -> Result<T, BrowserError> {
-        let params = EvaluateParams::builder()
-            .expression(expression)
-            .return_by_value(true)
-            .await_promise(true)
-            .build()
-            .map_err(BrowserError::Cdp)?;
-        let returned = self.page.execute(params).await.map_err(|e| self.cdp(e))?;
-        if let Some(exception) = &returned.result.exception_details {
-            return Err(BrowserError::Cdp(format!(
-                "script error: {}",
-                exception.text
-            )));
+        match self.page.evaluate(expression).await {
+            Ok(value) => Ok(value),
+            Err(CdpError::Decode { source, .. }) => Err(BrowserError::Cdp(format!(
+                "unexpected script result: {source}"
+            ))),
+            Err(CdpError::Script(error)) => {
+                Err(BrowserError::Cdp(format!("script error: {error}")))
+            }
+            Err(e) => Err(self.cdp(e)),
         }
-        let value = returned
-            .result
-            .result
-            .value
-            .clone()
-            .unwrap_or(serde_json::Value::Null);
-        serde_json::from_value(value)
-            .map_err(|e| BrowserError::Cdp(format!("unexpected script result: {e}")))
     }
 }
 
@@ -497,7 +463,10 @@ impl Drop for PageLease {
         }
         let page = self.page.clone();
         let reset = runtime.spawn(async move {
-            let blank = page.execute(NavigateParams::new("about:blank"));
+            let blank = Navigate {
+                url: "about:blank".into(),
+            };
+            let blank = page.execute(&blank);
             let _ = tokio::time::timeout(Duration::from_secs(3), blank).await;
         });
         let pooled = Pooled {

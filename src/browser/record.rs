@@ -13,16 +13,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use chromiumoxide::cdp::browser_protocol::page::{
-    BringToFrontParams, EventScreencastFrame, ScreencastFrameAckParams, StartScreencastFormat,
-    StartScreencastParams, StopScreencastParams,
-};
 use ecdysis_chat::Attachment;
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
+use super::cdp::protocol::{
+    BringToFront, ScreencastFrame, ScreencastFrameAck, StartScreencast, StopScreencast,
+};
 use super::{BrowserError, BrowserService, PageLease, Viewport, WaitFor};
 
 /// How long ffmpeg may take to finish after the last frame.
@@ -298,20 +296,14 @@ async fn capture(
     out: &Path,
 ) -> Result<(f64, usize), BrowserError> {
     let page = lease.page();
-    let mut frames = page
-        .event_listener::<EventScreencastFrame>()
-        .await
-        .map_err(|e| lease.cdp(e))?;
-    let _ = page.execute(BringToFrontParams::default()).await;
+    let mut frames = page.listen::<ScreencastFrame>();
+    let _ = page.execute(&BringToFront {}).await;
     let scale = request.viewport.scale;
-    let mut start = StartScreencastParams::builder()
-        .format(StartScreencastFormat::Jpeg)
-        .quality(80)
-        .max_width((request.viewport.width as f64 * scale).round() as i64)
-        .max_height((request.viewport.height as f64 * scale).round() as i64)
-        .every_nth_frame(1)
-        .build();
-    start.every_nth_frame = Some(1);
+    let start = StartScreencast::jpeg(
+        80,
+        (request.viewport.width as f64 * scale).round() as i64,
+        (request.viewport.height as f64 * scale).round() as i64,
+    );
     let scroll_step = if request.scroll {
         let room: f64 = lease
             .eval("Math.max(0, document.documentElement.scrollHeight - window.innerHeight)")
@@ -326,7 +318,7 @@ async fn capture(
     let Some(mut stdin) = child.stdin.take() else {
         return Err(BrowserError::Ffmpeg("no stdin".into()));
     };
-    page.execute(start).await.map_err(|e| lease.cdp(e))?;
+    page.execute(&start).await.map_err(|e| lease.cdp(e))?;
     let began = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(request.seconds);
     let ticks = (request.seconds * FPS as f64).round().max(1.0) as u64;
@@ -353,9 +345,9 @@ async fn capture(
                         }
                     }
                     let jpeg = engine
-                        .decode(AsRef::<str>::as_ref(&frame.data))
+                        .decode(&frame.data)
                         .map_err(|e| BrowserError::Cdp(format!("unreadable frame: {e}")))?;
-                    page.execute(ScreencastFrameAckParams::new(frame.session_id))
+                    page.execute(&ScreencastFrameAck { session_id: frame.session_id })
                         .await
                         .map_err(|e| lease.cdp(e))?;
                     current = Some(jpeg);
@@ -369,7 +361,7 @@ async fn capture(
         }
     }
     .await;
-    let _ = page.execute(StopScreencastParams::default()).await;
+    let _ = page.execute(&StopScreencast {}).await;
     if let Err(e) = outcome {
         let _ = child.kill().await;
         return Err(e);

@@ -3,13 +3,11 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, CaptureScreenshotParams, Viewport as Clip,
-};
 use ecdysis_chat::Attachment;
 use serde::Deserialize;
 use tracing::info;
 
+use super::cdp::protocol::{CaptureScreenshot, Clip};
 use super::image_fit::{self, Encoding, Limits};
 use super::{BrowserError, BrowserService, PageLease, Viewport, WaitFor};
 
@@ -244,20 +242,19 @@ pub async fn capture_png(
         }
         (None, false) => None,
     };
-    let params = CaptureScreenshotParams {
-        format: Some(CaptureScreenshotFormat::Png),
-        quality: None,
-        capture_beyond_viewport: Some(clip.is_some()),
+    let params = CaptureScreenshot {
+        format: "png",
+        capture_beyond_viewport: clip.is_some(),
         clip,
-        from_surface: Some(true),
-        optimize_for_speed: Some(true),
+        from_surface: true,
+        optimize_for_speed: true,
     };
     let shot = lease
         .page()
-        .execute(params)
+        .execute(&params)
         .await
         .map_err(|e| lease.cdp(e))?;
     base64::engine::general_purpose::STANDARD
-        .decode(AsRef::<str>::as_ref(&shot.result.data))
+        .decode(&shot.data)
         .map_err(|e| BrowserError::Cdp(format!("unreadable screenshot data: {e}")))
 }

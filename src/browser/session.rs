@@ -13,20 +13,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use chromiumoxide::cdp::browser_protocol::network::{
-    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, RequestId, ResourceType,
-};
-use chromiumoxide::cdp::browser_protocol::page::{
-    BringToFrontParams, EventFrameStartedLoading, EventFrameStoppedLoading,
-    EventJavascriptDialogOpening, EventScreencastFrame, HandleJavaScriptDialogParams,
-    ScreencastFrameAckParams, StartScreencastFormat, StartScreencastParams, StopScreencastParams,
-};
-use futures_util::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 use url::Url;
 
+use super::cdp::protocol::{
+    BringToFront, FrameStartedLoading, FrameStoppedLoading, HandleJavaScriptDialog,
+    JavascriptDialogOpening, LoadingFailed, LoadingFinished, RequestWillBeSent, ScreencastFrame,
+    ScreencastFrameAck, StartScreencast, StopScreencast,
+};
 use super::frames::{FrameBuffer, MAX_BUFFER_BYTES};
 use super::page::Loaded;
 use super::snapshot::{self, Snapshot};
@@ -67,7 +63,7 @@ const DOM_QUIET_JS: &str = r#"((cap) => new Promise((resolve) => {
 #[derive(Debug)]
 struct NetState {
     /// Requests in flight: when they started and whether they load a document.
-    inflight: HashMap<RequestId, (Instant, bool)>,
+    inflight: HashMap<String, (Instant, bool)>,
     /// Whether the main frame is loading.
     loading: bool,
     last_change: Instant,
@@ -75,7 +71,7 @@ struct NetState {
     failed_documents: Vec<(String, String)>,
     /// Dialogs the page opened since the last action started (accepted).
     dialogs: Vec<String>,
-    urls: HashMap<RequestId, String>,
+    urls: HashMap<String, String>,
 }
 
 impl NetState {
@@ -165,31 +161,13 @@ impl Session {
 
     async fn watch_network(&mut self) -> Result<(), BrowserError> {
         let page = self.lease.page().clone();
-        let mut sent = page
-            .event_listener::<EventRequestWillBeSent>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let mut finished = page
-            .event_listener::<EventLoadingFinished>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let mut failed = page
-            .event_listener::<EventLoadingFailed>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let mut started = page
-            .event_listener::<EventFrameStartedLoading>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let mut stopped = page
-            .event_listener::<EventFrameStoppedLoading>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let mut dialogs = page
-            .event_listener::<EventJavascriptDialogOpening>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let main = page.mainframe().await.map_err(|e| self.lease.cdp(e))?;
+        let mut sent = page.listen::<RequestWillBeSent>();
+        let mut finished = page.listen::<LoadingFinished>();
+        let mut failed = page.listen::<LoadingFailed>();
+        let mut started = page.listen::<FrameStartedLoading>();
+        let mut stopped = page.listen::<FrameStoppedLoading>();
+        let mut dialogs = page.listen::<JavascriptDialogOpening>();
+        let main = page.main_frame().await.map_err(|e| self.lease.cdp(e))?;
         let net = self.net.clone();
         self.tasks.push(tokio::spawn(async move {
             let update = |f: &mut dyn FnMut(&mut NetState)| {
@@ -204,7 +182,7 @@ impl Session {
                         if s.inflight.len() > 10_000 {
                             s.inflight.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(60));
                         }
-                        let document = event.r#type == Some(ResourceType::Document);
+                        let document = event.kind.as_deref() == Some("Document");
                         s.inflight.insert(event.request_id.clone(), (Instant::now(), document));
                         if document {
                             s.urls.insert(event.request_id.clone(), event.request.url.clone());
@@ -217,21 +195,20 @@ impl Session {
                     Some(event) = failed.next() => update(&mut |s| {
                         s.inflight.remove(&event.request_id);
                         let url = s.urls.remove(&event.request_id);
-                        if event.r#type == ResourceType::Document && event.canceled != Some(true) {
+                        if event.kind == "Document" && event.canceled != Some(true) {
                             s.failed_documents.push((url.unwrap_or_default(), event.error_text.clone()));
                         }
                     }),
-                    Some(event) = started.next() => if main.as_ref() == Some(&event.frame_id) {
+                    Some(event) = started.next() => if event.frame_id == main {
                         update(&mut |s| s.loading = true)
                     },
-                    Some(event) = stopped.next() => if main.as_ref() == Some(&event.frame_id) {
+                    Some(event) = stopped.next() => if event.frame_id == main {
                         update(&mut |s| s.loading = false)
                     },
                     Some(event) = dialogs.next() => {
-                        let text = format!("{:?} “{}”", event.r#type, event.message).to_lowercase();
+                        let text = format!("{} “{}”", event.kind, event.message).to_lowercase();
                         update(&mut |s| s.dialogs.push(text.clone()));
-                        let answer = HandleJavaScriptDialogParams::new(true);
-                        let _ = page.execute(answer).await;
+                        let _ = page.execute(&HandleJavaScriptDialog { accept: true }).await;
                     }
                     else => return,
                 }
@@ -242,25 +219,16 @@ impl Session {
 
     async fn film(&mut self, viewport: Viewport) -> Result<(), BrowserError> {
         let page = self.lease.page().clone();
-        let mut frames = page
-            .event_listener::<EventScreencastFrame>()
-            .await
-            .map_err(|e| self.lease.cdp(e))?;
-        let _ = page.execute(BringToFrontParams::default()).await;
-        let mut start = StartScreencastParams::builder()
-            .format(StartScreencastFormat::Jpeg)
-            .quality(70)
-            .max_width(viewport.width as i64)
-            .max_height(viewport.height as i64)
-            .build();
-        start.every_nth_frame = Some(1);
+        let mut frames = page.listen::<ScreencastFrame>();
+        let _ = page.execute(&BringToFront {}).await;
+        let start = StartScreencast::jpeg(70, viewport.width as i64, viewport.height as i64);
         let buffer = self.frames.clone();
         let pace = Duration::from_millis(1000 / FRAMES_PER_SECOND);
         self.tasks.push(tokio::spawn(async move {
             let engine = base64::engine::general_purpose::STANDARD;
             while let Some(frame) = frames.next().await {
                 let at = Instant::now();
-                if let Ok(jpeg) = engine.decode(AsRef::<str>::as_ref(&frame.data))
+                if let Ok(jpeg) = engine.decode(&frame.data)
                     && let Ok(mut buffer) = buffer.lock()
                 {
                     buffer.push(at, Bytes::from(jpeg));
@@ -269,7 +237,9 @@ impl Session {
                 // the frame rate (and the CPU spent on frames).
                 tokio::time::sleep(pace.saturating_sub(at.elapsed())).await;
                 if page
-                    .execute(ScreencastFrameAckParams::new(frame.session_id))
+                    .execute(&ScreencastFrameAck {
+                        session_id: frame.session_id,
+                    })
                     .await
                     .is_err()
                 {
@@ -279,7 +249,7 @@ impl Session {
         }));
         self.lease
             .page()
-            .execute(start)
+            .execute(&start)
             .await
             .map_err(|e| self.lease.cdp(e))?;
         Ok(())
@@ -430,11 +400,9 @@ impl Drop for Session {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let page = self.lease.page().clone();
             runtime.spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    page.execute(StopScreencastParams::default()),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), page.execute(&StopScreencast {}))
+                        .await;
             });
         }
     }

@@ -85,7 +85,7 @@ impl ScreenshotTool {
         let started = std::time::Instant::now();
         let png = capture_png(session.lease(), request).await?;
         let page = session.lease().page();
-        let url = page.url().await.ok().flatten().unwrap_or_default();
+        let url = page.url().await.unwrap_or_default();
         let title = session
             .lease()
             .eval::<String>("document.title")

@@ -707,16 +707,7 @@ async fn read_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) 
 
 /// The HTTP client of streamable-HTTP servers: rustls with ring and the webpki roots.
 fn http_client() -> Result<reqwest_mcp::Client, String> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup failed: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::client_config().map_err(|e| format!("TLS setup failed: {e}"))?;
     reqwest_mcp::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))

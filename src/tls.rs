@@ -1,0 +1,17 @@
+//! The TLS client settings of the core's own outbound connections (MCP servers over HTTPS, a
+//! remote browser over `wss://`): rustls with ring, trusting the webpki roots.
+
+use std::sync::Arc;
+
+/// A rustls client configuration with ring and the webpki roots.
+pub fn client_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}

@@ -167,7 +167,7 @@ impl Session {
         let mut started = page.listen::<FrameStartedLoading>();
         let mut stopped = page.listen::<FrameStoppedLoading>();
         let mut dialogs = page.listen::<JavascriptDialogOpening>();
-        let main = page.main_frame().await.map_err(|e| self.lease.cdp(e))?;
+        let main = page.main_frame().await.map_err(|e| self.lease.cdp(e))?.id;
         let net = self.net.clone();
         self.tasks.push(tokio::spawn(async move {
             let update = |f: &mut dyn FnMut(&mut NetState)| {

@@ -284,24 +284,15 @@ impl Page {
         })
     }
 
-    /// The id of the tab's main frame.
-    pub async fn main_frame(&self) -> Result<String, CdpError> {
-        Ok(self
-            .execute(&protocol::GetFrameTree {})
-            .await?
-            .frame_tree
-            .frame
-            .id)
+    /// The tab's main frame: its id, loader and address.
+    pub async fn main_frame(&self) -> Result<protocol::Frame, CdpError> {
+        let tree = self.execute(&protocol::GetFrameTree {}).await?;
+        Ok(tree.frame_tree.frame)
     }
 
     /// The address of the document shown now.
     pub async fn url(&self) -> Result<String, CdpError> {
-        Ok(self
-            .execute(&protocol::GetFrameTree {})
-            .await?
-            .frame_tree
-            .frame
-            .url)
+        Ok(self.main_frame().await?.url)
     }
 
     /// Close the tab.

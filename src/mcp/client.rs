@@ -18,7 +18,7 @@ use ecdysis_chat::backoff::Backoff;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
 };
-use rmcp::service::{NotificationContext, RunningService};
+use rmcp::service::{ClientInitializeError, NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceError, ServiceExt};
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{McpServerConfig, Transport};
 use super::tools::McpTool;
-use crate::sandbox::{Runner, Session, SessionRequest, WorkspaceRef, channel_key};
+use crate::sandbox::{Runner, SandboxError, Session, SessionRequest, WorkspaceRef, channel_key};
 
 /// How long `initialize` (and the first `tools/list`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,6 +112,59 @@ pub enum CallError {
     Refused { server: String, message: String },
 }
 
+/// Why a server cannot be used or connected: shown as the reason of [`Health::Down`] and of
+/// [`CallError::Down`], so the texts are what users and operators read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest_mcp::Error),
+    #[error("no HTTP client")]
+    NoHttpClient,
+    #[error("header `{name}`: {source}")]
+    HeaderName {
+        name: String,
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    /// The value itself is left out of the text: it may be a secret.
+    #[error("the value of header `{name}` is not valid")]
+    HeaderValue {
+        name: http::HeaderName,
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`sandbox = true`, but no sandbox runs on this machine (see `ecdysis doctor`)")]
+    NoSandbox,
+    #[error("only stdio servers run in the sandbox")]
+    NotStdio,
+    #[error("cannot make the server's workspace: {0}")]
+    Workspace(#[source] std::io::Error),
+    #[error(transparent)]
+    Prepare(SandboxError),
+    #[error("cannot start `{command}` in the sandbox: {source}")]
+    SandboxSpawn {
+        command: String,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("the sandbox gave no pipes")]
+    NoPipes,
+    #[error("it did not finish `initialize` within {seconds} s")]
+    InitializeTimedOut { seconds: u64 },
+    #[error("`initialize` failed: {0}")]
+    Initialize(#[source] Box<ClientInitializeError>),
+    #[error("`tools/list` failed: {0}")]
+    ListTools(#[source] Box<ServiceError>),
+}
+
 /// The mutable part of a server.
 struct State {
     health: Health,
@@ -169,7 +222,7 @@ impl Server {
         config: McpServerConfig,
         approvals: Option<Arc<crate::engine::approvals::Approvals>>,
         sandbox: Option<Arc<Runner>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, ConnectError> {
         let http = match &config.transport {
             Transport::Http { .. } => Some(http_client()?),
             Transport::Stdio { .. } => None,
@@ -318,7 +371,7 @@ impl Server {
         let Some(runner) = self.sandbox.clone() else {
             return Err(CallError::Down {
                 server,
-                reason: no_sandbox(),
+                reason: ConnectError::NoSandbox.to_string(),
             });
         };
         let channel = conversation.channel_ref();
@@ -385,15 +438,14 @@ impl Server {
         )
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "it did not finish `initialize` within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
+            Err(ConnectError::InitializeTimedOut {
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            })
         });
         let (service, session) = started.map_err(|reason| {
             let reason = match self.stderr_tail() {
                 Some(tail) => format!("{reason}; stderr: {tail}"),
-                None => reason,
+                None => reason.to_string(),
             };
             CallError::Down {
                 server: self.config.name.clone(),
@@ -425,9 +477,9 @@ impl Server {
         runner: &Runner,
         workspace: WorkspaceRef,
         handler: Handler,
-    ) -> Result<(RunningService<RoleClient, Handler>, Session), String> {
+    ) -> Result<(RunningService<RoleClient, Handler>, Session), ConnectError> {
         let Transport::Stdio { command, args, env } = &self.config.transport else {
-            return Err("only stdio servers run in the sandbox".into());
+            return Err(ConnectError::NotStdio);
         };
         let mut limits = runner.limits();
         limits.cpu_seconds = SESSION_CPU_SECONDS;
@@ -442,22 +494,23 @@ impl Server {
                 limits,
             })
             .await
-            .map_err(|e| format!("cannot start `{command}` in the sandbox: {e}"))?;
-        let (stdout, stdin, stderr) = session
-            .take_stdio()
-            .ok_or_else(|| "the sandbox gave no pipes".to_string())?;
+            .map_err(|source| ConnectError::SandboxSpawn {
+                command: command.clone(),
+                source,
+            })?;
+        let (stdout, stdin, stderr) = session.take_stdio().ok_or(ConnectError::NoPipes)?;
         if let Some(stderr) = stderr {
             tokio::spawn(read_stderr(Arc::downgrade(self), stderr));
         }
         let service = handler
             .serve((stdout, stdin))
             .await
-            .map_err(|e| format!("`initialize` failed: {e}"))?;
+            .map_err(|e| ConnectError::Initialize(Box::new(e)))?;
         Ok((service, session))
     }
 
     /// The listing connection's workspace: private to the server, emptied at each start.
-    async fn listing_workspace(&self, runner: &Runner) -> Result<WorkspaceRef, String> {
+    async fn listing_workspace(&self, runner: &Runner) -> Result<WorkspaceRef, ConnectError> {
         let workspace = runner
             .workspaces()
             .reference(&format!(".mcp-{}", self.config.name));
@@ -473,12 +526,12 @@ impl Server {
         .await
         .map_err(std::io::Error::other)
         .and_then(|made| made)
-        .map_err(|e| format!("cannot make the server's workspace: {e}"))?;
+        .map_err(ConnectError::Workspace)?;
         runner
             .sandbox()
             .prepare(&workspace)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Prepare)?;
         Ok(workspace)
     }
 
@@ -513,7 +566,7 @@ impl Server {
                     "it did not finish `initialize` and `tools/list` within {} s",
                     CONNECT_TIMEOUT.as_secs()
                 ),
-                Ok(Err(reason)) => reason,
+                Ok(Err(reason)) => reason.to_string(),
                 Ok(Ok(service)) => {
                     let started = Instant::now();
                     let outcome = self
@@ -565,10 +618,10 @@ impl Server {
         self: &Arc<Self>,
         handler: Handler,
         broken: mpsc::Sender<()>,
-    ) -> Result<RunningService<RoleClient, Handler>, String> {
+    ) -> Result<RunningService<RoleClient, Handler>, ConnectError> {
         let service = match &self.config.transport {
             Transport::Stdio { .. } if self.config.sandbox => {
-                let runner = self.sandbox.clone().ok_or_else(no_sandbox)?;
+                let runner = self.sandbox.clone().ok_or(ConnectError::NoSandbox)?;
                 let workspace = self.listing_workspace(&runner).await?;
                 let (service, session) = self.spawn_sandboxed(&runner, workspace, handler).await?;
                 self.lock().session = Some(session);
@@ -583,26 +636,34 @@ impl Server {
                 let (transport, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(Stdio::piped())
                     .spawn()
-                    .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+                    .map_err(|source| ConnectError::Spawn {
+                        command: command.clone(),
+                        source,
+                    })?;
                 if let Some(stderr) = stderr {
                     tokio::spawn(read_stderr(Arc::downgrade(self), stderr));
                 }
                 handler
                     .serve(transport)
                     .await
-                    .map_err(|e| format!("`initialize` failed: {e}"))?
+                    .map_err(|e| ConnectError::Initialize(Box::new(e)))?
             }
             Transport::Http { url, headers } => {
-                let client = self
-                    .http
-                    .clone()
-                    .ok_or_else(|| "no HTTP client".to_string())?;
+                let client = self.http.clone().ok_or(ConnectError::NoHttpClient)?;
                 let mut custom = HashMap::new();
                 for (name, value) in headers {
-                    let name = http::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|e| format!("header `{name}`: {e}"))?;
-                    let value = http::HeaderValue::from_str(value)
-                        .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+                    let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|source| {
+                        ConnectError::HeaderName {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
+                    let value = http::HeaderValue::from_str(value).map_err(|source| {
+                        ConnectError::HeaderValue {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
                     custom.insert(name, value);
                 }
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
@@ -614,7 +675,7 @@ impl Server {
                 handler
                     .serve(transport)
                     .await
-                    .map_err(|e| format!("`initialize` failed: {e}"))?
+                    .map_err(|e| ConnectError::Initialize(Box::new(e)))?
             }
         };
         self.list_tools(service.peer()).await?;
@@ -623,11 +684,11 @@ impl Server {
     }
 
     /// `tools/list` (every page) and publish the tools.
-    async fn list_tools(self: &Arc<Self>, peer: &Peer<RoleClient>) -> Result<(), String> {
+    async fn list_tools(self: &Arc<Self>, peer: &Peer<RoleClient>) -> Result<(), ConnectError> {
         let listed = peer
             .list_all_tools()
             .await
-            .map_err(|e| format!("`tools/list` failed: {e}"))?;
+            .map_err(|e| ConnectError::ListTools(Box::new(e)))?;
         let tools = super::tools::wrap(self, listed);
         let count = tools.len();
         let mut state = self.lock();
@@ -680,11 +741,6 @@ impl Server {
     }
 }
 
-/// Why a sandboxed server cannot start.
-fn no_sandbox() -> String {
-    "`sandbox = true`, but no sandbox runs on this machine (see `ecdysis doctor`)".into()
-}
-
 /// Log a stdio server's stderr and keep its last lines.
 async fn read_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
@@ -706,12 +762,52 @@ async fn read_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) 
 }
 
 /// The HTTP client of streamable-HTTP servers: rustls with ring and the webpki roots.
-fn http_client() -> Result<reqwest_mcp::Client, String> {
-    let tls = crate::tls::client_config().map_err(|e| format!("TLS setup failed: {e}"))?;
+fn http_client() -> Result<reqwest_mcp::Client, ConnectError> {
+    let tls = crate::tls::client_config().map_err(ConnectError::Tls)?;
     reqwest_mcp::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("ecdysis/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(ConnectError::HttpClient)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn connect_errors_read_as_before_and_keep_their_cause() {
+        let spawn = ConnectError::Spawn {
+            command: "/nonexistent/mcp-server".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(
+            spawn
+                .to_string()
+                .starts_with("cannot start `/nonexistent/mcp-server`: "),
+            "{spawn}"
+        );
+        assert!(spawn.source().is_some());
+        assert_eq!(
+            ConnectError::NoSandbox.to_string(),
+            "`sandbox = true`, but no sandbox runs on this machine (see `ecdysis doctor`)"
+        );
+        assert_eq!(
+            ConnectError::InitializeTimedOut { seconds: 30 }.to_string(),
+            "it did not finish `initialize` within 30 s"
+        );
+        let value = http::HeaderValue::from_str("bad\nvalue").unwrap_err();
+        let header = ConnectError::HeaderValue {
+            name: http::HeaderName::from_static("x-api-key"),
+            source: value,
+        };
+        assert_eq!(
+            header.to_string(),
+            "the value of header `x-api-key` is not valid"
+        );
+        assert!(header.source().is_some());
+    }
 }

@@ -62,7 +62,8 @@ impl McpHub {
                     tasks.push(tokio::spawn(server.clone().supervise(shutdown.subscribe())));
                     servers.push(server);
                 }
-                Err(reason) => {
+                Err(error) => {
+                    let reason = error.to_string();
                     warn!(server = %config.name, %reason, "MCP server cannot be used");
                     broken.push(ServerStatus {
                         name: config.name.clone(),

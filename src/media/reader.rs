@@ -15,20 +15,38 @@ use bytes::Bytes;
 use serde_json::json;
 use tracing::warn;
 
-use super::background;
-use super::document::{self, cut, human_size};
-use super::image::{self as model_image, ImageLimits};
+use super::background::{self, BackgroundError};
+use super::document::{self, DocumentError, cut, human_size};
+use super::image::{self as model_image, ImageError, ImageLimits};
 use super::kind::{Kind, classify};
 use super::settings::MediaSettings;
 use super::transcribe::Transcriber;
 use crate::agent::provider::{DocumentData, ImageData, Part};
-use crate::storage::blob::BlobStore;
-use crate::storage::store::{Artifact, Extract, Store};
+use crate::storage::blob::{BlobError, BlobStore};
+use crate::storage::store::{Artifact, Extract, Store, StoreError};
 
 /// PDFs up to this size also go as documents where the provider reads them (Anthropic takes
 /// 32 MB requests and 100 pages).
 const DOCUMENT_MAX_BYTES: usize = 10 * 1024 * 1024;
 const DOCUMENT_MAX_PAGES: usize = 100;
+
+/// Why an image or a PDF could not be read for the model (the text goes into the note the
+/// model reads), or what was made of it could not be kept (logged).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("preparing it failed ({0})")]
+    PrepareImage(#[source] BackgroundError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("reading it failed ({0})")]
+    ReadPdf(#[source] BackgroundError),
+    #[error(transparent)]
+    Pdf(#[from] DocumentError),
+    #[error(transparent)]
+    KeepBlob(#[from] BlobError),
+    #[error(transparent)]
+    KeepExtract(#[from] StoreError),
+}
 
 /// A file of a message, as the reader needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +229,7 @@ impl Reader {
         &self,
         file: &FileRef,
         bytes: Bytes,
-    ) -> Result<(ImageData, String), String> {
+    ) -> Result<(ImageData, String), ReadError> {
         let label = |w: u64, h: u64, ow: u64, oh: u64| {
             if (w, h) == (ow, oh) {
                 format!("[image `{}`, {w}×{h}]", file.name)
@@ -250,8 +268,7 @@ impl Reader {
         let limits = self.limits;
         let prepared = background::run("image", move || model_image::prepare(&bytes, limits))
             .await
-            .map_err(|e| format!("preparing it failed ({e})"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(ReadError::PrepareImage)??;
         let key = format!("derived/{}/model-image", file.artifact_id);
         let detail = json!({
             "width": prepared.width, "height": prepared.height,
@@ -260,8 +277,7 @@ impl Reader {
         let kept = async {
             self.blobs
                 .put(&key, prepared.bytes.clone(), prepared.mime)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.store
                 .put_extract(
                     &file.artifact_id,
@@ -273,8 +289,8 @@ impl Reader {
                         detail: Some(detail.to_string()),
                     },
                 )
-                .await
-                .map_err(|e| e.to_string())
+                .await?;
+            Ok::<(), ReadError>(())
         };
         if let Err(e) = kept.await {
             warn!(file = %file.name, error = %e, "cannot keep the scaled image; it is made again next time");
@@ -337,7 +353,7 @@ impl Reader {
     }
 
     /// A PDF's text and page count: kept, or extracted now (and kept).
-    async fn pdf_text(&self, file: &FileRef, bytes: Bytes) -> Result<(String, usize), String> {
+    async fn pdf_text(&self, file: &FileRef, bytes: Bytes) -> Result<(String, usize), ReadError> {
         if let Ok(Some(kept)) = self.store.extract(&file.artifact_id, "text").await
             && let Some(text) = kept.text
         {
@@ -351,8 +367,7 @@ impl Reader {
         }
         let extracted = background::run("pdf", move || document::pdf_text(&bytes))
             .await
-            .map_err(|e| format!("reading it failed ({e})"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(ReadError::ReadPdf)??;
         let kept = self
             .store
             .put_extract(

@@ -50,6 +50,99 @@ pub struct Cgroups {
     layout: Layout,
 }
 
+/// Why run groups cannot be had: shown in `doctor`, the logs and the sandbox's description.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `/proc/self/cgroup` or `/proc/self/mountinfo` could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadProc {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Neither hierarchy can have run groups: why v2 was refused (`None` when this process
+    /// has no v2 entry in `/proc/self/cgroup`), and v1 has no memory controller.
+    #[error("{}cgroup v1: no memory controller mounted", v2_refusal(.v2))]
+    NoHierarchy {
+        #[source]
+        v2: Option<V2Error>,
+    },
+    /// The probe could not make a group.
+    #[error("cannot make a group under {under}: {source}")]
+    Create {
+        /// [`Cgroups::describe`] of where the group was to be made.
+        under: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The probe could not remove the group it made.
+    #[error("cannot remove a group under {under}: {source}")]
+    Remove {
+        /// [`Cgroups::describe`] of where the group was made.
+        under: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The blocking detection task did not finish (it panicked or was cancelled).
+    #[error("cgroup detection failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// Groups could be made, but a test command run in one failed where it ran without.
+    #[error("a test command did not run inside a cgroup (see the debug log)")]
+    TestCommand,
+}
+
+/// Why the cgroup v2 hierarchy cannot have run groups.
+#[derive(Debug, thiserror::Error)]
+pub enum V2Error {
+    /// No cgroup2 mount shows this process's group.
+    #[error("not mounted")]
+    NotMounted,
+    #[error("cannot read {}/cgroup.controllers: {source}", .dir.display())]
+    ReadControllers {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the memory controller is not available in {} (it is not delegated here)",
+        .dir.display()
+    )]
+    NoMemoryController { dir: PathBuf },
+    /// The group has processes, and this one could not move into a leaf below it.
+    #[error(
+        "{} has processes and ecdysis cannot move into a leaf group: {source}",
+        .dir.display()
+    )]
+    NoLeaf {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Other processes share the group, so its controllers cannot be handed down.
+    #[error(
+        "cannot enable the memory controller for groups below {}: {source} (other processes share it; run ecdysis in a group of its own, e.g. systemd Delegate=yes)",
+        .dir.display()
+    )]
+    Shared {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enable the memory controller below {}: {source}", .dir.display())]
+    Enable {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `cgroup v2: <why>; ` in front of the v1 reason, when v2 was tried.
+fn v2_refusal(v2: &Option<V2Error>) -> String {
+    v2.as_ref()
+        .map(|e| format!("cgroup v2: {e}; "))
+        .unwrap_or_default()
+}
+
 /// One mounted cgroup hierarchy from `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Mount {
@@ -63,11 +156,12 @@ struct Mount {
 impl Cgroups {
     /// Find where this process may make run groups, and check that it can (a group is made,
     /// limited and removed). The error says why not, for `doctor` and the logs.
-    pub fn detect() -> Result<Self, String> {
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let mounts = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    pub fn detect() -> Result<Self, CgroupError> {
+        let read = |path: &'static str| {
+            fs::read_to_string(path).map_err(|source| CgroupError::ReadProc { path, source })
+        };
+        let own = read("/proc/self/cgroup")?;
+        let mounts = read("/proc/self/mountinfo")?;
         let found = Self::locate(&own, &mounts)?;
         found.probe()?;
         found.remove_stale();
@@ -76,17 +170,17 @@ impl Cgroups {
 
     /// Work out the layout from `/proc/self/cgroup` and `/proc/self/mountinfo`, preparing a
     /// v2 group to hand its controllers down when it has to.
-    fn locate(own: &str, mountinfo: &str) -> Result<Self, String> {
+    fn locate(own: &str, mountinfo: &str) -> Result<Self, CgroupError> {
         let mounts = parse_mountinfo(mountinfo);
-        let mut reasons = Vec::new();
+        let mut v2 = None;
         if let Some(path) = own_path(own, None) {
             let unified = mounts.iter().find(|m| m.controllers.is_none());
             match unified.and_then(|m| m.resolve(&path)) {
                 Some(dir) => match prepare_v2(&dir) {
                     Ok(layout) => return Ok(Self { layout }),
-                    Err(e) => reasons.push(format!("cgroup v2: {e}")),
+                    Err(e) => v2 = Some(e),
                 },
-                None => reasons.push("cgroup v2: not mounted".into()),
+                None => v2 = Some(V2Error::NotMounted),
             }
         }
         let v1 = |controller: &str| -> Option<PathBuf> {
@@ -96,16 +190,15 @@ impl Cgroups {
                 .find(|m| m.has(controller))
                 .and_then(|m| m.resolve(&path))
         };
-        match v1("memory") {
-            Some(memory) if memory.join("memory.limit_in_bytes").exists() => {
-                let pids = v1("pids").filter(|p| p.join("cgroup.procs").exists());
-                return Ok(Self {
-                    layout: Layout::V1 { memory, pids },
-                });
-            }
-            _ => reasons.push("cgroup v1: no memory controller mounted".into()),
+        if let Some(memory) = v1("memory")
+            && memory.join("memory.limit_in_bytes").exists()
+        {
+            let pids = v1("pids").filter(|p| p.join("cgroup.procs").exists());
+            return Ok(Self {
+                layout: Layout::V1 { memory, pids },
+            });
         }
-        Err(reasons.join("; "))
+        Err(CgroupError::NoHierarchy { v2 })
     }
 
     pub fn version(&self) -> Version {
@@ -201,13 +294,17 @@ impl Cgroups {
     }
 
     /// Make, limit and remove a group: proves that runs will get theirs.
-    fn probe(&self) -> Result<(), String> {
-        let mut group = self
-            .create(64 * 1024 * 1024, 16)
-            .map_err(|e| format!("cannot make a group under {}: {e}", self.describe()))?;
-        group
-            .remove()
-            .map_err(|e| format!("cannot remove a group under {}: {e}", self.describe()))
+    fn probe(&self) -> Result<(), CgroupError> {
+        let mut group =
+            self.create(64 * 1024 * 1024, 16)
+                .map_err(|source| CgroupError::Create {
+                    under: self.describe(),
+                    source,
+                })?;
+        group.remove().map_err(|source| CgroupError::Remove {
+            under: self.describe(),
+            source,
+        })
     }
 
     /// Remove the groups of ecdysis processes that are gone (killed before they cleaned up).
@@ -364,21 +461,24 @@ pub unsafe fn join(fds: &[RawFd]) -> io::Result<()> {
 /// Ready a v2 group to have run groups below it: its controllers must be enabled for its
 /// children, which the kernel allows only when it has no processes of its own — so when it
 /// does, this process moves into a leaf of its own first.
-fn prepare_v2(dir: &Path) -> Result<Layout, String> {
+fn prepare_v2(dir: &Path) -> Result<Layout, V2Error> {
     // Already moved into our leaf (an earlier detection in this process): its parent is ours.
     if dir.file_name().is_some_and(|name| name == SERVER_LEAF)
         && let Some(parent) = dir.parent()
     {
         return prepare_v2(parent);
     }
-    let available = fs::read_to_string(dir.join("cgroup.controllers"))
-        .map_err(|e| format!("cannot read {}/cgroup.controllers: {e}", dir.display()))?;
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).map_err(|source| {
+        V2Error::ReadControllers {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
     let available: Vec<&str> = available.split_whitespace().collect();
     if !available.contains(&"memory") {
-        return Err(format!(
-            "the memory controller is not available in {} (it is not delegated here)",
-            dir.display()
-        ));
+        return Err(V2Error::NoMemoryController {
+            dir: dir.to_path_buf(),
+        });
     }
     let pids = available.contains(&"pids");
     let wanted: &[&str] = if pids {
@@ -421,27 +521,27 @@ fn prepare_v2(dir: &Path) -> Result<Layout, String> {
                     }
                 })
                 .and_then(|()| write(&leaf, "cgroup.procs", &me));
-            if let Err(e) = moved {
-                return Err(format!(
-                    "{} has processes and ecdysis cannot move into a leaf group: {e}",
-                    dir.display()
-                ));
+            if let Err(source) = moved {
+                return Err(V2Error::NoLeaf {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
             }
-            if let Err(e) = enable(dir) {
+            if let Err(source) = enable(dir) {
                 // Other processes share the group: give up and go back where we were.
                 let _ = write(dir, "cgroup.procs", &me);
                 let _ = fs::remove_dir(&leaf);
-                return Err(format!(
-                    "cannot enable the memory controller for groups below {}: {e} (other processes share it; run ecdysis in a group of its own, e.g. systemd Delegate=yes)",
-                    dir.display()
-                ));
+                return Err(V2Error::Shared {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
             }
         }
-        Err(e) => {
-            return Err(format!(
-                "cannot enable the memory controller below {}: {e}",
-                dir.display()
-            ));
+        Err(source) => {
+            return Err(V2Error::Enable {
+                dir: dir.to_path_buf(),
+                source,
+            });
         }
     }
     Ok(Layout::V2 {
@@ -693,8 +793,51 @@ mod tests {
         fs::write(root.join("cgroup.controllers"), "cpu pids\n").unwrap();
         let mounts = format!("33 25 0:30 / {} ro - cgroup2 cgroup2 ro\n", root.display());
         let e = Cgroups::locate("0::/\n", &mounts).unwrap_err();
-        assert!(e.contains("memory controller is not available"), "{e}");
-        assert!(e.contains("cgroup v1: no memory controller"), "{e}");
+        assert!(
+            matches!(
+                e,
+                CgroupError::NoHierarchy {
+                    v2: Some(V2Error::NoMemoryController { .. })
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cgroup v2: the memory controller is not available in {} (it is not delegated here); cgroup v1: no memory controller mounted",
+                // The mount's own directory, as `Mount::resolve` gives it (a trailing slash).
+                root.join("").display()
+            )
+        );
+    }
+
+    #[test]
+    fn refusals_read_as_before() {
+        use std::error::Error as _;
+        // No v2 entry, no v1 memory hierarchy: only the v1 reason.
+        let e = Cgroups::locate("4:memory:/a\n", "").unwrap_err();
+        assert_eq!(e.to_string(), "cgroup v1: no memory controller mounted");
+        assert!(e.source().is_none());
+        // A v2 entry but no cgroup2 mount.
+        let e = Cgroups::locate("0::/\n", "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cgroup v2: not mounted; cgroup v1: no memory controller mounted"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<V2Error>()));
+        let e = CgroupError::ReadProc {
+            path: "/proc/self/cgroup",
+            source: io::Error::from(ErrorKind::PermissionDenied),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read /proc/self/cgroup: {}",
+                io::Error::from(ErrorKind::PermissionDenied)
+            )
+        );
+        assert!(e.source().is_some_and(|s| s.is::<io::Error>()));
     }
 
     #[test]

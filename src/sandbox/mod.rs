@@ -36,7 +36,7 @@ mod workspace;
 pub use feature::{RunFeature, inline_limit, render_report};
 pub use inbox::safe_name as inbox_name;
 pub use namespace::Namespace;
-pub use runner::{RunError, RunReport, Runner, SnapshotOutcome};
+pub use runner::{NotAllowed, RunError, RunReport, Runner, SnapshotOutcome};
 pub use session::{Session, SessionRequest};
 pub use tool::RunCommandTool;
 pub use workspace::{
@@ -145,6 +145,10 @@ pub enum SandboxError {
     },
     #[error("the sandbox is not usable: {0}")]
     Unavailable(String),
+    /// The backend's own files beside the workspaces could not be put back. Boxed: a
+    /// [`namespace::NamespaceError`] may itself hold a `SandboxError` (from its probe).
+    #[error("the sandbox is not usable: {0}")]
+    Setup(#[source] Box<namespace::NamespaceError>),
 }
 
 /// A sandbox backend: runs one command with a channel's workspace at `/workspace`.
@@ -257,7 +261,10 @@ pub async fn detect(config: &Config) -> Availability {
         Some(SandboxBackend::Namespace) | None => {
             match Namespace::detect(settings, &workspaces_dir(config)).await {
                 Ok(backend) => Availability::Ready(Arc::new(backend)),
-                Err(reason) => Availability::Off { reason, requested },
+                Err(e) => Availability::Off {
+                    reason: e.to_string(),
+                    requested,
+                },
             }
         }
     }

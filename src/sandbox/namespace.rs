@@ -29,8 +29,8 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::cgroup::{self, Cgroups, RunGroup};
-use super::seccomp::Filter;
+use super::cgroup::{self, CgroupError, Cgroups, RunGroup};
+use super::seccomp::{Filter, SeccompError};
 use super::session::{Session, SessionRequest};
 use super::workspace::fnv1a;
 use super::{
@@ -78,6 +78,98 @@ enum SystemMount {
     Symlink { target: PathBuf, dest: String },
 }
 
+/// Why the namespace backend cannot run here: shown in `doctor`, `/status` and the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("bubblewrap is not installed (apt-get install bubblewrap, or set ECDYSIS_SANDBOX=off)")]
+    NoBwrap,
+    /// `bwrap --version` could not be started.
+    #[error("cannot run {}: {source}", .bwrap.display())]
+    RunBwrap {
+        bwrap: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The blocking set-up of the sandbox's system did not finish.
+    #[error("sandbox set-up task failed: {0}")]
+    SetupTask(#[source] tokio::task::JoinError),
+    #[error(
+        "sandbox.rootfs {} is not a directory (unpack a root file system there, e.g. `docker export` of an image)",
+        .root.display()
+    )]
+    RootfsNotDir { root: PathBuf },
+    #[error("cannot read sandbox.rootfs {}: {source}", .root.display())]
+    ReadRootfs {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the link {}: {source}", .path.display())]
+    ReadLink {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect {}: {source}", .path.display())]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sandbox's system ({}) has no /bin/sh", .root.display())]
+    NoShell { root: PathBuf },
+    #[error("cannot create {}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the mode of {}: {source}", .dir.display())]
+    SetMode {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The probe's scratch workspace could not be made ready.
+    #[error(transparent)]
+    ProbePrepare(SandboxError),
+    /// The probe's test command could not be run.
+    #[error(transparent)]
+    ProbeRun(SandboxError),
+    /// The test command's bwrap could not reach the workspaces directory.
+    #[error(
+        "bwrap cannot reach {} as an unprivileged user ({detail}): every directory above it must be searchable by others (chmod o+x), or set ECDYSIS_DATA_DIR elsewhere",
+        .workspaces.display()
+    )]
+    Unreachable {
+        workspaces: PathBuf,
+        /// The first lines of the test command's output.
+        detail: String,
+    },
+    /// bwrap may not make user namespaces here.
+    #[error(
+        "user namespaces are not allowed here ({detail}): on a host, enable them (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0); in a Docker container, the default seccomp/AppArmor profiles forbid them (run with --security-opt seccomp=unconfined --security-opt apparmor=unconfined, or on a VM such as Fly.io); or set ECDYSIS_SANDBOX=off"
+    )]
+    NoUserNamespaces {
+        /// The first lines of the test command's output.
+        detail: String,
+    },
+    /// The test command ran but did not do what it should, for another reason.
+    #[error("a test command in the sandbox failed: {detail}")]
+    TestCommand {
+        /// The first lines of the test command's output.
+        detail: String,
+    },
+    #[error("no way to run the sandbox was found")]
+    NoWay,
+}
+
 /// The bubblewrap backend.
 #[derive(Clone, Debug)]
 pub struct Namespace {
@@ -91,10 +183,11 @@ pub struct Namespace {
     shell: &'static str,
     identity: Identity,
     landlock_abi: i64,
-    /// Where each run's cgroup is made, or why there is none.
-    cgroups: Result<Arc<Cgroups>, String>,
-    /// The seccomp deny list, or why there is none.
-    seccomp: Result<Arc<Filter>, String>,
+    /// Where each run's cgroup is made, or why there is none. Shared (`Arc`) with the other
+    /// backends [`Namespace::detect`] tries: the error holds an `io::Error`, which is not `Clone`.
+    cgroups: Result<Arc<Cgroups>, Arc<CgroupError>>,
+    /// The seccomp deny list, or why there is none (shared as `cgroups` is).
+    seccomp: Result<Arc<Filter>, Arc<SeccompError>>,
     /// The configured limits, for [`Sandbox::describe`].
     limits: Limits,
 }
@@ -102,17 +195,20 @@ pub struct Namespace {
 impl Namespace {
     /// Find bwrap, work out the sandbox's system, and check with a real command that the kernel
     /// allows all of it here. `workspaces` is the directory the channel workspaces live in.
-    pub async fn detect(settings: &SandboxSettings, workspaces: &Path) -> Result<Self, String> {
-        let bwrap = find_on_path("bwrap").ok_or_else(|| {
-            "bubblewrap is not installed (apt-get install bubblewrap, or set ECDYSIS_SANDBOX=off)"
-                .to_string()
-        })?;
+    pub async fn detect(
+        settings: &SandboxSettings,
+        workspaces: &Path,
+    ) -> Result<Self, NamespaceError> {
+        let bwrap = find_on_path("bwrap").ok_or(NamespaceError::NoBwrap)?;
         let version = tokio::process::Command::new(&bwrap)
             .arg("--version")
             .env_clear()
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
+            .map_err(|source| NamespaceError::RunBwrap {
+                bwrap: bwrap.clone(),
+                source,
+            })?;
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
         let rootfs = settings.rootfs.clone();
         let system_root = rootfs.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -122,7 +218,7 @@ impl Namespace {
             prepare_system(&system_root, rootfs_is_custom(&system_root), &dir)
         })
         .await
-        .map_err(|e| format!("sandbox set-up task failed: {e}"))??;
+        .map_err(NamespaceError::SetupTask)??;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let candidates: &[Identity] = if root {
@@ -132,16 +228,15 @@ impl Namespace {
         };
         let cgroups = tokio::task::spawn_blocking(Cgroups::detect)
             .await
-            .map_err(|e| format!("cgroup detection failed: {e}"))
+            .map_err(CgroupError::Task)
             .and_then(|found| found)
-            .map(Arc::new);
-        let seccomp = Filter::build().map(Arc::new);
+            .map(Arc::new)
+            .map_err(Arc::new);
+        let seccomp = Filter::build().map(Arc::new).map_err(Arc::new);
         let mut first_error = None;
         let mut attempts = vec![cgroups];
         if attempts[0].is_ok() {
-            attempts.push(Err(
-                "a test command did not run inside a cgroup (see the debug log)".into(),
-            ));
+            attempts.push(Err(Arc::new(CgroupError::TestCommand)));
         }
         for cgroups in attempts {
             for identity in candidates {
@@ -170,7 +265,7 @@ impl Namespace {
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| "no way to run the sandbox was found".into()))
+        Err(first_error.unwrap_or(NamespaceError::NoWay))
     }
 
     /// Say at start-up how the whole sandbox is limited, loudly when only per process.
@@ -192,16 +287,20 @@ impl Namespace {
 
     /// Run a real command in a scratch workspace: user namespaces, mounts, the uid switch, the
     /// rlimits and Landlock all have to work.
-    async fn probe(&self, workspaces: &Path) -> Result<(), String> {
+    async fn probe(&self, workspaces: &Path) -> Result<(), NamespaceError> {
         let key = format!(".probe-{}", uuid::Uuid::new_v4().simple());
         let workspace = WorkspaceRef {
             key: key.clone(),
             dir: workspaces.join(&key),
         };
-        std::fs::create_dir(&workspace.dir)
-            .map_err(|e| format!("cannot create {}: {e}", workspace.dir.display()))?;
+        std::fs::create_dir(&workspace.dir).map_err(|source| NamespaceError::CreateDir {
+            dir: workspace.dir.clone(),
+            source,
+        })?;
         let result = async {
-            self.prepare(&workspace).await.map_err(|e| e.to_string())?;
+            self.prepare(&workspace)
+                .await
+                .map_err(NamespaceError::ProbePrepare)?;
             let limits = Limits {
                 timeout: Duration::from_secs(20),
                 max_processes: 16,
@@ -214,7 +313,7 @@ impl Namespace {
                     limits,
                 })
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NamespaceError::ProbeRun)?;
             let text = String::from_utf8_lossy(&output.output).trim().to_string();
             if output.exit_code == Some(0) && text == "ok" {
                 Ok(())
@@ -539,7 +638,7 @@ impl Sandbox for Namespace {
             tokio::task::spawn_blocking(move || write_etc(&files))
                 .await
                 .map_err(|e| SandboxError::Unavailable(e.to_string()))?
-                .map_err(SandboxError::Unavailable)?;
+                .map_err(|e| SandboxError::Setup(Box::new(e)))?;
         }
         let Some(uid) = self.uid_for(&workspace.key) else {
             return Ok(());
@@ -868,16 +967,18 @@ type System = (
 /// The read-only mounts of the sandbox's system, the generated `/etc/passwd` and `/etc/group`,
 /// and the shell commands run in. Creates the workspaces directory (mode 0711: sandbox users
 /// may pass through to their own workspace, but not list the others).
-fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System, String> {
+fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System, NamespaceError> {
     if custom && !root.is_dir() {
-        return Err(format!(
-            "sandbox.rootfs {} is not a directory (unpack a root file system there, e.g. `docker export` of an image)",
-            root.display()
-        ));
+        return Err(NamespaceError::RootfsNotDir {
+            root: root.to_path_buf(),
+        });
     }
     let names: Vec<String> = if custom {
         let mut names: Vec<String> = std::fs::read_dir(root)
-            .map_err(|e| format!("cannot read sandbox.rootfs {}: {e}", root.display()))?
+            .map_err(|source| NamespaceError::ReadRootfs {
+                root: root.to_path_buf(),
+                source,
+            })?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| !NOT_FROM_ROOTFS.contains(&n.as_str()))
@@ -893,13 +994,16 @@ fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System
         let dest = format!("/{name}");
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = std::fs::read_link(&path)
-                    .map_err(|e| format!("cannot read the link {}: {e}", path.display()))?;
+                let target =
+                    std::fs::read_link(&path).map_err(|source| NamespaceError::ReadLink {
+                        path: path.clone(),
+                        source,
+                    })?;
                 mounts.push(SystemMount::Symlink { target, dest });
             }
             Ok(_) => mounts.push(SystemMount::Bind { source: path, dest }),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+            Err(source) => return Err(NamespaceError::Inspect { path, source }),
         }
     }
     let has = |p: &str| {
@@ -911,10 +1015,9 @@ fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System
     } else if has("bin/sh") || has("usr/bin/sh") {
         "/bin/sh"
     } else {
-        return Err(format!(
-            "the sandbox's system ({}) has no /bin/sh",
-            root.display()
-        ));
+        return Err(NamespaceError::NoShell {
+            root: root.to_path_buf(),
+        });
     };
     // Directories made here on the way (e.g. those of a private data directory's workspaces
     // root) let the sandbox users through without letting them list anything.
@@ -922,9 +1025,16 @@ fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System
         .recursive(true)
         .mode(0o711)
         .create(workspaces)
-        .map_err(|e| format!("cannot create {}: {e}", workspaces.display()))?;
-    std::fs::set_permissions(workspaces, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", workspaces.display()))?;
+        .map_err(|source| NamespaceError::CreateDir {
+            dir: workspaces.to_path_buf(),
+            source,
+        })?;
+    std::fs::set_permissions(workspaces, std::fs::Permissions::from_mode(0o711)).map_err(
+        |source| NamespaceError::SetMode {
+            dir: workspaces.to_path_buf(),
+            source,
+        },
+    )?;
     let etc_dir = workspaces.join(".etc");
     if !(has("etc/passwd") && has("etc/group")) {
         return Ok((mounts, None, shell));
@@ -946,16 +1056,22 @@ fn prepare_system(root: &Path, custom: bool, workspaces: &Path) -> Result<System
 }
 
 /// Write the generated `/etc` files (world-readable, in a world-searchable directory).
-fn write_etc(files: &[(PathBuf, String); 2]) -> Result<(), String> {
+fn write_etc(files: &[(PathBuf, String); 2]) -> Result<(), NamespaceError> {
     for (path, text) in files {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .and_then(|()| {
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 })
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|source| NamespaceError::CreateDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
-        write_public(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_public(path, text).map_err(|source| NamespaceError::Write {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -998,26 +1114,24 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         })
 }
 
-fn explain_probe_failure(output: &str, workspaces: &Path) -> String {
+fn explain_probe_failure(output: &str, workspaces: &Path) -> NamespaceError {
     let detail = if output.is_empty() {
         "no output".to_string()
     } else {
         output.lines().take(3).collect::<Vec<_>>().join(" / ")
     };
     if output.contains("Permission denied") && output.contains("source path") {
-        format!(
-            "bwrap cannot reach {} as an unprivileged user ({detail}): every directory above it must be searchable by others (chmod o+x), or set ECDYSIS_DATA_DIR elsewhere",
-            workspaces.display()
-        )
+        NamespaceError::Unreachable {
+            workspaces: workspaces.to_path_buf(),
+            detail,
+        }
     } else if output.contains("new namespace")
         || output.contains("uid map")
         || output.contains("user namespace")
     {
-        format!(
-            "user namespaces are not allowed here ({detail}): on a host, enable them (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0); in a Docker container, the default seccomp/AppArmor profiles forbid them (run with --security-opt seccomp=unconfined --security-opt apparmor=unconfined, or on a VM such as Fly.io); or set ECDYSIS_SANDBOX=off"
-        )
+        NamespaceError::NoUserNamespaces { detail }
     } else {
-        format!("a test command in the sandbox failed: {detail}")
+        NamespaceError::TestCommand { detail }
     }
 }
 
@@ -1033,14 +1147,29 @@ mod tests {
             dir,
         );
         assert!(
-            e.contains("seccomp=unconfined") && e.contains("ECDYSIS_SANDBOX=off"),
-            "{e}"
+            matches!(e, NamespaceError::NoUserNamespaces { .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("user namespaces are not allowed here (bwrap: Creating new namespace failed: Operation not permitted): on a host")
+                && text.contains("seccomp=unconfined")
+                && text.ends_with("or set ECDYSIS_SANDBOX=off"),
+            "{text}"
         );
         let e = explain_probe_failure(
             "bwrap: Can't find source path /data/workspaces/x: Permission denied",
             dir,
         );
-        assert!(e.contains("chmod o+x"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "bwrap cannot reach /data/workspaces as an unprivileged user (bwrap: Can't find source path /data/workspaces/x: Permission denied): every directory above it must be searchable by others (chmod o+x), or set ECDYSIS_DATA_DIR elsewhere"
+        );
+        let e = explain_probe_failure("", dir);
+        assert_eq!(
+            e.to_string(),
+            "a test command in the sandbox failed: no output"
+        );
     }
 
     #[test]
@@ -1119,8 +1248,57 @@ mod tests {
     #[test]
     fn custom_rootfs_must_exist() {
         let dir = tempfile::tempdir().unwrap();
-        let e =
-            prepare_system(&dir.path().join("missing"), true, &dir.path().join("ws")).unwrap_err();
-        assert!(e.contains("not a directory"), "{e}");
+        let missing = dir.path().join("missing");
+        let e = prepare_system(&missing, true, &dir.path().join("ws")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "sandbox.rootfs {} is not a directory (unpack a root file system there, e.g. `docker export` of an image)",
+                missing.display()
+            )
+        );
+    }
+
+    /// The texts `doctor` and the logs show, and the causes kept behind them.
+    #[test]
+    fn set_up_errors_keep_their_text_and_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        // A workspaces directory below a file cannot be made.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = prepare_system(Path::new("/"), false, &file.join("ws")).unwrap_err();
+        assert!(matches!(e, NamespaceError::CreateDir { .. }), "{e:?}");
+        let cause = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert!(cause.is_some(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot create {}: {}",
+                file.join("ws").display(),
+                cause.unwrap()
+            )
+        );
+        assert_eq!(
+            NamespaceError::NoBwrap.to_string(),
+            "bubblewrap is not installed (apt-get install bubblewrap, or set ECDYSIS_SANDBOX=off)"
+        );
+        assert_eq!(
+            NamespaceError::NoShell {
+                root: PathBuf::from("/srv/root")
+            }
+            .to_string(),
+            "the sandbox's system (/srv/root) has no /bin/sh"
+        );
+        // A probe's failure reads as the sandbox error it wraps.
+        let e = NamespaceError::ProbeRun(SandboxError::Unavailable("gone".into()));
+        assert_eq!(e.to_string(), "the sandbox is not usable: gone");
+        // Written back into a run's error, the set-up error keeps its text too.
+        let e = SandboxError::Setup(Box::new(NamespaceError::NoBwrap));
+        assert_eq!(
+            e.to_string(),
+            "the sandbox is not usable: bubblewrap is not installed (apt-get install bubblewrap, or set ECDYSIS_SANDBOX=off)"
+        );
+        assert!(e.source().is_some());
     }
 }

@@ -63,6 +63,18 @@ pub enum RunError {
     Workspace(#[from] WorkspaceError),
 }
 
+/// Why a user may not run commands in a channel (the allowlist that refused), as `/run` and
+/// `run_command` tell the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotAllowed {
+    #[error(
+        "you are not on this server's list of users who may run commands (sandbox.allow_users)"
+    )]
+    User,
+    #[error("commands may not run in this channel (sandbox.allow_channels)")]
+    Channel,
+}
+
 /// Runs commands for channels.
 pub struct Runner {
     sandbox: Arc<dyn Sandbox>,
@@ -107,21 +119,18 @@ impl Runner {
 
     /// Whether `user_id` may run commands in this conversation's channel (the allowlists;
     /// empty lists allow everyone). The error says which list refused.
-    pub fn may_run(&self, conversation: &ConversationRef, user_id: &str) -> Result<(), String> {
+    pub fn may_run(&self, conversation: &ConversationRef, user_id: &str) -> Result<(), NotAllowed> {
         // The platform part comes from the conversation (set by the adapter that received the
         // event), never from the user id a client sent (see `ecdysis_chat::AllowList`).
         if !ecdysis_chat::AllowList::new(self.settings.allow_users.iter().cloned())
             .allows_user(&conversation.platform, user_id)
         {
-            return Err(
-                "you are not on this server's list of users who may run commands (sandbox.allow_users)"
-                    .into(),
-            );
+            return Err(NotAllowed::User);
         }
         if !ecdysis_chat::AllowList::new(self.settings.allow_channels.iter().cloned())
             .allows_channel(conversation)
         {
-            return Err("commands may not run in this channel (sandbox.allow_channels)".into());
+            return Err(NotAllowed::Channel);
         }
         Ok(())
     }
@@ -367,6 +376,40 @@ mod tests {
                 peak_memory: None,
             })
         }
+    }
+
+    #[tokio::test]
+    async fn the_allowlists_say_which_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(
+            LocalBlobStore::open(&dir.path().join("blobs"))
+                .await
+                .unwrap(),
+        );
+        let workspaces = Workspaces::open(&dir.path().join("ws"), blobs, 1 << 20)
+            .await
+            .unwrap();
+        let settings = SandboxSettings {
+            allow_users: vec!["web:U1".into()],
+            allow_channels: vec!["web:local:c1".into()],
+            ..SandboxSettings::default()
+        };
+        let runner = Runner::new(Arc::new(Filler), workspaces, settings);
+        let here = ConversationRef::new("web", "local", "c1", None);
+        let elsewhere = ConversationRef::new("web", "local", "c2", None);
+        assert_eq!(runner.may_run(&here, "U1"), Ok(()));
+        let e = runner.may_run(&here, "U2").unwrap_err();
+        assert_eq!(e, NotAllowed::User);
+        assert_eq!(
+            e.to_string(),
+            "you are not on this server's list of users who may run commands (sandbox.allow_users)"
+        );
+        let e = runner.may_run(&elsewhere, "U1").unwrap_err();
+        assert_eq!(e, NotAllowed::Channel);
+        assert_eq!(
+            e.to_string(),
+            "commands may not run in this channel (sandbox.allow_channels)"
+        );
     }
 
     #[tokio::test]

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch, sock_filter};
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompFilter, TargetArch, sock_filter,
+};
 
 /// The denied system calls of every supported architecture: name and number.
 const DENIED: &[(&str, libc::c_long)] = &[
@@ -94,6 +96,27 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// we fill before it starts, so it must also fit in the pipe's buffer (64 KiB).
 const MAX_PROGRAM_BYTES: usize = 32 * 1024;
 
+/// Why there is no seccomp filter: shown in `doctor`, the logs and the sandbox's description.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// seccompiler has no backend for the architecture ecdysis runs on.
+    #[error("no seccomp filter for {arch}: {source}")]
+    Arch {
+        arch: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(#[source] BackendError),
+    #[error("cannot compile the seccomp filter: {0}")]
+    Compile(#[source] BackendError),
+    /// seccompiler's program is not laid out as the x32 guard expects.
+    #[error("the compiled seccomp filter does not start with its architecture check")]
+    NoArchCheck,
+    #[error("the seccomp program is {bytes} bytes, more than {MAX_PROGRAM_BYTES}")]
+    TooLarge { bytes: usize },
+}
+
 /// A compiled filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
@@ -109,9 +132,10 @@ pub fn denied_names() -> impl Iterator<Item = &'static str> {
 
 impl Filter {
     /// Compile the deny list for the architecture ecdysis runs on.
-    pub fn build() -> Result<Self, String> {
-        let arch = TargetArch::try_from(std::env::consts::ARCH)
-            .map_err(|e| format!("no seccomp filter for {}: {e}", std::env::consts::ARCH))?;
+    pub fn build() -> Result<Self, SeccompError> {
+        let arch = std::env::consts::ARCH;
+        let arch =
+            TargetArch::try_from(arch).map_err(|source| SeccompError::Arch { arch, source })?;
         let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = DENIED
             .iter()
             .chain(DENIED_ARCH)
@@ -124,10 +148,8 @@ impl Filter {
             SeccompAction::Errno(libc::EPERM as u32),
             arch,
         )
-        .map_err(|e| format!("cannot build the seccomp filter: {e}"))?;
-        let program: BpfProgram = filter
-            .try_into()
-            .map_err(|e| format!("cannot compile the seccomp filter: {e}"))?;
+        .map_err(SeccompError::Build)?;
+        let program: BpfProgram = filter.try_into().map_err(SeccompError::Compile)?;
         let program = guard_x32(program)?;
         let bytes: Vec<u8> = program
             .iter()
@@ -141,10 +163,7 @@ impl Filter {
             })
             .collect();
         if bytes.len() > MAX_PROGRAM_BYTES {
-            return Err(format!(
-                "the seccomp program is {} bytes, more than {MAX_PROGRAM_BYTES}",
-                bytes.len()
-            ));
+            return Err(SeccompError::TooLarge { bytes: bytes.len() });
         }
         Ok(Self {
             program: bytes,
@@ -176,7 +195,7 @@ impl Filter {
 /// `ld nr; jge X32_SYSCALL_BIT, deny, next; deny: ret ERRNO(EPERM)`. Later jumps are
 /// relative, so inserting before them keeps them right.
 #[cfg(target_arch = "x86_64")]
-fn guard_x32(mut program: BpfProgram) -> Result<BpfProgram, String> {
+fn guard_x32(mut program: BpfProgram) -> Result<BpfProgram, SeccompError> {
     const LD_W_ABS: u16 = 0x20;
     const JMP_JEQ_K: u16 = 0x15;
     const JMP_JGE_K: u16 = 0x35;
@@ -190,9 +209,7 @@ fn guard_x32(mut program: BpfProgram) -> Result<BpfProgram, String> {
         && program[1].jt == 1
         && program[2].code == RET_K;
     if !starts_with_arch_check {
-        return Err(
-            "the compiled seccomp filter does not start with its architecture check".into(),
-        );
+        return Err(SeccompError::NoArchCheck);
     }
     let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     let guard = [
@@ -205,7 +222,7 @@ fn guard_x32(mut program: BpfProgram) -> Result<BpfProgram, String> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn guard_x32(program: BpfProgram) -> Result<BpfProgram, String> {
+fn guard_x32(program: BpfProgram) -> Result<BpfProgram, SeccompError> {
     Ok(program)
 }
 
@@ -221,6 +238,32 @@ mod tests {
         assert_eq!(filter.bytes().len() % 8, 0);
         assert!(filter.bytes().len() < MAX_PROGRAM_BYTES);
         assert!(denied_names().any(|n| n == "keyctl"));
+    }
+
+    #[test]
+    fn refusals_read_as_before() {
+        assert_eq!(
+            SeccompError::TooLarge { bytes: 40_000 }.to_string(),
+            "the seccomp program is 40000 bytes, more than 32768"
+        );
+        if cfg!(target_arch = "x86_64") {
+            let e = guard_x32(Vec::new()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "the compiled seccomp filter does not start with its architecture check"
+            );
+        }
+        let e = TargetArch::try_from("vax")
+            .map_err(|source| SeccompError::Arch {
+                arch: "vax",
+                source,
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("no seccomp filter for vax: "),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     /// The program installed on a child (as bubblewrap installs it): denied calls fail with

@@ -378,23 +378,24 @@ mod tests {
         }
     }
 
+    /// A runner over [`Filler`] with its workspaces under `dir`.
+    async fn filler_runner(dir: &std::path::Path, settings: SandboxSettings) -> Runner {
+        let blobs = Arc::new(LocalBlobStore::open(&dir.join("blobs")).await.unwrap());
+        let workspaces = Workspaces::open(&dir.join("ws"), blobs, 1 << 20)
+            .await
+            .unwrap();
+        Runner::new(Arc::new(Filler), workspaces, settings)
+    }
+
     #[tokio::test]
     async fn the_allowlists_say_which_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Arc::new(
-            LocalBlobStore::open(&dir.path().join("blobs"))
-                .await
-                .unwrap(),
-        );
-        let workspaces = Workspaces::open(&dir.path().join("ws"), blobs, 1 << 20)
-            .await
-            .unwrap();
         let settings = SandboxSettings {
             allow_users: vec!["web:U1".into()],
             allow_channels: vec!["web:local:c1".into()],
             ..SandboxSettings::default()
         };
-        let runner = Runner::new(Arc::new(Filler), workspaces, settings);
+        let runner = filler_runner(dir.path(), settings).await;
         let here = ConversationRef::new("web", "local", "c1", None);
         let elsewhere = ConversationRef::new("web", "local", "c2", None);
         assert_eq!(runner.may_run(&here, "U1"), Ok(()));
@@ -415,19 +416,11 @@ mod tests {
     #[tokio::test]
     async fn an_over_limit_run_gives_back_what_it_added() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Arc::new(
-            LocalBlobStore::open(&dir.path().join("blobs"))
-                .await
-                .unwrap(),
-        );
-        let workspaces = Workspaces::open(&dir.path().join("ws"), blobs, 1 << 20)
-            .await
-            .unwrap();
         let settings = SandboxSettings {
             workspace_max_mb: 1,
             ..SandboxSettings::default()
         };
-        let runner = Runner::new(Arc::new(Filler), workspaces, settings);
+        let runner = filler_runner(dir.path(), settings).await;
         let channel = ConversationRef::new("web", "local", "c1", None).channel_ref();
         let report = runner.run(&channel, "note").await.unwrap();
         assert_eq!(report.removed_bytes, None);

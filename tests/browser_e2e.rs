@@ -485,6 +485,59 @@ async fn a_page_that_moves_on_before_it_loads_is_shown_where_it_lands() {
     browser.shutdown().await;
 }
 
+/// A site whose certificate no authority signed is an error, not a page: the browser does not
+/// ignore certificate errors (a man in the middle is not shown as the site).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_refused() {
+    let Some(chromium) = chromium() else { return };
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (attempts, handshakes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counters = (attempts.clone(), handshakes.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, (attempts, handshakes)) = (acceptor.clone(), counters.clone());
+            tokio::spawn(async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                if acceptor.accept(stream).await.is_ok() {
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let browser = service(&chromium, dir.path(), &["127.0.0.1"]);
+    let e = browser
+        .screenshot(
+            "web:local:tls",
+            &ScreenshotRequest::new(format!("https://{addr}/")),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("ERR_CERT"), "{e}");
+    assert!(
+        attempts.load(Ordering::SeqCst) > 0,
+        "the browser tried the site"
+    );
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        0,
+        "and refused its certificate"
+    );
+    browser.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_urls_never_reach_a_server() {
     let Some(chromium) = chromium() else { return };

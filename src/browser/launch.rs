@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -117,7 +116,6 @@ impl BrowserService {
                     })?
                     .map_err(|e| BrowserError::Launch(format!("{}: {e}", self.inner.source)))?;
                 Ok(Running {
-                    alive: browser.alive_flag(),
                     browser,
                     child: None,
                     pid: None,
@@ -165,7 +163,6 @@ impl BrowserService {
             }
         };
         Ok(Running {
-            alive: browser.alive_flag(),
             browser,
             child: Some(child),
             pid,
@@ -354,7 +351,7 @@ async fn spawn_once(
 pub(super) async fn close_running(mut running: Running, source: &Source) {
     match source {
         Source::Local(_) => {
-            if running.alive.load(Ordering::SeqCst) {
+            if running.browser.is_connected() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), running.browser.close()).await;
             }
             if let Some(child) = running.child.as_mut() {

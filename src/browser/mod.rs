@@ -233,7 +233,6 @@ struct Running {
     pid: Option<u32>,
     profile: Option<PathBuf>,
     isolation: Option<Isolation>,
-    alive: Arc<AtomicBool>,
     contexts: HashMap<String, Context>,
     generation: u64,
 }
@@ -246,13 +245,13 @@ struct Context {
 
 impl Running {
     fn is_alive(&mut self) -> bool {
-        if !self.alive.load(Ordering::SeqCst) {
+        if !self.browser.is_connected() {
             return false;
         }
         match self.child.as_mut().map(|c| c.try_wait()) {
             Some(Ok(Some(status))) => {
                 warn!(%status, "Chromium exited");
-                self.alive.store(false, Ordering::SeqCst);
+                self.browser.alive_flag().store(false, Ordering::SeqCst);
                 false
             }
             _ => true,
@@ -457,7 +456,7 @@ impl BrowserService {
         let (tab, alive, in_use, generation) = {
             let mut state = inner.state.lock().await;
             let running = self.ensure_running(&mut state).await?;
-            let alive = running.alive.clone();
+            let alive = running.browser.alive_flag();
             let generation = running.generation;
             let (context, in_use) = self.context(running, channel).await?;
             let tab = match inner.pool_take(channel, generation) {
@@ -467,7 +466,7 @@ impl BrowserService {
                         .browser
                         .new_page(Some(&context))
                         .await
-                        .map_err(|e| cdp_error(e, &running.alive))?;
+                        .map_err(|e| cdp_error(e, &alive))?;
                     Tab::New(page)
                 }
             };
@@ -525,7 +524,7 @@ impl BrowserService {
             .browser
             .create_context()
             .await
-            .map_err(|e| cdp_error(e, &running.alive))?;
+            .map_err(|e| cdp_error(e, &running.browser.alive_flag()))?;
         let in_use = Arc::new(AtomicUsize::new(0));
         running.contexts.insert(
             channel.to_string(),

@@ -384,14 +384,15 @@ impl PageLease {
         }
         drop(lifecycle);
         self.dirty.store(false, Ordering::SeqCst);
-        let title = self.eval::<String>("document.title").await.ok();
-        // Where the page is now: the response's address, or where a script sent it since.
-        let url = match self.page.url().await {
-            Ok(url) if !url.is_empty() => url,
-            _ => response.url.clone(),
-        };
+        // The title, and where the page is now: a script may have sent it on since the response.
+        let (title, url) = self
+            .eval::<(String, String)>("[document.title, location.href.split('#')[0]]")
+            .await
+            .map_or((None, None), |(title, url)| (Some(title), Some(url)));
         Ok(Loaded {
-            url,
+            url: url
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| response.url.clone()),
             status: response.status,
             mime: response.mime_type.clone(),
             title: title.filter(|t| !t.trim().is_empty()),

@@ -28,7 +28,7 @@ use sqlx::{ColumnIndex, Decode, Postgres, Row as _, Sqlite, Transaction, Type};
 use super::clock::Clock;
 use super::ids::UnixMs;
 use super::writer::{Admission, Durability, Writer};
-use super::{Result, StoreError, migrate};
+use super::{Result, StoreError, dialect, migrate};
 
 /// Writes SQLite commits at once, at most (its single writer).
 const SQLITE_BATCH: usize = 256;
@@ -202,11 +202,24 @@ impl Db {
     /// Start the writers of `pools`: SQLite's one write connection, or a few Postgres
     /// connections (the pool keeps the rest for reads).
     fn with_pools(pools: Pools, clock: Arc<Clock>) -> Result<Self> {
+        let before_commit = match pools {
+            Pools::Sqlite { .. } => dialect::SQLITE_BEFORE_COMMIT,
+            Pools::Postgres { .. } => &[],
+        };
+        Self::with_writer(pools, clock, before_commit)
+    }
+
+    /// [`Db::with_pools`], with the statements its writer runs before each commit.
+    fn with_writer(
+        pools: Pools,
+        clock: Arc<Clock>,
+        before_commit: &'static [&'static str],
+    ) -> Result<Self> {
         let (tasks, batch) = match pools {
             Pools::Sqlite { .. } => (1, SQLITE_BATCH),
             Pools::Postgres { .. } => (POSTGRES_WRITERS, POSTGRES_BATCH),
         };
-        let writer = Writer::start(&pools, clock, tasks, batch)?;
+        let writer = Writer::start(&pools, clock, tasks, batch, before_commit)?;
         Ok(Db { pools, writer })
     }
 
@@ -423,7 +436,13 @@ pub(crate) mod testing {
             let file = options.get_filename().to_path_buf();
             let read = SqlitePool::connect_with(options).await.unwrap();
             migrate::sqlite().run_to(version, &read).await.unwrap();
-            Db::with_pools(Pools::Sqlite { read, file }, clock).unwrap()
+            // The statements before a commit need the tables of migration 19.
+            let before_commit = if version >= 19 {
+                dialect::SQLITE_BEFORE_COMMIT
+            } else {
+                &[]
+            };
+            Db::with_writer(Pools::Sqlite { read, file }, clock, before_commit).unwrap()
         } else {
             let pool = PgPool::connect(url).await.unwrap();
             migrate::postgres().run_to(version, &pool).await.unwrap();

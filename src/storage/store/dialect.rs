@@ -4,7 +4,8 @@
 //! - **Claiming** (events and replies): Postgres locks the chosen rows with
 //!   `FOR UPDATE SKIP LOCKED`, so workers of several instances never claim the same row; SQLite
 //!   has one writer, so the plain `UPDATE … WHERE id = (SELECT …)` is already exclusive.
-//! - **Full-text search**: FTS5 (`MATCH`, `bm25`) against a `tsvector` column (`@@`, `ts_rank`).
+//! - **Full-text search**: FTS5 (`MATCH`, `bm25`) against a `tsvector` column (`@@`, `ts_rank`);
+//!   SQLite indexes new notes once per transaction, just before its commit.
 //! - **Attachment order**: SQLite's implicit `rowid` against the `seq` column Postgres needs.
 //! - **Leader leases**: Postgres takes the time from the database's clock, so instances on
 //!   machines with skewed clocks agree; SQLite has a single machine.
@@ -28,6 +29,18 @@ pub(crate) struct Sql {
 pub(crate) fn locks_conversations(db: &Db) -> bool {
     db.is_postgres()
 }
+
+/// What SQLite's writer runs in every transaction just before it commits (Postgres: nothing).
+/// New notes wait in `memory_fts_pending` until then and reach the full-text index with one
+/// statement per transaction: FTS5 writes the terms it holds in memory to a new segment
+/// whenever a later statement of the transaction begins, so indexing each note as it was
+/// inserted made one tiny segment (and later merges) per note (see migration 0019).
+pub(crate) const SQLITE_BEFORE_COMMIT: &[&str] = &[
+    "INSERT INTO memory_fts (rowid, text, fts_scope)
+     SELECT n.id, n.text, n.fts_scope
+     FROM memory_fts_pending p CROSS JOIN memory_notes n ON n.id = p.note_id",
+    "DELETE FROM memory_fts_pending",
+];
 
 /// Claim up to `$4` events, oldest first: each the head of its conversation (its oldest
 /// unfinished event, see `conversations.head_id`), pending or with an expired lease, and due.

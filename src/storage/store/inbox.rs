@@ -339,6 +339,28 @@ async fn complete_event(
     Ok(Some((written, next)))
 }
 
+/// The admin list of inbox events in one state (`$1`), newest first, at most `$2`, with the
+/// user's message; `$cond` narrows the rows to those of one index (see `inbox_events`).
+macro_rules! inbox_events_sql {
+    ($cond:literal) => {
+        concat!(
+            "SELECT i.id, i.platform_event_id, i.status, i.attempts, i.error, i.lease_owner,
+                    i.received_at, i.finished_at, c.platform, c.workspace, c.channel,
+                    c.thread,
+                    (SELECT m.text FROM messages m
+                     WHERE m.conversation_id = i.conversation_id AND m.event_id = i.id
+                       AND m.role = 'user'
+                     ORDER BY m.id LIMIT 1) AS text
+             FROM inbox i JOIN conversations c ON c.id = i.conversation_id
+             WHERE i.status = $1 ",
+            $cond,
+            "
+             ORDER BY i.id DESC
+             LIMIT $2"
+        )
+    };
+}
+
 #[async_trait]
 impl Inbox for SqlStore {
     async fn insert_event(&self, event: &NewEvent) -> Result<Inserted> {
@@ -532,44 +554,58 @@ impl Inbox for SqlStore {
     }
 
     async fn inbox_counts(&self) -> Result<InboxCounts> {
+        // Open and failed events are counted on their partial indexes; the done ones are the
+        // rest (there is no index by status: see migration 0019).
         let counts: Vec<(String, i64)> = on_reader!(&self.db, |pool| {
-            let found = sqlx::query("SELECT status, COUNT(*) AS n FROM inbox GROUP BY status")
-                .fetch_all(pool)
-                .await?;
+            let found = sqlx::query(
+                "SELECT status, COUNT(*) AS n FROM inbox
+                 WHERE status IN ('pending', 'leased') GROUP BY status
+                 UNION ALL
+                 SELECT status, COUNT(*) AS n FROM inbox
+                 WHERE status IN ('failed', 'retried') GROUP BY status
+                 UNION ALL
+                 SELECT 'all' AS status, COUNT(*) AS n FROM inbox",
+            )
+            .fetch_all(pool)
+            .await?;
             rows(&found, |row| Ok((row.col("status")?, row.col("n")?)))?
         });
         let mut by_status = InboxCounts::default();
+        let mut all = 0;
+        let mut retried = 0;
         for (status, n) in counts {
             match status.as_str() {
                 "pending" => by_status.pending = n,
                 "leased" => by_status.leased = n,
-                "done" => by_status.done = n,
                 "failed" => by_status.failed = n,
+                "retried" => retried = n,
+                "all" => all = n,
                 _ => {}
             }
         }
+        by_status.done = all - by_status.pending - by_status.leased - by_status.failed - retried;
         Ok(by_status)
     }
 
     async fn inbox_events(&self, status: InboxStatus, limit: i64) -> Result<Vec<InboxEvent>> {
+        // Open, failed and retried events come newest first from the partial index that holds
+        // them (the condition is spelled out so the planner sees it applies); done events, most
+        // of the inbox, from the table itself.
+        let sql = match status {
+            InboxStatus::Pending | InboxStatus::Leased => {
+                inbox_events_sql!("AND i.status IN ('pending', 'leased')")
+            }
+            InboxStatus::Failed | InboxStatus::Retried => {
+                inbox_events_sql!("AND i.status IN ('failed', 'retried')")
+            }
+            InboxStatus::Done => inbox_events_sql!(""),
+        };
         on_reader!(&self.db, |pool| {
-            let found = sqlx::query(
-                "SELECT i.id, i.platform_event_id, i.status, i.attempts, i.error, i.lease_owner,
-                        i.received_at, i.finished_at, c.platform, c.workspace, c.channel,
-                        c.thread,
-                        (SELECT m.text FROM messages m
-                         WHERE m.conversation_id = i.conversation_id AND m.event_id = i.id
-                           AND m.role = 'user'
-                         ORDER BY m.id LIMIT 1) AS text
-                 FROM inbox i JOIN conversations c ON c.id = i.conversation_id
-                 WHERE i.status = $1
-                 ORDER BY i.id DESC
-                 LIMIT $2",
-            )
-            .bind(status.as_str())
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+            let found = sqlx::query(sql)
+                .bind(status.as_str())
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
             rows(&found, |row| {
                 Ok(InboxEvent {
                     id: row.col("id")?,

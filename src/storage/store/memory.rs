@@ -374,3 +374,86 @@ impl SqlStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::store::Clock;
+
+    async fn ids_of(store: &SqlStore, channel: &ChannelRef, query: &str) -> Vec<NoteId> {
+        let found = store.recall(channel, query, 10).await.unwrap();
+        found.iter().map(|n| n.id).collect()
+    }
+
+    /// On SQLite a new note reaches the full-text index just before its transaction commits
+    /// (migration 0019). A note edited or deleted in the transaction that added it, and a note
+    /// edited or deleted after it was indexed, leave the index exactly as the notes are.
+    #[tokio::test]
+    async fn notes_changed_before_their_commit_are_indexed_as_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db", dir.path().display());
+        let store = SqlStore::open(&url, Arc::new(Clock::default()))
+            .await
+            .unwrap();
+        let channel = ChannelRef {
+            platform: "test".into(),
+            workspace: "W".into(),
+            channel: "C".into(),
+        };
+        let (cat, dog, bird) = store
+            .db
+            .write(channel.clone(), |tx, channel| {
+                Box::pin(async move {
+                    let at = UnixMs(1);
+                    let (cat, _) =
+                        insert_note(tx, channel, "the cat sleeps", "U", None, at).await?;
+                    let (dog, _) = insert_note(tx, channel, "the dog barks", "U", None, at).await?;
+                    let (bird, _) = insert_note(tx, channel, "a bird sings", "U", None, at).await?;
+                    tx.query("UPDATE memory_notes SET text = $1 WHERE id = $2")
+                        .bind("the cat purrs")
+                        .bind(cat)
+                        .execute()
+                        .await?;
+                    tx.query("DELETE FROM memory_notes WHERE id = $1")
+                        .bind(dog)
+                        .execute()
+                        .await?;
+                    Ok((cat, dog, bird))
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&store, &channel, "purrs").await, [cat]);
+        assert!(ids_of(&store, &channel, "sleeps").await.is_empty());
+        assert!(ids_of(&store, &channel, "barks").await.is_empty());
+        assert_eq!(ids_of(&store, &channel, "sings").await, [bird]);
+
+        // Indexed notes edited and deleted in later transactions.
+        assert!(store.update_note(bird, "a bird flies").await.unwrap());
+        assert!(store.delete_note(cat).await.unwrap());
+        assert!(!store.delete_note(dog).await.unwrap());
+        assert!(ids_of(&store, &channel, "sings").await.is_empty());
+        assert_eq!(ids_of(&store, &channel, "flies").await, [bird]);
+        assert!(ids_of(&store, &channel, "purrs").await.is_empty());
+
+        // FTS5 checks its index against the notes; nothing is left waiting.
+        let waiting: i64 = store
+            .db
+            .write((), |tx, ()| {
+                Box::pin(async move {
+                    tx.query("INSERT INTO memory_fts (memory_fts) VALUES ('integrity-check')")
+                        .execute()
+                        .await?;
+                    tx.query("SELECT COUNT(*) AS n FROM memory_fts_pending")
+                        .fetch_one()
+                        .await?
+                        .col("n")
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(waiting, 0);
+    }
+}

@@ -35,6 +35,7 @@ pub(crate) fn sqlite() -> Migrator {
         (16, "semantic memory", "0016_semantic_memory.sql", false),
         (17, "channel search", "0017_channel_search.sql", false),
         (18, "catch-up", "0018_catch_up.sql", false),
+        (19, "lean writes", "0019_lean_writes.sql", false),
     )
 }
 
@@ -52,6 +53,7 @@ pub(crate) fn postgres() -> Migrator {
         (16, "semantic memory", "0016_semantic_memory.sql", false),
         (17, "channel search", "0017_channel_search.sql", false),
         (18, "catch-up", "0018_catch_up.sql", false),
+        (19, "lean writes", "0019_lean_writes.sql", false),
     )
 }
 

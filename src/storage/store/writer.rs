@@ -15,6 +15,9 @@
 //! acknowledgement, and everything its processing wrote is on disk before its reply is handed
 //! to the platform (claiming a reply for delivery is a synced write).
 //!
+//! Every transaction ends with the backend's statements due before a commit (on SQLite, the
+//! full-text indexing of new notes, once per transaction: see `dialect::SQLITE_BEFORE_COMMIT`).
+//!
 //! A write that fails rolls its batch back; the batch's writes then run again one transaction
 //! each, so one bad write never fails the others. A commit that fails (the disk, the connection)
 //! fails every write of its batch: none of them is acknowledged, and none is run twice.
@@ -175,7 +178,8 @@ fn fill(batch: &mut Vec<Box<dyn Job>>, lane: &mut mpsc::Receiver<Box<dyn Job>>, 
 }
 
 impl Writer {
-    /// Start `tasks` writer tasks on `pools`, each committing batches of at most `batch` writes.
+    /// Start `tasks` writer tasks on `pools`, each committing batches of at most `batch` writes
+    /// and running `before_commit` in every transaction just before it commits.
     /// SQLite has one, on a thread of its own with the one write connection: its statements
     /// run there directly, without a hand-off to another thread per statement.
     pub(crate) fn start(
@@ -183,6 +187,7 @@ impl Writer {
         clock: Arc<Clock>,
         tasks: usize,
         batch: usize,
+        before_commit: &'static [&'static str],
     ) -> Result<Self> {
         let syncs = Arc::new(AtomicU64::new(0));
         let (accepts, accepts_rx) = mpsc::channel(ACCEPT_QUEUE);
@@ -203,6 +208,7 @@ impl Writer {
                     clock,
                     lanes,
                     batch: batch.max(1),
+                    before_commit,
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -221,6 +227,7 @@ impl Writer {
                         clock: clock.clone(),
                         lanes: lanes.clone(),
                         batch: batch.max(1),
+                        before_commit,
                     };
                     tokio::spawn(task.run());
                 }
@@ -301,6 +308,13 @@ fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
     // with a writer that never pauses (the log then grows without end), so it stays here.
     conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")?;
     conn.set_prepared_statement_cache_capacity(256);
+    // Plans are made once, whatever values are bound: otherwise a statement whose plan could
+    // depend on a bound value (a partial index's condition) was prepared again each time that
+    // value changed, as the claim of events was on every call (1 % of the writer's time).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(conn)
 }
 
@@ -322,6 +336,9 @@ struct WriterTask {
     clock: Arc<Clock>,
     lanes: Arc<Mutex<Lanes>>,
     batch: usize,
+    /// Statements every transaction runs last, before its commit (see
+    /// `dialect::SQLITE_BEFORE_COMMIT`).
+    before_commit: &'static [&'static str],
 }
 
 impl WriterTask {
@@ -441,6 +458,14 @@ impl WriterTask {
                 break;
             }
         }
+        // When the statements before the commit fail, the batch is rolled back as for a failed
+        // write, and each write runs again alone with them: only the one they fail with fails.
+        let mut unfinished = None;
+        if !failed && let Err(e) = run_before_commit(self.before_commit, &mut tx).await {
+            tracing::warn!(error = %e, writes = batch.len(), "the statements before a commit failed");
+            unfinished = Some(Arc::new(e));
+            failed = true;
+        }
         if !failed {
             let ended = self.end(tx, true).await;
             if let Err(e) = &ended {
@@ -453,8 +478,9 @@ impl WriterTask {
         // its own error) and the others are written.
         let _rolled_back = self.end(tx, false).await;
         if batch.len() == 1 {
+            let ended = unfinished.map_or(Ok(()), Err);
             for job in batch {
-                job.finish(Ok(()));
+                job.finish(ended.clone());
             }
             return;
         }
@@ -466,15 +492,26 @@ impl WriterTask {
                     continue;
                 }
             };
-            if job.run(&mut tx).await {
-                let ended = self.end(tx, true).await;
-                self.answer(vec![job], ended);
-            } else {
+            if !job.run(&mut tx).await {
                 let _rolled_back = self.end(tx, false).await;
                 job.finish(Ok(()));
+            } else if let Err(e) = run_before_commit(self.before_commit, &mut tx).await {
+                let _rolled_back = self.end(tx, false).await;
+                job.finish(Err(Arc::new(e)));
+            } else {
+                let ended = self.end(tx, true).await;
+                self.answer(vec![job], ended);
             }
         }
     }
+}
+
+/// Run the statements due before a commit (see [`WriterTask::before_commit`]) on `tx`.
+async fn run_before_commit(statements: &'static [&'static str], tx: &mut Tx) -> Result<()> {
+    for &sql in statements {
+        tx.query(sql).execute().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -489,6 +526,15 @@ mod tests {
     use super::*;
 
     async fn writer(dir: &tempfile::TempDir) -> (Writer, Pools) {
+        writer_with(dir, &[]).await
+    }
+
+    /// [`writer`], with statements run before each commit, and a table `guard` that refuses
+    /// the number 5.
+    async fn writer_with(
+        dir: &tempfile::TempDir,
+        before_commit: &'static [&'static str],
+    ) -> (Writer, Pools) {
         let url = format!("sqlite://{}/w.db", dir.path().display());
         let options = SqliteConnectOptions::from_str(&url)
             .unwrap()
@@ -498,12 +544,16 @@ mod tests {
             .connect_with(options)
             .await
             .unwrap();
-        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .execute(&read)
-            .await
-            .unwrap();
+        sqlx::query(
+            "CREATE TABLE t (n INTEGER PRIMARY KEY);
+             CREATE TABLE guard (n INTEGER CHECK (n <> 5))",
+        )
+        .execute(&read)
+        .await
+        .unwrap();
         let pools = Pools::Sqlite { read, file };
-        let writer = Writer::start(&pools, Arc::new(Clock::default()), 1, 64).unwrap();
+        let writer =
+            Writer::start(&pools, Arc::new(Clock::default()), 1, 64, before_commit).unwrap();
         (writer, pools)
     }
 
@@ -594,6 +644,42 @@ mod tests {
             }
         }
         assert_eq!(stored(&pools).await, (1..=10).collect::<Vec<_>>());
+    }
+
+    /// Statements run before each commit: when they fail, the batch is rolled back and each
+    /// write runs again alone, so only the write they fail with fails (with a commit error),
+    /// and the rest of its batch is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_before_a_commit_fail_only_the_write_they_fail_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, pools) =
+            writer_with(&dir, &["INSERT INTO guard (n) SELECT n FROM t WHERE n = 5"]).await;
+        let writer = Arc::new(writer);
+        let (held, release) = hold(&writer).await;
+        let tasks: Vec<_> = (1..=10)
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move { (n, insert(&writer, n).await) })
+            })
+            .collect();
+        until_queued(&writer.internal, 10).await;
+        release.notify_one();
+        held.await.unwrap().unwrap();
+        for task in tasks {
+            let (n, result) = task.await.unwrap();
+            if n == 5 {
+                assert!(matches!(result, Err(StoreError::Commit(_))), "{result:?}");
+            } else {
+                result.unwrap();
+            }
+        }
+        let written: Vec<i64> = (1..=10).filter(|&n| n != 5).collect();
+        assert_eq!(stored(&pools).await, written);
+        // Alone, the write fails the same way.
+        assert!(matches!(
+            insert(&writer, 5).await,
+            Err(StoreError::Commit(_))
+        ));
     }
 
     /// Hold the writer inside a write until `release` is notified.

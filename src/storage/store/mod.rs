@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 mod access;
+mod checkpoint;
 mod clock;
 mod compaction;
 mod conversations;

@@ -15,6 +15,9 @@
 //! acknowledgement, and everything its processing wrote is on disk before its reply is handed
 //! to the platform (claiming a reply for delivery is a synced write).
 //!
+//! On SQLite a thread of its own copies the log back into the database as it grows (see
+//! [`Checkpointer`]), so the writer seldom pauses for that.
+//!
 //! Every transaction ends with the backend's statements due before a commit (on SQLite, the
 //! full-text indexing of new notes, once per transaction: see `dialect::SQLITE_BEFORE_COMMIT`).
 //!
@@ -39,6 +42,7 @@ use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::db::{Pools, Tx, TxConn, WriteFn};
 use super::ids::UnixMs;
 use super::wal_sync::WalSyncer;
@@ -205,6 +209,7 @@ impl Writer {
                 let task = WriterTask {
                     target: Target::Sqlite(Some(open_sqlite_writer(file)?)),
                     syncer: Some(WalSyncer::start(file, syncs.clone()).map_err(cannot_start)?),
+                    checkpointer: Some(Checkpointer::start(file)?),
                     clock,
                     lanes,
                     batch: batch.max(1),
@@ -224,6 +229,7 @@ impl Writer {
                     let task = WriterTask {
                         target: Target::Postgres(pool.clone()),
                         syncer: None,
+                        checkpointer: None,
                         clock: clock.clone(),
                         lanes: lanes.clone(),
                         batch: batch.max(1),
@@ -300,12 +306,11 @@ fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     // Commits write the log without syncing it; synced writes wait for the sync thread.
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")?;
-    // The writer copies the log back into the database (a checkpoint) once it holds this many
-    // pages, between two commits. SQLite's 1,000 made that copy most of the writer's time at
-    // full speed: 10,000 measured 9.0–9.5k events/s against 7.2k, for an accept p99 of 6–7 ms
-    // instead of 3.4 at 2,000 events/s (each checkpoint is a longer pause), and a log of up to
-    // ~40 MB on disk. 20,000 was no faster. A checkpoint on another connection cannot keep up
-    // with a writer that never pauses (the log then grows without end), so it stays here.
+    // The writer checkpoints itself once the log holds this many pages, between two commits
+    // (most of the copying is done before by the checkpoint thread: see `checkpoint.rs`). With
+    // the writer doing all of it, SQLite's 1,000 made that copy most of the writer's time at
+    // full speed: 10,000 measured 9.0–9.5k events/s against 7.2k, and a log of up to ~40 MB on
+    // disk. 20,000 was no faster.
     conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")?;
     conn.set_prepared_statement_cache_capacity(256);
     // Plans are made once, whatever values are bound: otherwise a statement whose plan could
@@ -333,6 +338,8 @@ struct WriterTask {
     target: Target,
     /// SQLite's syncs of the log, on a thread of their own (see [`WalSyncer`]).
     syncer: Option<WalSyncer>,
+    /// SQLite's checkpoints, on a thread of their own (see [`Checkpointer`]).
+    checkpointer: Option<Checkpointer>,
     clock: Arc<Clock>,
     lanes: Arc<Mutex<Lanes>>,
     batch: usize,
@@ -388,7 +395,13 @@ impl WriterTask {
         match tx.conn {
             TxConn::Sqlite(conn) => {
                 let ended = if commit {
-                    conn.execute_batch("COMMIT").map_err(|e| Arc::new(e.into()))
+                    let committed = conn.execute_batch("COMMIT");
+                    if committed.is_ok()
+                        && let Some(checkpointer) = &self.checkpointer
+                    {
+                        checkpointer.committed();
+                    }
+                    committed.map_err(|e| Arc::new(e.into()))
                 } else {
                     Ok(())
                 };
@@ -680,6 +693,31 @@ mod tests {
             insert(&writer, 5).await,
             Err(StoreError::Commit(_))
         ));
+    }
+
+    /// SQLite's log is copied back into the database by the checkpoint thread, long before
+    /// the writer's own limit (10,000 pages; these commits write a few dozen): the database
+    /// file, which in WAL mode only checkpoints write, takes the new rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_copied_back_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, pools) = writer(&dir).await;
+        let Pools::Sqlite { file, .. } = &pools else {
+            unreachable!("a SQLite writer")
+        };
+        let before = std::fs::read(file).unwrap();
+        for n in 1..=20 {
+            insert(&writer, n).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read(file).unwrap() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file is as it was before the writes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stored(&pools).await, (1..=20).collect::<Vec<_>>());
     }
 
     /// Hold the writer inside a write until `release` is notified.

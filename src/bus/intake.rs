@@ -49,6 +49,8 @@ impl EventSink for Bus {
                 return Err(e);
             }
         };
+        // Until the counter below has followed the insert (see `Inner::counting`).
+        let counting = self.inner.counting.read().await;
         let inserted = match self.inner.store.insert_event(&new).await {
             Ok(inserted) => inserted,
             Err(StoreError::Busy) => {
@@ -68,6 +70,7 @@ impl EventSink for Bus {
             self.inner.metrics.queue_depth.set(open);
             self.inner.wake.notify_one();
         }
+        drop(counting);
         Ok(Accepted {
             event_id: inserted.event_id.to_string(),
             duplicate: inserted.duplicate,

@@ -187,6 +187,11 @@ struct Inner {
     owner: String,
     wake: Notify,
     open_events: AtomicI64,
+    /// Keeps `open_events` exact when it is set from the database: a write that opens or
+    /// finishes an event holds it shared until the counter has followed the write, and the
+    /// refresh holds it alone for its count and store. Without it, an event committed before
+    /// the count but added to the counter after the store was counted twice (a false 503).
+    counting: tokio::sync::RwLock<()>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     /// Masks secrets in every reply and stored error text.
@@ -229,6 +234,7 @@ impl Bus {
                 owner,
                 wake: Notify::new(),
                 open_events: AtomicI64::new(0),
+                counting: tokio::sync::RwLock::new(()),
                 metrics,
                 shutdown: watch::channel(false).0,
                 redactor,
@@ -321,6 +327,7 @@ impl Bus {
     }
 
     async fn refresh_queue_depth(&self) {
+        let _alone = self.inner.counting.write().await;
         if let Ok(open) = self.inner.store.open_event_count().await {
             self.inner.open_events.store(open, Ordering::Relaxed);
             self.inner.metrics.queue_depth.set(open);
@@ -377,6 +384,62 @@ fn backoff_ms(attempt: i32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The open-event counter set from the database while events come in (the outbox sweep
+    /// does so every 2 s) neither doubles an event whose commit the count saw nor drops one
+    /// it did not: with no event finishing, it ends at exactly the number accepted. The
+    /// refreshes stop while the last events are still coming in, so none corrects the count
+    /// after them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_depth_stays_exact_while_it_is_refreshed() {
+        use std::sync::atomic::AtomicUsize;
+
+        use ecdysis_chat::{EventSink, UserRef};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::embedded(dir.path());
+        let app = crate::server::app::App::open(config).await.unwrap();
+        let bus = app.bus.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let refreshing = tokio::spawn({
+            let (bus, accepted) = (bus.clone(), accepted.clone());
+            async move {
+                let mut refreshes = 0;
+                while accepted.load(Ordering::Relaxed) < 150 {
+                    bus.refresh_queue_depth().await;
+                    refreshes += 1;
+                    tokio::task::yield_now().await;
+                }
+                refreshes
+            }
+        });
+        let submits: Vec<_> = (0..200)
+            .map(|n| {
+                let (bus, accepted) = (bus.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let conversation =
+                        ConversationRef::new("count", "w", format!("c{}", n % 10), None);
+                    let user = UserRef {
+                        id: "u".into(),
+                        name: None,
+                    };
+                    let text = format!("/remember note {n}");
+                    let event = Event::from_text(format!("e{n}"), conversation, user, text);
+                    let submitted = bus.submit(event).await.unwrap();
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    submitted
+                })
+            })
+            .collect();
+        for submit in submits {
+            assert!(!submit.await.unwrap().duplicate);
+        }
+        assert!(
+            refreshing.await.unwrap() > 1,
+            "the count was refreshed meanwhile"
+        );
+        assert_eq!(bus.inner.store.open_event_count().await.unwrap(), 200);
+        assert_eq!(bus.queue_depth(), 200);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -155,6 +155,7 @@ impl Bus {
             Err(e) => {
                 error!(error = %e, "stored event is unreadable; marking it failed");
                 let error = format!("unreadable payload: {e}");
+                let _counting = self.inner.counting.read().await;
                 if self.give_back(&claimed, &error, None).await {
                     self.finished(claimed.received_at, true);
                 }
@@ -259,6 +260,8 @@ impl Bus {
             ..completion
         };
         let completing = Instant::now();
+        // Until the counter has followed the completion (see `Inner::counting`).
+        let counting = self.inner.counting.read().await;
         match self
             .inner
             .store
@@ -267,6 +270,7 @@ impl Bus {
         {
             Ok(Some(completed)) => {
                 self.finished(claimed.received_at, failed);
+                drop(counting);
                 // Delivered before the next event runs: a conversation's replies keep their order.
                 for reply in completed.replies {
                     self.deliver(reply).await;

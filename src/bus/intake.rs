@@ -49,9 +49,18 @@ impl EventSink for Bus {
                 return Err(e);
             }
         };
-        // Until the counter below has followed the insert (see `Inner::counting`).
+        // Until the counter has followed the insert (see `Inner::counting`); files are
+        // forgotten after, so a slow blob store never holds up a refresh of the count.
         let counting = self.inner.counting.read().await;
-        let inserted = match self.inner.store.insert_event(&new).await {
+        let inserted = self.inner.store.insert_event(&new).await;
+        if let Ok(inserted) = &inserted
+            && !inserted.duplicate
+        {
+            let open = self.inner.open_events.fetch_add(1, Ordering::Relaxed) + 1;
+            self.inner.metrics.queue_depth.set(open);
+        }
+        drop(counting);
+        let inserted = match inserted {
             Ok(inserted) => inserted,
             Err(StoreError::Busy) => {
                 // Refused before it was queued: nothing points at the files.
@@ -66,11 +75,8 @@ impl EventSink for Bus {
             self.forget_files(&files).await;
         } else {
             self.inner.metrics.events_received.inc();
-            let open = self.inner.open_events.fetch_add(1, Ordering::Relaxed) + 1;
-            self.inner.metrics.queue_depth.set(open);
             self.inner.wake.notify_one();
         }
-        drop(counting);
         Ok(Accepted {
             event_id: inserted.event_id.to_string(),
             duplicate: inserted.duplicate,

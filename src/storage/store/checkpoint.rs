@@ -9,13 +9,9 @@
 //! otherwise make the log grow without end. By then this thread has copied nearly all of it,
 //! so the writer's own checkpoint is short.
 
-use std::path::Path;
+use std::io;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
-
-use rusqlite::OpenFlags;
-
-use super::{Result, StoreError};
 
 /// The least time between two checkpoints of this thread. Shorter copies the same hot pages
 /// (index roots, the conversations table) back more often; longer leaves more for the writer.
@@ -30,21 +26,13 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Start the thread that checkpoints the database `file` (already in WAL mode) on a
-    /// connection of its own. It ends when this handle is dropped.
-    pub(super) fn start(file: &Path) -> Result<Checkpointer> {
-        let conn = rusqlite::Connection::open_with_flags(
-            file,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+    /// Start the thread that checkpoints on `conn`, a connection of its own to the database
+    /// (already in WAL mode). It ends when this handle is dropped.
+    pub(super) fn start(conn: rusqlite::Connection) -> io::Result<Checkpointer> {
         let (wake, woken) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &woken))
-            .map_err(|e| StoreError::Open {
-                url: file.display().to_string(),
-                problem: format!("cannot start the checkpoint thread: {e}"),
-            })?;
+            .spawn(move || run(&conn, &woken))?;
         Ok(Checkpointer { wake })
     }
 

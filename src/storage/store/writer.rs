@@ -209,7 +209,10 @@ impl Writer {
                 let task = WriterTask {
                     target: Target::Sqlite(Some(open_sqlite_writer(file)?)),
                     syncer: Some(WalSyncer::start(file, syncs.clone()).map_err(cannot_start)?),
-                    checkpointer: Some(Checkpointer::start(file)?),
+                    checkpointer: Some(
+                        Checkpointer::start(open_sqlite_checkpoints(file)?)
+                            .map_err(cannot_start)?,
+                    ),
                     clock,
                     lanes,
                     batch: batch.max(1),
@@ -321,6 +324,13 @@ fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
         true,
     )?;
     Ok(conn)
+}
+
+/// The connection of the checkpoint thread (see [`Checkpointer`]).
+fn open_sqlite_checkpoints(file: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Ok(rusqlite::Connection::open_with_flags(file, flags)?)
 }
 
 /// Where a writer task's transactions run.

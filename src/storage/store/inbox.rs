@@ -196,10 +196,9 @@ pub(super) async fn insert_event(
         .bind(conversation_id)
         .bind(&e.payload)
         .bind(now)
-        .fetch_optional()
+        .insert_id()
         .await?
-        .map(|row| row.col("id"))
-        .transpose()?;
+        .map(EventId);
     let Some(event_id) = inserted else {
         // A platform retry: the stored event's id, nothing written.
         let existing: EventId = tx
@@ -262,57 +261,54 @@ type CompletedRows = (Vec<(ReplyId, i32, usize)>, Option<ClaimedRow>);
 /// event's lease (nothing is written then).
 async fn complete_event(
     tx: &mut Tx,
-    event_id: EventId,
+    (event_id, conversation_id): (EventId, ConversationId),
     owner: &str,
     done: &Completion,
 ) -> Result<Option<CompletedRows>> {
     let now = tx.now;
-    let finished: Option<ConversationId> = tx
+    let finished = tx
         .query(
             "UPDATE inbox
              SET status = CASE WHEN CAST($1 AS TEXT) IS NULL THEN 'done' ELSE 'failed' END,
                  finished_at = $2, lease_owner = NULL, lease_until = NULL,
                  error = CAST($1 AS TEXT)
-             WHERE id = $3 AND status = 'leased' AND lease_owner = $4
-             RETURNING conversation_id",
+             WHERE id = $3 AND status = 'leased' AND lease_owner = $4",
         )
         .bind(&done.error)
         .bind(now)
         .bind(event_id)
         .bind(owner)
-        .fetch_optional()
-        .await?
-        .map(|row| row.col("conversation_id"))
-        .transpose()?;
-    let Some(conversation_id) = finished else {
+        .execute()
+        .await?;
+    if finished.rows_affected() == 0 {
         return Ok(None);
-    };
+    }
     for message in &done.messages {
         insert_message(tx, conversation_id, Some(event_id), message).await?;
     }
     let mut written = Vec::with_capacity(done.replies.len());
+    // A reply written already claimed has had its first attempt.
+    let attempts = i32::from(done.reply_lease_until.is_some());
     for (n, reply) in done.replies.iter().enumerate() {
-        let row = tx
+        let id = tx
             .query(
                 "INSERT INTO outbox (idempotency_key, event_id, conversation_id, payload,
                                      lease_until, attempts, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id, attempts",
+                 RETURNING id",
             )
             .bind(&reply.idempotency_key)
             .bind(event_id)
             .bind(conversation_id)
             .bind(&reply.payload)
             .bind(done.reply_lease_until)
-            .bind(i32::from(done.reply_lease_until.is_some()))
+            .bind(attempts)
             .bind(now)
-            .fetch_optional()
-            .await?
-            .map(|row| Ok::<_, StoreError>((row.col("id")?, row.col("attempts")?)))
-            .transpose()?;
-        if let Some((id, attempts)) = row {
-            written.push((id, attempts, n));
+            .insert_id()
+            .await?;
+        if let Some(id) = id {
+            written.push((ReplyId(id), attempts, n));
         }
     }
     let next = match done.claim_next_until {
@@ -472,8 +468,12 @@ impl Inbox for SqlStore {
             .write_to_as(
                 completion_durability(done),
                 &event.conversation,
-                (event_id, owner.to_string(), done.clone()),
-                |tx, (id, owner, done)| Box::pin(complete_event(tx, *id, owner, done)),
+                (
+                    (event_id, event.conversation_id),
+                    owner.to_string(),
+                    done.clone(),
+                ),
+                |tx, (ids, owner, done)| Box::pin(complete_event(tx, *ids, owner, done)),
             )
             .await?;
         let Some((written, next)) = written else {

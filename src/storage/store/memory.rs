@@ -145,10 +145,9 @@ async fn insert_note(
         .bind(created_by)
         .bind(source)
         .bind(created_at)
-        .fetch_optional()
+        .insert_id()
         .await?
-        .map(|row| row.col("id"))
-        .transpose()?;
+        .map(NoteId);
     if let Some(id) = inserted {
         return Ok((id, true));
     }

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 
 use super::db::{Columns, Index, Tx, TxConn, Value};
-use super::dialect::Sql;
+use super::dialect::{self, Sql};
 use super::{Result, StoreError};
 
 /// A statement's text: one for both backends, a [`Sql`] pair, or built at run time.
@@ -242,6 +242,31 @@ impl TxQuery<'_> {
         self.fetch_optional()
             .await?
             .ok_or(StoreError::Db(sqlx::Error::RowNotFound))
+    }
+
+    /// Run an `INSERT … RETURNING id` (with or without `ON CONFLICT … DO NOTHING`): the new
+    /// row's id, `None` when a conflict left the row out. SQLite runs it without the clause
+    /// (see [`dialect::sqlite_without_returning_id`]).
+    pub(crate) async fn insert_id(self) -> Result<Option<i64>> {
+        let TxQuery { tx, text, args } = self;
+        let TxConn::Sqlite(conn) = &mut tx.conn else {
+            let query = TxQuery { tx, text, args };
+            return query
+                .fetch_optional()
+                .await?
+                .map(|row| row.col(0))
+                .transpose();
+        };
+        let sql = match &text {
+            Text::Static(sql) => sql,
+            Text::Pair(pair) => pair.sqlite,
+            Text::Owned(sql) => sql.as_str(),
+        };
+        let insert = dialect::sqlite_without_returning_id(sql)
+            .ok_or_else(|| StoreError::Corrupt(format!("not an INSERT … RETURNING id: {sql}")))?;
+        let (done, _) = run_sqlite(conn, insert, &args, false)?;
+        // Changes and the rowid are the statement's own, never those of a trigger it fired.
+        Ok((done.rows_affected() > 0).then(|| conn.last_insert_rowid()))
     }
 
     async fn run(self, want_rows: bool) -> Result<(Done, Vec<Row>)> {

@@ -179,7 +179,7 @@ pub(crate) async fn insert_message(
     message: &NewMessage,
 ) -> Result<MessageId> {
     let now = tx.now;
-    let id: MessageId = tx
+    let id = tx
         .query(
             "INSERT INTO messages (conversation_id, event_id, role, text, meta, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -190,9 +190,10 @@ pub(crate) async fn insert_message(
         .bind(&message.text)
         .bind(&message.meta)
         .bind(now)
-        .fetch_one()
+        .insert_id()
         .await?
-        .col("id")?;
+        .map(MessageId)
+        .ok_or_else(|| StoreError::Corrupt("a message was not inserted".into()))?;
     for artifact in &message.attachments {
         insert_artifact(tx, conversation_id, id, artifact, now, false).await?;
     }

@@ -45,6 +45,28 @@ pub(crate) fn sqlite_without_returning_id(sql: &str) -> Option<&str> {
         .then_some(body.trim_end())
 }
 
+/// Lease a conversation's next event when it is its head, pending and due (a completion goes
+/// on with it). `$1` owner, `$2` lease until, `$3` conversation, `$4` now. Postgres returns the
+/// row; SQLite's update returns nothing (see [`sqlite_without_returning_id`]) and
+/// [`SQLITE_CLAIMED_NEXT`] reads it back: the claim leaves the head where it is.
+pub(crate) const CLAIM_NEXT: Sql = Sql {
+    sqlite: "UPDATE inbox
+             SET status = 'leased', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id = (SELECT head_id FROM conversations WHERE id = $3)
+               AND status = 'pending' AND available_at <= $4",
+    postgres: "UPDATE inbox
+               SET status = 'leased', lease_owner = $1, lease_until = $2,
+                   attempts = attempts + 1
+               WHERE id = (SELECT head_id FROM conversations WHERE id = $3)
+                 AND status = 'pending' AND available_at <= $4
+               RETURNING id, conversation_id, payload, attempts, received_at",
+};
+
+/// The event [`CLAIM_NEXT`] leased, read back on SQLite (same arguments).
+pub(crate) const SQLITE_CLAIMED_NEXT: &str =
+    "SELECT id, conversation_id, payload, attempts, received_at
+     FROM inbox WHERE id = (SELECT head_id FROM conversations WHERE id = $3)";
+
 /// What SQLite's writer runs in every transaction just before it commits (Postgres: nothing).
 /// New notes wait in `memory_fts_pending` until then and reach the full-text index with one
 /// statement per transaction: FTS5 writes the terms it holds in memory to a new segment

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::conversations::{conversation_from_row, upsert};
 use super::db::{Columns, Tx, on_reader, rows};
-use super::dialect::CLAIM_EVENTS;
+use super::dialect::{CLAIM_EVENTS, CLAIM_NEXT, SQLITE_CLAIMED_NEXT};
 use super::transcript::insert_message;
 use super::writer::Durability;
 use super::{
@@ -314,21 +314,15 @@ async fn complete_event(
     let next = match done.claim_next_until {
         // The finished event is no longer the head: its trigger made the next one the head.
         Some(until) => tx
-            .query(
-                "UPDATE inbox
-                 SET status = 'leased', lease_owner = $1, lease_until = $2,
-                     attempts = attempts + 1
-                 WHERE id = (SELECT head_id FROM conversations WHERE id = $3)
-                   AND status = 'pending' AND available_at <= $4
-                 RETURNING id, conversation_id, payload, attempts, received_at",
-            )
+            .query(CLAIM_NEXT)
             .bind(owner)
             .bind(until)
             .bind(conversation_id)
             .bind(now)
-            .fetch_optional()
+            .fetch_updated(SQLITE_CLAIMED_NEXT)
             .await?
-            .map(|row| claimed_row(&row))
+            .first()
+            .map(claimed_row)
             .transpose()?,
         None => None,
     };

@@ -269,6 +269,34 @@ impl TxQuery<'_> {
         Ok((done.rows_affected() > 0).then(|| conn.last_insert_rowid()))
     }
 
+    /// Run an update that returns the rows it changed: on Postgres its own `RETURNING`; on
+    /// SQLite the update alone, then `sqlite_read_back` (a `SELECT` of those rows with the
+    /// same arguments) when it changed any. The writer is alone on SQLite, so nothing changes
+    /// them in between.
+    pub(crate) async fn fetch_updated(self, sqlite_read_back: &'static str) -> Result<Vec<Row>> {
+        let TxQuery { tx, text, args } = self;
+        if !matches!(tx.conn, TxConn::Sqlite(_)) {
+            return TxQuery { tx, text, args }.fetch_all().await;
+        }
+        let updated = TxQuery {
+            tx: &mut *tx,
+            text,
+            args: args.clone(),
+        }
+        .execute()
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(Vec::new());
+        }
+        TxQuery {
+            tx,
+            text: Text::Static(sqlite_read_back),
+            args,
+        }
+        .fetch_all()
+        .await
+    }
+
     async fn run(self, want_rows: bool) -> Result<(Done, Vec<Row>)> {
         let TxQuery { tx, text, args } = self;
         match &mut tx.conn {

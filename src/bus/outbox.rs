@@ -20,7 +20,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 impl Bus {
     /// Deliver one claimed reply and record the outcome.
     pub(super) async fn deliver(&self, item: OutboxItem) {
-        let store = &self.inner.store;
+        self.deliver_record_later(item).await.await;
+    }
+
+    /// Deliver one claimed reply; the returned future records the outcome. A worker goes on
+    /// with its conversation's next event while the record is written (the reply was posted,
+    /// and the next event's writes queue behind the record in any case).
+    pub(super) async fn deliver_record_later(
+        &self,
+        item: OutboxItem,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let span = tracing::info_span!(
             "deliver",
             reply = %item.id,
@@ -28,6 +37,13 @@ impl Bus {
             attempt = item.attempts,
         );
         let outcome = self.try_deliver(&item).instrument(span).await;
+        let bus = self.clone();
+        async move { bus.record(item, outcome).await }
+    }
+
+    /// Record how a delivery ended: sent, or failed (retried later, or given up).
+    async fn record(&self, item: OutboxItem, outcome: Result<Option<String>, DeliveryError>) {
+        let store = &self.inner.store;
         let max_attempts =
             i32::try_from(self.inner.config.max_delivery_attempts).unwrap_or(i32::MAX);
         let recorded = match outcome {

@@ -74,16 +74,27 @@ impl Bus {
         tokio::spawn(async move {
             let mut next = Some(event);
             let mut in_a_row = 0;
+            let mut records = Vec::new();
             while let Some(event) = next.take() {
                 in_a_row += 1;
                 let go_on = in_a_row < EVENTS_IN_A_ROW;
                 let span = info_span!("event", id = %event.id, conversation = %event.conversation);
-                next = match bus.process(event, go_on).instrument(span).await {
+                next = match bus
+                    .process(event, go_on, &mut records)
+                    .instrument(span)
+                    .await
+                {
                     Some((event, claimed)) if bus.lease_still_held(&event, claimed).await => {
                         Some(event)
                     }
                     _ => None,
                 };
+            }
+            // The slot is free once its deliveries are recorded (shutdown waits for slots).
+            for record in records {
+                if let Err(e) = record.await {
+                    error!(error = %e, "recording a delivery panicked");
+                }
             }
             drop(permit);
             // The conversation's next event may be claimable now.
@@ -149,7 +160,14 @@ impl Bus {
 
     /// Run one event to its end. Returns the conversation's next event, and when it was
     /// claimed, when `go_on` asked for it and one was waiting (claimed with the completion).
-    async fn process(&self, claimed: ClaimedEvent, go_on: bool) -> Option<(ClaimedEvent, Instant)> {
+    /// The records of its replies' deliveries are written meanwhile: their tasks go in
+    /// `records`.
+    async fn process(
+        &self,
+        claimed: ClaimedEvent,
+        go_on: bool,
+        records: &mut Vec<JoinHandle<()>>,
+    ) -> Option<(ClaimedEvent, Instant)> {
         let payload: EventPayload = match serde_json::from_str(&claimed.payload) {
             Ok(payload) => payload,
             Err(e) => {
@@ -273,7 +291,8 @@ impl Bus {
                 drop(counting);
                 // Delivered before the next event runs: a conversation's replies keep their order.
                 for reply in completed.replies {
-                    self.deliver(reply).await;
+                    let record = self.deliver_record_later(reply).await;
+                    records.push(tokio::spawn(record.in_current_span()));
                 }
                 completed.next.map(|next| (next, completing))
             }

@@ -24,6 +24,17 @@ pub(crate) enum Text {
     Owned(String),
 }
 
+impl Text {
+    /// The statement as SQLite runs it.
+    fn sqlite(&self) -> &str {
+        match self {
+            Text::Static(sql) => sql,
+            Text::Pair(pair) => pair.sqlite,
+            Text::Owned(sql) => sql,
+        }
+    }
+}
+
 impl From<&'static str> for Text {
     fn from(sql: &'static str) -> Self {
         Text::Static(sql)
@@ -257,11 +268,7 @@ impl TxQuery<'_> {
                 .map(|row| row.col(0))
                 .transpose();
         };
-        let sql = match &text {
-            Text::Static(sql) => sql,
-            Text::Pair(pair) => pair.sqlite,
-            Text::Owned(sql) => sql.as_str(),
-        };
+        let sql = text.sqlite();
         let insert = dialect::sqlite_without_returning_id(sql)
             .ok_or_else(|| StoreError::Corrupt(format!("not an INSERT … RETURNING id: {sql}")))?;
         let (done, _) = run_sqlite(conn, insert, &args, false)?;
@@ -275,38 +282,22 @@ impl TxQuery<'_> {
     /// them in between.
     pub(crate) async fn fetch_updated(self, sqlite_read_back: &'static str) -> Result<Vec<Row>> {
         let TxQuery { tx, text, args } = self;
-        if !matches!(tx.conn, TxConn::Sqlite(_)) {
+        let TxConn::Sqlite(conn) = &mut tx.conn else {
             return TxQuery { tx, text, args }.fetch_all().await;
-        }
-        let updated = TxQuery {
-            tx: &mut *tx,
-            text,
-            args: args.clone(),
-        }
-        .execute()
-        .await?;
+        };
+        let (updated, _) = run_sqlite(conn, text.sqlite(), &args, false)?;
         if updated.rows_affected() == 0 {
             return Ok(Vec::new());
         }
-        TxQuery {
-            tx,
-            text: Text::Static(sqlite_read_back),
-            args,
-        }
-        .fetch_all()
-        .await
+        let (_, rows) = run_sqlite(conn, sqlite_read_back, &args, true)?;
+        Ok(rows.into_iter().map(Row::Sqlite).collect())
     }
 
     async fn run(self, want_rows: bool) -> Result<(Done, Vec<Row>)> {
         let TxQuery { tx, text, args } = self;
         match &mut tx.conn {
             TxConn::Sqlite(conn) => {
-                let sql = match &text {
-                    Text::Static(sql) => sql,
-                    Text::Pair(pair) => pair.sqlite,
-                    Text::Owned(sql) => sql.as_str(),
-                };
-                let (done, rows) = run_sqlite(conn, sql, &args, want_rows)?;
+                let (done, rows) = run_sqlite(conn, text.sqlite(), &args, want_rows)?;
                 Ok((done, rows.into_iter().map(Row::Sqlite).collect()))
             }
             TxConn::Postgres(t) => {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Writes link/hot-functions.txt: the functions `ecdysis serve` runs to start, to answer web chat
+# (commands, a model's streamed answers) and to sit idle, recorded by valgrind's callgrind on a
+# release build that keeps its symbols. build.rs hands the list to the linker, which puts these
+# functions side by side at the front of the code, so a running server maps in a few MB of
+# code instead of pages spread over all of it (see README, "The release binary").
+#
+# Run it again after a toolchain or dependency update: functions are named with hashes of their
+# crate's version, and names the linker no longer finds are skipped (the binary still works,
+# with less of its code together). Needs valgrind, python3 and curl. It links the release
+# binary with its symbols (ECDYSIS_KEEP_SYMBOLS=1; a relink, ~8 minutes on 2 cores), or takes
+# such a binary as its argument; `cargo build --release` afterwards links the ordered binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+if [ $# -ge 1 ]; then
+  binary=$1
+else
+  ECDYSIS_KEEP_SYMBOLS=1 cargo build --release --bin ecdysis
+  binary=$work/ecdysis
+  cp "${CARGO_TARGET_DIR:-target}/release/ecdysis" "$binary"
+fi
+
+model_port=18791
+port=18792
+python3 link/fake_model.py "$model_port" &
+env -i PATH="$PATH" HOME="$work" ECDYSIS_DATA_DIR="$work/data" \
+  ECDYSIS_LISTEN="127.0.0.1:$port" RUST_LOG=info \
+  OPENAI_API_KEY=profile OPENAI_BASE_URL="http://127.0.0.1:$model_port/v1" \
+  ECDYSIS_MODEL=openai/profile \
+  valgrind --tool=callgrind --demangle=no --dump-instr=no \
+  --callgrind-out-file="$work/callgrind.out" "$binary" serve 2>"$work/serve.log" &
+serve=$!
+
+for _ in $(seq 600); do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break
+  sleep 0.1
+done
+say() {
+  curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+    -d "{\"text\":\"$2\"}" "http://127.0.0.1:$port/api/chat/$1"
+}
+for i in $(seq 20); do say "profile-$((i % 4))" "/remember profile note $i"; done
+for conversation in profile-0 profile-1; do
+  say "$conversation" "/memory"
+  say "$conversation" "/recall note"
+  say "$conversation" "/help"
+  for i in $(seq 5); do say "$conversation" "what did I note? ($i)"; done
+  curl -sf -o /dev/null "http://127.0.0.1:$port/api/chat/$conversation/messages"
+done
+curl -sf -o /dev/null "http://127.0.0.1:$port/"
+curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" || true
+# Idle long enough for every periodic task (sweeps, leases, checkpoints) to run.
+sleep 20
+kill -TERM "$serve"
+wait "$serve" || true
+
+python3 link/callgrind_functions.py "$work/callgrind.out" "$(basename "$binary")" \
+  > link/hot-functions.txt
+echo "link/hot-functions.txt: $(wc -l < link/hot-functions.txt) functions"

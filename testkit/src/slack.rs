@@ -272,10 +272,20 @@ impl FakeSlack {
     /// Wait until `method` was called at least `n` times; the calls, or what there is after
     /// `timeout`.
     pub async fn wait_calls(&self, method: &str, n: usize, timeout: Duration) -> Vec<Call> {
+        self.wait_calls_any(&[method], n, timeout).await
+    }
+
+    /// Wait until the `methods` together were called at least `n` times; their calls in the
+    /// order received, or what there is after `timeout`.
+    pub async fn wait_calls_any(&self, methods: &[&str], n: usize, timeout: Duration) -> Vec<Call> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.changed.notified();
-            let calls = self.calls_to(method);
+            let calls: Vec<Call> = self
+                .calls()
+                .into_iter()
+                .filter(|c| methods.contains(&c.method.as_str()))
+                .collect();
             if calls.len() >= n || Instant::now() >= deadline {
                 return calls;
             }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Writes link/hot-functions.txt: the functions `ecdysis serve` runs to start, to answer web chat
-# (commands, a model's streamed answers) and to sit idle, recorded by valgrind's callgrind on a
-# release build that keeps its symbols. build.rs hands the list to the linker, which puts these
-# functions side by side at the front of the code, so a running server maps in a few MB of
-# code instead of pages spread over all of it (see README, "The release binary").
+# (commands, an OpenAI-compatible model's streamed answers) and Slack events (an Anthropic
+# model's), and to sit idle, recorded by valgrind's callgrind on a release build that keeps
+# its symbols. build.rs hands the list to the linker, which puts these functions side by side
+# at the front of the code, so a running server maps in a few MB of code instead of pages
+# spread over all of it (see README, "The release binary").
 #
 # Run it again after a toolchain or dependency update: functions are named with hashes of their
 # crate's version, and names the linker no longer finds are skipped (the binary still works,
@@ -23,40 +24,60 @@ else
   cp "${CARGO_TARGET_DIR:-target}/release/ecdysis" "$binary"
 fi
 
-model_port=18791
+fakes_port=18791
 port=18792
-python3 link/fake_model.py "$model_port" &
-env -i PATH="$PATH" HOME="$work" ECDYSIS_DATA_DIR="$work/data" \
-  ECDYSIS_LISTEN="127.0.0.1:$port" RUST_LOG=info \
-  OPENAI_API_KEY=profile OPENAI_BASE_URL="http://127.0.0.1:$model_port/v1" \
-  ECDYSIS_MODEL=openai/profile \
-  valgrind --tool=callgrind --demangle=no --dump-instr=no \
-  --callgrind-out-file="$work/callgrind.out" "$binary" serve 2>"$work/serve.log" &
-serve=$!
+base=http://127.0.0.1:$port
+fakes=http://127.0.0.1:$fakes_port
+python3 link/fakes.py "$fakes_port" &
 
-for _ in $(seq 600); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break
-  sleep 0.1
-done
+# Start `serve` under callgrind with the given settings, run the workload function, let the
+# server idle long enough for its periodic tasks (sweeps, leases, checkpoints), stop it.
+record() {
+  local name=$1 workload=$2
+  shift 2
+  rm -rf "$work/data"
+  env -i PATH="$PATH" HOME="$work" ECDYSIS_DATA_DIR="$work/data" ECDYSIS_LISTEN="127.0.0.1:$port" \
+    RUST_LOG=info ECDYSIS_SANDBOX=off "$@" \
+    valgrind --tool=callgrind --demangle=no --dump-instr=no \
+    --callgrind-out-file="$work/$name.callgrind" "$binary" serve 2>"$work/$name.log" &
+  local serve=$!
+  for _ in $(seq 600); do
+    curl -sf -o /dev/null "$base/readyz" && break
+    sleep 0.1
+  done
+  "$workload"
+  sleep 15
+  kill -TERM "$serve"
+  wait "$serve" || true
+}
+
 say() {
   curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
-    -d "{\"text\":\"$2\"}" "http://127.0.0.1:$port/api/chat/$1"
+    -d "{\"text\":\"$2\"}" "$base/api/chat/$1"
 }
-for i in $(seq 20); do say "profile-$((i % 4))" "/remember profile note $i"; done
-for conversation in profile-0 profile-1; do
-  say "$conversation" "/memory"
-  say "$conversation" "/recall note"
-  say "$conversation" "/help"
-  for i in $(seq 5); do say "$conversation" "what did I note? ($i)"; done
-  curl -sf -o /dev/null "http://127.0.0.1:$port/api/chat/$conversation/messages"
-done
-curl -sf -o /dev/null "http://127.0.0.1:$port/"
-curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" || true
-# Idle long enough for every periodic task (sweeps, leases, checkpoints) to run.
-sleep 20
-kill -TERM "$serve"
-wait "$serve" || true
 
-python3 link/callgrind_functions.py "$work/callgrind.out" "$(basename "$binary")" \
-  > link/hot-functions.txt
+web_chat() {
+  for i in $(seq 20); do say "profile-$((i % 4))" "/remember profile note $i"; done
+  for conversation in profile-0 profile-1; do
+    say "$conversation" "/memory"
+    say "$conversation" "/recall note"
+    say "$conversation" "/help"
+    for i in $(seq 5); do say "$conversation" "what did I note? ($i)"; done
+    curl -sf -o /dev/null "$base/api/chat/$conversation/messages"
+  done
+  curl -sf -o /dev/null "$base/"
+}
+
+slack_events() {
+  python3 link/slack_events.py "$base/slack/events" profile-secret 30
+}
+
+record web web_chat \
+  OPENAI_API_KEY=profile OPENAI_BASE_URL="$fakes/v1" ECDYSIS_MODEL=openai/profile
+record slack slack_events \
+  SLACK_SIGNING_SECRET=profile-secret SLACK_BOT_TOKEN=xoxb-profile SLACK_API_URL="$fakes/api/" \
+  ANTHROPIC_API_KEY=profile ANTHROPIC_BASE_URL="$fakes" ECDYSIS_MODEL=anthropic/profile
+
+python3 link/callgrind_functions.py "$binary" "$work/web.callgrind" \
+  "$work/slack.callgrind" > link/hot-functions.txt
 echo "link/hot-functions.txt: $(wc -l < link/hot-functions.txt) functions"

@@ -31,8 +31,8 @@ fn main() {
     if env::var_os("ECDYSIS_KEEP_SYMBOLS").is_none() {
         println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
     }
-    // The functions that start-up, web chat and an idle server run go side by side at the
-    // front of the code, so a server maps in those pages instead of pages all over the binary.
+    // The functions a running server uses (recorded by link/profile.sh) go side by side at
+    // the front of the code, so a server maps in those pages instead of pages all over it.
     // Only with LLD (the default linker of this target since Rust 1.90): GNU ld has no such
     // option. Names it does not find (after a dependency or toolchain update) are skipped.
     let manifest = env::var("CARGO_MANIFEST_DIR").unwrap_or_default();

@@ -260,11 +260,16 @@ impl FakeSlack {
 
     /// The recorded calls of one method.
     pub fn calls_to(&self, method: &str) -> Vec<Call> {
+        self.calls_to_any(&[method])
+    }
+
+    /// The recorded calls of any of `methods`, in the order received.
+    pub fn calls_to_any(&self, methods: &[&str]) -> Vec<Call> {
         self.shared
             .lock()
             .calls
             .iter()
-            .filter(|c| c.method == method)
+            .filter(|c| methods.contains(&c.method.as_str()))
             .cloned()
             .collect()
     }
@@ -281,11 +286,7 @@ impl FakeSlack {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.changed.notified();
-            let calls: Vec<Call> = self
-                .calls()
-                .into_iter()
-                .filter(|c| methods.contains(&c.method.as_str()))
-                .collect();
+            let calls = self.calls_to_any(methods);
             if calls.len() >= n || Instant::now() >= deadline {
                 return calls;
             }

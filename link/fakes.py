@@ -47,7 +47,7 @@ def anthropic(body):
     return "text/event-stream", sse(events)
 
 
-def slack(method):
+def slack():
     ts = f"{time.time():.6f}"
     answer = {"ok": True, "ts": ts, "channel": "C1", "user_id": "UBOT", "team_id": "T1",
               "team": "Profile", "user": "profile-bot", "bot_id": "BBOT", "messages": []}
@@ -75,7 +75,7 @@ class Fakes(BaseHTTPRequestHandler):
         elif path.endswith("/v1/messages"):
             content_type, data = anthropic(body)
         else:
-            content_type, data = slack(path.rsplit("/", 1)[-1])
+            content_type, data = slack()
         data = data.encode()
         self.send_response(200)
         self.send_header("content-type", content_type)

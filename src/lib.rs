@@ -17,5 +17,4 @@ pub mod sandbox;
 pub mod schedule;
 pub mod server;
 pub mod storage;
-pub mod tls;
 pub mod tokens;

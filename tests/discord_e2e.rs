@@ -1,5 +1,5 @@
 //! The Discord adapter end to end, against the fake Discord of testkit (REST + gateway
-//! websocket on 127.0.0.1): serenity's real gateway and HTTP code, the real bus, commands,
+//! websocket on 127.0.0.1): the real gateway connection and serenity's HTTP code, the real bus, commands,
 //! storage and HTTP routes. Free text is answered by the fake LLM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
@@ -781,6 +781,67 @@ async fn messages_of_a_channel_are_taken_in_order() {
     let texts: Vec<_> = notes.iter().map(|n| n.text.clone()).collect();
     let expected: Vec<_> = (0..25).map(|i| format!("note {i:02}")).collect();
     assert_eq!(texts, expected);
+    h.stop().await;
+}
+
+/// Threads the gateway announces (THREAD_CREATE, and the active threads of GUILD_CREATE) are
+/// known without asking Discord: a message in one is answered in it and remembered in the
+/// parent channel's memory. An event the bot cannot read is skipped; the ones after it are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announced_threads_are_known_and_unreadable_events_are_skipped() {
+    let h = Harness::start().await;
+    let (created, listed) = (h.fake.next_id(), h.fake.next_id());
+    h.fake.dispatch(
+        "THREAD_CREATE",
+        json!({ "id": created, "type": 11, "guild_id": GUILD_ID, "parent_id": CHANNEL_ID, "name": "a" }),
+    );
+    h.fake.dispatch(
+        "GUILD_CREATE",
+        json!({
+            "id": GUILD_ID, "name": "g", "premium_tier": 3, "roles": [], "members": [],
+            "channels": [{ "id": CHANNEL_ID, "type": 0, "name": "general" }],
+            "threads": [{ "id": listed, "type": 11, "parent_id": CHANNEL_ID, "name": "b" }],
+        }),
+    );
+    // A message without an author or a channel: not one serenity's model reads.
+    h.fake.dispatch(
+        "MESSAGE_CREATE",
+        json!({ "id": h.fake.next_id(), "content": "?" }),
+    );
+    for (thread, text) in [
+        (&created, "from the created thread"),
+        (&listed, "from a listed thread"),
+    ] {
+        h.fake
+            .say_in_guild(thread, &format!("/remember {text}"), true);
+        let reply = h
+            .posted_where("in the thread", |p| &p.channel == thread)
+            .await;
+        assert!(reply.content.starts_with("Remembered as #"), "{reply:?}");
+    }
+    let lookups = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && (r.path.ends_with(&created) || r.path.ends_with(&listed)))
+        .count();
+    assert_eq!(lookups, 0, "a thread was looked up over REST");
+    let parent = ChannelRef {
+        platform: "discord".into(),
+        workspace: GUILD_ID.into(),
+        channel: CHANNEL_ID.into(),
+    };
+    let mut notes: Vec<String> = h
+        .app
+        .store
+        .notes(&parent, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.text)
+        .collect();
+    notes.sort();
+    assert_eq!(notes, ["from a listed thread", "from the created thread"]);
     h.stop().await;
 }
 

@@ -763,7 +763,7 @@ async fn read_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) 
 
 /// The HTTP client of streamable-HTTP servers: rustls with ring and the webpki roots.
 fn http_client() -> Result<reqwest_mcp::Client, ConnectError> {
-    let tls = crate::tls::client_config().map_err(ConnectError::Tls)?;
+    let tls = ecdysis_chat::tls::client_config().map_err(ConnectError::Tls)?;
     reqwest_mcp::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))

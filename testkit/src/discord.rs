@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -99,6 +99,8 @@ enum Out {
     Text(String),
     /// Drop the connection without a close frame (a network failure).
     Drop,
+    /// Close the connection with this code and reason.
+    Close(u16, String),
 }
 
 #[derive(Default)]
@@ -274,6 +276,23 @@ impl FakeDiscord {
         let mut d = self.inner.data();
         if let Some(conn) = d.gateway.conn.take() {
             let _ = conn.send(Out::Drop);
+        }
+    }
+
+    /// Send a frame of any opcode on the open connection (not kept for replay), e.g. op 7
+    /// (reconnect) or op 9 (invalid session).
+    pub fn send_op(&self, op: u64, data: Value) {
+        if let Some(conn) = self.inner.data().gateway.conn.as_ref() {
+            let _ = conn.send(Out::Text(json!({ "op": op, "d": data }).to_string()));
+        }
+    }
+
+    /// Close the open connection with a close code, as Discord does (4004: authentication
+    /// failed, 4014: disallowed intents, …).
+    pub fn close_gateway(&self, code: u16, reason: &str) {
+        let mut d = self.inner.data();
+        if let Some(conn) = d.gateway.conn.take() {
+            let _ = conn.send(Out::Close(code, reason.to_string()));
         }
     }
 
@@ -1053,6 +1072,11 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket) {
                     }
                 }
                 Some(Out::Drop) | None => return,
+                Some(Out::Close(code, reason)) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+                    return;
+                }
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {

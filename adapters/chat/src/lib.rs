@@ -19,6 +19,7 @@ mod live;
 pub mod request;
 mod text;
 pub mod time;
+pub mod tls;
 
 pub use allow::AllowList;
 pub use backend::BackendError;

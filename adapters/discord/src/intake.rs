@@ -1,11 +1,7 @@
 //! Inbound messages and interactions → events for the core, in arrival order per channel.
 //!
-//! serenity dispatches each gateway event in its own task, which loses their order. The
-//! gateway therefore also reads events synchronously, in order, from the shard (a collector)
-//! into [`Intake::push`]; here each channel gets a lane that submits its events one after the
-//! other, while channels run in parallel. An event the collector did not take (before it was
-//! installed on a fresh connection, or when the queue was full) arrives through serenity's
-//! dispatch instead and is processed directly: never lost, at worst out of order.
+//! The gateway reads events in the order Discord sent them and pushes each here; every channel
+//! gets a lane that submits its events one after the other, while channels run in parallel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,8 +17,6 @@ use crate::interactions::Target;
 use crate::route::Route;
 use crate::translate;
 
-/// Events waiting between the shard and the lanes; beyond this the dispatch path takes over.
-const QUEUE: usize = 4_096;
 /// How long a message waits for READY to say who the bot is.
 const BOT_ID_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -33,14 +27,6 @@ pub(crate) enum Inbound {
 }
 
 impl Inbound {
-    /// The platform id (message or interaction snowflake).
-    pub fn id(&self) -> u64 {
-        match self {
-            Inbound::Message(m) => m.id.get(),
-            Inbound::Interaction(i) => i.id().get(),
-        }
-    }
-
     fn channel(&self) -> u64 {
         match self {
             Inbound::Message(m) => m.channel_id.get(),
@@ -54,65 +40,22 @@ impl Inbound {
     }
 }
 
-/// The ordered path from the shard to the core.
+/// The ordered path from the gateway to the core.
 pub(crate) struct Intake {
     shared: Arc<Shared>,
-    queue: mpsc::Sender<Inbound>,
-    /// Ids the ordered path took (with how many copies), so the dispatch path skips them.
-    taken: Mutex<HashMap<u64, u32>>,
     lanes: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Inbound>>>>,
 }
 
 impl Intake {
-    pub fn start(shared: Arc<Shared>) -> Arc<Self> {
-        let (queue, mut receiver) = mpsc::channel(QUEUE);
-        let intake = Arc::new(Self {
+    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self {
             shared,
-            queue,
-            taken: Mutex::new(HashMap::new()),
             lanes: Arc::new(Mutex::new(HashMap::new())),
-        });
-        let weak = Arc::downgrade(&intake);
-        tokio::spawn(async move {
-            while let Some(item) = receiver.recv().await {
-                let Some(intake) = weak.upgrade() else { return };
-                intake.route_to_lane(item);
-            }
-        });
-        intake
+        })
     }
 
-    /// Called by the shard, in order, without blocking. True when the ordered path took it.
-    pub fn push(&self, item: Inbound) -> bool {
-        let id = item.id();
-        // Marked before sending: the dispatch path for this event runs only after this returns.
-        if let Ok(mut taken) = self.taken.lock() {
-            *taken.entry(id).or_default() += 1;
-        }
-        if self.queue.try_send(item).is_ok() {
-            return true;
-        }
-        self.was_taken(id);
-        false
-    }
-
-    /// Called from serenity's dispatch for every message and interaction: true when the
-    /// ordered path has it (and this copy is to be dropped).
-    pub fn was_taken(&self, id: u64) -> bool {
-        let Ok(mut taken) = self.taken.lock() else {
-            return false;
-        };
-        match taken.get_mut(&id) {
-            Some(1) => taken.remove(&id).is_some(),
-            Some(n) => {
-                *n -= 1;
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn route_to_lane(&self, item: Inbound) {
+    /// Called by the gateway, in order, without blocking: the item joins its channel's lane.
+    pub fn push(&self, item: Inbound) {
         let channel = item.channel();
         let Ok(mut lanes) = self.lanes.lock() else {
             return;

@@ -17,7 +17,6 @@ mod channels;
 pub mod commands;
 mod deliver;
 mod gateway;
-mod gateway_url;
 mod health;
 mod http_interactions;
 mod intake;

@@ -17,8 +17,8 @@ pub(crate) fn http(settings: &Settings) -> Arc<Http> {
     Arc::new(builder(settings).build())
 }
 
-/// The builder behind [`http`], for serenity's gateway client (which wants its own `Http`).
-pub(crate) fn builder(settings: &Settings) -> HttpBuilder {
+/// The builder behind [`http`].
+fn builder(settings: &Settings) -> HttpBuilder {
     let token = settings.token.clone().unwrap_or_default();
     let mut builder = HttpBuilder::new(token);
     let base = settings.api_url.trim_end_matches('/');

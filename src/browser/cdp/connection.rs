@@ -100,7 +100,7 @@ impl Connection {
             url: ws_url.to_string(),
             reason,
         };
-        let tls = crate::tls::client_config().map_err(|e| failed(e.to_string()))?;
+        let tls = ecdysis_chat::tls::client_config().map_err(|e| failed(e.to_string()))?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));

@@ -1,11 +1,10 @@
 //! Where the gateway websocket lives, asked of the configured API (`GET /api/v10/gateway/bot`
 //! at `api_url`) and retried with backoff until it answers.
 //!
-//! serenity asks `GET /gateway` itself when its client is built and, when that fails, silently
-//! falls back to Discord's own `wss://gateway.discord.gg`: with `DISCORD_API_URL` pointing at
-//! a proxy (or a test fake), one failed call would send the bot token to a host nobody
-//! configured. The gateway therefore connects only to the URL this module got from the
-//! configured API, and stays down (visible in `/readyz`) while it cannot get one.
+//! The gateway connects only to the URL this module got from the configured API, and stays
+//! down (visible in `/readyz`) while it cannot get one: falling back to Discord's own
+//! `wss://gateway.discord.gg` when `DISCORD_API_URL` points at a proxy (or a test fake) would
+//! send the bot token to a host nobody configured.
 
 use std::time::Duration;
 
@@ -25,10 +24,15 @@ pub(crate) fn backoff(failures: u32) -> Duration {
     Backoff::new(MIN_BACKOFF, MAX_BACKOFF).delay(failures)
 }
 
+/// Whether `url` names a websocket (`ws://` or `wss://`).
+pub(crate) fn is_websocket(url: &str) -> bool {
+    url.starts_with("ws://") || url.starts_with("wss://")
+}
+
 /// A websocket URL, or why the answer is not one.
 fn check(url: &str) -> Result<String, String> {
     let url = url.trim();
-    if url.starts_with("ws://") || url.starts_with("wss://") {
+    if is_websocket(url) {
         Ok(url.to_string())
     } else {
         Err(format!(

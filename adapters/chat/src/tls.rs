@@ -1,5 +1,6 @@
-//! The TLS client settings of the core's own outbound connections (MCP servers over HTTPS, a
-//! remote browser over `wss://`): rustls with ring, trusting the webpki roots.
+//! The TLS client settings of outbound connections that are not a platform SDK's own (MCP
+//! servers over HTTPS, a remote browser and the Discord gateway over `wss://`): rustls with the
+//! ring provider named explicitly, trusting the webpki roots.
 
 use std::sync::Arc;
 

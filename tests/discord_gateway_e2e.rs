@@ -50,6 +50,17 @@ async fn serve(fake: &FakeDiscord) -> Running {
     }
 }
 
+/// Start the gateway of `running` and wait for its first session.
+async fn connected(running: &Running, fake: &FakeDiscord) -> ecdysis_discord::GatewayHandle {
+    let gateway =
+        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
+            .await
+            .unwrap()
+            .expect("a token starts the gateway");
+    assert!(fake.wait_identified(1).await, "the bot never identified");
+    gateway
+}
+
 /// The Discord part of `/readyz`.
 async fn discord_health(base: &str) -> Value {
     let body: Value = reqwest::get(format!("{base}/readyz"))
@@ -154,12 +165,7 @@ async fn a_silent_gateway_is_dropped_within_two_heartbeats_and_replaced() {
     let interval = Duration::from_millis(1_000);
     let fake = FakeDiscord::start_with_heartbeat(interval).await.unwrap();
     let running = serve(&fake).await;
-    let gateway =
-        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
-            .await
-            .unwrap()
-            .expect("a token starts the gateway");
-    assert!(fake.wait_identified(1).await, "the bot never identified");
+    let gateway = connected(&running, &fake).await;
     // Let a heartbeat be acknowledged, then fall silent with the socket left open.
     let acked = fake
         .wait_until(Duration::from_secs(10), |f| {
@@ -195,17 +201,6 @@ async fn a_silent_gateway_is_dropped_within_two_heartbeats_and_replaced() {
     assert!(back.is_some(), "no new connection after the zombie");
     gateway.shutdown().await;
     running.server.abort();
-}
-
-/// Start the gateway of `running` and wait for its first session.
-async fn connected(running: &Running, fake: &FakeDiscord) -> ecdysis_discord::GatewayHandle {
-    let gateway =
-        ecdysis::platforms::discord::start(&running.app.config, running.app.discord.as_ref())
-            .await
-            .unwrap()
-            .expect("a token starts the gateway");
-    assert!(fake.wait_identified(1).await, "the bot never identified");
-    gateway
 }
 
 /// A close code that connecting again cannot fix (here 4004, a bad token) ends the gateway:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Writes link/hot-functions.txt: the functions `ecdysis serve` runs to start, to answer web chat
-# (commands, an OpenAI-compatible model's streamed answers) and Slack events (an Anthropic
-# model's), and to sit idle, recorded by valgrind's callgrind on a release build that keeps
-# its symbols. build.rs hands the list to the linker, which puts these functions side by side
-# at the front of the code, so a running server maps in a few MB of code instead of pages
-# spread over all of it (see README, "The release binary").
+# Writes link/hot-functions.txt: the functions `ecdysis serve` runs to start (with its default
+# settings, so the sandbox probe too), to answer web chat (commands, an OpenAI-compatible
+# model's streamed answers) and Slack events (an Anthropic model's), and to sit idle, recorded
+# by valgrind's callgrind on a release build that keeps its symbols. build.rs hands the list to
+# the linker, which puts these functions side by side at the front of the code, so a running
+# server maps in a few MB of code instead of pages spread over all of it (see README, "The
+# release binary").
 #
 # Run it again after a toolchain or dependency update: functions are named with hashes of their
 # crate's version, and names the linker no longer finds are skipped (the binary still works,
@@ -37,7 +38,7 @@ record() {
   shift 2
   rm -rf "$work/data"
   env -i PATH="$PATH" HOME="$work" ECDYSIS_DATA_DIR="$work/data" ECDYSIS_LISTEN="127.0.0.1:$port" \
-    RUST_LOG=info ECDYSIS_SANDBOX=off "$@" \
+    RUST_LOG=info "$@" \
     valgrind --tool=callgrind --demangle=no --dump-instr=no \
     --callgrind-out-file="$work/$name.callgrind" "$binary" serve 2>"$work/$name.log" &
   local serve=$!

@@ -254,27 +254,22 @@ async fn heartbeat_requests_reconnects_and_resumable_closes_keep_the_session() {
         .await;
     assert!(beat.is_some(), "no heartbeat after op 1");
 
+    // The `n`th RESUME (n from 1) arrives.
+    let resumes = async |n: u32| {
+        fake.wait_until(wait, |f| (f.resumes() >= n).then_some(()))
+            .await
+            .is_some()
+    };
     fake.send_op(7, Value::Null);
-    let resumed = fake
-        .wait_until(wait, |f| (f.resumes() >= 1).then_some(()))
-        .await;
-    assert!(resumed.is_some(), "op 7 was not followed by a RESUME");
-
+    assert!(resumes(1).await, "op 7 was not followed by a RESUME");
     fake.send_op(9, Value::Bool(true));
-    let resumed = fake
-        .wait_until(wait, |f| (f.resumes() >= 2).then_some(()))
-        .await;
     assert!(
-        resumed.is_some(),
+        resumes(2).await,
         "a resumable op 9 was not followed by a RESUME"
     );
-
     fake.close_gateway(4000, "Unknown error");
-    let resumed = fake
-        .wait_until(wait, |f| (f.resumes() >= 3).then_some(()))
-        .await;
     assert!(
-        resumed.is_some(),
+        resumes(3).await,
         "a 4000 close was not followed by a RESUME"
     );
 

@@ -110,7 +110,7 @@ async fn run_lane(
 }
 
 /// Translate and submit one inbound item.
-pub(crate) async fn process(shared: &Arc<Shared>, item: Inbound) {
+async fn process(shared: &Arc<Shared>, item: Inbound) {
     match item {
         Inbound::Message(message) => process_message(shared, &message).await,
         Inbound::Interaction(interaction) => process_interaction(shared, &interaction).await,

@@ -102,8 +102,10 @@ impl Connection {
         let mut live = Live {
             shared: &self.shared,
             intake: &self.intake,
+            gateway,
             session,
             was_live: false,
+            waiting_for_ack: false,
         };
         live.run(socket, stopped).await
     }
@@ -135,8 +137,12 @@ fn with_query(base: &str) -> Result<String, String> {
 struct Live<'a> {
     shared: &'a Arc<Shared>,
     intake: &'a Intake,
+    /// Where a session is resumed when READY names no websocket URL.
+    gateway: &'a str,
     session: &'a mut Option<Session>,
     was_live: bool,
+    /// A heartbeat was sent and its ACK has not come yet.
+    waiting_for_ack: bool,
 }
 
 /// What a frame asks of the read loop.
@@ -158,7 +164,6 @@ impl Live<'_> {
         let mut beat = tokio::time::interval_at(Instant::now() + HELLO_TIMEOUT, HELLO_TIMEOUT);
         beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut hello = false;
-        let mut waiting_for_ack = false;
         let ended = loop {
             let next = tokio::select! {
                 _ = stopped.wait_for(|stopped| *stopped) => Next::End(Ended::Stopped),
@@ -166,7 +171,7 @@ impl Live<'_> {
                     if !hello {
                         break self.lost("no HELLO from the gateway");
                     }
-                    if waiting_for_ack {
+                    if self.waiting_for_ack {
                         break self.lost("no heartbeat acknowledgement within an interval (zombie connection)");
                     }
                     Next::Heartbeat
@@ -174,12 +179,7 @@ impl Live<'_> {
                 message = reader.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         match serde_json::from_str::<Frame>(text.as_str()) {
-                            Ok(frame) => {
-                                if frame.op == op::HEARTBEAT_ACK {
-                                    waiting_for_ack = false;
-                                }
-                                self.frame(&frame)
-                            }
+                            Ok(frame) => self.frame(&frame),
                             Err(e) => {
                                 warn!(error = %e, "unreadable Discord gateway frame");
                                 Next::Continue
@@ -211,7 +211,7 @@ impl Live<'_> {
                     Some(self.greeting())
                 }
                 Next::Heartbeat => {
-                    waiting_for_ack = true;
+                    self.waiting_for_ack = true;
                     let seq = self.session.as_ref().map(|s| s.seq);
                     Some(protocol::encode(op::HEARTBEAT, &seq))
                 }
@@ -294,7 +294,10 @@ impl Live<'_> {
                 Err(e) => Next::End(self.lost(&format!("unreadable HELLO: {e}"))),
             },
             op::HEARTBEAT => Next::Heartbeat,
-            op::HEARTBEAT_ACK => Next::Continue,
+            op::HEARTBEAT_ACK => {
+                self.waiting_for_ack = false;
+                Next::Continue
+            }
             op::RECONNECT => Next::End(self.lost("Discord asked the bot to reconnect")),
             op::INVALID_SESSION => {
                 if frame.data::<bool>().unwrap_or(false) {
@@ -328,7 +331,7 @@ impl Live<'_> {
             resume_url: if super::locate::is_websocket(&ready.resume_gateway_url) {
                 ready.resume_gateway_url
             } else {
-                self.shared.health.gateway_url().unwrap_or_default()
+                self.gateway.to_string()
             },
             seq: frame.s.unwrap_or_default(),
         });

@@ -2,8 +2,6 @@
 //! intake's per-channel lanes; channels, threads and a server's boost tier go to the routing
 //! cache. Any other event is skipped without being parsed.
 
-use std::sync::Arc;
-
 use serenity::model::channel::ChannelType;
 use tracing::warn;
 
@@ -12,7 +10,7 @@ use crate::adapter::Shared;
 use crate::intake::{Inbound, Intake};
 
 /// Handle the dispatch `name`. An event that cannot be read is logged and skipped.
-pub(crate) fn dispatch(shared: &Arc<Shared>, intake: &Intake, name: &str, frame: &Frame<'_>) {
+pub(crate) fn dispatch(shared: &Shared, intake: &Intake, name: &str, frame: &Frame<'_>) {
     let read = match name {
         "MESSAGE_CREATE" => frame
             .data()

@@ -85,7 +85,9 @@ async fn run(connection: Connection, mut stopped: watch::Receiver<bool>) {
     let (mut failures, mut short_lived) = (0u32, 0u32);
     loop {
         let began = tokio::time::Instant::now();
-        let delay = match connection.run(&gateway, &mut session, &mut stopped).await {
+        let ended = connection.run(&gateway, &mut session, &mut stopped).await;
+        shared.health.set_stage("disconnected");
+        let delay = match ended {
             Ended::Stopped => break,
             Ended::Refused(why) => {
                 error!(
@@ -96,7 +98,6 @@ async fn run(connection: Connection, mut stopped: watch::Receiver<bool>) {
                 return;
             }
             Ended::Lost { why, was_live } => {
-                shared.health.set_stage("disconnected");
                 if was_live {
                     failures = 0;
                     short_lived = if began.elapsed() < STABLE {
@@ -124,7 +125,6 @@ async fn run(connection: Connection, mut stopped: watch::Receiver<bool>) {
                 delay
             }
             Ended::SessionOver { why } => {
-                shared.health.set_stage("disconnected");
                 session = None;
                 // Discord asks for a random pause of 1–5 s before identifying again.
                 let delay = Duration::from_millis(rand::random_range(1_000..=5_000));

@@ -189,8 +189,14 @@ fn a_readable_database_of_an_older_version_is_made_private() {
     assert_eq!(mode(&db), 0o600);
     // What an older version left: world-readable files.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The log may still hold committed pages that `migrate` did not copy back before it
+    // exited: create it when missing, never truncate it (that would corrupt the database).
     let wal = data.join("ecdysis.db-wal");
-    std::fs::write(&wal, b"").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&wal)
+        .unwrap();
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
     let owner = std::fs::metadata(&db).unwrap().uid();
     migrate();

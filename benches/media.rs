@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use ecdysis::config::Config;
@@ -64,11 +63,8 @@ fn photo(w: u32, h: u32, quality: u8) -> Vec<u8> {
             ((x + y) / 16) as u8,
         ])
     });
-    let mut out = Cursor::new(Vec::new());
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .encode_image(&img)
-        .expect("encode the photo");
-    out.into_inner()
+    ecdysis::media::image::jpeg::encode(&image::DynamicImage::ImageRgb8(img), quality)
+        .expect("encode the photo")
 }
 
 fn bench_prepare() {

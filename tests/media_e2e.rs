@@ -40,11 +40,7 @@ fn photo(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8])
     });
-    let mut out = Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Jpeg)
-        .unwrap();
-    out.into_inner()
+    ecdysis::media::image::jpeg::encode(&image::DynamicImage::ImageRgb8(img), 75).unwrap()
 }
 
 /// A PNG cut short: the header says PNG, the pixels are gone.
@@ -363,7 +359,7 @@ async fn image_within_limits_and_corrupt_note(api: Api) {
     );
     let (mime, bytes) = &found[0];
     assert_eq!(mime, "image/jpeg");
-    let decoded = image::load_from_memory(bytes).unwrap();
+    let decoded = ecdysis::media::image::decode(bytes).unwrap();
     let (w, h_) = (decoded.width(), decoded.height());
     assert!(w.max(h_) <= 1568, "{w}×{h_}");
     assert!(u64::from(w) * u64::from(h_) <= 1_150_000, "{w}×{h_}");

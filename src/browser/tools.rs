@@ -209,8 +209,8 @@ pub async fn model_image(shot: &Screenshot) -> Result<ToolImage, ToolError> {
     }
     let bytes = shot.bytes.clone();
     let fitted = tokio::task::spawn_blocking(move || {
-        let img = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-        let img = image_fit::scale_to_side(&img, MODEL_IMAGE_SIDE);
+        let img = crate::media::image::decode(&bytes).map_err(|e| e.to_string())?;
+        let img = image_fit::scale_to_side(img, MODEL_IMAGE_SIDE).map_err(|e| e.to_string())?;
         let mut png = image_fit::encode(&img, Encoding::Png, 100).map_err(|e| e.to_string())?;
         let mut encoding = Encoding::Png;
         if png.len() > MODEL_IMAGE_BYTES {

@@ -8,8 +8,9 @@
 //! a seventh of its pixels to decode. Scaling is `fast_image_resize` (SIMD convolution), the
 //! re-encoding libjpeg-turbo's fastest settings.
 
+pub mod jpeg;
+
 use std::io::Cursor;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use fast_image_resize as fir;
@@ -70,17 +71,29 @@ pub enum ImageError {
 /// Make an image ready for the model. CPU-bound: call it through [`super::background`].
 pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageError> {
     let mime = image_mime(bytes).ok_or(ImageError::Unsupported)?;
+    let (img, original) = decode_within(bytes, mime, Some(limits))?;
+    fit(bytes, mime, img, original, limits)
+}
+
+/// Decode a PNG, JPEG, GIF (its first frame) or WebP image whole. CPU-bound.
+pub fn decode(bytes: &[u8]) -> Result<DynamicImage, ImageError> {
+    let mime = image_mime(bytes).ok_or(ImageError::Unsupported)?;
+    Ok(decode_within(bytes, mime, None)?.0)
+}
+
+/// Decode an image of the given type, a JPEG at the smallest scale that still covers the size
+/// it is fitted to within `fit_to` (see [`jpeg::decode`]); with the size it is stored in.
+fn decode_within(
+    bytes: &[u8],
+    mime: &str,
+    fit_to: Option<ImageLimits>,
+) -> Result<Decoded, ImageError> {
     let format = match mime {
+        "image/jpeg" => return jpeg::decode(bytes, fit_to),
         "image/png" => ImageFormat::Png,
-        "image/jpeg" => ImageFormat::Jpeg,
         "image/gif" => ImageFormat::Gif,
         _ => ImageFormat::WebP,
     };
-    if format == ImageFormat::Jpeg
-        && let Some((img, original)) = jpeg::decode_scaled(bytes, limits)?
-    {
-        return fit(bytes, mime, format, img, original, limits);
-    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(MAX_DECODE_SIDE);
@@ -97,26 +110,24 @@ pub fn prepare(bytes: &[u8], limits: ImageLimits) -> Result<ModelImage, ImageErr
         other => ImageError::Unreadable(other.to_string()),
     })?;
     let original = (img.width(), img.height());
-    fit(bytes, mime, format, img, original, limits)
+    Ok((img, original))
 }
 
 /// A decoded image and the size it was stored in (larger when decoded at a smaller scale).
-type Decoded = (DynamicImage, (u32, u32));
+pub type Decoded = (DynamicImage, (u32, u32));
 
 /// Pass `bytes` on when the image already fits, else scale `img` (decoded, maybe already
 /// smaller than `original`) to the fitted size and encode it.
 fn fit(
     bytes: &[u8],
     mime: &'static str,
-    format: ImageFormat,
     img: DynamicImage,
     original: (u32, u32),
     limits: ImageLimits,
 ) -> Result<ModelImage, ImageError> {
     let (width, height) = fitted_size(original.0, original.1, limits);
     // A GIF is always re-encoded: the model gets its first frame, as a PNG.
-    if (width, height) == original && bytes.len() <= limits.max_bytes && format != ImageFormat::Gif
-    {
+    if (width, height) == original && bytes.len() <= limits.max_bytes && mime != "image/gif" {
         return Ok(ModelImage {
             bytes: Bytes::copy_from_slice(bytes),
             mime,
@@ -140,7 +151,7 @@ fn fit(
 /// scaling itself runs on RGBA, the one pixel layout `fast_image_resize` is built for here
 /// (its `only_u8x4` feature: SIMD code for one layout instead of fourteen, 3 MB less binary);
 /// grey and RGB images go back to their own layout after.
-fn scale(img: DynamicImage, width: u32, height: u32) -> Result<DynamicImage, ImageError> {
+pub fn scale(img: DynamicImage, width: u32, height: u32) -> Result<DynamicImage, ImageError> {
     if (width, height) == (img.width(), img.height()) {
         return Ok(img);
     }
@@ -221,6 +232,7 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
         other if other.color().has_color() => Some(DynamicImage::from(other.to_rgb8())),
         other => Some(DynamicImage::from(other.to_luma8())),
     };
+    // Flattened once, not once per quality.
     let flat = flat.as_ref().unwrap_or(img);
     for quality in [85u8, 70, 55, 40] {
         let out = jpeg::encode(flat, quality)?;
@@ -233,153 +245,16 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
     )))
 }
 
-/// JPEG in and out through libjpeg-turbo. libjpeg reports errors by unwinding (the `mozjpeg`
-/// crate's design), so every call is inside `catch_unwind`; its warnings about corrupt data
-/// are made errors too, so a damaged photo is never passed on half grey.
-mod jpeg {
-    use std::os::raw::c_int;
-
-    use mozjpeg::decompress::DecompressStarted;
-    use mozjpeg::{ColorSpace, Compress, Decompress, Format};
-    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
-
-    use super::{
-        AssertUnwindSafe, Decoded, DynamicImage, ImageError, ImageLimits, MAX_DECODE_ALLOC,
-        MAX_DECODE_SIDE, catch_unwind, fitted_size,
-    };
-
-    /// A JPEG decoded at the smallest scale N/8 (N in 1..=8) whose size is not below the size
-    /// it is fitted to, with its full size. `None` when the general decoder should take it (a
-    /// CMYK JPEG, or one libjpeg refuses: the general decoder then says why).
-    pub(super) fn decode_scaled(
-        bytes: &[u8],
-        limits: ImageLimits,
-    ) -> Result<Option<Decoded>, ImageError> {
-        match catch_unwind(AssertUnwindSafe(|| decode(bytes, limits))) {
-            Ok(Ok(decoded)) => Ok(decoded),
-            Ok(Err(too_large)) => Err(too_large),
-            Err(_) => Ok(None),
-        }
-    }
-
-    fn decode(bytes: &[u8], limits: ImageLimits) -> Result<Option<Decoded>, ImageError> {
-        let Ok(mut decoder) = Decompress::with_err(strict_errors()).from_mem(bytes) else {
-            return Ok(None);
-        };
-        let (width, height) = decoder.size();
-        let original = (
-            u32::try_from(width).unwrap_or(u32::MAX),
-            u32::try_from(height).unwrap_or(u32::MAX),
-        );
-        // A progressive JPEG keeps every coefficient (2 bytes each, per component) in memory.
-        let coefficients = (width as u64) * (height as u64) * 2 * 3;
-        if original.0 > MAX_DECODE_SIDE
-            || original.1 > MAX_DECODE_SIDE
-            || coefficients > MAX_DECODE_ALLOC
-        {
-            return Err(ImageError::TooLarge {
-                width: original.0,
-                height: original.1,
-            });
-        }
-        let target = fitted_size(original.0, original.1, limits);
-        decoder.scale(eighths(original, target));
-        let img = match decoder.image() {
-            Ok(Format::RGB(started)) => read_all(started)
-                .and_then(|(w, h, px)| image::RgbImage::from_raw(w, h, px))
-                .map(DynamicImage::from),
-            Ok(Format::Gray(started)) => read_all(started)
-                .and_then(|(w, h, px)| image::GrayImage::from_raw(w, h, px))
-                .map(DynamicImage::from),
-            _ => None,
-        };
-        Ok(img.map(|img| (img, original)))
-    }
-
-    /// Every pixel of a started decode, with its size; `None` when libjpeg stopped short.
-    fn read_all(mut started: DecompressStarted<&[u8]>) -> Option<(u32, u32, Vec<u8>)> {
-        let size = (
-            u32::try_from(started.width()).ok()?,
-            u32::try_from(started.height()).ok()?,
-        );
-        let pixels = started.read_scanlines::<u8>().ok()?;
-        started.finish().ok()?;
-        Some((size.0, size.1, pixels))
-    }
-
-    /// The smallest N (1..=8) for which libjpeg's output at N/8 (each side rounded up) is at
-    /// least `target` on both sides.
-    pub(super) fn eighths(original: (u32, u32), target: (u32, u32)) -> u8 {
-        let side = |full: u32, n: u32| (u64::from(full) * u64::from(n)).div_ceil(8);
-        (1..=8u8)
-            .find(|&n| {
-                side(original.0, u32::from(n)) >= u64::from(target.0)
-                    && side(original.1, u32::from(n)) >= u64::from(target.1)
-            })
-            .unwrap_or(8)
-    }
-
-    /// An 8-bit grey or RGB image as a baseline JPEG.
-    pub(super) fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, ImageError> {
-        let (space, pixels) = match img {
-            DynamicImage::ImageLuma8(g) => (ColorSpace::JCS_GRAYSCALE, g.as_raw()),
-            DynamicImage::ImageRgb8(rgb) => (ColorSpace::JCS_RGB, rgb.as_raw()),
-            _ => {
-                return Err(ImageError::Encode(
-                    "only grey and RGB are encoded as JPEG".into(),
-                ));
-            }
-        };
-        let run = || -> std::io::Result<Vec<u8>> {
-            let mut compress = Compress::new(space);
-            compress.set_fastest_defaults();
-            compress.set_quality(f32::from(quality));
-            compress.set_size(img.width() as usize, img.height() as usize);
-            let mut started = compress.start_compress(Vec::new())?;
-            started.write_scanlines(pixels)?;
-            started.finish()
-        };
-        match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(ImageError::Encode(e.to_string())),
-            Err(_) => Err(ImageError::Encode("libjpeg refused the image".into())),
-        }
-    }
-
-    /// libjpeg's standard error handling, with errors and corrupt-data warnings unwinding.
-    fn strict_errors() -> jpeg_error_mgr {
-        // SAFETY: `jpeg_error_mgr` is a plain C struct (integers, pointers and optional
-        // function pointers), for which all zeroes is a valid value; `jpeg_std_error` then
-        // fills in libjpeg's defaults.
-        let mut errors: jpeg_error_mgr = unsafe { std::mem::zeroed() };
-        // SAFETY: the pointer is to a live, exclusively borrowed struct.
-        unsafe { jpeg_std_error(&mut errors) };
-        errors.error_exit = Some(fail);
-        errors.emit_message = Some(fail_on_warning);
-        errors
-    }
-
-    /// libjpeg's fatal error: unwind to the `catch_unwind` around the call (libjpeg is built
-    /// to be unwound through: mozjpeg-sys's `unwinding` feature).
-    extern "C-unwind" fn fail(_cinfo: &mut jpeg_common_struct) {
-        std::panic::resume_unwind(Box::new("libjpeg error"));
-    }
-
-    /// Level -1 is a warning, which libjpeg gives for corrupt or truncated data; others are
-    /// trace messages.
-    extern "C-unwind" fn fail_on_warning(_cinfo: &mut jpeg_common_struct, level: c_int) {
-        if level < 0 {
-            std::panic::resume_unwind(Box::new("corrupt JPEG data"));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::{Rgb, RgbImage, Rgba, RgbaImage};
 
+    /// `img` in `format`; JPEGs through the binary's one JPEG codec.
     fn encoded(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        if format == ImageFormat::Jpeg {
+            return jpeg::encode(&img, 75).unwrap();
+        }
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()
@@ -411,7 +286,7 @@ mod tests {
         assert!(u64::from(m.width) * u64::from(m.height) <= limits.max_pixels);
         assert!(m.bytes.len() <= limits.max_bytes);
         assert_eq!(m.mime, "image/jpeg");
-        let back = image::load_from_memory(&m.bytes).unwrap();
+        let back = decode(&m.bytes).unwrap();
         assert_eq!((back.width(), back.height()), (m.width, m.height));
         // The aspect ratio is kept.
         let ratio = f64::from(m.width) / f64::from(m.height);
@@ -470,7 +345,7 @@ mod tests {
         }));
         let jpeg = encoded(photo, ImageFormat::Jpeg);
         let limits = ImageLimits::default();
-        let (scaled, original) = jpeg::decode_scaled(&jpeg, limits).unwrap().unwrap();
+        let (scaled, original) = jpeg::decode(&jpeg, Some(limits)).unwrap();
         assert_eq!(original, (3200, 2400));
         assert_eq!(
             (scaled.width(), scaled.height()),
@@ -478,10 +353,8 @@ mod tests {
             "half size is the smallest scale still above the 1238×928 it is fitted to"
         );
         let m = prepare(&jpeg, limits).unwrap();
-        let ours = image::load_from_memory(&m.bytes).unwrap();
-        let full = image::load_from_memory(&jpeg)
-            .unwrap()
-            .thumbnail_exact(m.width, m.height);
+        let ours = decode(&m.bytes).unwrap();
+        let full = decode(&jpeg).unwrap().thumbnail_exact(m.width, m.height);
         let diff = difference(&ours, &full);
         assert!(diff < 4.0, "mean difference {diff}");
 
@@ -494,10 +367,8 @@ mod tests {
         let m = prepare(&gray, limits).unwrap();
         assert_eq!(m.original, (2400, 2400));
         assert_eq!((m.width, m.height), (1072, 1072));
-        let back = image::load_from_memory(&m.bytes).unwrap();
-        let full = image::load_from_memory(&gray)
-            .unwrap()
-            .thumbnail_exact(1072, 1072);
+        let back = decode(&m.bytes).unwrap();
+        let full = decode(&gray).unwrap().thumbnail_exact(1072, 1072);
         assert!(difference(&back, &full) < 4.0);
     }
 
@@ -546,28 +417,6 @@ mod tests {
             prepare(&jpeg, ImageLimits::default()),
             Err(ImageError::Unreadable(_))
         ));
-    }
-
-    #[test]
-    fn jpegs_are_decoded_at_the_smallest_eighth_that_still_covers_the_fitted_size() {
-        // 4000×3000 fits into 1238×928: 3/8 gives 1500×1125.
-        assert_eq!(jpeg::eighths((4000, 3000), (1238, 928)), 3);
-        // libjpeg rounds each side up: 1/8 of 801 is 101, which covers 101.
-        assert_eq!(jpeg::eighths((801, 801), (101, 101)), 1);
-        assert_eq!(jpeg::eighths((801, 801), (102, 101)), 2);
-        // An image that already fits is decoded whole.
-        assert_eq!(jpeg::eighths((640, 480), (640, 480)), 8);
-        let photo = encoded(
-            DynamicImage::ImageRgb8(RgbImage::from_fn(4000, 3000, |x, y| {
-                Rgb([(x / 16) as u8, (y / 12) as u8, 40])
-            })),
-            ImageFormat::Jpeg,
-        );
-        let (decoded, original) = jpeg::decode_scaled(&photo, ImageLimits::default())
-            .unwrap()
-            .unwrap();
-        assert_eq!(original, (4000, 3000));
-        assert_eq!((decoded.width(), decoded.height()), (1500, 1125));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::server::{Server, free_port};
+use common::server::Server;
 use serde_json::json;
 use sqlx::{Connection, Row};
 
@@ -233,7 +233,7 @@ fn second_instance(dir: &std::path::Path, args: &[&str]) -> (std::process::ExitS
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("ECDYSIS_DATA_DIR", dir.join("data"))
-        .env("ECDYSIS_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("ECDYSIS_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .output()
         .unwrap();

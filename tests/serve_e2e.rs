@@ -350,30 +350,17 @@ async fn non_loopback_needs_the_admin_token() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ECDYSIS_ADMIN_TOKEN"));
 
-    let port = common::server::free_port();
-    let listen = format!("0.0.0.0:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ecdysis"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("ECDYSIS_DATA_DIR", dir.path().join("data"))
-        .env("ECDYSIS_LISTEN", &listen)
-        .env("ECDYSIS_ADMIN_TOKEN", "t0ken")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    // On every interface, on a port the kernel picks (the server logs which).
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ECDYSIS_LISTEN", "0.0.0.0:0"),
+            ("ECDYSIS_ADMIN_TOKEN", "t0ken"),
+        ],
+    )
+    .await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..500 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(ready);
     let body = json!({ "text": "/help" });
     let anonymous = client
         .post(format!("{base}/api/chat/x"))
@@ -425,8 +412,7 @@ async fn non_loopback_needs_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(raw_token_cookie.status(), 401);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 #[test]

@@ -12,16 +12,6 @@ pub struct Server {
     port: u16,
 }
 
-/// A port that was free a moment ago (only for processes that cannot report the port they got;
-/// `Server` binds port 0 and reads its address from the log).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Server {
     /// Start `ecdysis serve` with its data under `data_dir` and extra environment.
     pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {

@@ -1,5 +1,5 @@
 //! Discord adapter benchmark against the fake Discord (REST + gateway websocket on 127.0.0.1)
-//! and the instant fake model: serenity's real gateway and HTTP code, the real bus and SQLite.
+//! and the instant fake model: the adapter's real gateway and REST code, the real bus and SQLite.
 //!
 //! Prints, at a fixed rate: MESSAGE_CREATE (a mention in a channel) → reply POST latency
 //! (thread start, typing and the model's answer included), INTERACTION_CREATE (`/remember`) →

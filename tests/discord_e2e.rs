@@ -1,5 +1,5 @@
 //! The Discord adapter end to end, against the fake Discord of testkit (REST + gateway
-//! websocket on 127.0.0.1): the real gateway connection and serenity's HTTP code, the real bus, commands,
+//! websocket on 127.0.0.1): the real gateway connection and REST client, the real bus, commands,
 //! storage and HTTP routes. Free text is answered by the fake LLM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
@@ -803,7 +803,7 @@ async fn announced_threads_are_known_and_unreadable_events_are_skipped() {
             "threads": [{ "id": listed, "type": 11, "parent_id": CHANNEL_ID, "name": "b" }],
         }),
     );
-    // A message without an author or a channel: not one serenity's model reads.
+    // A message without an author or a channel: not one the adapter can read.
     h.fake.dispatch(
         "MESSAGE_CREATE",
         json!({ "id": h.fake.next_id(), "content": "?" }),

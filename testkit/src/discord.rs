@@ -5,7 +5,7 @@
 //! numbers, forced disconnects). Every REST request is recorded for assertions, and what a
 //! Discord user would see (posted messages) is kept apart from the raw requests.
 //!
-//! Point serenity at it with `HttpBuilder::proxy(fake.url())` (ecdysis: `DISCORD_API_URL`).
+//! Point the adapter at it with `DISCORD_API_URL` (`fake.url()`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

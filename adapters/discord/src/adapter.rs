@@ -10,7 +10,6 @@ use ecdysis_chat::{
     ChatAdapter, ConversationRef, Delivered, DeliveryError, EventSink, FetchError, Limits,
     LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
-use serenity::http::Http;
 
 use crate::acks::Acks;
 use crate::attachments::Downloader;
@@ -18,13 +17,14 @@ use crate::channels::Channels;
 use crate::deliver::{Outbox, Typing};
 use crate::gateway::GatewayHandle;
 use crate::health::Health;
+use crate::rest::Rest;
 use crate::route::Route;
 use crate::{DEFAULT_MAX_FILE_BYTES, DiscordError, MAX_MESSAGE_CHARS, PLATFORM, Settings};
 
 /// State shared by the gateway, the HTTP endpoint and delivery.
 pub(crate) struct Shared {
     pub settings: Settings,
-    pub http: Arc<Http>,
+    pub rest: Arc<Rest>,
     pub sink: Arc<dyn EventSink>,
     pub channels: Channels,
     pub acks: Acks,
@@ -58,17 +58,17 @@ impl Discord {
             .as_deref()
             .map(crate::http_interactions::parse_public_key)
             .transpose()?;
-        let http = crate::rest::http(&settings);
+        let rest = Rest::new(&settings);
         let health = Health::new(settings.token.is_some(), public_key.is_some());
         Ok(Self {
             shared: Arc::new(Shared {
-                channels: Channels::new(http.clone()),
+                channels: Channels::new(rest.clone()),
                 downloader: Downloader::new(settings.max_inbound_file_bytes, &settings.api_url),
                 typing: Typing::default(),
                 outbox: Outbox::default(),
                 acks: Acks::default(),
                 health,
-                http,
+                rest,
                 sink,
                 public_key,
                 settings,

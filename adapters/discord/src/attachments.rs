@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ecdysis_chat::{FetchError, RemoteFile};
-use serenity::model::channel::Attachment as DiscordAttachment;
 use url::Url;
+
+use crate::model::Attachment as DiscordAttachment;
 
 /// Hosts Discord serves attachments from.
 const CDN_HOSTS: &[&str] = &["cdn.discordapp.com", "media.discordapp.net"];
@@ -32,7 +33,7 @@ pub(crate) fn remote_files(attachments: &[DiscordAttachment]) -> Vec<RemoteFile>
                 .clone()
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| "application/octet-stream".into()),
-            size: Some(u64::from(a.size)),
+            size: Some(a.size),
             url: a.url.clone(),
         })
         .collect()

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecdysis_chat::{CatchUp, CatchUpLimits, CatchUpReport, LastSeen, Seen, SubmitError, log_run};
-use serenity::all::{ChannelId, GuildId, Message, MessageId};
-use serenity::http::MessagePagination;
 
 use crate::adapter::{Discord, Shared};
+use crate::model::Message;
 use crate::translate::DM_WORKSPACE;
 use crate::{DiscordError, PLATFORM};
 
@@ -155,7 +154,7 @@ fn places(seen: &[LastSeen], floor: u64, max: usize) -> Vec<Place> {
 }
 
 /// The messages of a place after its snowflake, oldest first, at most `limit`. Discord's rate
-/// limits are waited out by serenity.
+/// limits are waited out by the REST client.
 async fn read_place(
     shared: &Shared,
     place: &Place,
@@ -166,11 +165,11 @@ async fn read_place(
     while out.len() < limit {
         let want = (limit - out.len()).min(PAGE);
         let page = shared
-            .http
-            .get_messages(
-                ChannelId::new(place.channel),
-                Some(MessagePagination::After(MessageId::new(after.max(1)))),
-                Some(u8::try_from(want).unwrap_or(u8::MAX)),
+            .rest
+            .messages_after(
+                place.channel,
+                after.max(1),
+                u8::try_from(want).unwrap_or(u8::MAX),
             )
             .await?;
         let full = page.len() >= want;
@@ -185,7 +184,7 @@ async fn read_place(
     }
     for message in &mut out {
         // REST messages do not name their guild; the gateway's do.
-        message.guild_id = place.guild.map(GuildId::new);
+        message.guild_id = place.guild.map(crate::model::Id);
     }
     Ok(out)
 }

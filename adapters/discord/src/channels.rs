@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serenity::http::Http;
-use serenity::model::channel::{Channel, ChannelType};
-use serenity::model::id::ChannelId;
 use tracing::warn;
+
+use crate::model::channel_type;
+use crate::rest::Rest;
 
 /// Channels remembered before the map is emptied and learnt again.
 const MAX_KNOWN: usize = 50_000;
@@ -23,7 +23,7 @@ pub(crate) enum Place {
 }
 
 pub(crate) struct Channels {
-    http: Arc<Http>,
+    rest: Arc<Rest>,
     known: Mutex<HashMap<u64, Place>>,
     /// Upload limits of guilds, from their boost tier (GUILD_CREATE).
     upload_limits: Mutex<HashMap<u64, u64>>,
@@ -38,17 +38,10 @@ pub(crate) fn upload_limit(premium_tier: u8) -> u64 {
     }
 }
 
-pub(crate) fn is_thread(kind: ChannelType) -> bool {
-    matches!(
-        kind,
-        ChannelType::PublicThread | ChannelType::PrivateThread | ChannelType::NewsThread
-    )
-}
-
 impl Channels {
-    pub fn new(http: Arc<Http>) -> Self {
+    pub fn new(rest: Arc<Rest>) -> Self {
         Self {
-            http,
+            rest,
             known: Mutex::new(HashMap::new()),
             upload_limits: Mutex::new(HashMap::new()),
         }
@@ -64,9 +57,11 @@ impl Channels {
     }
 
     /// Note a channel from its type and parent, as events and interactions describe it.
-    pub fn note_kind(&self, channel: u64, kind: ChannelType, parent: Option<u64>) {
+    pub fn note_kind(&self, channel: u64, kind: u8, parent: Option<u64>) {
         match parent {
-            Some(parent) if is_thread(kind) => self.note(channel, Place::Thread { parent }),
+            Some(parent) if channel_type::is_thread(kind) => {
+                self.note(channel, Place::Thread { parent })
+            }
             _ => self.note(channel, Place::Channel),
         }
     }
@@ -95,15 +90,10 @@ impl Channels {
         if let Some(place) = self.cached(channel) {
             return place;
         }
-        match self.http.get_channel(ChannelId::new(channel)).await {
-            Ok(Channel::Guild(guild_channel)) => {
-                let parent = guild_channel.parent_id.map(|p| p.get());
-                self.note_kind(channel, guild_channel.kind, parent);
+        match self.rest.channel(channel).await {
+            Ok(found) => {
+                self.note_kind(channel, found.kind, found.parent_id.map(|p| p.get()));
                 self.cached(channel).unwrap_or(Place::Channel)
-            }
-            Ok(_) => {
-                self.note(channel, Place::Channel);
-                Place::Channel
             }
             Err(e) => {
                 warn!(channel, error = %e, "cannot look up a channel; taking it for a plain channel");

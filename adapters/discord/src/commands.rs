@@ -4,11 +4,11 @@
 //! `X full_page`).
 
 use ecdysis_chat::{Command, CommandName};
-use serenity::builder::{CreateCommand, CreateCommandOption};
-use serenity::model::application::{CommandDataOption, CommandDataOptionValue, CommandOptionType};
-use serenity::model::id::{ApplicationId, GuildId};
+use serde_json::{Value, json};
 use tracing::info;
 
+use crate::model::CommandOption;
+use crate::rest::Rest;
 use crate::{DiscordError, Settings};
 
 /// The type of an option.
@@ -176,35 +176,49 @@ pub fn spec(name: &CommandName) -> (&'static str, &'static [OptionSpec]) {
     }
 }
 
-/// The slash command definitions of every chat command.
-pub fn definitions() -> Vec<CreateCommand> {
+/// The slash command definitions of every chat command, as `PUT …/commands` takes them.
+pub fn definitions() -> Value {
     CommandName::ALL
         .iter()
         .map(|name| {
             let (description, options) = spec(name);
-            options.iter().fold(
-                CreateCommand::new(name.as_str()).description(description),
-                |command, option| command.add_option(create_option(option)),
-            )
+            json!({
+                "name": name.as_str(),
+                "description": description,
+                "type": 1,
+                "options": options.iter().map(option_definition).collect::<Vec<_>>(),
+            })
         })
         .collect()
 }
 
-fn create_option(spec: &OptionSpec) -> CreateCommandOption {
+/// An option's definition: its type (string 3, integer 4, boolean 5, number 10), whether it
+/// is required, and the values it may take.
+fn option_definition(spec: &OptionSpec) -> Value {
     let kind = match spec.kind {
-        OptionKind::Text => CommandOptionType::String,
-        OptionKind::Integer => CommandOptionType::Integer,
-        OptionKind::Number => CommandOptionType::Number,
-        OptionKind::Bool => CommandOptionType::Boolean,
+        OptionKind::Text => 3,
+        OptionKind::Integer => 4,
+        OptionKind::Bool => 5,
+        OptionKind::Number => 10,
     };
-    spec.choices.iter().fold(
-        CreateCommandOption::new(kind, spec.name, spec.description).required(spec.required),
-        |option, choice| option.add_string_choice(*choice, *choice),
-    )
+    let mut option = json!({
+        "type": kind,
+        "name": spec.name,
+        "description": spec.description,
+        "required": spec.required,
+    });
+    if !spec.choices.is_empty() {
+        option["choices"] = spec
+            .choices
+            .iter()
+            .map(|choice| json!({ "name": choice, "value": choice }))
+            .collect();
+    }
+    option
 }
 
 /// Read an invocation into the shared [`Command`], its options rebuilt as argument text.
-pub fn command_from_options(name: &str, options: &[CommandDataOption]) -> Command {
+pub(crate) fn command_from_options(name: &str, options: &[CommandOption]) -> Command {
     let name = CommandName::parse(name);
     let (_, specs) = spec(&name);
     let mut positional = Vec::new();
@@ -214,7 +228,7 @@ pub fn command_from_options(name: &str, options: &[CommandDataOption]) -> Comman
         .iter()
         .filter_map(|spec| Some((spec, options.iter().find(|o| o.name == spec.name)?)));
     for (spec, option) in known {
-        let Some(value) = value_text(&option.value) else {
+        let Some(value) = option.value.as_ref().and_then(value_text) else {
             continue;
         };
         if spec.positional {
@@ -231,7 +245,7 @@ pub fn command_from_options(name: &str, options: &[CommandDataOption]) -> Comman
         .iter()
         .filter(|o| !specs.iter().any(|s| s.name == o.name))
     {
-        if let Some(value) = value_text(&option.value) {
+        if let Some(value) = option.value.as_ref().and_then(value_text) {
             named.push(format!("{}={}", option.name, quoted(&value)));
         }
     }
@@ -243,12 +257,12 @@ pub fn command_from_options(name: &str, options: &[CommandDataOption]) -> Comman
     Command { name, args }
 }
 
-fn value_text(value: &CommandDataOptionValue) -> Option<String> {
+/// A string, number or boolean option's value as text.
+fn value_text(value: &Value) -> Option<String> {
     match value {
-        CommandDataOptionValue::String(s) => Some(s.clone()),
-        CommandDataOptionValue::Integer(n) => Some(n.to_string()),
-        CommandDataOptionValue::Number(n) => Some(n.to_string()),
-        CommandDataOptionValue::Boolean(b) => Some(b.to_string()),
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
@@ -272,19 +286,11 @@ pub async fn register_commands(
             "DISCORD_TOKEN is needed to register slash commands".into(),
         ));
     }
-    let http = crate::rest::http(settings);
-    if http.application_id().is_none() {
-        let app = http.get_current_application_info().await?;
-        http.set_application_id(app.id);
-    }
-    let application = http.application_id().unwrap_or(ApplicationId::new(1));
-    let commands = definitions();
-    let registered = match guild {
-        Some(guild) => GuildId::new(guild).set_commands(&http, commands).await?,
-        None => serenity::model::application::Command::set_global_commands(&http, commands).await?,
-    };
-    info!(%application, guild, count = registered.len(), "slash commands registered");
-    Ok(registered.len())
+    let rest = Rest::new(settings);
+    let count = rest.set_commands(guild, &definitions()).await?;
+    let application = rest.application_id().unwrap_or_default();
+    info!(application, guild, count, "slash commands registered");
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -292,13 +298,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn options(value: serde_json::Value) -> Vec<CommandDataOption> {
+    fn options(value: serde_json::Value) -> Vec<CommandOption> {
         serde_json::from_value(value).unwrap()
     }
 
     #[test]
     fn every_command_is_defined() {
-        let defs = serde_json::to_value(definitions()).unwrap();
+        let defs = definitions();
         let names: Vec<_> = defs
             .as_array()
             .unwrap()

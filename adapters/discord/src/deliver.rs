@@ -8,24 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ecdysis_chat::{Attachment, Button, ButtonStyle, Delivered, DeliveryError, Reply};
-use serenity::all::{
-    AutoArchiveDuration, ButtonStyle as DiscordButtonStyle, ChannelId, CreateActionRow,
-    CreateAllowedMentions, CreateAttachment, CreateButton, CreateInteractionResponseFollowup,
-    CreateMessage, CreateThread, EditInteractionResponse, MessageId, Nonce,
-};
-use serenity::builder::Builder;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::DEFAULT_MAX_FILE_BYTES;
 use crate::adapter::Shared;
 use crate::channels::Place;
+use crate::model::Message;
+use crate::rest::{ActionRow, ButtonComponent, MessageBody, RestError, Style};
 use crate::route::{InteractionRoute, Route};
 
 /// Discord's error code for "request entity too large" (a file over the upload limit).
-const ENTITY_TOO_LARGE: isize = 40_005;
+const ENTITY_TOO_LARGE: i64 = 40_005;
 /// Discord's error code for "a thread has already been created for this message".
-const THREAD_ALREADY_CREATED: isize = 160_004;
+const THREAD_ALREADY_CREATED: i64 = 160_004;
 /// How often the typing indicator is renewed (it lasts about 10 seconds).
 const TYPING_EVERY: Duration = Duration::from_secs(8);
 /// The longest the indicator is kept up without a reply.
@@ -106,10 +102,7 @@ pub(crate) fn start_working(shared: Arc<Shared>, route: Route) {
         }
         let until = tokio::time::Instant::now() + TYPING_FOR;
         while tokio::time::Instant::now() < until {
-            if let Err(e) = ChannelId::new(target)
-                .broadcast_typing(&task_shared.http)
-                .await
-            {
+            if let Err(e) = task_shared.rest.typing(target).await {
                 debug!(error = %e, "typing indicator failed");
                 return;
             }
@@ -166,7 +159,7 @@ pub(crate) async fn deliver(
             let posted = match post_message(shared, target, key, &text, files.clone(), &rows).await
             {
                 // Discord's limit for this place is lower than we knew: post the text and say so.
-                Err(e) if !files.is_empty() && discord_code(&e) == Some(ENTITY_TOO_LARGE) => {
+                Err(e) if !files.is_empty() && e.code() == Some(ENTITY_TOO_LARGE) => {
                     let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
                     let text = format!(
                         "{text}\n({} could not be attached: over Discord's upload limit here.)",
@@ -184,26 +177,20 @@ pub(crate) async fn deliver(
     }
 }
 
+/// Post a message; its key as the nonce, so a repeated post is one message.
 pub(crate) async fn post_message(
     shared: &Shared,
     channel: u64,
     key: &str,
     text: &str,
     files: Vec<Attachment>,
-    rows: &[CreateActionRow],
-) -> Result<serenity::all::Message, serenity::Error> {
-    let mut message = CreateMessage::new()
-        .content(text)
-        .nonce(Nonce::String(nonce(key)))
-        .enforce_nonce(true)
-        .allowed_mentions(CreateAllowedMentions::new())
-        .add_files(files.into_iter().map(to_discord_file));
-    if !rows.is_empty() {
-        message = message.components(rows.to_vec());
-    }
-    ChannelId::new(channel)
-        .send_message(&shared.http, message)
-        .await
+    rows: &[ActionRow],
+) -> Result<Message, RestError> {
+    let body = MessageBody::text(text)
+        .with_nonce(nonce(key))
+        .with_files(files)
+        .with_rows(rows);
+    shared.rest.post_message(channel, &body).await
 }
 
 /// The first piece edits the deferred response; later pieces are follow-ups.
@@ -214,19 +201,11 @@ async fn respond(
     key: &str,
     text: String,
     files: Vec<Attachment>,
-    rows: Vec<CreateActionRow>,
+    rows: Vec<ActionRow>,
 ) -> Result<Delivered, DeliveryError> {
+    let body = MessageBody::text(text).with_files(files).with_rows(&rows);
     if piece == 0 {
-        let mut edit = EditInteractionResponse::new()
-            .content(text)
-            .allowed_mentions(CreateAllowedMentions::new());
-        for file in files {
-            edit = edit.new_attachment(to_discord_file(file));
-        }
-        if !rows.is_empty() {
-            edit = edit.components(rows);
-        }
-        let message = edit_original(shared, &interaction.token, edit).await?;
+        let message = edit_original(shared, &interaction.token, &body).await?;
         return Ok(Delivered {
             platform_message_id: Some(message.id.get().to_string()),
         });
@@ -234,15 +213,9 @@ async fn respond(
     if contains(&shared.outbox.followups, &key.to_string()) {
         return Ok(Delivered::default());
     }
-    let mut followup = CreateInteractionResponseFollowup::new()
-        .content(text)
-        .allowed_mentions(CreateAllowedMentions::new())
-        .add_files(files.into_iter().map(to_discord_file));
-    if !rows.is_empty() {
-        followup = followup.components(rows);
-    }
-    let message = followup
-        .execute(&shared.http, (None, &interaction.token))
+    let message = shared
+        .rest
+        .followup(&interaction.token, &body)
         .await
         .map_err(classify_interaction)?;
     remember(&shared.outbox.followups, key.to_string());
@@ -256,13 +229,13 @@ async fn respond(
 pub(crate) async fn edit_original(
     shared: &Shared,
     token: &str,
-    edit: EditInteractionResponse,
-) -> Result<serenity::all::Message, DeliveryError> {
+    body: &MessageBody,
+) -> Result<Message, DeliveryError> {
     let mut attempt = 0;
     loop {
-        match edit.clone().execute(&shared.http, token).await {
+        match shared.rest.edit_original(token, body).await {
             Ok(message) => return Ok(message),
-            Err(e) if status(&e) == Some(404) && attempt < EDIT_404_RETRIES => {
+            Err(e) if e.status() == Some(404) && attempt < EDIT_404_RETRIES => {
                 attempt += 1;
                 debug!(
                     attempt,
@@ -290,13 +263,9 @@ pub(crate) async fn ensure_thread(shared: &Shared, route: &Route) -> Result<u64,
         .thread_name
         .clone()
         .unwrap_or_else(|| "ecdysis".into());
-    let thread = CreateThread::new(name).auto_archive_duration(AutoArchiveDuration::OneDay);
-    let thread_id = match ChannelId::new(channel)
-        .create_thread_from_message(&shared.http, MessageId::new(message), thread)
-        .await
-    {
+    let thread_id = match shared.rest.start_thread(channel, message, &name).await {
         Ok(thread) => thread.id.get(),
-        Err(e) if discord_code(&e) == Some(THREAD_ALREADY_CREATED) => message,
+        Err(e) if e.code() == Some(THREAD_ALREADY_CREATED) => message,
         Err(e) => return Err(classify(e)),
     };
     shared
@@ -325,13 +294,9 @@ fn fitting_files(files: &[Attachment], limit: u64) -> (Vec<Attachment>, Vec<Stri
     (fitting, notes)
 }
 
-pub(crate) fn to_discord_file(file: Attachment) -> CreateAttachment {
-    CreateAttachment::bytes(file.bytes.to_vec(), file.name)
-}
-
 /// Buttons as action rows (five per row, five rows); a button whose payload does not fit in a
 /// `custom_id` is left out with a note.
-fn components(buttons: &[Button]) -> (Vec<CreateActionRow>, Vec<String>) {
+fn components(buttons: &[Button]) -> (Vec<ActionRow>, Vec<String>) {
     let mut fitting = Vec::new();
     let mut notes = Vec::new();
     for button in buttons {
@@ -345,20 +310,17 @@ fn components(buttons: &[Button]) -> (Vec<CreateActionRow>, Vec<String>) {
             continue;
         }
         let style = match button.style {
-            ButtonStyle::Primary => DiscordButtonStyle::Primary,
-            ButtonStyle::Danger => DiscordButtonStyle::Danger,
-            ButtonStyle::Default => DiscordButtonStyle::Secondary,
+            ButtonStyle::Primary => Style::Primary,
+            ButtonStyle::Danger => Style::Danger,
+            ButtonStyle::Default => Style::Secondary,
         };
-        fitting.push(
-            CreateButton::new(custom_id)
-                .label(button.label.chars().take(80).collect::<String>())
-                .style(style),
-        );
+        let label = button.label.chars().take(80).collect();
+        fitting.push(ButtonComponent::new(custom_id, label, style));
     }
     let rows = fitting
         .chunks(5)
         .take(5)
-        .map(|chunk| CreateActionRow::Buttons(chunk.to_vec()))
+        .map(|chunk| ActionRow::buttons(chunk.to_vec()))
         .collect();
     (rows, notes)
 }
@@ -400,45 +362,24 @@ fn nonce(key: &str) -> String {
     format!("{hash:016x}")
 }
 
-fn discord_code(error: &serenity::Error) -> Option<isize> {
-    match error {
-        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
-            Some(response.error.code)
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn status(error: &serenity::Error) -> Option<u16> {
-    match error {
-        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
-            Some(response.status_code.as_u16())
-        }
-        _ => None,
-    }
-}
-
-/// How long to wait after a 429 that reached us. serenity's own rate limiter keeps Discord's
-/// per-route buckets and the global limit and retries 429s itself; a 429 gets here only from a
-/// proxy (`DISCORD_API_URL`, limiter off), whose answer serenity does not pass on.
-const PROXY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Rate limits, server errors and network trouble are retried; other refusals are final.
-pub(crate) fn classify(error: serenity::Error) -> DeliveryError {
-    match status(&error) {
-        Some(429) => DeliveryError::RateLimited {
-            retry_after: PROXY_RETRY_AFTER,
+pub(crate) fn classify(error: RestError) -> DeliveryError {
+    match error {
+        RestError::RateLimited { retry_after } => DeliveryError::RateLimited {
+            retry_after,
             detail: error.to_string(),
         },
-        Some(500..) | None => DeliveryError::Retryable(error.to_string()),
-        Some(_) => DeliveryError::Permanent(error.to_string()),
+        RestError::Api { status: 500.., .. } | RestError::Transport(_) | RestError::Decode(_) => {
+            DeliveryError::Retryable(error.to_string())
+        }
+        RestError::Api { .. } => DeliveryError::Permanent(error.to_string()),
     }
 }
 
 /// Like [`classify`], and a 404 is retried too: the deferral may not have reached Discord yet
 /// (the interaction token stays valid for 15 minutes).
-pub(crate) fn classify_interaction(error: serenity::Error) -> DeliveryError {
-    match status(&error) {
+pub(crate) fn classify_interaction(error: RestError) -> DeliveryError {
+    match error.status() {
         Some(404) => DeliveryError::Retryable(error.to_string()),
         _ => classify(error),
     }

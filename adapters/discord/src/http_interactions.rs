@@ -14,12 +14,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use serenity::model::application::Interaction;
 use tracing::{debug, warn};
 
 use crate::DiscordError;
 use crate::adapter::Shared;
 use crate::interactions::{FirstResponse, response_body, submit};
+use crate::model::{Interaction, interaction_type};
 
 /// Interactions are small; anything bigger is not one.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -108,7 +108,7 @@ async fn interactions(
         Ok(value) => value,
         Err(_) => return (StatusCode::BAD_REQUEST, "the body is not JSON").into_response(),
     };
-    if value["type"] == 1 {
+    if value["type"] == interaction_type::PING {
         return axum::Json(serde_json::json!({ "type": 1 })).into_response();
     }
     let interaction: Interaction = match serde_json::from_value(value) {
@@ -127,9 +127,9 @@ async fn interactions(
         // Autocomplete and modals are not used by ecdysis's commands.
         return (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response();
     };
-    if let Interaction::Component(component) = &interaction {
+    if interaction.kind == interaction_type::MESSAGE_COMPONENT {
         // The core answers a press at once; the deferral must not wait for it.
-        let token = component.token.clone();
+        let token = interaction.token.clone();
         crate::interactions::submit_component_in_background(shared.clone(), event, token);
         return axum::Json(response_body(&FirstResponse::Defer)).into_response();
     }

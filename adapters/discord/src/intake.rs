@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ecdysis_chat::{Addressed, Command, CommandName, Event, EventKind, SubmitError};
-use serenity::all::{ChannelId, CreateAllowedMentions, CreateMessage, Interaction, Message};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::adapter::Shared;
 use crate::channels::Place;
 use crate::interactions::Target;
+use crate::model::{Interaction, Message, interaction_type};
+use crate::rest::MessageBody;
 use crate::route::Route;
 use crate::translate;
 
@@ -30,12 +31,7 @@ impl Inbound {
     fn channel(&self) -> u64 {
         match self {
             Inbound::Message(m) => m.channel_id.get(),
-            Inbound::Interaction(i) => match i.as_ref() {
-                Interaction::Command(c) | Interaction::Autocomplete(c) => c.channel_id.get(),
-                Interaction::Component(c) => c.channel_id.get(),
-                Interaction::Modal(m) => m.channel_id.get(),
-                _ => 0,
-            },
+            Inbound::Interaction(i) => i.channel().unwrap_or(0),
         }
     }
 }
@@ -184,11 +180,9 @@ async fn tell(shared: &Shared, route: &serde_json::Value, text: &str) {
     else {
         return;
     };
-    let message = CreateMessage::new()
-        .content(text)
-        .allowed_mentions(CreateAllowedMentions::new());
-    if let Err(e) = ChannelId::new(channel)
-        .send_message(&shared.http, message)
+    if let Err(e) = shared
+        .rest
+        .post_message(channel, &MessageBody::text(text))
         .await
     {
         warn!(error = %e, "cannot tell the user their message was not taken");
@@ -200,19 +194,15 @@ async fn process_interaction(shared: &Arc<Shared>, interaction: &Interaction) {
     let Some(event) = translate::interaction_event(interaction, place) else {
         return;
     };
-    match interaction {
-        Interaction::Command(c) => {
-            let target = Target {
-                id: c.id.get(),
-                token: c.token.clone(),
-            };
+    let target = Target {
+        id: interaction.id.get(),
+        token: interaction.token.clone(),
+    };
+    match interaction.kind {
+        interaction_type::APPLICATION_COMMAND => {
             crate::interactions::handle_command(shared, event, target).await;
         }
-        Interaction::Component(c) => {
-            let target = Target {
-                id: c.id.get(),
-                token: c.token.clone(),
-            };
+        interaction_type::MESSAGE_COMPONENT => {
             crate::interactions::handle_component(shared.clone(), event, target).await;
         }
         _ => {}
@@ -220,23 +210,21 @@ async fn process_interaction(shared: &Arc<Shared>, interaction: &Interaction) {
 }
 
 /// Where an interaction's channel sits: from the channel the interaction describes, else
-/// looked up. `None` in a DM.
+/// looked up. `None` in a DM (and for interactions that are not events).
 pub(crate) async fn interaction_place(shared: &Shared, interaction: &Interaction) -> Option<Place> {
-    let (guild, channel_id, channel) = match interaction {
-        Interaction::Command(c) | Interaction::Autocomplete(c) => {
-            (c.guild_id, c.channel_id, c.channel.as_ref())
-        }
-        Interaction::Component(c) => (c.guild_id, c.channel_id, c.channel.as_ref()),
-        Interaction::Modal(m) => (m.guild_id, m.channel_id, m.channel.as_ref()),
-        _ => return None,
-    };
-    guild?;
-    if let Some(channel) = channel {
+    if !matches!(
+        interaction.kind,
+        interaction_type::APPLICATION_COMMAND | interaction_type::MESSAGE_COMPONENT
+    ) {
+        return None;
+    }
+    interaction.guild_id?;
+    if let Some(channel) = &interaction.channel {
         shared.channels.note_kind(
             channel.id.get(),
             channel.kind,
             channel.parent_id.map(|p| p.get()),
         );
     }
-    Some(shared.channels.place(channel_id.get()).await)
+    Some(shared.channels.place(interaction.channel()?).await)
 }

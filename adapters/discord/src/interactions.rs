@@ -11,14 +11,10 @@ use std::sync::Arc;
 
 use ecdysis_chat::{Accepted, Event, SubmitError};
 use serde_json::{Value, json};
-use serenity::all::{
-    CreateAllowedMentions, CreateInteractionResponse, CreateInteractionResponseMessage,
-    EditInteractionResponse, InteractionId,
-};
-use serenity::builder::Builder;
 use tracing::{debug, error, warn};
 
 use crate::adapter::Shared;
+use crate::rest::MessageBody;
 
 /// What the first response to an interaction is.
 #[derive(Debug, PartialEq)]
@@ -67,7 +63,7 @@ pub(crate) fn response_body(first: &FirstResponse) -> Value {
         FirstResponse::Defer | FirstResponse::Nothing => json!({ "type": 5 }),
         FirstResponse::Error(text) => json!({
             "type": 4,
-            "data": { "content": text, "flags": 64, "allowed_mentions": { "parse": [] } }
+            "data": MessageBody::text(text).ephemeral(),
         }),
     }
 }
@@ -82,19 +78,10 @@ pub(crate) struct Target {
 pub(crate) async fn handle_command(shared: &Shared, event: Event, target: Target) {
     let pending = shared.acks.begin(&event.platform_event_id);
     let first = submit(shared, event).await;
-    let response = match &first {
-        FirstResponse::Defer => {
-            CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())
-        }
-        FirstResponse::Nothing => return,
-        FirstResponse::Error(text) => CreateInteractionResponse::Message(
-            CreateInteractionResponseMessage::new()
-                .content(text.clone())
-                .allowed_mentions(CreateAllowedMentions::new())
-                .ephemeral(true),
-        ),
-    };
-    send_first_response(shared, &target, response).await;
+    if first == FirstResponse::Nothing {
+        return;
+    }
+    send_first_response(shared, &target, &response_body(&first)).await;
     drop(pending);
 }
 
@@ -105,17 +92,11 @@ pub(crate) async fn handle_component(shared: Arc<Shared>, event: Event, target: 
         let shared = shared.clone();
         let token = target.token.clone();
         tokio::spawn(async move {
-            let response =
-                CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
-            send_first_response(
-                &shared,
-                &Target {
-                    id: target.id,
-                    token,
-                },
-                response,
-            )
-            .await;
+            let target = Target {
+                id: target.id,
+                token,
+            };
+            send_first_response(&shared, &target, &response_body(&FirstResponse::Defer)).await;
             drop(pending);
         })
     };
@@ -136,13 +117,10 @@ pub(crate) fn submit_component_in_background(shared: Arc<Shared>, event: Event, 
     });
 }
 
-async fn send_first_response(
-    shared: &Shared,
-    target: &Target,
-    response: CreateInteractionResponse,
-) {
-    if let Err(e) = response
-        .execute(&shared.http, (InteractionId::new(target.id), &target.token))
+async fn send_first_response(shared: &Shared, target: &Target, response: &Value) {
+    if let Err(e) = shared
+        .rest
+        .respond(target.id, &target.token, response)
         .await
     {
         warn!(interaction = target.id, error = %e, "cannot answer the interaction");
@@ -151,10 +129,11 @@ async fn send_first_response(
 
 /// Replace a deferred "thinking…" with an error message.
 async fn show_error(shared: &Shared, token: &str, text: &str) {
-    let edit = EditInteractionResponse::new()
-        .content(text)
-        .allowed_mentions(CreateAllowedMentions::new());
-    if let Err(e) = edit.execute(&shared.http, token).await {
+    if let Err(e) = shared
+        .rest
+        .edit_original(token, &MessageBody::text(text))
+        .await
+    {
         warn!(error = %e, "cannot show the user why their button press failed");
     }
 }

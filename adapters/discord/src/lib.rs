@@ -6,8 +6,9 @@
 //! back through [`DiscordAdapter`]'s `deliver` and become REST calls. Mention gating,
 //! de-duplication, memory and the agent live in the core.
 //!
-//! Every REST call goes to `api_url` (serenity's `HttpBuilder::proxy`), so a self-hosted proxy or
-//! a test fake can stand in for `https://discord.com`.
+//! Every REST call goes to `api_url`, so a self-hosted proxy or a test fake can stand in for
+//! `https://discord.com`. The gateway connection, the REST calls and the payload types are the
+//! adapter's own (`gateway`, `rest`, `model`): small, and reading only the fields it uses.
 
 mod acks;
 mod adapter;
@@ -22,6 +23,7 @@ mod http_interactions;
 mod intake;
 mod interactions;
 mod live;
+mod model;
 mod rest;
 mod route;
 mod translate;
@@ -29,7 +31,7 @@ mod translate;
 pub use adapter::{Discord, DiscordAdapter};
 pub use commands::register_commands;
 pub use gateway::GatewayHandle;
-pub use rest::current_user;
+pub use rest::{RestError, current_user};
 
 /// The platform name in every [`ecdysis_chat::ConversationRef`] this adapter makes.
 pub const PLATFORM: &str = "discord";
@@ -76,16 +78,10 @@ pub enum DiscordError {
     #[error("Discord configuration: {0}")]
     Config(String),
     #[error("Discord API: {0}")]
-    Api(Box<serenity::Error>),
+    Api(#[from] RestError),
     #[error("Discord gateway: {0}")]
     Gateway(String),
     /// The core could not say where conversations were last heard from.
     #[error("catch-up: {0}")]
     CatchUp(ecdysis_chat::BackendError),
-}
-
-impl From<serenity::Error> for DiscordError {
-    fn from(error: serenity::Error) -> Self {
-        Self::Api(Box::new(error))
-    }
 }

@@ -10,19 +10,13 @@ use ecdysis_chat::{
     Attachment, Delivered, DeliveryError, LiveHandle, LiveMessage, LiveSettings, LiveView, Reply,
 };
 use serde::{Deserialize, Serialize};
-use serenity::all::{
-    ChannelId, CreateActionRow, CreateAllowedMentions, CreateInteractionResponseFollowup,
-    EditInteractionResponse, EditMessage, MessageId,
-};
-
-use serenity::builder::Builder;
 
 use crate::MAX_MESSAGE_CHARS;
 use crate::adapter::Shared;
 use crate::deliver::{
-    classify, classify_interaction, edit_original, ensure_thread, id, post_message, status,
-    to_discord_file,
+    classify, classify_interaction, edit_original, ensure_thread, id, post_message,
 };
+use crate::rest::{ActionRow, MessageBody};
 use crate::route::Route;
 
 /// The shortest time between two edits of one message. Discord allows 5 message requests per
@@ -68,20 +62,17 @@ pub(crate) async fn start(
     let route = route_of(message)?;
     let text = view.render(MAX_MESSAGE_CHARS);
     if let Some(interaction) = &route.interaction {
+        let body = MessageBody::text(text);
         if message.piece == 0 {
-            let edit = EditInteractionResponse::new()
-                .content(text)
-                .allowed_mentions(CreateAllowedMentions::new());
-            edit_original(shared, &interaction.token, edit).await?;
+            edit_original(shared, &interaction.token, &body).await?;
             return Ok(Handle::Original {
                 token: interaction.token.clone(),
             }
             .to_value());
         }
-        let posted = CreateInteractionResponseFollowup::new()
-            .content(text)
-            .allowed_mentions(CreateAllowedMentions::new())
-            .execute(&shared.http, (None, &interaction.token))
+        let posted = shared
+            .rest
+            .followup(&interaction.token, &body)
             .await
             .map_err(classify_interaction)?;
         return Ok(Handle::Followup {
@@ -133,49 +124,27 @@ async fn edit(
     handle: &Handle,
     text: String,
     files: Vec<Attachment>,
-    rows: &[CreateActionRow],
+    rows: &[ActionRow],
 ) -> Result<(), DeliveryError> {
+    let body = MessageBody::text(text).with_files(files).with_rows(rows);
     match handle {
         Handle::Message {
             channel,
             id: message,
         } => {
-            let mut edit = EditMessage::new()
-                .content(text)
-                .allowed_mentions(CreateAllowedMentions::new());
-            for file in files {
-                edit = edit.new_attachment(to_discord_file(file));
-            }
-            if !rows.is_empty() {
-                edit = edit.components(rows.to_vec());
-            }
-            ChannelId::new(id(channel)?)
-                .edit_message(&shared.http, MessageId::new(id(message)?), edit)
+            shared
+                .rest
+                .edit_message(id(channel)?, id(message)?, &body)
                 .await
                 .map_err(classify)?;
         }
         Handle::Original { token } => {
-            let mut edit = EditInteractionResponse::new()
-                .content(text)
-                .allowed_mentions(CreateAllowedMentions::new());
-            for file in files {
-                edit = edit.new_attachment(to_discord_file(file));
-            }
-            if !rows.is_empty() {
-                edit = edit.components(rows.to_vec());
-            }
-            edit_original(shared, token, edit).await?;
+            edit_original(shared, token, &body).await?;
         }
         Handle::Followup { token, id: message } => {
-            let mut followup = CreateInteractionResponseFollowup::new()
-                .content(text)
-                .allowed_mentions(CreateAllowedMentions::new())
-                .add_files(files.into_iter().map(to_discord_file));
-            if !rows.is_empty() {
-                followup = followup.components(rows.to_vec());
-            }
-            followup
-                .execute(&shared.http, (Some(MessageId::new(id(message)?)), token))
+            shared
+                .rest
+                .edit_followup(token, id(message)?, &body)
                 .await
                 .map_err(classify_interaction)?;
         }
@@ -192,7 +161,7 @@ pub(crate) async fn finish(
     handle: &LiveHandle,
     text: &str,
     files: &[Attachment],
-    rows: &[CreateActionRow],
+    rows: &[ActionRow],
 ) -> Result<Option<Delivered>, DeliveryError> {
     let Ok(handle) = serde_json::from_value::<Handle>(handle.clone()) else {
         tracing::warn!("unreadable live handle; posting the reply anew");
@@ -233,27 +202,15 @@ async fn remove(shared: &Shared, handle: &Handle) -> Result<(), DeliveryError> {
         Handle::Message {
             channel,
             id: message,
-        } => {
-            ChannelId::new(id(channel)?)
-                .delete_message(&shared.http, MessageId::new(id(message)?))
-                .await
-        }
-        Handle::Original { token } => {
-            shared
-                .http
-                .delete_original_interaction_response(token)
-                .await
-        }
+        } => shared.rest.delete_message(id(channel)?, id(message)?).await,
+        Handle::Original { token } => shared.rest.delete_original(token).await,
         Handle::Followup { token, id: message } => {
-            shared
-                .http
-                .delete_followup_message(token, MessageId::new(id(message)?))
-                .await
+            shared.rest.delete_followup(token, id(message)?).await
         }
     };
     match result {
         Ok(()) => Ok(()),
-        Err(e) if status(&e) == Some(404) => Ok(()),
+        Err(e) if e.status() == Some(404) => Ok(()),
         Err(e) => Err(classify(e)),
     }
 }

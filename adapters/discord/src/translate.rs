@@ -8,13 +8,11 @@
 //! - A thread message: channel = the parent (memory is per channel), thread = the thread.
 
 use ecdysis_chat::{Addressed, ConversationRef, Event, EventKind, UserRef};
-use serenity::model::application::{CommandInteraction, ComponentInteraction, Interaction};
-use serenity::model::channel::{Message, MessageType};
-use serenity::model::user::User;
 
 use crate::PLATFORM;
 use crate::channels::Place;
 use crate::commands::command_from_options;
+use crate::model::{Interaction, Message, User, interaction_type, message_type};
 use crate::route::{InteractionRoute, Route};
 
 /// Workspace name of direct messages.
@@ -29,10 +27,7 @@ pub(crate) fn is_user_input(message: &Message, bot_user_id: Option<u64>) -> bool
     !own && !message.author.bot
         && !message.author.system
         && message.webhook_id.is_none()
-        && matches!(
-            message.kind,
-            MessageType::Regular | MessageType::InlineReply
-        )
+        && matches!(message.kind, message_type::DEFAULT | message_type::REPLY)
 }
 
 /// Whether the message mentions the bot (by user mention, `<@id>` or `<@!id>`).
@@ -63,7 +58,7 @@ fn user_ref(user: &User) -> UserRef {
         name: Some(
             user.global_name
                 .clone()
-                .unwrap_or_else(|| user.name.clone()),
+                .unwrap_or_else(|| user.username.clone()),
         ),
     }
 }
@@ -151,13 +146,33 @@ pub(crate) fn message_event(
 }
 
 /// An interaction as an event: slash commands and button presses. `place` is the channel's
-/// place in a guild (`None` in a DM). Pings, autocomplete and modals are not events.
+/// place in a guild (`None` in a DM). Pings, autocomplete and modals are not events, nor is an
+/// interaction that does not say who sent it or where.
 pub(crate) fn interaction_event(interaction: &Interaction, place: Option<Place>) -> Option<Event> {
-    match interaction {
-        Interaction::Command(command) => Some(command_event(command, place)),
-        Interaction::Component(component) => Some(component_event(component, place)),
-        _ => None,
-    }
+    let data = interaction.data.clone().unwrap_or_default();
+    let (kind, text) = match interaction.kind {
+        interaction_type::APPLICATION_COMMAND => {
+            let parsed = command_from_options(&data.name, &data.options);
+            let text = parsed.args.clone();
+            (EventKind::Command(parsed), text)
+        }
+        interaction_type::MESSAGE_COMPONENT => {
+            let (action_id, value) = crate::deliver::parse_custom_id(&data.custom_id);
+            let text = value.clone();
+            (EventKind::Action { action_id, value }, text)
+        }
+        _ => return None,
+    };
+    let common = Common {
+        id: interaction.id.get().to_string(),
+        application_id: interaction.application_id.get().to_string(),
+        token: &interaction.token,
+        guild: interaction.guild_id.map(|g| g.get()),
+        channel: interaction.channel()?,
+        user: interaction.sender()?,
+        attachment_size_limit: interaction.attachment_size_limit,
+    };
+    Some(common_event(common, place, kind, text))
 }
 
 struct Common<'a> {
@@ -167,45 +182,7 @@ struct Common<'a> {
     guild: Option<u64>,
     channel: u64,
     user: &'a User,
-    attachment_size_limit: u32,
-}
-
-fn command_event(command: &CommandInteraction, place: Option<Place>) -> Event {
-    let parsed = command_from_options(&command.data.name, &command.data.options);
-    let text = parsed.args.clone();
-    common_event(
-        Common {
-            id: command.id.get().to_string(),
-            application_id: command.application_id.get().to_string(),
-            token: &command.token,
-            guild: command.guild_id.map(|g| g.get()),
-            channel: command.channel_id.get(),
-            user: &command.user,
-            attachment_size_limit: command.attachment_size_limit,
-        },
-        place,
-        EventKind::Command(parsed),
-        text,
-    )
-}
-
-fn component_event(component: &ComponentInteraction, place: Option<Place>) -> Event {
-    let (action_id, value) = crate::deliver::parse_custom_id(&component.data.custom_id);
-    let text = value.clone();
-    common_event(
-        Common {
-            id: component.id.get().to_string(),
-            application_id: component.application_id.get().to_string(),
-            token: &component.token,
-            guild: component.guild_id.map(|g| g.get()),
-            channel: component.channel_id.get(),
-            user: &component.user,
-            attachment_size_limit: component.attachment_size_limit,
-        },
-        place,
-        EventKind::Action { action_id, value },
-        text,
-    )
+    attachment_size_limit: u64,
 }
 
 fn common_event(common: Common<'_>, place: Option<Place>, kind: EventKind, text: String) -> Event {
@@ -227,8 +204,7 @@ fn common_event(common: Common<'_>, place: Option<Place>, kind: EventKind, text:
             application_id: common.application_id,
             token: common.token.to_string(),
         }),
-        max_file_bytes: (common.attachment_size_limit > 0)
-            .then_some(u64::from(common.attachment_size_limit)),
+        max_file_bytes: (common.attachment_size_limit > 0).then_some(common.attachment_size_limit),
         ..Route::default()
     };
     Event {
@@ -325,7 +301,7 @@ mod tests {
         );
         assert!(!is_user_input(&message("beep", Some("7"), true), Some(BOT)));
         let mut own = message("me", Some("7"), false);
-        own.author.id = serenity::model::id::UserId::new(BOT);
+        own.author.id = crate::model::Id(BOT);
         assert!(!is_user_input(&own, Some(BOT)));
     }
 

@@ -238,7 +238,7 @@ impl Live<'_> {
 
     /// IDENTIFY for a new session, RESUME for the one there is.
     fn greeting(&self) -> String {
-        let token = self.shared.http.token();
+        let token = self.shared.rest.token();
         match self.session.as_ref() {
             Some(session) => {
                 self.shared.health.set_stage("resuming");
@@ -257,7 +257,7 @@ impl Live<'_> {
                     op::IDENTIFY,
                     &Identify {
                         token,
-                        intents: super::intents().bits(),
+                        intents: super::INTENTS,
                         properties: Properties::ecdysis(),
                     },
                 )
@@ -336,8 +336,10 @@ impl Live<'_> {
             seq: frame.s.unwrap_or_default(),
         });
         self.was_live = true;
-        if self.shared.http.application_id().is_none() {
-            self.shared.http.set_application_id(ready.application.id);
+        if self.shared.rest.application_id().is_none() {
+            self.shared
+                .rest
+                .set_application_id(ready.application.id.get());
         }
         self.shared.health.ready(user);
         // A new session (not a resume): what was said while none was open.

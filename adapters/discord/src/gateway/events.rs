@@ -2,12 +2,13 @@
 //! intake's per-channel lanes; channels, threads and a server's boost tier go to the routing
 //! cache. Any other event is skipped without being parsed.
 
-use serenity::model::channel::ChannelType;
 use tracing::warn;
 
-use super::protocol::{ChannelInfo, Frame, GuildCreate, ThreadListSync};
+use super::protocol::{Frame, GuildCreate, ThreadListSync};
 use crate::adapter::Shared;
 use crate::intake::{Inbound, Intake};
+use crate::model::Channel;
+use crate::model::channel_type;
 
 /// Handle the dispatch `name`. An event that cannot be read is logged and skipped.
 pub(crate) fn dispatch(shared: &Shared, intake: &Intake, name: &str, frame: &Frame<'_>) {
@@ -19,7 +20,7 @@ pub(crate) fn dispatch(shared: &Shared, intake: &Intake, name: &str, frame: &Fra
             .data()
             .map(|interaction| intake.push(Inbound::Interaction(Box::new(interaction)))),
         "THREAD_CREATE" | "THREAD_UPDATE" => frame
-            .data::<ChannelInfo>()
+            .data::<Channel>()
             .map(|thread| note_channels(shared, [thread])),
         "THREAD_LIST_SYNC" => frame
             .data::<ThreadListSync>()
@@ -35,7 +36,7 @@ pub(crate) fn dispatch(shared: &Shared, intake: &Intake, name: &str, frame: &Fra
                 guild
                     .channels
                     .into_iter()
-                    .filter(|c| c.kind != ChannelType::Category),
+                    .filter(|c| c.kind != channel_type::GUILD_CATEGORY),
             );
         }),
         _ => Ok(()),
@@ -46,7 +47,7 @@ pub(crate) fn dispatch(shared: &Shared, intake: &Intake, name: &str, frame: &Fra
 }
 
 /// Remember where channels and threads sit (a thread under its parent).
-fn note_channels(shared: &Shared, channels: impl IntoIterator<Item = ChannelInfo>) {
+fn note_channels(shared: &Shared, channels: impl IntoIterator<Item = Channel>) {
     for channel in channels {
         shared.channels.note_kind(
             channel.id.get(),

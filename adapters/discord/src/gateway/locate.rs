@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use ecdysis_chat::backoff::Backoff;
-use serenity::http::Http;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::health::Health;
+use crate::rest::{Rest, RestError};
 
 /// The first pause after a failed call; it doubles up to [`MAX_BACKOFF`].
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -42,15 +42,11 @@ fn check(url: &str) -> Result<String, String> {
 }
 
 /// A failed call in a line: the status and Discord's message, when it answered at all.
-fn describe(error: &serenity::Error) -> String {
+fn describe(error: &RestError) -> String {
     match error {
-        serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response)) => {
-            format!(
-                "HTTP {}: {}",
-                response.status_code.as_u16(),
-                response.error.message
-            )
-        }
+        RestError::Api {
+            status, message, ..
+        } => format!("HTTP {status}: {message}"),
         other => other.to_string(),
     }
 }
@@ -58,7 +54,7 @@ fn describe(error: &serenity::Error) -> String {
 /// Ask `GET /gateway/bot` until it names a websocket URL. `None` when `stop` turned true
 /// first. Every failure is logged and shown as the gateway's stage.
 pub(crate) async fn fetch(
-    http: &Http,
+    rest: &Rest,
     api_url: &str,
     health: &Health,
     stop: &mut watch::Receiver<bool>,
@@ -68,8 +64,8 @@ pub(crate) async fn fetch(
         if *stop.borrow() {
             return None;
         }
-        let problem = match http.get_bot_gateway().await {
-            Ok(gateway) => match check(&gateway.url) {
+        let problem = match rest.gateway_url().await {
+            Ok(url) => match check(&url) {
                 Ok(url) => {
                     if failures > 0 {
                         info!(api = api_url, url = %url, failures, "got the Discord gateway URL after failures");

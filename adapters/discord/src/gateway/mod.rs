@@ -15,7 +15,6 @@ pub(crate) mod protocol;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serenity::model::gateway::GatewayIntents;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -47,13 +46,9 @@ impl GatewayHandle {
     }
 }
 
-/// What the bot subscribes to: guild messages (and threads), DMs, and the content of messages.
-pub(crate) fn intents() -> GatewayIntents {
-    GatewayIntents::GUILDS
-        | GatewayIntents::GUILD_MESSAGES
-        | GatewayIntents::DIRECT_MESSAGES
-        | GatewayIntents::MESSAGE_CONTENT
-}
+/// What the bot subscribes to: guilds (their channels and threads), guild messages, DMs, and
+/// the content of messages (Discord's intent bits 0, 9, 12 and 15).
+pub(crate) const INTENTS: u64 = (1 << 0) | (1 << 9) | (1 << 12) | (1 << 15);
 
 pub(crate) async fn start(shared: Arc<Shared>) -> Result<GatewayHandle, DiscordError> {
     if shared.settings.token.is_none() {
@@ -74,7 +69,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<GatewayHandle, DiscordE
 async fn run(connection: Connection, mut stopped: watch::Receiver<bool>) {
     let shared = connection.shared().clone();
     let api_url = shared.settings.api_url.clone();
-    let Some(gateway) = locate::fetch(&shared.http, &api_url, &shared.health, &mut stopped).await
+    let Some(gateway) = locate::fetch(&shared.rest, &api_url, &shared.health, &mut stopped).await
     else {
         return;
     };

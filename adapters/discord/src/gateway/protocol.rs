@@ -1,11 +1,11 @@
 //! The gateway's wire format (API v10, JSON text frames, no compression): frames, the opcodes
 //! the bot speaks, the IDENTIFY and RESUME payloads, what a close code means, and the few
-//! dispatch payloads read besides messages and interactions (which are serenity's models).
+//! dispatch payloads read besides messages and interactions (which are in `model`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serenity::model::channel::ChannelType;
-use serenity::model::id::{ApplicationId, ChannelId, GuildId, UserId};
+
+use crate::model::{Channel, Id};
 
 /// The API version in the websocket URL.
 pub(crate) const VERSION: u8 = 10;
@@ -37,7 +37,7 @@ pub(crate) struct Frame<'a> {
 impl Frame<'_> {
     /// `d` as `T` (JSON `null` when absent).
     pub fn data<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
-        // From bytes: the same code serenity's REST client reads its models with.
+        // From bytes: the same code the REST client reads its answers with.
         let raw = self.d.map_or("null", RawValue::get);
         serde_json::from_slice(raw.as_bytes())
     }
@@ -60,45 +60,34 @@ pub(crate) struct Ready {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReadyUser {
-    pub id: UserId,
+    pub id: Id,
     #[serde(default)]
     pub username: String,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReadyApplication {
-    pub id: ApplicationId,
-}
-
-/// A channel or thread as far as routing needs it (THREAD_CREATE, THREAD_UPDATE, and the
-/// lists in GUILD_CREATE and THREAD_LIST_SYNC).
-#[derive(Debug, Deserialize)]
-pub(crate) struct ChannelInfo {
-    pub id: ChannelId,
-    #[serde(rename = "type")]
-    pub kind: ChannelType,
-    #[serde(default)]
-    pub parent_id: Option<ChannelId>,
+    pub id: Id,
 }
 
 /// GUILD_CREATE's `d`: the server's boost tier (its upload limit) and its channels and
 /// active threads.
 #[derive(Debug, Deserialize)]
 pub(crate) struct GuildCreate {
-    pub id: GuildId,
+    pub id: Id,
     #[serde(default)]
     pub premium_tier: u8,
     #[serde(default)]
-    pub channels: Vec<ChannelInfo>,
+    pub channels: Vec<Channel>,
     #[serde(default)]
-    pub threads: Vec<ChannelInfo>,
+    pub threads: Vec<Channel>,
 }
 
 /// THREAD_LIST_SYNC's `d`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ThreadListSync {
     #[serde(default)]
-    pub threads: Vec<ChannelInfo>,
+    pub threads: Vec<Channel>,
 }
 
 /// A frame the bot sends.
@@ -191,10 +180,10 @@ mod tests {
             (frame.op, frame.s, frame.t.as_deref()),
             (op::DISPATCH, Some(42), Some("THREAD_UPDATE"))
         );
-        let thread: ChannelInfo = frame.data().unwrap();
+        let thread: Channel = frame.data().unwrap();
         assert_eq!(thread.id.get(), 10);
-        assert_eq!(thread.kind, ChannelType::PublicThread);
-        assert_eq!(thread.parent_id.map(ChannelId::get), Some(9));
+        assert_eq!(thread.kind, crate::model::channel_type::PUBLIC_THREAD);
+        assert_eq!(thread.parent_id.map(Id::get), Some(9));
 
         let ack: Frame = serde_json::from_str(r#"{"op":11}"#).unwrap();
         assert_eq!(ack.op, op::HEARTBEAT_ACK);
@@ -225,7 +214,7 @@ mod tests {
         let guild: GuildCreate = serde_json::from_str(text).unwrap();
         assert_eq!((guild.id.get(), guild.premium_tier), (1, 2));
         assert_eq!(guild.channels.len(), 2);
-        assert_eq!(guild.threads[0].parent_id.map(ChannelId::get), Some(2));
+        assert_eq!(guild.threads[0].parent_id.map(Id::get), Some(2));
     }
 
     #[test]

@@ -226,6 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_needs_only_what_the_bot_reads() {
+        // No timestamp, tts, embeds, mention lists or type: fields the bot does not use.
+        let m: Message = serde_json::from_value(json!({
+            "id": "5", "channel_id": "6", "author": {"id": "7"}, "content": "hi",
+            "some_future_field": {"x": [1, 2]}
+        }))
+        .unwrap();
+        assert_eq!((m.id, m.channel_id, m.author.id), (Id(5), Id(6), Id(7)));
+        assert_eq!(m.kind, message_type::DEFAULT);
+        assert!(m.mentions.is_empty() && m.attachments.is_empty() && !m.author.bot);
+        // Without an author or a channel it is not a message the bot can answer.
+        assert!(serde_json::from_value::<Message>(json!({"id": "5", "content": "hi"})).is_err());
+    }
+
+    #[test]
     fn interactions_name_their_sender_in_guilds_and_dms() {
         let guild: Interaction = serde_json::from_value(json!({
             "id": "1", "application_id": "2", "type": 2, "token": "t", "guild_id": "3",

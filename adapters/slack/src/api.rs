@@ -1,23 +1,29 @@
-//! The Web API calls the adapter makes, through slack-morphism's hyper client. The connector
-//! accepts `http://` as well as `https://`, so `SLACK_API_URL` can point at a local fake.
+//! The Web API calls the adapter makes, over reqwest: write methods as JSON bodies, reads as
+//! query parameters (as Slack documents them), the token as a bearer header. `SLACK_API_URL`
+//! may be `http://` as well as `https://`, so a local fake can stand in for Slack.
+//!
+//! Only the fields the adapter reads are read from Slack's answers; messages are sent as the
+//! JSON Slack documents (Block Kit, streaming chunks) built here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::StatusCode;
 use serde::Deserialize;
-use slack_morphism::errors::SlackClientError;
-use slack_morphism::prelude::*;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use url::Url;
 
 use crate::SlackError;
 
-type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
-
 /// The `metadata.event_type` of every message the adapter posts; its payload carries the
 /// reply's idempotency key.
 pub(crate) const METADATA_EVENT: &str = "ecdysis_reply";
+
+/// One Web API call's time limit.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A file upload's time limit (files go up to Slack's limits, over slow links too).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Who a token belongs to (`auth.test`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,29 +47,26 @@ pub(crate) enum CallError {
 }
 
 impl CallError {
-    fn from_client(method: &str, e: SlackClientError) -> Self {
-        match &e {
-            SlackClientError::ApiError(api) => {
-                let message = format!("{method}: {}", api.code);
-                match api.code.as_str() {
-                    "ratelimited"
-                    | "internal_error"
-                    | "fatal_error"
-                    | "service_unavailable"
-                    | "request_timeout" => Self::Retryable(message),
-                    _ => Self::Permanent(message),
-                }
-            }
-            SlackClientError::HttpError(http) if http.status_code.is_client_error() => {
-                Self::Permanent(format!("{method}: HTTP {}", http.status_code))
-            }
-            SlackClientError::HttpError(http) => {
-                Self::Retryable(format!("{method}: HTTP {}", http.status_code))
-            }
-            SlackClientError::RateLimitError(limit) => {
-                Self::RateLimited(format!("{method}: ratelimited"), limit.retry_after)
-            }
-            other => Self::Retryable(format!("{method}: {other}")),
+    /// Slack answered `ok: false` with `code`.
+    fn from_code(method: &str, code: &str) -> Self {
+        let message = format!("{method}: {code}");
+        match code {
+            "ratelimited"
+            | "internal_error"
+            | "fatal_error"
+            | "service_unavailable"
+            | "request_timeout" => Self::Retryable(message),
+            _ => Self::Permanent(message),
+        }
+    }
+
+    /// An HTTP status other than 200 (429 is [`CallError::RateLimited`]).
+    fn from_status(method: &str, status: StatusCode) -> Self {
+        let message = format!("{method}: HTTP {status}");
+        if status.is_client_error() {
+            Self::Permanent(message)
+        } else {
+            Self::Retryable(message)
         }
     }
 
@@ -94,7 +97,8 @@ pub(crate) struct PostMessage<'a> {
     pub thread_ts: Option<&'a str>,
     /// mrkdwn text (the notification text when there are blocks).
     pub text: &'a str,
-    pub blocks: Option<Vec<SlackBlock>>,
+    /// Block Kit blocks (see `deliver::blocks`).
+    pub blocks: Option<Value>,
     pub idempotency_key: &'a str,
 }
 
@@ -105,28 +109,26 @@ pub(crate) struct StartStream<'a> {
     /// The workspace and user the answer is for (Slack requires them in channels).
     pub team: &'a str,
     pub user: Option<&'a str>,
-    /// The first Markdown text and task updates.
-    pub chunks: Vec<SlackStreamChunk>,
+    /// The first Markdown text and task updates (see `live`).
+    pub chunks: Vec<Value>,
 }
 
 /// The metadata every message of the adapter carries: the reply's idempotency key.
-fn metadata(idempotency_key: &str) -> SlackMessageMetadata {
-    SlackMessageMetadata::new(METADATA_EVENT.to_string()).with_event_payload(HashMap::from([(
-        "key".to_string(),
-        idempotency_key.to_string(),
-    )]))
+fn metadata(idempotency_key: &str) -> Value {
+    json!({ "event_type": METADATA_EVENT, "event_payload": { "key": idempotency_key } })
 }
 
-/// A message's text (and blocks), with the reply's key in its metadata.
-fn message_content(
-    text: &str,
-    blocks: Option<Vec<SlackBlock>>,
-    idempotency_key: &str,
-) -> SlackMessageContent {
-    SlackMessageContent::new()
-        .with_text(text.to_string())
-        .opt_blocks(blocks)
-        .with_metadata(metadata(idempotency_key))
+/// A message's channel, text (and blocks), with the reply's key in its metadata.
+fn message_body(message: &PostMessage<'_>) -> Value {
+    let mut body = json!({
+        "channel": message.channel,
+        "text": message.text,
+        "metadata": metadata(message.idempotency_key),
+    });
+    if let Some(blocks) = &message.blocks {
+        body["blocks"] = blocks.clone();
+    }
+    body
 }
 
 /// What `oauth.v2.access` granted.
@@ -142,13 +144,26 @@ pub(crate) struct Granted {
 
 /// The Web API client.
 pub(crate) struct Api {
-    client: SlackClient<Connector>,
+    client: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
+    /// `SLACK_API_URL` (e.g. `https://slack.com/api/`) with a trailing `/`.
     base: Url,
 }
 
-fn token(value: &str) -> SlackApiToken {
-    SlackApiToken::new(SlackApiTokenValue::new(value.to_string()))
+/// Slack's answer envelope: `ok`, else an error code.
+#[derive(Deserialize)]
+struct Envelope {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// How a call's arguments travel.
+enum Args<'a> {
+    /// A JSON body (write methods).
+    Json(&'a Value),
+    /// Query parameters (read methods).
+    Query(&'a [(&'a str, String)]),
 }
 
 impl Api {
@@ -165,19 +180,79 @@ impl Api {
             });
         }
         let tls = Arc::new(tls_config()?);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let connector =
-            SlackClientHyperConnector::with_connector(https).with_slack_api_url(trimmed);
-        Ok(Self {
-            client: SlackClient::new(connector),
-            tls,
-            base,
-        })
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| SlackError::Config {
+                key: "slack",
+                problem: format!("HTTP client setup failed: {e}"),
+            })?;
+        Ok(Self { client, tls, base })
+    }
+
+    /// `{SLACK_API_URL}/{method}` (the API URL ends in `/api/`).
+    fn method_url(&self, method: &str) -> Result<Url, CallError> {
+        self.base
+            .join(method)
+            .map_err(|e| CallError::Permanent(format!("{method}: {e}")))
+    }
+
+    /// Call `method` with `token` and read its answer as `T` (after checking `ok`).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        token: &str,
+        args: Args<'_>,
+    ) -> Result<T, CallError> {
+        let url = self.method_url(method)?;
+        let request = match args {
+            Args::Json(body) => self.client.post(url).json(body),
+            Args::Query(params) => self.client.get(url).query(params),
+        };
+        self.send(method, request.bearer_auth(token)).await
+    }
+
+    /// Send a call and read Slack's answer.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, CallError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CallError::Retryable(format!("{method}: {}", e.without_url())))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(CallError::RateLimited(
+                format!("{method}: ratelimited"),
+                retry_after,
+            ));
+        }
+        if !status.is_success() {
+            return Err(CallError::from_status(method, status));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Retryable(format!("{method}: {}", e.without_url())))?;
+        let unreadable = |e: serde_json::Error| {
+            CallError::Retryable(format!("{method}: unreadable answer ({e})"))
+        };
+        let envelope: Envelope = serde_json::from_slice(&body).map_err(unreadable)?;
+        if !envelope.ok {
+            let code = envelope.error.as_deref().unwrap_or("unknown_error");
+            return Err(CallError::from_code(method, code));
+        }
+        serde_json::from_slice(&body).map_err(unreadable)
     }
 
     /// The TLS settings, shared with the Socket Mode websocket.
@@ -199,16 +274,20 @@ impl Api {
     }
 
     pub(crate) async fn auth_test(&self, bot_token: &str) -> Result<AuthInfo, SlackError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let info = session
-            .auth_test()
-            .await
-            .map_err(|e| CallError::from_client("auth.test", e))?;
+        #[derive(Deserialize)]
+        struct Answer {
+            team_id: String,
+            #[serde(default)]
+            team: String,
+            user_id: String,
+            #[serde(default)]
+            user: Option<String>,
+        }
+        let info: Answer = self.call("auth.test", bot_token, Args::Query(&[])).await?;
         Ok(AuthInfo {
-            team_id: info.team_id.to_string(),
+            team_id: info.team_id,
             team: info.team,
-            user_id: info.user_id.to_string(),
+            user_id: info.user_id,
             user: info.user,
         })
     }
@@ -219,17 +298,15 @@ impl Api {
         bot_token: &str,
         message: PostMessage<'_>,
     ) -> Result<String, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let content = message_content(message.text, message.blocks, message.idempotency_key);
-        let request = SlackApiChatPostMessageRequest::new(message.channel.into(), content)
-            .opt_thread_ts(message.thread_ts.map(SlackTs::from))
-            .with_unfurl_links(false);
-        let posted = session
-            .chat_post_message(&request)
-            .await
-            .map_err(|e| CallError::from_client("chat.postMessage", e))?;
-        Ok(posted.ts.to_string())
+        let mut body = message_body(&message);
+        body["unfurl_links"] = json!(false);
+        if let Some(thread) = message.thread_ts {
+            body["thread_ts"] = json!(thread);
+        }
+        let posted: Posted = self
+            .call("chat.postMessage", bot_token, Args::Json(&body))
+            .await?;
+        Ok(posted.ts)
     }
 
     /// `chat.update` of a message the bot posted: new text (and blocks), the reply's key in
@@ -240,16 +317,11 @@ impl Api {
         ts: &str,
         message: PostMessage<'_>,
     ) -> Result<(), CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let content = message_content(message.text, message.blocks, message.idempotency_key);
-        let request =
-            SlackApiChatUpdateRequest::new(message.channel.into(), content, SlackTs::from(ts));
-        session
-            .chat_update(&request)
+        let mut body = message_body(&message);
+        body["ts"] = json!(ts);
+        self.call::<Value>("chat.update", bot_token, Args::Json(&body))
             .await
-            .map_err(|e| CallError::from_client("chat.update", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// `chat.delete` of a message the bot posted.
@@ -259,16 +331,10 @@ impl Api {
         channel: &str,
         ts: &str,
     ) -> Result<(), CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        session
-            .chat_delete(&SlackApiChatDeleteRequest::new(
-                channel.into(),
-                SlackTs::from(ts),
-            ))
+        let body = json!({ "channel": channel, "ts": ts });
+        self.call::<Value>("chat.delete", bot_token, Args::Json(&body))
             .await
-            .map_err(|e| CallError::from_client("chat.delete", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// `chat.startStream` in a thread; returns the new message's `ts`.
@@ -277,19 +343,22 @@ impl Api {
         bot_token: &str,
         stream: StartStream<'_>,
     ) -> Result<String, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let request = SlackApiChatStartStreamRequest::new(stream.channel.into())
-            .with_thread_ts(SlackTs::from(stream.thread_ts))
-            .with_recipient_team_id(stream.team.into())
-            .opt_recipient_user_id(stream.user.map(SlackUserId::from))
-            .opt_chunks((!stream.chunks.is_empty()).then_some(stream.chunks))
-            .with_task_display_mode(SlackStreamTaskDisplayMode::Timeline);
-        let started = session
-            .chat_start_stream(&request)
-            .await
-            .map_err(|e| CallError::from_client("chat.startStream", e))?;
-        Ok(started.ts.to_string())
+        let mut body = json!({
+            "channel": stream.channel,
+            "thread_ts": stream.thread_ts,
+            "recipient_team_id": stream.team,
+            "task_display_mode": "timeline",
+        });
+        if let Some(user) = stream.user {
+            body["recipient_user_id"] = json!(user);
+        }
+        if !stream.chunks.is_empty() {
+            body["chunks"] = Value::Array(stream.chunks);
+        }
+        let started: Posted = self
+            .call("chat.startStream", bot_token, Args::Json(&body))
+            .await?;
+        Ok(started.ts)
     }
 
     /// `chat.appendStream`: more Markdown text and task updates.
@@ -298,17 +367,12 @@ impl Api {
         bot_token: &str,
         channel: &str,
         ts: &str,
-        chunks: Vec<SlackStreamChunk>,
+        chunks: Vec<Value>,
     ) -> Result<(), CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let request = SlackApiChatAppendStreamRequest::new(channel.into(), SlackTs::from(ts))
-            .with_chunks(chunks);
-        session
-            .chat_append_stream(&request)
+        let body = json!({ "channel": channel, "ts": ts, "chunks": chunks });
+        self.call::<Value>("chat.appendStream", bot_token, Args::Json(&body))
             .await
-            .map_err(|e| CallError::from_client("chat.appendStream", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// `chat.stopStream`, with the last Markdown text (if any) and the reply's key as metadata.
@@ -320,18 +384,17 @@ impl Api {
         last_text: Option<&str>,
         idempotency_key: &str,
     ) -> Result<(), CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let content = SlackMessageContent::new()
-            .opt_markdown_text(last_text.map(str::to_string))
-            .with_metadata(metadata(idempotency_key));
-        let request =
-            SlackApiChatStopStreamRequest::new(channel.into(), SlackTs::from(ts), content);
-        session
-            .chat_stop_stream(&request)
+        let mut body = json!({
+            "channel": channel,
+            "ts": ts,
+            "metadata": metadata(idempotency_key),
+        });
+        if let Some(text) = last_text {
+            body["markdown_text"] = json!(text);
+        }
+        self.call::<Value>("chat.stopStream", bot_token, Args::Json(&body))
             .await
-            .map_err(|e| CallError::from_client("chat.stopStream", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// A user's IANA time zone (`users.info`'s `tz`), when Slack has one.
@@ -340,12 +403,19 @@ impl Api {
         bot_token: &str,
         user: &str,
     ) -> Result<Option<String>, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let info = session
-            .users_info(&SlackApiUsersInfoRequest::new(user.into()))
-            .await
-            .map_err(|e| CallError::from_client("users.info", e))?;
+        #[derive(Deserialize)]
+        struct Answer {
+            user: UserInfo,
+        }
+        #[derive(Deserialize)]
+        struct UserInfo {
+            #[serde(default)]
+            tz: Option<String>,
+        }
+        let params = [("user", user.to_string())];
+        let info: Answer = self
+            .call("users.info", bot_token, Args::Query(&params))
+            .await?;
         Ok(info.user.tz.filter(|tz| !tz.is_empty()))
     }
 
@@ -357,15 +427,10 @@ impl Api {
         ts: &str,
         name: &str,
     ) -> Result<(), CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let request =
-            SlackApiReactionsAddRequest::new(channel.into(), name.into(), SlackTs::from(ts));
-        session
-            .reactions_add(&request)
+        let body = json!({ "channel": channel, "name": name, "timestamp": ts });
+        self.call::<Value>("reactions.add", bot_token, Args::Json(&body))
             .await
-            .map_err(|e| CallError::from_client("reactions.add", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// The messages of a thread (`conversations.replies`) or, without a thread, of the
@@ -378,33 +443,25 @@ impl Api {
         thread_ts: Option<&str>,
         oldest: Option<&str>,
     ) -> Result<Vec<HistoryMessage>, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let (method, params) = match thread_ts {
-            Some(ts) => (
-                "conversations.replies",
-                vec![
-                    ("channel", Some(channel.to_string())),
-                    ("ts", Some(ts.to_string())),
-                    ("include_all_metadata", Some("true".to_string())),
-                    ("limit", Some("200".to_string())),
-                ],
-            ),
-            None => (
-                "conversations.history",
-                vec![
-                    ("channel", Some(channel.to_string())),
-                    ("oldest", oldest.map(str::to_string)),
-                    ("include_all_metadata", Some("true".to_string())),
-                    ("limit", Some("100".to_string())),
-                ],
-            ),
+        let mut params = vec![
+            ("channel", channel.to_string()),
+            ("include_all_metadata", "true".to_string()),
+        ];
+        let method = match thread_ts {
+            Some(ts) => {
+                params.push(("ts", ts.to_string()));
+                params.push(("limit", "200".to_string()));
+                "conversations.replies"
+            }
+            None => {
+                if let Some(oldest) = oldest {
+                    params.push(("oldest", oldest.to_string()));
+                }
+                params.push(("limit", "100".to_string()));
+                "conversations.history"
+            }
         };
-        let history: History = session
-            .http_session_api
-            .http_get(method, &params, None)
-            .await
-            .map_err(|e| CallError::from_client(method, e))?;
+        let history: History = self.call(method, bot_token, Args::Query(&params)).await?;
         Ok(history.messages)
     }
 
@@ -418,26 +475,20 @@ impl Api {
         thread_ts: Option<&str>,
         oldest: &str,
         limit: usize,
-    ) -> Result<Vec<serde_json::Value>, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
+    ) -> Result<Vec<Value>, CallError> {
         let mut params = vec![
-            ("channel", Some(channel.to_string())),
-            ("oldest", Some(oldest.to_string())),
-            ("limit", Some(limit.to_string())),
+            ("channel", channel.to_string()),
+            ("oldest", oldest.to_string()),
+            ("limit", limit.to_string()),
         ];
         let method = match thread_ts {
             Some(ts) => {
-                params.push(("ts", Some(ts.to_string())));
+                params.push(("ts", ts.to_string()));
                 "conversations.replies"
             }
             None => "conversations.history",
         };
-        let page: RawHistory = session
-            .http_session_api
-            .http_get(method, &params, None)
-            .await
-            .map_err(|e| CallError::from_client(method, e))?;
+        let page: RawHistory = self.call(method, bot_token, Args::Query(&params)).await?;
         Ok(page.messages)
     }
 
@@ -450,79 +501,117 @@ impl Api {
         thread_ts: Option<&str>,
         file: &ecdysis_chat::Attachment,
     ) -> Result<String, CallError> {
-        let token = token(bot_token);
-        let session = self.client.open_session(&token);
-        let target = session
-            .get_upload_url_external(&SlackApiFilesGetUploadUrlExternalRequest::new(
-                file.name.clone(),
-                file.bytes.len(),
-            ))
+        #[derive(Deserialize)]
+        struct Target {
+            upload_url: String,
+            file_id: String,
+        }
+        let params = [
+            ("filename", file.name.clone()),
+            ("length", file.bytes.len().to_string()),
+        ];
+        let target: Target = self
+            .call(
+                "files.getUploadURLExternal",
+                bot_token,
+                Args::Query(&params),
+            )
+            .await?;
+        let upload = Url::parse(&target.upload_url)
+            .map_err(|e| CallError::Permanent(format!("upload: not a URL ({e})")))?;
+        let response = self
+            .client
+            .post(upload)
+            .bearer_auth(bot_token)
+            .header("content-type", file.mime.as_str())
+            .timeout(UPLOAD_TIMEOUT)
+            .body(file.bytes.clone())
+            .send()
             .await
-            .map_err(|e| CallError::from_client("files.getUploadURLExternal", e))?;
-        session
-            .files_upload_via_url(&SlackApiFilesUploadViaUrlRequest::new(
-                target.upload_url,
-                file.bytes.to_vec(),
-                file.mime.clone(),
-            ))
-            .await
-            .map_err(|e| CallError::from_client("upload", e))?;
-        let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
-            SlackApiFilesComplete::new(target.file_id.clone()).with_title(file.name.clone()),
-        ])
-        .with_channel_id(channel.into())
-        .opt_thread_ts(thread_ts.map(SlackTs::from));
-        session
-            .files_complete_upload_external(&complete)
-            .await
-            .map_err(|e| CallError::from_client("files.completeUploadExternal", e))?;
-        Ok(target.file_id.to_string())
+            .map_err(|e| CallError::Retryable(format!("upload: {}", e.without_url())))?;
+        if !response.status().is_success() {
+            return Err(CallError::from_status("upload", response.status()));
+        }
+        let mut body = json!({
+            "files": [{ "id": target.file_id, "title": file.name }],
+            "channel_id": channel,
+        });
+        if let Some(thread) = thread_ts {
+            body["thread_ts"] = json!(thread);
+        }
+        self.call::<Value>("files.completeUploadExternal", bot_token, Args::Json(&body))
+            .await?;
+        Ok(target.file_id)
     }
 
-    /// `oauth.v2.access`: trade an OAuth code for the workspace's bot token.
+    /// `oauth.v2.access`: trade an OAuth code for the workspace's bot token (the app's
+    /// client id and secret as HTTP Basic credentials).
     pub(crate) async fn oauth_access(
         &self,
         client_id: &str,
         client_secret: &str,
         code: &str,
     ) -> Result<Granted, CallError> {
-        let request = SlackOAuthV2AccessTokenRequest::new(
-            client_id.into(),
-            client_secret.into(),
-            code.into(),
-        );
-        let granted = self
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            #[serde(default)]
+            scope: String,
+            #[serde(default)]
+            bot_user_id: Option<String>,
+            #[serde(default)]
+            app_id: String,
+            team: Team,
+            authed_user: AuthedUser,
+        }
+        #[derive(Deserialize)]
+        struct Team {
+            id: String,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct AuthedUser {
+            id: String,
+        }
+        let method = "oauth.v2.access";
+        let request = self
             .client
-            .oauth2_access(&request)
-            .await
-            .map_err(|e| CallError::from_client("oauth.v2.access", e))?;
-        let bot_user_id = granted
-            .bot_user_id
-            .map(|id| id.to_string())
-            .ok_or_else(|| {
-                CallError::Permanent("oauth.v2.access: no bot user in the grant".into())
-            })?;
+            .get(self.method_url(method)?)
+            .query(&[("code", code)])
+            .basic_auth(client_id, Some(client_secret));
+        let granted: Answer = self.send(method, request).await?;
+        let bot_user_id = granted.bot_user_id.ok_or_else(|| {
+            CallError::Permanent("oauth.v2.access: no bot user in the grant".into())
+        })?;
         Ok(Granted {
-            team_id: granted.team.id.to_string(),
+            team_id: granted.team.id,
             team_name: granted.team.name.unwrap_or_default(),
             bot_user_id,
-            bot_token: granted.access_token.value().to_string(),
-            app_id: granted.app_id.to_string(),
-            scopes: granted.scope.to_string(),
-            installed_by: granted.authed_user.id.to_string(),
+            bot_token: granted.access_token,
+            app_id: granted.app_id,
+            scopes: granted.scope,
+            installed_by: granted.authed_user.id,
         })
     }
 
     /// `apps.connections.open` with the app-level token: a Socket Mode websocket URL.
     pub(crate) async fn connections_open(&self, app_token: &str) -> Result<String, CallError> {
-        let token = token(app_token);
-        let session = self.client.open_session(&token);
-        let opened = session
-            .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
-            .await
-            .map_err(|e| CallError::from_client("apps.connections.open", e))?;
-        Ok(opened.url.value().to_string())
+        #[derive(Deserialize)]
+        struct Opened {
+            url: String,
+        }
+        let opened: Opened = self
+            .call("apps.connections.open", app_token, Args::Json(&json!({})))
+            .await?;
+        Ok(opened.url)
     }
+}
+
+/// What a call that posts a message answers, as far as it is read.
+#[derive(Deserialize)]
+struct Posted {
+    ts: String,
 }
 
 /// rustls with the ring provider named explicitly (so it does not depend on which providers

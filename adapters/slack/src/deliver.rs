@@ -20,7 +20,8 @@ use ecdysis_chat::{
     Button, ButtonStyle, ChatAdapter, ConversationRef, Delivered, DeliveryError, FetchError,
     Limits, LiveHandle, LiveMessage, LiveSettings, LiveView, RemoteFile, Reply,
 };
-use slack_morphism::prelude::*;
+
+use serde_json::json;
 
 use crate::api::{CallError, PostMessage};
 use crate::route::{Route, Via};
@@ -406,35 +407,37 @@ pub(crate) fn ts_order(ts: &str) -> (u64, u64) {
 
 /// Block Kit for a reply with buttons: the text in sections, then one actions block. `None`
 /// for plain text (Slack renders `text` as mrkdwn by itself).
-pub(crate) fn blocks(text: &str, buttons: &[Button]) -> Option<Vec<SlackBlock>> {
+pub(crate) fn blocks(text: &str, buttons: &[Button]) -> Option<serde_json::Value> {
     if buttons.is_empty() {
         return None;
     }
-    let mut blocks: Vec<SlackBlock> = Vec::new();
+    let mut blocks: Vec<serde_json::Value> = Vec::new();
     if !text.trim().is_empty() {
         for piece in ecdysis_chat::split_text(text, SECTION_CHARS) {
-            let text = SlackBlockText::MarkDown(SlackBlockMarkDownText::new(piece));
-            blocks.push(SlackSectionBlock::new().with_text(text).into());
+            blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": piece } }));
         }
     }
-    let elements = buttons
+    let elements: Vec<serde_json::Value> = buttons
         .iter()
         .take(25)
         .map(|b| {
             let label: String = b.label.chars().take(75).collect();
-            let button = SlackBlockButtonElement::new(label.into())
-                .with_action_id(b.action_id.clone().into())
-                .with_value(b.value.clone());
-            let button = match b.style {
-                ButtonStyle::Default => button,
-                ButtonStyle::Primary => button.with_style(SlackBlockButtonStyle::Primary),
-                ButtonStyle::Danger => button.with_style(SlackBlockButtonStyle::Danger),
-            };
-            SlackActionBlockElement::Button(button)
+            let mut button = json!({
+                "type": "button",
+                "text": { "type": "plain_text", "text": label },
+                "action_id": b.action_id,
+                "value": b.value,
+            });
+            match b.style {
+                ButtonStyle::Default => {}
+                ButtonStyle::Primary => button["style"] = json!("primary"),
+                ButtonStyle::Danger => button["style"] = json!("danger"),
+            }
+            button
         })
         .collect();
-    blocks.push(SlackActionsBlock::new(elements).into());
-    Some(blocks)
+    blocks.push(json!({ "type": "actions", "elements": elements }));
+    Some(serde_json::Value::Array(blocks))
 }
 
 #[cfg(test)]

@@ -4,14 +4,15 @@
 //!
 //! Like every adapter it only translates: Slack payloads become [`Event`]s for an [`EventSink`]
 //! (acknowledged to Slack only once `submit` returned, so nothing acknowledged is lost) and
-//! [`Reply`]s become Web API calls made with slack-morphism's client. Mention gating,
+//! [`Reply`]s become Web API calls (`api`). Mention gating,
 //! de-duplication, memory and the agent live in the core. Installations (one bot token per
 //! workspace) are kept by the core through the small [`Installations`] trait.
 //!
-//! The HTTP routes, the signature check and the Socket Mode loop are written here rather than
-//! taken from slack-morphism's listeners: the core must acknowledge only after the event is
-//! durable, the routes live in ecdysis's own axum 0.8 router, and Socket Mode needs jittered
-//! reconnects and a silence watchdog that slack-morphism's listener does not have.
+//! The HTTP routes, the signature check, the Socket Mode loop and the Web API calls are written
+//! here rather than taken from an SDK's listeners and client: the core must acknowledge only
+//! after the event is durable, the routes live in ecdysis's own axum 0.8 router, Socket Mode
+//! needs jittered reconnects and a silence watchdog, and only the fields the adapter uses are
+//! read from Slack's payloads.
 //!
 //! [`Event`]: ecdysis_chat::Event
 //! [`Reply`]: ecdysis_chat::Reply

@@ -14,7 +14,6 @@ use ecdysis_chat::{
     DeliveryError, LiveHandle, LiveMessage, LiveSettings, LiveView, Progress, Reply,
 };
 use serde::{Deserialize, Serialize};
-use slack_morphism::prelude::*;
 
 use crate::api::{PostMessage, StartStream};
 use crate::deliver::{Earlier, MAX_TEXT_CHARS, blocks};
@@ -83,30 +82,25 @@ impl Streams {
 }
 
 /// Task lines that are new or changed since `shown`.
-fn task_chunks(shown: &[Progress], view: &[Progress]) -> Vec<SlackStreamChunk> {
+fn task_chunks(shown: &[Progress], view: &[Progress]) -> Vec<serde_json::Value> {
     view.iter()
         .filter(|p| !shown.contains(p))
-        .map(|p| SlackStreamChunk::TaskUpdate {
-            id: SlackTaskId(format!("tool_{}", p.id)),
-            title: p.text.chars().take(250).collect(),
-            hide_title: None,
-            icon: None,
-            status: if p.done {
-                SlackTaskCardStatus::Complete
-            } else {
-                SlackTaskCardStatus::InProgress
-            },
-            details: None,
-            output: None,
-            sources: None,
+        .map(|p| {
+            let title: String = p.text.chars().take(250).collect();
+            let status = if p.done { "complete" } else { "in_progress" };
+            serde_json::json!({
+                "type": "task_update",
+                "id": format!("tool_{}", p.id),
+                "title": title,
+                "status": status,
+            })
         })
         .collect()
 }
 
-fn markdown(text: &str) -> SlackStreamChunk {
-    SlackStreamChunk::MarkdownText {
-        text: text.to_string(),
-    }
+/// A chunk of Markdown text of a streamed answer.
+fn markdown(text: &str) -> serde_json::Value {
+    serde_json::json!({ "type": "markdown_text", "text": text })
 }
 
 impl Slack {

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
+use ecdysis_chat::request::retry_after_seconds;
+
 use crate::config::{SearchProvider, WebSearchSettings};
 use crate::engine::tools::{Tool, ToolContext, ToolError, ToolOutput, arguments, input_schema_of};
 
@@ -140,7 +142,7 @@ impl WebSearch {
         loop {
             match self.once(query, count).await {
                 Err(SearchError::RateLimited { after, .. }) if !retried => {
-                    let wait = parse_retry_after(&after);
+                    let wait = retry_after_seconds(&after);
                     match wait {
                         Some(wait) if wait <= MAX_RETRY_AFTER => {
                             debug!(
@@ -259,13 +261,8 @@ fn without_url(e: reqwest::Error) -> String {
     e.without_url().to_string()
 }
 
-fn parse_retry_after(text: &str) -> Option<Duration> {
-    let seconds: f64 = text.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
 fn describe_after(text: &str) -> String {
-    match parse_retry_after(text) {
+    match retry_after_seconds(text) {
         Some(wait) => format!(" and asks to wait {} s", wait.as_secs_f64().ceil() as u64),
         None if text.trim().is_empty() => String::new(),
         None => format!(" (Retry-After: {})", text.trim()),
@@ -466,9 +463,12 @@ mod tests {
 
     #[test]
     fn retry_after_is_read_in_seconds() {
-        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(retry_after_seconds("2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after_seconds(" 0.5 "),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(retry_after_seconds("soon"), None);
         assert_eq!(describe_after("30"), " and asks to wait 30 s");
         assert_eq!(describe_after(""), "");
     }

@@ -90,12 +90,7 @@ impl OpenAiEmbedder {
         };
         let status = response.status();
         if !status.is_success() {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = ecdysis_chat::request::retry_after(response.headers());
             let body: String = response
                 .text()
                 .await

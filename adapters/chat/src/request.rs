@@ -1,5 +1,8 @@
-//! Small helpers every adapter's HTTP routes share: reading a cookie or a bearer token from a
-//! request, and comparing secrets in constant time (`subtle`).
+//! Small helpers every adapter's HTTP routes and clients share: reading a cookie or a bearer
+//! token from a request, how long a 429 asks to wait, and comparing secrets in constant time
+//! (`subtle`).
+
+use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -8,6 +11,26 @@ use subtle::ConstantTimeEq;
 /// Compare secrets in constant time (for equal lengths; a length difference shows).
 pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
     given.ct_eq(expected).into()
+}
+
+/// A `Retry-After` value in seconds (fractions too, as some APIs send them); `None` for an
+/// HTTP date, a negative number or anything else.
+pub fn retry_after_seconds(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds >= 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+}
+
+/// How long an answer asks to wait: `retry-after-ms` (OpenAI), else `retry-after` in seconds.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = header("retry-after-ms").and_then(retry_after_seconds) {
+        return Some(ms / 1000);
+    }
+    header("retry-after").and_then(retry_after_seconds)
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -35,6 +58,28 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn retry_after_reads_seconds_and_ms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after", HeaderValue::from_static(" 0.5 "));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("-1"));
+        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after_seconds("inf"), None);
+        assert_eq!(retry_after_seconds("soon"), None);
+    }
 
     #[test]
     fn secrets_compare_exactly() {

@@ -226,12 +226,7 @@ impl Api {
             .map_err(|e| CallError::Retryable(format!("{method}: {}", e.without_url())))?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = ecdysis_chat::request::retry_after(response.headers());
             return Err(CallError::RateLimited(
                 format!("{method}: ratelimited"),
                 retry_after,

@@ -299,22 +299,6 @@ pub fn model_client(config: &Config, spec: &ModelSpec, http: &reqwest::Client) -
     })
 }
 
-/// Parse a `retry-after` (seconds, possibly fractional) or `retry-after-ms` header value.
-pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let read = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
-    if let Some(ms) = read("retry-after-ms") {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    read("retry-after").map(Duration::from_secs_f64)
-}
-
 /// How much of an error body a chat reply may quote (after masking secrets).
 const ERROR_SNIPPET_CHARS: usize = 160;
 /// How much of an error body the log keeps (after masking secrets).
@@ -379,7 +363,7 @@ pub(crate) async fn post_json(
 /// The error of an answer with a failure status (its body logged masked and short).
 pub(crate) async fn error_status(response: reqwest::Response, timeout: Duration) -> ProviderError {
     let status = response.status();
-    let retry_after = parse_retry_after(response.headers());
+    let retry_after = ecdysis_chat::request::retry_after(response.headers());
     let text = match response.text().await {
         Ok(text) => text,
         Err(e) => return transport_error(e, timeout),
@@ -423,27 +407,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
-
-    #[test]
-    fn retry_after_reads_seconds_and_ms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(parse_retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert("retry-after", HeaderValue::from_static("0.5"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(500)));
-        h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(250)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(parse_retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("-1"));
-        assert_eq!(parse_retry_after(&h), None);
-    }
 
     #[test]
     fn errors_know_what_to_retry() {

@@ -443,13 +443,8 @@ fn multipart(message: &MessageBody) -> Result<Form, RestError> {
 fn retry_after(headers: &HeaderMap, error: Option<&ErrorBody>) -> Duration {
     error
         .and_then(|e| e.retry_after)
-        .or_else(|| {
-            headers
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-        })
         .map(ratelimit::seconds)
+        .or_else(|| ecdysis_chat::request::retry_after(headers))
         .unwrap_or(DEFAULT_RETRY_AFTER)
 }
 

@@ -227,15 +227,10 @@ fn encode(img: &DynamicImage, max_bytes: usize) -> Result<(Vec<u8>, &'static str
             return Ok((out, "image/png"));
         }
     }
-    let flat = match img {
-        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => None,
-        other if other.color().has_color() => Some(DynamicImage::from(other.to_rgb8())),
-        other => Some(DynamicImage::from(other.to_luma8())),
-    };
     // Flattened once, not once per quality.
-    let flat = flat.as_ref().unwrap_or(img);
+    let flat = jpeg::flattened(img);
     for quality in [85u8, 70, 55, 40] {
-        let out = jpeg::encode(flat, quality)?;
+        let out = jpeg::encode(&flat, quality)?;
         if out.len() <= max_bytes {
             return Ok((out, "image/jpeg"));
         }

@@ -12,7 +12,7 @@ use ecdysis_chat::{Addressed, ConversationRef, Event, EventKind, UserRef};
 use crate::PLATFORM;
 use crate::channels::Place;
 use crate::commands::command_from_options;
-use crate::model::{Interaction, Message, User, interaction_type, message_type};
+use crate::model::{Interaction, InteractionData, Message, User, interaction_type, message_type};
 use crate::route::{InteractionRoute, Route};
 
 /// Workspace name of direct messages.
@@ -149,7 +149,8 @@ pub(crate) fn message_event(
 /// place in a guild (`None` in a DM). Pings, autocomplete and modals are not events, nor is an
 /// interaction that does not say who sent it or where.
 pub(crate) fn interaction_event(interaction: &Interaction, place: Option<Place>) -> Option<Event> {
-    let data = interaction.data.clone().unwrap_or_default();
+    let no_data = InteractionData::default();
+    let data = interaction.data.as_ref().unwrap_or(&no_data);
     let (kind, text) = match interaction.kind {
         interaction_type::APPLICATION_COMMAND => {
             let parsed = command_from_options(&data.name, &data.options);

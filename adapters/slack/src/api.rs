@@ -214,6 +214,13 @@ impl Api {
         self.send(method, request.bearer_auth(token)).await
     }
 
+    /// A write method whose answer has nothing the adapter reads.
+    async fn post(&self, method: &str, token: &str, body: &Value) -> Result<(), CallError> {
+        self.call::<Value>(method, token, Args::Json(body))
+            .await
+            .map(drop)
+    }
+
     /// Send a call and read Slack's answer.
     async fn send<T: DeserializeOwned>(
         &self,
@@ -314,9 +321,7 @@ impl Api {
     ) -> Result<(), CallError> {
         let mut body = message_body(&message);
         body["ts"] = json!(ts);
-        self.call::<Value>("chat.update", bot_token, Args::Json(&body))
-            .await
-            .map(drop)
+        self.post("chat.update", bot_token, &body).await
     }
 
     /// `chat.delete` of a message the bot posted.
@@ -327,9 +332,7 @@ impl Api {
         ts: &str,
     ) -> Result<(), CallError> {
         let body = json!({ "channel": channel, "ts": ts });
-        self.call::<Value>("chat.delete", bot_token, Args::Json(&body))
-            .await
-            .map(drop)
+        self.post("chat.delete", bot_token, &body).await
     }
 
     /// `chat.startStream` in a thread; returns the new message's `ts`.
@@ -365,9 +368,7 @@ impl Api {
         chunks: Vec<Value>,
     ) -> Result<(), CallError> {
         let body = json!({ "channel": channel, "ts": ts, "chunks": chunks });
-        self.call::<Value>("chat.appendStream", bot_token, Args::Json(&body))
-            .await
-            .map(drop)
+        self.post("chat.appendStream", bot_token, &body).await
     }
 
     /// `chat.stopStream`, with the last Markdown text (if any) and the reply's key as metadata.
@@ -387,9 +388,7 @@ impl Api {
         if let Some(text) = last_text {
             body["markdown_text"] = json!(text);
         }
-        self.call::<Value>("chat.stopStream", bot_token, Args::Json(&body))
-            .await
-            .map(drop)
+        self.post("chat.stopStream", bot_token, &body).await
     }
 
     /// A user's IANA time zone (`users.info`'s `tz`), when Slack has one.
@@ -423,9 +422,7 @@ impl Api {
         name: &str,
     ) -> Result<(), CallError> {
         let body = json!({ "channel": channel, "name": name, "timestamp": ts });
-        self.call::<Value>("reactions.add", bot_token, Args::Json(&body))
-            .await
-            .map(drop)
+        self.post("reactions.add", bot_token, &body).await
     }
 
     /// The messages of a thread (`conversations.replies`) or, without a thread, of the
@@ -534,7 +531,7 @@ impl Api {
         if let Some(thread) = thread_ts {
             body["thread_ts"] = json!(thread);
         }
-        self.call::<Value>("files.completeUploadExternal", bot_token, Args::Json(&body))
+        self.post("files.completeUploadExternal", bot_token, &body)
             .await?;
         Ok(target.file_id)
     }

@@ -5,6 +5,7 @@
 //! `catch_unwind`, and the unwind carries libjpeg's own message; its warnings about corrupt
 //! data are made errors too, so a damaged photo is never passed on half grey.
 
+use std::borrow::Cow;
 use std::os::raw::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -106,24 +107,30 @@ pub fn eighths(original: (u32, u32), target: (u32, u32)) -> u8 {
         .unwrap_or(8)
 }
 
-/// An image as a baseline JPEG with libjpeg-turbo's fastest settings: grey stays grey,
-/// anything else is flattened to RGB (alpha dropped).
+/// `img` in a layout JPEG stores: 8-bit grey or RGB as it is, anything else converted (alpha
+/// dropped). Callers that encode one image several times flatten it once.
+pub fn flattened(img: &DynamicImage) -> Cow<'_, DynamicImage> {
+    match img {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => Cow::Borrowed(img),
+        other if other.color().has_color() => Cow::Owned(DynamicImage::from(other.to_rgb8())),
+        other => Cow::Owned(DynamicImage::from(other.to_luma8())),
+    }
+}
+
+/// An image as a baseline JPEG with libjpeg-turbo's fastest settings (see [`flattened`]).
 pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, ImageError> {
-    let flat;
-    let (space, pixels, width, height) = match img {
+    let flat = flattened(img);
+    let (space, pixels, width, height) = match flat.as_ref() {
         DynamicImage::ImageLuma8(g) => {
             (ColorSpace::JCS_GRAYSCALE, g.as_raw(), g.width(), g.height())
         }
         DynamicImage::ImageRgb8(rgb) => {
             (ColorSpace::JCS_RGB, rgb.as_raw(), rgb.width(), rgb.height())
         }
-        other if !other.color().has_color() => {
-            flat = DynamicImage::from(other.to_luma8());
-            return encode(&flat, quality);
-        }
-        other => {
-            flat = DynamicImage::from(other.to_rgb8());
-            return encode(&flat, quality);
+        _ => {
+            return Err(ImageError::Encode(
+                "not grey or RGB after flattening".into(),
+            ));
         }
     };
     let run = || -> std::io::Result<Vec<u8>> {

@@ -115,8 +115,7 @@ impl Rest {
     /// The client for `settings.api_url`: rate limits kept here for Discord itself, left to
     /// the proxy otherwise.
     pub fn new(settings: &Settings) -> Arc<Self> {
-        let api = settings.api_url.trim_end_matches('/');
-        Self::with_limits(settings, api.is_empty() || api == DISCORD_COM)
+        Self::with_limits(settings, api_root(settings) == DISCORD_COM)
     }
 
     fn with_limits(settings: &Settings, keep_limits: bool) -> Arc<Self> {
@@ -130,8 +129,6 @@ impl Rest {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        let api = settings.api_url.trim_end_matches('/');
-        let api = if api.is_empty() { DISCORD_COM } else { api };
         let token = settings.token.as_deref().unwrap_or_default().trim();
         let token = if token.starts_with("Bot ") || token.starts_with("Bearer ") {
             token.to_string()
@@ -140,7 +137,7 @@ impl Rest {
         };
         Arc::new(Self {
             client,
-            base: format!("{api}/api/v10"),
+            base: format!("{}/api/v10", api_root(settings)),
             token,
             application_id: AtomicU64::new(settings.application_id.unwrap_or(0)),
             limits: keep_limits.then(RateLimits::default),
@@ -417,6 +414,14 @@ impl Rest {
     }
 }
 
+/// `api_url` without its trailing `/`; Discord's own when empty.
+fn api_root(settings: &Settings) -> &str {
+    match settings.api_url.trim_end_matches('/') {
+        "" => DISCORD_COM,
+        api => api,
+    }
+}
+
 /// A message with files: its JSON as `payload_json`, then each file as `files[n]`.
 fn multipart(message: &MessageBody) -> Result<Form, RestError> {
     let json = serde_json::to_string(message).map_err(|e| RestError::Decode(e.to_string()))?;
@@ -425,14 +430,14 @@ fn multipart(message: &MessageBody) -> Result<Form, RestError> {
         .map_err(|e| RestError::Decode(e.to_string()))?;
     let mut form = Form::new().part("payload_json", payload);
     for (n, file) in message.files.iter().enumerate() {
-        let part = Part::stream(reqwest::Body::from(file.bytes.clone()))
-            .file_name(file.name.clone())
-            .mime_str(&file.mime)
-            .or_else(|_| {
-                Part::stream(reqwest::Body::from(file.bytes.clone()))
-                    .file_name(file.name.clone())
-                    .mime_str("application/octet-stream")
-            })
+        let part = |mime: &str| {
+            Part::stream(reqwest::Body::from(file.bytes.clone()))
+                .file_name(file.name.clone())
+                .mime_str(mime)
+        };
+        // A type reqwest cannot read is sent as plain bytes.
+        let part = part(&file.mime)
+            .or_else(|_| part("application/octet-stream"))
             .map_err(|e| RestError::Decode(e.to_string()))?;
         form = form.part(format!("files[{n}]"), part);
     }

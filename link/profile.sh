@@ -11,9 +11,10 @@
 # after any change to the code: functions are named with hashes of their crate's version, and
 # the local copies LTO makes carry a number (`name.12345`) that shifts whenever the code does.
 # Names the linker no longer finds are skipped (the binary still works, with less of its code
-# together: 530 stale names of 7,371 took idle RSS after 50 events from 13 to 17-19 MB). Needs valgrind, python3 and curl. It links the release
-# binary with its symbols (ECDYSIS_KEEP_SYMBOLS=1; a relink, ~8 minutes on 2 cores), or takes
-# such a binary as its argument; `cargo build --release` afterwards links the ordered binary.
+# together: 530 stale names of 7,371 took idle RSS after 50 events from 13 to 17-19 MB).
+# Needs valgrind, python3 and curl. It links the release binary with its symbols
+# (ECDYSIS_KEEP_SYMBOLS=1; a relink, ~8 minutes on 2 cores), or takes such a binary as its
+# argument; `cargo build --release` afterwards links the ordered binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)

@@ -32,6 +32,7 @@ mod query;
 mod schedules;
 mod transcript;
 mod usage;
+mod wal_appends;
 mod wal_sync;
 mod writer;
 

@@ -45,6 +45,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::checkpoint::Checkpointer;
 use super::db::{Pools, Tx, TxConn, WriteFn};
 use super::ids::UnixMs;
+use super::wal_appends;
 use super::wal_sync::WalSyncer;
 use super::{Clock, Result, StoreError};
 
@@ -299,11 +300,13 @@ impl Writer {
 /// cache of prepared statements.
 fn open_sqlite_writer(file: &Path) -> Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
+    // Through the VFS that writes the log once per commit (see `wal_appends`).
+    let conn = rusqlite::Connection::open_with_flags_and_vfs(
         file,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        wal_appends::vfs()?,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;

@@ -265,52 +265,49 @@ unsafe extern "C" fn write(
     }
 }
 
+/// Write what is gathered, then `then`; the write's error if it failed (nothing else done).
+///
+/// # Safety
+/// `file` is a log opened by [`open`] and not yet closed.
+unsafe fn after_flush(
+    file: *mut ffi::sqlite3_file,
+    then: impl FnOnce(&mut GatheredLog) -> c_int,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let log = unsafe { GatheredLog::of(file) };
+    match unsafe { log.flush() } {
+        ffi::SQLITE_OK => then(log),
+        failed => failed,
+    }
+}
+
+// SAFETY (each method below): SQLite calls it with a log opened through `open`, and with
+// pointers valid for what the platform's method of the same name takes.
+
 unsafe extern "C" fn read(
     file: *mut ffi::sqlite3_file,
     data: *mut c_void,
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    // SAFETY: a log opened through `open` (so for each method below).
-    unsafe {
-        let log = GatheredLog::of(file);
-        match log.flush() {
-            ffi::SQLITE_OK => platform!(log, xRead, data, amount, offset),
-            _ => ffi::SQLITE_IOERR_READ,
-        }
-    }
+    unsafe { after_flush(file, |log| platform!(log, xRead, data, amount, offset)) }
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     unsafe {
-        let log = GatheredLog::of(file);
-        let rc = log.flush();
-        log.end = -1;
-        match rc {
-            ffi::SQLITE_OK => platform!(log, xTruncate, size),
-            _ => ffi::SQLITE_IOERR_TRUNCATE,
-        }
+        after_flush(file, |log| {
+            log.end = -1;
+            platform!(log, xTruncate, size)
+        })
     }
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    unsafe {
-        let log = GatheredLog::of(file);
-        match log.flush() {
-            ffi::SQLITE_OK => platform!(log, xSync, flags),
-            rc => rc,
-        }
-    }
+    unsafe { after_flush(file, |log| platform!(log, xSync, flags)) }
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    unsafe {
-        let log = GatheredLog::of(file);
-        match log.flush() {
-            ffi::SQLITE_OK => platform!(log, xFileSize, size),
-            _ => ffi::SQLITE_IOERR_FSTAT,
-        }
-    }
+    unsafe { after_flush(file, |log| platform!(log, xFileSize, size)) }
 }
 
 unsafe extern "C" fn file_control(
@@ -318,13 +315,7 @@ unsafe extern "C" fn file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    unsafe {
-        let log = GatheredLog::of(file);
-        match log.flush() {
-            ffi::SQLITE_OK => platform!(log, xFileControl, op, arg),
-            rc => rc,
-        }
-    }
+    unsafe { after_flush(file, |log| platform!(log, xFileControl, op, arg)) }
 }
 
 unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {

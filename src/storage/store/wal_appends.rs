@@ -4,10 +4,10 @@
 //! the page), so a commit of 85 pages made 170 `pwrite` calls, and the kernel's work per call
 //! and per partly written page was a fifth of the writer's time at full speed. This VFS is the
 //! platform's own with one change: the log's appends are gathered in memory and written (in
-//! pieces of up to 120 KiB) once the commit's last frame is complete. SQLite makes a commit visible to readers
-//! (in the log's shared-memory index) only after that frame is written, so no reader ever
-//! finds a frame that is not in the file, and a process killed before that point loses only
-//! a commit nobody had seen (as it would have without gathering).
+//! pieces of up to 120 KiB) once the commit's last frame is complete. SQLite makes a commit
+//! visible to readers (in the log's shared-memory index) only after that frame is written, so
+//! no reader ever finds a frame that is not in the file, and a process killed before that
+//! point loses only a commit nobody had seen (as it would have without gathering).
 //!
 //! Everything else reaches the file as before: a write anywhere but at the end of the last one
 //! (the log's header, a page rewritten in place, checksums rewritten), reads, syncs, size,
@@ -406,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_one_write_and_other_connections_see_it_at_once() {
+    fn a_commit_takes_a_few_writes_and_other_connections_see_it_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gathered.db");
         let writer = connect(&file, Some(vfs().unwrap()));

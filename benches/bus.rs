@@ -4,14 +4,17 @@
 //! events across 100 conversations on SQLite, on Postgres, and on Postgres with two instances;
 //! events/s end to end, accept and accept→reply latency, RSS. Then the bus in-process (no HTTP):
 //! events/s at full speed, accept→reply-stored latency at a fixed rate, one store round trip,
-//! and start-up time to `/readyz`.
+//! and start-up time to `/readyz`. Last, the store alone (see [`store`]): the writes of those
+//! events straight through the store's API, nothing else in the process.
 //! Run: `cargo bench --bench bus` (SQLite; set ECDYSIS_TEST_POSTGRES_URL to add Postgres);
 //! `cargo bench --bench bus -- serve` for the HTTP part alone, `-- quick` for the SQLite part
-//! alone, `-- in-process` for the in-process part.
+//! alone, `-- in-process` for the in-process part, `-- store` for the store alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a broken setup fails loudly
 
 #[path = "bus/serve.rs"]
 mod serve;
+#[path = "bus/store.rs"]
+mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -305,7 +308,7 @@ fn main() {
         .unwrap();
     let args: Vec<String> = std::env::args().collect();
     let only = |part: &str| args.iter().any(|a| a == part);
-    let everything = !only("quick") && !only("serve") && !only("in-process");
+    let everything = !only("quick") && !only("serve") && !only("in-process") && !only("store");
     let postgres = std::env::var("ECDYSIS_TEST_POSTGRES_URL").ok();
     runtime.block_on(async {
         if everything || only("serve") {
@@ -336,6 +339,9 @@ fn main() {
                 "bench process peak RSS: {:.1} MB",
                 rss_kb("self", "VmHWM:") as f64 / 1024.0
             );
+        }
+        if everything || only("store") {
+            store::bench(40_000).await;
         }
     });
 }

@@ -96,6 +96,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index]
 }
 
+/// The load averages over 1, 5 and 15 minutes, as `/proc/loadavg` gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn rss_kb(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

@@ -14,7 +14,7 @@ use sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{percentile, rss_kb};
+use super::{load_average, percentile, rss_kb};
 
 const CONVERSATIONS: u64 = 100;
 
@@ -302,15 +302,6 @@ async fn reply_latencies(database_url: &str, prefix: &str) -> Vec<f64> {
     };
     ms.sort_by(f64::total_cmp);
     ms
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The whole run for one backend and `instances` servers on the same database.

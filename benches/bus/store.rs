@@ -26,7 +26,7 @@ const LEASE_MS: i64 = 60_000;
 pub async fn bench(n: u64) {
     let (app, _recorder, _dir) = super::open(None).await;
     let store = app.store.clone();
-    let finished = Arc::new(AtomicU64::new(0));
+    let taken = Arc::new(AtomicU64::new(0));
     let cpu_before = thread_cpu_us();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -42,10 +42,10 @@ pub async fn bench(n: u64) {
     }
     for w in 0..WORKERS {
         let store = store.clone();
-        let finished = finished.clone();
+        let taken = taken.clone();
         tasks.push(tokio::spawn(async move {
             let owner = format!("bench-worker-{w}");
-            while finished.load(Ordering::Relaxed) < n {
+            while taken.load(Ordering::Relaxed) < n {
                 let claimed = store
                     .claim_events(&owner, UnixMs::now().plus(LEASE_MS), 1)
                     .await
@@ -55,7 +55,7 @@ pub async fn bench(n: u64) {
                     continue;
                 };
                 loop {
-                    finished.fetch_add(1, Ordering::Relaxed);
+                    taken.fetch_add(1, Ordering::Relaxed);
                     match finish(store.as_ref(), &owner, &next).await {
                         Some(claimed) => next = claimed,
                         None => break,
@@ -84,12 +84,7 @@ pub async fn bench(n: u64) {
         n as f64 / elapsed,
         per_event(Some("sqlite-writer")),
         per_event(None),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split(' ')
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        super::load_average(),
     );
 }
 
